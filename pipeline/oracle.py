@@ -37,20 +37,29 @@ def expected_max_of_weighted_pool(values, weights, n) -> np.ndarray:
     """E[max of n draws with replacement] where value i is drawn with probability weights[i].
 
     This is a bank prompt's BoN value: a rollout from the prompt picks a state uniformly and then
-    one of its rewards uniformly, so reward j of state i weighs 1/(S * L_i). ``n`` may be an array
-    (one value per entry); returns an array shaped like ``n``.
+    one of its rewards uniformly, so reward j of state i weighs 1/(S * L_i). ``n`` may be an array;
+    returns an array shaped like ``n``.
     """
-    values = _check_pool(values)
-    weights = np.asarray(weights, dtype=float)
-    if weights.shape != values.shape or (weights < 0).any() or not weights.sum() > 0:
-        raise ValueError("weights must be non-negative, not all zero, one per value")
-    order = np.argsort(values, kind="stable")
-    cdf = np.cumsum(weights[order])
-    cdf /= cdf[-1]
-    log_cdf = np.log(np.clip(cdf[:-1], 1e-300, 1.0))
-    ns = np.atleast_1d(np.asarray(n))
-    out = np.array([_max_from_log_cdf(values[order], _check_draws(k) * log_cdf) for k in ns.ravel()])
-    return out.reshape(np.shape(n))
+    return PoolCurve(values, weights).expected_max(n)
+
+
+class PoolCurve:
+    """The best-of-n curve of one weighted pool, sorted once and evaluated for many n."""
+
+    def __init__(self, values, weights=None):
+        values = _check_pool(values)
+        weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=float)
+        if weights.shape != values.shape or (weights < 0).any() or not weights.sum() > 0:
+            raise ValueError("weights must be non-negative, not all zero, one per value")
+        order = np.argsort(values, kind="stable")
+        self.sorted_values = values[order]
+        cdf = np.cumsum(weights[order])
+        self._log_cdf = np.log(np.clip(cdf[:-1] / cdf[-1], 1e-300, 1.0))
+
+    def expected_max(self, n) -> np.ndarray:
+        ns = np.asarray(n)
+        out = [_max_from_log_cdf(self.sorted_values, _check_draws(k) * self._log_cdf) for k in ns.ravel()]
+        return np.array(out).reshape(ns.shape)
 
 
 def _max_from_log_cdf(sorted_values: np.ndarray, log_cdf_below_top: np.ndarray) -> float:

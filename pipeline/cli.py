@@ -1,0 +1,190 @@
+"""The ``slg`` command line: argument parsing, error reporting and output files; no algorithms.
+
+Exit codes (SPEC.md): 0 success; 2 bad input or configuration, with a one-line message naming the
+bad value and no traceback; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline.policies import POLICIES
+
+DEFAULT_METHODS = ["bon", "slg", "slg_adaptive", "oracle"]
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage and exits 2; we want one line naming the value
+        raise UsageError(message)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _params(pairs: list[str]) -> dict[str, float]:
+    params = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--param {key.strip()} expects a number, got {value!r}") from None
+    return params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="slg", description="Scaling-Law Guided search: test-time compute scaling.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bank", help="a reward bank (JSONL, SPEC.md format)")
+    source.add_argument("--world", help="a simulated world family: " + ", ".join(_world_names()))
+    replay.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
+    replay.add_argument("--prompts", type=int, help="fresh prompts drawn from the world (required with --world)")
+    replay.add_argument("--methods", type=_name_list, default=DEFAULT_METHODS, help="comma-separated methods")
+    replay.add_argument("--budgets", type=_int_list, default=[100, 1000], help="comma-separated budgets N")
+    replay.add_argument("--repeats", type=int, default=100, help="repetitions per prompt")
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    replay.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                        help="search option, e.g. --set tail_fraction=0.3 --set adaptive.keep_fraction=0.5")
+    replay.add_argument("--out", help="write the results as JSON here")
+
+    sim_bank = commands.add_parser("sim-bank", help="write a reward bank sampled from a simulated world")
+    sim_bank.add_argument("--family", required=True, help="world family: " + ", ".join(_world_names()))
+    sim_bank.add_argument("--param", action="append", metavar="KEY=VALUE")
+    sim_bank.add_argument("--prompts", type=int, required=True)
+    sim_bank.add_argument("--states", type=int, required=True)
+    sim_bank.add_argument("--completions", type=int, required=True)
+    sim_bank.add_argument("--seed", type=int, default=0)
+    sim_bank.add_argument("--out", required=True)
+
+    curves = commands.add_parser("curves", help="check predicted best-of-n against exact pool values")
+    target = curves.add_mutually_exclusive_group(required=True)
+    target.add_argument("--bank", help="a reward bank: every state's pool is checked")
+    target.add_argument("--real", help="a folder of ../shared/data/real (or one of its data sets)")
+    curves.add_argument("--m", type=_int_list, default=[8, 16, 32], help="samples the prediction sees")
+    curves.add_argument("--n", type=_int_list, default=[16, 64, 256], help="n of the predicted best-of-n")
+    curves.add_argument("--repeats", type=int, default=200)
+    curves.add_argument("--seed", type=int, default=0)
+    curves.add_argument("--out", help="write the report as JSON here")
+    return parser
+
+
+def _world_names() -> list[str]:
+    from pipeline.worlds import WORLDS
+    return sorted(WORLDS)
+
+
+def _search_config(overrides: list[str] | None):
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from pipeline.config import SearchConfig
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SearchConfig), OmegaConf.from_dotlist(overrides or []))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise UsageError(f"bad search option: {str(error).splitlines()[0]}") from None
+
+
+def run_replay(args) -> int:
+    from pipeline.bank import read_bank
+    from pipeline.replay import format_table, replay, results_as_dicts
+    from pipeline.worlds import make_world
+
+    for method in args.methods:
+        if method not in POLICIES:
+            raise UsageError(f"unknown method {method!r}; expected one of {sorted(POLICIES)}")
+    config = _search_config(args.overrides)
+    if args.world:
+        target, label = make_world(args.world, **_params(args.param)), None
+        label = target.describe()
+        if args.prompts is None:
+            raise UsageError("--prompts is required with --world")
+    else:
+        if args.param:
+            raise UsageError("--param applies to --world only")
+        target, label = read_bank(args.bank), args.bank
+    started = time.perf_counter()
+    results = replay(target, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config, args.workers)
+    elapsed = time.perf_counter() - started
+    print(f"replay on {label}: {results[0].prompts} prompts x {args.repeats} repeats, {elapsed:.1f} s")
+    print(format_table(results))
+    if args.out:
+        _write_json(args.out, {"results": results_as_dicts(results), "source": label, "seed": args.seed,
+                               "repeats": args.repeats, "elapsed_s": elapsed})
+    return 0
+
+
+def run_sim_bank(args) -> int:
+    from pipeline.bank import simulate_bank, write_bank
+    from pipeline.worlds import make_world
+
+    world = make_world(args.family, **_params(args.param))
+    rows = simulate_bank(world, args.prompts, args.states, args.completions, args.seed)
+    write_bank(args.out, rows)
+    print(f"wrote {len(rows)} prompts x {args.states} states x {args.completions} rollouts of {world.describe()} "
+          f"to {args.out}")
+    return 0
+
+
+def run_curves(args) -> int:
+    from pipeline.bank import read_bank
+    from pipeline.calibration import calibrate, format_report, real_pools
+
+    if args.real:
+        pools = real_pools(args.real)
+    else:
+        pools = {"bank": ([s for p in read_bank(args.bank) for s in p.state_rewards], None)}
+    report = {name: calibrate(values, args.m, args.n, args.repeats, args.seed, upper_bound=bound)
+              for name, (values, bound) in pools.items()}
+    print(format_report(report))
+    if args.out:
+        _write_json(args.out, report)
+    return 0
+
+
+def _write_json(path: str, payload) -> None:
+    from pipeline.bank import atomic_write_text
+    atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
+
+
+COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except ValueError as error:  # domain errors and UsageError: the user's input was wrong
+        print(f"slg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Offline evaluation of the policies on a simulated world or a reward bank: the experiment engine.
+
+No models, no Ray: episodes are played by the in-process sources of ``pipeline.episodes`` in
+large batches, spread over worker processes. For every (method, budget) it reports the mean best
+reward with its 95% interval, the compute multiplier against exact BoN, the regret against the
+oracle and, where rollouts carry ``correct``, the accuracy of the answer (SPEC.md, ``slg replay``).
+
+Episodes of different methods at the same budget use the same random streams (common random
+numbers), so ``slg`` and ``oracle`` see identical root rollouts and state rewards, and differences
+between methods are measured with less noise than their intervals suggest.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.config import SearchConfig, validate_search_config
+from pipeline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
+from pipeline.oracle import PoolCurve
+from pipeline.policies import policy_class
+from pipeline.worlds import World
+
+EPISODE_ROLLOUTS_PER_TASK = 1_000_000  # episodes x budget per task: bounds a worker's memory
+MULTIPLIER_SEARCH_LIMIT = 64           # the BoN budget searched for the multiplier, in units of N
+
+
+@dataclass
+class MethodResult:
+    method: str
+    budget: int
+    mean_best_reward: float
+    ci95: float
+    compute_multiplier: float | str | None
+    regret_vs_oracle: float | None
+    accuracy: float | None
+    rollouts_mean: float
+    prompts: int
+    repeats: int
+
+
+def replay(target: World | list[BankPrompt], methods: list[str], budgets: list[int], repeats: int,
+           num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
+           workers: int | None = None) -> list[MethodResult]:
+    """Evaluate ``methods`` at each budget on a world (``num_prompts`` fresh prompts) or a bank."""
+    config = config or SearchConfig()
+    _check_request(target, methods, budgets, repeats, num_prompts)
+    validate_search_config(config, budgets)
+    is_world = isinstance(target, World)
+    prompt_count = num_prompts if is_world else len(target)
+    tasks = []
+    for budget in budgets:
+        per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (budget * repeats))
+        for start in range(0, prompt_count, per_task):
+            stop = min(prompt_count, start + per_task)
+            unit = target if is_world else target[start:stop]
+            tasks += [(method, budget, start, stop, unit, repeats, seed, config) for method in methods]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            outputs = list(pool.map(_play_task, tasks, chunksize=1))
+    else:
+        outputs = [_play_task(task) for task in tasks]
+    return _summarise(target, methods, budgets, repeats, prompt_count, outputs)
+
+
+def _play_task(task):
+    """One (method, budget, prompt range): per-prompt best rewards (P, R), correct (P, R) or None, spend."""
+    method, budget, start, stop, unit, repeats, seed, config = task
+    cls = policy_class(method)
+    if isinstance(unit, World):
+        batch = (stop - start) * repeats
+        source = WorldSource(unit, batch, np.random.default_rng([seed, budget, start]))
+        policy = cls(budget, batch, config, rng=np.random.default_rng([seed, budget, start, 1]),
+                     true_value=source.true_value)
+        ledger = run_episodes(policy, source)
+        best = ledger.best_reward.reshape(stop - start, repeats)
+        correct = ledger.best_correct.reshape(stop - start, repeats) if ledger.has_correct else None
+        return method, budget, best, correct, ledger.spent.mean()
+    bests, corrects, spends = [], [], []
+    for offset, prompt in enumerate(unit):
+        source = BankSource(prompt, repeats, np.random.default_rng([seed, budget, start + offset]))
+        policy = cls(budget, repeats, config, rng=np.random.default_rng([seed, budget, start + offset, 1]),
+                     true_value=source.true_value)
+        ledger = run_episodes(policy, source)
+        bests.append(ledger.best_reward)
+        corrects.append(ledger.best_correct if ledger.has_correct else None)
+        spends.append(ledger.spent.mean())
+    correct = None if corrects[0] is None else np.stack(corrects)
+    return method, budget, np.stack(bests), correct, float(np.mean(spends))
+
+
+def _summarise(target, methods, budgets, repeats, prompt_count, outputs) -> list[MethodResult]:
+    curve = bon_curve(target)
+    gathered: dict[tuple[str, int], list] = {}
+    for method, budget, best, correct, spent in outputs:
+        gathered.setdefault((method, budget), []).append((best, correct, spent, best.shape[0]))
+    means: dict[tuple[str, int], float] = {}
+    results = []
+    for budget in budgets:
+        for method in methods:
+            parts = gathered[(method, budget)]
+            best = np.concatenate([p[0] for p in parts])
+            mean = float(best.mean())
+            means[(method, budget)] = mean
+            if repeats > 1:
+                ci95 = 1.96 * math.sqrt(best.var(axis=1, ddof=1).sum() / repeats) / best.shape[0]
+            else:
+                ci95 = 1.96 * float(best.std(ddof=1)) / math.sqrt(best.size) if best.size > 1 else float("nan")
+            accuracy = None
+            if parts[0][1] is not None:
+                accuracy = float(np.concatenate([p[1] for p in parts]).mean())
+            spent = sum(p[2] * p[3] for p in parts) / best.shape[0]
+            results.append(MethodResult(method, budget, mean, ci95, compute_multiplier(curve, mean, budget), None,
+                                        accuracy, float(spent), prompt_count, repeats))
+    for result in results:
+        if ("oracle", result.budget) in means:
+            result.regret_vs_oracle = means[("oracle", result.budget)] - result.mean_best_reward
+    return results
+
+
+def bon_curve(target: World | list[BankPrompt]):
+    """n -> exact BoN value averaged over the prompts (a world's prompts are all alike)."""
+    if isinstance(target, World):
+        return target.prompt_value
+    curves = [PoolCurve(p.rewards, p.prompt_weights()) for p in target]
+    return lambda n: float(np.mean([c.expected_max(n) for c in curves]))
+
+
+def compute_multiplier(curve, mean_best_reward: float, budget: int) -> float | str:
+    """n*/N, n* the smallest BoN budget whose exact value reaches ``mean_best_reward``.
+
+    A lower bound (">64") when even 64 N does not reach it, as with saturated rewards where BoN
+    approaches the maximum but never quite gets there.
+    """
+    limit = MULTIPLIER_SEARCH_LIMIT * budget
+    target = mean_best_reward - 1e-12 * max(1.0, abs(mean_best_reward))
+    if curve(limit) < target:
+        return f">{MULTIPLIER_SEARCH_LIMIT}"
+    low, high = 1, limit
+    while low < high:
+        middle = (low + high) // 2
+        if curve(middle) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return low / budget
+
+
+def _check_request(target, methods, budgets, repeats, num_prompts):
+    if not methods:
+        raise ValueError("the method list is empty")
+    for method in methods:
+        cls = policy_class(method)
+        if cls.needs_true_values and target is None:
+            raise ValueError(f"method {method!r} needs a world or a bank")
+    if not budgets:
+        raise ValueError("the budget list is empty")
+    for budget in budgets:
+        if isinstance(budget, bool) or int(budget) != budget or budget < 1:
+            raise ValueError(f"budget N must be a positive integer, got {budget!r}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats!r}")
+    if isinstance(target, World) and (num_prompts is None or num_prompts < 1):
+        raise ValueError(f"--prompts must be >= 1 for a world, got {num_prompts!r}")
+
+
+def format_table(results: list[MethodResult]) -> str:
+    """A fixed-width table, one row per (budget, method)."""
+    header = f"{'method':<14}{'N':>7}  {'mean best reward':>22}  {'multiplier':>10}  {'regret':>8}  {'accuracy':>8}"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        multiplier = r.compute_multiplier if isinstance(r.compute_multiplier, str) else f"{r.compute_multiplier:.2f}x"
+        regret = "-" if r.regret_vs_oracle is None else f"{r.regret_vs_oracle:+.4f}"
+        accuracy = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
+        reward = f"{r.mean_best_reward:.4f} +- {r.ci95:.4f}"
+        lines.append(f"{r.method:<14}{r.budget:>7}  {reward:>22}  {multiplier:>10}  {regret:>8}  {accuracy:>8}")
+    return "\n".join(lines)
+
+
+def results_as_dicts(results: list[MethodResult]) -> list[dict]:
+    return [asdict(r) for r in results]
