@@ -1,0 +1,166 @@
+"""Replay, banks, the curves report and the CLI: the offline experiment engine end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.bank import read_bank, simulate_bank, write_bank
+from pipeline.calibration import calibrate, real_pools
+from pipeline.cli import main
+from pipeline.replay import compute_multiplier, replay
+from pipeline.worlds import make_world
+
+REAL_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+def by_method(results, budget):
+    return {r.method: r for r in results if r.budget == budget}
+
+
+def test_gaussian_replay_reproduces_the_reference_gains():
+    results = replay(make_world("gaussian"), ["bon", "slg", "slg_adaptive", "oracle"], [100, 1000],
+                     repeats=50, num_prompts=40, seed=1, workers=1)
+    small, large = by_method(results, 100), by_method(results, 1000)
+    # REFERENCE.md: BoN 3.56 / 4.59, SLG 3.89 / 5.10 (300-400 repetitions).
+    assert small["bon"].mean_best_reward == pytest.approx(3.546, abs=4 * small["bon"].ci95)
+    assert large["bon"].mean_best_reward == pytest.approx(4.585, abs=4 * large["bon"].ci95)
+    assert large["slg"].mean_best_reward == pytest.approx(5.12, abs=4 * large["slg"].ci95 + 0.02)
+    assert large["slg"].compute_multiplier > 3
+    assert large["slg_adaptive"].compute_multiplier > 1.5 * large["slg"].compute_multiplier
+    assert large["oracle"].regret_vs_oracle == 0
+    assert large["slg"].regret_vs_oracle > 0  # the price of prediction error, paired
+    assert all(r.rollouts_mean == r.budget for r in results)
+
+
+def test_replay_is_reproducible_and_independent_of_worker_count():
+    world = make_world("bimodal")
+    one = replay(world, ["slg", "bon"], [100], repeats=10, num_prompts=30, seed=5, workers=1)
+    two = replay(world, ["slg", "bon"], [100], repeats=10, num_prompts=30, seed=5, workers=2)
+    assert [r.mean_best_reward for r in one] == [r.mean_best_reward for r in two]
+    assert all(r.accuracy is not None and 0 <= r.accuracy <= 1 for r in one)
+
+
+def test_bank_round_trip_and_replay(tmp_path):
+    world = make_world("bimodal")
+    rows = simulate_bank(world, num_prompts=6, num_states=16, num_completions=40, seed=2)
+    path = tmp_path / "bank.jsonl"
+    write_bank(path, rows)
+    bank = read_bank(path)
+    assert [p.prompt_id for p in bank] == [f"p{i}" for i in range(6)]
+    assert bank[0].num_states == 16 and bank[0].correct is not None
+    results = replay(bank, ["bon", "slg", "oracle"], [64], repeats=40, seed=0, workers=1)
+    got = by_method(results, 64)
+    assert got["bon"].compute_multiplier == pytest.approx(1.0, abs=0.2)
+    assert got["oracle"].mean_best_reward >= got["slg"].mean_best_reward - 3 * got["slg"].ci95
+    assert got["bon"].accuracy is not None
+
+
+def test_bank_bon_is_exact_against_the_prompt_mixture():
+    world = make_world("gaussian")
+    bank_rows = simulate_bank(world, num_prompts=1, num_states=3, num_completions=4, seed=0)
+    prompt = __import__("pipeline.bank", fromlist=["x"])._parse_row(bank_rows[0], "test")
+    pool = np.concatenate(prompt.state_rewards)  # equal state sizes: the mixture is the flat pool
+    from pipeline.oracle import expected_max_of_pool
+    assert prompt.bon_value(7) == pytest.approx(expected_max_of_pool(pool, 7))
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"prompt_id": "a", "states": [[1.0, NaN]]}', "not a finite number"),
+    ('{"prompt_id": "a", "states": [[]]}', "empty"),
+    ('{"prompt_id": "a", "states": []}', "non-empty list"),
+    ('{"prompt_id": "a", "states": [[1.0, 2.0]], "correct": [[true]]}', "same shape"),
+    ('{"prompt_id": "a", "states": [[1.0, "x"]]}', "not a finite number"),
+    ('{"states": [[1.0]]}', "prompt_id"),
+    ('not json', "not valid JSON"),
+])
+def test_bad_banks_are_refused_with_line_and_prompt(tmp_path, line, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt_id": "ok", "states": [[0.5]]}\n' + line + "\n")
+    with pytest.raises(ValueError, match=match) as error:
+        read_bank(path)
+    assert "line 2" in str(error.value)
+
+
+def test_compute_multiplier_on_a_known_curve():
+    curve = lambda n: float(np.log(n))  # noqa: E731
+    assert compute_multiplier(curve, float(np.log(400)), 100) == 4.0
+    assert compute_multiplier(curve, 1e9, 100) == ">64"
+
+
+def test_calibration_on_gaussian_pools_is_close_and_reports_the_plugin():
+    rng = np.random.default_rng(0)
+    pools = [rng.normal(size=5000) for _ in range(20)]
+    report = calibrate(pools, [64], [1000], repeats=100)
+    cell = report["cells"][0]
+    assert cell["median_abs_error"] < 0.5
+    assert cell["bias"] == pytest.approx(0.0, abs=0.2)
+    assert cell["median_abs_error"] < cell["median_abs_error_plugin"]  # extrapolation beats the sample
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="shared real data not present")
+def test_real_data_predictions_are_finite_and_clipped_to_what_rewards_reach():
+    pools = real_pools(REAL_DATA)
+    assert set(pools) == {"genrm_gpqa_llama33_70b", "humaneval_codet_codegen16b",
+                          "alpacaeval_bon16_tulu2_gpt4judge", "math500_bon256_llama32_1b_rlhflow_prm"}
+    for name, (values, bound) in pools.items():
+        report = calibrate(values, [8, 32], [16, 256], repeats=20, upper_bound=bound)
+        for cell in report["cells"]:
+            assert all(np.isfinite(v) for k, v in cell.items() if isinstance(v, float)), name
+            if bound is not None:
+                assert cell["median_abs_error"] <= bound
+
+
+def test_cli_replay_writes_json(tmp_path):
+    out = tmp_path / "replay.json"
+    code = main(["replay", "--world", "gaussian", "--param", "sigma0=0.5", "--prompts", "4", "--repeats", "5",
+                 "--budgets", "100", "--workers", "1", "--set", "tail_fraction=0.3", "--out", str(out)])
+    assert code == 0
+    payload = json.loads(out.read_text())
+    assert {r["method"] for r in payload["results"]} == {"bon", "slg", "slg_adaptive", "oracle"}
+    assert set(payload["results"][0]) >= {"method", "budget", "mean_best_reward", "ci95", "compute_multiplier",
+                                          "regret_vs_oracle", "accuracy"}
+
+
+def test_cli_sim_bank_then_replay(tmp_path, capsys):
+    bank = tmp_path / "b.jsonl"
+    assert main(["sim-bank", "--family", "discrete", "--prompts", "3", "--states", "4", "--completions", "10",
+                 "--seed", "1", "--out", str(bank)]) == 0
+    assert main(["replay", "--bank", str(bank), "--repeats", "4", "--budgets", "20", "--workers", "1"]) == 0
+    assert "slg_adaptive" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "0"], "budget N must be a positive integer, got 0"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", ""], "budget list is empty"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--methods", "beam"], "unknown method 'beam'"),
+    (["replay", "--world", "gauss", "--prompts", "2"], "unknown world family 'gauss'"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "tail_fraction=1.5"], "tail_fraction"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "tail_fractio=0.5"], "tail_fractio"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "100", "--set", "rollouts_per_node=40",
+      "--set", "num_states=4"], "more than the budget"),
+    (["replay", "--world", "gaussian"], "--prompts is required"),
+    (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0"], "KEY=VALUE"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_cli_bad_input_is_one_line_and_exit_code_2(argv, match, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_core_imports_no_engine_or_ray():
+    code = ("import sys, pipeline.tail, pipeline.schedule, pipeline.oracle, pipeline.policies, pipeline.replay, "
+            "pipeline.cli, pipeline.calibration; "
+            "print(sorted(m for m in ('ray', 'vllm', 'torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_module_entry_point_matches_console_script():
+    done = subprocess.run([sys.executable, "-m", "pipeline.run", "replay", "--world", "x", "--prompts", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown world family 'x'" in done.stderr
