@@ -171,14 +171,15 @@ def _check_request(target, methods, budgets, repeats, num_prompts):
 
 def format_table(results: list[MethodResult]) -> str:
     """A fixed-width table, one row per (budget, method)."""
-    header = f"{'method':<14}{'N':>7}  {'mean best reward':>22}  {'multiplier':>10}  {'regret':>8}  {'accuracy':>8}"
+    header = f"{'method':<14}{'N':>7}  {'mean best reward':>26}  {'multiplier':>10}  {'regret':>8}  {'accuracy':>8}"
     lines = [header, "-" * len(header)]
     for r in results:
         multiplier = r.compute_multiplier if isinstance(r.compute_multiplier, str) else f"{r.compute_multiplier:.2f}x"
         regret = "-" if r.regret_vs_oracle is None else f"{r.regret_vs_oracle:+.4f}"
         accuracy = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
-        reward = f"{r.mean_best_reward:.4f} +- {r.ci95:.4f}"
-        lines.append(f"{r.method:<14}{r.budget:>7}  {reward:>22}  {multiplier:>10}  {regret:>8}  {accuracy:>8}")
+        digits = 4 if not r.ci95 > 0 else min(8, max(4, 1 - math.floor(math.log10(r.ci95))))
+        reward = f"{r.mean_best_reward:.{digits}f} +- {r.ci95:.{digits}f}"
+        lines.append(f"{r.method:<14}{r.budget:>7}  {reward:>26}  {multiplier:>10}  {regret:>8}  {accuracy:>8}")
     return "\n".join(lines)
 
 
