@@ -24,8 +24,9 @@ def calibrate(pools: list, m_values: list[int], n_values: list[int], repeats: in
     """Error summaries per (m, n) over all pools and repeats; see the module docstring.
 
     Per cell: ``median_abs_error``, ``mean_abs_error`` and ``bias`` of the prediction, the same
-    errors of the plug-in estimate (``*_plugin``; saturated rewards make medians 0, hence means), ``median_scaled_error`` (|error| over the pool's standard deviation,
-    comparable across reward scales), ``above_pool_max`` (share of predictions above the largest
+    errors of the plug-in estimate (``*_plugin``; saturated rewards make medians 0, hence means),
+    ``median_scaled_error`` (|error| over the pool's standard deviation, comparable across reward
+    scales), ``above_pool_max`` (share of predictions above the largest
     reward in the pool: values no response reaches) and, with ``upper_bound``, ``above_bound``
     (share of unclipped predictions above what the reward can reach; reported predictions are
     clipped to it).

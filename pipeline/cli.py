@@ -119,7 +119,7 @@ def run_replay(args) -> int:
             raise UsageError(f"unknown method {method!r}; expected one of {sorted(POLICIES)}")
     config = _search_config(args.overrides)
     if args.world:
-        target, label = make_world(args.world, **_params(args.param)), None
+        target = make_world(args.world, **_params(args.param))
         label = target.describe()
         if args.prompts is None:
             raise UsageError("--prompts is required with --world")

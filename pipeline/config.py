@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
 
 from pipeline.schedule import default_schedule, validate_schedule
 
@@ -42,8 +41,8 @@ class AdaptiveConfig:
     """
 
     root_fraction: float = 0.25                # share of N sampled from the prompt before states are cut
-    num_candidates: Optional[int] = None       # states screened; None: 2K of the default schedule
-    screening_rollouts: Optional[int] = None   # rollouts per node in the first round; None: m / 2
+    num_candidates: int | None = None       # states screened; None: 2K of the default schedule
+    screening_rollouts: int | None = None   # rollouts per node in the first round; None: m / 2
     keep_fraction: float = 0.5                 # share of nodes kept after each round
     explore_fraction: float = 0.7              # cap on the share of N spent before exploiting
     tail_fraction: float = 0.5                 # q of the refits (wider than SLG's: steadier rankings)
@@ -57,9 +56,9 @@ class SearchConfig:
     prediction_budget: PredictionBudget = PredictionBudget.total
     state_selection: StateSelection = StateSelection.top_reward
     root_competes: bool = True                             # the prompt is a candidate for the exploit phase
-    rollouts_per_node: Optional[int] = None                # m; None: default_schedule(N)
-    num_states: Optional[int] = None                       # K; None: default_schedule(N)
-    reward_upper_bound: Optional[float] = None             # clip predictions here (bounded rewards)
+    rollouts_per_node: int | None = None                # m; None: default_schedule(N)
+    num_states: int | None = None                       # K; None: default_schedule(N)
+    reward_upper_bound: float | None = None             # clip predictions here (bounded rewards)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
     def schedule(self, budget: int) -> tuple[int, int]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.oracle import expected_max_of_pool, expected_max_of_weighted_pool
-from pipeline.policy import NO_NODE, ROOT, EpisodeLedger, Request, Rollouts
 from pipeline.policies import SearchPolicy
+from pipeline.policy import ROOT, EpisodeLedger, Request, Rollouts
 from pipeline.worlds import World
 
 
@@ -52,7 +52,9 @@ class RolloutSource:
     def _state_latents(self, index: np.ndarray) -> np.ndarray:
         if self._root_latents.shape[1] == 0:
             return np.zeros(self.batch_size)
-        return self._root_latents[np.arange(self.batch_size), np.minimum(index, self._root_latents.shape[1] - 1)]
+        if (index >= self._root_latents.shape[1]).any():
+            raise ValueError(f"no root rollout {int(index.max())} to continue: only {self._root_latents.shape[1]} so far")
+        return self._root_latents[np.arange(self.batch_size), index]
 
     def true_value(self, nodes: np.ndarray, n: np.ndarray) -> np.ndarray:
         """True V_n of each node (B, k); n is (B,). The root's value is the prompt's BoN value."""
@@ -160,5 +162,3 @@ def run_episodes(policy: SearchPolicy, source: RolloutSource) -> EpisodeLedger:
         policy.observe(results)
     return ledger
 
-
-__all__ = ["BankPrompt", "BankSource", "NO_NODE", "RolloutSource", "WorldSource", "run_episodes"]

@@ -10,7 +10,7 @@ ledger; it only says where the next rollouts should come from.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class SearchPolicy:
     needs_true_values = False
 
     def __init__(self, budget: int, batch_size: int, config: SearchConfig | None = None,
-                 rng: np.random.Generator | None = None, true_value: Optional[TrueValue] = None):
+                 rng: np.random.Generator | None = None, true_value: TrueValue | None = None):
         if budget < 1:
             raise ValueError(f"budget N must be >= 1, got {budget!r}")
         if self.needs_true_values and true_value is None:

@@ -29,11 +29,11 @@ class Request:
     count: np.ndarray  # (B,) int >= 0
 
     @classmethod
-    def uniform(cls, node: int, count: int, batch_size: int) -> "Request":
+    def uniform(cls, node: int, count: int, batch_size: int) -> Request:
         return cls(np.full(batch_size, node, dtype=np.int64), np.full(batch_size, count, dtype=np.int64))
 
     @classmethod
-    def per_episode(cls, node: np.ndarray, count) -> "Request":
+    def per_episode(cls, node: np.ndarray, count) -> Request:
         node = np.asarray(node, dtype=np.int64)
         count = np.broadcast_to(np.asarray(count, dtype=np.int64), node.shape)
         return cls(node, np.where(node == NO_NODE, 0, count))
