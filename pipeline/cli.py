@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim_bank.add_argument("--seed", type=int, default=0)
     sim_bank.add_argument("--out", required=True)
 
+    run = commands.add_parser("run", help="run the pipeline (no arguments: the embedded default, simulated engines)")
+    run.add_argument("--config", help="a YAML config (see configs/)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
+
+    tiny = commands.add_parser("make-tiny-models", help="write a tiny random-weight generator and RM for CPU tests")
+    tiny.add_argument("directory")
+    tiny.add_argument("--seed", type=int, default=0)
+
     curves = commands.add_parser("curves", help="check predicted best-of-n against exact pool values")
     target = curves.add_mutually_exclusive_group(required=True)
     target.add_argument("--bank", help="a reward bank: every state's pool is checked")
@@ -166,15 +174,38 @@ def run_curves(args) -> int:
     return 0
 
 
+def run_pipeline(args) -> int:
+    import logging
+
+    from pipeline.run_config import load_run_config
+    from pipeline.runner import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s slg %(message)s", datefmt="%H:%M:%S")
+    run(load_run_config(args.config, args.overrides))
+    return 0
+
+
+def run_make_tiny_models(args) -> int:
+    from pipeline.tiny_models import make_tiny_models
+
+    paths = make_tiny_models(args.directory, seed=args.seed)
+    print("\n".join(f"{role}: {path}" for role, path in paths.items()))
+    return 0
+
+
 def _write_json(path: str, payload) -> None:
     from pipeline.bank import atomic_write_text
     atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
 
 
-COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves}
+COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline,
+            "make-tiny-models": run_make_tiny_models}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["run"]  # `slg` alone runs the embedded default
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -1,0 +1,310 @@
+"""The driver: runs one search policy per (prompt, method, budget) against the engine replicas.
+
+It asks each search for its next round, turns the requests into seeded rollout requests, sends
+them to generator replicas (a state's rollouts always to the same replica: prefix-cache
+affinity; everything else to the least-loaded one), sends finished rollouts on to the reward
+replicas as they arrive (generation and scoring overlap), fills each search's round with the
+rewards, and tells the policy. Many searches run at once, so while one waits at its round
+barrier others keep the replicas busy. The driver holds all search state (policies, states,
+ledgers); replicas hold none.
+
+It is a plain class: ``slg run`` makes it a Ray actor (``ray.remote(Driver)``) and calls
+:meth:`Driver.step` until it reports everything done; tests run it in-process on local replicas.
+Seeds derive from (run seed, prompt id, node, index within the node), never from dispatch order,
+so results do not depend on the number of replicas, and methods share rollouts (root rollout k
+of a prompt is the same rollout for every method and budget: common random numbers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import time
+from collections import defaultdict, deque
+
+import numpy as np
+
+from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
+from pipeline.config import SearchConfig
+from pipeline.policies import policy_class
+from pipeline.policy import ROOT, Rollouts
+from pipeline.replicas import LocalCalls, RayCalls
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from its parts, stable across processes and machines (never ``hash()``)."""
+    digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def node_name(node: int) -> str:
+    return "root" if node == ROOT else f"s{node}"
+
+
+class _Slot:
+    """One request of a round: ``count`` rollouts from ``node``, filled in as scores arrive."""
+
+    __slots__ = ("node", "count", "rewards", "can_branch", "correct")
+
+    def __init__(self, node: int, count: int):
+        self.node, self.count = node, count
+        self.rewards = np.full(count, np.nan)
+        self.can_branch = np.zeros(count, dtype=bool)
+        self.correct = np.zeros(count, dtype=bool)
+
+
+class _Search:
+    """The driver's record of one (prompt, method, budget) search."""
+
+    def __init__(self, prompt: PromptInput, method: str, budget: int, policy):
+        self.prompt, self.method, self.budget, self.policy = prompt, method, budget, policy
+        self.root_count = 0
+        self.node_counts: dict[int, int] = defaultdict(int)
+        self.states: dict[int, StatePrefix] = {}
+        self.slots: list[_Slot] = []
+        self.waiting = 0
+        self.sequence = itertools.count()
+        self.started = time.perf_counter()
+        self.ledger = {"rollouts": 0, "tokens_generated": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0,
+                       "rm_tokens": 0, "empty_rollouts": 0, "dropped_scores": 0}
+        self.best = (-math.inf, 0, None, None, None)  # (reward, -sequence, text, correct, node)
+        self.any_correct: bool | None = None
+
+
+class _Item:
+    __slots__ = ("search", "slot", "position", "node", "root_index", "sequence", "rollout")
+
+    def __init__(self, search, slot, position, node, root_index, sequence):
+        self.search, self.slot, self.position, self.node = search, slot, position, node
+        self.root_index, self.sequence, self.rollout = root_index, sequence, None
+
+
+class Driver:
+    def __init__(self, prompts: list[PromptInput], methods: list[str], budgets: list[int], search: SearchConfig,
+                 seed: int, generators: list, rewards: list, settings, world=None, skip=(),
+                 nonfinite: str = "stop", use_ray: bool = True):
+        self.settings = settings
+        self.seed = seed
+        self.search_config = search
+        self.world = world
+        self.nonfinite = nonfinite
+        self.generators, self.rewards = generators, rewards
+        self.calls = RayCalls() if use_ray else LocalCalls()
+        skip = {tuple(k) for k in skip}
+        self.queue = deque((p, m, n) for p in prompts for n in budgets for m in methods
+                           if (p.prompt_id, m, n) not in skip)
+        self.total = len(self.queue)
+        self.active: list[_Search] = []
+        self.items: dict[int, _Item] = {}
+        self.request_ids = itertools.count()
+        self.gen_queues = [deque() for _ in generators]
+        self.gen_inflight = [0] * len(generators)
+        self.score_queue: deque[ScoreRequest] = deque()
+        self.score_inflight = [0] * len(rewards)
+        self.affinity: dict[tuple[str, int], int] = {}
+        self.pending: dict = {}  # call token -> ("generate" | "score", replica index, batch size)
+        self.counters = {"searches_done": 0, "rollouts_generated": 0, "rollouts_scored": 0, "tokens_generated": 0,
+                         "prompt_tokens": 0, "cached_prompt_tokens": 0, "rm_tokens": 0}
+        self.driver_busy_s = 0.0
+        self.started = time.perf_counter()
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def step(self, max_s: float | None = None) -> tuple[list[dict], dict]:
+        """Work for up to ``max_s`` seconds (None: until done); return finished results and progress."""
+        deadline = None if max_s is None else time.perf_counter() + max_s
+        finished: list[dict] = []
+        while True:
+            busy_from = time.perf_counter()
+            self._admit(finished)
+            self._dispatch()
+            self.driver_busy_s += time.perf_counter() - busy_from
+            if not self.pending:
+                break
+            timeout = 1.0 if deadline is None else max(0.0, deadline - time.perf_counter())
+            done = self.calls.wait(list(self.pending), timeout)
+            busy_from = time.perf_counter()
+            for token, result, error in done:
+                kind, replica, size = self.pending.pop(token)
+                if error is not None:
+                    raise RuntimeError(f"{kind} replica {replica} failed on a batch of {size}: {error}") from error
+                if kind == "generate":
+                    self.gen_inflight[replica] -= 1
+                    self._on_rollouts(result)
+                else:
+                    self.score_inflight[replica] -= 1
+                    self._on_scores(result, finished)
+            self.driver_busy_s += time.perf_counter() - busy_from
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+        return finished, self.progress()
+
+    @property
+    def done(self) -> bool:
+        return not self.queue and not self.active and not self.pending
+
+    def progress(self) -> dict:
+        elapsed = time.perf_counter() - self.started
+        return {**self.counters, "searches_total": self.total, "elapsed_s": elapsed, "done": self.done,
+                "rollouts_per_s": self.counters["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
+                "tokens_per_s": self.counters["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
+                "driver_busy_s": self.driver_busy_s}
+
+    def _admit(self, finished: list[dict]) -> None:
+        while self.queue and len(self.active) < self.settings.max_concurrent_prompts:
+            prompt, method, budget = self.queue.popleft()
+            cls = policy_class(method)
+            search = _Search(prompt, method, budget, None)
+            true_value = self._true_value_of(search) if cls.needs_true_values else None
+            search.policy = cls(budget, 1, self.search_config,
+                                rng=np.random.default_rng(derive_seed(self.seed, prompt.prompt_id, method, budget)),
+                                true_value=true_value)
+            self.active.append(search)
+            self._plan(search, finished)
+
+    def _plan(self, search: _Search, finished: list[dict]) -> None:
+        """Turn the policy's next round into queued rollout requests (or finish the search)."""
+        while True:
+            requests = search.policy.plan()
+            if not requests:
+                self._finish(search, finished)
+                return
+            search.slots = [_Slot(int(r.node[0]), int(r.count[0])) for r in requests]
+            for slot in search.slots:
+                for position in range(slot.count):
+                    self._queue_rollout(search, slot, position)
+            search.waiting = sum(s.count for s in search.slots)
+            if search.waiting:
+                return
+            search.policy.observe(self._round_results(search))  # a round that asked for nothing
+
+    def _queue_rollout(self, search: _Search, slot: _Slot, position: int) -> None:
+        prompt = search.prompt
+        if slot.node == ROOT:
+            index = root_index = search.root_count
+            search.root_count += 1
+            state = None
+        else:
+            if slot.node not in search.states:
+                raise RuntimeError(f"policy asked to continue state {slot.node}, which is not a state")
+            root_index, state = None, search.states[slot.node]
+            index = search.node_counts[slot.node]
+            search.node_counts[slot.node] += 1
+        request_id = next(self.request_ids)
+        seed = derive_seed(self.seed, prompt.prompt_id, node_name(slot.node), index)
+        self.items[request_id] = _Item(search, slot, position, slot.node, root_index, next(search.sequence))
+        replica = self._replica_for(prompt.prompt_id, slot.node)
+        self.gen_queues[replica].append(RolloutRequest(request_id, prompt, state, seed))
+
+    def _replica_for(self, prompt_id: str, node: int) -> int:
+        """States stick to one replica (its prefix cache holds them); the rest go to the least loaded."""
+        key = (prompt_id, node)
+        if node != ROOT and key in self.affinity:
+            return self.affinity[key]
+        loads = [len(q) + self.gen_inflight[r] * self.settings.max_batch_rollouts for r, q in enumerate(self.gen_queues)]
+        replica = int(np.argmin(loads))
+        if node != ROOT:
+            self.affinity[key] = replica
+        return replica
+
+    def _dispatch(self) -> None:
+        limit = self.settings.max_inflight_batches
+        for replica, queue in enumerate(self.gen_queues):
+            while queue and self.gen_inflight[replica] < limit:
+                batch = [queue.popleft() for _ in range(min(len(queue), self.settings.max_batch_rollouts))]
+                token = self.calls.submit(self.generators[replica], "generate", batch)
+                self.pending[token] = ("generate", replica, len(batch))
+                self.gen_inflight[replica] += 1
+        while self.score_queue:
+            replica = int(np.argmin(self.score_inflight))
+            if self.score_inflight[replica] >= limit:
+                break
+            size = min(len(self.score_queue), self.settings.max_batch_scores)
+            batch = [self.score_queue.popleft() for _ in range(size)]
+            token = self.calls.submit(self.rewards[replica], "score", batch)
+            self.pending[token] = ("score", replica, len(batch))
+            self.score_inflight[replica] += 1
+
+    def _on_rollouts(self, rollouts: list[Rollout]) -> None:
+        for rollout in rollouts:
+            item = self.items[rollout.request_id]
+            item.rollout = rollout
+            search = item.search
+            search.ledger["rollouts"] += 1
+            search.ledger["tokens_generated"] += rollout.num_generated_tokens
+            search.ledger["prompt_tokens"] += rollout.num_prompt_tokens
+            search.ledger["cached_prompt_tokens"] += rollout.num_cached_tokens
+            search.ledger["empty_rollouts"] += rollout.num_generated_tokens == 0
+            self.counters["rollouts_generated"] += 1
+            self.counters["tokens_generated"] += rollout.num_generated_tokens
+            self.counters["prompt_tokens"] += rollout.num_prompt_tokens
+            self.counters["cached_prompt_tokens"] += rollout.num_cached_tokens
+            if item.root_index is not None and rollout.state is not None:
+                search.states[item.root_index] = rollout.state
+                item.slot.can_branch[item.position] = True
+            self.score_queue.append(ScoreRequest(rollout.request_id, search.prompt, rollout.response_text,
+                                                 rollout.sim_reward))
+
+    def _on_scores(self, scores: list[Score], finished: list[dict]) -> None:
+        for score in scores:
+            item = self.items.pop(score.request_id)
+            search, slot, rollout = item.search, item.slot, item.rollout
+            reward = float(score.reward)
+            search.ledger["rm_tokens"] += score.num_tokens
+            self.counters["rollouts_scored"] += 1
+            self.counters["rm_tokens"] += score.num_tokens
+            if not math.isfinite(reward):
+                if self.nonfinite == "stop":
+                    raise ValueError(f"the reward model returned {reward} for prompt {search.prompt.prompt_id!r}, "
+                                     f"node {node_name(item.node)} (set reward.nonfinite=drop to drop such rollouts)")
+                search.ledger["dropped_scores"] += 1
+            else:
+                slot.rewards[item.position] = reward
+                if rollout.sim_correct is not None:
+                    slot.correct[item.position] = rollout.sim_correct
+                    search.any_correct = bool(search.any_correct) or rollout.sim_correct
+                candidate = (reward, -item.sequence, rollout.response_text, rollout.sim_correct, item.node)
+                if candidate[:2] > search.best[:2]:
+                    search.best = candidate
+            search.waiting -= 1
+            if search.waiting == 0:
+                search.policy.observe(self._round_results(search))
+                self._plan(search, finished)
+
+    def _round_results(self, search: _Search) -> list[Rollouts]:
+        return [Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :]) for s in search.slots]
+
+    def _finish(self, search: _Search, finished: list[dict]) -> None:
+        self.active.remove(search)
+        self.counters["searches_done"] += 1
+        policy = search.policy
+        best_reward, _, text, correct, best_node = search.best
+        prediction = float(policy.selected_prediction[0])
+        finished.append({
+            "prompt_id": search.prompt.prompt_id, "method": search.method, "budget": search.budget,
+            **search.ledger,
+            "best_reward": best_reward if math.isfinite(best_reward) else None,
+            "selected": node_name(int(policy.selected[0])),
+            "predicted_value": prediction if math.isfinite(prediction) else None,
+            "num_states": len(search.states),
+            "correct": correct, "pass_at_n": search.any_correct,
+            "best_node": None if best_node is None else node_name(best_node),
+            "answer": text,
+            "wall_s": time.perf_counter() - search.started,
+        })
+
+    def _true_value_of(self, search: _Search):
+        if self.world is None:
+            raise ValueError(f"method {search.method!r} needs true values: only the sim backend has them")
+
+        def true_value(nodes: np.ndarray, n: np.ndarray) -> np.ndarray:
+            out = np.empty(nodes.shape)
+            for j, node in enumerate(nodes[0]):
+                if node == ROOT:
+                    out[0, j] = self.world.prompt_value(int(n[0]))
+                else:
+                    out[0, j] = self.world.state_value(np.array([search.states[int(node)].latent]), int(n[0]))[0]
+            return out
+
+        return true_value

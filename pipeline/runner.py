@@ -1,0 +1,199 @@
+"""``slg run``: start (or join) Ray, place the replicas and the driver actor, stream results to disk.
+
+This is orchestration only: the search lives in the policies, the scheduling in the driver, the
+engines in ``actors``. Outputs in ``output_dir``: ``results.jsonl`` (appended and flushed as each
+(prompt, method, budget) finishes), ``summary.json`` and ``config.yaml`` (written atomically) and
+``best_reward_vs_budget.png``. Rerunning with the same ``output_dir`` and config resumes: finished
+searches are skipped. A different config there is refused unless ``overwrite=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from actors.registry import load_backend
+from pipeline.bank import atomic_write_text
+from pipeline.prompts import load_prompts
+from pipeline.report import format_summary, plot_summary, summarise
+from pipeline.run_config import Backend, RunConfig, config_as_dict, config_as_yaml
+
+log = logging.getLogger("slg")
+
+# Keys that may change between a run and its resumption: they do not change any result.
+RESUMABLE_KEYS = ("output_dir", "overwrite", "plot", "driver.", "ray.")
+
+
+def run(config: RunConfig) -> dict:
+    """Run the configured searches to completion; returns the summary."""
+    prompts = load_prompts(config.data)  # bad data fails here, before Ray starts
+    output = Path(config.output_dir)
+    previous = prepare_output_dir(output, config)
+    skip = {(r["prompt_id"], r["method"], r["budget"]) for r in previous}
+    started_ray = _init_ray(config)
+    import ray
+
+    try:
+        generators, rewards = _create_replicas(config)
+        driver_cls = ray.remote(num_cpus=0)(__import__("pipeline.driver", fromlist=["Driver"]).Driver)
+        world = _world_of(config)
+        driver = driver_cls.remote(prompts, config.methods, config.budgets, config.search, config.seed, generators,
+                                   rewards, config.driver, world=world, skip=skip, nonfinite=config.reward.nonfinite)
+        results = list(previous)
+        total = len(prompts) * len(config.methods) * len(config.budgets)
+        log.info("running %d searches (%d prompts x %d methods x %d budgets), %d already done, into %s",
+                 total, len(prompts), len(config.methods), len(config.budgets), len(previous), output)
+        last_report = time.perf_counter()
+        with (output / "results.jsonl").open("a") as sink:
+            while True:
+                finished, progress = ray.get(driver.step.remote(config.driver.step_s))
+                for result in finished:
+                    sink.write(json.dumps(result) + "\n")
+                if finished:
+                    sink.flush()
+                    os.fsync(sink.fileno())
+                    results.extend(finished)
+                if progress["done"] or time.perf_counter() - last_report >= config.driver.progress_interval_s:
+                    log.info(_progress_line(progress, len(previous)))
+                    last_report = time.perf_counter()
+                if progress["done"]:
+                    break
+    finally:
+        if started_ray:
+            ray.shutdown()
+    summary = summarise(results, config.methods, config.budgets)
+    summary["throughput"] = {k: progress[k] for k in ("elapsed_s", "rollouts_per_s", "tokens_per_s", "rollouts_scored",
+                                                      "tokens_generated", "prompt_tokens", "cached_prompt_tokens",
+                                                      "rm_tokens", "driver_busy_s")}
+    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if config.plot:
+        plot_summary(summary, output / "best_reward_vs_budget.png")
+    print(format_summary(summary), flush=True)
+    return summary
+
+
+def _progress_line(progress: dict, resumed: int) -> str:
+    return (f"[{progress['elapsed_s']:7.1f} s] searches {progress['searches_done'] + resumed}/"
+            f"{progress['searches_total'] + resumed}, rollouts {progress['rollouts_scored']} "
+            f"({progress['rollouts_per_s']:.0f}/s), tokens {progress['tokens_generated']} "
+            f"({progress['tokens_per_s']:.0f}/s)")
+
+
+def prepare_output_dir(output: Path, config: RunConfig) -> list[dict]:
+    """Make ``output`` ready and return the results already there (resume), after checking the
+    config they came from is this one (``overwrite=true`` starts over instead)."""
+    output.mkdir(parents=True, exist_ok=True)
+    results_path, config_path = output / "results.jsonl", output / "config.yaml"
+    new_config = config_as_dict(config)
+    previous: list[dict] = []
+    if results_path.exists() and config_path.exists() and not config.overwrite:
+        old = OmegaConf.to_container(OmegaConf.load(config_path)) or {}
+        changed = [k for k in sorted(set(_flatten(old)) | set(_flatten(new_config)))
+                   if not k.startswith(RESUMABLE_KEYS) and _flatten(old).get(k) != _flatten(new_config).get(k)]
+        if changed:
+            raise ValueError(f"output_dir {str(output)!r} holds a run with a different config (changed: "
+                             f"{', '.join(changed)}); use another output_dir or overwrite=true")
+        previous = _read_results(results_path)
+    elif results_path.exists() and not config.overwrite and results_path.stat().st_size > 0:
+        raise ValueError(f"output_dir {str(output)!r} has results.jsonl but no config.yaml; "
+                         "use another output_dir or overwrite=true")
+    elif config.overwrite:
+        for name in ("results.jsonl", "summary.json"):
+            (output / name).unlink(missing_ok=True)
+    atomic_write_text(config_path, config_as_yaml(config))
+    return previous
+
+
+def _read_results(path: Path) -> list[dict]:
+    """The complete lines of a results file; a torn last line (a killed run) is cut off."""
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete))
+    return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _init_ray(config: RunConfig) -> bool:
+    """Join the configured cluster ($RAY_ADDRESS or ray.address), or start a local instance; True
+    when this process started Ray (and so must stop it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ValueError(f"cannot reach a Ray cluster at {address!r} (RAY_ADDRESS / ray.address): "
+                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        return False
+    ray.init(num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, include_dashboard=False, **quiet)
+    return True
+
+
+def _create_replicas(config: RunConfig):
+    from pipeline.replicas import create_ray_replicas
+
+    gen, rm = config.generator, config.reward
+    gen_cls, rm_cls = load_backend("generator", gen.backend.value), load_backend("reward", rm.backend.value)
+    real = gen.backend != Backend.sim
+    gen_gpus = gen.num_gpus_per_replica if gen.num_gpus_per_replica is not None else \
+        (float(gen.tensor_parallel_size) if real and gen.device != "cpu" and _has_gpus() else 0.0)
+    gen_cpus = gen.num_cpus_per_replica if gen.num_cpus_per_replica is not None else (1.0 if real else 0.0)
+    rm_cpus = rm.num_cpus_per_replica if rm.num_cpus_per_replica is not None else (1.0 if real else 0.0)
+    generators = create_ray_replicas(gen_cls, gen.num_replicas, generator_kwargs(config), gen_gpus, gen_cpus,
+                                     gpus_per_replica_group=gen.tensor_parallel_size if gen_gpus >= 1 else 1,
+                                     name="generator")
+    rewards = create_ray_replicas(rm_cls, rm.num_replicas, reward_kwargs(config), rm.num_gpus_per_replica, rm_cpus,
+                                  name="reward")
+    return generators, rewards
+
+
+def _has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def generator_kwargs(config: RunConfig) -> dict:
+    section = config_as_dict(config)["generator"]
+    if config.generator.backend == Backend.sim:
+        sim = section["sim"]
+        return {"family": sim["family"], "params": sim["params"], "state_tokens": section["state_tokens"],
+                "mean_response_tokens": sim["mean_response_tokens"],
+                "short_rollout_fraction": sim["short_rollout_fraction"],
+                "latency_per_token_s": sim["latency_per_token_s"]}
+    section.pop("sim")
+    return {"settings": section}
+
+
+def reward_kwargs(config: RunConfig) -> dict:
+    if config.reward.backend == Backend.sim:
+        return {"latency_per_item_s": config.generator.sim.rm_latency_per_item_s}
+    return {"settings": config_as_dict(config)["reward"]}
+
+
+def _world_of(config: RunConfig):
+    if config.generator.backend != Backend.sim:
+        return None
+    from pipeline.worlds import make_world
+
+    return make_world(config.generator.sim.family, **config.generator.sim.params)
