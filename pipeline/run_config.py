@@ -150,7 +150,9 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None)
 
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    message = text[0] if text else type(error).__name__
+    full_key = getattr(error, "full_key", None)
+    return f"{full_key}: {message}" if full_key and full_key not in message else message
 
 
 def config_as_dict(config: RunConfig) -> dict[str, Any]:

@@ -139,6 +139,7 @@ def _init_ray(config: RunConfig) -> bool:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as error:
@@ -147,6 +148,20 @@ def _init_ray(config: RunConfig) -> bool:
         return False
     ray.init(num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, include_dashboard=False, **quiet)
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when a host:port address has nothing listening (ray.init retries long)."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: ray.init resolves them and fails fast itself
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ValueError(f"cannot reach a Ray cluster at {address!r} (RAY_ADDRESS / ray.address): {error}") from None
 
 
 def _create_replicas(config: RunConfig):

@@ -1,0 +1,12 @@
+"""Shared fixtures. Ray instances are module-scoped so that a module that starts its own cluster
+(``ray start`` for the job-submission test) never meets another one."""
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,187 @@
+"""The distributed pipeline on simulated engines: outputs, determinism, affinity, resume, errors."""
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from actors.interfaces import PromptInput, Score
+from actors.sim import SimGenerator, SimRewardModel
+from pipeline.cli import main
+from pipeline.driver import Driver, derive_seed
+from pipeline.run_config import DriverConfig, load_run_config
+from pipeline.runner import run
+from pipeline.worlds import make_world
+
+pytestmark = pytest.mark.ray
+
+SMALL = ["data.num_prompts=3", "budgets=[16,64]", "plot=false"]
+
+
+def key(result):
+    return (result["prompt_id"], result["method"], result["budget"])
+
+
+def read_results(directory):
+    return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
+
+
+def comparable(results):
+    fields = ("best_reward", "selected", "rollouts", "tokens_generated", "correct", "pass_at_n", "num_states")
+    return sorted((key(r), tuple(r[f] for f in fields)) for r in results)
+
+
+def test_default_run_writes_every_output(local_ray, tmp_path):
+    config = load_run_config(None, [f"output_dir={tmp_path}", "data.num_prompts=4", "budgets=[16,64]"])
+    summary = run(config)
+    results = read_results(tmp_path)
+    assert len(results) == 4 * 4 * 2 and len({key(r) for r in results}) == len(results)
+    for r in results:
+        assert r["rollouts"] == r["budget"]  # the budget is spent exactly, never exceeded
+        assert {"prompt_id", "method", "budget", "rollouts", "best_reward", "selected", "correct", "pass_at_n",
+                "tokens_generated", "wall_s"} <= set(r)
+        assert r["selected"] == "root" or r["selected"].startswith("s")
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    assert stored["methods"] == summary["methods"]
+    cell = stored["methods"]["slg"]["64"]
+    assert {"mean_best_reward", "ci95", "accuracy", "pass_at_n", "rollouts_mean", "prompts"} <= set(cell)
+    assert cell["prompts"] == 4 and cell["rollouts_mean"] == 64
+    assert (tmp_path / "best_reward_vs_budget.png").stat().st_size > 10_000
+    assert load_run_config(str(tmp_path / "config.yaml")).budgets == [16, 64]
+
+
+def test_results_do_not_depend_on_replica_count(local_ray, tmp_path):
+    one = run(load_run_config(None, SMALL + [f"output_dir={tmp_path / 'one'}"]))
+    four = run(load_run_config(None, SMALL + [f"output_dir={tmp_path / 'four'}", "generator.num_replicas=4",
+                                              "reward.num_replicas=2", "driver.max_batch_rollouts=7"]))
+    assert one["methods"] == four["methods"]
+    assert comparable(read_results(tmp_path / "one")) == comparable(read_results(tmp_path / "four"))
+
+
+def sim_driver(generators, rewards=None, prompts=3, methods=("bon", "slg", "slg_adaptive", "oracle"),
+               budgets=(16, 64), **driver_settings):
+    return Driver([PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(prompts)], list(methods),
+                  list(budgets), load_run_config(None, SMALL).search, 0, generators,
+                  rewards or [SimRewardModel()], DriverConfig(**driver_settings), world=make_world("gaussian"),
+                  use_ray=False)
+
+
+def test_in_process_driver_equals_the_ray_run(local_ray, tmp_path):
+    run(load_run_config(None, SMALL + [f"output_dir={tmp_path}"]))
+    results, progress = sim_driver([SimGenerator()]).step(None)
+    assert progress["done"]
+    assert comparable(results) == comparable(read_results(tmp_path))
+
+
+class RecordingGenerator(SimGenerator):
+    def __init__(self, log, name):
+        super().__init__()
+        self.log, self.name = log, name
+
+    def generate(self, requests):
+        for request in requests:
+            if request.state is not None:
+                self.log[(request.prompt.prompt_id, request.state.latent)].add(self.name)
+        return super().generate(requests)
+
+
+def test_rollouts_of_a_state_stay_on_one_replica_and_load_is_shared():
+    log = defaultdict(set)
+    generators = [RecordingGenerator(log, i) for i in range(3)]
+    driver = sim_driver(generators, prompts=6, max_batch_rollouts=8, max_inflight_batches=1)
+    driver.step(None)
+    assert log and all(len(replicas) == 1 for replicas in log.values())
+    assert {next(iter(r)) for r in log.values()} == {0, 1, 2}
+
+
+def test_seeds_come_from_ids_not_dispatch_order():
+    assert derive_seed(0, "p1", "s3", 7) == derive_seed(0, "p1", "s3", 7)
+    assert derive_seed(0, "p1", "s3", 7) != derive_seed(0, "p1", "s3", 8)
+    assert 0 <= derive_seed("x") < 2**31
+
+
+def test_short_rollouts_never_become_states_and_budgets_hold():
+    generator = SimGenerator(short_rollout_fraction=0.6)
+    results, _ = sim_driver([generator], budgets=(100,)).step(None)
+    assert all(r["rollouts"] == 100 for r in results)
+    slg = [r for r in results if r["method"] == "slg"]
+    assert all(r["num_states"] < 100 for r in slg)
+
+
+class NaNRewardModel(SimRewardModel):
+    def score(self, requests):
+        return [Score(r.request_id, float("nan")) for r in requests]
+
+
+def test_non_finite_reward_stops_with_the_prompt_named():
+    with pytest.raises(ValueError, match="returned nan for prompt 'sim0'"):
+        sim_driver([SimGenerator()], rewards=[NaNRewardModel()], prompts=1, methods=("bon",)).step(None)
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_results(local_ray, tmp_path):
+    full = tmp_path / "full"
+    run(load_run_config(None, SMALL + [f"output_dir={full}"]))
+    partial = tmp_path / "partial"
+    run(load_run_config(None, SMALL + [f"output_dir={partial}"]))
+    lines = (partial / "results.jsonl").read_text().splitlines(keepends=True)
+    (partial / "results.jsonl").write_text("".join(lines[:5]) + lines[5][: len(lines[5]) // 2])  # killed mid-line
+    (partial / "summary.json").unlink()
+    run(load_run_config(None, SMALL + [f"output_dir={partial}"]))
+    resumed = read_results(partial)
+    assert len(resumed) == len(lines) and len({key(r) for r in resumed}) == len(resumed)
+    assert comparable(resumed) == comparable(read_results(full))
+    assert json.loads((partial / "summary.json").read_text())["methods"] == \
+        json.loads((full / "summary.json").read_text())["methods"]
+
+
+def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_path, capsys):
+    run(load_run_config(None, SMALL + [f"output_dir={tmp_path}"]))
+    before = (tmp_path / "results.jsonl").read_text()
+    code = main(["run", *SMALL, f"output_dir={tmp_path}", "seed=1", "search.tail_fraction=0.3"])
+    assert code == 2
+    assert "changed: search.tail_fraction, seed" in capsys.readouterr().err
+    assert (tmp_path / "results.jsonl").read_text() == before  # nothing written is lost
+    run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", "seed=1", "overwrite=true"]))
+    assert len(read_results(tmp_path)) == 3 * 4 * 2
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["budgets=[]"], "budgets is empty"),
+    (["budgets=[0]"], "budget N must be >= 1"),
+    (["methods=[bon,beam]"], "unknown method 'beam'"),
+    (["search.tail_fraction=1.0"], "tail_fraction must be in (0, 1)"),
+    (["budgets=[100]", "search.rollouts_per_node=40", "search.num_states=4"], "more than the budget N=100"),
+    (["generator.backend=vllm", "reward.backend=vllm", "methods=[slg]"], "generator.model is required"),
+    (["generator.backend=vllm", "reward.backend=vllm", "methods=[slg]", "generator.model=/nonexistent",
+      "reward.model=/nonexistent", "data.source=jsonl", "data.path=x"], "is not a model folder"),
+    (["generator.backend=vllm", "methods=[oracle]"], "only generator.backend=sim"),
+    (["generator.backend=cuda"], "generator.backend"),
+    (["unknown_key=1"], "unknown_key"),
+    (["generator.sim.family=cauchy"], "unknown world family"),
+    (["data.source=jsonl"], "data.path is required"),
+])
+def test_bad_run_config_is_refused_before_any_actor(overrides, match, capsys, tmp_path):
+    code = main(["run", f"output_dir={tmp_path / 'out'}", *overrides])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert match in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_missing_config_file_and_empty_prompt_are_refused(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": " ", "answer": "3"}\n')
+    assert main(["run", f"output_dir={tmp_path / 'o'}", "data.source=jsonl", f"data.path={data}"]) == 2
+    assert "line 2: the problem field 'problem' is empty" in capsys.readouterr().err
+
+
+def test_summary_interval_is_over_prompts(local_ray, tmp_path):
+    run(load_run_config(None, SMALL + [f"output_dir={tmp_path}"]))
+    results = [r for r in read_results(tmp_path) if r["method"] == "bon" and r["budget"] == 64]
+    rewards = np.array([r["best_reward"] for r in results])
+    cell = json.loads((tmp_path / "summary.json").read_text())["methods"]["bon"]["64"]
+    assert cell["mean_best_reward"] == pytest.approx(rewards.mean())
+    assert cell["ci95"] == pytest.approx(1.96 * rewards.std(ddof=1) / np.sqrt(len(rewards)))
