@@ -186,7 +186,7 @@ def run_pipeline(args) -> int:
 
 
 def run_make_tiny_models(args) -> int:
-    from pipeline.tiny_models import make_tiny_models
+    from actors.tiny_models import make_tiny_models
 
     paths = make_tiny_models(args.directory, seed=args.seed)
     print("\n".join(f"{role}: {path}" for role, path in paths.items()))

@@ -83,6 +83,8 @@ class RewardConfig:
     max_length: int = 4096                  # tokens of (prompt, response) the RM reads
     batch_size: int = 16
     gpu_memory_utilization: float = 0.3
+    enforce_eager: bool = False
+    kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
     nonfinite: str = "stop"                 # an RM score of NaN/inf: "stop" the run, or "drop" the rollout
 
 

