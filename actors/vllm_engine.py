@@ -25,6 +25,8 @@ def _engine_options(settings: dict, pooling: bool) -> dict:
     else:
         options["enable_prefix_caching"] = settings.get("enable_prefix_caching", True)
         options["tensor_parallel_size"] = settings.get("tensor_parallel_size", 1)
+        if options["tensor_parallel_size"] > 1:  # workers run in the replica's Ray placement group
+            options["distributed_executor_backend"] = "ray"
         if settings.get("block_size"):
             options["block_size"] = settings["block_size"]
     return options

@@ -28,7 +28,7 @@ import numpy as np
 from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
 from pipeline.config import SearchConfig
 from pipeline.policies import policy_class
-from pipeline.policy import ROOT, Rollouts
+from pipeline.policy import ROOT, BudgetExceededError, Rollouts
 from pipeline.replicas import LocalCalls, RayCalls
 
 
@@ -60,6 +60,7 @@ class _Search:
     def __init__(self, prompt: PromptInput, method: str, budget: int, policy):
         self.prompt, self.method, self.budget, self.policy = prompt, method, budget, policy
         self.root_count = 0
+        self.requested = 0
         self.node_counts: dict[int, int] = defaultdict(int)
         self.states: dict[int, StatePrefix] = {}
         self.slots: list[_Slot] = []
@@ -171,6 +172,10 @@ class Driver:
                 self._finish(search, finished)
                 return
             search.slots = [_Slot(int(r.node[0]), int(r.count[0])) for r in requests]
+            search.requested += sum(slot.count for slot in search.slots)
+            if search.requested > search.budget:
+                raise BudgetExceededError(f"{search.method} asked for {search.requested} rollouts of prompt "
+                                          f"{search.prompt.prompt_id!r}, budget is {search.budget}")
             for slot in search.slots:
                 for position in range(slot.count):
                     self._queue_rollout(search, slot, position)

@@ -39,7 +39,7 @@ def run(config: RunConfig) -> dict:
     import ray
 
     try:
-        generators, rewards = _create_replicas(config)
+        generators, rewards = _create_replicas(config, local=started_ray or _is_single_node())
         driver_cls = ray.remote(num_cpus=0)(__import__("pipeline.driver", fromlist=["Driver"]).Driver)
         world = _world_of(config)
         driver = driver_cls.remote(prompts, config.methods, config.budgets, config.search, config.seed, generators,
@@ -164,7 +164,17 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise ValueError(f"cannot reach a Ray cluster at {address!r} (RAY_ADDRESS / ray.address): {error}") from None
 
 
-def _create_replicas(config: RunConfig):
+def _is_single_node() -> bool:
+    import ray
+
+    return len([n for n in ray.nodes() if n.get("Alive")]) == 1
+
+
+def _create_replicas(config: RunConfig, local: bool):
+    """Generator and reward actors as configured. On a fixed local instance, a request for more GPUs
+    than it has is an error (Ray would wait for them forever); a cluster may autoscale to them."""
+    import ray
+
     from pipeline.replicas import create_ray_replicas
 
     gen, rm = config.generator, config.reward
@@ -174,6 +184,13 @@ def _create_replicas(config: RunConfig):
         (float(gen.tensor_parallel_size) if real and gen.device != "cpu" and _has_gpus() else 0.0)
     gen_cpus = gen.num_cpus_per_replica if gen.num_cpus_per_replica is not None else (1.0 if real else 0.0)
     rm_cpus = rm.num_cpus_per_replica if rm.num_cpus_per_replica is not None else (1.0 if real else 0.0)
+    needed = gen_gpus * gen.num_replicas + rm.num_gpus_per_replica * rm.num_replicas
+    available = ray.cluster_resources().get("GPU", 0)
+    if needed > available:
+        message = f"the run needs {needed:g} GPUs, the {'local Ray instance' if local else 'cluster'} has {available:g}"
+        if local:
+            raise ValueError(message + " (generator/reward num_replicas and num_gpus_per_replica)")
+        log.warning("%s: waiting for the autoscaler", message)
     generators = create_ray_replicas(gen_cls, gen.num_replicas, generator_kwargs(config), gen_gpus, gen_cpus,
                                      gpus_per_replica_group=gen.tensor_parallel_size if gen_gpus >= 1 else 1,
                                      name="generator")

@@ -7,6 +7,6 @@ import pytest
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="WARNING")  # logical GPUs
     yield ray
     ray.shutdown()

@@ -2,6 +2,7 @@
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,55 @@ def test_summary_interval_is_over_prompts(local_ray, tmp_path):
     cell = json.loads((tmp_path / "summary.json").read_text())["methods"]["bon"]["64"]
     assert cell["mean_best_reward"] == pytest.approx(rewards.mean())
     assert cell["ci95"] == pytest.approx(1.96 * rewards.std(ddof=1) / np.sqrt(len(rewards)))
+
+
+def test_replicas_ask_ray_for_the_configured_gpus_and_pack_tensor_parallel_groups(local_ray, tmp_path):
+    from ray.util import placement_group_table
+
+    before = len(placement_group_table())
+    # 4 logical GPUs: a tensor-parallel generator of 2 (one placement group) and two RMs of 0.5 each.
+    run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", "generator.tensor_parallel_size=2",
+                                       "generator.num_gpus_per_replica=2", "reward.num_replicas=2",
+                                       "reward.num_gpus_per_replica=0.5"]))
+    groups = list(placement_group_table().values())[before:]
+    assert len(groups) == 1
+    assert all(g["strategy"] == "STRICT_PACK" and len(g["bundles"]) == 2 for g in groups)
+    assert all(all(b.get("GPU") == 1 for b in g["bundles"].values()) for g in groups)
+
+
+def test_more_gpus_than_a_local_instance_has_is_refused(local_ray, tmp_path):
+    with pytest.raises(ValueError, match="needs 6 GPUs, the local Ray instance has 4"):
+        run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", "generator.num_replicas=3",
+                                           "generator.num_gpus_per_replica=2"]))
+
+
+def test_a_policy_that_overspends_is_stopped_by_the_driver(monkeypatch):
+    from pipeline.policies import BestOfN
+    from pipeline.policy import BudgetExceededError, Request
+
+    def greedy(self):
+        yield [Request.uniform(-1, self.budget + 1, self.batch_size)]
+
+    monkeypatch.setattr(BestOfN, "_search", greedy)
+    with pytest.raises(BudgetExceededError, match="asked for 17 rollouts"):
+        sim_driver([SimGenerator()], prompts=1, methods=("bon",), budgets=(16,)).step(None)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads_and_validates(path, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(path.parents[1])
+    raw, overrides = OmegaConf.load(path), []
+    for section in ("generator", "reward"):
+        model = OmegaConf.select(raw, f"{section}.model")
+        if model and str(model).startswith("outputs/"):  # written by `slg make-tiny-models`: stand in for it
+            stand_in = tmp_path / section
+            stand_in.mkdir()
+            (stand_in / "config.json").write_text("{}")
+            overrides.append(f"{section}.model={stand_in}")
+    config = load_run_config(str(path), overrides)
+    assert config.methods and config.budgets
