@@ -198,6 +198,13 @@ def _write_json(path: str, payload) -> None:
     atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of an error, unwrapped from Ray's task error when it crossed an actor boundary."""
+    cause = getattr(error, "cause", None)
+    text = str(cause if cause is not None else error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline,
             "make-tiny-models": run_make_tiny_models}
 
@@ -210,8 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except ValueError as error:  # domain errors and UsageError: the user's input was wrong
-        print(f"slg: error: {error}", file=sys.stderr)
+        print(f"slg: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        from pipeline.driver import ReplicaFailedError
+
+        if not isinstance(error, ReplicaFailedError):
+            raise
+        print(f"slg: error: {_one_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("slg: interrupted", file=sys.stderr)
         return 130

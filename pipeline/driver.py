@@ -74,11 +74,26 @@ class _Search:
 
 
 class _Item:
-    __slots__ = ("search", "slot", "position", "node", "root_index", "sequence", "rollout")
+    """One rollout on its way: generated, then scored. ``call`` is the call now responsible for it:
+    answers from any other call (one re-sent after a failure, then answering late) are ignored."""
 
-    def __init__(self, search, slot, position, node, root_index, sequence):
+    __slots__ = ("search", "slot", "position", "node", "root_index", "sequence", "rollout", "call", "request")
+
+    def __init__(self, search, slot, position, node, root_index, sequence, request):
         self.search, self.slot, self.position, self.node = search, slot, position, node
         self.root_index, self.sequence, self.rollout = root_index, sequence, None
+        self.call, self.request = None, request
+
+
+class _Call:
+    __slots__ = ("kind", "replica", "batch", "started")
+
+    def __init__(self, kind: str, replica: int, batch: list):
+        self.kind, self.replica, self.batch, self.started = kind, replica, batch, time.perf_counter()
+
+
+class ReplicaFailedError(RuntimeError):
+    """A replica kept failing (or never started): the run stops instead of retrying forever."""
 
 
 class Driver:
@@ -104,7 +119,12 @@ class Driver:
         self.score_queue: deque[ScoreRequest] = deque()
         self.score_inflight = [0] * len(rewards)
         self.affinity: dict[tuple[str, int], int] = {}
-        self.pending: dict = {}  # call token -> ("generate" | "score", replica index, batch size)
+        self.pending: dict = {}  # call token -> _Call
+        self.replicas = {"generate": generators, "score": rewards}
+        self.failures = {"generate": [0] * len(generators), "score": [0] * len(rewards)}  # in a row
+        self.down_until = {"generate": [0.0] * len(generators), "score": [0.0] * len(rewards)}
+        self.recovering = {"generate": [False] * len(generators), "score": [False] * len(rewards)}
+        self.replica_failures_total = 0
         self.counters = {"searches_done": 0, "rollouts_generated": 0, "rollouts_scored": 0, "tokens_generated": 0,
                          "prompt_tokens": 0, "cached_prompt_tokens": 0, "rm_tokens": 0}
         self.driver_busy_s = 0.0
@@ -122,24 +142,98 @@ class Driver:
             self._dispatch()
             self.driver_busy_s += time.perf_counter() - busy_from
             if not self.pending:
-                break
+                if not self._waiting_for_replicas() or (deadline is not None and time.perf_counter() >= deadline):
+                    break
+                time.sleep(0.05)
+                continue
             timeout = 1.0 if deadline is None else max(0.0, deadline - time.perf_counter())
+            if self.settings.call_timeout_s:
+                timeout = min(timeout, self.settings.call_timeout_s)
             done = self.calls.wait(list(self.pending), timeout)
             busy_from = time.perf_counter()
             for token, result, error in done:
-                kind, replica, size = self.pending.pop(token)
+                call = self.pending.pop(token)
                 if error is not None:
-                    raise RuntimeError(f"{kind} replica {replica} failed on a batch of {size}: {error}") from error
-                if kind == "generate":
-                    self.gen_inflight[replica] -= 1
-                    self._on_rollouts(result)
+                    self._on_failure(token, call, error)
+                    continue
+                self.failures[call.kind][call.replica] = 0
+                self.recovering[call.kind][call.replica] = False
+                if call.kind == "generate":
+                    self.gen_inflight[call.replica] -= 1
+                    self._on_rollouts(token, result)
                 else:
-                    self.score_inflight[replica] -= 1
-                    self._on_scores(result, finished)
+                    self.score_inflight[call.replica] -= 1
+                    self._on_scores(token, result, finished)
+            self._expire_hung_calls()
             self.driver_busy_s += time.perf_counter() - busy_from
             if deadline is not None and time.perf_counter() >= deadline:
                 break
         return finished, self.progress()
+
+    # --- failures -------------------------------------------------------------------------------
+
+    def _on_failure(self, token, call: _Call, error: BaseException) -> None:
+        verdict = self.calls.classify_failure(error)
+        if verdict == "error":
+            raise RuntimeError(f"{call.kind} replica {call.replica} failed on a batch of {len(call.batch)}: "
+                               f"{_first_line(error)}") from error
+        # While Ray restarts a replica its calls fail as "restarting": one incident, counted once.
+        counts = verdict == "died" or not self.recovering[call.kind][call.replica]
+        self._replica_failed(token, call, _first_line(error), counts=counts)
+
+    def _expire_hung_calls(self) -> None:
+        """A call with no answer within ``call_timeout_s``: its replica is treated as failed."""
+        limit = self.settings.call_timeout_s
+        if not limit:
+            return
+        now = time.perf_counter()
+        for token, call in list(self.pending.items()):
+            if now - call.started > limit:
+                del self.pending[token]
+                restarting = self.recovering[call.kind][call.replica]  # already being restarted: wait
+                if not restarting:
+                    self.calls.restart(self.replicas[call.kind][call.replica])
+                self._replica_failed(token, call, f"no answer within driver.call_timeout_s={limit:g}",
+                                     counts=not restarting)
+
+    def _replica_failed(self, token, call: _Call, reason: str, counts: bool = True) -> None:
+        """Count the failure, rest the replica a while, and re-send its work elsewhere (same seeds)."""
+        kind, replica = call.kind, call.replica
+        if counts:
+            self.replica_failures_total += 1
+            self.failures[kind][replica] += 1
+            if self.failures[kind][replica] > self.settings.max_replica_failures:
+                raise ReplicaFailedError(f"{'generator' if kind == 'generate' else 'reward'} replica {replica} "
+                                         f"failed {self.failures[kind][replica]} times in a row; last: {reason}")
+        self.recovering[kind][replica] = True
+        rest = self.settings.replica_retry_s * max(1, self.failures[kind][replica])
+        self.down_until[kind][replica] = time.perf_counter() + rest
+        if kind == "generate":
+            self.gen_inflight[replica] -= 1
+            stranded = [r for r in call.batch if self._owned(r.request_id, token)] + list(self.gen_queues[replica])
+            self.gen_queues[replica].clear()
+            self.affinity = {k: v for k, v in self.affinity.items() if v != replica}
+            for request in stranded:
+                self.items[request.request_id].call = None
+                target = self._replica_for(request.prompt.prompt_id, self.items[request.request_id].node)
+                self.gen_queues[target].append(request)
+        else:
+            self.score_inflight[replica] -= 1
+            for request in reversed(call.batch):
+                if self._owned(request.request_id, token):
+                    self.items[request.request_id].call = None
+                    self.score_queue.appendleft(request)
+
+    def _owned(self, request_id: int, token) -> bool:
+        item = self.items.get(request_id)
+        return item is not None and item.call is token
+
+    def _usable(self, kind: str, replica: int) -> bool:
+        return self.down_until[kind][replica] <= time.perf_counter()
+
+    def _waiting_for_replicas(self) -> bool:
+        """Work is queued but every replica that could take it is resting after a failure."""
+        return any(self.gen_queues) or bool(self.score_queue)
 
     @property
     def done(self) -> bool:
@@ -150,7 +244,7 @@ class Driver:
         return {**self.counters, "searches_total": self.total, "elapsed_s": elapsed, "done": self.done,
                 "rollouts_per_s": self.counters["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": self.counters["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
-                "driver_busy_s": self.driver_busy_s}
+                "driver_busy_s": self.driver_busy_s, "replica_failures": self.replica_failures_total}
 
     def _admit(self, finished: list[dict]) -> None:
         while self.queue and len(self.active) < self.settings.max_concurrent_prompts:
@@ -198,16 +292,17 @@ class Driver:
             search.node_counts[slot.node] += 1
         request_id = next(self.request_ids)
         seed = derive_seed(self.seed, prompt.prompt_id, node_name(slot.node), index)
-        self.items[request_id] = _Item(search, slot, position, slot.node, root_index, next(search.sequence))
-        replica = self._replica_for(prompt.prompt_id, slot.node)
-        self.gen_queues[replica].append(RolloutRequest(request_id, prompt, state, seed))
+        request = RolloutRequest(request_id, prompt, state, seed)
+        self.items[request_id] = _Item(search, slot, position, slot.node, root_index, next(search.sequence), request)
+        self.gen_queues[self._replica_for(prompt.prompt_id, slot.node)].append(request)
 
     def _replica_for(self, prompt_id: str, node: int) -> int:
         """States stick to one replica (its prefix cache holds them); the rest go to the least loaded."""
         key = (prompt_id, node)
         if node != ROOT and key in self.affinity:
             return self.affinity[key]
-        loads = [len(q) + self.gen_inflight[r] * self.settings.max_batch_rollouts for r, q in enumerate(self.gen_queues)]
+        loads = [len(q) + self.gen_inflight[r] * self.settings.max_batch_rollouts
+                 + (0 if self._usable("generate", r) else 10**12) for r, q in enumerate(self.gen_queues)]
         replica = int(np.argmin(loads))
         if node != ROOT:
             self.affinity[key] = replica
@@ -216,23 +311,31 @@ class Driver:
     def _dispatch(self) -> None:
         limit = self.settings.max_inflight_batches
         for replica, queue in enumerate(self.gen_queues):
-            while queue and self.gen_inflight[replica] < limit:
+            while queue and self.gen_inflight[replica] < limit and self._usable("generate", replica):
                 batch = [queue.popleft() for _ in range(min(len(queue), self.settings.max_batch_rollouts))]
-                token = self.calls.submit(self.generators[replica], "generate", batch)
-                self.pending[token] = ("generate", replica, len(batch))
+                self._submit("generate", replica, batch)
                 self.gen_inflight[replica] += 1
         while self.score_queue:
-            replica = int(np.argmin(self.score_inflight))
+            usable = [r for r in range(len(self.rewards)) if self._usable("score", r)]
+            if not usable:
+                break
+            replica = min(usable, key=lambda r: self.score_inflight[r])
             if self.score_inflight[replica] >= limit:
                 break
             size = min(len(self.score_queue), self.settings.max_batch_scores)
-            batch = [self.score_queue.popleft() for _ in range(size)]
-            token = self.calls.submit(self.rewards[replica], "score", batch)
-            self.pending[token] = ("score", replica, len(batch))
+            self._submit("score", replica, [self.score_queue.popleft() for _ in range(size)])
             self.score_inflight[replica] += 1
 
-    def _on_rollouts(self, rollouts: list[Rollout]) -> None:
+    def _submit(self, kind: str, replica: int, batch: list) -> None:
+        token = self.calls.submit(self.replicas[kind][replica], "generate" if kind == "generate" else "score", batch)
+        self.pending[token] = _Call(kind, replica, batch)
+        for request in batch:
+            self.items[request.request_id].call = token
+
+    def _on_rollouts(self, token, rollouts: list[Rollout]) -> None:
         for rollout in rollouts:
+            if not self._owned(rollout.request_id, token):
+                continue  # a late answer to a call already re-sent elsewhere: counted once, there
             item = self.items[rollout.request_id]
             item.rollout = rollout
             search = item.search
@@ -248,11 +351,14 @@ class Driver:
             if item.root_index is not None and rollout.state is not None:
                 search.states[item.root_index] = rollout.state
                 item.slot.can_branch[item.position] = True
+            item.call = None
             self.score_queue.append(ScoreRequest(rollout.request_id, search.prompt, rollout.response_text,
                                                  rollout.sim_reward))
 
-    def _on_scores(self, scores: list[Score], finished: list[dict]) -> None:
+    def _on_scores(self, token, scores: list[Score], finished: list[dict]) -> None:
         for score in scores:
+            if not self._owned(score.request_id, token):
+                continue
             item = self.items.pop(score.request_id)
             search, slot, rollout = item.search, item.slot, item.rollout
             reward = float(score.reward)
@@ -313,3 +419,8 @@ class Driver:
             return out
 
         return true_value
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"

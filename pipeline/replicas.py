@@ -31,6 +31,12 @@ class LocalCalls:
     def wait(self, tokens: list, timeout_s: float) -> list[tuple[Any, Any, BaseException | None]]:
         return [(token, *self._done.pop(token)) for token in tokens if token in self._done]
 
+    def classify_failure(self, error: BaseException) -> str:
+        return "error"  # an in-process object has no process to lose: every error is the code's
+
+    def restart(self, replica: Any) -> None:
+        pass
+
 
 class RayCalls:
     """Actor method calls; ``wait`` returns the finished ones (at least one unless it timed out)."""
@@ -57,9 +63,24 @@ class RayCalls:
                 out.append((ref, None, error))
         return out
 
+    def classify_failure(self, error: BaseException) -> str:
+        """"died" (the replica's process is gone: re-send its work), "restarting" (Ray is bringing
+        it back: re-send, wait), or "error" (its code raised: re-sending would fail the same way)."""
+        from ray import exceptions
+
+        if isinstance(error, exceptions.ActorUnavailableError):
+            return "restarting"
+        if isinstance(error, exceptions.RayActorError):
+            return "died"
+        return "error"
+
+    def restart(self, replica: Any) -> None:
+        """Kill a hung replica; Ray restarts it (``max_restarts``) and its pending calls fail."""
+        self._ray.kill(replica, no_restart=False)
+
 
 def create_ray_replicas(cls, count: int, kwargs: dict, num_gpus: float, num_cpus: float,
-                        gpus_per_replica_group: int = 1, name: str = "replica") -> list:
+                        gpus_per_replica_group: int = 1, name: str = "replica", max_restarts: int = 3) -> list:
     """``count`` actors of ``cls``, each asking Ray for ``num_gpus`` and ``num_cpus``.
 
     A replica that needs several GPUs (tensor parallelism) gets its own placement group of that
@@ -72,7 +93,9 @@ def create_ray_replicas(cls, count: int, kwargs: dict, num_gpus: float, num_cpus
     remote_cls = ray.remote(cls)
     handles = []
     for index in range(count):
-        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        # Ray restarts a dead replica; the driver re-sends its work (max_task_retries=0: not Ray).
+        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts,
+                                   "max_task_retries": 0}
         if gpus_per_replica_group > 1:
             group = placement_group([{"GPU": 1, "CPU": 1}] * gpus_per_replica_group, strategy="STRICT_PACK",
                                     name=f"{name}-{index}")

@@ -68,6 +68,7 @@ class GeneratorConfig:
     prompt_format: PromptFormat = PromptFormat.chat
     system_prompt: Optional[str] = None
     raw_end_marker: str = "\n\nSolution:"
+    max_restarts: int = 3                   # Ray restarts a dead replica this often
     sim: SimConfig = field(default_factory=SimConfig)
 
 
@@ -86,6 +87,7 @@ class RewardConfig:
     enforce_eager: bool = False
     kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
     nonfinite: str = "stop"                 # an RM score of NaN/inf: "stop" the run, or "drop" the rollout
+    max_restarts: int = 3
 
 
 @dataclass
@@ -105,6 +107,9 @@ class DriverConfig:
     max_batch_scores: int = 256             # items per score call
     max_inflight_batches: int = 2           # calls outstanding per replica (keeps engines fed)
     step_s: float = 0.5                     # how long one driver step works before reporting back
+    call_timeout_s: float = 900.0           # a call unanswered this long: its replica counts as hung (0: never)
+    max_replica_failures: int = 3           # failures in a row before a replica stops the run
+    replica_retry_s: float = 2.0            # rest after a failure (times the failures in a row)
     progress_interval_s: float = 10.0
 
 

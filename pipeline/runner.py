@@ -193,9 +193,9 @@ def _create_replicas(config: RunConfig, local: bool):
         log.warning("%s: waiting for the autoscaler", message)
     generators = create_ray_replicas(gen_cls, gen.num_replicas, generator_kwargs(config), gen_gpus, gen_cpus,
                                      gpus_per_replica_group=gen.tensor_parallel_size if gen_gpus >= 1 else 1,
-                                     name="generator")
+                                     name="generator", max_restarts=gen.max_restarts)
     rewards = create_ray_replicas(rm_cls, rm.num_replicas, reward_kwargs(config), rm.num_gpus_per_replica, rm_cpus,
-                                  name="reward")
+                                  name="reward", max_restarts=rm.max_restarts)
     return generators, rewards
 
 

@@ -1,0 +1,161 @@
+"""Replica failures on simulated engines: crashes and hangs are re-sent with the same seeds and give
+the results of a run without failure; a replica that keeps failing stops the run with a message;
+empty rollouts and non-finite rewards never break a search."""
+
+import math
+import os
+import time
+
+import pytest
+
+from actors.interfaces import PromptInput, Rollout, Score
+from actors.sim import SimGenerator, SimRewardModel
+from pipeline.config import SearchConfig
+from pipeline.driver import Driver, ReplicaFailedError
+from pipeline.replicas import create_ray_replicas
+from pipeline.run_config import DriverConfig
+from pipeline.worlds import make_world
+
+pytestmark = pytest.mark.ray
+PROMPTS = [PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(4)]
+METHODS, BUDGETS = ["bon", "slg", "slg_adaptive", "oracle"], [16, 64]
+
+
+def drive(generators, rewards, use_ray, **settings):
+    settings = {"max_batch_rollouts": 16, "max_batch_scores": 16, "replica_retry_s": 0.05, **settings}
+    driver = Driver(PROMPTS, METHODS, BUDGETS, SearchConfig(), 0, generators, rewards, DriverConfig(**settings),
+                    world=make_world("gaussian"), use_ray=use_ray)
+    results, progress = [], None
+    while progress is None or not progress["done"]:
+        finished, progress = driver.step(1.0)
+        results += finished
+    return results, progress
+
+
+def comparable(results):
+    fields = ("best_reward", "selected", "rollouts", "tokens_generated", "num_states")
+    return sorted(((r["prompt_id"], r["method"], r["budget"]), tuple(r[f] for f in fields)) for r in results)
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    results, _ = drive([SimGenerator()], [SimRewardModel()], use_ray=False)
+    return comparable(results)
+
+
+def test_a_generator_replica_killed_mid_run_changes_nothing(local_ray, baseline, tmp_path):
+    class CrashOnce(SimGenerator):
+        def __init__(self, marker, **kwargs):
+            super().__init__(**kwargs)
+            self.marker, self.calls = marker, 0
+
+        def generate(self, requests):
+            self.calls += 1
+            if self.calls == 3 and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)  # the process dies with work in flight
+            return super().generate(requests)
+
+    generators = create_ray_replicas(CrashOnce, 2, {"marker": str(tmp_path / "crashed")}, 0, 0, max_restarts=2)
+    rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
+    results, progress = drive(generators, rewards, use_ray=True)
+    assert (tmp_path / "crashed").exists() and progress["replica_failures"] >= 1
+    assert comparable(results) == baseline
+    assert all(r["rollouts"] == r["budget"] for r in results)  # re-sent rollouts are counted once
+
+
+def test_a_hung_replica_is_restarted_and_its_work_resent(local_ray, baseline, tmp_path):
+    class HangOnce(SimGenerator):
+        def __init__(self, marker, **kwargs):
+            super().__init__(**kwargs)
+            self.marker = marker
+
+        def generate(self, requests):
+            if not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                time.sleep(600)
+            return super().generate(requests)
+
+    generators = create_ray_replicas(HangOnce, 2, {"marker": str(tmp_path / "hung")}, 0, 0, max_restarts=2)
+    rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
+    started = time.perf_counter()
+    results, progress = drive(generators, rewards, use_ray=True, call_timeout_s=5.0)
+    assert time.perf_counter() - started < 120
+    assert progress["replica_failures"] >= 1
+    assert comparable(results) == baseline
+
+
+def test_a_reward_replica_killed_mid_run_changes_nothing(local_ray, baseline, tmp_path):
+    class CrashingRM(SimRewardModel):
+        def __init__(self, marker, **kwargs):
+            super().__init__(**kwargs)
+            self.marker, self.calls = marker, 0
+
+        def score(self, requests):
+            self.calls += 1
+            if self.calls == 2 and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)
+            return super().score(requests)
+
+    generators = create_ray_replicas(SimGenerator, 1, {}, 0, 0)
+    rewards = create_ray_replicas(CrashingRM, 2, {"marker": str(tmp_path / "rm")}, 0, 0, max_restarts=2)
+    results, progress = drive(generators, rewards, use_ray=True)
+    assert progress["replica_failures"] >= 1
+    assert comparable(results) == baseline
+
+
+def test_a_replica_that_never_starts_stops_the_run_with_its_error(local_ray):
+    class OutOfMemory(SimGenerator):
+        def __init__(self, **kwargs):
+            raise RuntimeError("CUDA out of memory (simulated) while loading the model")
+
+    generators = create_ray_replicas(OutOfMemory, 1, {}, 0, 0, max_restarts=1)
+    rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
+    started = time.perf_counter()
+    with pytest.raises(ReplicaFailedError, match="generator replica 0 failed 3 times in a row") as error:
+        drive(generators, rewards, use_ray=True, max_replica_failures=2)
+    assert "out of memory" in str(error.value).lower() or "died" in str(error.value).lower()
+    assert time.perf_counter() - started < 120
+
+
+class EmptyEveryThird(SimGenerator):
+    def generate(self, requests):
+        rollouts = super().generate(requests)
+        for rollout in rollouts:
+            if rollout.request_id % 3 == 0:
+                rollout.response_text, rollout.token_ids, rollout.num_generated_tokens, rollout.state = "", [], 0, None
+        return rollouts
+
+
+def test_empty_rollouts_are_counted_scored_and_never_crash_a_policy():
+    results, _ = drive([EmptyEveryThird()], [SimRewardModel()], use_ray=False)
+    assert all(r["rollouts"] == r["budget"] for r in results)
+    assert sum(r["empty_rollouts"] for r in results) > 0
+    assert all(math.isfinite(r["best_reward"]) for r in results)
+
+
+class NaNEveryFifth(SimRewardModel):
+    def score(self, requests):
+        return [Score(r.request_id, float("nan") if r.request_id % 5 == 0 else r.sim_reward) for r in requests]
+
+
+def test_non_finite_rewards_can_be_dropped_and_counted():
+    driver = Driver(PROMPTS[:1], ["slg", "bon"], [64], SearchConfig(), 0, [SimGenerator()], [NaNEveryFifth()],
+                    DriverConfig(), world=make_world("gaussian"), nonfinite="drop", use_ray=False)
+    results, _ = driver.step(None)
+    assert all(r["rollouts"] == 64 and r["dropped_scores"] > 0 for r in results)
+    assert all(math.isfinite(r["best_reward"]) for r in results)
+
+
+def test_non_finite_rewards_stop_the_run_by_default_naming_prompt_and_node():
+    driver = Driver(PROMPTS[:1], ["slg"], [64], SearchConfig(), 0, [SimGenerator()], [NaNEveryFifth()],
+                    DriverConfig(), world=make_world("gaussian"), use_ray=False)
+    with pytest.raises(ValueError, match=r"returned nan for prompt 'sim0', node (root|s\d+)"):
+        driver.step(None)
+
+
+def test_rollouts_without_sim_rewards_are_refused_by_the_sim_rm():
+    rollout = Rollout(0, "text", [], "stop", 1, 1)
+    with pytest.raises(ValueError, match="scores only sim rollouts"):
+        SimRewardModel().score([__import__("actors.interfaces", fromlist=["x"]).ScoreRequest(0, PROMPTS[0], rollout.response_text)])
