@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from actors.formatting import prompt_token_ids, reward_token_ids
 from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
+from pipeline.grading import make_grader
 
 
 def _device(settings: dict) -> str:
@@ -37,6 +38,7 @@ class HFGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(settings["model"], dtype=_dtype(settings)).to(self.device).eval()
         self.state_tokens = int(settings["state_tokens"])
         self.max_tokens = int(settings["max_tokens"])
+        self.grader = make_grader(settings.get("grading", "math_verify"))
         self._prompt_ids: dict[str, list[int]] = {}
 
     def prompt_ids(self, prompt: PromptInput) -> list[int]:
@@ -67,8 +69,10 @@ class HFGenerator:
         if request.state is None and len(generated) >= self.state_tokens:
             prefix = generated[: self.state_tokens]
             state = StatePrefix(tuple(prefix), self.tokenizer.decode(prefix, skip_special_tokens=True))
-        return Rollout(request.request_id, self.tokenizer.decode(state_ids + generated, skip_special_tokens=True),
-                       generated, finish, len(generated), len(ids), 0, state)
+        text = self.tokenizer.decode(state_ids + generated, skip_special_tokens=True)
+        answer, correct = self.grader.grade(text, request.prompt.answer) if self.grader else (None, None)
+        return Rollout(request.request_id, text, generated, finish, len(generated), len(ids), 0, state,
+                       correct=correct, answer=answer)
 
 
 class HFRewardModel:

@@ -50,7 +50,8 @@ class Rollout:
     ``response_text`` is the whole response (state prefix included) as the reward model should
     read it. ``state`` is set for rollouts from the prompt that are at least T tokens long: the
     prefix that may become a state. Token counts are per rollout; ``num_cached_tokens`` is what the
-    engine served from its prefix cache (0 where it does not say).
+    engine served from its prefix cache (0 where it does not say). Real backends grade their
+    rollouts (``correct``, ``answer``) where they run, in parallel, rather than in the driver.
     """
 
     request_id: int
@@ -61,8 +62,9 @@ class Rollout:
     num_prompt_tokens: int
     num_cached_tokens: int = 0
     state: StatePrefix | None = None
-    sim_reward: float | None = None     # simulated worlds attach the reward ...
-    sim_correct: bool | None = None     # ... and correctness to the rollout itself
+    correct: bool | None = None         # graded against the prompt's answer (None: no answer / grader)
+    answer: str | None = None           # the extracted final answer, the key of majority voting
+    sim_reward: float | None = None     # simulated worlds attach the reward to the rollout itself
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ class SimGenerator:
             num_cached_tokens=0 if from_prompt else self.state_tokens,
             state=state,
             sim_reward=float(reward[0]),
-            sim_correct=None if correct is None else bool(correct[0]),
+            correct=None if correct is None else bool(correct[0]),
         )
 
     def true_state_value(self, latent: float, n: int) -> float:

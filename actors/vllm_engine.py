@@ -12,6 +12,7 @@ import os
 
 from actors.formatting import prompt_token_ids, reward_token_ids
 from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
+from pipeline.grading import make_grader
 
 
 def _engine_options(settings: dict, pooling: bool) -> dict:
@@ -52,6 +53,7 @@ class VLLMGenerator:
         self.settings = settings
         self.state_tokens = int(settings["state_tokens"])
         self.max_tokens = int(settings["max_tokens"])
+        self.grader = make_grader(settings.get("grading", "math_verify"))
         self.llm = LLM(**_engine_options(settings, pooling=False))
         self.tokenizer = self.llm.get_tokenizer()
         self._prompt_ids: dict[str, list[int]] = {}
@@ -88,15 +90,19 @@ class VLLMGenerator:
         if request.state is None and len(generated) >= self.state_tokens:
             prefix = generated[: self.state_tokens]
             state = StatePrefix(tuple(prefix), self.tokenizer.decode(prefix, skip_special_tokens=True))
+        text = self.tokenizer.decode(state_ids + generated, skip_special_tokens=True)
+        answer, correct = self.grader.grade(text, request.prompt.answer) if self.grader else (None, None)
         return Rollout(
             request_id=request.request_id,
-            response_text=self.tokenizer.decode(state_ids + generated, skip_special_tokens=True),
+            response_text=text,
             token_ids=generated,
             finish_reason=str(completion.finish_reason),
             num_generated_tokens=len(generated),
             num_prompt_tokens=len(output.prompt_token_ids),
             num_cached_tokens=int(getattr(output, "num_cached_tokens", 0) or 0),
             state=state,
+            correct=correct,
+            answer=answer,
         )
 
 

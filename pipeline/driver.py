@@ -71,6 +71,7 @@ class _Search:
                        "rm_tokens": 0, "empty_rollouts": 0, "dropped_scores": 0}
         self.best = (-math.inf, 0, None, None, None)  # (reward, -sequence, text, correct, node)
         self.any_correct: bool | None = None
+        self.votes: dict[str, list] = {}  # answer -> [count, -first sequence, correct]
 
 
 class _Item:
@@ -372,10 +373,14 @@ class Driver:
                 search.ledger["dropped_scores"] += 1
             else:
                 slot.rewards[item.position] = reward
-                if rollout.sim_correct is not None:
-                    slot.correct[item.position] = rollout.sim_correct
-                    search.any_correct = bool(search.any_correct) or rollout.sim_correct
-                candidate = (reward, -item.sequence, rollout.response_text, rollout.sim_correct, item.node)
+                if rollout.correct is not None:
+                    slot.correct[item.position] = rollout.correct
+                    search.any_correct = bool(search.any_correct) or rollout.correct
+                if rollout.answer is not None:
+                    votes = search.votes.setdefault(rollout.answer, [0, -item.sequence, rollout.correct])
+                    votes[0] += 1
+                    votes[1] = max(votes[1], -item.sequence)  # ties go to the answer planned first
+                candidate = (reward, -item.sequence, rollout.response_text, rollout.correct, item.node)
                 if candidate[:2] > search.best[:2]:
                     search.best = candidate
             search.waiting -= 1
@@ -392,6 +397,7 @@ class Driver:
         policy = search.policy
         best_reward, _, text, correct, best_node = search.best
         prediction = float(policy.selected_prediction[0])
+        majority = max(search.votes.items(), key=lambda kv: (kv[1][0], kv[1][1]), default=None)
         finished.append({
             "prompt_id": search.prompt.prompt_id, "method": search.method, "budget": search.budget,
             **search.ledger,
@@ -400,6 +406,9 @@ class Driver:
             "predicted_value": prediction if math.isfinite(prediction) else None,
             "num_states": len(search.states),
             "correct": correct, "pass_at_n": search.any_correct,
+            "majority_answer": None if majority is None else majority[0],
+            # graded rollouts but no readable answer among them: the vote has no right answer
+            "majority_correct": majority[1][2] if majority is not None else (False if search.any_correct is not None else None),
             "best_node": None if best_node is None else node_name(best_node),
             "answer": text,
             "wall_s": time.perf_counter() - search.started,

@@ -22,12 +22,14 @@ def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> di
             rewards = np.array([r["best_reward"] for r in rows if r["best_reward"] is not None], dtype=float)
             correct = [r["correct"] for r in rows if r.get("correct") is not None]
             passed = [r["pass_at_n"] for r in rows if r.get("pass_at_n") is not None]
+            majority = [r["majority_correct"] for r in rows if r.get("majority_correct") is not None]
             predicted = [r["predicted_value"] for r in rows if r.get("predicted_value") is not None]
             per_budget[str(budget)] = {
                 "mean_best_reward": float(rewards.mean()) if rewards.size else None,
                 "ci95": float(1.96 * rewards.std(ddof=1) / math.sqrt(rewards.size)) if rewards.size > 1 else None,
-                "accuracy": float(np.mean(correct)) if correct else None,
-                "pass_at_n": float(np.mean(passed)) if passed else None,
+                "accuracy": _share(correct), "accuracy_ci95": _share_ci95(correct),
+                "pass_at_n": _share(passed), "pass_at_n_ci95": _share_ci95(passed),
+                "majority_vote": _share(majority), "majority_vote_ci95": _share_ci95(majority),
                 "rollouts_mean": float(np.mean([r["rollouts"] for r in rows])) if rows else None,
                 "tokens_generated_mean": float(np.mean([r["tokens_generated"] for r in rows])) if rows else None,
                 "predicted_value_mean": float(np.mean(predicted)) if predicted else None,
@@ -37,8 +39,21 @@ def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> di
     return table
 
 
+def _share(flags: list) -> float | None:
+    return float(np.mean(flags)) if flags else None
+
+
+def _share_ci95(flags: list) -> float | None:
+    """Normal-approximation 95% half-width of a proportion over prompts."""
+    if len(flags) < 2:
+        return None
+    p = float(np.mean(flags))
+    return 1.96 * math.sqrt(p * (1 - p) / len(flags))
+
+
 def format_summary(summary: dict) -> str:
-    header = f"{'method':<14}{'N':>7}  {'mean best reward':>20}  {'accuracy':>8}  {'pass@N':>7}  {'rollouts':>8}  {'prompts':>7}"
+    header = (f"{'method':<14}{'N':>7}  {'mean best reward':>20}  {'accuracy':>8}  {'pass@N':>7}  {'majority':>8}  "
+              f"{'rollouts':>8}  {'prompts':>7}")
     lines = [header, "-" * len(header)]
     for method, per_budget in summary["methods"].items():
         for budget, s in per_budget.items():
@@ -47,8 +62,10 @@ def format_summary(summary: dict) -> str:
                 reward += f" +- {s['ci95']:.4f}"
             accuracy = "-" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
             passed = "-" if s["pass_at_n"] is None else f"{s['pass_at_n']:.3f}"
+            majority = "-" if s["majority_vote"] is None else f"{s['majority_vote']:.3f}"
             rollouts = "-" if s["rollouts_mean"] is None else f"{s['rollouts_mean']:.1f}"
-            lines.append(f"{method:<14}{budget:>7}  {reward:>20}  {accuracy:>8}  {passed:>7}  {rollouts:>8}  {s['prompts']:>7}")
+            lines.append(f"{method:<14}{budget:>7}  {reward:>20}  {accuracy:>8}  {passed:>7}  {majority:>8}  "
+                         f"{rollouts:>8}  {s['prompts']:>7}")
     return "\n".join(lines)
 
 

@@ -68,6 +68,7 @@ class GeneratorConfig:
     prompt_format: PromptFormat = PromptFormat.chat
     system_prompt: Optional[str] = None
     raw_end_marker: str = "\n\nSolution:"
+    grading: str = "math_verify"            # math_verify | last_number (the reference's) | none
     max_restarts: int = 3                   # Ray restarts a dead replica this often
     sim: SimConfig = field(default_factory=SimConfig)
 
@@ -92,8 +93,11 @@ class RewardConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "sim"                     # "sim": synthetic prompts; "jsonl": a local file
-    path: Optional[str] = None
+    source: str = "sim"                     # sim (synthetic) | jsonl | parquet (a local file) | hf (by name)
+    path: Optional[str] = None              # jsonl, parquet
+    name: Optional[str] = None              # hf: e.g. math-ai/aime25 (the reference's), or a local folder
+    subset: Optional[str] = None            # hf: the dataset's configuration, where it has several
+    split: str = "test"                     # hf
     num_prompts: int = 32                   # the first this many (all when 0)
     problem_field: str = "problem"
     answer_field: str = "answer"
@@ -204,13 +208,17 @@ def validate_run_config(config: RunConfig) -> None:
     if gen.backend == Backend.sim:
         from pipeline.worlds import make_world
         make_world(gen.sim.family, **gen.sim.params)
+    from pipeline.grading import GRADERS
+
+    if gen.grading not in GRADERS:
+        raise ValueError(f"generator.grading must be one of {GRADERS}, got {gen.grading!r}")
     if rm.nonfinite not in ("stop", "drop"):
         raise ValueError(f"reward.nonfinite must be 'stop' or 'drop', got {rm.nonfinite!r}")
-    if config.data.source not in ("sim", "jsonl"):
-        raise ValueError(f"data.source must be 'sim' or 'jsonl', got {config.data.source!r}")
+    if config.data.source not in ("sim", "jsonl", "parquet", "hf"):
+        raise ValueError(f"data.source must be one of sim, jsonl, parquet, hf; got {config.data.source!r}")
     if config.data.source == "sim" and gen.backend != Backend.sim:
         raise ValueError("data.source=sim makes synthetic prompts for the sim backend; real engines need "
-                         "data.source=jsonl with data.path")
+                         "data.source=jsonl|parquet|hf")
     if config.data.num_prompts < 0:
         raise ValueError(f"data.num_prompts must be >= 0, got {config.data.num_prompts!r}")
     driver = config.driver

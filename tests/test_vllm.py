@@ -123,5 +123,9 @@ def test_slg_run_with_tiny_cpu_config_through_ray_actors(tiny_models, tmp_path):
     assert all(r["rollouts"] == r["budget"] and r["tokens_generated"] > 0 for r in results)
     slg = [r for r in results if r["method"] != "bon"]
     assert any(r["cached_prompt_tokens"] > 0 for r in slg)  # state rollouts hit the prefix cache
+    assert all(isinstance(r["correct"], bool) and isinstance(r["pass_at_n"], bool) for r in results)
     summary = json.loads((output / "summary.json").read_text())
     assert summary["methods"]["slg"]["16"]["prompts"] == 2
+    for per_budget in summary["methods"].values():  # graded by math-verify in the generator replicas
+        for cell in per_budget.values():
+            assert all(isinstance(cell[k], float) for k in ("accuracy", "pass_at_n", "majority_vote"))
