@@ -1,6 +1,7 @@
 """Prompts from files and datasets, and answer grading: math-verify and the reference's last number."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +9,7 @@ from pipeline.grading import LastNumberGrader, make_grader
 from pipeline.prompts import load_prompts, read_jsonl_prompts
 from pipeline.run_config import DataConfig
 
-SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "data" / "sample_math.jsonl"
+SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "data" / "sample_math.jsonl"
 
 
 def test_the_shipped_sample_set_loads_with_answers():

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from actors.interfaces import PromptInput, Rollout, Score
+from actors.interfaces import PromptInput, Score, ScoreRequest
 from actors.sim import SimGenerator, SimRewardModel
 from pipeline.config import SearchConfig
 from pipeline.driver import Driver, ReplicaFailedError
@@ -156,6 +156,5 @@ def test_non_finite_rewards_stop_the_run_by_default_naming_prompt_and_node():
 
 
 def test_rollouts_without_sim_rewards_are_refused_by_the_sim_rm():
-    rollout = Rollout(0, "text", [], "stop", 1, 1)
     with pytest.raises(ValueError, match="scores only sim rollouts"):
-        SimRewardModel().score([__import__("actors.interfaces", fromlist=["x"]).ScoreRequest(0, PROMPTS[0], rollout.response_text)])
+        SimRewardModel().score([ScoreRequest(0, PROMPTS[0], "a response no simulated world produced")])

@@ -3,17 +3,19 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.bank import read_bank, simulate_bank, write_bank
+from pipeline.bank import _parse_row, read_bank, simulate_bank, write_bank
 from pipeline.calibration import calibrate, real_pools
 from pipeline.cli import main
+from pipeline.oracle import expected_max_of_pool
 from pipeline.replay import compute_multiplier, replay
 from pipeline.worlds import make_world
 
-REAL_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
 def by_method(results, budget):
@@ -61,9 +63,8 @@ def test_bank_round_trip_and_replay(tmp_path):
 def test_bank_bon_is_exact_against_the_prompt_mixture():
     world = make_world("gaussian")
     bank_rows = simulate_bank(world, num_prompts=1, num_states=3, num_completions=4, seed=0)
-    prompt = __import__("pipeline.bank", fromlist=["x"])._parse_row(bank_rows[0], "test")
+    prompt = _parse_row(bank_rows[0], "test")
     pool = np.concatenate(prompt.state_rewards)  # equal state sizes: the mixture is the flat pool
-    from pipeline.oracle import expected_max_of_pool
     assert prompt.bon_value(7) == pytest.approx(expected_max_of_pool(pool, 7))
 
 
