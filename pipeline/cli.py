@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.policies import POLICIES
 
 DEFAULT_METHODS = ["bon", "slg", "slg_adaptive", "oracle"]
@@ -91,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     target = curves.add_mutually_exclusive_group(required=True)
     target.add_argument("--bank", help="a reward bank: every state's pool is checked")
     target.add_argument("--real", help="a folder of ../shared/data/real (or one of its data sets)")
+    target.add_argument("--world", help="a simulated world family, or 'all' for every family")
+    curves.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
+    curves.add_argument("--states", type=int, default=200, help="world states drawn (with --world)")
+    curves.add_argument("--plot", help="write the error-vs-n plot (PNG) here")
     curves.add_argument("--m", type=_int_list, default=[8, 16, 32], help="samples the prediction sees")
     curves.add_argument("--n", type=_int_list, default=[16, 64, 256], help="n of the predicted best-of-n")
     curves.add_argument("--repeats", type=int, default=200)
@@ -160,10 +166,20 @@ def run_sim_bank(args) -> int:
 
 def run_curves(args) -> int:
     from pipeline.bank import read_bank
-    from pipeline.calibration import calibrate, format_report, real_pools
+    from pipeline.calibration import calibrate, format_report, plot_report, real_pools, world_states
+    from pipeline.worlds import WORLDS, make_world
 
     if args.real:
         pools = real_pools(args.real)
+    elif args.world:
+        families = sorted(WORLDS) if args.world == "all" else [args.world]
+        if args.states < 1:
+            raise UsageError(f"--states must be >= 1, got {args.states}")
+        pools = {}
+        for family in families:
+            world = make_world(family, **_params(args.param))
+            bound = world.reward_bounds[1] if np.isfinite(world.reward_bounds[1]) else None
+            pools[world.describe()] = (world_states(world, args.states, args.seed), bound)
     else:
         pools = {"bank": ([s for p in read_bank(args.bank) for s in p.state_rewards], None)}
     report = {name: calibrate(values, args.m, args.n, args.repeats, args.seed, upper_bound=bound)
@@ -171,6 +187,8 @@ def run_curves(args) -> int:
     print(format_report(report))
     if args.out:
         _write_json(args.out, report)
+    if args.plot:
+        plot_report(report, args.plot)
     return 0
 
 
