@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a YAML config (see configs/)")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
 
+    collect = commands.add_parser("collect", help="write a reward bank from the configured engines (any backend)")
+    collect.add_argument("--config", help="a YAML config (engines, data, seed), as for `slg run`")
+    collect.add_argument("--states", type=int, required=True, help="states per prompt (S)")
+    collect.add_argument("--completions", type=int, required=True, help="scored rollouts per state (M)")
+    collect.add_argument("--out", help="the bank (JSONL); default OUTPUT_DIR/bank.jsonl")
+    collect.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
+
     tiny = commands.add_parser("make-tiny-models", help="write a tiny random-weight generator and RM for CPU tests")
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
@@ -203,6 +210,20 @@ def run_pipeline(args) -> int:
     return 0
 
 
+def run_collect(args) -> int:
+    import logging
+
+    from pipeline.run_config import load_run_config
+    from pipeline.runner import collect
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s slg %(message)s", datefmt="%H:%M:%S")
+    config = load_run_config(args.config, list(args.overrides) + ["methods=[bon]", "budgets=[1]"])
+    bank = Path(args.out) if args.out else Path(config.output_dir) / "bank.jsonl"
+    written = collect(config, args.states, args.completions, bank)
+    print(f"collected {written} prompts into {bank}")
+    return 0
+
+
 def run_make_tiny_models(args) -> int:
     from actors.tiny_models import make_tiny_models
 
@@ -223,7 +244,7 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline,
+COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline, "collect": run_collect,
             "make-tiny-models": run_make_tiny_models}
 
 

@@ -72,6 +72,7 @@ class _Search:
         self.best = (-math.inf, 0, None, None, None)  # (reward, -sequence, text, correct, node)
         self.any_correct: bool | None = None
         self.votes: dict[str, list] = {}  # answer -> [count, -first sequence, correct]
+        self.samples: dict[str, list] = {}  # node -> [rewards, correct flags] (record_samples only)
 
 
 class _Item:
@@ -100,12 +101,13 @@ class ReplicaFailedError(RuntimeError):
 class Driver:
     def __init__(self, prompts: list[PromptInput], methods: list[str], budgets: list[int], search: SearchConfig,
                  seed: int, generators: list, rewards: list, settings, world=None, skip=(),
-                 nonfinite: str = "stop", use_ray: bool = True):
+                 nonfinite: str = "stop", use_ray: bool = True, record_samples: bool = False):
         self.settings = settings
         self.seed = seed
         self.search_config = search
         self.world = world
         self.nonfinite = nonfinite
+        self.record_samples = record_samples  # keep every reward per node (slg collect writes banks)
         self.generators, self.rewards = generators, rewards
         self.calls = RayCalls() if use_ray else LocalCalls()
         skip = {tuple(k) for k in skip}
@@ -385,6 +387,12 @@ class Driver:
                     search.best = candidate
             search.waiting -= 1
             if search.waiting == 0:
+                if self.record_samples:
+                    for s in search.slots:
+                        record = search.samples.setdefault(node_name(s.node), [[], []])
+                        kept = ~np.isnan(s.rewards)
+                        record[0] += s.rewards[kept].tolist()
+                        record[1] += s.correct[kept].tolist()
                 search.policy.observe(self._round_results(search))
                 self._plan(search, finished)
 
@@ -412,6 +420,7 @@ class Driver:
             "best_node": None if best_node is None else node_name(best_node),
             "answer": text,
             "wall_s": time.perf_counter() - search.started,
+            **({"samples": search.samples} if self.record_samples else {}),
         })
 
     def _true_value_of(self, search: _Search):

@@ -248,10 +248,30 @@ class AdaptiveSLG(SearchPolicy):
         return score
 
 
+class CollectStates(SearchPolicy):
+    """Not a search: the sampling plan of ``slg collect``. S rollouts from the prompt, each cut into
+    a state, then M rollouts from every state (S = ``num_states``, M = ``rollouts_per_node``), so
+    that a reward bank holds S i.i.d. states of M rewards each."""
+
+    name = "collect"
+
+    def _search(self):
+        num_states, per_state = self.config.num_states, self.config.rollouts_per_node
+        if not num_states or not per_state or self.budget != num_states * (per_state + 1):
+            raise ValueError(f"collect needs budget = S * (M + 1); got S={num_states}, M={per_state}, N={self.budget}")
+        (root,) = yield [Request.uniform(ROOT, num_states, self.batch_size)]
+        states = np.where(root.can_branch, np.arange(num_states)[None, :], NO_NODE)
+        yield [Request.per_episode(states[:, k], per_state) for k in range(num_states)]
+
+
+# The methods a user can run and compare; ``collect`` is driven by ``slg collect`` only.
 POLICIES: dict[str, type[SearchPolicy]] = {cls.name: cls for cls in (BestOfN, ScalingLawGuided, AdaptiveSLG, Oracle)}
+_INTERNAL_POLICIES: dict[str, type[SearchPolicy]] = {CollectStates.name: CollectStates}
 
 
 def policy_class(method: str) -> type[SearchPolicy]:
+    if method in _INTERNAL_POLICIES:
+        return _INTERNAL_POLICIES[method]
     if method not in POLICIES:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(POLICIES)}")
     return POLICIES[method]

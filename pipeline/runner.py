@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -35,46 +36,91 @@ def run(config: RunConfig) -> dict:
     output = Path(config.output_dir)
     previous = prepare_output_dir(output, config)
     skip = {(r["prompt_id"], r["method"], r["budget"]) for r in previous}
-    started_ray = _init_ray(config)
-    import ray
-
-    try:
-        generators, rewards = _create_replicas(config, local=started_ray or _is_single_node())
-        driver_cls = ray.remote(num_cpus=0)(__import__("pipeline.driver", fromlist=["Driver"]).Driver)
-        world = _world_of(config)
-        driver = driver_cls.remote(prompts, config.methods, config.budgets, config.search, config.seed, generators,
-                                   rewards, config.driver, world=world, skip=skip, nonfinite=config.reward.nonfinite)
-        results = list(previous)
-        total = len(prompts) * len(config.methods) * len(config.budgets)
-        log.info("running %d searches (%d prompts x %d methods x %d budgets), %d already done, into %s",
-                 total, len(prompts), len(config.methods), len(config.budgets), len(previous), output)
-        last_report = time.perf_counter()
-        with (output / "results.jsonl").open("a") as sink:
-            while True:
-                finished, progress = ray.get(driver.step.remote(config.driver.step_s))
-                for result in finished:
-                    sink.write(json.dumps(result) + "\n")
-                if finished:
-                    sink.flush()
-                    os.fsync(sink.fileno())
-                    results.extend(finished)
-                if progress["done"] or time.perf_counter() - last_report >= config.driver.progress_interval_s:
-                    log.info(_progress_line(progress, len(previous)))
-                    last_report = time.perf_counter()
-                if progress["done"]:
-                    break
-    finally:
-        if started_ray:
-            ray.shutdown()
+    total = len(prompts) * len(config.methods) * len(config.budgets)
+    log.info("running %d searches (%d prompts x %d methods x %d budgets), %d already done, into %s",
+             total, len(prompts), len(config.methods), len(config.budgets), len(previous), output)
+    results = list(previous)
+    progress = drive(config, prompts, config.methods, config.budgets, config.search, skip, output / "results.jsonl",
+                     lambda result: (results.append(result), result)[1], resumed=len(previous))
     summary = summarise(results, config.methods, config.budgets)
     summary["throughput"] = {k: progress[k] for k in ("elapsed_s", "rollouts_per_s", "tokens_per_s", "rollouts_scored",
                                                       "tokens_generated", "prompt_tokens", "cached_prompt_tokens",
-                                                      "rm_tokens", "driver_busy_s")}
+                                                      "rm_tokens", "driver_busy_s", "replica_failures")}
     atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
     if config.plot:
         plot_summary(summary, output / "best_reward_vs_budget.png")
     print(format_summary(summary), flush=True)
     return summary
+
+
+def drive(config: RunConfig, prompts, methods, budgets, search, skip, sink: Path, line_of, resumed: int = 0,
+          record_samples: bool = False) -> dict:
+    """Start (or join) Ray, place the replicas and the driver actor, and run every search not in
+    ``skip``; each finished search becomes a line of ``sink`` (``line_of(result)``, None: no line),
+    appended, flushed and fsynced at once. Returns the driver's final progress."""
+    started_ray = _init_ray(config)
+    import ray
+
+    from pipeline.driver import Driver
+
+    try:
+        generators, rewards = _create_replicas(config, local=started_ray or _is_single_node())
+        driver = ray.remote(num_cpus=0)(Driver).remote(
+            prompts, methods, budgets, search, config.seed, generators, rewards, config.driver,
+            world=_world_of(config), skip=skip, nonfinite=config.reward.nonfinite, record_samples=record_samples)
+        last_report = time.perf_counter()
+        with sink.open("a") as out:
+            while True:
+                finished, progress = ray.get(driver.step.remote(config.driver.step_s))
+                lines = [line for line in map(line_of, finished) if line is not None]
+                if lines:
+                    out.write("".join(json.dumps(line) + "\n" for line in lines))
+                    out.flush()
+                    os.fsync(out.fileno())
+                if progress["done"] or time.perf_counter() - last_report >= config.driver.progress_interval_s:
+                    log.info(_progress_line(progress, resumed))
+                    last_report = time.perf_counter()
+                if progress["done"]:
+                    return progress
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def collect(config: RunConfig, num_states: int, completions: int, bank_path: Path) -> int:
+    """``slg collect``: per prompt, ``num_states`` states and ``completions`` scored rollouts from
+    each, appended to a reward bank (SPEC.md format) as each prompt finishes. Rerunning with the same
+    bank continues where it stopped: prompts already in it are skipped, a torn last line dropped."""
+    if num_states < 1 or completions < 1:
+        raise ValueError(f"--states and --completions must be >= 1, got {num_states} and {completions}")
+    prompts = load_prompts(config.data)
+    bank_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {row["prompt_id"] for row in _read_results(bank_path)} if bank_path.exists() else set()
+    budget = num_states * (completions + 1)
+    search = replace(config.search, num_states=num_states, rollouts_per_node=completions)
+    meta = {"generator": config.generator.model or f"sim:{config.generator.sim.family}",
+            "reward": config.reward.model or "sim", "state_tokens": config.generator.state_tokens,
+            "completions": completions, "seed": config.seed}
+    log.info("collecting %d prompts x %d states x %d rollouts into %s (%d already there)",
+             len(prompts), num_states, completions, bank_path, len(done))
+    drive(config, prompts, ["collect"], [budget], search, {(p, "collect", budget) for p in done}, bank_path,
+          lambda result: bank_row(result, meta), resumed=len(done), record_samples=True)
+    return len(prompts) - len(done)
+
+
+def bank_row(result: dict, meta: dict) -> dict | None:
+    """A bank line from a collect search: its states in root-rollout order (the root's own rollouts,
+    which only cut the states, are not a state). None when no rollout was long enough to be a state."""
+    samples = result["samples"]
+    names = sorted((n for n in samples if n != "root"), key=lambda n: int(n[1:]))
+    if not names:
+        log.warning("prompt %s: no rollout reached the state length; nothing written", result["prompt_id"])
+        return None
+    row = {"prompt_id": result["prompt_id"], "states": [samples[n][0] for n in names]}
+    if result.get("pass_at_n") is not None:
+        row["correct"] = [samples[n][1] for n in names]
+    row["meta"] = {**meta, "state_nodes": names}
+    return row
 
 
 def _progress_line(progress: dict, resumed: int) -> str:
