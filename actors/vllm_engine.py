@@ -67,6 +67,8 @@ class VLLMGenerator:
         return self._prompt_ids[prompt.prompt_id]
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
+        if not requests:  # also how callers wait for the engine to be up
+            return []
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -120,6 +122,8 @@ class VLLMRewardModel:
         _shutdown(self.llm)
 
     def score(self, requests: list[ScoreRequest]) -> list[Score]:
+        if not requests:
+            return []
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 

@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--out", help="the bank (JSONL); default OUTPUT_DIR/bank.jsonl")
     collect.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
 
+    bench = commands.add_parser("bench", help="throughput: the pipeline, against a bare engine, across replicas")
+    bench.add_argument("--config", help="a YAML config (engines), as for `slg run`")
+    bench.add_argument("--prompts", type=int, default=16)
+    bench.add_argument("--budget", type=int, default=64)
+    bench.add_argument("--method", default="slg")
+    bench.add_argument("--raw", action="store_true", help="also run the same requests on one bare engine")
+    bench.add_argument("--replicas", type=_int_list, help="scaling: generator replica counts, e.g. 1,2,4,8")
+    bench.add_argument("--out", help="write the measurements as JSON here")
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
+
     tiny = commands.add_parser("make-tiny-models", help="write a tiny random-weight generator and RM for CPU tests")
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
@@ -224,6 +234,41 @@ def run_collect(args) -> int:
     return 0
 
 
+def run_bench(args) -> int:
+    import logging
+
+    from pipeline.bench import bench_pipeline, bench_raw_engine, bench_scaling, format_metrics
+    from pipeline.prompts import load_prompts
+    from pipeline.run_config import load_run_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s slg %(message)s", datefmt="%H:%M:%S")
+    if args.method not in POLICIES:
+        raise UsageError(f"unknown method {args.method!r}; expected one of {sorted(POLICIES)}")
+    if args.prompts < 1 or args.budget < 1:
+        raise UsageError(f"--prompts and --budget must be >= 1, got {args.prompts} and {args.budget}")
+    config = load_run_config(args.config, list(args.overrides) + [f"data.num_prompts={args.prompts}",
+                                                                  f"methods=[{args.method}]", f"budgets=[{args.budget}]"])
+    prompts = load_prompts(config.data)
+    report: dict = {"command": "slg bench " + " ".join(sys.argv[2:])}
+    if args.replicas:
+        report["scaling"] = bench_scaling(config, prompts, args.method, args.budget, args.replicas)
+        for row in report["scaling"]:
+            print(f"{row['replicas']} replicas: {row['rollouts_per_s']:.1f} rollouts/s, "
+                  f"scaling efficiency {row['scaling_efficiency']:.2f}")
+    else:
+        measured = bench_pipeline(config, prompts, args.method, args.budget, record_requests=args.raw)
+        report["pipeline"] = measured["metrics"]
+        print(format_metrics(measured["metrics"]))
+        if args.raw:
+            report["raw"] = bench_raw_engine(config, measured["requests"])
+            report["efficiency"] = measured["metrics"]["tokens_per_s"] / report["raw"]["tokens_per_s"]
+            print(f"raw engine: {report['raw']['tokens_per_s']:.1f} tokens/s; pipeline efficiency "
+                  f"{report['efficiency']:.3f}")
+    if args.out:
+        _write_json(args.out, report)
+    return 0
+
+
 def run_make_tiny_models(args) -> int:
     from actors.tiny_models import make_tiny_models
 
@@ -244,8 +289,8 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline, "collect": run_collect,
-            "make-tiny-models": run_make_tiny_models}
+COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline,
+            "collect": run_collect, "bench": run_bench, "make-tiny-models": run_make_tiny_models}
 
 
 def main(argv: list[str] | None = None) -> int:

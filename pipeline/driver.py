@@ -101,13 +101,16 @@ class ReplicaFailedError(RuntimeError):
 class Driver:
     def __init__(self, prompts: list[PromptInput], methods: list[str], budgets: list[int], search: SearchConfig,
                  seed: int, generators: list, rewards: list, settings, world=None, skip=(),
-                 nonfinite: str = "stop", use_ray: bool = True, record_samples: bool = False):
+                 nonfinite: str = "stop", use_ray: bool = True, record_samples: bool = False,
+                 record_requests: bool = False):
         self.settings = settings
         self.seed = seed
         self.search_config = search
         self.world = world
         self.nonfinite = nonfinite
         self.record_samples = record_samples  # keep every reward per node (slg collect writes banks)
+        self.record_requests = record_requests
+        self.requests_log: list[RolloutRequest] = []
         self.generators, self.rewards = generators, rewards
         self.calls = RayCalls() if use_ray else LocalCalls()
         skip = {tuple(k) for k in skip}
@@ -128,8 +131,11 @@ class Driver:
         self.down_until = {"generate": [0.0] * len(generators), "score": [0.0] * len(rewards)}
         self.recovering = {"generate": [False] * len(generators), "score": [False] * len(rewards)}
         self.replica_failures_total = 0
+        self.busy_s = {"generate": [0.0] * len(generators), "score": [0.0] * len(rewards)}
+        self.busy_since = {"generate": [0.0] * len(generators), "score": [0.0] * len(rewards)}
         self.counters = {"searches_done": 0, "rollouts_generated": 0, "rollouts_scored": 0, "tokens_generated": 0,
-                         "prompt_tokens": 0, "cached_prompt_tokens": 0, "rm_tokens": 0}
+                         "prompt_tokens": 0, "cached_prompt_tokens": 0, "rm_tokens": 0,
+                         "state_prompt_tokens": 0, "state_cached_tokens": 0}
         self.driver_busy_s = 0.0
         self.started = time.perf_counter()
 
@@ -162,10 +168,10 @@ class Driver:
                 self.failures[call.kind][call.replica] = 0
                 self.recovering[call.kind][call.replica] = False
                 if call.kind == "generate":
-                    self.gen_inflight[call.replica] -= 1
+                    self._mark_inflight("generate", call.replica, -1)
                     self._on_rollouts(token, result)
                 else:
-                    self.score_inflight[call.replica] -= 1
+                    self._mark_inflight("score", call.replica, -1)
                     self._on_scores(token, result, finished)
             self._expire_hung_calls()
             self.driver_busy_s += time.perf_counter() - busy_from
@@ -212,7 +218,7 @@ class Driver:
         rest = self.settings.replica_retry_s * max(1, self.failures[kind][replica])
         self.down_until[kind][replica] = time.perf_counter() + rest
         if kind == "generate":
-            self.gen_inflight[replica] -= 1
+            self._mark_inflight("generate", replica, -1)
             stranded = [r for r in call.batch if self._owned(r.request_id, token)] + list(self.gen_queues[replica])
             self.gen_queues[replica].clear()
             self.affinity = {k: v for k, v in self.affinity.items() if v != replica}
@@ -221,7 +227,7 @@ class Driver:
                 target = self._replica_for(request.prompt.prompt_id, self.items[request.request_id].node)
                 self.gen_queues[target].append(request)
         else:
-            self.score_inflight[replica] -= 1
+            self._mark_inflight("score", replica, -1)
             for request in reversed(call.batch):
                 if self._owned(request.request_id, token):
                     self.items[request.request_id].call = None
@@ -298,6 +304,8 @@ class Driver:
         request = RolloutRequest(request_id, prompt, state, seed)
         self.items[request_id] = _Item(search, slot, position, slot.node, root_index, next(search.sequence), request)
         self.gen_queues[self._replica_for(prompt.prompt_id, slot.node)].append(request)
+        if self.record_requests:
+            self.requests_log.append(request)
 
     def _replica_for(self, prompt_id: str, node: int) -> int:
         """States stick to one replica (its prefix cache holds them); the rest go to the least loaded."""
@@ -306,7 +314,7 @@ class Driver:
             return self.affinity[key]
         loads = [len(q) + self.gen_inflight[r] * self.settings.max_batch_rollouts
                  + (0 if self._usable("generate", r) else 10**12) for r, q in enumerate(self.gen_queues)]
-        replica = int(np.argmin(loads))
+        replica = min(range(len(loads)), key=loads.__getitem__)  # a Python min: numpy costs more on short lists
         if node != ROOT:
             self.affinity[key] = replica
         return replica
@@ -317,7 +325,7 @@ class Driver:
             while queue and self.gen_inflight[replica] < limit and self._usable("generate", replica):
                 batch = [queue.popleft() for _ in range(min(len(queue), self.settings.max_batch_rollouts))]
                 self._submit("generate", replica, batch)
-                self.gen_inflight[replica] += 1
+                self._mark_inflight("generate", replica, +1)
         while self.score_queue:
             usable = [r for r in range(len(self.rewards)) if self._usable("score", r)]
             if not usable:
@@ -327,7 +335,31 @@ class Driver:
                 break
             size = min(len(self.score_queue), self.settings.max_batch_scores)
             self._submit("score", replica, [self.score_queue.popleft() for _ in range(size)])
-            self.score_inflight[replica] += 1
+            self._mark_inflight("score", replica, +1)
+
+    def _mark_inflight(self, kind: str, replica: int, change: int) -> None:
+        """Count calls in flight; a replica is busy while it has at least one (its busy time)."""
+        inflight = self.gen_inflight if kind == "generate" else self.score_inflight
+        before = inflight[replica]
+        inflight[replica] += change
+        if before == 0 and inflight[replica] > 0:
+            self.busy_since[kind][replica] = time.perf_counter()
+        elif before > 0 and inflight[replica] == 0:
+            self.busy_s[kind][replica] += time.perf_counter() - self.busy_since[kind][replica]
+
+    def busy_fractions(self) -> dict[str, list[float]]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        now = time.perf_counter()
+        out = {}
+        for kind, inflight in (("generate", self.gen_inflight), ("score", self.score_inflight)):
+            out[kind] = [(self.busy_s[kind][r] + (now - self.busy_since[kind][r] if inflight[r] else 0.0)) / elapsed
+                         for r in range(len(inflight))]
+        return out
+
+    def recorded_requests(self) -> list[RolloutRequest]:
+        """Every rollout request in the order it was first queued (``record_requests``): the token
+        workload ``slg bench`` replays on a bare engine."""
+        return self.requests_log
 
     def _submit(self, kind: str, replica: int, batch: list) -> None:
         token = self.calls.submit(self.replicas[kind][replica], "generate" if kind == "generate" else "score", batch)
@@ -351,6 +383,9 @@ class Driver:
             self.counters["tokens_generated"] += rollout.num_generated_tokens
             self.counters["prompt_tokens"] += rollout.num_prompt_tokens
             self.counters["cached_prompt_tokens"] += rollout.num_cached_tokens
+            if item.node != ROOT:
+                self.counters["state_prompt_tokens"] += rollout.num_prompt_tokens
+                self.counters["state_cached_tokens"] += rollout.num_cached_tokens
             if item.root_index is not None and rollout.state is not None:
                 search.states[item.root_index] = rollout.state
                 item.slot.can_branch[item.position] = True

@@ -265,3 +265,20 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
 def test_collect_refuses_bad_sizes(tmp_path, capsys):
     assert main(["collect", "--states", "0", "--completions", "4", "--out", str(tmp_path / "b.jsonl")]) == 2
     assert "--states and --completions must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_engine(local_ray):
+    from pipeline.bench import bench_pipeline, bench_raw_engine
+    from pipeline.prompts import load_prompts
+
+    config = load_run_config(None, ["data.num_prompts=3", "methods=[slg]", "budgets=[64]"])
+    measured = bench_pipeline(config, load_prompts(config.data), "slg", 64, record_requests=True)
+    metrics, requests = measured["metrics"], measured["requests"]
+    assert len(requests) == 3 * 64 and len({r.request_id for r in requests}) == 3 * 64
+    assert all(0.0 <= b <= 1.0 for b in metrics["generator_busy"] + metrics["reward_busy"])
+    assert metrics["rollouts_per_s"] > 0 and metrics["driver_us_per_rollout"] > 0
+    assert 0 < metrics["state_cached_share"] <= 1  # sim state rollouts report their prefix as cached
+    raw = bench_raw_engine(config, requests)
+    assert raw["rollouts"] == 3 * 64
+    assert raw["tokens_generated"] == metrics["tokens_generated"]  # same seeds: the same tokens
+

@@ -1,7 +1,5 @@
-"""Kill the whole `slg run` process mid-run, rerun, and get what an uninterrupted run gets.
-
-Runs `python -m pipeline.run` as subprocesses (each with its own local Ray), so this module holds
-no in-process Ray."""
+"""Runs that start their own local Ray instances: kill the whole `slg run` process mid-run and
+resume it; benchmark scaling across replica counts. This module holds no shared in-process Ray."""
 
 import json
 import os
@@ -53,3 +51,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert comparable(killed) == comparable(full)  # nothing lost, nothing twice
     assert json.loads((killed / "summary.json").read_text())["methods"] == \
         json.loads((full / "summary.json").read_text())["methods"]
+
+
+def test_bench_scaling_runs_each_replica_count_on_logical_gpus():
+    from pipeline.bench import bench_scaling
+    from pipeline.prompts import load_prompts
+    from pipeline.run_config import load_run_config
+
+    config = load_run_config(None, ["data.num_prompts=2", "methods=[bon]", "budgets=[16]"])
+    rows = bench_scaling(config, load_prompts(config.data), "bon", 16, [1, 2])
+    assert [r["replicas"] for r in rows] == [1, 2] and rows[0]["scaling_efficiency"] == 1.0

@@ -1,0 +1,113 @@
+"""``slg bench``: throughput of the whole pipeline, its efficiency against a bare engine, and its
+scaling with replicas. A benchmark measures; nothing here asserts a speed.
+
+- Pipeline: P prompts x one budget x one method through Ray actors and the driver, after every
+  engine is up (engine start is not counted). Reports rollouts/s, generated tokens/s, RM items/s
+  and tokens/s, each replica's busy fraction (time with a call in flight), the cached share of
+  prompt tokens (all rollouts, and state rollouts alone), and the driver's own time per rollout.
+- Raw ceiling (``--raw``): the very rollout requests the driver sent (same prompts, states, seeds,
+  lengths), in one ``generate`` call on one in-process engine: no Ray, no driver, no reward model.
+  Efficiency = pipeline tokens/s over raw tokens/s.
+- Scaling (``--replicas 1,2,4,8``): the same workload with k generator replicas on k logical GPUs;
+  scaling efficiency = throughput(k) / (k x throughput(1)). Meaningful with ``generator.sim.
+  latency_per_token_s`` > 0, which makes a sim replica as slow as a GPU engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+log = logging.getLogger("slg")
+
+
+def bench_pipeline(config, prompts, method: str, budget: int, record_requests: bool = False) -> dict:
+    import ray
+
+    from pipeline.driver import Driver
+    from pipeline.runner import _create_replicas, _init_ray, _is_single_node, _world_of
+
+    started_ray = _init_ray(config)
+    try:
+        generators, rewards = _create_replicas(config, local=started_ray or _is_single_node())
+        ray.get([g.generate.remote([]) for g in generators] + [r.score.remote([]) for r in rewards])  # engines up
+        driver = ray.remote(num_cpus=0)(Driver).remote(
+            prompts, [method], [budget], config.search, config.seed, generators, rewards, config.driver,
+            world=_world_of(config), record_requests=record_requests)
+        started = time.perf_counter()
+        while not ray.get(driver.step.remote(config.driver.step_s))[1]["done"]:
+            pass
+        wall = time.perf_counter() - started
+        progress, busy = ray.get([driver.progress.remote(), driver.busy_fractions.remote()])
+        requests = ray.get(driver.recorded_requests.remote()) if record_requests else None
+    finally:
+        if started_ray:
+            ray.shutdown()
+    scored = max(progress["rollouts_scored"], 1)
+    metrics = {
+        "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall,
+        "generator_replicas": config.generator.num_replicas, "reward_replicas": config.reward.num_replicas,
+        "rollouts_per_s": progress["rollouts_scored"] / wall,
+        "tokens_per_s": progress["tokens_generated"] / wall,
+        "rm_items_per_s": progress["rollouts_scored"] / wall,
+        "rm_tokens_per_s": progress["rm_tokens"] / wall,
+        "generator_busy": busy["generate"], "reward_busy": busy["score"],
+        "cached_prompt_share": progress["cached_prompt_tokens"] / max(progress["prompt_tokens"], 1),
+        "state_cached_share": (progress["state_cached_tokens"] / progress["state_prompt_tokens"]
+                               if progress["state_prompt_tokens"] else None),
+        "driver_us_per_rollout": 1e6 * progress["driver_busy_s"] / scored,
+        "tokens_generated": progress["tokens_generated"],
+    }
+    return {"metrics": metrics, "requests": requests}
+
+
+def bench_raw_engine(config, requests) -> dict:
+    """The recorded requests in one call on one in-process engine (started before the clock)."""
+    from actors.interfaces import PromptInput, RolloutRequest
+    from actors.registry import load_backend
+    from pipeline.runner import generator_kwargs
+
+    engine = load_backend("generator", config.generator.backend.value)(**generator_kwargs(config))
+    try:
+        engine.generate([RolloutRequest(-1, PromptInput("warm-up", "warm up the engine"), None, 12345)])
+        started = time.perf_counter()
+        rollouts = engine.generate(list(requests))
+        wall = time.perf_counter() - started
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
+    tokens = sum(r.num_generated_tokens for r in rollouts)
+    return {"rollouts": len(rollouts), "tokens_generated": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
+
+
+def bench_scaling(config, prompts, method: str, budget: int, replica_counts: list[int]) -> list[dict]:
+    """Throughput with k generator replicas, each on one logical GPU of a local instance."""
+    rows, base = [], None
+    for count in replica_counts:
+        scaled = replace(config, generator=replace(config.generator, num_replicas=count, num_gpus_per_replica=1.0),
+                         ray=replace(config.ray, num_gpus=max(replica_counts)))
+        metrics = bench_pipeline(scaled, prompts, method, budget)["metrics"]
+        base = base or metrics["rollouts_per_s"]
+        rows.append({"replicas": count, "rollouts_per_s": metrics["rollouts_per_s"],
+                     "tokens_per_s": metrics["tokens_per_s"],
+                     "scaling_efficiency": metrics["rollouts_per_s"] / (count * base),
+                     "driver_us_per_rollout": metrics["driver_us_per_rollout"],
+                     "generator_busy_mean": sum(metrics["generator_busy"]) / count})
+        log.info("%d replicas: %.0f rollouts/s, scaling efficiency %.2f", count, rows[-1]["rollouts_per_s"],
+                 rows[-1]["scaling_efficiency"])
+    return rows
+
+
+def format_metrics(metrics: dict) -> str:
+    busy = ", ".join(f"{b:.2f}" for b in metrics["generator_busy"])
+    rm_busy = ", ".join(f"{b:.2f}" for b in metrics["reward_busy"])
+    state_share = "-" if metrics["state_cached_share"] is None else f"{metrics['state_cached_share']:.3f}"
+    return "\n".join([
+        f"workload: {metrics['prompts']} prompts x N={metrics['budget']} x {metrics['method']}, {metrics['wall_s']:.2f} s",
+        f"rollouts/s {metrics['rollouts_per_s']:.1f}   generated tokens/s {metrics['tokens_per_s']:.1f}",
+        f"RM items/s {metrics['rm_items_per_s']:.1f}   RM tokens/s {metrics['rm_tokens_per_s']:.1f}",
+        f"generator busy [{busy}]   reward busy [{rm_busy}]",
+        f"cached share of prompt tokens {metrics['cached_prompt_share']:.3f} (state rollouts: {state_share})",
+        f"driver time per rollout {metrics['driver_us_per_rollout']:.1f} us",
+    ])
