@@ -29,7 +29,7 @@ class SimGenerator:
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
         rollouts = [self._one(request) for request in requests]
-        if self.latency_per_token_s > 0:
+        if self.latency_per_token_s > 0 and rollouts:
             # A batched engine's step time grows with the longest sequence, not the batch size.
             time.sleep(self.latency_per_token_s * max(r.num_generated_tokens for r in rollouts))
         return rollouts
