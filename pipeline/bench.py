@@ -26,15 +26,15 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
     import ray
 
     from pipeline.driver import Driver
-    from pipeline.runner import _create_replicas, _init_ray, _is_single_node, _world_of
+    from pipeline.runner import create_replicas, init_ray, is_single_node, world_of
 
-    started_ray = _init_ray(config)
+    started_ray = init_ray(config)
     try:
-        generators, rewards = _create_replicas(config, local=started_ray or _is_single_node())
+        generators, rewards = create_replicas(config, local=started_ray or is_single_node())
         ray.get([g.generate.remote([]) for g in generators] + [r.score.remote([]) for r in rewards])  # engines up
         driver = ray.remote(num_cpus=0)(Driver).remote(
             prompts, [method], [budget], config.search, config.seed, generators, rewards, config.driver,
-            world=_world_of(config), record_requests=record_requests)
+            world=world_of(config), record_requests=record_requests)
         started = time.perf_counter()
         while not ray.get(driver.step.remote(config.driver.step_s))[1]["done"]:
             pass

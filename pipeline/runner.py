@@ -1,4 +1,5 @@
-"""``slg run``: start (or join) Ray, place the replicas and the driver actor, stream results to disk.
+"""``slg run`` and ``slg collect``: start (or join) Ray, place the replicas and the driver actor,
+stream results to disk.
 
 This is orchestration only: the search lives in the policies, the scheduling in the driver, the
 engines in ``actors``. Outputs in ``output_dir``: ``results.jsonl`` (appended and flushed as each
@@ -40,8 +41,13 @@ def run(config: RunConfig) -> dict:
     log.info("running %d searches (%d prompts x %d methods x %d budgets), %d already done, into %s",
              total, len(prompts), len(config.methods), len(config.budgets), len(previous), output)
     results = list(previous)
+
+    def keep(result: dict) -> dict:
+        results.append(result)
+        return result
+
     progress = drive(config, prompts, config.methods, config.budgets, config.search, skip, output / "results.jsonl",
-                     lambda result: (results.append(result), result)[1], resumed=len(previous))
+                     keep, resumed=len(previous))
     summary = summarise(results, config.methods, config.budgets)
     summary["throughput"] = {k: progress[k] for k in ("elapsed_s", "rollouts_per_s", "tokens_per_s", "rollouts_scored",
                                                       "tokens_generated", "prompt_tokens", "cached_prompt_tokens",
@@ -58,16 +64,16 @@ def drive(config: RunConfig, prompts, methods, budgets, search, skip, sink: Path
     """Start (or join) Ray, place the replicas and the driver actor, and run every search not in
     ``skip``; each finished search becomes a line of ``sink`` (``line_of(result)``, None: no line),
     appended, flushed and fsynced at once. Returns the driver's final progress."""
-    started_ray = _init_ray(config)
+    started_ray = init_ray(config)
     import ray
 
     from pipeline.driver import Driver
 
     try:
-        generators, rewards = _create_replicas(config, local=started_ray or _is_single_node())
+        generators, rewards = create_replicas(config, local=started_ray or is_single_node())
         driver = ray.remote(num_cpus=0)(Driver).remote(
             prompts, methods, budgets, search, config.seed, generators, rewards, config.driver,
-            world=_world_of(config), skip=skip, nonfinite=config.reward.nonfinite, record_samples=record_samples)
+            world=world_of(config), skip=skip, nonfinite=config.reward.nonfinite, record_samples=record_samples)
         last_report = time.perf_counter()
         with sink.open("a") as out:
             while True:
@@ -175,7 +181,7 @@ def _flatten(tree, prefix: str = "") -> dict:
     return flat
 
 
-def _init_ray(config: RunConfig) -> bool:
+def init_ray(config: RunConfig) -> bool:
     """Join the configured cluster ($RAY_ADDRESS or ray.address), or start a local instance; True
     when this process started Ray (and so must stop it)."""
     import ray
@@ -210,13 +216,13 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise ValueError(f"cannot reach a Ray cluster at {address!r} (RAY_ADDRESS / ray.address): {error}") from None
 
 
-def _is_single_node() -> bool:
+def is_single_node() -> bool:
     import ray
 
     return len([n for n in ray.nodes() if n.get("Alive")]) == 1
 
 
-def _create_replicas(config: RunConfig, local: bool):
+def create_replicas(config: RunConfig, local: bool):
     """Generator and reward actors as configured. On a fixed local instance, a request for more GPUs
     than it has is an error (Ray would wait for them forever); a cluster may autoscale to them."""
     import ray
@@ -277,7 +283,7 @@ def _absolute_model_path(section: dict) -> dict:
     return section
 
 
-def _world_of(config: RunConfig):
+def world_of(config: RunConfig):
     if config.generator.backend != Backend.sim:
         return None
     from pipeline.worlds import make_world
