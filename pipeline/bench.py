@@ -8,9 +8,10 @@ scaling with replicas. A benchmark measures; nothing here asserts a speed.
 - Raw ceiling (``--raw``): the very rollout requests the driver sent (same prompts, states, seeds,
   lengths), in one ``generate`` call on one in-process engine: no Ray, no driver, no reward model.
   Efficiency = pipeline tokens/s over raw tokens/s.
-- Scaling (``--replicas 1,2,4,8``): the same workload with k generator replicas on k logical GPUs;
-  scaling efficiency = throughput(k) / (k x throughput(1)). Meaningful with ``generator.sim.
-  latency_per_token_s`` > 0, which makes a sim replica as slow as a GPU engine.
+- Scaling (``--replicas 1,2,4,8``): k generator replicas on k logical GPUs, each with the same load
+  (P prompts per replica, so k P prompts: weak scaling, as a serving system grows with its
+  traffic); scaling efficiency = throughput(k) / (k x throughput(1)). Meaningful with
+  ``generator.sim.latency_per_token_s`` > 0, which makes a sim replica as slow as a GPU engine.
 """
 
 from __future__ import annotations
@@ -81,15 +82,20 @@ def bench_raw_engine(config, requests) -> dict:
     return {"rollouts": len(rollouts), "tokens_generated": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
 
 
-def bench_scaling(config, prompts, method: str, budget: int, replica_counts: list[int]) -> list[dict]:
-    """Throughput with k generator replicas, each on one logical GPU of a local instance."""
+def bench_scaling(config, prompts_per_replica: int, method: str, budget: int, replica_counts: list[int]) -> list[dict]:
+    """Throughput with k generator replicas, each on one logical GPU of a local instance and each
+    with ``prompts_per_replica`` prompts of load."""
+    from pipeline.prompts import load_prompts
+
     rows, base = [], None
     for count in replica_counts:
         scaled = replace(config, generator=replace(config.generator, num_replicas=count, num_gpus_per_replica=1.0),
-                         ray=replace(config.ray, num_gpus=max(replica_counts)))
+                         ray=replace(config.ray, num_gpus=max(replica_counts)),
+                         data=replace(config.data, num_prompts=prompts_per_replica * count))
+        prompts = load_prompts(scaled.data)
         metrics = bench_pipeline(scaled, prompts, method, budget)["metrics"]
         base = base or metrics["rollouts_per_s"]
-        rows.append({"replicas": count, "rollouts_per_s": metrics["rollouts_per_s"],
+        rows.append({"replicas": count, "prompts": len(prompts), "rollouts_per_s": metrics["rollouts_per_s"],
                      "tokens_per_s": metrics["tokens_per_s"],
                      "scaling_efficiency": metrics["rollouts_per_s"] / (count * base),
                      "driver_us_per_rollout": metrics["driver_us_per_rollout"],

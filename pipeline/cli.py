@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="throughput: the pipeline, against a bare engine, across replicas")
     bench.add_argument("--config", help="a YAML config (engines), as for `slg run`")
-    bench.add_argument("--prompts", type=int, default=16)
+    bench.add_argument("--prompts", type=int, default=16, help="prompts (per replica with --replicas)")
     bench.add_argument("--budget", type=int, default=64)
     bench.add_argument("--method", default="slg")
     bench.add_argument("--raw", action="store_true", help="also run the same requests on one bare engine")
@@ -248,15 +248,14 @@ def run_bench(args) -> int:
         raise UsageError(f"--prompts and --budget must be >= 1, got {args.prompts} and {args.budget}")
     config = load_run_config(args.config, list(args.overrides) + [f"data.num_prompts={args.prompts}",
                                                                   f"methods=[{args.method}]", f"budgets=[{args.budget}]"])
-    prompts = load_prompts(config.data)
     report: dict = {"command": "slg bench " + " ".join(sys.argv[2:])}
     if args.replicas:
-        report["scaling"] = bench_scaling(config, prompts, args.method, args.budget, args.replicas)
+        report["scaling"] = bench_scaling(config, args.prompts, args.method, args.budget, args.replicas)
         for row in report["scaling"]:
             print(f"{row['replicas']} replicas: {row['rollouts_per_s']:.1f} rollouts/s, "
                   f"scaling efficiency {row['scaling_efficiency']:.2f}")
     else:
-        measured = bench_pipeline(config, prompts, args.method, args.budget, record_requests=args.raw)
+        measured = bench_pipeline(config, load_prompts(config.data), args.method, args.budget, record_requests=args.raw)
         report["pipeline"] = measured["metrics"]
         print(format_metrics(measured["metrics"]))
         if args.raw:

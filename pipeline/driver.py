@@ -122,6 +122,7 @@ class Driver:
         self.request_ids = itertools.count()
         self.gen_queues = [deque() for _ in generators]
         self.gen_inflight = [0] * len(generators)
+        self.gen_inflight_rollouts = [0] * len(generators)  # the load measure of least-loaded dispatch
         self.score_queue: deque[ScoreRequest] = deque()
         self.score_inflight = [0] * len(rewards)
         self.affinity: dict[tuple[str, int], int] = {}
@@ -169,6 +170,7 @@ class Driver:
                 self.recovering[call.kind][call.replica] = False
                 if call.kind == "generate":
                     self._mark_inflight("generate", call.replica, -1)
+                    self.gen_inflight_rollouts[call.replica] -= len(call.batch)
                     self._on_rollouts(token, result)
                 else:
                     self._mark_inflight("score", call.replica, -1)
@@ -219,6 +221,7 @@ class Driver:
         self.down_until[kind][replica] = time.perf_counter() + rest
         if kind == "generate":
             self._mark_inflight("generate", replica, -1)
+            self.gen_inflight_rollouts[replica] -= len(call.batch)
             stranded = [r for r in call.batch if self._owned(r.request_id, token)] + list(self.gen_queues[replica])
             self.gen_queues[replica].clear()
             self.affinity = {k: v for k, v in self.affinity.items() if v != replica}
@@ -312,8 +315,8 @@ class Driver:
         key = (prompt_id, node)
         if node != ROOT and key in self.affinity:
             return self.affinity[key]
-        loads = [len(q) + self.gen_inflight[r] * self.settings.max_batch_rollouts
-                 + (0 if self._usable("generate", r) else 10**12) for r, q in enumerate(self.gen_queues)]
+        loads = [len(q) + self.gen_inflight_rollouts[r] + (0 if self._usable("generate", r) else 10**12)
+                 for r, q in enumerate(self.gen_queues)]
         replica = min(range(len(loads)), key=loads.__getitem__)  # a Python min: numpy costs more on short lists
         if node != ROOT:
             self.affinity[key] = replica
@@ -362,6 +365,8 @@ class Driver:
         return self.requests_log
 
     def _submit(self, kind: str, replica: int, batch: list) -> None:
+        if kind == "generate":
+            self.gen_inflight_rollouts[replica] += len(batch)
         token = self.calls.submit(self.replicas[kind][replica], "generate" if kind == "generate" else "score", batch)
         self.pending[token] = _Call(kind, replica, batch)
         for request in batch:

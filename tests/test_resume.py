@@ -55,9 +55,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_bench_scaling_runs_each_replica_count_on_logical_gpus():
     from pipeline.bench import bench_scaling
-    from pipeline.prompts import load_prompts
     from pipeline.run_config import load_run_config
 
-    config = load_run_config(None, ["data.num_prompts=2", "methods=[bon]", "budgets=[16]"])
-    rows = bench_scaling(config, load_prompts(config.data), "bon", 16, [1, 2])
-    assert [r["replicas"] for r in rows] == [1, 2] and rows[0]["scaling_efficiency"] == 1.0
+    config = load_run_config(None, ["methods=[bon]", "budgets=[16]"])
+    rows = bench_scaling(config, 2, "bon", 16, [1, 2])
+    assert [(r["replicas"], r["prompts"]) for r in rows] == [(1, 2), (2, 4)]  # the same load per replica
+    assert rows[0]["scaling_efficiency"] == 1.0 and rows[1]["scaling_efficiency"] > 0
