@@ -1,4 +1,5 @@
-"""How prompts and (prompt, response) pairs become token ids, shared by the vLLM and HF backends.
+"""Token ids in and out of real engines, shared by the vLLM and HF backends: how prompts and
+(prompt, response) pairs become token ids, and how generated ids become a graded ``Rollout``.
 
 Generators: the tokenizer's chat template (system prompt optional) by default, or the reference
 code's raw form (problem text, an end marker, no template). Reward models: the RM tokenizer's
@@ -8,7 +9,7 @@ last position (REFERENCE.md, "Reference setup").
 
 from __future__ import annotations
 
-from actors.interfaces import PromptInput
+from actors.interfaces import PromptInput, Rollout, RolloutRequest, StatePrefix
 
 
 def prompt_token_ids(tokenizer, prompt: PromptInput, settings: dict) -> list[int]:
@@ -37,3 +38,20 @@ def _as_ids(encoded) -> list[int]:
     if hasattr(encoded, "keys") and "input_ids" in encoded:
         encoded = encoded["input_ids"]
     return [int(t) for t in encoded]
+
+
+def make_rollout(request: RolloutRequest, generated: list[int], tokenizer, state_tokens: int, grader,
+                 finish_reason: str, num_prompt_tokens: int, num_cached_tokens: int = 0) -> Rollout:
+    """A root rollout of at least ``state_tokens`` tokens offers its prefix as a state (token ids
+    and text); the response text covers the state prefix too (what the RM reads); the grader, if
+    any, extracts and checks the answer."""
+    state_ids = list(request.state.token_ids) if request.state else []
+    state = None
+    if request.state is None and len(generated) >= state_tokens:
+        prefix = generated[:state_tokens]
+        state = StatePrefix(tuple(prefix), tokenizer.decode(prefix, skip_special_tokens=True))
+    text = tokenizer.decode(state_ids + generated, skip_special_tokens=True)
+    answer, correct = grader.grade(text, request.prompt.answer) if grader else (None, None)
+    return Rollout(request_id=request.request_id, response_text=text, token_ids=generated, finish_reason=finish_reason,
+                   num_generated_tokens=len(generated), num_prompt_tokens=num_prompt_tokens,
+                   num_cached_tokens=num_cached_tokens, state=state, correct=correct, answer=answer)

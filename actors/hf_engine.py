@@ -7,8 +7,8 @@ generator runs one request at a time so that each rollout depends only on its ow
 
 from __future__ import annotations
 
-from actors.formatting import prompt_token_ids, reward_token_ids
-from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
+from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
+from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.grading import make_grader
 
 
@@ -39,6 +39,8 @@ class HFGenerator:
         self.state_tokens = int(settings["state_tokens"])
         self.max_tokens = int(settings["max_tokens"])
         self.grader = make_grader(settings.get("grading", "math_verify"))
+        stop = list(settings.get("stop") or [])
+        self._stop = {"stop_strings": stop, "tokenizer": self.tokenizer} if stop else {}
         self._prompt_ids: dict[str, list[int]] = {}
 
     def prompt_ids(self, prompt: PromptInput) -> list[int]:
@@ -61,18 +63,11 @@ class HFGenerator:
                 do_sample=True, max_new_tokens=self.max_tokens - len(state_ids),
                 temperature=self.settings.get("temperature", 1.0), top_p=self.settings.get("top_p", 1.0),
                 repetition_penalty=self.settings.get("repetition_penalty", 1.0),
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **self._stop)
         generated = output[0, len(ids):].tolist()
         eos = self.tokenizer.eos_token_id
         finish = "stop" if eos is not None and generated and generated[-1] == eos else "length"
-        state = None
-        if request.state is None and len(generated) >= self.state_tokens:
-            prefix = generated[: self.state_tokens]
-            state = StatePrefix(tuple(prefix), self.tokenizer.decode(prefix, skip_special_tokens=True))
-        text = self.tokenizer.decode(state_ids + generated, skip_special_tokens=True)
-        answer, correct = self.grader.grade(text, request.prompt.answer) if self.grader else (None, None)
-        return Rollout(request.request_id, text, generated, finish, len(generated), len(ids), 0, state,
-                       correct=correct, answer=answer)
+        return make_rollout(request, generated, self.tokenizer, self.state_tokens, self.grader, finish, len(ids))
 
 
 class HFRewardModel:

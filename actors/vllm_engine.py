@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from actors.formatting import prompt_token_ids, reward_token_ids
-from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
+from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
+from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.grading import make_grader
 
 
@@ -86,26 +86,9 @@ class VLLMGenerator:
 
     def _rollout(self, request: RolloutRequest, output) -> Rollout:
         completion = output.outputs[0]
-        generated = list(completion.token_ids)
-        state_ids = list(request.state.token_ids) if request.state else []
-        state = None
-        if request.state is None and len(generated) >= self.state_tokens:
-            prefix = generated[: self.state_tokens]
-            state = StatePrefix(tuple(prefix), self.tokenizer.decode(prefix, skip_special_tokens=True))
-        text = self.tokenizer.decode(state_ids + generated, skip_special_tokens=True)
-        answer, correct = self.grader.grade(text, request.prompt.answer) if self.grader else (None, None)
-        return Rollout(
-            request_id=request.request_id,
-            response_text=text,
-            token_ids=generated,
-            finish_reason=str(completion.finish_reason),
-            num_generated_tokens=len(generated),
-            num_prompt_tokens=len(output.prompt_token_ids),
-            num_cached_tokens=int(getattr(output, "num_cached_tokens", 0) or 0),
-            state=state,
-            correct=correct,
-            answer=answer,
-        )
+        return make_rollout(request, list(completion.token_ids), self.tokenizer, self.state_tokens, self.grader,
+                            str(completion.finish_reason), len(output.prompt_token_ids),
+                            int(getattr(output, "num_cached_tokens", 0) or 0))
 
 
 class VLLMRewardModel:
