@@ -1,2 +1,6 @@
-"""slg: Scaling-Law Guided search. ``tail``, ``schedule``, ``oracle``: the statistics; ``policies``:
-the search; ``worlds``, ``bank``, ``episodes``, ``replay``: offline evaluation; ``cli``: the ``slg`` command."""
+"""slg: Scaling-Law Guided search.
+
+``tail``, ``schedule``, ``oracle``: the statistics. ``policy``, ``policies``: the search, pure and
+batched. ``worlds``, ``bank``, ``episodes``, ``replay``, ``calibration``: offline evaluation.
+``driver``, ``replicas``, ``runner``, ``bench``: the Ray pipeline. ``cli``: the ``slg`` command.
+"""
