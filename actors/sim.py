@@ -62,9 +62,6 @@ class SimGenerator:
             correct=None if correct is None else bool(correct[0]),
         )
 
-    def true_state_value(self, latent: float, n: int) -> float:
-        return float(self.world.state_value(np.array([latent]), n)[0])
-
 
 class SimRewardModel:
     def __init__(self, latency_per_item_s: float = 0.0, **_ignored):
