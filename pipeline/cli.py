@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--states", type=int, required=True, help="states per prompt (S)")
     collect.add_argument("--completions", type=int, required=True, help="scored rollouts per state (M)")
     collect.add_argument("--out", help="the bank (JSONL); default OUTPUT_DIR/bank.jsonl")
+    collect.add_argument("--texts", help="also write state and response texts to this JSONL side file "
+                                         "(one line per bank line, same shape)")
     collect.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
 
     bench = commands.add_parser("bench", help="throughput: the pipeline, against a bare engine, across replicas")
@@ -229,7 +231,7 @@ def run_collect(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s slg %(message)s", datefmt="%H:%M:%S")
     config = load_run_config(args.config, list(args.overrides) + ["methods=[bon]", "budgets=[1]"])
     bank = Path(args.out) if args.out else Path(config.output_dir) / "bank.jsonl"
-    written = collect(config, args.states, args.completions, bank)
+    written = collect(config, args.states, args.completions, bank, Path(args.texts) if args.texts else None)
     print(f"collected {written} prompts into {bank}")
     return 0
 

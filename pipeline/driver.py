@@ -45,13 +45,14 @@ def node_name(node: int) -> str:
 class _Slot:
     """One request of a round: ``count`` rollouts from ``node``, filled in as scores arrive."""
 
-    __slots__ = ("node", "count", "rewards", "can_branch", "correct")
+    __slots__ = ("node", "count", "rewards", "can_branch", "correct", "texts")
 
-    def __init__(self, node: int, count: int):
+    def __init__(self, node: int, count: int, keep_texts: bool = False):
         self.node, self.count = node, count
         self.rewards = np.full(count, np.nan)
         self.can_branch = np.zeros(count, dtype=bool)
         self.correct = np.zeros(count, dtype=bool)
+        self.texts = [""] * count if keep_texts else None
 
 
 class _Search:
@@ -72,7 +73,7 @@ class _Search:
         self.best = (-math.inf, 0, None, None, None)  # (reward, -sequence, text, correct, node)
         self.any_correct: bool | None = None
         self.votes: dict[str, list] = {}  # answer -> [count, -first sequence, correct]
-        self.samples: dict[str, list] = {}  # node -> [rewards, correct flags] (record_samples only)
+        self.samples: dict[str, list] = {}  # node -> [rewards, correct flags, texts] (record_samples only)
 
 
 class _Item:
@@ -108,7 +109,7 @@ class Driver:
         self.search_config = search
         self.world = world
         self.nonfinite = nonfinite
-        self.record_samples = record_samples  # keep every reward per node (slg collect writes banks)
+        self.record_samples = record_samples  # keep every reward and text per node (slg collect writes banks)
         self.record_requests = record_requests
         self.requests_log: list[RolloutRequest] = []
         self.generators, self.rewards = generators, rewards
@@ -277,7 +278,7 @@ class Driver:
             if not requests:
                 self._finish(search, finished)
                 return
-            search.slots = [_Slot(int(r.node[0]), int(r.count[0])) for r in requests]
+            search.slots = [_Slot(int(r.node[0]), int(r.count[0]), self.record_samples) for r in requests]
             search.requested += sum(slot.count for slot in search.slots)
             if search.requested > search.budget:
                 raise BudgetExceededError(f"{search.method} asked for {search.requested} rollouts of prompt "
@@ -415,6 +416,8 @@ class Driver:
                 search.ledger["dropped_scores"] += 1
             else:
                 slot.rewards[item.position] = reward
+                if slot.texts is not None:
+                    slot.texts[item.position] = rollout.response_text
                 if rollout.correct is not None:
                     slot.correct[item.position] = rollout.correct
                     search.any_correct = bool(search.any_correct) or rollout.correct
@@ -429,10 +432,11 @@ class Driver:
             if search.waiting == 0:
                 if self.record_samples:
                     for s in search.slots:
-                        record = search.samples.setdefault(node_name(s.node), [[], []])
+                        record = search.samples.setdefault(node_name(s.node), [[], [], []])
                         kept = ~np.isnan(s.rewards)
                         record[0] += s.rewards[kept].tolist()
                         record[1] += s.correct[kept].tolist()
+                        record[2] += [text for text, keep in zip(s.texts, kept) if keep]
                 search.policy.observe(self._round_results(search))
                 self._plan(search, finished)
 
@@ -460,7 +464,9 @@ class Driver:
             "best_node": None if best_node is None else node_name(best_node),
             "answer": text,
             "wall_s": time.perf_counter() - search.started,
-            **({"samples": search.samples} if self.record_samples else {}),
+            **({"samples": search.samples,
+                "state_texts": {node_name(node): state.text for node, state in search.states.items()}}
+               if self.record_samples else {}),
         })
 
     def _true_value_of(self, search: _Search):

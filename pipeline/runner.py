@@ -10,6 +10,7 @@ searches are skipped. A different config there is refused unless ``overwrite=tru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -60,10 +61,12 @@ def run(config: RunConfig) -> dict:
 
 
 def drive(config: RunConfig, prompts, methods, budgets, search, skip, sink: Path, line_of, resumed: int = 0,
-          record_samples: bool = False) -> dict:
+          record_samples: bool = False, side_sink: tuple[Path, object] | None = None) -> dict:
     """Start (or join) Ray, place the replicas and the driver actor, and run every search not in
     ``skip``; each finished search becomes a line of ``sink`` (``line_of(result)``, None: no line),
-    appended, flushed and fsynced at once. Returns the driver's final progress."""
+    appended, flushed and fsynced at once. ``side_sink`` = (path, line_of) gets its line first, so a
+    search in ``sink`` always has its side line too (a kill in between leaves only a side line,
+    which the caller drops on resume). Returns the driver's final progress."""
     started_ray = init_ray(config)
     import ray
 
@@ -75,14 +78,13 @@ def drive(config: RunConfig, prompts, methods, budgets, search, skip, sink: Path
             prompts, methods, budgets, search, config.seed, generators, rewards, config.driver,
             world=world_of(config), skip=skip, nonfinite=config.reward.nonfinite, record_samples=record_samples)
         last_report = time.perf_counter()
-        with sink.open("a") as out:
+        side_path, side_line_of = side_sink or (None, None)
+        with sink.open("a") as out, (side_path.open("a") if side_path else contextlib.nullcontext()) as side:
             while True:
                 finished, progress = ray.get(driver.step.remote(config.driver.step_s))
-                lines = [line for line in map(line_of, finished) if line is not None]
-                if lines:
-                    out.write("".join(json.dumps(line) + "\n" for line in lines))
-                    out.flush()
-                    os.fsync(out.fileno())
+                if side is not None:
+                    _append_lines(side, map(side_line_of, finished))
+                _append_lines(out, map(line_of, finished))
                 if progress["done"] or time.perf_counter() - last_report >= config.driver.progress_interval_s:
                     log.info(_progress_line(progress, resumed))
                     last_report = time.perf_counter()
@@ -93,15 +95,29 @@ def drive(config: RunConfig, prompts, methods, budgets, search, skip, sink: Path
             ray.shutdown()
 
 
-def collect(config: RunConfig, num_states: int, completions: int, bank_path: Path) -> int:
+def _append_lines(out, lines) -> None:
+    text = "".join(json.dumps(line) + "\n" for line in lines if line is not None)
+    if text:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def collect(config: RunConfig, num_states: int, completions: int, bank_path: Path, texts_path: Path | None = None) -> int:
     """``slg collect``: per prompt, ``num_states`` states and ``completions`` scored rollouts from
-    each, appended to a reward bank (SPEC.md format) as each prompt finishes. Rerunning with the same
-    bank continues where it stopped: prompts already in it are skipped, a torn last line dropped."""
+    each, appended to a reward bank (SPEC.md format) as each prompt finishes; with ``texts_path``,
+    the state and response texts in a side file of the same shape (one line per prompt). Rerunning
+    with the same bank continues where it stopped: prompts already in it are skipped, a torn last
+    line dropped, and side lines of prompts the bank does not have are dropped."""
     if num_states < 1 or completions < 1:
         raise ValueError(f"--states and --completions must be >= 1, got {num_states} and {completions}")
+    if texts_path is not None and texts_path.resolve() == bank_path.resolve():
+        raise ValueError(f"--texts must be another file than the bank, got {str(texts_path)!r} for both")
     prompts = load_prompts(config.data)
     bank_path.parent.mkdir(parents=True, exist_ok=True)
     done = {row["prompt_id"] for row in _read_results(bank_path)} if bank_path.exists() else set()
+    if texts_path is not None:
+        _keep_only_prompts(texts_path, done)
     budget = num_states * (completions + 1)
     search = replace(config.search, num_states=num_states, rollouts_per_node=completions)
     meta = {"generator": config.generator.model or f"sim:{config.generator.sim.family}",
@@ -109,16 +125,23 @@ def collect(config: RunConfig, num_states: int, completions: int, bank_path: Pat
             "completions": completions, "seed": config.seed}
     log.info("collecting %d prompts x %d states x %d rollouts into %s (%d already there)",
              len(prompts), num_states, completions, bank_path, len(done))
+    texts_by_id = {p.prompt_id: p.text for p in prompts}
     drive(config, prompts, ["collect"], [budget], search, {(p, "collect", budget) for p in done}, bank_path,
-          lambda result: bank_row(result, meta), resumed=len(done), record_samples=True)
+          lambda result: bank_row(result, meta), resumed=len(done), record_samples=True,
+          side_sink=None if texts_path is None else (texts_path, lambda r: texts_row(r, texts_by_id[r["prompt_id"]])))
     return len(prompts) - len(done)
 
 
+def _state_names(samples: dict) -> list[str]:
+    """A collect search's states in root-rollout order (the root's own rollouts, which only cut the
+    states, are not a state)."""
+    return sorted((n for n in samples if n != "root"), key=lambda n: int(n[1:]))
+
+
 def bank_row(result: dict, meta: dict) -> dict | None:
-    """A bank line from a collect search: its states in root-rollout order (the root's own rollouts,
-    which only cut the states, are not a state). None when no rollout was long enough to be a state."""
+    """A bank line from a collect search. None when no rollout was long enough to be a state."""
     samples = result["samples"]
-    names = sorted((n for n in samples if n != "root"), key=lambda n: int(n[1:]))
+    names = _state_names(samples)
     if not names:
         log.warning("prompt %s: no rollout reached the state length; nothing written", result["prompt_id"])
         return None
@@ -127,6 +150,33 @@ def bank_row(result: dict, meta: dict) -> dict | None:
         row["correct"] = [samples[n][1] for n in names]
     row["meta"] = {**meta, "state_nodes": names}
     return row
+
+
+def texts_row(result: dict, prompt_text: str) -> dict | None:
+    """The side line of a bank line: the prompt, each state's prefix text and each rollout's whole
+    response text (state prefix included), in the bank's order and shape."""
+    names = _state_names(result["samples"])
+    if not names:
+        return None
+    return {"prompt_id": result["prompt_id"], "prompt": prompt_text, "state_nodes": names,
+            "state_texts": [result["state_texts"][n] for n in names],
+            "responses": [result["samples"][n][2] for n in names]}
+
+
+def _keep_only_prompts(path: Path, prompt_ids: set[str]) -> None:
+    """Drop the lines of ``path`` whose prompt is not in ``prompt_ids`` (a kill between the side
+    line and the bank line), rewriting it atomically; warn about bank prompts it lacks."""
+    if not path.exists():
+        rows = []
+    else:
+        rows = _read_results(path)
+        kept = [row for row in rows if row["prompt_id"] in prompt_ids]
+        if len(kept) != len(rows):
+            atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+        rows = kept
+    missing = len(prompt_ids - {row["prompt_id"] for row in rows})
+    if missing:
+        log.warning("%d prompts already in the bank have no texts in %s (collected without --texts)", missing, path)
 
 
 def _progress_line(progress: dict, resumed: int) -> str:

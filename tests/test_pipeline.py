@@ -244,20 +244,29 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
     from pipeline.bank import read_bank
     from pipeline.replay import replay
 
-    bank = tmp_path / "bank.jsonl"
-    argv = ["collect", "--states", "4", "--completions", "6", "--out", str(bank), "data.num_prompts=3",
-            "generator.sim.family=bimodal"]
+    bank, texts = tmp_path / "bank.jsonl", tmp_path / "texts.jsonl"
+    argv = ["collect", "--states", "4", "--completions", "6", "--out", str(bank), "--texts", str(texts),
+            "data.num_prompts=3", "generator.sim.family=bimodal"]
     assert main(argv) == 0
     prompts = read_bank(bank)  # validates the SPEC.md format
     assert [p.prompt_id for p in prompts] == ["sim0", "sim1", "sim2"]
     assert all(p.num_states == 4 and list(p.lengths) == [6] * 4 and p.correct is not None for p in prompts)
+    side = [json.loads(line) for line in texts.read_text().splitlines()]
+    bank_rows = [json.loads(line) for line in bank.read_text().splitlines()]
+    for row, bank_row in zip(side, bank_rows):  # same prompts, states and shape as the bank
+        assert row["prompt_id"] == bank_row["prompt_id"] and row["state_nodes"] == bank_row["meta"]["state_nodes"]
+        assert [len(r) for r in row["responses"]] == [len(s) for s in bank_row["states"]]
+        for state_text, responses in zip(row["state_texts"], row["responses"]):
+            assert state_text and all(text.startswith(state_text) for text in responses)  # a rollout continues its state
+        assert len({t for r in row["responses"] for t in r}) == 24  # every rollout its own text
     lines = bank.read_text().splitlines(keepends=True)
-    bank.write_text(lines[0] + lines[1][:40])  # killed while writing the second prompt
+    bank.write_text(lines[0] + lines[1][:40])  # killed while writing the second prompt's bank line
     assert main(argv) == 0
     assert "collected 2 prompts" in capsys.readouterr().out
     again = read_bank(bank)
     assert [p.prompt_id for p in again] == ["sim0", "sim1", "sim2"]
     assert [p.state_rewards[0].tolist() for p in again] == [p.state_rewards[0].tolist() for p in prompts]
+    assert [json.loads(line) for line in texts.read_text().splitlines()] == side  # side lines not duplicated
     results = replay(again, ["bon", "slg"], [16], repeats=5, workers=1)
     assert all(r.accuracy is not None for r in results)
 
@@ -265,6 +274,9 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
 def test_collect_refuses_bad_sizes(tmp_path, capsys):
     assert main(["collect", "--states", "0", "--completions", "4", "--out", str(tmp_path / "b.jsonl")]) == 2
     assert "--states and --completions must be >= 1" in capsys.readouterr().err
+    bank = str(tmp_path / "b.jsonl")
+    assert main(["collect", "--states", "2", "--completions", "4", "--out", bank, "--texts", bank]) == 2
+    assert "--texts must be another file than the bank" in capsys.readouterr().err
 
 
 def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_engine(local_ray):
