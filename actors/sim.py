@@ -9,6 +9,7 @@ make replicas behave like GPU engines for throughput experiments.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -76,3 +77,16 @@ class SimRewardModel:
                 raise ValueError(f"request {request.request_id}: the sim reward model scores only sim rollouts")
             scores.append(Score(request.request_id, request.sim_reward, num_tokens=len(request.response_text) // 4))
         return scores
+
+
+class FreeRewardModel:
+    """Scores any response at almost no cost: a stable pseudo-random number in [0, 1) from its text.
+    Meaningless as a reward; ``slg bench --free-rm`` uses it to measure the generator path alone
+    (on a small machine a real reward model takes CPU time from the generator)."""
+
+    def __init__(self, **_ignored):
+        pass
+
+    def score(self, requests: list[ScoreRequest]) -> list[Score]:
+        return [Score(r.request_id, int.from_bytes(hashlib.blake2b(r.response_text.encode(), digest_size=8).digest(),
+                                                   "little") / 2**64) for r in requests]

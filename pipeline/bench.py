@@ -8,6 +8,8 @@ scaling with replicas. A benchmark measures; nothing here asserts a speed.
 - Raw ceiling (``--raw``): the very rollout requests the driver sent (same prompts, states, seeds,
   lengths), in one ``generate`` call on one in-process engine: no Ray, no driver, no reward model.
   Efficiency = pipeline tokens/s over raw tokens/s.
+- ``--free-rm``: the reward replicas score at no cost (meaningless rewards), so the pipeline's own
+  overhead around the generator shows without a reward model competing for the same CPU.
 - Scaling (``--replicas 1,2,4,8``): k generator replicas on k logical GPUs, each with the same load
   (P prompts per replica, so k P prompts: weak scaling, as a serving system grows with its
   traffic); scaling efficiency = throughput(k) / (k x throughput(1)). Meaningful with
@@ -23,15 +25,30 @@ from dataclasses import replace
 log = logging.getLogger("slg")
 
 
-def bench_pipeline(config, prompts, method: str, budget: int, record_requests: bool = False) -> dict:
+def workload_prompts(data, count: int) -> list:
+    """Exactly ``count`` prompts: the data's first ones, cycled when it has fewer (copy k of a prompt
+    gets the id ``ID#k``, hence its own seeds: a distinct search, as another sample of the problem)."""
+    from pipeline.prompts import load_prompts
+
+    base = load_prompts(replace(data, num_prompts=count))
+    return [p if i < len(base) else replace(p, prompt_id=f"{p.prompt_id}#{i // len(base)}")
+            for i, p in ((i, base[i % len(base)]) for i in range(count))]
+
+
+def bench_pipeline(config, prompts, method: str, budget: int, record_requests: bool = False,
+                   free_reward: bool = False) -> dict:
+    """``free_reward``: score with ``FreeRewardModel`` (no CPU or GPU cost) to measure the generator
+    path alone."""
     import ray
 
+    from actors.sim import FreeRewardModel
     from pipeline.driver import Driver
     from pipeline.runner import create_replicas, init_ray, is_single_node, world_of
 
     started_ray = init_ray(config)
     try:
-        generators, rewards = create_replicas(config, local=started_ray or is_single_node())
+        generators, rewards = create_replicas(config, local=started_ray or is_single_node(),
+                                              reward_cls=FreeRewardModel if free_reward else None)
         ray.get([g.generate.remote([]) for g in generators] + [r.score.remote([]) for r in rewards])  # engines up
         driver = ray.remote(num_cpus=0)(Driver).remote(
             prompts, [method], [budget], config.search, config.seed, generators, rewards, config.driver,
@@ -47,7 +64,7 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
             ray.shutdown()
     scored = max(progress["rollouts_scored"], 1)
     metrics = {
-        "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall,
+        "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall, "free_reward": free_reward,
         "generator_replicas": config.generator.num_replicas, "reward_replicas": config.reward.num_replicas,
         "rollouts_per_s": progress["rollouts_scored"] / wall,
         "tokens_per_s": progress["tokens_generated"] / wall,
@@ -63,36 +80,43 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
     return {"metrics": metrics, "requests": requests}
 
 
-def bench_raw_engine(config, requests) -> dict:
-    """The recorded requests in one call on one in-process engine (started before the clock)."""
+def bench_raw_engine(config, requests, repeats: int = 2) -> dict:
+    """The recorded requests in one call on one in-process engine (started before the clock); the
+    best of ``repeats`` runs (a ceiling: on a shared machine single runs vary by 20%)."""
     from actors.interfaces import PromptInput, RolloutRequest
     from actors.registry import load_backend
     from pipeline.runner import generator_kwargs
 
-    engine = load_backend("generator", config.generator.backend.value)(**generator_kwargs(config))
+    kwargs = generator_kwargs(config)
+    if "settings" in kwargs:  # a real engine: the ceiling is plain LLM.generate on all requests at once
+        kwargs["settings"]["continuous_batching"] = False
+    engine = load_backend("generator", config.generator.backend.value)(**kwargs)
     try:
         engine.generate([RolloutRequest(-1, PromptInput("warm-up", "warm up the engine"), None, 12345)])
-        started = time.perf_counter()
-        rollouts = engine.generate(list(requests))
-        wall = time.perf_counter() - started
+        walls = []
+        for _ in range(repeats):
+            if hasattr(engine, "reset_prefix_cache"):  # each run starts cold, as the pipeline did
+                engine.reset_prefix_cache()
+            started = time.perf_counter()
+            rollouts = engine.generate(list(requests))
+            walls.append(time.perf_counter() - started)
     finally:
         if hasattr(engine, "close"):
             engine.close()
-    tokens = sum(r.num_generated_tokens for r in rollouts)
-    return {"rollouts": len(rollouts), "tokens_generated": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
+    tokens, wall = sum(r.num_generated_tokens for r in rollouts), min(walls)
+    return {"rollouts": len(rollouts), "tokens_generated": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "wall_s_each": walls}
 
 
 def bench_scaling(config, prompts_per_replica: int, method: str, budget: int, replica_counts: list[int]) -> list[dict]:
     """Throughput with k generator replicas, each on one logical GPU of a local instance and each
     with ``prompts_per_replica`` prompts of load."""
-    from pipeline.prompts import load_prompts
-
     rows, base = [], None
     for count in replica_counts:
         scaled = replace(config, generator=replace(config.generator, num_replicas=count, num_gpus_per_replica=1.0),
                          ray=replace(config.ray, num_gpus=max(replica_counts)),
                          data=replace(config.data, num_prompts=prompts_per_replica * count))
-        prompts = load_prompts(scaled.data)
+        prompts = workload_prompts(scaled.data, prompts_per_replica * count)
         metrics = bench_pipeline(scaled, prompts, method, budget)["metrics"]
         base = base or metrics["rollouts_per_s"]
         rows.append({"replicas": count, "prompts": len(prompts), "rollouts_per_s": metrics["rollouts_per_s"],

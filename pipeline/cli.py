@@ -96,10 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="throughput: the pipeline, against a bare engine, across replicas")
     bench.add_argument("--config", help="a YAML config (engines), as for `slg run`")
-    bench.add_argument("--prompts", type=int, default=16, help="prompts (per replica with --replicas)")
+    bench.add_argument("--prompts", type=int, default=16,
+                       help="prompts (per replica with --replicas); the data's are cycled when it has fewer")
     bench.add_argument("--budget", type=int, default=64)
     bench.add_argument("--method", default="slg")
     bench.add_argument("--raw", action="store_true", help="also run the same requests on one bare engine")
+    bench.add_argument("--free-rm", action="store_true",
+                       help="score at no cost (meaningless rewards): the generator path alone, without an RM competing for CPU")
     bench.add_argument("--replicas", type=_int_list, help="scaling: generator replica counts, e.g. 1,2,4,8")
     bench.add_argument("--out", help="write the measurements as JSON here")
     bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
@@ -239,8 +242,7 @@ def run_collect(args) -> int:
 def run_bench(args) -> int:
     import logging
 
-    from pipeline.bench import bench_pipeline, bench_raw_engine, bench_scaling, format_metrics
-    from pipeline.prompts import load_prompts
+    from pipeline.bench import bench_pipeline, bench_raw_engine, bench_scaling, format_metrics, workload_prompts
     from pipeline.run_config import load_run_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s slg %(message)s", datefmt="%H:%M:%S")
@@ -257,7 +259,8 @@ def run_bench(args) -> int:
             print(f"{row['replicas']} replicas: {row['rollouts_per_s']:.1f} rollouts/s, "
                   f"scaling efficiency {row['scaling_efficiency']:.2f}")
     else:
-        measured = bench_pipeline(config, load_prompts(config.data), args.method, args.budget, record_requests=args.raw)
+        measured = bench_pipeline(config, workload_prompts(config.data, args.prompts), args.method, args.budget,
+                                  record_requests=args.raw, free_reward=args.free_rm)
         report["pipeline"] = measured["metrics"]
         print(format_metrics(measured["metrics"]))
         if args.raw:

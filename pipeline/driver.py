@@ -1,12 +1,12 @@
 """The driver: runs one search policy per (prompt, method, budget) against the engine replicas.
 
 It asks each search for its next round, turns the requests into seeded rollout requests, sends
-them to generator replicas (a state's rollouts always to the same replica: prefix-cache
-affinity; everything else to the least-loaded one), sends finished rollouts on to the reward
-replicas as they arrive (generation and scoring overlap), fills each search's round with the
-rewards, and tells the policy. Many searches run at once, so while one waits at its round
-barrier others keep the replicas busy. The driver holds all search state (policies, states,
-ledgers); replicas hold none.
+them to generator replicas (a state's rollouts to a replica whose prefix cache holds it, spreading
+to another only when that one falls far behind; everything else to the least-loaded one), sends
+finished rollouts on to the reward replicas as they arrive (generation and scoring overlap), fills
+each search's round with the rewards, and tells the policy. Many searches run at once, so while
+one waits at its round barrier others keep the replicas busy. The driver holds all search state
+(policies, states, ledgers); replicas hold none.
 
 It is a plain class: ``slg run`` makes it a Ray actor (``ray.remote(Driver)``) and calls
 :meth:`Driver.step` until it reports everything done; tests run it in-process on local replicas.
@@ -126,7 +126,7 @@ class Driver:
         self.gen_inflight_rollouts = [0] * len(generators)  # the load measure of least-loaded dispatch
         self.score_queue: deque[ScoreRequest] = deque()
         self.score_inflight = [0] * len(rewards)
-        self.affinity: dict[tuple[str, int], int] = {}
+        self.affinity: dict[tuple[str, int], list[int]] = {}  # state -> replicas whose cache holds it
         self.pending: dict = {}  # call token -> _Call
         self.replicas = {"generate": generators, "score": rewards}
         self.failures = {"generate": [0] * len(generators), "score": [0] * len(rewards)}  # in a row
@@ -225,7 +225,7 @@ class Driver:
             self.gen_inflight_rollouts[replica] -= len(call.batch)
             stranded = [r for r in call.batch if self._owned(r.request_id, token)] + list(self.gen_queues[replica])
             self.gen_queues[replica].clear()
-            self.affinity = {k: v for k, v in self.affinity.items() if v != replica}
+            self.affinity = {k: kept for k, v in self.affinity.items() if (kept := [r for r in v if r != replica])}
             for request in stranded:
                 self.items[request.request_id].call = None
                 target = self._replica_for(request.prompt.prompt_id, self.items[request.request_id].node)
@@ -312,16 +312,26 @@ class Driver:
             self.requests_log.append(request)
 
     def _replica_for(self, prompt_id: str, node: int) -> int:
-        """States stick to one replica (its prefix cache holds them); the rest go to the least loaded."""
-        key = (prompt_id, node)
-        if node != ROOT and key in self.affinity:
-            return self.affinity[key]
+        """Rollouts from the prompt go to the least-loaded replica. A state's go to the least loaded
+        of the replicas whose prefix cache holds it, unless that one has more than
+        ``affinity_spill_rollouts`` rollouts waiting beyond the least-loaded replica: then to that
+        one, which holds the state from then on too (a round's rollouts of one state would
+        otherwise pile up on one replica while the others run dry)."""
         loads = [len(q) + self.gen_inflight_rollouts[r] + (0 if self._usable("generate", r) else 10**12)
                  for r, q in enumerate(self.gen_queues)]
-        replica = min(range(len(loads)), key=loads.__getitem__)  # a Python min: numpy costs more on short lists
-        if node != ROOT:
-            self.affinity[key] = replica
-        return replica
+        least = min(range(len(loads)), key=loads.__getitem__)  # a Python min: numpy costs more on short lists
+        if node == ROOT:
+            return least
+        holders = self.affinity.get((prompt_id, node))
+        if holders is None:
+            self.affinity[(prompt_id, node)] = [least]
+            return least
+        home = min(holders, key=loads.__getitem__)
+        spill = self.settings.affinity_spill_rollouts
+        if spill and loads[home] - loads[least] > spill:
+            holders.append(least)
+            return least
+        return home
 
     def _dispatch(self) -> None:
         limit = self.settings.max_inflight_batches

@@ -95,7 +95,9 @@ def create_ray_replicas(cls, count: int, kwargs: dict, num_gpus: float, num_cpus
     for index in range(count):
         # Ray restarts a dead replica; the driver re-sends its work (max_task_retries=0: not Ray).
         options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts,
-                                   "max_task_retries": 0}
+                                   "max_task_retries": 0,
+                                   # a class that serves concurrent calls says how many (vLLM: one engine batch)
+                                   "max_concurrency": getattr(cls, "max_concurrency", 1)}
         if gpus_per_replica_group > 1:
             group = placement_group([{"GPU": 1, "CPU": 1}] * gpus_per_replica_group, strategy="STRICT_PACK",
                                     name=f"{name}-{index}")

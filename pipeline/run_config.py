@@ -10,6 +10,7 @@ two cores).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -57,8 +58,10 @@ class GeneratorConfig:
     gpu_memory_utilization: float = 0.85
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
+    continuous_batching: bool = True        # vLLM: concurrent calls share the engine's running batch
     block_size: Optional[int] = None        # the CPU build caches whole blocks of a multiple of 32
     kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
+    cpu_cores: Optional[str] = None         # CPU build: the cores of the engine's worker threads ("0", "0-3")
     state_tokens: int = 100                 # T: a state is the first T generated tokens
     max_tokens: int = 1000                  # the longest response, state included
     temperature: float = 1.0
@@ -87,6 +90,7 @@ class RewardConfig:
     gpu_memory_utilization: float = 0.3
     enforce_eager: bool = False
     kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
+    cpu_cores: Optional[str] = None         # CPU build: the cores of the engine's worker threads
     nonfinite: str = "stop"                 # an RM score of NaN/inf: "stop" the run, or "drop" the rollout
     max_restarts: int = 3
 
@@ -110,6 +114,10 @@ class DriverConfig:
     max_batch_rollouts: int = 256           # rollouts per generate call
     max_batch_scores: int = 256             # items per score call
     max_inflight_batches: int = 2           # calls outstanding per replica (keeps engines fed)
+    # A state's rollouts go to a replica whose prefix cache holds it, unless that one has this many
+    # more rollouts waiting than the least-loaded replica: then the state spreads there too (one
+    # prefix recompute; cache-aware routing as in SGLang's router). 0: never spread.
+    affinity_spill_rollouts: int = 256
     step_s: float = 0.5                     # how long one driver step works before reporting back
     call_timeout_s: float = 900.0           # a call unanswered this long: its replica counts as hung (0: never)
     max_replica_failures: int = 3           # failures in a row before a replica stops the run
@@ -200,6 +208,8 @@ def validate_run_config(config: RunConfig) -> None:
             raise ValueError(f"{section}.num_replicas must be >= 1, got {values.num_replicas!r}")
         if values.backend != Backend.sim:
             _check_model(section, values.model)
+        if values.cpu_cores is not None and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", str(values.cpu_cores)):
+            raise ValueError(f"{section}.cpu_cores must list cores like \"0\", \"0-3\" or \"0,2\", got {values.cpu_cores!r}")
     if gen.tensor_parallel_size < 1:
         raise ValueError(f"generator.tensor_parallel_size must be >= 1, got {gen.tensor_parallel_size!r}")
     if gen.state_tokens < 1 or gen.max_tokens <= gen.state_tokens:
@@ -225,6 +235,8 @@ def validate_run_config(config: RunConfig) -> None:
     for name in ("max_concurrent_prompts", "max_batch_rollouts", "max_batch_scores", "max_inflight_batches"):
         if getattr(driver, name) < 1:
             raise ValueError(f"driver.{name} must be >= 1, got {getattr(driver, name)!r}")
+    if driver.affinity_spill_rollouts < 0:
+        raise ValueError(f"driver.affinity_spill_rollouts must be >= 0, got {driver.affinity_spill_rollouts!r}")
 
 
 def _check_model(section: str, model: str | None) -> None:

@@ -272,15 +272,16 @@ def is_single_node() -> bool:
     return len([n for n in ray.nodes() if n.get("Alive")]) == 1
 
 
-def create_replicas(config: RunConfig, local: bool):
-    """Generator and reward actors as configured. On a fixed local instance, a request for more GPUs
-    than it has is an error (Ray would wait for them forever); a cluster may autoscale to them."""
+def create_replicas(config: RunConfig, local: bool, reward_cls=None):
+    """Generator and reward actors as configured (``reward_cls``: another reward class, for
+    benchmarks). On a fixed local instance, a request for more GPUs than it has is an error (Ray
+    would wait for them forever); a cluster may autoscale to them."""
     import ray
 
     from pipeline.replicas import create_ray_replicas
 
     gen, rm = config.generator, config.reward
-    gen_cls, rm_cls = load_backend("generator", gen.backend.value), load_backend("reward", rm.backend.value)
+    gen_cls, rm_cls = load_backend("generator", gen.backend.value), reward_cls or load_backend("reward", rm.backend.value)
     real = gen.backend != Backend.sim
     gen_gpus = gen.num_gpus_per_replica if gen.num_gpus_per_replica is not None else \
         (float(gen.tensor_parallel_size) if real and gen.device != "cpu" and _has_gpus() else 0.0)

@@ -96,6 +96,28 @@ def test_rollouts_of_a_state_stay_on_one_replica_and_load_is_shared():
     assert {next(iter(r)) for r in log.values()} == {0, 1, 2}
 
 
+def test_a_state_spreads_to_another_replica_only_when_its_own_falls_far_behind():
+    from actors.interfaces import RolloutRequest, StatePrefix
+    from pipeline.policy import ROOT
+
+    driver = sim_driver([SimGenerator() for _ in range(3)], affinity_spill_rollouts=10)
+    state = RolloutRequest(0, PromptInput("p", "x"), StatePrefix(latent=0.0), 0)
+    home = driver._replica_for("p", 4)
+    assert driver._replica_for("p", 4) == home  # no load: stays
+    driver.gen_queues[home].extend([state] * 10)
+    assert driver._replica_for("p", 4) == home  # 10 behind the others: not yet worth a recompute
+    driver.gen_queues[home].append(state)
+    other = driver._replica_for("p", 4)  # 11 behind: spreads to the least-loaded replica
+    assert other != home and driver.affinity[("p", 4)] == [home, other]
+    driver.gen_queues[other].extend([state] * 5)
+    assert driver._replica_for("p", 4) == other  # now the less loaded of the two that hold it
+    assert driver._replica_for("p", ROOT) not in (home, other)  # roots go to the least loaded
+    strict = sim_driver([SimGenerator() for _ in range(3)], affinity_spill_rollouts=0)
+    home = strict._replica_for("p", 4)
+    strict.gen_queues[home].extend([state] * 1000)
+    assert strict._replica_for("p", 4) == home
+
+
 def test_seeds_come_from_ids_not_dispatch_order():
     assert derive_seed(0, "p1", "s3", 7) == derive_seed(0, "p1", "s3", 7)
     assert derive_seed(0, "p1", "s3", 7) != derive_seed(0, "p1", "s3", 8)
@@ -161,6 +183,8 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     (["unknown_key=1"], "unknown_key"),
     (["generator.sim.family=cauchy"], "unknown world family"),
     (["data.source=jsonl"], "data.path is required"),
+    (["reward.cpu_cores=first"], "reward.cpu_cores must list cores"),
+    (["driver.affinity_spill_rollouts=-1"], "driver.affinity_spill_rollouts must be >= 0"),
 ])
 def test_bad_run_config_is_refused_before_any_actor(overrides, match, capsys, tmp_path):
     code = main(["run", f"output_dir={tmp_path / 'out'}", *overrides])
@@ -277,6 +301,31 @@ def test_collect_refuses_bad_sizes(tmp_path, capsys):
     bank = str(tmp_path / "b.jsonl")
     assert main(["collect", "--states", "2", "--completions", "4", "--out", bank, "--texts", bank]) == 2
     assert "--texts must be another file than the bank" in capsys.readouterr().err
+
+
+def test_bench_workload_cycles_a_small_dataset_into_distinct_searches(tmp_path):
+    from pipeline.bench import workload_prompts
+
+    data = load_run_config(None, ["data.source=jsonl", f"data.path={tmp_path / 'd.jsonl'}"]).data
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"problem": f"q{i}", "answer": str(i)}) + "\n" for i in range(3)))
+    prompts = workload_prompts(data, 7)
+    assert [p.prompt_id for p in prompts] == ["d-0", "d-1", "d-2", "d-0#1", "d-1#1", "d-2#1", "d-0#2"]
+    assert [(p.text, p.answer) for p in prompts] == [(f"q{i % 3}", str(i % 3)) for i in range(7)]
+    assert [p.prompt_id for p in workload_prompts(data, 2)] == ["d-0", "d-1"]
+
+
+def test_free_reward_model_is_stable_spread_and_serves_a_whole_bench_run(local_ray):
+    from actors.interfaces import ScoreRequest
+    from actors.sim import FreeRewardModel
+    from pipeline.bench import bench_pipeline
+    from pipeline.prompts import load_prompts
+
+    requests = [ScoreRequest(i, PromptInput("p", "x"), f"response {i % 50}") for i in range(100)]
+    scores = [s.reward for s in FreeRewardModel().score(requests)]
+    assert scores[:50] == scores[50:] and len(set(scores)) == 50 and all(0 <= s < 1 for s in scores)
+    config = load_run_config(None, ["data.num_prompts=2", "methods=[slg]", "budgets=[32]"])
+    metrics = bench_pipeline(config, load_prompts(config.data), "slg", 32, free_reward=True)["metrics"]
+    assert metrics["free_reward"] and metrics["rollouts_per_s"] * metrics["wall_s"] == pytest.approx(64)
 
 
 def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_engine(local_ray):

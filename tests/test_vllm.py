@@ -81,6 +81,27 @@ def test_continuation_from_a_state_uses_its_token_ids_and_the_prefix_cache(vllm_
     assert len({tuple(r.token_ids) for r in continued}) > 1
 
 
+def test_concurrent_calls_share_the_engine_batch_and_match_llm_generate(vllm_generator):
+    """Continuous batching across calls changes no token: per-request seeds decide them."""
+    import threading
+
+    requests = root_requests(range(100, 124))
+    prompts, params = vllm_generator.engine_inputs(requests)
+    direct = [list(o.outputs[0].token_ids) for o in vllm_generator.llm.generate(prompts, params, use_tqdm=False)]
+    results = {}
+
+    def call(k):
+        results[k] = [r.token_ids for r in vllm_generator.generate(requests[k::4])]
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert vllm_generator.batcher is not None
+    assert [results[i % 4][i // 4] for i in range(len(requests))] == direct
+
+
 @pytest.fixture(scope="module")
 def score_requests(vllm_generator):
     rollouts = vllm_generator.generate(root_requests(range(40, 46)))
