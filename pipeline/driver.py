@@ -317,8 +317,9 @@ class Driver:
         ``affinity_spill_rollouts`` rollouts waiting beyond the least-loaded replica: then to that
         one, which holds the state from then on too (a round's rollouts of one state would
         otherwise pile up on one replica while the others run dry)."""
-        loads = [len(q) + self.gen_inflight_rollouts[r] + (0 if self._usable("generate", r) else 10**12)
-                 for r, q in enumerate(self.gen_queues)]
+        now, down_until = time.perf_counter(), self.down_until["generate"]
+        loads = [len(q) + inflight + (10**12 if down > now else 0)  # called per rollout: kept lean
+                 for q, inflight, down in zip(self.gen_queues, self.gen_inflight_rollouts, down_until)]
         least = min(range(len(loads)), key=loads.__getitem__)  # a Python min: numpy costs more on short lists
         if node == ROOT:
             return least
