@@ -90,6 +90,8 @@ class ContinuousBatcher:
 
     def generate(self, prompts: list, params: list) -> list:
         """The engine's final outputs for ``prompts``, in order (blocks this thread until all are done)."""
+        if not prompts:
+            return []
         pending = _Pending(len(prompts))
         self.incoming.put((prompts, params, pending))
         pending.done.wait()
@@ -107,19 +109,26 @@ class ContinuousBatcher:
                     arrivals.append(self.incoming.get_nowait())
                 except queue.Empty:
                     break
-            calls = [pending for *_, pending in arrivals]
-            try:
-                for prompts, params, pending in arrivals:
+            for prompts, params, pending in arrivals:
+                try:
                     ids = self.llm.enqueue(prompts, params, use_tqdm=False)  # sets FINAL_ONLY outputs
-                    waiting.update((_external_id(i), (pending, index)) for index, i in enumerate(ids))
-                for output in engine.step():
-                    if output.finished:
-                        pending, index = waiting.pop(_external_id(output.request_id))
-                        pending.finish(index, output)
+                except Exception as error:  # this call's input was refused; vLLM drops what it had added
+                    pending.fail(error)
+                    continue
+                waiting.update((_external_id(i), (pending, index)) for index, i in enumerate(ids))
+            if not waiting:
+                continue  # stepping an engine with nothing to do would wait for outputs forever
+            try:
+                outputs = engine.step()
             except Exception as error:  # the engine failed: every call waiting on it fails with it
-                for pending in {p for p, _ in waiting.values()} | set(calls):
+                for pending in {p for p, _ in waiting.values()}:
                     pending.fail(error)
                 waiting.clear()
+                continue
+            for output in outputs:
+                if output.finished:
+                    pending, index = waiting.pop(_external_id(output.request_id))
+                    pending.finish(index, output)
 
 
 def _external_id(request_id: str) -> str:

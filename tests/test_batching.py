@@ -34,6 +34,8 @@ class FakeLLM:
     def enqueue(self, prompts, params, use_tqdm=False):
         assert self.lock.acquire(blocking=False)
         try:
+            if any(p.startswith("too-long") for p in prompts):
+                raise ValueError("prompt longer than max_model_len")
             ids = [str(next(self.ids)) for _ in prompts]
             self.running += list(zip(ids, prompts))
             return [f"{i}-a1b2c3d4" for i in ids]  # vLLM answers with internal ids, outputs carry the external ones
@@ -92,3 +94,24 @@ def test_an_engine_failure_fails_every_waiting_call_and_does_not_hang():
     assert errors == ["engine core died"] * 3
     with pytest.raises(RuntimeError, match="engine core died"):  # later calls fail the same way
         batcher.generate(["late"], [None])
+
+
+def test_a_refused_call_fails_alone_and_the_others_finish():
+    batcher = ContinuousBatcher(FakeLLM(per_step=1))
+    results, errors = {}, {}
+
+    def call(name, prompts):
+        try:
+            results[name] = [o.prompt for o in batcher.generate(prompts, [None] * len(prompts))]
+        except ValueError as error:
+            errors[name] = str(error)
+
+    threads = [threading.Thread(target=call, args=("good", [f"g{k}" for k in range(8)])),
+               threading.Thread(target=call, args=("bad", ["ok", "too-long"]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert results == {"good": [f"g{k}" for k in range(8)]}
+    assert errors == {"bad": "prompt longer than max_model_len"}
+    assert batcher.generate([], []) == []  # nothing to wait for
