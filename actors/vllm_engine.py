@@ -30,6 +30,8 @@ def _engine_options(settings: dict, pooling: bool) -> dict:
                "enforce_eager": settings.get("enforce_eager", False), "seed": 0}
     if settings.get("gpu_memory_utilization") is not None:
         options["gpu_memory_utilization"] = settings["gpu_memory_utilization"]
+    if settings.get("block_size"):  # the reward model's prefix cache serves a state's shared prefix too
+        options["block_size"] = settings["block_size"]
     if pooling:
         options["runner"] = "pooling"
     else:
@@ -37,8 +39,6 @@ def _engine_options(settings: dict, pooling: bool) -> dict:
         options["tensor_parallel_size"] = settings.get("tensor_parallel_size", 1)
         if options["tensor_parallel_size"] > 1:  # workers run in the replica's Ray placement group
             options["distributed_executor_backend"] = "ray"
-        if settings.get("block_size"):
-            options["block_size"] = settings["block_size"]
     return options
 
 

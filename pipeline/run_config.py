@@ -89,6 +89,7 @@ class RewardConfig:
     batch_size: int = 16
     gpu_memory_utilization: float = 0.3
     enforce_eager: bool = False
+    block_size: Optional[int] = None        # vLLM: KV block size (its prefix cache serves whole blocks)
     kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
     cpu_cores: Optional[str] = None         # CPU build: the cores of the engine's worker threads
     nonfinite: str = "stop"                 # an RM score of NaN/inf: "stop" the run, or "drop" the rollout

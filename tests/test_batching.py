@@ -1,6 +1,6 @@
-"""The vLLM generator's continuous batcher, on a stand-in engine (no vLLM needed): concurrent calls
-share one engine loop, each gets exactly its own outputs in order, and an engine failure fails
-the waiting calls instead of hanging them."""
+"""The vLLM replicas' own logic, without vLLM: the continuous batcher on a stand-in engine
+(concurrent calls share one engine loop, each gets exactly its own outputs in order, an engine
+failure fails the waiting calls instead of hanging them) and the engine options built from config."""
 
 import itertools
 import threading
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from actors.vllm_engine import ContinuousBatcher
+from actors.vllm_engine import ContinuousBatcher, _engine_options
 
 
 @dataclass
@@ -115,3 +115,12 @@ def test_a_refused_call_fails_alone_and_the_others_finish():
     assert results == {"good": [f"g{k}" for k in range(8)]}
     assert errors == {"bad": "prompt longer than max_model_len"}
     assert batcher.generate([], []) == []  # nothing to wait for
+
+
+def test_engine_options_pass_block_size_to_both_engines_and_caching_to_the_generator():
+    settings = {"model": "m", "block_size": 32, "enable_prefix_caching": True, "tensor_parallel_size": 2}
+    generator, reward = _engine_options(settings, pooling=False), _engine_options(settings, pooling=True)
+    assert generator["block_size"] == reward["block_size"] == 32
+    assert generator["distributed_executor_backend"] == "ray" and "runner" not in generator
+    assert reward["runner"] == "pooling" and "tensor_parallel_size" not in reward
+    assert "block_size" not in _engine_options({"model": "m"}, pooling=True)  # the engine's default
