@@ -102,14 +102,15 @@ class ReplicaFailedError(RuntimeError):
 class Driver:
     def __init__(self, prompts: list[PromptInput], methods: list[str], budgets: list[int], search: SearchConfig,
                  seed: int, generators: list, rewards: list, settings, world=None, skip=(),
-                 nonfinite: str = "stop", use_ray: bool = True, record_samples: bool = False,
+                 nonfinite: str = "stop", use_ray: bool = True, record_samples: bool = False, record_texts: bool = False,
                  record_requests: bool = False):
         self.settings = settings
         self.seed = seed
         self.search_config = search
         self.world = world
         self.nonfinite = nonfinite
-        self.record_samples = record_samples  # keep every reward and text per node (slg collect writes banks)
+        self.record_samples = record_samples  # keep every reward per node (slg collect writes banks)
+        self.record_texts = record_samples and record_texts  # and every response text (held until the search ends)
         self.record_requests = record_requests
         self.requests_log: list[RolloutRequest] = []
         self.generators, self.rewards = generators, rewards
@@ -278,7 +279,7 @@ class Driver:
             if not requests:
                 self._finish(search, finished)
                 return
-            search.slots = [_Slot(int(r.node[0]), int(r.count[0]), self.record_samples) for r in requests]
+            search.slots = [_Slot(int(r.node[0]), int(r.count[0]), self.record_texts) for r in requests]
             search.requested += sum(slot.count for slot in search.slots)
             if search.requested > search.budget:
                 raise BudgetExceededError(f"{search.method} asked for {search.requested} rollouts of prompt "
@@ -447,7 +448,8 @@ class Driver:
                         kept = ~np.isnan(s.rewards)
                         record[0] += s.rewards[kept].tolist()
                         record[1] += s.correct[kept].tolist()
-                        record[2] += [text for text, keep in zip(s.texts, kept) if keep]
+                        if s.texts is not None:
+                            record[2] += [text for text, keep in zip(s.texts, kept) if keep]
                 search.policy.observe(self._round_results(search))
                 self._plan(search, finished)
 

@@ -61,7 +61,8 @@ def run(config: RunConfig) -> dict:
 
 
 def drive(config: RunConfig, prompts, methods, budgets, search, skip, sink: Path, line_of, resumed: int = 0,
-          record_samples: bool = False, side_sink: tuple[Path, object] | None = None) -> dict:
+          record_samples: bool = False, record_texts: bool = False,
+          side_sink: tuple[Path, object] | None = None) -> dict:
     """Start (or join) Ray, place the replicas and the driver actor, and run every search not in
     ``skip``; each finished search becomes a line of ``sink`` (``line_of(result)``, None: no line),
     appended, flushed and fsynced at once. ``side_sink`` = (path, line_of) gets its line first, so a
@@ -76,7 +77,8 @@ def drive(config: RunConfig, prompts, methods, budgets, search, skip, sink: Path
         generators, rewards = create_replicas(config, local=started_ray or is_single_node())
         driver = ray.remote(num_cpus=0)(Driver).remote(
             prompts, methods, budgets, search, config.seed, generators, rewards, config.driver,
-            world=world_of(config), skip=skip, nonfinite=config.reward.nonfinite, record_samples=record_samples)
+            world=world_of(config), skip=skip, nonfinite=config.reward.nonfinite, record_samples=record_samples,
+            record_texts=record_texts)
         last_report = time.perf_counter()
         side_path, side_line_of = side_sink or (None, None)
         with sink.open("a") as out, (side_path.open("a") if side_path else contextlib.nullcontext()) as side:
@@ -127,7 +129,7 @@ def collect(config: RunConfig, num_states: int, completions: int, bank_path: Pat
              len(prompts), num_states, completions, bank_path, len(done))
     texts_by_id = {p.prompt_id: p.text for p in prompts}
     drive(config, prompts, ["collect"], [budget], search, {(p, "collect", budget) for p in done}, bank_path,
-          lambda result: bank_row(result, meta), resumed=len(done), record_samples=True,
+          lambda result: bank_row(result, meta), resumed=len(done), record_samples=True, record_texts=texts_path is not None,
           side_sink=None if texts_path is None else (texts_path, lambda r: texts_row(r, texts_by_id[r["prompt_id"]])))
     return len(prompts) - len(done)
 

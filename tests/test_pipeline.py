@@ -295,6 +295,16 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
     assert all(r.accuracy is not None for r in results)
 
 
+@pytest.mark.parametrize("record_texts", [False, True])
+def test_driver_holds_response_texts_only_when_asked(record_texts):
+    config = load_run_config(None, SMALL)
+    driver = Driver([PromptInput("p", "x")], ["bon"], [8], config.search, 0, [SimGenerator()], [SimRewardModel()],
+                    DriverConfig(), use_ray=False, record_samples=True, record_texts=record_texts)
+    (result,), _ = driver.step(None)
+    rewards, _, texts = result["samples"]["root"]
+    assert len(rewards) == 8 and len(texts) == (8 if record_texts else 0)
+
+
 def test_collect_refuses_bad_sizes(tmp_path, capsys):
     assert main(["collect", "--states", "0", "--completions", "4", "--out", str(tmp_path / "b.jsonl")]) == 2
     assert "--states and --completions must be >= 1" in capsys.readouterr().err
