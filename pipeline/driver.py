@@ -28,7 +28,7 @@ import numpy as np
 from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
 from pipeline.config import SearchConfig
 from pipeline.policies import policy_class
-from pipeline.policy import ROOT, BudgetExceededError, Rollouts
+from pipeline.policy import NO_NODE, ROOT, BudgetExceededError, Rollouts
 from pipeline.replicas import LocalCalls, RayCalls
 
 
@@ -444,6 +444,8 @@ class Driver:
             if search.waiting == 0:
                 if self.record_samples:
                     for s in search.slots:
+                        if s.node == NO_NODE:  # a state the policy could not have (its root rollout was too short)
+                            continue
                         record = search.samples.setdefault(node_name(s.node), [[], [], []])
                         kept = ~np.isnan(s.rewards)
                         record[0] += s.rewards[kept].tolist()

@@ -295,6 +295,23 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
     assert all(r.accuracy is not None for r in results)
 
 
+def test_collect_keeps_only_real_states_when_some_root_rollouts_are_too_short(local_ray, tmp_path):
+    from pipeline.bank import read_bank
+
+    bank, texts = tmp_path / "bank.jsonl", tmp_path / "texts.jsonl"
+    assert main(["collect", "--states", "6", "--completions", "3", "--out", str(bank), "--texts", str(texts),
+                 "data.num_prompts=4", "generator.sim.short_rollout_fraction=0.5"]) == 0
+    rows = [json.loads(line) for line in bank.read_text().splitlines()]
+    side = [json.loads(line) for line in texts.read_text().splitlines()]
+    assert [p.num_states for p in read_bank(bank)] == [len(r["meta"]["state_nodes"]) for r in rows]
+    assert any(len(r["states"]) < 6 for r in rows)  # short root rollouts are not states
+    for row, side_row in zip(rows, side):
+        assert all(name.startswith("s") and int(name[1:]) >= 0 for name in row["meta"]["state_nodes"])
+        assert all(len(state) == 3 for state in row["states"])
+        assert side_row["state_nodes"] == row["meta"]["state_nodes"]
+        assert [len(r) for r in side_row["responses"]] == [3] * len(row["states"])
+
+
 @pytest.mark.parametrize("record_texts", [False, True])
 def test_driver_holds_response_texts_only_when_asked(record_texts):
     config = load_run_config(None, SMALL)
