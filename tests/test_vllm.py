@@ -150,3 +150,24 @@ def test_slg_run_with_tiny_cpu_config_through_ray_actors(tiny_models, tmp_path):
     for per_budget in summary["methods"].values():  # graded by math-verify in the generator replicas
         for cell in per_budget.values():
             assert all(isinstance(cell[k], float) for k in ("accuracy", "pass_at_n", "majority_vote"))
+
+
+def test_collect_with_texts_through_the_real_engines(tiny_models, tmp_path):
+    from pipeline.bank import read_bank
+
+    bank, texts = tmp_path / "bank.jsonl", tmp_path / "texts.jsonl"
+    code = main(["collect", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--states", "4", "--completions", "2",
+                 "--out", str(bank), "--texts", str(texts), f"output_dir={tmp_path / 'out'}",
+                 f"generator.model={tiny_models['generator']}", f"reward.model={tiny_models['reward']}",
+                 f"data.path={ROOT / 'configs' / 'data' / 'sample_math.jsonl'}", "data.num_prompts=2"])
+    assert code == 0
+    prompts = read_bank(bank)
+    side = [json.loads(line) for line in texts.read_text().splitlines()]
+    assert [p.prompt_id for p in prompts] == [row["prompt_id"] for row in side]
+    for prompt, row in zip(prompts, side):
+        assert 1 <= prompt.num_states <= 4 and prompt.correct is not None  # graded by math-verify
+        assert [len(r) for r in row["responses"]] == [2] * prompt.num_states
+        # (a response decodes state + continuation ids together, so it need not start with the
+        # state's own decoding where a multi-byte character straddles the cut)
+        assert all(row["state_texts"]) and all(len(text) > len(state) // 2 for state, responses
+                                               in zip(row["state_texts"], row["responses"]) for text in responses)
