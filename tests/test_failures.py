@@ -43,6 +43,11 @@ def baseline():
     return comparable(results)
 
 
+# The failing replicas below are classes local to each test on purpose: Ray ships a local class by
+# value, while anything at module level here is pickled by reference and the workers cannot import
+# this test module. So each repeats its few lines of "fail once, marked by a file".
+
+
 def test_a_generator_replica_killed_mid_run_changes_nothing(local_ray, baseline, tmp_path):
     class CrashOnce(SimGenerator):
         def __init__(self, marker, **kwargs):
