@@ -20,7 +20,7 @@ import queue
 import threading
 
 from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
-from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
+from pipeline.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.grading import make_grader
 
 

@@ -1,7 +1,8 @@
-"""The ``slg`` command line: argument parsing, error reporting and output files; no algorithms.
+"""The ``slg`` command line: argument parsing, printing, error reporting; no algorithms.
 
-Exit codes (SPEC.md): 0 success; 2 bad input or configuration, with a one-line message naming the
-bad value and no traceback; 1 anything else.
+Exit codes (SPEC.md): 0 success; 2 bad input or configuration (``ConfigError``), with a one-line
+message naming the bad value and no traceback; 1 anything else, also in one line, with the
+traceback in the log file the line names.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.policies import POLICIES
 
 DEFAULT_METHODS = ["bon", "slg", "slg_adaptive", "oracle"]
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
     """Bad command-line input (exit code 2)."""
 
 
@@ -87,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = commands.add_parser("collect", help="write a reward bank from the configured engines (any backend)")
     collect.add_argument("--config", help="a YAML config (engines, data, seed), as for `slg run`")
-    collect.add_argument("--states", type=int, required=True, help="states per prompt (S)")
-    collect.add_argument("--completions", type=int, required=True, help="scored rollouts per state (M)")
+    collect.add_argument("--states", type=int, help="states per prompt (S; collect.num_states, default 16)")
+    collect.add_argument("--completions", type=int,
+                         help="scored rollouts per state (M; collect.completions_per_state, default 64)")
     collect.add_argument("--out", help="the bank (JSONL); default OUTPUT_DIR/bank.jsonl")
     collect.add_argument("--texts", help="also write state and response texts to this JSONL side file "
                                          "(one line per bank line, same shape)")
@@ -96,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="throughput: the pipeline, against a bare engine, across replicas")
     bench.add_argument("--config", help="a YAML config (engines), as for `slg run`")
-    bench.add_argument("--prompts", type=int, default=16,
-                       help="prompts (per replica with --replicas); the data's are cycled when it has fewer")
-    bench.add_argument("--budget", type=int, default=64)
-    bench.add_argument("--method", default="slg")
+    bench.add_argument("--prompts", type=int,
+                       help="prompts (per replica with --replicas); the data's are cycled when it has fewer (default 16)")
+    bench.add_argument("--budget", type=int, help="N (default 64)")
+    bench.add_argument("--method", help="the method (default slg)")
     bench.add_argument("--raw", action="store_true", help="also run the same requests on one bare engine")
     bench.add_argument("--free-rm", action="store_true",
                        help="score at no cost (meaningless rewards): the generator path alone, without an RM competing for CPU")
@@ -214,83 +217,92 @@ def run_curves(args) -> int:
     return 0
 
 
-def run_pipeline(args) -> int:
-    import logging
-
+def _job_config(args, extra: list[str]):
+    """The run config of a job command: schema, --config, the command's flags, then KEY=VALUE overrides."""
     from pipeline.run_config import load_run_config
+
+    return load_run_config(args.config, extra + list(args.overrides))
+
+
+def run_pipeline(args) -> int:
+    from pipeline.logs import log_to_file
+    from pipeline.report import format_summary
     from pipeline.runner import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s slg %(message)s", datefmt="%H:%M:%S")
-    run(load_run_config(args.config, args.overrides))
+    config = _job_config(args, [])
+    log_to_file(Path(config.output_dir) / "slg.log")
+    print(format_summary(run(config)), flush=True)
     return 0
 
 
 def run_collect(args) -> int:
-    import logging
+    from pipeline.collect import collect
+    from pipeline.logs import log_to_file
+    from pipeline.run_config import bank_path
 
-    from pipeline.run_config import load_run_config
-    from pipeline.runner import collect
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s slg %(message)s", datefmt="%H:%M:%S")
-    config = load_run_config(args.config, list(args.overrides) + ["methods=[bon]", "budgets=[1]"])
-    bank = Path(args.out) if args.out else Path(config.output_dir) / "bank.jsonl"
-    written = collect(config, args.states, args.completions, bank, Path(args.texts) if args.texts else None)
+    flags = {"collect.num_states": args.states, "collect.completions_per_state": args.completions,
+             "collect.out": args.out, "collect.texts": args.texts}
+    config = _job_config(args, [f"{key}={value}" for key, value in flags.items() if value is not None])
+    bank = Path(bank_path(config))
+    log_to_file(bank.parent / "slg.log")
+    written = collect(config)
     print(f"collected {written} prompts into {bank}")
     return 0
 
 
 def run_bench(args) -> int:
-    import logging
-
     from pipeline.bench import bench_pipeline, bench_raw_engine, bench_scaling, format_metrics, workload_prompts
-    from pipeline.run_config import load_run_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s slg %(message)s", datefmt="%H:%M:%S")
-    if args.method not in POLICIES:
-        raise UsageError(f"unknown method {args.method!r}; expected one of {sorted(POLICIES)}")
-    if args.prompts < 1 or args.budget < 1:
-        raise UsageError(f"--prompts and --budget must be >= 1, got {args.prompts} and {args.budget}")
-    config = load_run_config(args.config, list(args.overrides) + [f"data.num_prompts={args.prompts}",
-                                                                  f"methods=[{args.method}]", f"budgets=[{args.budget}]"])
+    flags = {"bench.prompts": args.prompts, "bench.budget": args.budget, "bench.method": args.method,
+             "bench.raw": args.raw or None, "bench.free_reward": args.free_rm or None,
+             "bench.replicas": None if not args.replicas else "[" + ",".join(map(str, args.replicas)) + "]",
+             "bench.out": args.out}
+    config = _job_config(args, [f"{key}={value}" for key, value in flags.items() if value is not None])
+    settings = config.bench
     report: dict = {"command": "slg bench " + " ".join(sys.argv[2:])}
-    if args.replicas:
-        report["scaling"] = bench_scaling(config, args.prompts, args.method, args.budget, args.replicas)
+    if settings.replicas:
+        report["scaling"] = bench_scaling(config, settings.prompts, settings.method, settings.budget, settings.replicas)
         for row in report["scaling"]:
             print(f"{row['replicas']} replicas: {row['rollouts_per_s']:.1f} rollouts/s, "
                   f"scaling efficiency {row['scaling_efficiency']:.2f}")
     else:
-        measured = bench_pipeline(config, workload_prompts(config.data, args.prompts), args.method, args.budget,
-                                  record_requests=args.raw, free_reward=args.free_rm)
+        measured = bench_pipeline(config, workload_prompts(config.data, settings.prompts), settings.method,
+                                  settings.budget, record_requests=settings.raw, free_reward=settings.free_reward)
         report["pipeline"] = measured["metrics"]
         print(format_metrics(measured["metrics"]))
-        if args.raw:
+        if settings.raw:
             report["raw"] = bench_raw_engine(config, measured["requests"])
             report["efficiency"] = measured["metrics"]["tokens_per_s"] / report["raw"]["tokens_per_s"]
             print(f"raw engine: {report['raw']['tokens_per_s']:.1f} tokens/s; pipeline efficiency "
                   f"{report['efficiency']:.3f}")
-    if args.out:
-        _write_json(args.out, report)
+    if settings.out:
+        _write_json(settings.out, report)
     return 0
 
 
 def run_make_tiny_models(args) -> int:
-    from actors.tiny_models import make_tiny_models
+    from pipeline.backends import load_backend
 
-    paths = make_tiny_models(args.directory, seed=args.seed)
+    paths = load_backend("model_maker", "tiny")(args.directory, seed=args.seed)
     print("\n".join(f"{role}: {path}" for role, path in paths.items()))
     return 0
 
 
 def _write_json(path: str, payload) -> None:
-    from pipeline.bank import atomic_write_text
+    from pipeline.outputs import atomic_write_text
     atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
 
 
 def _one_line(error: BaseException) -> str:
-    """The message of an error, unwrapped from Ray's task error when it crossed an actor boundary."""
+    """The first line of an error's message, unwrapped from Ray's task error when it crossed an actor boundary."""
     cause = getattr(error, "cause", None)
     text = str(cause if cause is not None else error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError carries the actor's exception
+    return cause if isinstance(cause, BaseException) else error
 
 
 COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline,
@@ -298,25 +310,26 @@ COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.logs import configure_logging, record_traceback
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["run"]  # `slg` alone runs the embedded default
+    configure_logging()
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except ValueError as error:  # domain errors and UsageError: the user's input was wrong
-        print(f"slg: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:
-        from pipeline.driver import ReplicaFailedError
-
-        if not isinstance(error, ReplicaFailedError):
-            raise
-        print(f"slg: error: {_one_line(error)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("slg: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if isinstance(_unwrapped(error), ConfigError):  # the user's input was wrong: say which, nothing more
+            print(f"slg: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        where = record_traceback(error)
+        print(f"slg: error: {type(_unwrapped(error)).__name__}: {_one_line(error)} (traceback in {where})",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from actors.hf_engine import HFGenerator, HFRewardModel  # noqa: E402
-from actors.interfaces import PromptInput, RolloutRequest, ScoreRequest  # noqa: E402
 from actors.tiny_models import make_tiny_models  # noqa: E402
 from actors.vllm_engine import VLLMGenerator, VLLMRewardModel  # noqa: E402
 from pipeline.cli import main  # noqa: E402
+from pipeline.contract import PromptInput, RolloutRequest, ScoreRequest  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[1]
