@@ -181,7 +181,7 @@ class SearchRecord:
             "best_reward": best.reward if math.isfinite(best.reward) else None,
             "selected": node_name(int(self.policy.selected[0])),
             "predicted_value": prediction if math.isfinite(prediction) else None,
-            "num_states": len(self.states),
+            "num_states": len(self.node_counts),  # states the search sampled from (0 for BoN)
             "correct": best.correct, "pass_at_n": self.any_correct,
             "majority_answer": None if majority is None else majority[0],
             # graded rollouts but no readable answer among them: the vote has no right answer
