@@ -17,6 +17,7 @@ class CallFailure(str, Enum):
     died = "died"              # the replica's process is gone: re-send its work elsewhere
     restarting = "restarting"  # Ray is bringing the replica back: re-send its work, wait for it
     error = "error"            # the replica's code raised: re-sending would fail the same way
+    hung = "hung"              # no answer in time: the replica is killed, Ray restarts it
 
 
 class LocalCalls:

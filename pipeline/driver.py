@@ -114,12 +114,12 @@ class Driver:
         self.ground_truth = ground_truth  # exact node values (sim only): what the oracle method selects by
         self.observer = observer
         self.calls = RayCalls() if use_ray else LocalCalls()
+        health = (settings.replica_retry_s, settings.max_replica_failures, settings.replica_recovery_timeout_s)
         self.generation = ReplicaPool("generator", generators, self.calls, "generate", settings.max_batch_rollouts,
                                       settings.max_inflight_batches, CacheAwareRouter(settings.affinity_spill_rollouts),
-                                      settings.replica_retry_s, settings.max_replica_failures)
+                                      *health)
         self.scoring = ReplicaPool("reward", rewards, self.calls, "score", settings.max_batch_scores,
-                                   settings.max_inflight_batches, None, settings.replica_retry_s,
-                                   settings.max_replica_failures)
+                                   settings.max_inflight_batches, None, *health)
         self.queue = deque(searches)
         self.total = len(searches)
         self.active: list[SearchRecord] = []
@@ -141,12 +141,13 @@ class Driver:
             self.generation.dispatch()
             self.scoring.dispatch()
             self.driver_busy_s += time.perf_counter() - busy_from
-            pending = [*self.generation.pending, *self.scoring.pending]
-            if not pending:
-                resting_with_work = self.generation.has_queued or self.scoring.has_queued
-                if not resting_with_work or (deadline is not None and time.perf_counter() >= deadline):
+            if self.done:  # probes of recovering replicas may still be out: no search waits on them
+                break
+            pending = [*self.generation.tokens(), *self.scoring.tokens()]
+            if not pending:  # every replica that could take the queued work rests after a failure
+                if deadline is not None and time.perf_counter() >= deadline:
                     break
-                time.sleep(0.05)  # every replica that could take the work rests after a failure
+                time.sleep(0.05)
                 continue
             timeout = 1.0 if deadline is None else max(0.0, deadline - time.perf_counter())
             if self.settings.call_timeout_s:
@@ -155,19 +156,18 @@ class Driver:
             busy_from = time.perf_counter()
             for token, answers, error in done:
                 self._on_answers(token, answers, error, finished)
-            if self.settings.call_timeout_s:
-                self.generation.expire_hung(self.settings.call_timeout_s)
-                self.scoring.expire_hung(self.settings.call_timeout_s)
+            self.generation.expire_hung(self.settings.call_timeout_s or float("inf"))
+            self.scoring.expire_hung(self.settings.call_timeout_s or float("inf"))
             self.driver_busy_s += time.perf_counter() - busy_from
             if deadline is not None and time.perf_counter() >= deadline:
                 break
         return finished, self.progress()
 
     def _on_answers(self, token, answers, error, finished: list[dict]) -> None:
-        pool = self.generation if token in self.generation.pending else self.scoring
+        pool = self.generation if token in self.generation else self.scoring
         if error is not None:
             failure = self.calls.classify_failure(error)
-            if failure == CallFailure.error:
+            if failure == CallFailure.error and token in pool.pending:  # a probe's error: the replica is not up yet
                 call = pool.pending[token]
                 raise ReplicaCallError(f"{pool.name} replica {call.replica} failed on a batch of {len(call.batch)}: "
                                        f"{error_summary(error)}") from error
@@ -279,8 +279,14 @@ class Driver:
         return {**totals, "searches_total": self.total, "elapsed_s": elapsed, "done": self.done,
                 "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
-                "driver_busy_s": self.driver_busy_s,
-                "replica_failures": self.generation.failures_total + self.scoring.failures_total}
+                "driver_busy_s": self.driver_busy_s, **self._replica_report()}
+
+    def _replica_report(self) -> dict:
+        """Failures, replica processes lost, replicas back after a failure, replicas retired."""
+        pools = (self.generation.health, self.scoring.health)
+        return {"replica_failures": sum(h.failures_total for h in pools), "replicas_lost": sum(h.lost for h in pools),
+                "replicas_rejoined": sum(h.rejoined for h in pools),
+                "replicas_retired": {"generator": pools[0].retired, "reward": pools[1].retired}}
 
     def busy_fractions(self) -> dict[str, list[float]]:
         return {"generate": self.generation.busy_fractions(), "score": self.scoring.busy_fractions()}
@@ -291,6 +297,7 @@ class Driver:
 
 
 def error_summary(error: BaseException) -> str:
-    """The error's type and the last line of its message (Ray puts the cause's message last)."""
+    """The error's type and the first sentence of its message's last line (Ray puts the cause last)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+    sentence = lines[-1].split(". ")[0] if lines else ""
+    return f"{type(error).__name__}: {sentence}"

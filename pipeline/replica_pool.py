@@ -1,13 +1,13 @@
-"""The replicas of one role (generators, or reward models): queues, calls in flight, health, busy time.
+"""The replicas of one role (generators, or reward models): queues, calls in flight, busy time.
 
 One object owns all bookkeeping about a role's replicas, so that the driver only puts requests in
 and takes answers out (as Ray's ``ActorPool`` does). Each replica has a queue; a request is routed
 to a replica when it is queued (least loaded, or cache-aware for generators: ``CacheAwareRouter``),
 sent in batches of at most ``batch_size``, with at most ``max_inflight_calls`` calls per replica.
 Each request in flight is owned by the call that carries it: when a call fails, its requests go back
-to the queues of healthy replicas, and a late answer from the failed call is dropped, so every
-request is answered exactly once. A replica that failed rests a while (longer after each failure in
-a row) and gets no work meanwhile; after ``max_failures`` failures in a row the run stops.
+to the queues of replicas that take work, and a late answer from the failed call is dropped, so
+every request is answered exactly once. Which replicas take work is ``pipeline.replica_health``'s
+call (rest after a failure, a probe before rejoining, retirement).
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from pipeline.calls import CallFailure
+from pipeline.replica_health import ReplicaHealth
 
-RESTING_LOAD = 10**12  # a resting replica's load: never the least loaded while another can work
-
-
-class ReplicaFailedError(RuntimeError):
-    """A replica kept failing (or never started): the run stops instead of retrying forever."""
+UNAVAILABLE_LOAD = 10**12  # the load of a replica that takes no work: never the least loaded while another can work
 
 
 class LeastLoadedRouter:
@@ -69,30 +66,34 @@ class CacheAwareRouter:
 @dataclass
 class _Call:
     replica: int
-    batch: list  # (routing key, request) pairs
+    batch: list  # (routing key, request) pairs; empty for a probe
     started: float = field(default_factory=time.perf_counter)
 
 
 class ReplicaPool:
     def __init__(self, name: str, replicas: list, calls, method: str, batch_size: int, max_inflight_calls: int,
-                 router=None, retry_s: float = 2.0, max_failures: int = 3):
+                 router=None, retry_s: float = 2.0, max_failures: int = 3, recovery_timeout_s: float = 600.0):
         self.name, self.replicas, self.calls, self.method = name, replicas, calls, method
         self.batch_size, self.max_inflight_calls = batch_size, max_inflight_calls
         self.router = router or LeastLoadedRouter()
-        self.retry_s, self.max_failures = retry_s, max_failures
+        self.health = ReplicaHealth(name, len(replicas), retry_s, max_failures, recovery_timeout_s)
         count = len(replicas)
         self.queues: list[deque] = [deque() for _ in range(count)]
         self.inflight_calls = [0] * count
         self.inflight_items = [0] * count
-        self.pending: dict = {}  # call token -> _Call
+        self.unavailable = [0] * count  # UNAVAILABLE_LOAD while a replica takes no work (kept for lean routing)
+        self.pending: dict = {}  # call token -> _Call (work)
+        self.probes: dict = {}   # call token -> _Call (an empty call: is the replica back?)
         self.owner: dict[int, object] = {}  # request id -> the token of the call carrying it
-        self.failures_in_row = [0] * count
-        self.failures_total = 0
-        self.resting_until = [0.0] * count
-        self.recovering = [False] * count  # failed and not yet answered since: Ray may be restarting it
         self.busy_s = [0.0] * count
         self.busy_since = [0.0] * count
         self.started = time.perf_counter()
+
+    def __contains__(self, token) -> bool:
+        return token in self.pending or token in self.probes
+
+    def tokens(self) -> list:
+        return [*self.pending, *self.probes]
 
     # --- queueing and sending -------------------------------------------------------------------
 
@@ -101,22 +102,27 @@ class ReplicaPool:
         replica = 0 if len(self.queues) == 1 else self.router.choose(key, self.loads())
         self.queues[replica].append((key, request))
 
-    def loads(self) -> list[int]:
-        now = time.perf_counter()  # called per request: kept lean
-        return [len(q) + items + (RESTING_LOAD if rest > now else 0)
-                for q, items, rest in zip(self.queues, self.inflight_items, self.resting_until)]
+    def loads(self) -> list[int]:  # called per request: kept lean
+        return [len(q) + items + penalty for q, items, penalty in zip(self.queues, self.inflight_items, self.unavailable)]
 
     def dispatch(self) -> None:
-        """Send queued work to every replica that has room and is not resting."""
+        """Probe replicas that are due for it; send queued work to every replica that takes work and has room."""
         now = time.perf_counter()
+        health = self.health
         for replica, queue in enumerate(self.queues):
-            while queue and self.inflight_calls[replica] < self.max_inflight_calls and self.resting_until[replica] <= now:
+            if health.due_for_probe(replica, now):
+                self._send_probe(replica)
+            while queue and self.inflight_calls[replica] < self.max_inflight_calls and health.takes_work(replica):
                 batch = [queue.popleft() for _ in range(min(len(queue), self.batch_size))]
                 token = self.calls.submit(self.replicas[replica], self.method, [request for _, request in batch])
                 self.pending[token] = _Call(replica, batch)
                 for _, request in batch:
                     self.owner[request.request_id] = token
                 self._call_started(replica, len(batch))
+
+    def _send_probe(self, replica: int) -> None:
+        self.probes[self.calls.submit(self.replicas[replica], self.method, [])] = _Call(replica, [])
+        self.health.probe_sent(replica)
 
     @property
     def has_queued(self) -> bool:
@@ -126,9 +132,12 @@ class ReplicaPool:
 
     def complete(self, token, answers: list) -> list:
         """A call's answers, without those its requests no longer belong to (re-sent after a failure)."""
+        if token in self.probes:
+            self.health.probe_answered(self.probes.pop(token).replica)
+            self._sync_availability()
+            return []
         call = self.pending.pop(token)
-        self.failures_in_row[call.replica] = 0
-        self.recovering[call.replica] = False
+        self.health.call_answered(call.replica)
         self._call_ended(call.replica, len(call.batch))
         owned = []
         for answer in answers:
@@ -138,45 +147,59 @@ class ReplicaPool:
         return owned
 
     def call_failed(self, token, failure: CallFailure, reason: str) -> None:
-        """A replica's call raised. While Ray restarts a replica its calls fail as "restarting": that
-        incident counts once."""
-        replica = self.pending[token].replica
-        self._fail(token, reason, counts=failure == CallFailure.died or not self.recovering[replica])
+        """A replica's call raised: the replica rests (or retires) and its work goes to the others."""
+        call = self.probes.pop(token, None) or self.pending.pop(token)
+        if call.batch:
+            self._call_ended(call.replica, len(call.batch))
+        self.health.call_failed(call.replica, failure, reason, call.started)
+        self._requeue(token, call)
 
     def expire_hung(self, limit_s: float) -> None:
-        """Calls unanswered for ``limit_s``: their replica counts as hung, is killed (Ray restarts
-        it) and its work goes elsewhere."""
+        """A call unanswered for ``limit_s``: its replica is hung, so it is killed (Ray restarts it)
+        and its work goes elsewhere. A probe unanswered for the health's recovery timeout: the replica
+        is not coming back (nothing can host it), so it retires."""
         now = time.perf_counter()
         for token, call in list(self.pending.items()):
             if now - call.started > limit_s:
-                already_restarting = self.recovering[call.replica]
-                if not already_restarting:
+                if self.health.takes_work(call.replica):
                     self.calls.restart(self.replicas[call.replica])
-                self._fail(token, f"no answer within driver.call_timeout_s={limit_s:g}", counts=not already_restarting)
+                self.call_failed(token, CallFailure.hung, f"no answer within driver.call_timeout_s={limit_s:g}")
+        for token, call in list(self.probes.items()):
+            if self.health.probe_overdue(call.replica, now):
+                del self.probes[token]
+                self.health.retire(call.replica, f"not back within driver.replica_recovery_timeout_s="
+                                                 f"{self.health.recovery_timeout_s:g} (its node may be gone)")
+                self._requeue(token, call)
+            elif self.health.probe_stale(call.replica, now):  # ask again; nobody waits for the old probe
+                del self.probes[token]
+                self._send_probe(call.replica)
 
-    def _fail(self, token, reason: str, counts: bool) -> None:
-        """Count the failure, rest the replica a while, and re-queue its work on the others."""
-        call = self.pending.pop(token)
+    def _requeue(self, token, call: _Call) -> None:
+        """Put the call's requests, and the replica's queue if it takes no work now, on the other replicas."""
         replica = call.replica
-        if counts:
-            self.failures_total += 1
-            self.failures_in_row[replica] += 1
-            if self.failures_in_row[replica] > self.max_failures:
-                raise ReplicaFailedError(f"{self.name} replica {replica} failed {self.failures_in_row[replica]} "
-                                         f"times in a row; last: {reason}")
-        self.recovering[replica] = True
-        self.resting_until[replica] = time.perf_counter() + self.retry_s * max(1, self.failures_in_row[replica])
-        self._call_ended(replica, len(call.batch))
+        self._sync_availability()
         stranded = [(key, r) for key, r in call.batch if self.owner.get(r.request_id) is token]
-        stranded += self.queues[replica]
-        self.queues[replica].clear()
-        self.router.forget(replica)
+        if not self.health.takes_work(replica):
+            stranded += self.queues[replica]
+            self.queues[replica].clear()
+            self.router.forget(replica)  # it lost its prefix cache, or will have none
         for key, request in stranded:
             self.owner.pop(request.request_id, None)
             self.put(key, request)
 
-    # --- busy time ------------------------------------------------------------------------------
+    def _sync_availability(self) -> None:
+        """Refresh the routing penalty of replicas that take no work, and move work queued on them
+        (when every replica was down at once) to those that take work again."""
+        working = [self.health.takes_work(r) for r in range(len(self.replicas))]
+        self.unavailable = [0 if ok else UNAVAILABLE_LOAD for ok in working]
+        if any(working):
+            for replica in (r for r, ok in enumerate(working) if not ok and self.queues[r]):
+                moved = list(self.queues[replica])
+                self.queues[replica].clear()
+                for key, request in moved:
+                    self.put(key, request)
 
+    # --- busy time ------------------------------------------------------------------------------
     def _call_started(self, replica: int, items: int) -> None:
         if self.inflight_calls[replica] == 0:
             self.busy_since[replica] = time.perf_counter()

@@ -12,7 +12,7 @@ from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
 from pipeline.config import SearchConfig
 from pipeline.contract import PromptInput, Score, ScoreRequest
 from pipeline.driver import Driver, NonFiniteRewardError
-from pipeline.replica_pool import ReplicaFailedError
+from pipeline.replica_health import NoReplicaLeftError
 from pipeline.run_config import DriverConfig
 from pipeline.runner import search_grid
 from pipeline.session import create_ray_replicas
@@ -116,7 +116,25 @@ def test_a_reward_replica_killed_mid_run_changes_nothing(local_ray, baseline, tm
     assert comparable(results) == baseline
 
 
-def test_a_replica_that_never_starts_stops_the_run_with_its_error(local_ray):
+def test_a_replica_that_never_starts_is_retired_and_the_others_finish_the_run(local_ray, baseline):
+    class OutOfMemoryOnReplicaOne(SimGenerator):
+        def __init__(self, index, **kwargs):
+            if index == 1:
+                raise RuntimeError("CUDA out of memory (simulated) while loading the model")
+            super().__init__(**kwargs)
+
+    import ray
+
+    remote = ray.remote(OutOfMemoryOnReplicaOne).options(num_cpus=0, max_restarts=5, max_task_retries=0)
+    generators = [remote.remote(index) for index in range(2)]
+    rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
+    results, progress = drive(generators, rewards, use_ray=True, max_replica_failures=2)
+    assert comparable(results) == baseline  # replica 0 did all the work
+    assert progress["replicas_retired"] == {"generator": 1, "reward": 0}
+    assert progress["replica_failures"] == 2  # retired after exactly max_replica_failures failures in a row
+
+
+def test_a_role_with_no_replica_left_stops_the_run_naming_the_last_error(local_ray):
     class OutOfMemory(SimGenerator):
         def __init__(self, **kwargs):
             raise RuntimeError("CUDA out of memory (simulated) while loading the model")
@@ -124,7 +142,7 @@ def test_a_replica_that_never_starts_stops_the_run_with_its_error(local_ray):
     generators = create_ray_replicas(OutOfMemory, 1, {}, 0, 0, max_restarts=1)
     rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
     started = time.perf_counter()
-    with pytest.raises(ReplicaFailedError, match="generator replica 0 failed 3 times in a row") as error:
+    with pytest.raises(NoReplicaLeftError, match="every generator replica is lost .replica 0: failed 2 times in a row") as error:
         drive(generators, rewards, use_ray=True, max_replica_failures=2)
     assert "out of memory" in str(error.value).lower() or "died" in str(error.value).lower()
     assert time.perf_counter() - started < 120
