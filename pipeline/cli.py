@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -225,28 +224,22 @@ def _job_config(args, extra: list[str]):
 
 
 def run_pipeline(args) -> int:
-    from pipeline.logs import log_to_file
     from pipeline.report import format_summary
     from pipeline.runner import run
 
-    config = _job_config(args, [])
-    log_to_file(Path(config.output_dir) / "slg.log")
-    print(format_summary(run(config)), flush=True)
+    print(format_summary(run(_job_config(args, []))), flush=True)
     return 0
 
 
 def run_collect(args) -> int:
     from pipeline.collect import collect
-    from pipeline.logs import log_to_file
     from pipeline.run_config import bank_path
 
     flags = {"collect.num_states": args.states, "collect.completions_per_state": args.completions,
              "collect.out": args.out, "collect.texts": args.texts}
     config = _job_config(args, [f"{key}={value}" for key, value in flags.items() if value is not None])
-    bank = Path(bank_path(config))
-    log_to_file(bank.parent / "slg.log")
     written = collect(config)
-    print(f"collected {written} prompts into {bank}")
+    print(f"collected {written} prompts into {bank_path(config)}")
     return 0
 
 
@@ -288,9 +281,11 @@ def run_make_tiny_models(args) -> int:
     return 0
 
 
-def _write_json(path: str, payload) -> None:
-    from pipeline.outputs import atomic_write_text
-    atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
+def _write_json(target: str, payload) -> None:
+    """A JSON file at a path or a URL (``--out`` of every command)."""
+    from pipeline.storage import write_text
+
+    write_text(target, json.dumps(payload, indent=2) + "\n")
 
 
 def _one_line(error: BaseException) -> str:

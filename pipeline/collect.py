@@ -14,18 +14,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.driver import SearchObserver
+from pipeline.logs import log_to_file
 from pipeline.outputs import JsonlSink, atomic_write_text, drop_torn_line, read_jsonl
 from pipeline.policies import SearchPolicy
 from pipeline.policy import NO_NODE, ROOT, Request
 from pipeline.prompts import load_prompts
 from pipeline.run_config import RunConfig, bank_path
 from pipeline.search_record import SearchRecord, SearchSpec, Slot, node_name
+from pipeline.storage import Checkpoints, Destination
 
 log = logging.getLogger("slg")
 
@@ -83,35 +86,51 @@ class SampleRecorder(SearchObserver):
 
 
 def collect(config: RunConfig) -> int:
-    """Collect the bank ``config.collect`` describes; returns how many prompts this call added."""
+    """Collect the bank ``config.collect`` describes; returns how many prompts this call added.
+
+    The bank and the side file may be URLs: staged locally, uploaded at each checkpoint and at the end."""
     from pipeline.session import Session
 
     settings = config.collect
     prompts = load_prompts(config.data)
-    bank = Path(bank_path(config))
-    texts = Path(settings.texts) if settings.texts else None
-    drop_torn_line(bank)
-    done = {row["prompt_id"] for row in read_jsonl(bank)} if bank.exists() else set()
+    bank = Destination(bank_path(config), Path(tempfile.mkdtemp(prefix="slg-staging-")))
+    texts = Destination(settings.texts, Path(tempfile.mkdtemp(prefix="slg-staging-"))) if settings.texts else None
+    files = [f for f in (texts, bank) if f is not None]
+    for file in files:
+        file.pull()
+    log_to_file(bank.local.with_name(bank.local.name + ".log"))
+    drop_torn_line(bank.local)
+    done = {row["prompt_id"] for row in read_jsonl(bank.local)} if bank.local.exists() else set()
     if texts is not None:
-        _keep_only_prompts(texts, done)
+        _keep_only_prompts(texts.local, done)
     budget = settings.num_states * (settings.completions_per_state + 1)
     searches = [SearchSpec(p, CollectStates.name, budget, CollectStates, settings) for p in prompts if p.prompt_id not in done]
     meta = {"generator": config.generator.model or f"sim:{config.generator.sim.family}",
             "reward": config.reward.model or "sim", "state_tokens": config.generator.state_tokens,
             "completions": settings.completions_per_state, "seed": config.seed}
     log.info("collecting %d prompts x %d states x %d rollouts into %s (%d already there)", len(prompts),
-             settings.num_states, settings.completions_per_state, bank, len(done))
+             settings.num_states, settings.completions_per_state, bank.target, len(done))
     prompt_texts = {p.prompt_id: p.text for p in prompts}
-    with Session(config) as session, JsonlSink(bank) as bank_sink, \
-            (JsonlSink(texts) if texts else contextlib.nullcontext()) as side_sink:
-        session.start_driver(searches, SampleRecorder(keep_texts=texts is not None))
 
-        def write(finished: list[dict]) -> None:
-            if side_sink is not None:  # first: a bank line always has its side line
-                side_sink.write(texts_row(r, prompt_texts[r["prompt_id"]]) for r in finished)
-            bank_sink.write(bank_row(r, meta) for r in finished)
+    def push() -> None:
+        for file in files:  # the side file first: the uploaded bank never has a prompt it lacks
+            file.push()
 
-        session.drive(write, resumed=len(done))
+    checkpoints = Checkpoints(push, config.storage.checkpoint_interval_s)
+    try:
+        with Session(config) as session, JsonlSink(bank.local) as bank_sink, \
+                (JsonlSink(texts.local) if texts else contextlib.nullcontext()) as side_sink:
+            session.start_driver(searches, SampleRecorder(keep_texts=texts is not None))
+
+            def write(finished: list[dict]) -> None:
+                if side_sink is not None:  # first: a bank line always has its side line
+                    side_sink.write(texts_row(r, prompt_texts[r["prompt_id"]]) for r in finished)
+                bank_sink.write(bank_row(r, meta) for r in finished)
+                checkpoints.due()
+
+            session.drive(write, resumed=len(done))
+    finally:
+        push()
     return len(searches)
 
 

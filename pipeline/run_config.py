@@ -146,8 +146,9 @@ class DriverConfig:
     affinity_spill_rollouts: int = 256
     step_s: float = 0.5                     # how long one driver step works before reporting back
     call_timeout_s: float = 900.0           # a call unanswered this long: its replica counts as hung (0: never)
-    max_replica_failures: int = 3           # failures in a row a replica may have; one more stops the run
-    replica_retry_s: float = 2.0            # rest after a failure (times the failures in a row)
+    max_replica_failures: int = 3           # failures in a row that retire a replica (the run goes on with the others)
+    replica_retry_s: float = 2.0            # rest after a failure (times the failures in a row), then a probe
+    replica_recovery_timeout_s: float = 600.0  # a failed replica not back this long (no node can host it): retired
     progress_interval_s: float = 10.0
 
 
@@ -156,6 +157,13 @@ class RayConfig:
     address: Optional[str] = None           # None: $RAY_ADDRESS, else a local instance in-process
     num_cpus: Optional[int] = None          # local instance only
     num_gpus: Optional[int] = None          # local instance only (logical GPUs for simulations)
+
+
+@dataclass
+class StorageConfig:
+    """Outputs at a URL (``output_dir=s3://...``): staged locally, uploaded whole at each checkpoint."""
+
+    checkpoint_interval_s: float = 30.0     # upload results at most this often (and always at the end)
 
 
 @dataclass
@@ -196,6 +204,7 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     driver: DriverConfig = field(default_factory=DriverConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -279,6 +288,8 @@ def validate_run_config(config: RunConfig) -> None:
     for name in ("max_concurrent_prompts", "max_batch_rollouts", "max_batch_scores", "max_inflight_batches"):
         if getattr(driver, name) < 1:
             raise ConfigError(f"driver.{name} must be >= 1, got {getattr(driver, name)!r}")
+    if driver.max_replica_failures < 1:
+        raise ConfigError(f"driver.max_replica_failures must be >= 1, got {driver.max_replica_failures!r}")
     if driver.affinity_spill_rollouts < 0:
         raise ConfigError(f"driver.affinity_spill_rollouts must be >= 0, got {driver.affinity_spill_rollouts!r}")
     _validate_collect(config)

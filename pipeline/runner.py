@@ -2,8 +2,9 @@
 
 The job only: which searches, where their results go. The search lives in the policies, the
 scheduling in the driver, Ray in ``pipeline.session``, the engines in ``actors``. Outputs in
-``output_dir``: ``results.jsonl`` (a line per search, appended and fsynced as each finishes),
-``summary.json`` and ``config.yaml`` (written whole) and ``best_reward_vs_budget.png``. Rerunning
+``output_dir`` (a folder or a URL, see ``pipeline.storage``): ``results.jsonl`` (a line per search,
+appended and fsynced as each finishes), ``summary.json`` and ``config.yaml`` (written whole),
+``best_reward_vs_budget.png`` and ``slg.log``. Rerunning
 with the same ``output_dir`` and config resumes: finished searches are skipped. A different config
 there is refused unless ``overwrite=true``.
 """
@@ -12,21 +13,23 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
+from pipeline.logs import log_to_file
 from pipeline.outputs import JsonlSink, atomic_write_text, prepare_run_dir
 from pipeline.policies import policy_class
 from pipeline.prompts import load_prompts
 from pipeline.report import plot_summary, summarise
 from pipeline.run_config import RunConfig, config_as_dict, config_as_yaml
 from pipeline.search_record import SearchSpec
+from pipeline.storage import Checkpoints, OutputDir
 
 log = logging.getLogger("slg")
 
 # Keys that may change between a run and its resumption: they change no result.
-RESUMABLE_KEYS = ("output_dir", "overwrite", "plot", "driver.", "ray.", "collect.", "bench.")
+RESUMABLE_KEYS = ("output_dir", "overwrite", "plot", "driver.", "ray.", "storage.", "collect.", "bench.")
 THROUGHPUT_KEYS = ("elapsed_s", "rollouts_per_s", "tokens_per_s", "rollouts_scored", "tokens_generated",
-                   "prompt_tokens", "cached_prompt_tokens", "rm_tokens", "driver_busy_s", "replica_failures")
+                   "prompt_tokens", "cached_prompt_tokens", "rm_tokens", "driver_busy_s", "replica_failures",
+                   "replicas_lost", "replicas_rejoined", "replicas_retired")
 
 
 def search_grid(prompts, methods, budgets, search_config, skip=frozenset()) -> list[SearchSpec]:
@@ -36,28 +39,46 @@ def search_grid(prompts, methods, budgets, search_config, skip=frozenset()) -> l
 
 
 def run(config: RunConfig) -> dict:
-    """Run the configured searches to completion (resuming what ``output_dir`` holds); returns the summary."""
+    """Run the configured searches to completion (resuming what ``output_dir`` holds); returns the summary.
+
+    ``output_dir`` may be a URL: files are staged locally and uploaded at each checkpoint
+    (``storage.checkpoint_interval_s``) and at the end, also when the run fails."""
     from pipeline.session import Session
 
     prompts = load_prompts(config.data)  # bad data fails here, before Ray starts
-    output = Path(config.output_dir)
-    previous = prepare_run_dir(output, config_as_dict(config), config_as_yaml(config), config.overwrite, RESUMABLE_KEYS)
+    outputs = OutputDir(config.output_dir)
+    for name in ("results.jsonl", "config.yaml", "slg.log"):
+        outputs.file(name).pull()
+    log_to_file(outputs.file("slg.log").local)
+    if config.overwrite:
+        for name in ("results.jsonl", "summary.json"):
+            outputs.file(name).remove()
+    previous = prepare_run_dir(outputs.staging, config_as_dict(config), config_as_yaml(config), config.overwrite,
+                               RESUMABLE_KEYS)
     done = {(r["prompt_id"], r["method"], r["budget"]) for r in previous}
     searches = search_grid(prompts, config.methods, config.budgets, config.search, skip=done)
     log.info("running %d searches (%d prompts x %d methods x %d budgets), %d already done, into %s",
-             len(searches) + len(previous), len(prompts), len(config.methods), len(config.budgets), len(previous), output)
+             len(searches) + len(previous), len(prompts), len(config.methods), len(config.budgets), len(previous),
+             config.output_dir)
     results = list(previous)
-    with Session(config) as session, JsonlSink(output / "results.jsonl") as sink:
-        session.start_driver(searches)
+    checkpoints = Checkpoints(lambda: outputs.push(["results.jsonl", "slg.log"]), config.storage.checkpoint_interval_s)
+    try:
+        outputs.push(["config.yaml"])
+        with Session(config) as session, JsonlSink(outputs.file("results.jsonl").local) as sink:
+            session.start_driver(searches)
 
-        def keep(finished: list[dict]) -> None:
-            sink.write(finished)
-            results.extend(finished)
+            def keep(finished: list[dict]) -> None:
+                sink.write(finished)
+                results.extend(finished)
+                checkpoints.due()
 
-        progress = session.drive(keep, resumed=len(previous))
-    summary = summarise(results, config.methods, config.budgets)
-    summary["throughput"] = {key: progress[key] for key in THROUGHPUT_KEYS}
-    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if config.plot:
-        plot_summary(summary, output / "best_reward_vs_budget.png")
+            progress = session.drive(keep, resumed=len(previous))
+        summary = summarise(results, config.methods, config.budgets)
+        summary["throughput"] = {key: progress[key] for key in THROUGHPUT_KEYS}
+        atomic_write_text(outputs.file("summary.json").local, json.dumps(summary, indent=2) + "\n")
+        if config.plot:
+            plot_summary(summary, outputs.file("best_reward_vs_budget.png").local)
+    finally:
+        outputs.push()  # what finished is kept, also when the run fails
+    outputs.close()
     return summary

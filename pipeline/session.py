@@ -23,6 +23,10 @@ from pipeline.run_config import Backend, NonFinite, RunConfig, config_as_dict
 log = logging.getLogger("slg")
 
 
+class DriverLostError(RuntimeError):
+    """The driver actor died (its process, or the node it ran on): rerunning the command resumes."""
+
+
 class Session:
     """``with Session(config) as session``: Ray for the job's lifetime; stopped at exit only if started here."""
 
@@ -56,13 +60,16 @@ class Session:
 
     def start_driver(self, searches: list, observer=None):
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from pipeline.driver import Driver
 
         if not self.generators:
             self.place_replicas()
         config = self.config
-        self.driver = ray.remote(num_cpus=0)(Driver).remote(
+        # On this process's node: losing a worker node loses replicas, never the driver and its searches.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.driver = ray.remote(num_cpus=0, max_restarts=0)(Driver).options(scheduling_strategy=here).remote(
             searches, self.generators, self.rewards, config.driver, config.seed,
             drop_nonfinite=config.reward.nonfinite == NonFinite.drop, ground_truth=ground_truth_of(config),
             observer=observer)
@@ -74,13 +81,20 @@ class Session:
         import ray
 
         settings = self.config.driver
-        last_report = time.perf_counter()
+        last_report, replicas = time.perf_counter(), None
         while True:
-            finished, progress = ray.get(self.driver.step.remote(settings.step_s))
+            try:
+                finished, progress = ray.get(self.driver.step.remote(settings.step_s))
+            except ray.exceptions.RayActorError as error:
+                raise DriverLostError("the driver actor was lost (its process or its node died); rerun the same "
+                                      "command to resume from the results written so far") from error
             on_finished(finished)
             if progress["done"] or time.perf_counter() - last_report >= settings.progress_interval_s:
                 log.info(progress_line(progress, resumed))
                 last_report = time.perf_counter()
+            if replicas is not None and replica_line(progress) != replicas:
+                log.warning(replica_line(progress))
+            replicas = replica_line(progress)
             if progress["done"]:
                 return progress
 
@@ -92,6 +106,12 @@ def progress_line(progress: dict, resumed: int = 0) -> str:
             f"({progress['tokens_per_s']:.0f}/s)")
 
 
+def replica_line(progress: dict) -> str:
+    retired = progress["replicas_retired"]
+    return (f"replicas: {progress['replicas_lost']} lost, {progress['replicas_rejoined']} back at work after a "
+            f"failure, {retired['generator']} generator and {retired['reward']} reward retired")
+
+
 def init_ray(config: RunConfig) -> bool:
     """Join the configured cluster ($RAY_ADDRESS or ray.address), or start a local instance; True
     when this process started Ray (and so must stop it)."""
@@ -100,7 +120,9 @@ def init_ray(config: RunConfig) -> bool:
     if ray.is_initialized():
         return False
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Replica and engine logs stay in Ray's session logs; what the user needs of them (progress,
+    # replicas lost and retired, the one-line error) is logged here, from the progress the driver reports.
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         _check_reachable(address)
         try:
