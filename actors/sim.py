@@ -13,6 +13,7 @@ engines for throughput experiments.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -20,30 +21,41 @@ import time
 import numpy as np
 
 from pipeline.contract import Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
-from pipeline.worlds import World, make_world
+from pipeline.worlds import make_world
 
 # A simulated response: "[<state ROOT_SEED>] <sim rollout SEED>" (the state's text, then the rollout's own)
 _RESPONSE = re.compile(r"^(?:<state (\d+)>)? <sim rollout (\d+)>$")
 
 
-def _state_latent(world: World, state: StatePrefix) -> float:
-    """A state's latent, from its tokens: the seed of the root rollout it was cut from."""
-    return float(world.sample_states(np.random.default_rng(state.token_ids[0]), ()))
+class _SimWorld:
+    """A world and the draws of its rollouts, as functions of seeds (a state's latent is cached: a
+    state serves many rollouts)."""
 
+    def __init__(self, family: str, params: dict | None):
+        self.family, self.params = family, dict(params or {})
+        self.world = make_world(family, **self.params)
+        self.state_latent = functools.lru_cache(maxsize=1 << 16)(self._state_latent)
 
-def _draw(world: World, seed: int, state: StatePrefix | None):
-    """(rng, latent, reward, correct) of the rollout with this seed, from the prompt or a state."""
-    rng = np.random.default_rng(seed)
-    latent = float(world.sample_states(rng, ())) if state is None else _state_latent(world, state)
-    reward, correct = world.sample_rewards(rng, np.array([latent]))
-    return rng, latent, float(reward[0]), None if correct is None else bool(correct[0])
+    def __reduce__(self):  # sent to the driver actor inside SimGroundTruth: rebuilt there, cache and all
+        return _SimWorld, (self.family, self.params)
+
+    def _state_latent(self, root_seed: int) -> float:
+        """A state's latent, from its tokens: the seed of the root rollout it was cut from."""
+        return float(self.world.sample_states(np.random.default_rng(root_seed), ()))
+
+    def draw(self, seed: int, state: StatePrefix | None):
+        """(rng, reward, correct) of the rollout with this seed, from the prompt or from a state."""
+        rng = np.random.default_rng(seed)
+        latent = float(self.world.sample_states(rng, ())) if state is None else self.state_latent(state.token_ids[0])
+        reward, correct = self.world.sample_rewards(rng, np.array([latent]))
+        return rng, float(reward[0]), None if correct is None else bool(correct[0])
 
 
 class SimGenerator:
     def __init__(self, family: str = "gaussian", params: dict | None = None, state_tokens: int = 100,
                  mean_response_tokens: int = 400, short_rollout_fraction: float = 0.0,
                  latency_per_token_s: float = 0.0, **_ignored):
-        self.world = make_world(family, **(params or {}))
+        self.sim = _SimWorld(family, params)
         self.state_tokens = int(state_tokens)
         self.mean_response_tokens = int(mean_response_tokens)
         self.short_rollout_fraction = float(short_rollout_fraction)
@@ -57,7 +69,7 @@ class SimGenerator:
         return rollouts
 
     def _one(self, request: RolloutRequest) -> Rollout:
-        rng, _, _, correct = _draw(self.world, request.seed, request.state)
+        rng, _, correct = self.sim.draw(request.seed, request.state)
         from_prompt = request.state is None
         prompt_tokens = 32 + len(request.prompt.text) // 4
         if from_prompt:
@@ -87,7 +99,7 @@ class SimRewardModel:
 
     def __init__(self, family: str = "gaussian", params: dict | None = None, latency_per_item_s: float = 0.0,
                  **_ignored):
-        self.world = make_world(family, **(params or {}))
+        self.sim = _SimWorld(family, params)
         self.latency_per_item_s = float(latency_per_item_s)
 
     def score(self, requests: list[ScoreRequest]) -> list[Score]:
@@ -101,7 +113,7 @@ class SimRewardModel:
                                  f"got {request.response_text[:60]!r}")
             root_seed, seed = match.groups()
             state = None if root_seed is None else StatePrefix(token_ids=(int(root_seed),))
-            reward = _draw(self.world, int(seed), state)[2]
+            reward = self.sim.draw(int(seed), state)[1]
             scores.append(Score(request.request_id, reward, num_tokens=len(request.response_text) // 4))
         return scores
 
@@ -110,15 +122,15 @@ class SimGroundTruth:
     """Exact values of a world's prompt and states: what the ``oracle`` method selects by."""
 
     def __init__(self, family: str = "gaussian", params: dict | None = None, **_ignored):
-        self.world = make_world(family, **(params or {}))
+        self.sim = _SimWorld(family, params)
 
     def values(self, states: list[StatePrefix | None], n: int) -> np.ndarray:
         """True V_n of each node: the prompt's best-of-n where the state is None, else the state's V_n."""
-        out = np.full(len(states), self.world.prompt_value(n))
+        world = self.sim.world
+        out = np.full(len(states), world.prompt_value(n))
         cut = [i for i, state in enumerate(states) if state is not None]
         if cut:
-            latents = np.array([_state_latent(self.world, states[i]) for i in cut])
-            out[cut] = self.world.state_value(latents, n)
+            out[cut] = world.state_value(np.array([self.sim.state_latent(states[i].token_ids[0]) for i in cut]), n)
         return out
 
 

@@ -69,7 +69,7 @@ class SearchObserver:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Ticket:
     """One rollout on its way: where its reward goes once generated and scored."""
 

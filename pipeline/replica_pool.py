@@ -63,7 +63,7 @@ class CacheAwareRouter:
         self.holders = {k: kept for k, v in self.holders.items() if (kept := [r for r in v if r != replica])}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     replica: int
     batch: list  # (routing key, request) pairs; empty for a probe
