@@ -64,8 +64,9 @@ FLAG_RULES = {
     "ties": "a value above the row minimum and below the bound occurs more than once",
     "few_distinct": "at most max(2, m/4) distinct values",
     "mass_at_bound": "at least one reward equals the upper bound",
-    "heavy_tail": "excess kurtosis above its 99% point for m normal rewards, or the group's mean "
-                  "standardised kurtosis more than 3.09 standard errors above normal",
+    "heavy_tail": "the upper half's kurtosis about the median is above its 99% point for m normal rewards, "
+                  "or its group's mean standardised value is more than 3.09 standard errors above normal "
+                  "(counted on rows of m >= 8 without ties, bound or few distinct values)",
     "at_bound": "a predicted value is within 1e-9 of the upper bound",
 }
 
@@ -288,11 +289,11 @@ def extension_rows(rows: _Rows, n_table, mu, sigma, log_scale=None, sums_fit=Non
 
 def _row_statistics(rows: _Rows, tail_fraction: float) -> dict:
     """What rows pool by group: interior singletons and values (rows at the bound count nothing:
-    nothing is extrapolated there), and the standardised kurtosis on the model scale."""
+    nothing is extrapolated there), and the standardised upper-half kurtosis."""
     counted = (rows.counts > 0) & (rows.top < rows.bound)
-    kurtosis = _excess_kurtosis(rows)
+    kurtosis = _upper_kurtosis(rows)
     sizes = np.unique(rows.counts)
-    references = [_reference(int(m), tail_fraction) if m >= 4 else None for m in sizes]
+    references = [_reference(int(m), tail_fraction) if m >= 8 else None for m in sizes]
     where = np.searchsorted(sizes, rows.counts)
     mean = np.array([r.kurtosis_mean if r else np.nan for r in references])[where]
     spread = np.array([r.kurtosis_sd if r else np.nan for r in references])[where]
@@ -314,8 +315,8 @@ def continuity_rows(singles, interior, counts, groups) -> np.ndarray:
 
 
 def _heavy_rows(kurtosis_z, kurtosis_row, groups) -> np.ndarray:
-    """A row's own kurtosis beyond its normal 99% point, or its group's mean standardised
-    kurtosis beyond HEAVY_GROUP_Z standard errors (a reward source's tail shape is shared)."""
+    """A row's upper-half kurtosis beyond its normal 99% point, or its group's mean standardised
+    value beyond HEAVY_GROUP_Z standard errors (a reward source's tail shape is shared)."""
     labels, index = np.unique(groups, return_inverse=True)
     known = np.isfinite(kurtosis_z)
     total = np.bincount(index, np.where(known, kurtosis_z, 0.0), len(labels))
@@ -325,12 +326,19 @@ def _heavy_rows(kurtosis_z, kurtosis_row, groups) -> np.ndarray:
     return kurtosis_row | (group_z[index] > HEAVY_GROUP_Z)
 
 
-def _excess_kurtosis(rows: _Rows) -> np.ndarray:
-    values = np.where(rows.valid, rows.model, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centred = values - np.nanmean(values, axis=1, keepdims=True)
-        second = np.nanmean(centred ** 2, axis=1)
-        return np.where((rows.counts >= 4) & (second > 0), np.nanmean(centred ** 4, axis=1) / second ** 2 - 3.0, np.nan)
+def _upper_kurtosis(rows: _Rows) -> np.ndarray:
+    """Kurtosis of the upper half about the median, mean(d^4) / mean(d^2)^2 with d = x - median
+    over the top m - m//2 rewards: how far the top reaches relative to the upper half's spread.
+    NaN where it says nothing about a continuous tail: m < 8, ties, few distinct values, a bound."""
+    m = rows.counts
+    middle = np.take_along_axis(rows.ordered, (m // 2)[:, None], axis=1)
+    upper = rows.valid & (np.arange(rows.ordered.shape[1])[None, :] >= (m // 2)[:, None])
+    d = np.where(upper, rows.ordered - middle, 0.0)
+    size = np.maximum(upper.sum(axis=1), 1)
+    second, fourth = (d ** 2).sum(axis=1) / size, (d ** 4).sum(axis=1) / size
+    usable = ((m >= 8) & (second > 0) & ~(rows.interior & ~rows.singleton).any(axis=1)
+              & (rows.distinct > np.maximum(2, m / 4)) & (rows.top < rows.bound))
+    return np.where(usable, fourth / np.where(second > 0, second, 1.0) ** 2, np.nan)
 
 
 # --- one block of rows -----------------------------------------------------------------------
@@ -461,9 +469,10 @@ class _NormalReference:
         sample = np.random.default_rng([m, 20260131]).standard_normal((_REFERENCE_SAMPLES, m))
         self.rows = _Rows(sample, np.full(_REFERENCE_SAMPLES, np.inf))
         self.mu, self.sigma, _, _ = fit_tail_rows(self.rows.ordered, tail_fraction)
-        kurtosis = _excess_kurtosis(self.rows)
-        self.kurtosis_mean, self.kurtosis_sd = float(np.mean(kurtosis)), float(np.std(kurtosis))
-        self.kurtosis_limit = float(np.quantile(kurtosis, 0.99))
+        kurtosis = _upper_kurtosis(self.rows)
+        if m >= 8:
+            self.kurtosis_mean, self.kurtosis_sd = float(np.mean(kurtosis)), float(np.std(kurtosis))
+            self.kurtosis_limit = float(np.quantile(kurtosis, 0.99))
         self._cells: dict[int, tuple] = {}
         self._quantiles: dict[tuple, tuple[float, float]] = {}
 
