@@ -56,6 +56,7 @@ RICHNESS_PRIOR = 8.0      # pseudo-singletons added to every group's counts
 HEAVY_GROUP_Z = 3.09      # one-sided p = 0.001 for a group's pooled kurtosis
 _REFERENCE_SAMPLES = 4000  # normal samples per m behind w_normal, the pivot and the kurtosis reference
 _CHUNK_ROWS = 4096         # rows per vectorised block (memory grows as rows x k x nodes)
+_SQRT_HALF = np.sqrt(0.5)
 _NODES = 49                # Simpson nodes of the tail integral (error below 2e-5 sigma for n <= 10^4)
 
 FLAGS = ("constant", "ties", "few_distinct", "mass_at_bound", "heavy_tail", "at_bound")
@@ -112,13 +113,15 @@ def predict_best_of_n(rewards, n, upper_bound: float | None = None, **options) -
 
 
 def predict_rows(rewards, n, upper_bound=None, groups=None, tail_fraction: float = DEFAULT_TAIL_FRACTION,
-                 confidence: float = DEFAULT_CONFIDENCE) -> Predictions:
+                 confidence: float = DEFAULT_CONFIDENCE, continuity=None, heavy=None) -> Predictions:
     """Predict best-of-n for every row of a (B, L) reward array; NaN marks an absent reward.
 
     ``n``: an int or a sequence of k ints shared by all rows, or a (B, k) array (n per row).
     ``upper_bound``: None, a float, or a (B,) array (NaN: no bound for that row).
     ``groups``: None (every row alone) or (B,) labels; the rows of a group pool their tie counts
     (continuity) and their kurtosis (heavy-tail flag): one group per reward source.
+    ``continuity`` (B,) and ``heavy`` ((B,) bools or flag masks) reuse those of an earlier call
+    on a larger batch (e.g. more n for a few rows) instead of pooling again.
     A row without rewards predicts NaN. Raises ``ConfigError`` for infinite rewards, n < 1, a
     bound below a reward, or a confidence outside (0, 1).
     """
@@ -143,8 +146,14 @@ def predict_rows(rewards, n, upper_bound=None, groups=None, tail_fraction: float
     blocks = [(_Rows(rewards[s], bound[s]), s) for s in _blocks(batch)]
     stats = [_row_statistics(rows, tail_fraction) for rows, _ in blocks]
     pooled = {key: np.concatenate([st[key] for st in stats]) for key in stats[0]} if stats else {}
-    continuity = continuity_rows(pooled["singles"], pooled["interior"], pooled["counts"], labels) if stats else np.zeros(0)
-    heavy = _heavy_rows(pooled["kurtosis_z"], pooled["kurtosis_row"], labels) if stats else np.zeros(0, dtype=bool)
+    if continuity is None:
+        continuity = continuity_rows(pooled["singles"], pooled["interior"], pooled["counts"], labels) if stats else np.zeros(0)
+    if heavy is None:
+        heavy = _heavy_rows(pooled["kurtosis_z"], pooled["kurtosis_row"], labels) if stats else np.zeros(0, dtype=bool)
+    else:
+        heavy = np.asarray(heavy)
+        heavy = heavy >> FLAGS.index("heavy_tail") & 1 > 0 if heavy.dtype.kind in "iu" else heavy.astype(bool)
+    continuity = np.asarray(continuity, dtype=float)
     parts = [_predict_block(rows, n_table[s], continuity[s], heavy[s], tail_fraction, confidence) for rows, s in blocks]
     if not parts:
         empty = np.zeros((0, n_table.shape[1]))
@@ -196,10 +205,12 @@ class _Rows:
         self.at_top = (self.valid & (self.ordered == self.top[:, None])).sum(axis=1)
         self.top_gap = np.where(self.at_top < self.counts, self.top - self._column(self.counts - self.at_top - 1), 0.0)
         self.log_rows = np.isfinite(bound) & (self.top < bound) & (self.counts > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.model = np.where(self.log_rows[:, None], -np.log(bound[:, None] - self.ordered), self.ordered)
-        self.model_top = np.where(self.log_rows, -np.log(np.where(self.log_rows, bound - self.top, 1.0)), self.top)
-        self.model_gaps = np.where(self.inside, np.diff(self.model, axis=1), 0.0)
+        self.model, self.model_top, self.model_gaps = self.ordered, self.top, self.gaps
+        if self.log_rows.any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.model = np.where(self.log_rows[:, None], -np.log(bound[:, None] - self.ordered), self.ordered)
+            self.model_top = np.where(self.log_rows, -np.log(np.where(self.log_rows, bound - self.top, 1.0)), self.top)
+            self.model_gaps = np.where(self.inside, np.diff(self.model, axis=1), 0.0)
 
     def _column(self, index):
         return np.take_along_axis(self.ordered, np.clip(index, 0, None)[:, None], axis=1)[:, 0]
@@ -264,8 +275,7 @@ def extension_rows(rows: _Rows, n_table, mu, sigma, log_scale=None, sums_fit=Non
         return reward, fitted
     scale, n_live, log_live = sigma[live], n_table[live], log_scale[live]
     z_top = (fit_top[live] - mu[live]) / scale
-    log_pi = special.log_ndtr(-z_top)
-    pi = np.exp(log_pi)
+    pi = special.ndtr(-z_top)
     keep = np.exp(n_live * np.log1p(-pi)[:, None])  # (1 - pi)^n
     # One grid per row in t (units of sigma above the maximum) up to where n pi S(z+t)/S(z) <
     # 1e-12 at the row's largest n (a normal tail falls at least like exp(-t z - t^2/2), z >= 0),
@@ -275,7 +285,9 @@ def extension_rows(rows: _Rows, n_table, mu, sigma, log_scale=None, sums_fit=Non
     t_hi = -z_pos + np.sqrt(z_pos ** 2 + 2 * reach) + 0.5
     t_hi = np.where(log_live, t_hi, np.minimum(t_hi, (rows.bound[live] - rows.top[live]) / scale))
     t = t_hi[:, None] * _GRID[None, :]
-    exceed = np.minimum(pi[:, None] * np.exp(special.log_ndtr(-(z_top[:, None] + t)) - log_pi[:, None]), 1.0 - 1e-16)
+    # pi S(z+t)/S(z) through erfcx (S(x) = erfcx(x/sqrt 2) exp(-x^2/2)/2): no underflow far out.
+    ratio = special.erfcx((z_top[:, None] + t) * _SQRT_HALF) / special.erfcx(z_top * _SQRT_HALF)[:, None]
+    exceed = np.minimum(pi[:, None] * ratio * np.exp(-t * (z_top[:, None] + t / 2)), 1.0 - 1e-16)
     above = -np.expm1(n_live[:, :, None] * np.log1p(-exceed)[:, None, :])  # 1 - F^n on the grid
     body_fit = np.where(log_live[:, None], sums_fit[live], sums[live])
     fitted[live] = fit_top[live][:, None] - keep * body_fit + (above @ _WEIGHTS) * (t_hi * scale)[:, None]
@@ -380,7 +392,8 @@ def _predict_block(rows: _Rows, n_table, continuity, heavy, tail_fraction, confi
     # At the bound only the levels' interval applies; c within 0.01 of 0 or 1 counts as 0 or 1 so
     # that a clear case keeps its own interval's ends (an end exactly at B stays at B).
     c = np.clip((np.where(rows.top < rows.bound, continuity, 0.0) - 0.01) / 0.98, 0.0, 1.0)[:, None]
-    lower = np.minimum(c * normal_lower + (1 - c) * level_lower, value)
+    # V_n >= V_1 = E[reward], which a sample's minimum all but never exceeds: the floor of the lower end.
+    lower = np.minimum(np.maximum(c * normal_lower + (1 - c) * level_lower, rows.ordered[:, :1]), value)
     upper = np.minimum(np.maximum(c * normal_upper + (1 - c) * level_upper, value), ceiling)
     flags = _flags(rows, value, heavy)
     empty = (rows.counts == 0)[:, None]
