@@ -54,7 +54,7 @@ DEFAULT_CONFIDENCE = 0.95
 ALPHA_CONTINUOUS = 10.0   # richness at which c = 1/2
 RICHNESS_PRIOR = 8.0      # pseudo-singletons added to every group's counts
 HEAVY_GROUP_Z = 3.09      # one-sided p = 0.001 for a group's pooled kurtosis
-_REFERENCE_SAMPLES = 4000  # normal samples per m behind w_normal, the pivot and the kurtosis reference
+_REFERENCE_SAMPLES = 3000  # normal samples per m behind w_normal, the pivot and the kurtosis reference
 _CHUNK_ROWS = 4096         # rows per vectorised block (memory grows as rows x k x nodes)
 _SQRT_HALF = np.sqrt(0.5)
 _NODES = 49                # Simpson nodes of the tail integral (error below 2e-5 sigma for n <= 10^4)
@@ -96,10 +96,12 @@ class Predictions:
         return [name for bit, name in enumerate(FLAGS) if int(self.flags[row]) >> bit & 1]
 
     def model(self, row: int, column: int) -> str:
-        """``constant``, ``plug-in`` (w < 0.05), ``tail`` (c > 0.95) or ``blend``."""
-        if int(self.flags[row]) & 1:
+        """``constant``; ``plug-in`` (w < 0.05, or a reward at the bound: nothing lies above it);
+        ``tail`` (c > 0.95: the normal-optimal step to the tail extension); else ``blend``."""
+        flags = int(self.flags[row])
+        if flags & 1:
             return "constant"
-        if not self.weight[row, column] >= 0.05:
+        if not self.weight[row, column] >= 0.05 or flags >> FLAGS.index("mass_at_bound") & 1:
             return "plug-in"
         return "tail" if self.continuity[row] > 0.95 else "blend"
 
@@ -350,7 +352,8 @@ def _upper_kurtosis(rows: _Rows) -> np.ndarray:
     second, fourth = (d ** 2).sum(axis=1) / size, (d ** 4).sum(axis=1) / size
     usable = ((m >= 8) & (second > 0) & ~(rows.interior & ~rows.singleton).any(axis=1)
               & (rows.distinct > np.maximum(2, m / 4)) & (rows.top < rows.bound))
-    return np.where(usable, fourth / np.where(second > 0, second, 1.0) ** 2, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(usable, fourth / np.where(second > 0, second, 1.0) ** 2, np.nan)
 
 
 # --- one block of rows -----------------------------------------------------------------------
@@ -389,9 +392,9 @@ def _predict_block(rows: _Rows, n_table, continuity, heavy, tail_fraction, confi
     full_upper = _to_reward(rows, full_centre - full_low * spread, fit_sigma, n_table)
     level_lower, level_upper = _level_interval(rows, n_table, plug_in, alpha)
     level_upper = np.maximum(level_upper, np.where(spread > 0, full_upper, level_upper))
-    # At the bound only the levels' interval applies; c within 0.01 of 0 or 1 counts as 0 or 1 so
+    # At the bound or with a degenerate tail fit only the levels' interval applies; c within 0.01 of 0 or 1 counts as 0 or 1 so
     # that a clear case keeps its own interval's ends (an end exactly at B stays at B).
-    c = np.clip((np.where(rows.top < rows.bound, continuity, 0.0) - 0.01) / 0.98, 0.0, 1.0)[:, None]
+    c = np.clip((np.where((rows.top < rows.bound) & (fit_sigma > 0), continuity, 0.0) - 0.01) / 0.98, 0.0, 1.0)[:, None]
     # V_n >= V_1 = E[reward], which a sample's minimum all but never exceeds: the floor of the lower end.
     lower = np.minimum(np.maximum(c * normal_lower + (1 - c) * level_lower, rows.ordered[:, :1]), value)
     upper = np.minimum(np.maximum(c * normal_upper + (1 - c) * level_upper, value), ceiling)
@@ -507,8 +510,13 @@ class _NormalReference:
         return low, low + 1, position - low
 
     def weight(self, n: float) -> float:
-        low, high, frac = self._bracket(n)
-        return (1 - frac) * self._cell(low)[0] + frac * self._cell(high)[0]
+        """w_normal at n: the running maximum of the simulated optimum over n = 1, 2, 4, ...,
+        interpolated in log n, so that a prediction never falls as n grows (the optimum itself
+        wobbles by a few hundredths)."""
+        position = np.log2(max(float(n), 1.0))
+        low = int(np.floor(position))
+        running = np.maximum.accumulate([self._cell(8 * k)[0] for k in range(low + 2)])
+        return float(running[low] + (position - low) * (running[low + 1] - running[low]))
 
     def pivot_quantiles(self, n: float, weight: float, alpha: float) -> tuple[float, float]:
         """(q_low, q_high) of (V_hat - V) / sigma_tail for normal rewards at this n and weight."""
@@ -518,15 +526,27 @@ class _NormalReference:
             ends = []
             for index in (low, high):
                 _, plug_error, step, scale = self._cell(index)
-                ends.append(np.nanquantile((plug_error + key[1] * step) / scale, [alpha / 2, 1 - alpha / 2]))
-            q = (1 - frac) * ends[0] + frac * ends[1]
+                pivot = (plug_error + key[1] * step) / scale
+                ends.append(np.quantile(pivot[np.isfinite(pivot)], [alpha / 2, 1 - alpha / 2])
+                            if np.isfinite(pivot).any() else np.zeros(2))
+            q = np.nan_to_num((1 - frac) * ends[0] + frac * ends[1])  # m too small for any tail fit: no spread
             self._quantiles[key] = (float(q[0]), float(q[1]))
         return self._quantiles[key]
 
 
-@functools.lru_cache(maxsize=256)
 def _reference(m: int, tail_fraction: float) -> _NormalReference:
-    return _NormalReference(m, tail_fraction)
+    """The reference of size m; above 24 the nearest size on a 10% geometric grid stands in (what
+    the reference gives changes by far less than its simulation noise between neighbours)."""
+    return _reference_of_size(_REFERENCE_SIZES[np.abs(np.log(_REFERENCE_SIZES / m)).argmin()] if m > 24 else m,
+                              tail_fraction)
+
+
+_REFERENCE_SIZES = np.unique(np.round(24 * 1.1 ** np.arange(60)).astype(int))
+
+
+@functools.lru_cache(maxsize=256)
+def _reference_of_size(m: int, tail_fraction: float) -> _NormalReference:
+    return _NormalReference(int(m), tail_fraction)
 
 
 # --- helpers ---------------------------------------------------------------------------------
