@@ -249,3 +249,13 @@ def test_flags_follow_their_rules():
 def test_bad_input_is_a_config_error(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_predict_imports_no_engine_or_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.predict, pipeline.calibration; "
+            "print(sorted(m for m in ('ray', 'vllm', 'torch', 'transformers', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
