@@ -334,10 +334,11 @@ def _read_reward_file(path: str) -> tuple[list[str], list[list[float]]]:
 
 
 def _print_predictions(lines: list[dict], per_id: int, limit: int = 40) -> None:
-    print(f"{'id':<24} {'n':>7} {'predicted':>10} {'95% interval':>23}  {'model':<8} flags")
+    width = min(40, max([len(line["id"]) for line in lines] + [2]))
+    print(f"{'id':<{width}} {'n':>7} {'predicted':>10} {'95% interval':>22}  {'model':<8} flags")
     for line in lines[: limit * per_id]:
         interval = f"[{line['lower']:.4g}, {line['upper']:.4g}]"
-        print(f"{line['id'][:24]:<24} {line['n']:>7} {line['predicted']:>10.4g} {interval:>23}  {line['model']:<8} "
+        print(f"{line['id'][:width]:<{width}} {line['n']:>7} {line['predicted']:>10.4g} {interval:>22}  {line['model']:<8} "
               f"{','.join(line['flags']) or '-'}")
     if len(lines) > limit * per_id:
         print(f"... {len(lines) // per_id - limit} more ids (all of them with --out)")
