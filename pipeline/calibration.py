@@ -198,8 +198,9 @@ def format_report(report: dict) -> str:
 
 
 def report_figure(report: dict):
-    """Mean |error|/sd against n, one panel per source, a colour per m: the predictor solid, the
-    tail fit dashed, the plug-in dotted. Returns the matplotlib Figure."""
+    """Mean |error|/sd, one panel per source: against n with a colour per m (the predictor solid,
+    the tail fit dashed, the plug-in dotted), or, with n = the pool's size, against m with a
+    colour per model. Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,16 +212,17 @@ def report_figure(report: dict):
     figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
     for panel, name in zip(axes.ravel(), names):
         cells = report[name]["cells"]
-        for index, m in enumerate(sorted({c["m"] for c in cells})):
-            mine = [c for c in cells if c["m"] == m]
-            ns = [c["n"] if c["n"] != POOL_SIZE else 0 for c in mine]
-            for model, style in zip(MODELS, ("-", "--", ":")):
-                panel.plot(ns, [c[model]["mean_abs_error"] for c in mine], style, marker="o", color=f"C{index}",
-                           label=f"m={m} {model.replace('_', ' ')}")
-        if all(c["n"] != POOL_SIZE for c in cells):
-            panel.set_xscale("log")
+        per_pool = any(c["n"] == POOL_SIZE for c in cells)
+        series = [(0, cells)] if per_pool else [(m, [c for c in cells if c["m"] == m]) for m in sorted({c["m"] for c in cells})]
+        for index, (m, mine) in enumerate(series):
+            x = [c["m"] if per_pool else c["n"] for c in mine]
+            for k, (model, style) in enumerate(zip(MODELS, ("-", "--", ":"))):
+                label = model.replace("_", " ") if per_pool else f"m={m} {model.replace('_', ' ')}"
+                colour = f"C{k}" if per_pool else f"C{index}"
+                panel.plot(x, [c[model]["mean_abs_error"] for c in mine], style, marker="o", color=colour, label=label)
+        panel.set_xscale("log", base=2 if per_pool else 10)
+        panel.set_xlabel("m (n = the pool's size)" if per_pool else "n")
         panel.set_title(name, fontsize=9)
-        panel.set_xlabel("n (0: the pool's size)" if any(c["n"] == POOL_SIZE for c in cells) else "n")
         panel.set_ylabel("mean |V_hat_n - V_n| / sd")
         panel.grid(True, alpha=0.3)
     for panel in axes.ravel()[len(names):]:

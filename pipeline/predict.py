@@ -13,9 +13,8 @@ For a sample of m rewards the prediction is a weighted step from the sample towa
   ties, discrete levels and mass at a bound, and never exceeds the sample maximum.
 - ``X_n`` (tail extension): the sample below its maximum, the paper's normal tail fit above it
   (``pipeline.tail.fit_tail_rows``), the chance of a draw above the maximum being the fitted
-  survival there. With a known upper bound B the fit is made on y = -log(B - x), the distance to
-  the bound on a log scale (a reward that saturates towards B, like a probability, has a normal
-  tail there), so the extension approaches B and never passes it.
+  survival there. With a known upper bound B the extension is cut at B (E[min(max, B)]), so
+  nothing is predicted above B.
 - ``w_normal(m, n)``: the weight that minimises the mean squared error of V_hat_n for normal
   rewards, a property of m and n only (the predictor is location-scale equivariant), computed once
   per m by a seeded simulation: small when n <= m (the sample already shows what best-of-n
@@ -33,10 +32,14 @@ For a sample of m rewards the prediction is a weighted step from the sample towa
 
 The 95% interval blends two intervals by the same c. For a continuous reward: the pivot
 (V_hat_n - V_n) / sigma of normal rewards (sigma: the tail fit's), whose quantiles depend on m, n
-and w only and come from the same simulation; on the y scale for bounded rows, mapped back with
-E[B - exp(-Y_max)]. For a few-level reward: the top level's share between its Jeffreys bounds, and
-above it the larger of an unseen level one top gap up (chance: the Jeffreys upper bound of an event
-never seen in m draws) and the continuous interval's upper end.
+and w only and come from the same simulation. With a bound no reward of the row reaches, that pivot
+is taken on y = -log(B - x), the distance to the bound on a log scale, where a reward saturating
+towards B (a probability, a squashed score) has a normal tail, and mapped back with
+E[B - exp(-Y_max)]: on x the interval of such rewards is far too wide at n = 100 and too narrow
+at n = 1000. (The point stays on x: its error on the real rewards is lower.) For a few-level
+reward: the top level's share between its Jeffreys bounds, and above it the larger of an unseen
+level one top gap up (chance: the Jeffreys upper bound of an event never seen in m draws) and the
+continuous interval's upper end. Every end is cut at B.
 """
 
 from __future__ import annotations
@@ -381,7 +384,9 @@ def _predict_block(rows: _Rows, n_table, continuity, heavy, tail_fraction, confi
         sums_fit = np.where(log[:, None], rows.power_sums(n_table, rows.model_gaps), sums)
         plug_fit = np.where(log[:, None], rows.model_top[:, None] - sums_fit, plug_in)
         extension_fit = extension.copy()
-        extension_fit[log] = extension_rows(rows, n_table, fit_mu, fit_sigma, log, sums_fit, sums)[1][log]
+        subset = _Rows(rows.ordered[log], rows.bound[log])
+        extension_fit[log] = extension_rows(subset, n_table[log], fit_mu[log], fit_sigma[log], np.ones(int(log.sum()), bool),
+                                            sums_fit[log], sums[log])[1]
     spread = fit_sigma[:, None]
     centre = plug_fit + weight * (extension_fit - plug_fit)
     normal_lower = _to_reward(rows, centre - pivot_high * spread, fit_sigma, n_table)
@@ -392,8 +397,8 @@ def _predict_block(rows: _Rows, n_table, continuity, heavy, tail_fraction, confi
     full_upper = _to_reward(rows, full_centre - full_low * spread, fit_sigma, n_table)
     level_lower, level_upper = _level_interval(rows, n_table, plug_in, alpha)
     level_upper = np.maximum(level_upper, np.where(spread > 0, full_upper, level_upper))
-    # At the bound or with a degenerate tail fit only the levels' interval applies; c within 0.01 of 0 or 1 counts as 0 or 1 so
-    # that a clear case keeps its own interval's ends (an end exactly at B stays at B).
+    # At the bound or with a degenerate tail fit only the levels' interval applies; c within 0.01
+    # of 0 or 1 counts as 0 or 1, so that a clear case keeps its own ends (one at B stays at B).
     c = np.clip((np.where((rows.top < rows.bound) & (fit_sigma > 0), continuity, 0.0) - 0.01) / 0.98, 0.0, 1.0)[:, None]
     # V_n >= V_1 = E[reward], which a sample's minimum all but never exceeds: the floor of the lower end.
     lower = np.minimum(np.maximum(c * normal_lower + (1 - c) * level_lower, rows.ordered[:, :1]), value)
