@@ -423,8 +423,9 @@ def _to_reward(rows: _Rows, model_value, sigma, n_table):
 
 def _level_interval(rows: _Rows, n_table, plug_in, alpha):
     """The plug-in's interval for a few-level reward: the top level's share between its Jeffreys
-    bounds, and an unseen level one top gap above the top (capped at the bound) whose chance is
-    the Jeffreys upper bound of an event never seen in m draws."""
+    bounds, and an unseen level one top gap above the top (a constant sample: at the bound, if
+    there is one; capped at the bound) whose chance is the Jeffreys upper bound of an event never
+    seen in m draws."""
     m = np.maximum(rows.counts, 1).astype(float)
     share = rows.at_top / m
     key = rows.at_top * (int(m.max(initial=1)) + 1) + rows.counts  # the bounds depend on (top count, m) only
@@ -439,7 +440,9 @@ def _level_interval(rows: _Rows, n_table, plug_in, alpha):
 
     gap = rows.top_gap[:, None]
     lower = plug_in - gap * (reach(share) - reach(share_low))
-    step = np.minimum(rows.top_gap, rows.bound - rows.top)[:, None]
+    # One level step up (the last gap), or, for a constant sample, as far as the bound if known.
+    step = np.minimum(np.where(rows.top_gap > 0, rows.top_gap, np.where(np.isfinite(rows.bound), np.inf, 0.0)),
+                      rows.bound - rows.top)[:, None]
     upper = plug_in + gap * (reach(share_high) - reach(share)) + step * reach(unseen_high)
     return lower, upper
 

@@ -77,6 +77,21 @@ def test_few_level_predictions_cover_the_pool_value_of_a_small_discrete_pool():
     assert covered >= 0.9  # Jeffreys bounds on the top level's share; binomial noise of 400 cases ~ 0.011
 
 
+def test_a_rare_level_above_the_sample_stays_inside_the_interval():
+    # Levels 0, 0.5 and a rare 1.0 (2%): 16 samples usually stop at 0.5 (tied, no tail to fit),
+    # while best-of-100 reaches 1.0 with probability 0.87. Only the chance of an unseen level
+    # above the top keeps the truth inside the interval; the point stays the plug-in.
+    rng = np.random.default_rng(9)
+    levels, probs = np.array([0.0, 0.5, 1.0]), np.array([0.70, 0.28, 0.02])
+    samples = rng.choice(levels, p=probs, size=(500, 16))
+    truth = _levels_value(levels, probs, 100)
+    result = predict_rows(samples, 100, upper_bound=1.0, groups=np.zeros(500))
+    unseen = samples.max(axis=1) < 1.0
+    covered = (result.lower[:, 0] <= truth) & (truth <= result.upper[:, 0])
+    assert unseen.mean() > 0.6 and covered[unseen].mean() >= 0.95
+    assert np.allclose(result.value, result.plug_in, atol=1e-6)  # c ~ 1e-7 here: the plug-in
+
+
 def _model_tail_reference(sample, n, bound=None, log_scale=False):
     """X_n of ``extension_rows`` by adaptive quadrature: E[h(max)] = h(v_lo) + int (1 - F^n) h' dv
     over the model's CDF written out in scalar code (h the identity, or B - exp(-v) on log scale)."""
