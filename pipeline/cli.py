@@ -320,9 +320,10 @@ def _read_reward_file(path: str) -> tuple[list[str], list[list[float]]]:
         for name, rewards in entries:
             if not isinstance(rewards, list) or not rewards:
                 raise ConfigError(f"{where}: rewards of id {name!r} must be a non-empty list of numbers")
-            for k, value in enumerate(rewards):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ConfigError(f"{where}: reward {k} of id {name!r} is {value!r}, not a finite number")
+            if not set(map(type, rewards)) <= {int, float} or not all(map(math.isfinite, rewards)):
+                k, value = next((k, v) for k, v in enumerate(rewards)
+                                if type(v) not in (int, float) or not math.isfinite(v))
+                raise ConfigError(f"{where}: reward {k} of id {name!r} is {value!r}, not a finite number")
             if name in seen:
                 raise ConfigError(f"{where}: duplicate id {name!r}")
             seen.add(name)
