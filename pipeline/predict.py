@@ -465,29 +465,27 @@ def _flags(rows: _Rows, value, heavy) -> np.ndarray:
 # --- the normal reference: w_normal(m, n), pivot quantiles, kurtosis -------------------------
 
 def _reference_lookup(counts, n_table, continuity, tail_fraction, alpha):
-    """w_normal and the pivot quantiles per (row, column), one lookup per distinct (m, n, w)."""
-    m_table = np.broadcast_to(counts[:, None], n_table.shape).ravel()
-    n_values, n_index = np.unique(n_table.ravel(), return_inverse=True)
-    _, pair_first, pair_index = np.unique(m_table * len(n_values) + n_index, return_index=True, return_inverse=True)
-    pair_weight = np.array([_reference(int(m_table[i]), tail_fraction).weight(n_values[n_index[i]])
-                            if m_table[i] >= 2 else 0.0 for i in pair_first])
-    weight = pair_weight[pair_index] if len(pair_weight) else np.zeros(0)
-    combined = np.round(weight * np.broadcast_to(continuity[:, None], n_table.shape).ravel(), 2)
-    _, first, inverse = np.unique(pair_index * 101 + np.round(combined * 100).astype(np.int64),
-                                  return_index=True, return_inverse=True)
-    quantiles = np.array([_reference(int(m_table[i]), tail_fraction).pivot_quantiles(n_values[n_index[i]], combined[i], alpha)
-                          if m_table[i] >= 2 else (0.0, 0.0) for i in first]).reshape(-1, 2)
-    shape = n_table.shape
-    return weight.reshape(shape), quantiles[inverse, 0].reshape(shape), quantiles[inverse, 1].reshape(shape)
+    """w_normal and the pivot quantiles per (row, column), vectorised per distinct m."""
+    weight, low, high = np.zeros(n_table.shape), np.zeros(n_table.shape), np.zeros(n_table.shape)
+    for m in np.unique(counts):
+        if m < 2:
+            continue
+        rows = counts == m
+        reference = _reference(int(m), tail_fraction)
+        weight[rows] = reference.weights(n_table[rows])
+        low[rows], high[rows] = reference.pivot_quantiles(n_table[rows], weight[rows] * continuity[rows, None], alpha)
+    return weight, low, high
 
 
 class _NormalReference:
     """Seeded standard-normal samples of size m and what the predictor does on them, per n.
 
     Pivotal for normal rewards (the predictor is location-scale equivariant on the model scale),
-    so one simulation per m serves every row of that size; n lies on a grid of 8 points per
-    doubling, interpolated in log n.
+    so one simulation per m serves every row of that size. n lies on a grid of 8 points per
+    doubling (interpolated in log n), a weight on a grid of 0.01.
     """
+
+    _WEIGHT_GRID = np.linspace(0.0, 1.0, 101)
 
     def __init__(self, m: int, tail_fraction: float):
         sample = np.random.default_rng([m, 20260131]).standard_normal((_REFERENCE_SAMPLES, m))
@@ -498,9 +496,10 @@ class _NormalReference:
             self.kurtosis_mean, self.kurtosis_sd = float(np.mean(kurtosis)), float(np.std(kurtosis))
             self.kurtosis_limit = float(np.quantile(kurtosis, 0.99))
         self._cells: dict[int, tuple] = {}
-        self._quantiles: dict[tuple, tuple[float, float]] = {}
+        self._quantiles: dict[tuple, np.ndarray] = {}
 
     def _cell(self, grid_index: int):
+        """(w_normal, plug-in error, extension step, scale) on the samples at n = 2^(index/8)."""
         if grid_index not in self._cells:
             n = max(1, round(2 ** (grid_index / 8)))
             table = np.full((_REFERENCE_SAMPLES, 1), float(n))
@@ -512,33 +511,40 @@ class _NormalReference:
             self._cells[grid_index] = (weight, plug - truth, step, np.where(self.sigma > 0, self.sigma, np.nan))
         return self._cells[grid_index]
 
-    def _bracket(self, n: float):
-        position = 8 * np.log2(max(float(n), 1.0))
-        low = int(np.floor(position))
-        return low, low + 1, position - low
-
-    def weight(self, n: float) -> float:
-        """w_normal at n: the running maximum of the simulated optimum over n = 1, 2, 4, ...,
+    def weights(self, n) -> np.ndarray:
+        """w_normal at each n: the running maximum of the simulated optimum over n = 1, 2, 4, ...,
         interpolated in log n, so that a prediction never falls as n grows (the optimum itself
         wobbles by a few hundredths)."""
-        position = np.log2(max(float(n), 1.0))
-        low = int(np.floor(position))
-        running = np.maximum.accumulate([self._cell(8 * k)[0] for k in range(low + 2)])
-        return float(running[low] + (position - low) * (running[low + 1] - running[low]))
+        position = np.log2(np.maximum(np.asarray(n, dtype=float), 1.0))
+        top = int(np.floor(position.max(initial=0.0))) + 1
+        running = np.maximum.accumulate([self._cell(8 * k)[0] for k in range(top + 1)])
+        return np.interp(position, np.arange(top + 1), running)
 
-    def pivot_quantiles(self, n: float, weight: float, alpha: float) -> tuple[float, float]:
-        """(q_low, q_high) of (V_hat - V) / sigma_tail for normal rewards at this n and weight."""
-        key = (float(n), round(float(weight), 2), float(alpha))
+    def pivot_quantiles(self, n, weight, alpha: float):
+        """(q_low, q_high) arrays of (V_hat - V) / sigma_tail for normal rewards at each (n, weight)."""
+        position = 8 * np.log2(np.maximum(np.asarray(n, dtype=float), 1.0))
+        below = np.floor(position).astype(np.int64)
+        frac = position - below
+        column = np.clip(np.round(np.asarray(weight) * 100).astype(np.int64), 0, 100)
+        low, high = np.zeros(position.shape), np.zeros(position.shape)
+        for index in np.unique(below):
+            at = below == index
+            ends = [self._quantile_table(i, alpha)[column[at]] for i in (index, index + 1)]
+            q = (1 - frac[at])[..., None] * ends[0] + frac[at][..., None] * ends[1]
+            low[at], high[at] = q[..., 0], q[..., 1]
+        return low, high
+
+    def _quantile_table(self, grid_index: int, alpha: float) -> np.ndarray:
+        """(101, 2) quantiles of the pivot for the weights 0, 0.01, ..., 1 at one grid n."""
+        key = (grid_index, float(alpha))
         if key not in self._quantiles:
-            low, high, frac = self._bracket(n)
-            ends = []
-            for index in (low, high):
-                _, plug_error, step, scale = self._cell(index)
-                pivot = (plug_error + key[1] * step) / scale
-                ends.append(np.quantile(pivot[np.isfinite(pivot)], [alpha / 2, 1 - alpha / 2])
-                            if np.isfinite(pivot).any() else np.zeros(2))
-            q = np.nan_to_num((1 - frac) * ends[0] + frac * ends[1])  # m too small for any tail fit: no spread
-            self._quantiles[key] = (float(q[0]), float(q[1]))
+            _, plug_error, step, scale = self._cell(grid_index)
+            usable = np.isfinite(scale)
+            if not usable.any():  # m too small for any tail fit: no spread
+                self._quantiles[key] = np.zeros((len(self._WEIGHT_GRID), 2))
+            else:
+                pivot = (plug_error[usable][None, :] + self._WEIGHT_GRID[:, None] * step[usable][None, :]) / scale[usable]
+                self._quantiles[key] = np.quantile(pivot, [alpha / 2, 1 - alpha / 2], axis=1).T
         return self._quantiles[key]
 
 
