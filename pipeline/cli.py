@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -113,19 +114,31 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
 
-    curves = commands.add_parser("curves", help="check predicted best-of-n against exact pool values")
+    curves = commands.add_parser("curves", help="predicted best-of-n (predictor, tail fit, plug-in) against exact values")
     target = curves.add_mutually_exclusive_group(required=True)
     target.add_argument("--bank", help="a reward bank: every state's pool is checked")
-    target.add_argument("--real", help="a folder of ../shared/data/real (or one of its data sets)")
+    target.add_argument("--real", nargs="?", const=_default_real_data(), metavar="DIR",
+                        help="the real data sets (default folder: data/real), or one of them")
     target.add_argument("--world", help="a simulated world family, or 'all' for every family")
     curves.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
     curves.add_argument("--states", type=int, default=200, help="world states drawn (with --world)")
     curves.add_argument("--plot", help="write the error-vs-n plot (PNG) here")
-    curves.add_argument("--m", type=_int_list, default=[8, 16, 32], help="samples the prediction sees")
-    curves.add_argument("--n", type=_int_list, default=[16, 64, 256], help="n of the predicted best-of-n")
-    curves.add_argument("--repeats", type=int, default=200)
+    curves.add_argument("--m", type=_int_list, help="samples the prediction sees (default 8,16,32; 16,32,64 with --world)")
+    curves.add_argument("--n", type=_n_or_pool, help="n of the predicted best-of-n, or 'pool' for each pool's own size "
+                                                      "(default: pool; 100,1000 with --world)")
+    curves.add_argument("--repeats", type=int, default=20, help="samples of m drawn per pool or state")
     curves.add_argument("--seed", type=int, default=0)
     curves.add_argument("--out", help="write the report as JSON here")
+
+    predict = commands.add_parser("predict", help="how large an N is worth it: best-of-n predicted from samples")
+    predict.add_argument("--rewards", required=True,
+                         help='JSONL, a line per prompt or state: {"id": ..., "rewards": [...]}, or a reward bank')
+    predict.add_argument("--n", required=True, type=_int_list, help="comma-separated n, e.g. 100,1000,10000")
+    predict.add_argument("--upper-bound", type=float, help="the largest reward the scorer can give (nothing is predicted above)")
+    predict.add_argument("--independent", action="store_true",
+                         help="predict each id from its own rewards only (default: ids share the tie and tail statistics of the file)")
+    predict.add_argument("--out", help="write JSONL here, a line per (id, n)")
+    predict.add_argument("--plot", help="write the predicted curves with their 95%% bands (PNG) here")
     return parser
 
 
@@ -188,14 +201,29 @@ def run_sim_bank(args) -> int:
     return 0
 
 
+def _default_real_data() -> str:
+    from pathlib import Path
+    return str(Path(__file__).resolve().parents[1] / "data" / "real")
+
+
+def _n_or_pool(text: str):
+    return "pool" if text.strip() == "pool" else _int_list(text)
+
+
 def run_curves(args) -> int:
     from pipeline.bank import read_bank
     from pipeline.calibration import calibrate, format_report, plot_report, real_pools, world_states
     from pipeline.worlds import WORLDS, make_world
 
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    m_values = args.m or ([16, 32, 64] if args.world else [8, 16, 32])
+    n_values = args.n or ([100, 1000] if args.world else "pool")
     if args.real:
         pools = real_pools(args.real)
     elif args.world:
+        if n_values == "pool":
+            raise UsageError("--n pool needs finite pools (--real or --bank), not a world")
         families = sorted(WORLDS) if args.world == "all" else [args.world]
         if args.states < 1:
             raise UsageError(f"--states must be >= 1, got {args.states}")
@@ -206,14 +234,118 @@ def run_curves(args) -> int:
             pools[world.describe()] = (world_states(world, args.states, args.seed), bound)
     else:
         pools = {"bank": ([s for p in read_bank(args.bank) for s in p.state_rewards], None)}
-    report = {name: calibrate(values, args.m, args.n, args.repeats, args.seed, upper_bound=bound)
+    started = time.perf_counter()
+    report = {name: calibrate(values, m_values, n_values, args.repeats, args.seed, upper_bound=bound)
               for name, (values, bound) in pools.items()}
     print(format_report(report))
+    print(f"({time.perf_counter() - started:.1f} s; errors in units of each pool's sd; 'covered': the predictor's 95% interval)")
     if args.out:
         _write_json(args.out, report)
     if args.plot:
         plot_report(report, args.plot)
     return 0
+
+
+def run_predict(args) -> int:
+    from pipeline.errors import ConfigError
+    from pipeline.predict import predict_rows
+
+    if not args.n:
+        raise ConfigError("--n is empty: give at least one n, e.g. --n 100,1000")
+    if min(args.n) < 1:
+        raise ConfigError(f"--n values must be integers >= 1, got {min(args.n)}")
+    ids, rows = _read_reward_file(args.rewards)
+    length = max(len(r) for r in rows)
+    table = np.full((len(rows), length), np.nan)
+    for i, values in enumerate(rows):
+        table[i, : len(values)] = values
+    if args.upper_bound is not None:
+        if not np.isfinite(args.upper_bound):
+            raise ConfigError(f"--upper-bound must be a finite number, got {args.upper_bound!r}")
+        over = np.nanmax(table, axis=1) > args.upper_bound
+        if over.any():
+            i = int(np.argmax(over))
+            raise ConfigError(f"--upper-bound {args.upper_bound:g} is below a reward of id {ids[i]!r} ({np.nanmax(table[i]):g})")
+    groups = None if args.independent else np.zeros(len(rows), dtype=int)
+    result = predict_rows(table, args.n, args.upper_bound, groups=groups)
+    lines = []
+    for i, name in enumerate(ids):
+        flags = result.flag_names(i)
+        for j, n in enumerate(args.n):
+            lines.append({"id": name, "n": int(n), "predicted": float(result.value[i, j]), "lower": float(result.lower[i, j]),
+                          "upper": float(result.upper[i, j]), "model": result.model(i, j), "flags": flags,
+                          "weight": round(float(result.weight[i, j]), 4), "plug_in": float(result.plug_in[i, j]),
+                          "tail_fit": float(result.tail_fit[i, j]), "samples": len(rows[i])})
+    _print_predictions(lines, len(args.n))
+    if args.out:
+        from pipeline.storage import write_text
+        write_text(args.out, "".join(json.dumps(line) + "\n" for line in lines))
+    if args.plot:
+        from pipeline.calibration import plot_predictions
+
+        shown = min(len(ids), 10)
+        grid = np.unique(np.concatenate([np.round(np.geomspace(1, max(args.n), 40)), args.n]).astype(int))
+        # The curves use the file's pooled statistics, as the predictions above do.
+        curve = predict_rows(table[:shown], grid, args.upper_bound, continuity=result.continuity[:shown],
+                             heavy=result.flags[:shown])
+        plot_predictions(args.plot, ids[:shown], grid, curve.value, curve.lower, curve.upper, marked_n=list(args.n))
+    return 0
+
+
+def _read_reward_file(path: str) -> tuple[list[str], list[list[float]]]:
+    """(ids, reward lists) from ``{"id", "rewards"}`` lines or reward-bank lines (an entry per state,
+    id ``PROMPT/sK``); ``ConfigError`` naming the line for anything else."""
+    import math
+
+    from pipeline.errors import ConfigError
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read --rewards {path!r}: {error.strerror or error}") from None
+    ids, rows, seen = [], [], set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
+        if isinstance(row, dict) and "rewards" in row:
+            entries = [(str(row.get("id", f"line{number}")), row["rewards"])]
+        elif isinstance(row, dict) and "states" in row and "prompt_id" in row and isinstance(row["states"], list):
+            entries = [(f"{row['prompt_id']}/s{k}", state) for k, state in enumerate(row["states"])]
+            if not entries:
+                raise ConfigError(f"{where}: 'states' is empty")
+        else:
+            raise ConfigError(f'{where}: expected {{"id": ..., "rewards": [...]}} or a reward-bank line with "prompt_id" and "states"')
+        for name, rewards in entries:
+            if not isinstance(rewards, list) or not rewards:
+                raise ConfigError(f"{where}: rewards of id {name!r} must be a non-empty list of numbers")
+            if not set(map(type, rewards)) <= {int, float} or not all(map(math.isfinite, rewards)):
+                k, value = next((k, v) for k, v in enumerate(rewards)
+                                if type(v) not in (int, float) or not math.isfinite(v))
+                raise ConfigError(f"{where}: reward {k} of id {name!r} is {value!r}, not a finite number")
+            if name in seen:
+                raise ConfigError(f"{where}: duplicate id {name!r}")
+            seen.add(name)
+            ids.append(name)
+            rows.append([float(v) for v in rewards])
+    if not rows:
+        raise ConfigError(f"--rewards {path!r} holds no reward lists")
+    return ids, rows
+
+
+def _print_predictions(lines: list[dict], per_id: int, limit: int = 40) -> None:
+    width = min(40, max([len(line["id"]) for line in lines] + [2]))
+    print(f"{'id':<{width}} {'n':>7} {'predicted':>10} {'95% interval':>22}  {'model':<8} flags")
+    for line in lines[: limit * per_id]:
+        interval = f"[{line['lower']:.4g}, {line['upper']:.4g}]"
+        print(f"{line['id'][:width]:<{width}} {line['n']:>7} {line['predicted']:>10.4g} {interval:>22}  {line['model']:<8} "
+              f"{','.join(line['flags']) or '-'}")
+    if len(lines) > limit * per_id:
+        print(f"... {len(lines) // per_id - limit} more ids (all of them with --out)")
 
 
 def _job_config(args, extra: list[str]):
@@ -300,7 +432,7 @@ def _unwrapped(error: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else error
 
 
-COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline,
+COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "predict": run_predict, "run": run_pipeline,
             "collect": run_collect, "bench": run_bench, "make-tiny-models": run_make_tiny_models}
 
 
