@@ -70,13 +70,38 @@ def comparable(path):
     return sorted(((r["prompt_id"], r["method"], r["budget"]), tuple(r[f] for f in fields)) for r in rows)
 
 
+def in_process(overrides, observer=None, collect=False):
+    """The same searches by an in-process driver on sim engines, without Ray or faults (results do not
+    depend on replicas or timing, so this is the undisturbed run's result)."""
+    from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
+    from pipeline.collect import CollectStates
+    from pipeline.driver import Driver
+    from pipeline.prompts import load_prompts
+    from pipeline.run_config import load_run_config
+    from pipeline.runner import search_grid
+    from pipeline.search_record import SearchSpec
+    from pipeline.session import generator_kwargs, reward_kwargs
+
+    config = load_run_config(None, [*overrides, "generator.sim.latency_per_token_s=0"])
+    prompts = load_prompts(config.data)
+    if collect:
+        budget = config.collect.num_states * (config.collect.completions_per_state + 1)
+        searches = [SearchSpec(p, "collect", budget, CollectStates, config.collect) for p in prompts]
+    else:
+        searches = search_grid(prompts, config.methods, config.budgets, config.search)
+    driver = Driver(searches, [SimGenerator(**generator_kwargs(config))], [SimRewardModel(**reward_kwargs(config))],
+                    config.driver, config.seed, ground_truth=SimGroundTruth(config.generator.sim.family),
+                    observer=observer, use_ray=False)
+    rows, progress = driver.step(None)
+    assert progress["done"]
+    return rows
+
+
 @pytest.fixture(scope="module")
-def reference(cluster, tmp_path_factory):
-    _, _, env = cluster
-    output = tmp_path_factory.mktemp("reference")
-    code, _, err = finish(slg(env, "run", f"output_dir={output}", *RUN))
-    assert code == 0, err[-2000:]
-    return comparable(output / "results.jsonl")
+def reference():
+    rows = in_process(RUN)
+    fields = ("best_reward", "selected", "rollouts", "tokens_generated", "num_states")
+    return sorted(((r["prompt_id"], r["method"], r["budget"]), tuple(r[f] for f in fields)) for r in rows)
 
 
 def lose_a_worker_node(cluster, process, path, after_lines):
@@ -105,15 +130,16 @@ def test_a_worker_node_lost_mid_run_changes_no_result(cluster, reference, tmp_pa
 
 
 def test_a_worker_node_lost_mid_collect_changes_no_bank_line(cluster, tmp_path):
+    from pipeline.collect import SampleRecorder, bank_row
+
     env = cluster[2]
-    argv = ["collect", "--states", "3", "--completions", "12", "data.num_prompts=4", *RUN[3:]]
-    code, _, err = finish(slg(env, *argv, "--out", str(tmp_path / "reference.jsonl")))
-    assert code == 0, err[-2000:]
-    collect = slg(env, *argv, "--out", str(tmp_path / "bank.jsonl"))
+    sizes = ["collect.num_states=3", "collect.completions_per_state=12", "data.num_prompts=4"]
+    collect = slg(env, "collect", "--out", str(tmp_path / "bank.jsonl"), *sizes, *RUN[3:])
     lose_a_worker_node(cluster, collect, tmp_path / "bank.jsonl", 1)
     code, _, err = finish(collect)
     assert code == 0, err[-3000:]
-    assert sorted(lines(tmp_path / "bank.jsonl")) == sorted(lines(tmp_path / "reference.jsonl"))  # prompts finish in any order
+    expected = {r["prompt_id"]: bank_row(r, {})["states"] for r in in_process(sizes + RUN[3:], SampleRecorder(False), True)}
+    assert {row["prompt_id"]: row["states"] for row in map(json.loads, lines(tmp_path / "bank.jsonl"))} == expected
 
 
 def kill_processes(env, name: str) -> list[int]:
