@@ -58,7 +58,47 @@ def _params(pairs: list[str]) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="slg", description="Scaling-Law Guided search: test-time compute scaling.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_pipeline_commands(commands)
+    _add_offline_commands(commands)
+    return parser
 
+
+def _add_pipeline_commands(commands) -> None:
+    """Commands that run engines through Ray: run, collect, bench, and the models they run."""
+    run = commands.add_parser("run", help="run the pipeline (no arguments: the embedded default, simulated engines)")
+    run.add_argument("--config", help="a YAML config (see configs/)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
+
+    collect = commands.add_parser("collect", help="write a reward bank from the configured engines (any backend)")
+    collect.add_argument("--config", help="a YAML config (engines, data, seed), as for `slg run`")
+    collect.add_argument("--states", type=int, help="states per prompt (S; collect.num_states, default 16)")
+    collect.add_argument("--completions", type=int,
+                         help="scored rollouts per state (M; collect.completions_per_state, default 64)")
+    collect.add_argument("--out", help="the bank (JSONL, a path or a URL); default OUTPUT_DIR/bank.jsonl")
+    collect.add_argument("--texts", help="also write state and response texts to this JSONL side file "
+                                         "(one line per bank line, same shape)")
+    collect.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
+
+    bench = commands.add_parser("bench", help="throughput: the pipeline, against a bare engine, across replicas")
+    bench.add_argument("--config", help="a YAML config (engines), as for `slg run`")
+    bench.add_argument("--prompts", type=int,
+                       help="prompts (per replica with --replicas); the data's are cycled when it has fewer (default 16)")
+    bench.add_argument("--budget", type=int, help="N (default 64)")
+    bench.add_argument("--method", help="the method (default slg)")
+    bench.add_argument("--raw", action="store_true", help="also run the same requests on one bare engine")
+    bench.add_argument("--free-rm", action="store_true",
+                       help="score at no cost (meaningless rewards): the generator path alone, without an RM competing for CPU")
+    bench.add_argument("--replicas", type=_int_list, help="scaling: generator replica counts, e.g. 1,2,4,8")
+    bench.add_argument("--out", help="write the measurements as JSON here")
+    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
+
+    tiny = commands.add_parser("make-tiny-models", help="write a tiny random-weight generator and RM for CPU tests")
+    tiny.add_argument("directory")
+    tiny.add_argument("--seed", type=int, default=0)
+
+
+def _add_offline_commands(commands) -> None:
+    """Commands on worlds, banks and reward files: no engines, no Ray."""
     replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("--bank", help="a reward bank (JSONL, SPEC.md format)")
@@ -82,37 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     sim_bank.add_argument("--completions", type=int, required=True)
     sim_bank.add_argument("--seed", type=int, default=0)
     sim_bank.add_argument("--out", required=True)
-
-    run = commands.add_parser("run", help="run the pipeline (no arguments: the embedded default, simulated engines)")
-    run.add_argument("--config", help="a YAML config (see configs/)")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
-
-    collect = commands.add_parser("collect", help="write a reward bank from the configured engines (any backend)")
-    collect.add_argument("--config", help="a YAML config (engines, data, seed), as for `slg run`")
-    collect.add_argument("--states", type=int, help="states per prompt (S; collect.num_states, default 16)")
-    collect.add_argument("--completions", type=int,
-                         help="scored rollouts per state (M; collect.completions_per_state, default 64)")
-    collect.add_argument("--out", help="the bank (JSONL); default OUTPUT_DIR/bank.jsonl")
-    collect.add_argument("--texts", help="also write state and response texts to this JSONL side file "
-                                         "(one line per bank line, same shape)")
-    collect.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
-
-    bench = commands.add_parser("bench", help="throughput: the pipeline, against a bare engine, across replicas")
-    bench.add_argument("--config", help="a YAML config (engines), as for `slg run`")
-    bench.add_argument("--prompts", type=int,
-                       help="prompts (per replica with --replicas); the data's are cycled when it has fewer (default 16)")
-    bench.add_argument("--budget", type=int, help="N (default 64)")
-    bench.add_argument("--method", help="the method (default slg)")
-    bench.add_argument("--raw", action="store_true", help="also run the same requests on one bare engine")
-    bench.add_argument("--free-rm", action="store_true",
-                       help="score at no cost (meaningless rewards): the generator path alone, without an RM competing for CPU")
-    bench.add_argument("--replicas", type=_int_list, help="scaling: generator replica counts, e.g. 1,2,4,8")
-    bench.add_argument("--out", help="write the measurements as JSON here")
-    bench.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="OmegaConf dot-list overrides")
-
-    tiny = commands.add_parser("make-tiny-models", help="write a tiny random-weight generator and RM for CPU tests")
-    tiny.add_argument("directory")
-    tiny.add_argument("--seed", type=int, default=0)
 
     curves = commands.add_parser("curves", help="predicted best-of-n (predictor, tail fit, plug-in) against exact values")
     target = curves.add_mutually_exclusive_group(required=True)
@@ -139,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
                          help="predict each id from its own rewards only (default: ids share the tie and tail statistics of the file)")
     predict.add_argument("--out", help="write JSONL here, a line per (id, n)")
     predict.add_argument("--plot", help="write the predicted curves with their 95%% bands (PNG) here")
-    return parser
 
 
 def _world_names() -> list[str]:
