@@ -24,7 +24,7 @@ from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, Score
 from pipeline.grading import make_grader
 
 
-def _engine_options(settings: dict, pooling: bool) -> dict:
+def _engine_options(settings: dict, pooling: bool, on_cpu: bool = False) -> dict:
     options = {"model": settings["model"], "dtype": settings.get("dtype", "auto"),
                "max_model_len": settings.get("max_model_len", 2048),
                "enforce_eager": settings.get("enforce_eager", False), "seed": 0}
@@ -39,7 +39,19 @@ def _engine_options(settings: dict, pooling: bool) -> dict:
         options["tensor_parallel_size"] = settings.get("tensor_parallel_size", 1)
         if options["tensor_parallel_size"] > 1:  # workers run in the replica's Ray placement group
             options["distributed_executor_backend"] = "ray"
+        if on_cpu:
+            # When a step's token budget cuts a prompt's prefill in two, vLLM discards the token
+            # sampled after the first part and rewinds that request's seeded generator by its
+            # offset; a CPU torch.Generator has no offset ("CPU Generator does not use offset"),
+            # which kills the engine. Whole prefills only: a prompt waits for the next step instead.
+            options["enable_chunked_prefill"] = False
     return options
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def _shutdown(llm) -> None:
@@ -149,7 +161,7 @@ class VLLMGenerator:
         self.state_tokens = int(settings["state_tokens"])
         self.max_tokens = int(settings["max_tokens"])
         self.grader = make_grader(settings.get("grading", "math_verify"))
-        self.llm = LLM(**_engine_options(settings, pooling=False))
+        self.llm = LLM(**_engine_options(settings, pooling=False, on_cpu=_on_cpu()))
         self.tokenizer = self.llm.get_tokenizer()
         self._prompt_ids: dict[str, list[int]] = {}
         self._prompt_ids_lock = threading.Lock()

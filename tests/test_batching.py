@@ -124,3 +124,10 @@ def test_engine_options_pass_block_size_to_both_engines_and_caching_to_the_gener
     assert generator["distributed_executor_backend"] == "ray" and "runner" not in generator
     assert reward["runner"] == "pooling" and "tensor_parallel_size" not in reward
     assert "block_size" not in _engine_options({"model": "m"}, pooling=True)  # the engine's default
+
+
+def test_chunked_prefill_is_off_for_the_cpu_generator_only():
+    """The CPU build cannot rewind a seeded request's generator after a cut prefill (test_vllm)."""
+    assert _engine_options({"model": "m"}, pooling=False, on_cpu=True)["enable_chunked_prefill"] is False
+    assert "enable_chunked_prefill" not in _engine_options({"model": "m"}, pooling=False, on_cpu=False)
+    assert "enable_chunked_prefill" not in _engine_options({"model": "m"}, pooling=True, on_cpu=True)

@@ -102,6 +102,21 @@ def test_concurrent_calls_share_the_engine_batch_and_match_llm_generate(vllm_gen
     assert [results[i % 4][i // 4] for i in range(len(requests))] == direct
 
 
+def test_one_call_larger_than_an_engine_step_keeps_the_engine_and_the_seeds(vllm_generator):
+    """A call whose prompts fill many engine steps: vLLM then splits some prompt's prefill across two
+    steps, and with per-request seeds the CPU build died on it ("CPU Generator does not use
+    offset", EngineDeadError) until chunked prefill was turned off there. The seeds still decide
+    the tokens: the same requests alone give the same ones."""
+    text = " ".join([PROMPT.text] * 5)  # about 160 prompt tokens each
+    requests = [RolloutRequest(i, PromptInput(f"long{i}", f"Problem {i}: {text}"), None, 1000 + i) for i in range(256)]
+    rollouts = vllm_generator.generate(requests)
+    step_budget = vllm_generator.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert sum(r.num_prompt_tokens for r in rollouts) > 8 * step_budget  # large enough to be cut
+    assert all(r.num_generated_tokens > 0 for r in rollouts)
+    alone = vllm_generator.generate(requests[:2] + requests[-2:])
+    assert [r.token_ids for r in alone] == [r.token_ids for r in rollouts[:2] + rollouts[-2:]]
+
+
 @pytest.fixture(scope="module")
 def score_requests(vllm_generator):
     rollouts = vllm_generator.generate(root_requests(range(40, 46)))
