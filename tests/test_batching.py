@@ -27,6 +27,10 @@ class FakeAsyncEngine:
         self.aborted: list[str] = []
         self.dead: BaseException | None = None
 
+    @property
+    def errored(self) -> bool:
+        return self.dead is not None
+
     async def generate(self, prompt, params, request_id):
         if self.dead is not None:
             raise self.dead
