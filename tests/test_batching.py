@@ -36,7 +36,7 @@ class FakeAsyncEngine:
             raise self.dead
         if prompt.startswith("too-long"):
             raise ValueError("prompt longer than max_model_len")
-        self.running.add(request_id)
+        self.running.add(prompt)
         self.most_running = max(self.most_running, len(self.running))
         try:
             for _ in range(params):
@@ -47,7 +47,7 @@ class FakeAsyncEngine:
             self.aborted.append(prompt)
             raise
         finally:
-            self.running.discard(request_id)
+            self.running.discard(prompt)
         yield f"out:{prompt}"
 
 
@@ -107,11 +107,20 @@ def test_an_engine_failure_fails_every_waiting_call_and_does_not_hang():
 def test_a_refused_input_fails_its_call_alone_and_aborts_that_calls_other_requests():
     engine = FakeAsyncEngine()
     generator = FakeGenerator(engine)
-    good, bad = run([generator.generate([(f"g{k}", 20) for k in range(8)]),
-                     generator.generate([("slow", 1000), ("too-long", 1)])])
+
+    async def refused_call():
+        try:
+            await generator.generate([("slow", 1000), ("too-long", 1)])
+        finally:
+            await asyncio.sleep(0)  # the aborted request sees its cancellation
+            seen.update(aborted=list(engine.aborted), running=set(engine.running))
+
+    seen = {}
+    good, bad = run([generator.generate([(f"g{k}", 20) for k in range(8)]), refused_call()])
     assert [output for output, _ in good] == [f"out:g{k}" for k in range(8)]
     assert isinstance(bad, ValueError) and str(bad) == "prompt longer than max_model_len"
-    assert engine.aborted == ["slow"] and not engine.running
+    assert seen["aborted"] == ["slow"]  # at once, not left running for its 1000 ticks
+    assert all(request.startswith("g") for request in seen["running"])
 
 
 class AsyncReplica:

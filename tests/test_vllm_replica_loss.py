@@ -59,6 +59,8 @@ def test_a_lost_replica_fails_its_calls_and_leaves_no_process(local_ray, generat
     actor, processes = start_replica(ray, generator_model)
     engine_core = [p for p in processes if "EngineCore" in " ".join(p.cmdline())]
     assert len(engine_core) == 1 and len(processes) >= 3  # the replica, its EngineCore, the EngineCore's Worker
+    with pytest.raises(ray.exceptions.RayTaskError, match="VLLMValidationError"):  # a refused input: not a lost engine
+        ray.get(actor.generate.remote([RolloutRequest(0, PromptInput("long", PROMPT.text * 12), None, 1)]), timeout=120)
     # ~100k tokens: seconds of work for the engine even on a fast machine, so the loss meets the calls in flight
     calls = [actor.generate.remote([RolloutRequest(i, PROMPT, None, 1000 * c + i) for i in range(512)]) for c in range(3)]
     time.sleep(1)
