@@ -94,13 +94,11 @@ def bench_raw_engine(config, requests, repeats: int = 2) -> dict:
     """The recorded requests in one call on one in-process engine (started before the clock); the
     best of ``repeats`` runs (a ceiling: on a shared machine single runs vary by 20%)."""
     from pipeline.backends import load_backend
+    from pipeline.calls import in_process
     from pipeline.contract import PromptInput, RolloutRequest
     from pipeline.session import generator_kwargs
 
-    kwargs = generator_kwargs(config)
-    if "settings" in kwargs:  # a real engine: the ceiling is plain LLM.generate on all requests at once
-        kwargs["settings"]["continuous_batching"] = False
-    engine = load_backend("generator", config.generator.backend.value)(**kwargs)
+    engine = in_process(load_backend("generator", config.generator.backend.value)(**generator_kwargs(config)))
     try:
         engine.generate([RolloutRequest(-1, PromptInput("warm-up", "warm up the engine"), None, 12345)])
         walls = []

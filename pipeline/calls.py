@@ -3,11 +3,14 @@
 The driver submits a batch to a replica and later collects whichever calls have finished; it does
 not care whether a replica is a Ray actor on a GPU node or a plain object in the same process.
 ``LocalCalls`` runs calls synchronously (tests, the in-process reference run); ``RayCalls`` calls
-actor methods and waits with ``ray.wait``. Placing the replicas is ``pipeline.session``'s job.
-"""
+actor methods and waits with ``ray.wait``. :func:`in_process` lets synchronous code (tests, the
+bench's bare engine) call a replica whose methods are coroutines (the vLLM generator's async actor).
+Placing the replicas is ``pipeline.session``'s job."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 from enum import Enum
 from typing import Any
@@ -82,3 +85,41 @@ class RayCalls:
     def restart(self, replica: Any) -> None:
         """Kill a hung replica; Ray restarts it (``max_restarts``) and its pending calls fail."""
         self._ray.kill(replica, no_restart=False)
+
+
+def in_process(replica):
+    """``replica`` callable from synchronous code (tests, a bench's bare engine): an async actor's
+    coroutine methods become blocking calls; a replica without any comes back as it is."""
+    if not any(inspect.iscoroutinefunction(member) for _, member in inspect.getmembers(type(replica))):
+        return replica
+    return InProcess(replica)
+
+
+class InProcess:
+    """An async replica run on one private event loop, the same for every call: an engine's own
+    background tasks (vLLM's output handler) live on the loop that first used it, so a fresh loop
+    per call (``asyncio.run``) would strand them."""
+
+    def __init__(self, replica):
+        self.replica = replica
+        self.loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str):
+        member = getattr(self.replica, name)
+        if not inspect.iscoroutinefunction(member):
+            return member
+        return lambda *args, **kwargs: self.run(member(*args, **kwargs))
+
+    def run(self, awaitable):
+        """Run ``awaitable`` (several calls at once: ``asyncio.gather`` inside an ``async def``) to its end."""
+        return self.loop.run_until_complete(awaitable)
+
+    def close(self) -> None:
+        if hasattr(self.replica, "close"):
+            self.replica.close()
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:  # the engine's background tasks: let them see their cancellation
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.wait(pending))
+        self.loop.close()

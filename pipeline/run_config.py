@@ -83,7 +83,6 @@ class GeneratorConfig:
     gpu_memory_utilization: float = 0.85
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
-    continuous_batching: bool = True        # vLLM: concurrent calls share the engine's running batch
     block_size: Optional[int] = None        # the CPU build caches whole blocks of a multiple of 32
     kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
     cpu_cores: Optional[str] = None         # CPU build: the cores of the engine's worker threads ("0", "0-3")

@@ -2,8 +2,9 @@
 `kill -9` of the `slg run` entrypoint (which started Ray in-process) ends Ray and every engine
 within 60 s. Ray's two per-node agents (DashboardAgent, RuntimeEnvAgent) hold no model and take
 longer by Ray's design: when their raylet dies they report it to the GCS with a hard-coded 60 s
-timeout (`ray._private.utils.publish_error_to_driver`) before they exit, so they get 150 s. Real CPU vLLM engines on tiny models; every process the run starts carries a
-marker in its environment, so what is left can be found whatever its parent."""
+timeout (`ray._private.utils.publish_error_to_driver`) before they exit, so they get 150 s. Real CPU
+vLLM engines on tiny models; every process the run starts carries a marker in its environment, so
+what is left can be found whatever its parent."""
 
 import json
 import os
