@@ -74,14 +74,23 @@ class SearchPolicy:
 
     # --- helpers shared by the SLG family ---------------------------------------------------
 
-    def _pick_states(self, root: Rollouts, num_states: int) -> np.ndarray:
-        """(B, K) root-rollout indices that become states; NO_NODE where too few can branch."""
+    def _pick_states(self, root: Rollouts, num_states: int, stable: bool = True) -> np.ndarray:
+        """(B, K) root-rollout indices that become states, best first; NO_NODE where too few can branch.
+
+        ``stable``: equal rewards keep their order (the reference); otherwise a partial sort picks
+        the K best (ties at the K-th reward broken arbitrarily), O(r) for a large root sample.
+        """
         if self.config.state_selection == StateSelection.top_reward:
             score = np.where(root.can_branch & ~np.isnan(root.rewards), root.rewards, -np.inf)
         else:
             score = np.where(root.can_branch & ~np.isnan(root.rewards), self.rng.random(root.rewards.shape), -np.inf)
         k = min(num_states, score.shape[1])
-        order = np.argsort(-score, axis=1, kind="stable")[:, :k]
+        if stable or k >= score.shape[1]:
+            order = np.argsort(-score, axis=1, kind="stable")[:, :k]
+        else:
+            top = np.argpartition(-score, k - 1, axis=1)[:, :k]
+            order = np.take_along_axis(top, np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable"),
+                                       axis=1)
         chosen = np.where(np.take_along_axis(score, order, axis=1) > -np.inf, order, NO_NODE)
         if k < num_states:
             chosen = np.pad(chosen, ((0, 0), (0, num_states - k)), constant_values=NO_NODE)
@@ -191,9 +200,10 @@ class AdaptiveSLG(SearchPolicy):
         rewards = np.where(np.isnan(root.rewards), -np.inf, root.rewards)
         best = rewards.max(axis=1)
         scale = QuantileScale(root.rewards, settings.tail_fraction)
-        states = self._pick_states(root, plan.num_candidates)
+        states = self._pick_states(root, plan.num_candidates, stable=False)
         alive = states != NO_NODE
         samples = np.full((batch, plan.num_candidates, sum(plan.shares)), np.nan)
+        scores = np.full(samples.shape, np.nan)  # the samples on the prompt's quantile scale
         filled = 0
         spent = np.full(batch, plan.root_rollouts)
         for round_index, share in enumerate(plan.shares):
@@ -204,11 +214,13 @@ class AdaptiveSLG(SearchPolicy):
             for j, rollouts in zip(asked, results):
                 got = rollouts.rewards[:, :share]
                 samples[:, j, filled:filled + got.shape[1]] = np.where(alive[:, j:j + 1], got, np.nan)
+            b_idx, j_idx = np.nonzero(alive)
+            scores[b_idx, j_idx, filled:filled + share] = scale.scores(samples[b_idx, j_idx, filled:filled + share], b_idx)
             filled += share
             spent += share * alive.sum(axis=1)
             best = np.fmax(best, np.nanmax(samples[:, :, filled - share:filled], axis=(1, 2), initial=-np.inf))
-            value, optimistic, prompt_value = self._final_best(scale, samples[:, :, :filled], alive, best,
-                                                               budget - spent)
+            best_score = scale.scores(best[:, None])[:, 0]
+            value, optimistic, prompt_value = self._final_best(scores[:, :, :filled], alive, best_score, budget - spent)
             alive &= optimistic >= prompt_value  # fresh prompt draws beat it even optimistically
             if round_index < len(plan.shares) - 1:  # successive halving
                 keep = np.ceil(alive.sum(axis=1) * settings.keep_fraction).astype(np.int64)
@@ -223,11 +235,12 @@ class AdaptiveSLG(SearchPolicy):
         if (left > 0).any():
             yield [Request.per_episode(self.selected, left)]
 
-    def _final_best(self, scale, samples, alive, best, left):
+    def _final_best(self, scores, alive, best_score, left):
         """(value, optimistic, prompt value), each (B, C): the predicted final best of sending the
         ``left`` rollouts to each alive state, the same with the state's mean and sd at their upper
-        ``confidence`` bounds, and that of sending them to the prompt; on the prompt's quantile scale.
-        -inf where a state is not alive."""
+        ``confidence`` bounds, and that of sending them to the prompt; all on the prompt's quantile
+        scale, where the prompt is N(0, 1) and a state N(mean, sd^2) of its rewards' scores. -inf
+        where a state is not alive."""
         z = self.config.adaptive.confidence
         value = np.full(alive.shape, -np.inf)
         optimistic = np.full(alive.shape, -np.inf)
@@ -235,19 +248,17 @@ class AdaptiveSLG(SearchPolicy):
         b_idx, j_idx = np.nonzero(alive)
         if b_idx.size == 0:
             return value, optimistic, prompt_value
-        # one call: the state's rewards and, last, the best reward so far
-        scores = scale.scores(np.concatenate([samples[b_idx, j_idx], best[b_idx, None]], axis=1), b_idx)
-        best_score, scores = scores[:, -1], scores[:, :-1]
-        count = np.maximum((~np.isnan(scores)).sum(axis=1), 2)  # NaN: a dropped score
+        mine = scores[b_idx, j_idx]
+        count = np.maximum((~np.isnan(mine)).sum(axis=1), 2)  # NaN: a dropped score
         with np.errstate(invalid="ignore"):
-            mean = np.nanmean(scores, axis=1)
-            sd = np.sqrt(np.nansum((scores - mean[:, None]) ** 2, axis=1) / (count - 1))
+            mean = np.nanmean(mine, axis=1)
+            sd = np.sqrt(np.nansum((mine - mean[:, None]) ** 2, axis=1) / (count - 1))
         upper_mean = mean + z * sd / np.sqrt(count)
         upper_sd = sd * (1.0 + z / np.sqrt(2.0 * (count - 1)))  # the sd's standard error: sd / sqrt(2(k-1))
         k = b_idx.size
         u = expected_final_best(np.concatenate([mean, upper_mean, np.zeros(k)]),
                                 np.concatenate([sd, upper_sd, np.ones(k)]),
-                                np.tile(best_score, 3), np.tile(left[b_idx], 3))
+                                np.tile(best_score[b_idx], 3), np.tile(left[b_idx], 3))
         value[b_idx, j_idx], optimistic[b_idx, j_idx], prompt_value[b_idx, j_idx] = u[:k], u[k:2 * k], u[2 * k:]
         return value, optimistic, prompt_value
 

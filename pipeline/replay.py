@@ -27,7 +27,7 @@ from pipeline.policies import policy_class
 from pipeline.worlds import World
 
 EPISODE_ROLLOUTS_PER_TASK = 1_000_000  # episodes x budget per task: bounds a worker's memory
-MULTIPLIER_SEARCH_LIMIT = 64           # the BoN budget searched for the multiplier, in units of N
+MULTIPLIER_SEARCH_LIMIT = 1024         # the BoN budget searched for the multiplier, in units of N
 
 
 @dataclass
@@ -199,7 +199,7 @@ def bon_curve(target: World | list[BankPrompt]):
 def compute_multiplier(curve, mean_best_reward: float, budget: int) -> float | str:
     """n*/N, n* the smallest BoN budget whose exact value reaches ``mean_best_reward``.
 
-    A lower bound (">64") when even 64 N does not reach it, as with saturated rewards where BoN
+    A lower bound (">1024") when even 1024 N does not reach it, as with saturated rewards where BoN
     approaches the maximum but never quite gets there.
     """
     limit = MULTIPLIER_SEARCH_LIMIT * budget

@@ -55,6 +55,8 @@ class PairedSource(WorldSource):
     def draw(self, request):
         result = super().draw(request)
         from_root = result.can_branch  # exactly the root rollouts of this request
+        if not from_root.any():
+            return result
         table = self._table_rewards[np.arange(self.batch_size)[:, None], self._columns]
         self._cursor += np.where(request.node == ROOT, request.count, 0)
         return Rollouts(np.where(from_root, table, result.rewards), result.can_branch, result.correct)
