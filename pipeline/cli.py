@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
     source = replay.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bank", help="a reward bank (JSONL, SPEC.md format)")
+    source.add_argument("--bank", help="reward banks (JSONL, SPEC.md format), comma-separated")
     source.add_argument("--world", help="a simulated world family: " + ", ".join(_world_names()))
     replay.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
     replay.add_argument("--prompts", type=int, help="fresh prompts drawn from the world (required with --world)")
@@ -168,7 +168,7 @@ def run_replay(args) -> int:
     else:
         if args.param:
             raise UsageError("--param applies to --world only")
-        targets = {args.bank: read_bank(args.bank)}
+        targets = {path: read_bank(path) for path in _name_list(args.bank)}
     total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts)
     started = time.perf_counter()
     with _progress_bar(total, enabled=not args.no_progress) as bar:

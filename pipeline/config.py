@@ -40,7 +40,7 @@ class AdaptiveConfig:
     beat it even at ``confidence`` standard errors in its favour; the best survivor gets the rest.
     """
 
-    root_fraction: float = 0.4                 # share of N drawn from the prompt before any state
+    root_fraction: float = 0.3                 # share of N drawn from the prompt before any state
     min_root_rollouts: int = 16                # ... but at least this many (the quantile scale's sample)
     num_candidates: int | None = None          # states screened; None: 2K of the default schedule
     min_rollouts: int = 4                      # the smallest sample of a state worth comparing

@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.allocation import QuantileScale, expected_final_best, fit_tail_full_rows
 from pipeline.config import AdaptiveConfig, PredictionBudget, SearchConfig, StateSelection
 from pipeline.policy import NO_NODE, ROOT, Request, Rollouts
-from pipeline.tail import expected_max_std_normal, fit_tail_rows
+from pipeline.tail import expected_max_std_normal, fit_tail_rows, tail_constants
 
 # true_value(nodes (B, k), n (B,)) -> true V_n of each node; only simulated worlds and banks have it
 TrueValue = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -239,8 +239,8 @@ class AdaptiveSLG(SearchPolicy):
         """(value, optimistic, prompt value), each (B, C): the predicted final best of sending the
         ``left`` rollouts to each alive state, the same with the state's mean and sd at their upper
         ``confidence`` bounds, and that of sending them to the prompt; all on the prompt's quantile
-        scale, where the prompt is N(0, 1) and a state N(mean, sd^2) of its rewards' scores. -inf
-        where a state is not alive."""
+        scale, where the prompt is N(0, 1) and a state the normal fitted to the upper tail of its
+        rewards' scores. -inf where a state is not alive."""
         z = self.config.adaptive.confidence
         value = np.full(alive.shape, -np.inf)
         optimistic = np.full(alive.shape, -np.inf)
@@ -248,19 +248,29 @@ class AdaptiveSLG(SearchPolicy):
         b_idx, j_idx = np.nonzero(alive)
         if b_idx.size == 0:
             return value, optimistic, prompt_value
-        mine = scores[b_idx, j_idx]
-        count = np.maximum((~np.isnan(mine)).sum(axis=1), 2)  # NaN: a dropped score
-        with np.errstate(invalid="ignore"):
-            mean = np.nanmean(mine, axis=1)
-            sd = np.sqrt(np.nansum((mine - mean[:, None]) ** 2, axis=1) / (count - 1))
-        upper_mean = mean + z * sd / np.sqrt(count)
-        upper_sd = sd * (1.0 + z / np.sqrt(2.0 * (count - 1)))  # the sd's standard error: sd / sqrt(2(k-1))
+        # SLG's own estimator on the prompt's scale: the normal fitted to the upper tail of a state's
+        # scores (what its maximum depends on), its moments' standard errors from the tail's size.
+        q = self.config.adaptive.tail_fraction
+        _, lam, delta = tail_constants(q)
+        mu, sigma, n_tail = self._fit_scores(scores[b_idx, j_idx], q)
+        n_tail = np.maximum(n_tail, 2)
+        upper_sigma = sigma * (1.0 + z / np.sqrt(2.0 * (n_tail - 1)))  # sd of an sd: sd / sqrt(2(k-1))
+        upper_mu = mu + sigma * lam + z * sigma * np.sqrt(delta / n_tail) - upper_sigma * lam  # tail mean + z se
         k = b_idx.size
-        u = expected_final_best(np.concatenate([mean, upper_mean, np.zeros(k)]),
-                                np.concatenate([sd, upper_sd, np.ones(k)]),
+        u = expected_final_best(np.concatenate([mu, upper_mu, np.zeros(k)]),
+                                np.concatenate([sigma, upper_sigma, np.ones(k)]),
                                 np.tile(best_score[b_idx], 3), np.tile(left[b_idx], 3))
         value[b_idx, j_idx], optimistic[b_idx, j_idx], prompt_value[b_idx, j_idx] = u[:k], u[k:2 * k], u[2 * k:]
         return value, optimistic, prompt_value
+
+    @staticmethod
+    def _fit_scores(scores, tail_fraction):
+        """Tail fit of each row of scores; rows holding NaN (dropped scores) are fitted on what they have."""
+        missing = np.isnan(scores)
+        if not missing.any():
+            return fit_tail_full_rows(scores, tail_fraction)
+        mu, sigma, n_tail, _ = fit_tail_rows(scores, tail_fraction)
+        return mu, np.nan_to_num(sigma), n_tail
 
     @staticmethod
     def _shows_next_level(root_rewards, state_rewards, best):
@@ -304,22 +314,27 @@ def _cached_plan(budget: int, root_fraction: float, min_root_rollouts: int, expl
     if root < 2 * min_rollouts or budget - root < min_rollouts:
         return None
     explore = max(int(explore_fraction * budget) - root, min_rollouts)
-    candidates = max(1, min(num_candidates, int(root * tail_fraction)))
-    while candidates > 1:
-        rounds = math.ceil(math.log(candidates) / -math.log(keep_fraction))
-        survivors = [candidates]
-        for _ in range(rounds - 1):
-            survivors.append(max(1, math.ceil(survivors[-1] * keep_fraction)))
-        if rounds == 1:
-            shares = (explore // candidates,)
-        else:
-            screening = int(screening_fraction * explore)
-            shares = (screening // candidates,) + tuple((explore - screening) // ((rounds - 1) * s)
-                                                        for s in survivors[1:])
-        if min(shares) >= min_rollouts:
-            return AdaptivePlan(root, candidates, shares)
-        candidates -= 1
+    most = max(1, min(num_candidates, int(root * tail_fraction)))
+    # The most candidates whose screening samples hold 2 min_rollouts (a tail fit of min_rollouts
+    # points at q = 1/2); failing that, two with min_rollouts each rather than one with more (the
+    # rollouts of one state are correlated, so one state's many rollouts risk more than two's few).
+    for screening_minimum in (2 * min_rollouts, min_rollouts):
+        for candidates in range(most, 1, -1):
+            shares = _halving_shares(candidates, explore, screening_fraction, keep_fraction)
+            if shares[0] >= screening_minimum and min(shares) >= min_rollouts:
+                return AdaptivePlan(root, candidates, shares)
     return AdaptivePlan(root, 1, (explore,))
+
+
+def _halving_shares(candidates: int, explore: int, screening_fraction: float, keep_fraction: float) -> tuple[int, ...]:
+    rounds = math.ceil(math.log(candidates) / -math.log(keep_fraction))
+    if rounds == 1:
+        return (explore // candidates,)
+    survivors = [candidates]
+    for _ in range(rounds - 1):
+        survivors.append(max(1, math.ceil(survivors[-1] * keep_fraction)))
+    screening = int(screening_fraction * explore)
+    return (screening // candidates,) + tuple((explore - screening) // ((rounds - 1) * s) for s in survivors[1:])
 
 
 def adaptive_plan(budget: int, settings: AdaptiveConfig, default_states: int) -> AdaptivePlan | None:
@@ -333,7 +348,9 @@ def adaptive_plan(budget: int, settings: AdaptiveConfig, default_states: int) ->
     Halving: R = ceil(log_{1/keep} C) rounds share the exploration budget (``explore_fraction`` of N
     minus the root); the first round (screening every candidate) gets ``screening_fraction`` of it,
     the others share the rest equally, each round's survivors getting equal shares; fewer
-    candidates are tried until every share holds ``min_rollouts``. The rest is the exploit phase.
+    candidates are tried until the screening share holds 2 ``min_rollouts`` (a state's tail fit
+    then has ``min_rollouts`` points) and every later share ``min_rollouts``; where no two can,
+    two with ``min_rollouts`` each, else one with the whole exploration budget. The rest is exploited.
     """
     wanted = settings.num_candidates or 2 * max(default_states, 1)
     return _cached_plan(int(budget), settings.root_fraction, settings.min_root_rollouts, settings.explore_fraction,
