@@ -201,11 +201,15 @@ class AdaptiveSLG(SearchPolicy):
         best = rewards.max(axis=1)
         scale = QuantileScale(root.rewards, settings.tail_fraction)
         states = self._pick_states(root, plan.num_candidates, stable=False)
-        alive = states != NO_NODE
+        # A best prompt reward reached twice is an atom of a discrete reward: only a new level can
+        # beat it, and for "at least one rollout above it" independent prompt draws beat a state's
+        # correlated ones unless the state is known to be better, which no tail fit of ties shows.
+        alive = (states != NO_NODE) & ~((rewards == best[:, None]).sum(axis=1) >= 2)[:, None]
         samples = np.full((batch, plan.num_candidates, sum(plan.shares)), np.nan)
         scores = np.full(samples.shape, np.nan)  # the samples on the prompt's quantile scale
         filled = 0
         spent = np.full(batch, plan.root_rollouts)
+        value = np.full(alive.shape, -np.inf)
         for round_index, share in enumerate(plan.shares):
             asked = np.nonzero(alive.any(axis=0))[0]  # one request per candidate some episode still keeps
             if asked.size == 0:  # an empty round would end the search (``plan`` returns [] when done)

@@ -288,7 +288,7 @@ def test_adaptive_is_exactly_best_of_n_where_nothing_can_be_learned(family):
 
 
 @pytest.mark.parametrize("family, budget", [("gaussian", 12), ("gaussian", 32), ("bimodal", 16), ("bimodal", 32),
-                                            ("discrete", 16), ("discrete", 32)])
+                                            ("discrete", 16), ("discrete", 32), ("discrete", 64)])
 def test_adaptive_does_not_lose_to_best_of_n_at_small_budgets(family, budget):
     """Paired with common random numbers (``PairedSource``): both policies see the same root
     rollouts, so the noise is that of the per-episode difference, not of either mean. 20,000
@@ -325,6 +325,21 @@ def test_adaptive_falls_back_to_fresh_prompt_draws_where_states_only_repeat_them
     assert (policy.selected == ROOT).mean() > 0.95
     difference = adaptive.best_reward - bon.best_reward
     assert difference.mean() > -0.12  # halfway between the rule (-0.07) and always committing (-0.32)
+
+
+def test_adaptive_explores_no_state_when_the_best_prompt_reward_is_an_atom():
+    """Discrete rewards: where the best root reward was reached twice, only a new level beats it, and
+    fresh prompt draws are the better bet; such episodes ask no state and draw the rest from the
+    prompt. (Without the rule, discrete N = 64 loses 9e-5 +- 3e-5 to best-of-N, paired.)"""
+    policy, source, ledger = play("slg_adaptive", 64, batch=400, family="discrete", seed=3)
+    root = source.results[0].rewards
+    tied = (root == root.max(axis=1, keepdims=True)).sum(axis=1) >= 2
+    assert 0.5 < tied.mean() < 1.0  # both kinds of episode occur
+    asked = np.zeros(400, dtype=np.int64)
+    for request in source.requests[1:-1]:
+        asked += np.where(request.node != NO_NODE, request.count, 0)
+    assert (asked[tied] == 0).all() and (asked[~tied] > 0).all()
+    assert (policy.selected[tied] == ROOT).all() and (ledger.spent == 64).all()
 
 
 def test_adaptive_successive_halving_keeps_the_best_half_each_round():

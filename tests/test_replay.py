@@ -127,7 +127,7 @@ def test_cli_replay_writes_json(tmp_path):
 def test_replay_many_plays_every_target_once_and_reports_its_rollouts():
     targets = {"g": make_world("gaussian"), "d": make_world("discrete")}
     seen = []
-    results = replay_many(targets, ["bon", "slg_adaptive"], [16, 64], repeats=3, num_prompts=5, seed=2, workers=1,
+    results = replay_many(targets, ["bon", "slg_adaptive"], [16, 64], repeats=3, num_prompts=5, seed=2, workers=2,
                           progress=seen.append)
     assert set(results) == {"g", "d"}
     assert sum(seen) == replay_rollouts(targets, ["bon", "slg_adaptive"], [16, 64], 3, 5) == 2 * 2 * 80 * 3 * 5
