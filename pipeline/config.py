@@ -47,7 +47,7 @@ class AdaptiveConfig:
     explore_fraction: float = 0.8              # root and halving rounds together; the rest is exploited
     screening_fraction: float = 0.5            # share of the halving budget in the first round (all candidates)
     keep_fraction: float = 0.5                 # share of states kept after each round
-    tail_fraction: float = 0.5                 # q of the prompt's tail fit (scale beyond its largest reward)
+    tail_fraction: float = 0.95                # q of the normal fits on the quantile scale (states; the prompt beyond its data)
     confidence: float = 1.0                    # z of the comparison with fresh prompt draws
 
 

@@ -312,15 +312,14 @@ class AdaptivePlan:
 
 @functools.lru_cache(maxsize=4096)
 def _cached_plan(budget: int, root_fraction: float, min_root_rollouts: int, explore_fraction: float,
-                 screening_fraction: float, keep_fraction: float, tail_fraction: float, min_rollouts: int,
-                 num_candidates: int) -> AdaptivePlan | None:
+                 screening_fraction: float, keep_fraction: float, min_rollouts: int, num_candidates: int) -> AdaptivePlan | None:
     root = max(round(root_fraction * budget), min(budget - min_rollouts, min_root_rollouts))
     if root < 2 * min_rollouts or budget - root < min_rollouts:
         return None
     explore = max(int(explore_fraction * budget) - root, min_rollouts)
-    most = max(1, min(num_candidates, int(root * tail_fraction)))
-    # The most candidates whose screening samples hold 2 min_rollouts (a tail fit of min_rollouts
-    # points at q = 1/2); failing that, two with min_rollouts each rather than one with more (the
+    most = max(1, min(num_candidates, root // 2))  # from the root's upper half
+    # The most candidates whose screening samples hold 2 min_rollouts (a state's first fit then has
+    # 8 points with the defaults); failing that, two with min_rollouts each rather than one with more (the
     # rollouts of one state are correlated, so one state's many rollouts risk more than two's few).
     for screening_minimum in (2 * min_rollouts, min_rollouts):
         for candidates in range(most, 1, -1):
@@ -348,7 +347,7 @@ def adaptive_plan(budget: int, settings: AdaptiveConfig, default_states: int) ->
     quantile scale is built from) where N leaves ``min_rollouts`` besides. Best-of-N when the root
     would hold fewer than 2 ``min_rollouts`` or leave fewer than ``min_rollouts`` (N < 12 with the
     defaults): no state could get a sample worth comparing with the prompt's. Candidates: the best
-    root rollouts, at most ``num_candidates`` (2K) and no more than the root's upper tail holds.
+    root rollouts, at most ``num_candidates`` (2K) and no more than the root's upper half holds.
     Halving: R = ceil(log_{1/keep} C) rounds share the exploration budget (``explore_fraction`` of N
     minus the root); the first round (screening every candidate) gets ``screening_fraction`` of it,
     the others share the rest equally, each round's survivors getting equal shares; fewer
@@ -358,8 +357,7 @@ def adaptive_plan(budget: int, settings: AdaptiveConfig, default_states: int) ->
     """
     wanted = settings.num_candidates or 2 * max(default_states, 1)
     return _cached_plan(int(budget), settings.root_fraction, settings.min_root_rollouts, settings.explore_fraction,
-                        settings.screening_fraction, settings.keep_fraction, settings.tail_fraction,
-                        settings.min_rollouts, int(wanted))
+                        settings.screening_fraction, settings.keep_fraction, settings.min_rollouts, int(wanted))
 
 
 class CollectStates(SearchPolicy):
