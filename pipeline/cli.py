@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
 
+    toy = commands.add_parser("make-toy-models", help="train the toy generator and reward model (CPU, minutes)")
+    toy.add_argument("directory", help="writes DIRECTORY/generator and DIRECTORY/reward (new, empty, or its own earlier output)")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--report", action="store_true", help="then measure the quality bands on held-out problems")
+    toy.add_argument("--report-only", action="store_true", help="measure the toy models already in DIRECTORY; train nothing")
+    toy.add_argument("--out", help="write the report as JSON here")
+
     curves = commands.add_parser("curves", help="check predicted best-of-n against exact pool values")
     target = curves.add_mutually_exclusive_group(required=True)
     target.add_argument("--bank", help="a reward bank: every state's pool is checked")
@@ -281,6 +288,26 @@ def run_make_tiny_models(args) -> int:
     return 0
 
 
+def run_make_toy_models(args) -> int:
+    from actors.toy_models import evaluate_toy_models, format_report, make_toy_models
+
+    if args.report_only:
+        for role in ("generator", "reward"):
+            if not (Path(args.directory) / role / "config.json").is_file():
+                raise UsageError(f"{args.directory!r} holds no toy {role} (no {role}/config.json); make them first")
+    else:
+        started = time.perf_counter()
+        paths = make_toy_models(args.directory, seed=args.seed)
+        print("\n".join(f"{role}: {path}" for role, path in paths.items()))
+        print(f"made in {time.perf_counter() - started:.0f} s")
+    if args.report or args.report_only:
+        report = evaluate_toy_models(args.directory)
+        print(format_report(report))
+        if args.out:
+            _write_json(args.out, report)
+    return 0
+
+
 def _write_json(path: str, payload) -> None:
     from pipeline.bank import atomic_write_text
     atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
@@ -294,7 +321,8 @@ def _one_line(error: BaseException) -> str:
 
 
 COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "run": run_pipeline,
-            "collect": run_collect, "bench": run_bench, "make-tiny-models": run_make_tiny_models}
+            "collect": run_collect, "bench": run_bench, "make-tiny-models": run_make_tiny_models,
+            "make-toy-models": run_make_toy_models}
 
 
 def main(argv: list[str] | None = None) -> int:
