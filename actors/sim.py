@@ -1,28 +1,61 @@
-"""Simulated generator and reward model: a world of ``pipeline.worlds`` behind the engine interfaces.
+"""Simulated generator, reward model and ground truth: a world of ``pipeline.worlds`` behind the engine contract.
 
 A rollout from the prompt draws a fresh state latent and a reward from the world; a rollout from a
-state draws a reward given that state's latent. Everything a rollout is comes from its own seed,
-so results do not depend on which replica served it or in what batch. The reward is attached to
-the rollout; ``SimRewardModel`` reads it back (as a real RM would compute it). Optional latencies
-make replicas behave like GPU engines for throughput experiments.
+state draws a reward given that state's latent. Everything a rollout is comes from seeds: a state's
+tokens are the seed of the root rollout it was cut from (its latent is a function of them, as a real
+model's continuation is a function of its prefix tokens), and a response's text names its state and
+its own seed. So the reward model recomputes the reward from the response text alone, as a real
+reward model reads the response, and no message carries a field for the simulator. Results do not
+depend on which replica served a rollout or in what batch. ``SimGroundTruth`` knows the exact
+value of any state (the ``oracle`` method's hook). Optional latencies make replicas behave like GPU
+engines for throughput experiments.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import time
 
 import numpy as np
 
-from actors.interfaces import Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
+from pipeline.contract import Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
 from pipeline.worlds import make_world
+
+# A simulated response: "[<state ROOT_SEED>] <sim rollout SEED>" (the state's text, then the rollout's own)
+_RESPONSE = re.compile(r"^(?:<state (\d+)>)? <sim rollout (\d+)>$")
+
+
+class _SimWorld:
+    """A world and the draws of its rollouts, as functions of seeds (a state's latent is cached: a
+    state serves many rollouts)."""
+
+    def __init__(self, family: str, params: dict | None):
+        self.family, self.params = family, dict(params or {})
+        self.world = make_world(family, **self.params)
+        self.state_latent = functools.lru_cache(maxsize=1 << 16)(self._state_latent)
+
+    def __reduce__(self):  # sent to the driver actor inside SimGroundTruth: rebuilt there, cache and all
+        return _SimWorld, (self.family, self.params)
+
+    def _state_latent(self, root_seed: int) -> float:
+        """A state's latent, from its tokens: the seed of the root rollout it was cut from."""
+        return float(self.world.sample_states(np.random.default_rng(root_seed), ()))
+
+    def draw(self, seed: int, state: StatePrefix | None):
+        """(rng, reward, correct) of the rollout with this seed, from the prompt or from a state."""
+        rng = np.random.default_rng(seed)
+        latent = float(self.world.sample_states(rng, ())) if state is None else self.state_latent(state.token_ids[0])
+        reward, correct = self.world.sample_rewards(rng, np.array([latent]))
+        return rng, float(reward[0]), None if correct is None else bool(correct[0])
 
 
 class SimGenerator:
     def __init__(self, family: str = "gaussian", params: dict | None = None, state_tokens: int = 100,
                  mean_response_tokens: int = 400, short_rollout_fraction: float = 0.0,
                  latency_per_token_s: float = 0.0, **_ignored):
-        self.world = make_world(family, **(params or {}))
+        self.sim = _SimWorld(family, params)
         self.state_tokens = int(state_tokens)
         self.mean_response_tokens = int(mean_response_tokens)
         self.short_rollout_fraction = float(short_rollout_fraction)
@@ -36,16 +69,14 @@ class SimGenerator:
         return rollouts
 
     def _one(self, request: RolloutRequest) -> Rollout:
-        rng = np.random.default_rng(request.seed)
+        rng, _, correct = self.sim.draw(request.seed, request.state)
         from_prompt = request.state is None
-        latent = float(self.world.sample_states(rng, ())) if from_prompt else float(request.state.latent)
-        reward, correct = self.world.sample_rewards(rng, np.array([latent]))
         prompt_tokens = 32 + len(request.prompt.text) // 4
         if from_prompt:
             short = rng.random() < self.short_rollout_fraction
             generated = int(rng.integers(1, self.state_tokens)) if short else \
                 self.state_tokens + int(rng.geometric(1.0 / max(1, self.mean_response_tokens - self.state_tokens)))
-            state = None if short else StatePrefix(text=f"<state {request.seed}>", latent=latent)
+            state = None if short else StatePrefix(token_ids=(request.seed,), text=f"<state {request.seed}>")
         else:
             generated = int(rng.geometric(1.0 / max(1, self.mean_response_tokens - self.state_tokens)))
             prompt_tokens += self.state_tokens
@@ -59,13 +90,16 @@ class SimGenerator:
             num_prompt_tokens=prompt_tokens,
             num_cached_tokens=0 if from_prompt else self.state_tokens,
             state=state,
-            sim_reward=float(reward[0]),
-            correct=None if correct is None else bool(correct[0]),
+            correct=correct,
         )
 
 
 class SimRewardModel:
-    def __init__(self, latency_per_item_s: float = 0.0, **_ignored):
+    """Reads a simulated response and gives the reward its world drew for it (the generator's draw, redone)."""
+
+    def __init__(self, family: str = "gaussian", params: dict | None = None, latency_per_item_s: float = 0.0,
+                 **_ignored):
+        self.sim = _SimWorld(family, params)
         self.latency_per_item_s = float(latency_per_item_s)
 
     def score(self, requests: list[ScoreRequest]) -> list[Score]:
@@ -73,10 +107,31 @@ class SimRewardModel:
             time.sleep(self.latency_per_item_s * len(requests))
         scores = []
         for request in requests:
-            if request.sim_reward is None:
-                raise ValueError(f"request {request.request_id}: the sim reward model scores only sim rollouts")
-            scores.append(Score(request.request_id, request.sim_reward, num_tokens=len(request.response_text) // 4))
+            match = _RESPONSE.match(request.response_text)
+            if match is None:
+                raise ValueError(f"request {request.request_id}: the sim reward model scores only sim rollouts, "
+                                 f"got {request.response_text[:60]!r}")
+            root_seed, seed = match.groups()
+            state = None if root_seed is None else StatePrefix(token_ids=(int(root_seed),))
+            reward = self.sim.draw(int(seed), state)[1]
+            scores.append(Score(request.request_id, reward, num_tokens=len(request.response_text) // 4))
         return scores
+
+
+class SimGroundTruth:
+    """Exact values of a world's prompt and states: what the ``oracle`` method selects by."""
+
+    def __init__(self, family: str = "gaussian", params: dict | None = None, **_ignored):
+        self.sim = _SimWorld(family, params)
+
+    def values(self, states: list[StatePrefix | None], n: int) -> np.ndarray:
+        """True V_n of each node: the prompt's best-of-n where the state is None, else the state's V_n."""
+        world = self.sim.world
+        out = np.full(len(states), world.prompt_value(n))
+        cut = [i for i, state in enumerate(states) if state is not None]
+        if cut:
+            out[cut] = world.state_value(np.array([self.sim.state_latent(states[i].token_ids[0]) for i in cut]), n)
+        return out
 
 
 class FreeRewardModel:

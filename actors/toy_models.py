@@ -655,3 +655,9 @@ def format_report(report: dict) -> str:
         f"{s['accuracy_after_wrong_first_step']:.3f} after a wrong one; "
         f"{s['mean_distinct_prefixes_per_prompt']:.1f} distinct prefixes in {report['samples']} samples",
     ])
+
+
+def report_toy_models(directory) -> tuple[dict, str]:
+    """``evaluate_toy_models`` and its text for the terminal (``slg make-toy-models --report``)."""
+    report = evaluate_toy_models(directory)
+    return report, format_report(report)

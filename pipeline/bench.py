@@ -22,6 +22,8 @@ import logging
 import time
 from dataclasses import replace
 
+from pipeline.driver import SearchObserver
+
 log = logging.getLogger("slg")
 
 
@@ -35,40 +37,46 @@ def workload_prompts(data, count: int) -> list:
             for i, p in ((i, base[i % len(base)]) for i in range(count))]
 
 
+class RequestLog(SearchObserver):
+    """Every rollout request in the order it was first queued: the token workload ``--raw``
+    replays on a bare engine."""
+
+    def __init__(self):
+        self.requests: list = []
+
+    def rollout_requested(self, search, request) -> None:
+        self.requests.append(request)
+
+    def report(self) -> list:
+        return self.requests
+
+
 def bench_pipeline(config, prompts, method: str, budget: int, record_requests: bool = False,
                    free_reward: bool = False) -> dict:
-    """``free_reward``: score with ``FreeRewardModel`` (no CPU or GPU cost) to measure the generator
-    path alone."""
+    """``free_reward``: score with the ``free`` reward backend (no CPU or GPU cost) to measure the
+    generator path alone."""
     import ray
 
-    from actors.sim import FreeRewardModel
-    from pipeline.driver import Driver
-    from pipeline.runner import create_replicas, init_ray, is_single_node, world_of
+    from pipeline.runner import search_grid
+    from pipeline.session import Session
 
-    started_ray = init_ray(config)
-    try:
-        generators, rewards = create_replicas(config, local=started_ray or is_single_node(),
-                                              reward_cls=FreeRewardModel if free_reward else None)
-        ray.get([g.generate.remote([]) for g in generators] + [r.score.remote([]) for r in rewards])  # engines up
-        driver = ray.remote(num_cpus=0)(Driver).remote(
-            prompts, [method], [budget], config.search, config.seed, generators, rewards, config.driver,
-            world=world_of(config), record_requests=record_requests)
+    searches = search_grid(prompts, [method], [budget], config.search)
+    with Session(config, reward_backend="free" if free_reward else None) as session:
+        session.place_replicas()
+        session.wait_until_engines_are_up()
+        driver = session.start_driver(searches, RequestLog() if record_requests else None)
         started = time.perf_counter()
         while not ray.get(driver.step.remote(config.driver.step_s))[1]["done"]:
             pass
         wall = time.perf_counter() - started
-        progress, busy = ray.get([driver.progress.remote(), driver.busy_fractions.remote()])
-        requests = ray.get(driver.recorded_requests.remote()) if record_requests else None
-    finally:
-        if started_ray:
-            ray.shutdown()
+        progress, busy, requests = ray.get([driver.progress.remote(), driver.busy_fractions.remote(),
+                                            driver.observer_report.remote()])
     scored = max(progress["rollouts_scored"], 1)
     metrics = {
         "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall, "free_reward": free_reward,
         "generator_replicas": config.generator.num_replicas, "reward_replicas": config.reward.num_replicas,
-        "rollouts_per_s": progress["rollouts_scored"] / wall,
+        "rollouts_per_s": progress["rollouts_scored"] / wall,  # every rollout is scored once: also RM items/s
         "tokens_per_s": progress["tokens_generated"] / wall,
-        "rm_items_per_s": progress["rollouts_scored"] / wall,
         "rm_tokens_per_s": progress["rm_tokens"] / wall,
         "generator_busy": busy["generate"], "reward_busy": busy["score"],
         "cached_prompt_share": progress["cached_prompt_tokens"] / max(progress["prompt_tokens"], 1),
@@ -76,6 +84,8 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
                                if progress["state_prompt_tokens"] else None),
         "driver_us_per_rollout": 1e6 * progress["driver_busy_s"] / scored,
         "tokens_generated": progress["tokens_generated"],
+        "prompt_tokens": progress["prompt_tokens"], "cached_prompt_tokens": progress["cached_prompt_tokens"],
+        "state_prompt_tokens": progress["state_prompt_tokens"], "state_cached_tokens": progress["state_cached_tokens"],
     }
     return {"metrics": metrics, "requests": requests}
 
@@ -83,14 +93,12 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
 def bench_raw_engine(config, requests, repeats: int = 2) -> dict:
     """The recorded requests in one call on one in-process engine (started before the clock); the
     best of ``repeats`` runs (a ceiling: on a shared machine single runs vary by 20%)."""
-    from actors.interfaces import PromptInput, RolloutRequest
-    from actors.registry import load_backend
-    from pipeline.runner import generator_kwargs
+    from pipeline.backends import load_backend
+    from pipeline.calls import in_process
+    from pipeline.contract import PromptInput, RolloutRequest
+    from pipeline.session import generator_kwargs
 
-    kwargs = generator_kwargs(config)
-    if "settings" in kwargs:  # a real engine: the ceiling is plain LLM.generate on all requests at once
-        kwargs["settings"]["continuous_batching"] = False
-    engine = load_backend("generator", config.generator.backend.value)(**kwargs)
+    engine = in_process(load_backend("generator", config.generator.backend.value)(**generator_kwargs(config)))
     try:
         engine.generate([RolloutRequest(-1, PromptInput("warm-up", "warm up the engine"), None, 12345)])
         walls = []
@@ -136,7 +144,7 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join([
         f"workload: {metrics['prompts']} prompts x N={metrics['budget']} x {metrics['method']}, {metrics['wall_s']:.2f} s",
         f"rollouts/s {metrics['rollouts_per_s']:.1f}   generated tokens/s {metrics['tokens_per_s']:.1f}",
-        f"RM items/s {metrics['rm_items_per_s']:.1f}   RM tokens/s {metrics['rm_tokens_per_s']:.1f}",
+        f"RM tokens/s {metrics['rm_tokens_per_s']:.1f}",
         f"generator busy [{busy}]   reward busy [{rm_busy}]",
         f"cached share of prompt tokens {metrics['cached_prompt_share']:.3f} (state rollouts: {state_share})",
         f"driver time per rollout {metrics['driver_us_per_rollout']:.1f} us",

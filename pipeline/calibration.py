@@ -1,11 +1,14 @@
-"""How well the tail estimator predicts best-of-n: predictions from m samples against exact pool values.
+"""How well best-of-n is predicted from m samples: the predictor, the paper's tail fit and the
+plug-in against exact values, on finite reward pools and on simulated worlds.
 
-Pure numpy. For each pool (a bank state's rewards, one prompt's responses in the real data of
-``../shared/data/real``, or a state of a simulated world), m rewards are drawn from it, V_hat_n is
-predicted from them, and compared with the exact E[max of n] (``pipeline.oracle`` for pools, the
-world's own value for world states). The plug-in
-estimate (the exact best-of-n of the m samples themselves) is reported beside it as the baseline a
-prediction has to beat. ``slg curves`` prints this report.
+Pure numpy (matplotlib only inside the plotting functions). A pool is one prompt's responses in
+the real data of ``data/real``, one state of a reward bank, or one state of a simulated world. For
+each pool, ``repeats`` samples of m rewards are drawn (with replacement), ``pipeline.predict``
+predicts V_n from each, and the prediction is compared with the pool's exact E[max of n]
+(``pipeline.oracle``; a world state's own value for worlds). Errors are in units of the pool's
+standard deviation, so reward scales compare. The samples of one repeat form one batch, as a
+user's file would (one group: they share the reward source). ``slg curves`` prints this report;
+``plot_predictions`` draws ``slg predict``'s curves.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.oracle import expected_max_of_pool
-from pipeline.tail import expected_max_std_normal, fit_tail_rows, prediction_stderr
+from pipeline.predict import FLAGS, predict_rows
+
+POOL_SIZE = "pool"  # n = the pool's own size (the real-data protocol of README "Prediction")
+MODELS = ("predicted", "tail_fit", "plug_in")
+REAL_DATA = Path(__file__).resolve().parents[1] / "data" / "real"
 
 
 class EmpiricalPool:
@@ -25,13 +32,16 @@ class EmpiricalPool:
 
     def __init__(self, values):
         self.values = np.asarray(values, dtype=float)
-        self.largest, self.spread = float(self.values.max()), float(self.values.std())
+        self.size, self.spread = self.values.size, float(self.values.std())
+        self._truth: dict[int, float] = {}
 
     def draw(self, rng, repeats: int, m: int) -> np.ndarray:
         return rng.choice(self.values, size=(repeats, m))
 
     def truth(self, n: int) -> float:
-        return expected_max_of_pool(self.values, n)
+        if n not in self._truth:
+            self._truth[n] = expected_max_of_pool(self.values, n)
+        return self._truth[n]
 
 
 class WorldState:
@@ -40,7 +50,7 @@ class WorldState:
     def __init__(self, world, latent: float, rng):
         self.world, self.latent = world, float(latent)
         reference, _ = world.sample_rewards(rng, np.full(4000, self.latent))
-        self.largest, self.spread = float(world.reward_bounds[1]), float(reference.std())
+        self.size, self.spread = None, float(reference.std())
 
     def draw(self, rng, repeats: int, m: int) -> np.ndarray:
         return self.world.sample_rewards(rng, np.full((repeats, m), self.latent))[0]
@@ -54,69 +64,65 @@ def world_states(world, num_states: int, seed: int = 0) -> list[WorldState]:
     return [WorldState(world, latent, rng) for latent in world.sample_states(rng, (num_states,))]
 
 
-def calibrate(pools: list, m_values: list[int], n_values: list[int], repeats: int, seed: int = 0,
-              tail_fraction: float = 0.2, upper_bound: float | None = None) -> dict:
+def calibrate(pools: list, m_values: list[int], n_values, repeats: int, seed: int = 0,
+              upper_bound: float | None = None) -> dict:
     """Error summaries per (m, n) over all pools and repeats; see the module docstring.
 
-    ``pools``: reward lists (exact pools) or objects with ``draw``, ``truth``, ``largest`` and
-    ``spread`` (``WorldState``). Per cell: ``median_abs_error``, ``mean_abs_error`` and ``bias`` of
-    the prediction, the same errors of the plug-in estimate (``*_plugin``; saturated rewards make
-    medians 0, hence means), ``median_scaled_error`` (|error| over the pool's standard deviation,
-    comparable across reward scales), ``interval_coverage`` (how often the truth lies within
-    V_hat +- 1.96 se, se from ``prediction_stderr``, over non-degenerate fits), ``above_pool_max``
-    (share of predictions above the largest reward the pool can give) and, with ``upper_bound``,
-    ``above_bound`` (share of unclipped predictions above it; reported predictions are clipped).
+    ``pools``: reward lists (exact pools) or objects with ``draw``, ``truth``, ``size`` and
+    ``spread`` (``WorldState``); pools with no spread are left out (no scale for the error, and
+    every method that honours ties predicts them exactly). ``n_values``: a list of n, or
+    ``POOL_SIZE`` for each pool's own size. Per cell, for each of ``MODELS``: median and mean
+    |error| / sd and the mean error / sd (bias); for the predictor also how often its 95%
+    interval covers the truth, and for each flag the share of samples that raise it; with
+    ``upper_bound``, the share of predictions or interval ends above it (``above_bound``).
     """
-    if repeats < 1 or not m_values or not n_values or min(m_values) < 1 or min(n_values) < 1:
-        raise ValueError("calibrate needs repeats >= 1 and non-empty lists of m >= 1 and n >= 1")
-    pools = [p if hasattr(p, "draw") else EmpiricalPool(p) for p in pools if not hasattr(p, "__len__") or len(p) > 0]
+    if repeats < 1 or not m_values or min(m_values) < 1:
+        raise ValueError("calibrate needs repeats >= 1 and a non-empty list of m >= 1")
+    per_pool_n = n_values == POOL_SIZE
+    if not per_pool_n and (not n_values or min(n_values) < 1):
+        raise ValueError(f"n must be {POOL_SIZE!r} or a non-empty list of integers >= 1, got {n_values!r}")
+    pools = [p if hasattr(p, "draw") else EmpiricalPool(p) for p in pools]
+    pools = [p for p in pools if p.spread > 0]
     if not pools:
-        raise ValueError("no non-empty pools to calibrate on")
+        raise ValueError("no pool with any spread to calibrate on")
+    if per_pool_n and any(p.size is None for p in pools):
+        raise ValueError(f"n = {POOL_SIZE!r} needs finite pools")
+    columns = [POOL_SIZE] if per_pool_n else list(n_values)
     rng = np.random.default_rng(seed)
-    report = {"pools": len(pools), "tail_fraction": tail_fraction, "upper_bound": upper_bound, "cells": []}
+    spread = np.repeat([p.spread for p in pools], repeats)
+    report = {"pools": len(pools), "repeats": repeats, "upper_bound": upper_bound, "cells": []}
     for m in m_values:
-        draws = [pool.draw(rng, repeats, m) for pool in pools]
-        fits = [fit_tail_rows(d, tail_fraction) for d in draws]
-        ordered = [np.sort(d, axis=1) for d in draws]
-        for n in n_values:
-            e = expected_max_std_normal(n)
-            plugin_weights = _plugin_weights(m, n)
-            errors, plugin_errors, scaled, above_max, above_bound, covered = [], [], [], [], [], []
-            for pool, (mu, sigma, n_tail, _), rows in zip(pools, fits, ordered):
-                truth = pool.truth(n)
-                raw = mu + sigma * e
-                predicted = raw if upper_bound is None else np.minimum(raw, upper_bound)
-                errors.append(predicted - truth)
-                plugin_errors.append(rows @ plugin_weights - truth)
-                scaled.append(np.abs(predicted - truth) / pool.spread if pool.spread > 0 else np.zeros(repeats))
-                above_max.append(predicted > pool.largest + 1e-12)
-                se = prediction_stderr(sigma, n_tail, e, tail_fraction)
-                covered.append((np.abs(raw - truth) <= 1.96 * se)[sigma > 0])
-                if upper_bound is not None:
-                    above_bound.append(raw > upper_bound)
-            errors, plugin_errors, covered = np.concatenate(errors), np.concatenate(plugin_errors), np.concatenate(covered)
-            cell = {"m": m, "n": n,
-                    "median_abs_error": float(np.median(np.abs(errors))),
-                    "mean_abs_error": float(np.abs(errors).mean()),
-                    "mean_abs_error_plugin": float(np.abs(plugin_errors).mean()),
-                    "bias": float(errors.mean()),
-                    "median_abs_error_plugin": float(np.median(np.abs(plugin_errors))),
-                    "median_scaled_error": float(np.median(np.concatenate(scaled))),
-                    "interval_coverage": float(covered.mean()) if covered.size else None,
-                    "above_pool_max": float(np.concatenate(above_max).mean())}
-            if upper_bound is not None:
-                cell["above_bound"] = float(np.concatenate(above_bound).mean())
-            report["cells"].append(cell)
+        rows = np.concatenate([p.draw(rng, repeats, m) for p in pools])          # pool-major
+        n_table = (np.repeat([p.size for p in pools], repeats)[:, None] if per_pool_n
+                   else np.broadcast_to(np.asarray(columns, dtype=float), (len(rows), len(columns))))
+        result = predict_rows(rows, n_table, upper_bound, groups=np.tile(np.arange(repeats), len(pools)))
+        truth = np.array([[p.truth(int(n)) for n in ([p.size] if per_pool_n else columns)] for p in pools])
+        truth = np.repeat(truth, repeats, axis=0)
+        for j, column in enumerate(columns):
+            report["cells"].append(_cell(m, column, result, j, truth[:, j], spread, upper_bound))
     return report
 
 
-def _plugin_weights(m: int, n: int) -> np.ndarray:
-    """w with sorted_sample @ w = exact E[max of n draws from the m-sample] (with replacement)."""
-    cdf = (np.arange(m + 1) / m) ** n
-    return np.diff(cdf)
+def _cell(m, n, result, column, truth, spread, upper_bound) -> dict:
+    cell = {"m": m, "n": n, "cases": int(len(truth))}
+    for name in MODELS:
+        error = (getattr(result, "value" if name == "predicted" else name)[:, column] - truth) / spread
+        cell[name] = {"median_abs_error": float(np.median(np.abs(error))), "mean_abs_error": float(np.mean(np.abs(error))),
+                      "bias": float(np.mean(error))}
+    tolerance = 1e-9 * spread
+    lower, upper = result.lower[:, column], result.upper[:, column]
+    cell["interval_coverage"] = float(np.mean((lower <= truth + tolerance) & (truth <= upper + tolerance)))
+    cell["flagged"] = {name: float(np.mean(result.flags >> bit & 1)) for bit, name in enumerate(FLAGS)}
+    missed = ~((lower <= truth + tolerance) & (truth <= upper + tolerance))
+    heavy = result.flags >> FLAGS.index("heavy_tail") & 1
+    cell["heavy_tail_among_missed"] = float(heavy[missed].mean()) if missed.any() else None
+    if upper_bound is not None:
+        cell["above_bound"] = float(np.mean((result.value[:, column] > upper_bound) | (upper > upper_bound)
+                                            | (lower > upper_bound)))
+    return cell
 
 
-# --- the real data of ../shared/data/real -------------------------------------------------------
+# --- the real data of data/real ----------------------------------------------------------------
 
 REAL_SETS = {
     # folder: (loader, the largest reward the scorer can give or None)
@@ -127,7 +133,7 @@ REAL_SETS = {
 }
 
 
-def real_pools(path) -> dict[str, tuple[list[np.ndarray], float | None]]:
+def real_pools(path=REAL_DATA) -> dict[str, tuple[list[np.ndarray], float | None]]:
     """Prompt-level reward pools of the real data sets under ``path`` (the folder, or one set)."""
     path = Path(path)
     if not path.is_dir():
@@ -166,26 +172,35 @@ def _load_math500(folder: Path) -> list[np.ndarray]:
     return [np.array(p["last_step_score"], dtype=float) for p in problems]
 
 
+# --- printing and plotting -------------------------------------------------------------------
+
 def format_report(report: dict) -> str:
+    """One block per source: per (m, n) the median and mean |error|/sd of the three models,
+    the predictor's bias, its interval coverage, the share above the bound, and the share of
+    missed truths whose sample was flagged heavy_tail."""
     lines = []
     for name, section in report.items():
         bound = section["upper_bound"]
-        lines.append(f"{name}: {section['pools']} pools, q = {section['tail_fraction']}"
-                     + (f", predictions clipped at {bound}" if bound is not None else ""))
-        lines.append(f"  {'m':>4} {'n':>5} {'mean |err| pred':>16} {'plug-in':>8} {'median':>7} {'plug-in':>8} {'bias':>8} "
-                     f"{'|err|/sd':>9} {'covered':>8} {'>pool max':>10} {'>bound':>7}")
+        lines.append(f"{name}: {section['pools']} pools x {section['repeats']} samples"
+                     + (f", rewards <= {bound}" if bound is not None else ""))
+        lines.append(f"  {'m':>4} {'n':>5}  {'|err|/sd median: predicted':>26} {'tail fit':>8} {'plug-in':>8}"
+                     f"   {'mean: predicted':>15} {'tail fit':>8} {'plug-in':>8} {'bias':>7} {'covered':>8} {'>bound':>7}"
+                     f" {'heavy|missed':>12}")
         for c in section["cells"]:
-            above_bound = f"{c['above_bound']:.3f}" if "above_bound" in c else "-"
-            coverage = "-" if c.get("interval_coverage") is None else f"{c['interval_coverage']:.3f}"
-            lines.append(f"  {c['m']:>4} {c['n']:>5} {c['mean_abs_error']:>16.4f} {c['mean_abs_error_plugin']:>8.4f} "
-                         f"{c['median_abs_error']:>7.4f} {c['median_abs_error_plugin']:>8.4f} "
-                         f"{c['bias']:>+8.4f} {c['median_scaled_error']:>9.3f} {coverage:>8} {c['above_pool_max']:>10.3f} {above_bound:>7}")
+            med = [c[k]["median_abs_error"] for k in MODELS]
+            mean = [c[k]["mean_abs_error"] for k in MODELS]
+            above = f"{c['above_bound']:.3f}" if "above_bound" in c else "-"
+            heavy = "-" if c["heavy_tail_among_missed"] is None else f"{c['heavy_tail_among_missed']:.2f}"
+            lines.append(f"  {c['m']:>4} {c['n']!s:>5}  {med[0]:>26.3f} {med[1]:>8.3f} {med[2]:>8.3f}   {mean[0]:>15.3f} "
+                         f"{mean[1]:>8.3f} {mean[2]:>8.3f} {c['predicted']['bias']:>+7.3f} {c['interval_coverage']:>8.3f} {above:>7}"
+                         f" {heavy:>12}")
     return "\n".join(lines)
 
 
-def plot_report(report: dict, path) -> None:
-    """Scaled error (|error| / sd, median) against n: one panel per source, a line per m; the
-    plug-in estimate dashed. Below the dashed line, extrapolation beats the sample itself."""
+def report_figure(report: dict):
+    """Mean |error|/sd, one panel per source: against n with a colour per m (the predictor solid,
+    the tail fit dashed, the plug-in dotted), or, with n = the pool's size, against m with a
+    colour per model. Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,20 +212,62 @@ def plot_report(report: dict, path) -> None:
     figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
     for panel, name in zip(axes.ravel(), names):
         cells = report[name]["cells"]
-        for index, m in enumerate(sorted({c["m"] for c in cells})):
-            mine = [c for c in cells if c["m"] == m]
-            ns = [c["n"] for c in mine]
-            panel.plot(ns, [c["mean_abs_error"] for c in mine], marker="o", color=f"C{index}", label=f"m={m} predicted")
-            panel.plot(ns, [c["mean_abs_error_plugin"] for c in mine], linestyle="--", color=f"C{index}",
-                       label=f"m={m} plug-in")
-        panel.set_xscale("log")
+        per_pool = any(c["n"] == POOL_SIZE for c in cells)
+        series = [(0, cells)] if per_pool else [(m, [c for c in cells if c["m"] == m]) for m in sorted({c["m"] for c in cells})]
+        for index, (m, mine) in enumerate(series):
+            x = [c["m"] if per_pool else c["n"] for c in mine]
+            for k, (model, style) in enumerate(zip(MODELS, ("-", "--", ":"))):
+                label = model.replace("_", " ") if per_pool else f"m={m} {model.replace('_', ' ')}"
+                colour = f"C{k}" if per_pool else f"C{index}"
+                panel.plot(x, [c[model]["mean_abs_error"] for c in mine], style, marker="o", color=colour, label=label)
+        panel.set_xscale("log", base=2 if per_pool else 10)
+        panel.set_xlabel("m (n = the pool's size)" if per_pool else "n")
         panel.set_title(name, fontsize=9)
-        panel.set_xlabel("n")
-        panel.set_ylabel("mean |V_hat_n - V_n|")
+        panel.set_ylabel("mean |V_hat_n - V_n| / sd")
         panel.grid(True, alpha=0.3)
     for panel in axes.ravel()[len(names):]:
         panel.axis("off")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=6)
     figure.tight_layout()
+    return figure
+
+
+def plot_report(report: dict, path) -> None:
+    _save(report_figure(report), path)
+
+
+def prediction_figure(ids: list[str], n_grid: np.ndarray, value: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                      marked_n: list[int] | None = None):
+    """Predicted best-of-n curves (one line per id over ``n_grid``) with their 95% bands
+    (``fill_between``), on a log n axis; markers at ``marked_n``. Returns the Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.0, 4.4))
+    for index, name in enumerate(ids):
+        colour = f"C{index % 10}"
+        axis.plot(n_grid, value[index], color=colour, label=name)
+        axis.fill_between(n_grid, lower[index], upper[index], color=colour, alpha=0.18, linewidth=0)
+        if marked_n:
+            at = np.isin(n_grid, marked_n)
+            axis.plot(n_grid[at], value[index][at], "o", color=colour, markersize=4)
+    axis.set_xscale("log")
+    axis.set_xlabel("n (samples per prompt)")
+    axis.set_ylabel("predicted best-of-n reward")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def plot_predictions(path, *args, **kwargs) -> None:
+    _save(prediction_figure(*args, **kwargs), path)
+
+
+def _save(figure, path) -> None:
+    import matplotlib.pyplot as plt
+
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from pipeline.errors import ConfigError
 from pipeline.schedule import default_schedule, validate_schedule
 
 
@@ -73,20 +74,20 @@ class SearchConfig:
 def validate_search_config(config: SearchConfig, budgets) -> None:
     """Cross-field checks, raising ``ValueError`` that names the bad value."""
     if not 0.0 < config.tail_fraction < 1.0:
-        raise ValueError(f"search.tail_fraction must be in (0, 1), got {config.tail_fraction!r}")
+        raise ConfigError(f"search.tail_fraction must be in (0, 1), got {config.tail_fraction!r}")
     adaptive = config.adaptive
     if not 0.0 < adaptive.keep_fraction < 1.0:
-        raise ValueError(f"search.adaptive.keep_fraction must be in (0, 1), got {adaptive.keep_fraction!r}")
+        raise ConfigError(f"search.adaptive.keep_fraction must be in (0, 1), got {adaptive.keep_fraction!r}")
     if not 0.0 < adaptive.explore_fraction <= 1.0:
-        raise ValueError(f"search.adaptive.explore_fraction must be in (0, 1], got {adaptive.explore_fraction!r}")
+        raise ConfigError(f"search.adaptive.explore_fraction must be in (0, 1], got {adaptive.explore_fraction!r}")
     for name in ("root_fraction", "tail_fraction"):
         if not 0.0 < getattr(adaptive, name) < 1.0:
-            raise ValueError(f"search.adaptive.{name} must be in (0, 1), got {getattr(adaptive, name)!r}")
+            raise ConfigError(f"search.adaptive.{name} must be in (0, 1), got {getattr(adaptive, name)!r}")
     if adaptive.confidence < 0:
-        raise ValueError(f"search.adaptive.confidence must be >= 0, got {adaptive.confidence!r}")
+        raise ConfigError(f"search.adaptive.confidence must be >= 0, got {adaptive.confidence!r}")
     for name in ("num_candidates", "screening_rollouts"):
         value = getattr(adaptive, name)
         if value is not None and value < 1:
-            raise ValueError(f"search.adaptive.{name} must be >= 1, got {value!r}")
+            raise ConfigError(f"search.adaptive.{name} must be >= 1, got {value!r}")
     for budget in budgets:
         config.schedule(budget)

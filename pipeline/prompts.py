@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from actors.interfaces import PromptInput
+from pipeline.contract import PromptInput
+from pipeline.errors import ConfigError
+from pipeline.run_config import DataSource
 
 
 def load_prompts(data) -> list[PromptInput]:
     """The prompts of a ``DataConfig``: ``num_prompts`` of them (all when 0)."""
-    if data.source == "sim":
+    if data.source == DataSource.sim:
         count = data.num_prompts or 1
         return [PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(count)]
-    if data.source == "jsonl":
+    if data.source == DataSource.jsonl:
         return read_jsonl_prompts(data.path, data.problem_field, data.answer_field, data.id_field, data.num_prompts)
     rows, label = _dataset_rows(data)
     return prompts_from_rows(((f"{label} row {i}", row) for i, row in enumerate(rows)), label.split("[")[0],
@@ -30,21 +32,21 @@ def _dataset_rows(data):
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"data.source={data.source} needs the `datasets` package (pip install datasets)") from None
+        raise ConfigError(f"data.source={data.source.value} needs the `datasets` package (pip install datasets)") from None
     try:
-        if data.source == "parquet":
+        if data.source == DataSource.parquet:
             if not data.path or not Path(data.path).is_file():
-                raise ValueError(f"data.path {data.path!r} does not exist or is not a file")
+                raise ConfigError(f"data.path {data.path!r} does not exist or is not a file")
             table = datasets.load_dataset("parquet", data_files=str(data.path), split="train")
             return table, Path(data.path).name
         if not data.name:
-            raise ValueError("data.name is required with data.source=hf (for example math-ai/aime25)")
+            raise ConfigError("data.name is required with data.source=hf (for example math-ai/aime25)")
         table = datasets.load_dataset(data.name, data.subset, split=data.split)
         return table, f"{data.name}[{data.split}]"
-    except ValueError:
+    except ConfigError:
         raise
     except Exception as error:  # hub unreachable, unknown dataset or split: say which, in one line
-        raise ValueError(f"cannot load data {data.name or data.path!r}: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"cannot load data {data.name or data.path!r}: {str(error).splitlines()[0]}") from None
 
 
 def prompts_from_rows(rows, label: str, problem_field: str, answer_field: str | None, id_field: str | None,
@@ -54,27 +56,27 @@ def prompts_from_rows(rows, label: str, problem_field: str, answer_field: str | 
     for index, (where, row) in enumerate(rows):
         prompt = _check_row(row, where, problem_field, answer_field, id_field, f"{label}-{index}")
         if prompt.prompt_id in seen:
-            raise ValueError(f"{where}: duplicate prompt id {prompt.prompt_id!r}")
+            raise ConfigError(f"{where}: duplicate prompt id {prompt.prompt_id!r}")
         seen.add(prompt.prompt_id)
         prompts.append(prompt)
         if limit and len(prompts) >= limit:
             break
     if not prompts:
-        raise ValueError(f"{label} holds no prompts")
+        raise ConfigError(f"{label} holds no prompts")
     return prompts
 
 
 def _check_row(row, where: str, problem_field: str, answer_field: str | None, id_field: str | None,
                default_id: str) -> PromptInput:
     if not isinstance(row, dict) or problem_field not in row:
-        raise ValueError(f"{where}: no problem field {problem_field!r}")
+        raise ConfigError(f"{where}: no problem field {problem_field!r}")
     problem = row[problem_field]
     if not isinstance(problem, str) or not problem.strip():
-        raise ValueError(f"{where}: the problem field {problem_field!r} is empty")
+        raise ConfigError(f"{where}: the problem field {problem_field!r} is empty")
     if answer_field and (answer_field not in row or row[answer_field] is None):
-        raise ValueError(f"{where}: no answer field {answer_field!r}")
+        raise ConfigError(f"{where}: no answer field {answer_field!r}")
     if id_field and id_field not in row:
-        raise ValueError(f"{where}: no id field {id_field!r}")
+        raise ConfigError(f"{where}: no id field {id_field!r}")
     prompt_id = str(row[id_field]) if id_field else default_id
     return PromptInput(prompt_id, problem, None if not answer_field else str(row[answer_field]))
 
@@ -82,10 +84,10 @@ def _check_row(row, where: str, problem_field: str, answer_field: str | None, id
 def read_jsonl_prompts(path, problem_field: str = "problem", answer_field: str | None = "answer",
                        id_field: str | None = None, limit: int = 0) -> list[PromptInput]:
     if not path:
-        raise ValueError("data.path is required with data.source=jsonl")
+        raise ConfigError("data.path is required with data.source=jsonl")
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data.path {str(path)!r} does not exist or is not a file")
+        raise ConfigError(f"data.path {str(path)!r} does not exist or is not a file")
     rows = []
     with path.open() as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -94,5 +96,5 @@ def read_jsonl_prompts(path, problem_field: str = "problem", answer_field: str |
             try:
                 rows.append((f"{path.name} line {line_number}", json.loads(line)))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path.name} line {line_number}: not valid JSON ({error.msg})") from None
+                raise ConfigError(f"{path.name} line {line_number}: not valid JSON ({error.msg})") from None
     return prompts_from_rows(rows, path.stem, problem_field, answer_field, id_field, limit)

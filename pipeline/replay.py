@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.config import SearchConfig, validate_search_config
 from pipeline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
+from pipeline.errors import ConfigError
 from pipeline.oracle import PoolCurve
 from pipeline.policies import policy_class
 from pipeline.worlds import World
@@ -153,20 +154,20 @@ def compute_multiplier(curve, mean_best_reward: float, budget: int) -> float | s
 
 def _check_request(target, methods, budgets, repeats, num_prompts):
     if not methods:
-        raise ValueError("the method list is empty")
+        raise ConfigError("the method list is empty")
     for method in methods:
         cls = policy_class(method)
         if cls.needs_true_values and target is None:
-            raise ValueError(f"method {method!r} needs a world or a bank")
+            raise ConfigError(f"method {method!r} needs a world or a bank")
     if not budgets:
-        raise ValueError("the budget list is empty")
+        raise ConfigError("the budget list is empty")
     for budget in budgets:
         if isinstance(budget, bool) or int(budget) != budget or budget < 1:
-            raise ValueError(f"budget N must be a positive integer, got {budget!r}")
+            raise ConfigError(f"budget N must be a positive integer, got {budget!r}")
     if repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {repeats!r}")
+        raise ConfigError(f"--repeats must be >= 1, got {repeats!r}")
     if isinstance(target, World) and (num_prompts is None or num_prompts < 1):
-        raise ValueError(f"--prompts must be >= 1 for a world, got {num_prompts!r}")
+        raise ConfigError(f"--prompts must be >= 1 for a world, got {num_prompts!r}")
 
 
 def format_table(results: list[MethodResult]) -> str:

@@ -1,7 +1,9 @@
 """Summaries of a run's results: the summary.json numbers, the printed table, the plot.
 
-Pure functions of the list of per-(prompt, method, budget) results; intervals are 95% normal
-intervals over prompts.
+Pure functions of the list of per-(prompt, method, budget) results. The mean best reward has a 95%
+normal interval over prompts (``ci95``, a half-width); shares of prompts (accuracy, pass@N,
+majority vote) have 95% Wilson score intervals (``*_ci95``, [low, high]), which stay honest at
+0 and 1, where a normal interval would have no width.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats
 
 
 def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> dict:
@@ -43,12 +46,12 @@ def _share(flags: list) -> float | None:
     return float(np.mean(flags)) if flags else None
 
 
-def _share_ci95(flags: list) -> float | None:
-    """Normal-approximation 95% half-width of a proportion over prompts."""
-    if len(flags) < 2:
+def _share_ci95(flags: list) -> list[float] | None:
+    """The 95% Wilson score interval [low, high] of a share of prompts."""
+    if not flags:
         return None
-    p = float(np.mean(flags))
-    return 1.96 * math.sqrt(p * (1 - p) / len(flags))
+    interval = stats.binomtest(int(sum(flags)), len(flags)).proportion_ci(0.95, method="wilson")
+    return [float(interval.low), float(interval.high)]
 
 
 def format_summary(summary: dict) -> str:
@@ -70,6 +73,15 @@ def format_summary(summary: dict) -> str:
 
 
 def plot_summary(summary: dict, path) -> None:
+    """Write :func:`summary_figure` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    figure = summary_figure(summary)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def summary_figure(summary: dict):
     """Best reward against budget per method, with the mean predicted V_N of the selected states
     (dashed) beside the realised best reward for the methods that predict."""
     import matplotlib
@@ -100,5 +112,4 @@ def plot_summary(summary: dict, path) -> None:
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    return figure

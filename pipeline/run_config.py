@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import SearchConfig, validate_search_config
+from pipeline.errors import ConfigError
 from pipeline.policies import POLICIES
 
 
@@ -32,6 +33,30 @@ class Backend(str, Enum):
 class PromptFormat(str, Enum):
     chat = "chat"    # the generator tokenizer's chat template (system prompt optional)
     raw = "raw"      # the reference code's plain text: problem, then an end marker, no template
+
+
+class Grading(str, Enum):
+    math_verify = "math_verify"  # Hugging Face's math-verify: boxed answers, LaTeX, fractions
+    last_number = "last_number"  # the reference code's rule: the last number in the text
+    none = "none"                # no grading (simulated worlds grade their own rollouts)
+
+
+class NonFinite(str, Enum):
+    stop = "stop"    # a NaN or infinite reward stops the run, naming the prompt and node
+    drop = "drop"    # such a rollout is dropped and counted in dropped_scores
+
+
+class DataSource(str, Enum):
+    sim = "sim"          # synthetic prompts for the sim backend
+    jsonl = "jsonl"      # a local JSONL file (data.path)
+    parquet = "parquet"  # a local Parquet file (data.path)
+    hf = "hf"            # a Hugging Face dataset by name (data.name), from the hub or its cache
+
+
+class Device(str, Enum):
+    auto = "auto"    # a GPU when Ray gives the replica one, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 @dataclass
@@ -52,13 +77,12 @@ class GeneratorConfig:
     tensor_parallel_size: int = 1           # GPUs per replica, packed on one node
     num_gpus_per_replica: Optional[float] = None  # None: tensor_parallel_size for vllm/hf on GPU, 0 for sim
     num_cpus_per_replica: Optional[float] = None  # None: 0 for sim, 1 otherwise
-    device: str = "auto"                    # hf: "cpu", "cuda" or "auto"
-    dtype: str = "auto"
+    device: Device = Device.auto
+    dtype: str = "auto"                     # a torch dtype name, or auto
     max_model_len: int = 2048
     gpu_memory_utilization: float = 0.85
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
-    continuous_batching: bool = True        # vLLM: concurrent calls share the engine's running batch
     block_size: Optional[int] = None        # the CPU build caches whole blocks of a multiple of 32
     kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
     cpu_cores: Optional[str] = None         # CPU build: the cores of the engine's worker threads ("0", "0-3")
@@ -71,7 +95,7 @@ class GeneratorConfig:
     prompt_format: PromptFormat = PromptFormat.chat
     system_prompt: Optional[str] = None
     raw_end_marker: str = "\n\nSolution:"
-    grading: str = "math_verify"            # math_verify | last_number (the reference's) | none
+    grading: Grading = Grading.math_verify
     max_restarts: int = 3                   # Ray restarts a dead replica this often
     sim: SimConfig = field(default_factory=SimConfig)
 
@@ -83,7 +107,7 @@ class RewardConfig:
     num_replicas: int = 1
     num_gpus_per_replica: float = 0.0       # may be fractional: several RMs share a GPU
     num_cpus_per_replica: Optional[float] = None
-    device: str = "auto"
+    device: Device = Device.auto
     dtype: str = "auto"
     max_length: int = 4096                  # tokens of (prompt, response) the RM reads
     batch_size: int = 16
@@ -92,13 +116,13 @@ class RewardConfig:
     block_size: Optional[int] = None        # vLLM: KV block size (its prefix cache serves whole blocks)
     kv_cache_space_gib: Optional[int] = None  # VLLM_CPU_KVCACHE_SPACE for the CPU build
     cpu_cores: Optional[str] = None         # CPU build: the cores of the engine's worker threads
-    nonfinite: str = "stop"                 # an RM score of NaN/inf: "stop" the run, or "drop" the rollout
+    nonfinite: NonFinite = NonFinite.stop
     max_restarts: int = 3
 
 
 @dataclass
 class DataConfig:
-    source: str = "sim"                     # sim (synthetic) | jsonl | parquet (a local file) | hf (by name)
+    source: DataSource = DataSource.sim
     path: Optional[str] = None              # jsonl, parquet
     name: Optional[str] = None              # hf: e.g. math-ai/aime25 (the reference's), or a local folder
     subset: Optional[str] = None            # hf: the dataset's configuration, where it has several
@@ -121,8 +145,9 @@ class DriverConfig:
     affinity_spill_rollouts: int = 256
     step_s: float = 0.5                     # how long one driver step works before reporting back
     call_timeout_s: float = 900.0           # a call unanswered this long: its replica counts as hung (0: never)
-    max_replica_failures: int = 3           # failures in a row before a replica stops the run
-    replica_retry_s: float = 2.0            # rest after a failure (times the failures in a row)
+    max_replica_failures: int = 3           # failures in a row that retire a replica (the run goes on with the others)
+    replica_retry_s: float = 2.0            # rest after a failure (times the failures in a row), then a probe
+    replica_recovery_timeout_s: float = 600.0  # a failed replica not back this long (no node can host it): retired
     progress_interval_s: float = 10.0
 
 
@@ -134,9 +159,40 @@ class RayConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Outputs at a URL (``output_dir=s3://...``): staged locally, uploaded whole at each checkpoint."""
+
+    checkpoint_interval_s: float = 30.0     # upload results at most this often (and always at the end)
+
+
+@dataclass
+class CollectConfig:
+    """``slg collect``: S states per prompt and M scored rollouts from each, written as a reward bank."""
+
+    num_states: int = 16                    # S: states per prompt (root rollouts cut at T tokens)
+    completions_per_state: int = 64         # M: scored rollouts from each state
+    out: Optional[str] = None               # the bank (JSONL); None: OUTPUT_DIR/bank.jsonl
+    texts: Optional[str] = None             # also write state and response texts here (a side file)
+
+
+@dataclass
+class BenchConfig:
+    """``slg bench``: one fixed workload through the pipeline (and optionally a bare engine)."""
+
+    prompts: int = 16                       # prompts (per replica with replicas); cycled when the data has fewer
+    budget: int = 64
+    method: str = "slg"
+    raw: bool = False                       # also replay the same requests on one bare engine
+    free_reward: bool = False               # score at no cost: the generator path alone
+    replicas: list[int] = field(default_factory=list)  # scaling: generator replica counts, e.g. [1, 2, 4, 8]
+    out: Optional[str] = None               # the measurements as JSON
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "outputs/default"
     seed: int = 0
+    # method names, checked against pipeline.policies.POLICIES (the one list of methods)
     methods: list[str] = field(default_factory=lambda: ["bon", "slg", "slg_adaptive", "oracle"])
     budgets: list[int] = field(default_factory=lambda: [64, 256])
     overwrite: bool = False                 # start over in an output_dir that holds another run
@@ -147,23 +203,26 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     driver: DriverConfig = field(default_factory=DriverConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def load_run_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Schema defaults, then the YAML file, then dot-list overrides; ``ValueError`` on any bad key or value."""
+    """Schema defaults, then the YAML file, then dot-list overrides; ``ConfigError`` on any bad key or value."""
     try:
         merged = OmegaConf.structured(RunConfig)
         if path is not None:
             if not Path(path).is_file():
-                raise ValueError(f"config file {path!r} does not exist")
+                raise ConfigError(f"config file {path!r} does not exist")
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         for item in overrides or []:
             if "=" not in item:
-                raise ValueError(f"override {item!r} is not KEY=VALUE")
+                raise ConfigError(f"override {item!r} is not KEY=VALUE")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        raise ValueError(f"bad configuration: {_first_line(error)}") from None
+        raise ConfigError(f"bad configuration: {_first_line(error)}") from None
     validate_run_config(config)
     return config
 
@@ -184,69 +243,88 @@ def config_as_yaml(config: RunConfig) -> str:
 
 
 def validate_run_config(config: RunConfig) -> None:
-    """Cross-field checks, each raising ``ValueError`` naming the key and the bad value."""
+    """Cross-field checks, each raising ``ConfigError`` naming the key and the bad value."""
     if not config.methods:
-        raise ValueError("methods is empty: name at least one of " + ", ".join(sorted(POLICIES)))
+        raise ConfigError("methods is empty: name at least one of " + ", ".join(sorted(POLICIES)))
     for method in config.methods:
         if method not in POLICIES:
-            raise ValueError(f"unknown method {method!r} in methods; expected one of {sorted(POLICIES)}")
+            raise ConfigError(f"unknown method {method!r} in methods; expected one of {sorted(POLICIES)}")
     if len(set(config.methods)) != len(config.methods):
-        raise ValueError(f"methods lists a method twice: {config.methods}")
+        raise ConfigError(f"methods lists a method twice: {config.methods}")
     if not config.budgets:
-        raise ValueError("budgets is empty: give at least one budget N")
+        raise ConfigError("budgets is empty: give at least one budget N")
     for budget in config.budgets:
         if budget < 1:
-            raise ValueError(f"budget N must be >= 1, got {budget!r} in budgets")
+            raise ConfigError(f"budget N must be >= 1, got {budget!r} in budgets")
     validate_search_config(config.search, config.budgets)
     gen, rm = config.generator, config.reward
     if "oracle" in config.methods and gen.backend != Backend.sim:
-        raise ValueError("method 'oracle' needs true state values, which only generator.backend=sim has")
+        raise ConfigError("method 'oracle' needs true state values, which only generator.backend=sim has")
     if (gen.backend == Backend.sim) != (rm.backend == Backend.sim):
-        raise ValueError(f"generator.backend={gen.backend.value} with reward.backend={rm.backend.value}: "
+        raise ConfigError(f"generator.backend={gen.backend.value} with reward.backend={rm.backend.value}: "
                          "the sim reward model scores only sim rollouts, and real models need real text")
     for section, values in (("generator", gen), ("reward", rm)):
         if values.num_replicas < 1:
-            raise ValueError(f"{section}.num_replicas must be >= 1, got {values.num_replicas!r}")
+            raise ConfigError(f"{section}.num_replicas must be >= 1, got {values.num_replicas!r}")
         if values.backend != Backend.sim:
             _check_model(section, values.model)
         if values.cpu_cores is not None and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", str(values.cpu_cores)):
-            raise ValueError(f"{section}.cpu_cores must list cores like \"0\", \"0-3\" or \"0,2\", got {values.cpu_cores!r}")
+            raise ConfigError(f"{section}.cpu_cores must list cores like \"0\", \"0-3\" or \"0,2\", got {values.cpu_cores!r}")
     if gen.tensor_parallel_size < 1:
-        raise ValueError(f"generator.tensor_parallel_size must be >= 1, got {gen.tensor_parallel_size!r}")
+        raise ConfigError(f"generator.tensor_parallel_size must be >= 1, got {gen.tensor_parallel_size!r}")
     if gen.state_tokens < 1 or gen.max_tokens <= gen.state_tokens:
-        raise ValueError(f"generator.state_tokens={gen.state_tokens} must be >= 1 and below "
+        raise ConfigError(f"generator.state_tokens={gen.state_tokens} must be >= 1 and below "
                          f"generator.max_tokens={gen.max_tokens}")
     if gen.backend == Backend.sim:
         from pipeline.worlds import make_world
         make_world(gen.sim.family, **gen.sim.params)
-    from pipeline.grading import GRADERS
-
-    if gen.grading not in GRADERS:
-        raise ValueError(f"generator.grading must be one of {GRADERS}, got {gen.grading!r}")
-    if rm.nonfinite not in ("stop", "drop"):
-        raise ValueError(f"reward.nonfinite must be 'stop' or 'drop', got {rm.nonfinite!r}")
-    if config.data.source not in ("sim", "jsonl", "parquet", "hf"):
-        raise ValueError(f"data.source must be one of sim, jsonl, parquet, hf; got {config.data.source!r}")
-    if config.data.source == "sim" and gen.backend != Backend.sim:
-        raise ValueError("data.source=sim makes synthetic prompts for the sim backend; real engines need "
+    if config.data.source == DataSource.sim and gen.backend != Backend.sim:
+        raise ConfigError("data.source=sim makes synthetic prompts for the sim backend; real engines need "
                          "data.source=jsonl|parquet|hf")
     if config.data.num_prompts < 0:
-        raise ValueError(f"data.num_prompts must be >= 0, got {config.data.num_prompts!r}")
+        raise ConfigError(f"data.num_prompts must be >= 0, got {config.data.num_prompts!r}")
     driver = config.driver
     for name in ("max_concurrent_prompts", "max_batch_rollouts", "max_batch_scores", "max_inflight_batches"):
         if getattr(driver, name) < 1:
-            raise ValueError(f"driver.{name} must be >= 1, got {getattr(driver, name)!r}")
+            raise ConfigError(f"driver.{name} must be >= 1, got {getattr(driver, name)!r}")
+    if driver.max_replica_failures < 1:
+        raise ConfigError(f"driver.max_replica_failures must be >= 1, got {driver.max_replica_failures!r}")
     if driver.affinity_spill_rollouts < 0:
-        raise ValueError(f"driver.affinity_spill_rollouts must be >= 0, got {driver.affinity_spill_rollouts!r}")
+        raise ConfigError(f"driver.affinity_spill_rollouts must be >= 0, got {driver.affinity_spill_rollouts!r}")
+    _validate_collect(config)
+    _validate_bench(config.bench)
+
+
+def bank_path(config: RunConfig) -> str:
+    """Where ``slg collect`` writes its bank: ``collect.out``, or ``OUTPUT_DIR/bank.jsonl``."""
+    return config.collect.out or os.path.join(config.output_dir, "bank.jsonl")
+
+
+def _validate_collect(config: RunConfig) -> None:
+    collect = config.collect
+    if collect.num_states < 1 or collect.completions_per_state < 1:
+        raise ConfigError(f"--states and --completions (collect.num_states, collect.completions_per_state) must be "
+                          f">= 1, got {collect.num_states} and {collect.completions_per_state}")
+    if collect.texts is not None and os.path.abspath(collect.texts) == os.path.abspath(bank_path(config)):
+        raise ConfigError(f"--texts must be another file than the bank, got {collect.texts!r} for both")
+
+
+def _validate_bench(bench: BenchConfig) -> None:
+    if bench.method not in POLICIES:
+        raise ConfigError(f"unknown method {bench.method!r} for bench; expected one of {sorted(POLICIES)}")
+    if bench.prompts < 1 or bench.budget < 1:
+        raise ConfigError(f"--prompts and --budget must be >= 1, got {bench.prompts} and {bench.budget}")
+    if any(count < 1 for count in bench.replicas):
+        raise ConfigError(f"--replicas must list counts >= 1, got {bench.replicas}")
 
 
 def _check_model(section: str, model: str | None) -> None:
     if not model:
-        raise ValueError(f"{section}.model is required for a real backend")
+        raise ConfigError(f"{section}.model is required for a real backend")
     looks_local = model.startswith((".", "/", "~")) or os.path.exists(model)
     if looks_local:
         folder = Path(model).expanduser()
         if not folder.is_dir() or not (folder / "config.json").is_file():
-            raise ValueError(f"{section}.model {model!r} is not a model folder (no config.json there)")
+            raise ConfigError(f"{section}.model {model!r} is not a model folder (no config.json there)")
         if not os.access(folder / "config.json", os.R_OK):
-            raise ValueError(f"{section}.model {model!r} is not readable")
+            raise ConfigError(f"{section}.model {model!r} is not readable")

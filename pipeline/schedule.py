@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from pipeline.errors import ConfigError
+
 MIN_ROLLOUTS_PER_NODE = 20  # the reference's floor on m
 
 
@@ -47,16 +49,16 @@ def validate_schedule(budget: int, rollouts_per_node: int, num_states: int) -> N
     """
     n = _check_budget(budget)
     if isinstance(rollouts_per_node, bool) or int(rollouts_per_node) != rollouts_per_node or rollouts_per_node < 1:
-        raise ValueError(f"rollouts per node m must be a positive integer, got {rollouts_per_node!r}")
+        raise ConfigError(f"rollouts per node m must be a positive integer, got {rollouts_per_node!r}")
     if isinstance(num_states, bool) or int(num_states) != num_states or num_states < 0:
-        raise ValueError(f"number of states K must be a non-negative integer, got {num_states!r}")
+        raise ConfigError(f"number of states K must be a non-negative integer, got {num_states!r}")
     spent = (num_states + 1) * rollouts_per_node
     if spent > n:
-        raise ValueError(f"schedule m={rollouts_per_node}, K={num_states} spends (K+1)*m = {spent} "
+        raise ConfigError(f"schedule m={rollouts_per_node}, K={num_states} spends (K+1)*m = {spent} "
                          f"rollouts before the exploit phase, more than the budget N={n}")
 
 
 def _check_budget(budget: int) -> int:
     if isinstance(budget, bool) or int(budget) != budget or budget < 1:
-        raise ValueError(f"budget N must be a positive integer, got {budget!r}")
+        raise ConfigError(f"budget N must be a positive integer, got {budget!r}")
     return int(budget)

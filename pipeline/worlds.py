@@ -29,6 +29,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 from scipy import integrate, special, stats
 
+from pipeline.errors import ConfigError
 from pipeline.tail import expected_max_std_normal
 
 FAMILY_PARAMS: dict[str, dict[str, float]] = {
@@ -238,22 +239,22 @@ WORLDS = {cls.family: cls for cls in (GaussianWorld, HeavyWorld, BoundedWorld, B
 def make_world(family: str, **overrides: float) -> World:
     """The world of ``family`` with its default parameters updated by ``overrides`` (validated)."""
     if family not in WORLDS:
-        raise ValueError(f"unknown world family {family!r}; expected one of {sorted(WORLDS)}")
+        raise ConfigError(f"unknown world family {family!r}; expected one of {sorted(WORLDS)}")
     params = dict(FAMILY_PARAMS[family])
     for key, value in overrides.items():
         if key not in params:
-            raise ValueError(f"unknown parameter {key!r} for world {family!r}; expected one of {sorted(params)}")
+            raise ConfigError(f"unknown parameter {key!r} for world {family!r}; expected one of {sorted(params)}")
         value = float(value)
         if not math.isfinite(value):
-            raise ValueError(f"world parameter {key}={value!r} must be finite")
+            raise ConfigError(f"world parameter {key}={value!r} must be finite")
         params[key] = value
     for key in ("sigma0", "sigma1", "df"):
         if key in params and params[key] <= 0:
-            raise ValueError(f"world parameter {key} must be > 0, got {params[key]!r}")
+            raise ConfigError(f"world parameter {key} must be > 0, got {params[key]!r}")
     if family == "bimodal" and not 0 < params["p0"] < 1:
-        raise ValueError(f"world parameter p0 must be in (0, 1), got {params['p0']!r}")
+        raise ConfigError(f"world parameter p0 must be in (0, 1), got {params['p0']!r}")
     if family == "discrete" and (params["levels"] < 2 or params["levels"] != int(params["levels"])):
-        raise ValueError(f"world parameter levels must be an integer >= 2, got {params['levels']!r}")
+        raise ConfigError(f"world parameter levels must be an integer >= 2, got {params['levels']!r}")
     return WORLDS[family](**params)
 
 

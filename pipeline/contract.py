@@ -1,9 +1,12 @@
-"""The two seams between the search and the engines: what a generator and a reward model are asked.
+"""The engine contract: what a generator and a reward model are asked, and what they answer.
 
 Plain dataclasses, no engine imports. A generator turns rollout requests into rollouts; a reward
 model turns (prompt, response) pairs into scores. Each method takes a batch and returns one
-answer per item, in order. Backends (``sim``, ``vllm``, ``hf``) implement these behind the
-registry in ``actors.registry``; the driver only ever sees these types.
+answer per item, in order. The fields are what a real engine produces and reads (token ids,
+text, counts, grades); a simulated engine encodes its world in the same fields (its tokens and
+texts), so no field exists for the simulator alone. Backends (``sim``, ``vllm``, ``hf`` in
+``actors``) implement these and are chosen by name in ``pipeline.backends``; the driver only
+ever sees these types.
 """
 
 from __future__ import annotations
@@ -23,14 +26,10 @@ class PromptInput:
 
 @dataclass(frozen=True)
 class StatePrefix:
-    """A state: the first T generated tokens of a root rollout, kept as token ids (never re-tokenised).
-
-    ``latent`` carries a simulated world's state instead of tokens (``sim`` backend only).
-    """
+    """A state: the first T generated tokens of a root rollout, kept as token ids (never re-tokenised)."""
 
     token_ids: tuple[int, ...] = ()
     text: str = ""
-    latent: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,6 @@ class Rollout:
     state: StatePrefix | None = None
     correct: bool | None = None         # graded against the prompt's answer (None: no answer / grader)
     answer: str | None = None           # the extracted final answer, the key of majority voting
-    sim_reward: float | None = None     # simulated worlds attach the reward to the rollout itself
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,6 @@ class ScoreRequest:
     request_id: int
     prompt: PromptInput
     response_text: str
-    sim_reward: float | None = None
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""Where a job's files go: the output folder (resume, config check), JSONL sinks, whole-file writes.
+
+A results file grows by one line per finished search, each line flushed and fsynced at once, so a
+kill loses at most the line being written; a torn last line is cut off when a job resumes (and
+only then: reading never writes). Whole files (summary, config, a rewritten side file) go to a
+temporary file in the same folder and are renamed over the old one, so a reader never sees half
+a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pipeline.errors import ConfigError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole file through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSONL file (a torn last line, from a killed writer, is left out)."""
+    data = Path(path).read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
+
+
+def drop_torn_line(path: Path) -> None:
+    """Cut a torn last line off ``path`` before appending to it again (resuming after a kill)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(complete)
+
+
+class JsonlSink:
+    """Appends rows to a JSONL file, flushed and fsynced after each batch (``None`` rows are skipped)."""
+
+    def __init__(self, path: Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._out = Path(path).open("a")
+
+    def write(self, rows: Iterable[dict | None]) -> None:
+        text = "".join(json.dumps(row) + "\n" for row in rows if row is not None)
+        if text:
+            self._out.write(text)
+            self._out.flush()
+            os.fsync(self._out.fileno())
+
+    def close(self) -> None:
+        self._out.close()
+
+    def __enter__(self) -> JsonlSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prepare_run_dir(output: Path, config_as_dict: dict, config_yaml: str, overwrite: bool,
+                    resumable_prefixes: tuple[str, ...]) -> list[dict]:
+    """Make ``output`` ready for a run and return the results already there (to resume), after
+    checking they came from this config; keys starting with ``resumable_prefixes`` may differ.
+    ``overwrite`` starts over instead. The config is (re)written as ``config.yaml``."""
+    output.mkdir(parents=True, exist_ok=True)
+    results_path, config_path = output / "results.jsonl", output / "config.yaml"
+    previous: list[dict] = []
+    if results_path.exists() and config_path.exists() and not overwrite:
+        old, new = _flatten(OmegaConf.to_container(OmegaConf.load(config_path)) or {}), _flatten(config_as_dict)
+        changed = [k for k in sorted(set(old) | set(new)) if not k.startswith(resumable_prefixes) and old.get(k) != new.get(k)]
+        if changed:
+            raise ConfigError(f"output_dir {str(output)!r} holds a run with a different config (changed: "
+                              f"{', '.join(changed)}); use another output_dir or overwrite=true")
+        drop_torn_line(results_path)
+        previous = read_jsonl(results_path)
+    elif results_path.exists() and not overwrite and results_path.stat().st_size > 0:
+        raise ConfigError(f"output_dir {str(output)!r} has results.jsonl but no config.yaml; "
+                          "use another output_dir or overwrite=true")
+    elif overwrite:
+        for name in ("results.jsonl", "summary.json"):
+            (output / name).unlink(missing_ok=True)
+    atomic_write_text(config_path, config_yaml)
+    return previous
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

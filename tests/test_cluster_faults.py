@@ -1,0 +1,188 @@
+"""Faults of a multi-node cluster, simulated on one machine with ``ray.cluster_utils.Cluster``: a head
+(no GPU) and two worker nodes with one logical GPU each, so the generator replicas (one GPU each)
+live on the workers and the driver on the head. A worker node removed mid-run or mid-collect
+changes no result; every generator replica killed, or the driver killed, ends in one line and
+exit code 1, and the same command then resumes. The cluster is this module's own, and nothing of
+it may be left running afterwards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import marked_processes, process_marker, wait_until_gone
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ["data.num_prompts=3", "budgets=[32,64]", "plot=false", "generator.num_replicas=2",
+       "generator.num_gpus_per_replica=1", "generator.sim.latency_per_token_s=0.0004", "driver.max_batch_rollouts=8",
+       "driver.max_concurrent_prompts=4", "driver.replica_retry_s=0.5", "storage.checkpoint_interval_s=0"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    marker, env = process_marker()
+    saved = dict(os.environ)
+    os.environ.update(env)  # every node the module starts (also those added later) inherits the marker
+    try:
+        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+        workers = [nodes.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+        nodes.wait_for_nodes()
+        yield nodes, workers, {**env, "RAY_ADDRESS": nodes.address}
+        nodes.shutdown()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert not wait_until_gone(marker, 60), "processes of the test cluster still running"
+
+
+def slg(env, *args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def finish(process, timeout=400):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for_lines(process, path, count):
+    deadline = time.time() + 300
+    while len(lines(path)) < count:
+        assert process.poll() is None, f"the job ended first: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+
+def comparable(path):
+    rows = [json.loads(line) for line in lines(path)]
+    fields = ("best_reward", "selected", "rollouts", "tokens_generated", "num_states")
+    return sorted(((r["prompt_id"], r["method"], r["budget"]), tuple(r[f] for f in fields)) for r in rows)
+
+
+def in_process(overrides, observer=None, collect=False):
+    """The same searches by an in-process driver on sim engines, without Ray or faults (results do not
+    depend on replicas or timing, so this is the undisturbed run's result)."""
+    from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
+    from pipeline.collect import CollectStates
+    from pipeline.driver import Driver
+    from pipeline.prompts import load_prompts
+    from pipeline.run_config import load_run_config
+    from pipeline.runner import search_grid
+    from pipeline.search_record import SearchSpec
+    from pipeline.session import generator_kwargs, reward_kwargs
+
+    config = load_run_config(None, [*overrides, "generator.sim.latency_per_token_s=0"])
+    prompts = load_prompts(config.data)
+    if collect:
+        budget = config.collect.num_states * (config.collect.completions_per_state + 1)
+        searches = [SearchSpec(p, "collect", budget, CollectStates, config.collect) for p in prompts]
+    else:
+        searches = search_grid(prompts, config.methods, config.budgets, config.search)
+    driver = Driver(searches, [SimGenerator(**generator_kwargs(config))], [SimRewardModel(**reward_kwargs(config))],
+                    config.driver, config.seed, ground_truth=SimGroundTruth(config.generator.sim.family),
+                    observer=observer, use_ray=False)
+    rows, progress = driver.step(None)
+    assert progress["done"]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference():
+    rows = in_process(RUN)
+    fields = ("best_reward", "selected", "rollouts", "tokens_generated", "num_states")
+    return sorted(((r["prompt_id"], r["method"], r["budget"]), tuple(r[f] for f in fields)) for r in rows)
+
+
+def lose_a_worker_node(cluster, process, path, after_lines):
+    """Remove a worker node (its raylet killed, as a crash) once ``path`` has ``after_lines`` lines,
+    then add a new one, as an autoscaler would."""
+    nodes, workers, _ = cluster
+    wait_for_lines(process, path, after_lines)
+    lost = workers.pop(0)
+    nodes.remove_node(lost, allow_graceful=False)
+    time.sleep(2)
+    workers.append(nodes.add_node(num_cpus=1, num_gpus=1))
+
+
+def test_a_worker_node_lost_mid_run_changes_no_result(cluster, reference, tmp_path):
+    env = cluster[2]
+    run = slg(env, "run", f"output_dir={tmp_path}", *RUN)
+    lose_a_worker_node(cluster, run, tmp_path / "results.jsonl", 2)
+    code, out, err = finish(run)
+    assert code == 0, err[-3000:]
+    assert comparable(tmp_path / "results.jsonl") == reference  # same results, every rollout counted once
+    assert all(row[1][2] == row[0][2] for row in reference)  # rollouts == budget
+    throughput = json.loads((tmp_path / "summary.json").read_text())["throughput"]
+    assert throughput["replicas_lost"] >= 1  # the summary says what was lost
+    assert throughput["replicas_rejoined"] >= 1  # and that the lost replica was placed again (on the new node)
+    assert "replicas: 1 lost" in err
+
+
+def test_a_worker_node_lost_mid_collect_changes_no_bank_line(cluster, tmp_path):
+    from pipeline.collect import SampleRecorder, bank_row
+
+    env = cluster[2]
+    sizes = ["collect.num_states=3", "collect.completions_per_state=12", "data.num_prompts=4"]
+    collect = slg(env, "collect", "--out", str(tmp_path / "bank.jsonl"), *sizes, *RUN[3:])
+    lose_a_worker_node(cluster, collect, tmp_path / "bank.jsonl", 1)
+    code, _, err = finish(collect)
+    assert code == 0, err[-3000:]
+    expected = {r["prompt_id"]: bank_row(r, {})["states"] for r in in_process(sizes + RUN[3:], SampleRecorder(False), True)}
+    assert {row["prompt_id"]: row["states"] for row in map(json.loads, lines(tmp_path / "bank.jsonl"))} == expected
+
+
+def kill_processes(env, name: str) -> list[int]:
+    """kill -9 of every process of the test cluster running ``name`` (an actor's class)."""
+    marker = env["SLG_TEST_PROCESS_MARKER"]
+    victims = [pid for pid in marked_processes(marker) if name in Path(f"/proc/{pid}/cmdline").read_text()]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    return victims
+
+
+def assert_one_line_error(err: str, *words: str) -> None:
+    errors = [line for line in err.splitlines() if line.startswith("slg: error")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert all(word in errors[0] for word in words), errors[0]
+    assert "traceback in" in errors[0]  # the traceback is in the log, and the line says where
+
+
+def test_every_generator_replica_killed_ends_in_one_line_and_the_rerun_resumes(cluster, reference, tmp_path):
+    env = cluster[2]
+    argv = ["run", f"output_dir={tmp_path}", *RUN, "generator.max_restarts=0"]
+    run = slg(env, *argv)
+    wait_for_lines(run, tmp_path / "results.jsonl", 2)
+    assert len(kill_processes(env, "SimGenerator")) == 2
+    code, _, err = finish(run)
+    assert code == 1
+    assert_one_line_error(err, "every generator replica is lost")
+    kept = len(lines(tmp_path / "results.jsonl"))
+    code, _, err = finish(slg(env, *argv))
+    assert code == 0, err[-2000:]
+    assert f"{kept} already done" in err
+    assert comparable(tmp_path / "results.jsonl") == reference  # nothing lost, nothing twice
+
+
+def test_the_driver_killed_ends_in_one_line_and_the_rerun_resumes(cluster, reference, tmp_path):
+    env = cluster[2]
+    argv = ["run", f"output_dir={tmp_path}", *RUN]
+    run = slg(env, *argv)
+    wait_for_lines(run, tmp_path / "results.jsonl", 2)
+    assert len(kill_processes(env, "ray::Driver")) == 1
+    code, _, err = finish(run)
+    assert code == 1
+    assert_one_line_error(err, "driver")
+    code, _, err = finish(slg(env, *argv))
+    assert code == 0, err[-2000:]
+    assert comparable(tmp_path / "results.jsonl") == reference

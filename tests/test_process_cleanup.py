@@ -1,0 +1,88 @@
+"""No process of a run outlives it: `kill -9` of a vLLM replica actor ends its engine processes, and
+`kill -9` of the `slg run` entrypoint (which started Ray in-process) ends Ray and every engine
+within 60 s. Ray's two per-node agents (DashboardAgent, RuntimeEnvAgent) hold no model and take
+longer by Ray's design: when their raylet dies they report it to the GCS with a hard-coded 60 s
+timeout (`ray._private.utils.publish_error_to_driver`) before they exit, so they get 150 s. Real CPU
+vLLM engines on tiny models; every process the run starts carries a marker in its environment, so
+what is left can be found whatever its parent."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import marked_processes, process_marker, wait_until_gone
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def is_ray_agent(pid: int) -> bool:
+    return command_line(pid).startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent"))
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_killed_replica_and_killed_entrypoint_leave_no_process(tmp_path):
+    from actors.tiny_models import make_tiny_models
+
+    models = make_tiny_models(tmp_path / "models")
+    marker, env = process_marker()
+    env.pop("RAY_ADDRESS", None)
+    output = tmp_path / "run"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", "run", "--config", "configs/tiny_cpu.yaml", f"output_dir={output}",
+         f"generator.model={models['generator']}", f"reward.model={models['reward']}", "budgets=[64]",
+         "data.num_prompts=8", "plot=false"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 400
+        while not (output / "results.jsonl").exists() or not (output / "results.jsonl").read_text():
+            assert run.poll() is None, "the run ended before the test could kill anything"
+            assert time.time() < deadline
+            time.sleep(1)
+        (replica,) = [p for p in marked_processes(marker) if "VLLMGenerator" in command_line(p)]
+        engine = [p for p in children(replica)]
+        assert engine, "the generator replica has no engine process"
+        os.kill(replica, signal.SIGKILL)
+        deadline = time.time() + 60
+        while any(command_line(p) for p in engine) and time.time() < deadline:
+            time.sleep(1)
+        assert not [p for p in engine if command_line(p)], "the killed replica's engine processes are still running"
+        assert run.poll() is None  # Ray restarts the replica; the run goes on
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.time() + 60
+        while (left := [p for p in marked_processes(marker) if not is_ray_agent(p)]) and time.time() < deadline:
+            time.sleep(1)
+        assert not left, f"still running 60 s after kill -9 of the entrypoint: {[command_line(p)[:60] for p in left]}"
+        agents = wait_until_gone(marker, 90)
+        assert not agents, f"Ray agents still running 150 s after kill -9: {[command_line(p)[:60] for p in agents]}"
+        assert all(json.loads(line)["rollouts"] == 64 for line in (output / "results.jsonl").read_text().splitlines())
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for pid in marked_processes(marker):  # only this test's processes, by id
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,53 @@
+"""summary.json numbers and the plot, from hand-made results (no engines)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.report import summarise, summary_figure
+
+
+def rows(method, budget, rewards, correct):
+    return [{"prompt_id": f"p{i}", "method": method, "budget": budget, "best_reward": r, "correct": c,
+             "pass_at_n": c, "majority_correct": c, "rollouts": budget, "tokens_generated": 10, "predicted_value": r + 1}
+            for i, (r, c) in enumerate(zip(rewards, correct))]
+
+
+def wilson(k, n, z=1.959963984540054):
+    """The Wilson score interval, written out (Wilson 1927; Agresti & Coull 1998, eq. 2)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [centre - half, centre + half]
+
+
+@pytest.mark.parametrize("correct", [[False] * 10, [True] * 10, [True] * 3 + [False] * 7])
+def test_shares_have_wilson_intervals_with_width_at_zero_and_one(correct):
+    summary = summarise(rows("bon", 8, np.arange(10.0), correct), ["bon"], [8])
+    cell = summary["methods"]["bon"]["8"]
+    expected = wilson(sum(correct), len(correct))
+    for name in ("accuracy", "pass_at_n", "majority_vote"):
+        assert cell[name] == pytest.approx(sum(correct) / 10)
+        assert cell[f"{name}_ci95"] == pytest.approx(expected, abs=1e-12)
+        assert cell[f"{name}_ci95"][1] - cell[f"{name}_ci95"][0] > 0.2  # 10 prompts: never a zero-width interval
+
+
+def test_mean_best_reward_interval_is_over_prompts():
+    rewards = np.array([1.0, 2.0, 4.0, 7.0])
+    cell = summarise(rows("slg", 64, rewards, [True] * 4), ["slg"], [64])["methods"]["slg"]["64"]
+    assert cell["mean_best_reward"] == pytest.approx(3.5)
+    assert cell["ci95"] == pytest.approx(1.96 * rewards.std(ddof=1) / 2)
+
+
+def test_plot_draws_each_methods_means_against_budget():
+    results = rows("bon", 16, [1.0, 3.0], [True, False]) + rows("bon", 64, [2.0, 6.0], [True, True]) \
+        + rows("slg", 16, [5.0, 5.0], [True, True]) + rows("slg", 64, [7.0, 9.0], [False, True])
+    figure = summary_figure(summarise(results, ["bon", "slg"], [16, 64]))
+    axes = figure.axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    lines.update({bars.get_label(): bars.lines[0] for bars in axes.containers})  # errorbar: the data line
+    assert list(lines["bon (realised)"].get_xdata()) == [16, 64]
+    assert list(lines["bon (realised)"].get_ydata()) == [2.0, 4.0]
+    assert list(lines["slg (realised)"].get_ydata()) == [5.0, 8.0]
+    assert list(lines["slg (predicted V_N of selected)"].get_ydata()) == [6.0, 9.0]

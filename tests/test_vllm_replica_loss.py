@@ -1,0 +1,71 @@
+"""A vLLM generator replica (a Ray actor on the CPU build) that is lost leaves no process behind.
+
+The engine runs in child processes of the replica (vLLM's EngineCore, which starts its Worker).
+vLLM's own parent-death watch covers only the Worker (a pipe from the EngineCore); Ray ends the
+rest, because every Ray worker is its own process group and the raylet ends a dead worker's
+group. Two ways to lose a replica: ``kill -9`` of the actor, and the death of its engine, after
+which the replica ends itself so that Ray can restart it. Either way its waiting calls fail
+(none hangs) and no process of it is left 60 s later (measured here: about 2 s after a kill -9).
+Each test starts one engine (20-70 s on two cores).
+"""
+
+import os
+import signal
+import time
+
+import pytest
+
+pytest.importorskip("vllm")
+psutil = pytest.importorskip("psutil")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from actors.tiny_models import make_tiny_models  # noqa: E402
+from actors.vllm_engine import VLLMGenerator  # noqa: E402
+from pipeline.contract import PromptInput, RolloutRequest  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+PROMPT = PromptInput("p0", "A farmer has 12 sheep and buys 7 more. How many sheep does the farmer have?")
+
+
+@pytest.fixture(scope="module")
+def generator_model(tmp_path_factory):
+    return make_tiny_models(tmp_path_factory.mktemp("tiny"))["generator"]
+
+
+def start_replica(ray, model):
+    """A generator actor that Ray does not restart, up, with every process of it (itself first)."""
+    settings = {"model": str(model), "dtype": "float32", "max_model_len": 256, "enforce_eager": True,
+                "block_size": 32, "state_tokens": 32, "max_tokens": 64, "grading": "none"}
+    replica = ray.remote(VLLMGenerator).options(max_restarts=0, max_concurrency=VLLMGenerator.max_concurrency)
+    actor = replica.remote(settings)
+    ray.get(actor.generate.remote([]), timeout=600)
+    process = psutil.Process(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
+    return actor, [process] + process.children(recursive=True)
+
+
+def alive_after(processes, seconds: float) -> list:
+    """The processes still running (a zombie has ended) once ``seconds`` have passed or none is left."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            return [" ".join(p.cmdline()) for p in alive]
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("lost", ["replica", "engine"])
+def test_a_lost_replica_fails_its_calls_and_leaves_no_process(local_ray, generator_model, lost):
+    ray = local_ray
+    actor, processes = start_replica(ray, generator_model)
+    engine_core = [p for p in processes if "EngineCore" in " ".join(p.cmdline())]
+    assert len(engine_core) == 1 and len(processes) >= 3  # the replica, its EngineCore, the EngineCore's Worker
+    with pytest.raises(ray.exceptions.RayTaskError, match="VLLMValidationError"):  # a refused input: not a lost engine
+        ray.get(actor.generate.remote([RolloutRequest(0, PromptInput("long", PROMPT.text * 12), None, 1)]), timeout=120)
+    # ~100k tokens: seconds of work for the engine even on a fast machine, so the loss meets the calls in flight
+    calls = [actor.generate.remote([RolloutRequest(i, PROMPT, None, 1000 * c + i) for i in range(512)]) for c in range(3)]
+    time.sleep(1)
+    os.kill((processes[0] if lost == "replica" else engine_core[0]).pid, signal.SIGKILL)
+    for call in calls:  # a lost engine ends its replica: the same error as a killed one
+        with pytest.raises(ray.exceptions.ActorDiedError):
+            ray.get(call, timeout=180)
+    assert alive_after(processes, 60) == []
