@@ -37,7 +37,7 @@ def test_problems_are_seeded_and_their_answers_are_the_arithmetic():
     assert [p.text for p in first["test"]] == [p.text for p in again["test"]]
     assert [p.text for p in first["test"]] != [p.text for p in other["test"]]
     for problem in first["test"]:
-        assert re.fullmatch(r"\d\d([+-][1-9]){%d}" % toy_task.NUM_STEPS, problem.text)
+        assert re.fullmatch(rf"\d\d([+-][1-9]){{{toy_task.NUM_STEPS}}}", problem.text)
         assert problem.answer == brute_force_answer(problem.text)
         assert parse_problem(problem.text) == problem
         values = np.cumsum([problem.start, *problem.steps])
@@ -97,8 +97,8 @@ def test_toy_problem_text_round_trips_and_bad_text_is_refused():
 def test_the_chat_template_renders_what_the_models_were_trained_on():
     pytest.importorskip("transformers")
     from actors.formatting import prompt_token_ids, reward_token_ids
-    from pipeline.contract import PromptInput
     from actors.toy_models import Codec, build_tokenizer
+    from pipeline.contract import PromptInput
 
     tokenizer = build_tokenizer()
     codec = Codec(tokenizer)
