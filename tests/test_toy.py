@@ -201,14 +201,16 @@ def test_the_shipped_models_are_complete_and_judge_the_first_step():
 
 @pytest.fixture(scope="module")
 def engines():
-    """vLLM's generator and pooling reward model on the shipped toy models, one each for the module."""
+    """vLLM's generator (AsyncLLM, called in-process) and pooling reward model on the shipped toy
+    models, one each for the module."""
     pytest.importorskip("vllm")
     import os
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from actors.vllm_engine import VLLMGenerator, VLLMRewardModel
+    from pipeline.calls import in_process
 
-    generator = VLLMGenerator(toy_settings("generator"))
+    generator = in_process(VLLMGenerator(toy_settings("generator")))
     reward = VLLMRewardModel(toy_settings("reward"))
     yield generator, reward
     generator.close()
@@ -245,7 +247,7 @@ def test_the_generator_continues_a_states_token_prefix(engines):
     accuracy = {}
     for first in (52, 53):
         text = solution_from(problem, first)[: toy_task.STATE_TOKENS]
-        ids = tuple(generator.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = tuple(generator.replica.tokenizer(text, add_special_tokens=False)["input_ids"])
         assert len(ids) == toy_task.STATE_TOKENS
         rollouts = generator.generate([RolloutRequest(i, prompt, StatePrefix(ids, text), 100 + i) for i in range(32)])
         for rollout in rollouts:
@@ -267,8 +269,65 @@ def test_the_trained_reward_model_scores_alike_in_transformers_and_vllm(engines)
     requests = [ScoreRequest(i, prompts[i % 16], r.response_text) for i, r in enumerate(rollouts)]
     vllm_scores = np.array([s.reward for s in reward.score(requests)])
     hf_scores = np.array([s.reward for s in HFRewardModel(toy_settings("reward")).score(requests)])
-    # float32 on the same ids, the same last-token head: measured XXX apart on this machine
+    # float32 on the same ids, the same last-token head: measured MEASURED apart on this machine
     assert np.abs(vllm_scores - hf_scores).max() < 1e-5
     right = np.array([r.correct for r in rollouts])
     assert 0 < right.sum() < len(right)
     assert vllm_scores[right].mean() > vllm_scores[~right].mean()
+
+
+@pytest.mark.vllm
+def test_the_driver_reports_what_the_toy_rollouts_say(engines):
+    """RM@1 (the answer of the top-reward rollout), pass@N, majority vote and their shares over
+    prompts, recomputed from every rollout the driver scored, graded here by the task's own checker
+    (not the pipeline's grader): real model outputs, some right and some wrong."""
+    from collections import Counter, defaultdict
+
+    from pipeline.config import SearchConfig
+    from pipeline.contract import PromptInput
+    from pipeline.driver import Driver, SearchObserver
+    from pipeline.report import summarise
+    from pipeline.run_config import DriverConfig
+    from pipeline.runner import search_grid
+
+    class RolloutLog(SearchObserver):
+        def __init__(self):
+            self.scored = defaultdict(list)
+
+        def rollout_scored(self, search, slot, position, rollout, reward, sequence):
+            self.scored[(search.prompt.prompt_id, search.method, search.budget)].append(
+                (sequence, reward, rollout.response_text, rollout.answer))
+
+    generator, reward = engines
+    problems = toy_task.read_split(toy_task.DATA_DIR / "test.jsonl")[:12]
+    prompts = [PromptInput(f"toy-{i}", p.text, str(p.answer)) for i, p in enumerate(problems)]
+    answers = {prompt.prompt_id: problem.answer for prompt, problem in zip(prompts, problems)}
+    searches = search_grid(prompts, ["bon"], [4, 16], SearchConfig()) + search_grid(prompts, ["slg"], [16], SearchConfig())
+    log = RolloutLog()
+    driver = Driver(searches, [generator], [reward], DriverConfig(max_batch_rollouts=64), 0, observer=log, use_ray=False)
+    rows, progress = driver.step(None)
+    assert progress["done"] and len(rows) == len(searches)
+    expected = defaultdict(list)
+    for row in rows:
+        key = (row["prompt_id"], row["method"], row["budget"])
+        scored = sorted(log.scored[key])
+        assert len(scored) == row["rollouts"] == row["budget"]
+        right = [toy_task.is_correct(text, answers[key[0]]) for _, _, text, _ in scored]
+        best = max(range(len(scored)), key=lambda i: (scored[i][1], -scored[i][0]))  # ties: planned first
+        assert row["best_reward"] == scored[best][1] and row["answer"] == scored[best][2]
+        assert row["correct"] == right[best]  # RM@1
+        assert row["pass_at_n"] == any(right)
+        votes = Counter(answer for *_, answer in scored if answer is not None)
+        first_seen = {}
+        for sequence, *_, answer in scored:
+            first_seen.setdefault(answer, sequence)
+        winner = max(votes, key=lambda a: (votes[a], -first_seen[a]))
+        assert row["majority_answer"] == winner and row["majority_correct"] == (int(winner) == answers[key[0]])
+        for name, value in (("accuracy", right[best]), ("pass_at_n", any(right)),
+                            ("majority_vote", int(winner) == answers[key[0]])):
+            expected[(row["method"], row["budget"], name)].append(value)
+    for name in ("accuracy", "pass_at_n", "majority_vote"):  # the check means something only if outcomes vary
+        assert {v for (_, _, n), values in expected.items() if n == name for v in values} == {True, False}
+    summary = summarise(rows, ["bon", "slg"], [4, 16])
+    for (method, budget, name), values in expected.items():
+        assert summary["methods"][method][str(budget)][name] == pytest.approx(np.mean(values))
