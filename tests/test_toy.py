@@ -236,9 +236,9 @@ def test_the_config_cuts_states_where_the_task_decides():
 
 @pytest.mark.vllm
 def test_the_generator_continues_a_states_token_prefix(engines):
-    """From a state whose first result is wrong, every continuation is wrong (the model carries the
-    written value on); from the right one, many are right. A generator that ignored the state's ids
-    and sampled from the prompt alone would get some right after the wrong state too."""
+    """From a state ``59-7=52;`` or ``59-7=53;`` the model goes on from the value written there
+    (``52+3=`` or ``53+3=``), and the wrong state's continuations are mostly wrong. A generator that
+    dropped the state's ids would start again at ``59-7=`` and be as often right after either state."""
     from pipeline.contract import PromptInput, RolloutRequest, StatePrefix
 
     generator, _ = engines
@@ -251,10 +251,13 @@ def test_the_generator_continues_a_states_token_prefix(engines):
         assert len(ids) == toy_task.STATE_TOKENS
         rollouts = generator.generate([RolloutRequest(i, prompt, StatePrefix(ids, text), 100 + i) for i in range(32)])
         for rollout in rollouts:
-            assert rollout.response_text.startswith(text)
-            assert rollout.num_prompt_tokens == len(generator.prompt_ids(prompt)) + toy_task.STATE_TOKENS
+            assert rollout.num_prompt_tokens == len(generator.prompt_ids(prompt)) + toy_task.STATE_TOKENS  # the engine's count
+        carried_on = np.mean([r.response_text[len(text):].startswith(f"{first}+3=") for r in rollouts])
+        assert carried_on >= 0.9, (first, [r.response_text for r in rollouts[:4]])
         accuracy[first] = np.mean([r.correct for r in rollouts])
-    assert accuracy[53] == 0.0 and accuracy[52] >= 0.25
+    # the model sometimes writes a wrong clause that lands back on the right value (the band report
+    # measures 6% right after a wrong first step, 38% after a right one, over 200 problems)
+    assert accuracy[53] <= 0.25 and accuracy[52] >= accuracy[53] + 0.2, accuracy
 
 
 @pytest.mark.vllm
@@ -269,8 +272,10 @@ def test_the_trained_reward_model_scores_alike_in_transformers_and_vllm(engines)
     requests = [ScoreRequest(i, prompts[i % 16], r.response_text) for i, r in enumerate(rollouts)]
     vllm_scores = np.array([s.reward for s in reward.score(requests)])
     hf_scores = np.array([s.reward for s in HFRewardModel(toy_settings("reward")).score(requests)])
-    # float32 on the same ids, the same last-token head: measured MEASURED apart on this machine
-    assert np.abs(vllm_scores - hf_scores).max() < 1e-5
+    # float32 on the same ids, the same last-token head: measured 5.7e-6 apart at most on this machine
+    # (scores of a few units; the reward model's constant of 1e5 that fixes its later norms costs
+    # float32 digits), so 2e-5; a sigmoid or another token's head would be off by 0.1 or more
+    assert np.abs(vllm_scores - hf_scores).max() < 2e-5
     right = np.array([r.correct for r in rollouts])
     assert 0 < right.sum() < len(right)
     assert vllm_scores[right].mean() > vllm_scores[~right].mean()
