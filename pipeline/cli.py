@@ -108,7 +108,7 @@ def _add_offline_commands(commands) -> None:
     """Commands on worlds, banks and reward files: no engines, no Ray."""
     replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
     source = replay.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bank", help="a reward bank (JSONL, SPEC.md format)")
+    source.add_argument("--bank", help="reward banks (JSONL, SPEC.md format), comma-separated")
     source.add_argument("--world", help="a simulated world family: " + ", ".join(_world_names()))
     replay.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
     replay.add_argument("--prompts", type=int, help="fresh prompts drawn from the world (required with --world)")
@@ -120,6 +120,7 @@ def _add_offline_commands(commands) -> None:
     replay.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                         help="search option, e.g. --set tail_fraction=0.3 --set adaptive.keep_fraction=0.5")
     replay.add_argument("--out", help="write the results as JSON here")
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     sim_bank = commands.add_parser("sim-bank", help="write a reward bank sampled from a simulated world")
     sim_bank.add_argument("--family", required=True, help="world family: " + ", ".join(_world_names()))
@@ -177,31 +178,56 @@ def _search_config(overrides: list[str] | None):
 
 def run_replay(args) -> int:
     from pipeline.bank import read_bank
-    from pipeline.replay import format_table, replay, results_as_dicts
-    from pipeline.worlds import make_world
+    from pipeline.replay import format_table, replay_many, replay_rollouts, results_as_dicts
+    from pipeline.worlds import WORLDS, make_world
 
     for method in args.methods:
         if method not in POLICIES:
             raise UsageError(f"unknown method {method!r}; expected one of {sorted(POLICIES)}")
     config = _search_config(args.overrides)
     if args.world:
-        target = make_world(args.world, **_params(args.param))
-        label = target.describe()
+        families = sorted(WORLDS) if args.world == "all" else _name_list(args.world)
+        if len(families) > 1 and args.param:
+            raise UsageError("--param applies to a single --world family, not to several")
+        targets = {}
+        for family in families:
+            world = make_world(family, **_params(args.param))
+            targets[world.describe()] = world
         if args.prompts is None:
             raise UsageError("--prompts is required with --world")
     else:
         if args.param:
             raise UsageError("--param applies to --world only")
-        target, label = read_bank(args.bank), args.bank
+        targets = {path: read_bank(path) for path in _name_list(args.bank)}
+    total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts)
     started = time.perf_counter()
-    results = replay(target, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config, args.workers)
+    with _progress_bar(total, enabled=not args.no_progress) as bar:
+        results = replay_many(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
+                              args.workers, progress=bar.update)
     elapsed = time.perf_counter() - started
-    print(f"replay on {label}: {results[0].prompts} prompts x {args.repeats} repeats, {elapsed:.1f} s")
-    print(format_table(results))
+    rows = []
+    for label, table in results.items():
+        print(f"replay on {label}: {table[0].prompts} prompts x {args.repeats} repeats")
+        print(format_table(table))
+        rows += [{"world" if args.world else "bank": label, **row} for row in results_as_dicts(table)]
+    print(f"{len(results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
-        _write_json(args.out, {"results": results_as_dicts(results), "source": label, "seed": args.seed,
-                               "repeats": args.repeats, "elapsed_s": elapsed})
+        payload = {"results": rows, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed}
+        if len(results) == 1:
+            payload["source"] = next(iter(results))
+        else:
+            payload["sources"] = list(results)
+        _write_json(args.out, payload)
     return 0
+
+
+def _progress_bar(total: int, enabled: bool):
+    """A tqdm bar on stderr counting rollouts played; silent when disabled or stderr is not a terminal
+    (tqdm still draws in a pipe unless ``disable=None`` sees no tty)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rollout", unit_scale=True, file=sys.stderr, smoothing=0.05,
+                disable=True if not enabled else None, desc="replay")
 
 
 def run_sim_bank(args) -> int:

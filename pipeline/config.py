@@ -31,29 +31,30 @@ class StateSelection(str, Enum):
 
 @dataclass
 class AdaptiveConfig:
-    """``slg_adaptive``: successive halving of candidate states on their predicted value.
+    """``slg_adaptive`` (see ``pipeline.policies.adaptive_plan`` and ``AdaptiveSLG``).
 
-    The root gets ``root_fraction`` of N; the ``num_candidates`` highest-reward root rollouts become
-    states (a large root sample is what finds good states); they get ``screening_rollouts`` each; rounds follow:
-    the tails are refitted on all of a node's rewards, each node is scored by its predicted
-    value for the budget left plus ``confidence`` standard errors of that prediction, the best
-    ``keep_fraction`` survive and share the next round's rollouts equally. Exploration stops when
-    one node is left or ``explore_fraction`` of N is spent; the best-scored node gets the rest.
+    The prompt gets ``root_fraction`` of N first (a large sample finds good states, and makes
+    committing to one of them safe: its best rollout is then about as good as the best of the
+    fresh draws it displaces); its best rollouts become candidate states; halving rounds share the
+    exploration budget up to ``explore_fraction`` of N; a state is dropped when fresh prompt draws
+    beat it even at ``confidence`` standard errors in its favour; the best survivor gets the rest.
     """
 
-    root_fraction: float = 0.25                # share of N sampled from the prompt before states are cut
-    num_candidates: int | None = None       # states screened; None: 2K of the default schedule
-    screening_rollouts: int | None = None   # rollouts per node in the first round; None: m / 2
-    keep_fraction: float = 0.5                 # share of nodes kept after each round
-    explore_fraction: float = 0.7              # cap on the share of N spent before exploiting
-    tail_fraction: float = 0.5                 # q of the refits (wider than SLG's: steadier rankings)
-    confidence: float = 0.0                    # z of the upper-confidence bonus (0: plain prediction)
+    root_fraction: float = 0.3                 # share of N drawn from the prompt before any state
+    min_root_rollouts: int = 16                # ... but at least this many (the quantile scale's sample)
+    num_candidates: int | None = None          # states screened; None: 2K of the default schedule
+    min_rollouts: int = 4                      # the smallest sample of a state worth comparing
+    explore_fraction: float = 0.8              # root and halving rounds together; the rest is exploited
+    screening_fraction: float = 0.5            # share of the halving budget in the first round (all candidates)
+    keep_fraction: float = 0.5                 # share of states kept after each round
+    tail_fraction: float = 0.95                # q of the normal fits on the quantile scale (states; the prompt beyond its data)
+    confidence: float = 1.0                    # z of the comparison with fresh prompt draws
 
 
 @dataclass
 class SearchConfig:
     tail_fraction: float = 0.2                             # q in the paper
-    expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.exact
+    expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.quantile  # the reference code's E(N); exact: the paper's
     prediction_budget: PredictionBudget = PredictionBudget.total
     state_selection: StateSelection = StateSelection.top_reward
     root_competes: bool = True                             # the prompt is a candidate for the exploit phase
@@ -72,20 +73,22 @@ class SearchConfig:
 
 
 def validate_search_config(config: SearchConfig, budgets) -> None:
-    """Cross-field checks, raising ``ValueError`` that names the bad value."""
+    """Cross-field checks, raising ``ConfigError`` that names the bad value."""
     if not 0.0 < config.tail_fraction < 1.0:
         raise ConfigError(f"search.tail_fraction must be in (0, 1), got {config.tail_fraction!r}")
     adaptive = config.adaptive
-    if not 0.0 < adaptive.keep_fraction < 1.0:
-        raise ConfigError(f"search.adaptive.keep_fraction must be in (0, 1), got {adaptive.keep_fraction!r}")
-    if not 0.0 < adaptive.explore_fraction <= 1.0:
-        raise ConfigError(f"search.adaptive.explore_fraction must be in (0, 1], got {adaptive.explore_fraction!r}")
-    for name in ("root_fraction", "tail_fraction"):
+    for name in ("root_fraction", "keep_fraction", "tail_fraction", "screening_fraction"):
         if not 0.0 < getattr(adaptive, name) < 1.0:
             raise ConfigError(f"search.adaptive.{name} must be in (0, 1), got {getattr(adaptive, name)!r}")
+    if not adaptive.root_fraction < adaptive.explore_fraction <= 1.0:
+        raise ConfigError(f"search.adaptive.explore_fraction must be in (root_fraction, 1], "
+                          f"got {adaptive.explore_fraction!r}")
     if adaptive.confidence < 0:
         raise ConfigError(f"search.adaptive.confidence must be >= 0, got {adaptive.confidence!r}")
-    for name in ("num_candidates", "screening_rollouts"):
+    if adaptive.min_rollouts < 2:
+        raise ConfigError(f"search.adaptive.min_rollouts must be >= 2 (a state's spread needs two), "
+                          f"got {adaptive.min_rollouts!r}")
+    for name in ("num_candidates", "min_root_rollouts"):
         value = getattr(adaptive, name)
         if value is not None and value < 1:
             raise ConfigError(f"search.adaptive.{name} must be >= 1, got {value!r}")

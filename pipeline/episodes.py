@@ -27,17 +27,25 @@ class RolloutSource:
         self._root_latents = np.empty((batch_size, 0))
 
     def draw(self, request: Request) -> Rollouts:
-        width = int(request.count.max(initial=0))
-        shape = (self.batch_size, width)
-        wanted = np.arange(width)[None, :] < request.count[:, None]
-        from_root = (request.node == ROOT)[:, None] & wanted
-        fresh = self._sample_states(shape)
-        known = self._state_latents(np.where(request.node >= 0, request.node, 0))
-        latents = np.where(from_root, fresh, known[:, None])
+        batch, width = self.batch_size, int(request.count.max(initial=0))
+        uniform = bool((request.count == width).all())
+        wanted = np.ones((batch, width), dtype=bool) if uniform else np.arange(width)[None, :] < request.count[:, None]
+        root_rows = request.node == ROOT
+        # Fresh states only where a rollout starts at the prompt; a state's rollouts reuse its latent.
+        if root_rows.all():
+            latents = self._sample_states((batch, width))
+        else:
+            known = self._state_latents(np.where(request.node >= 0, request.node, 0))
+            if root_rows.any():
+                latents = np.where(root_rows[:, None], self._sample_states((batch, width)), known[:, None])
+            else:
+                latents = np.broadcast_to(known[:, None], (batch, width))
         rewards, correct = self._sample_rewards(latents)
-        rewards = np.where(wanted, rewards, np.nan)
-        if (request.node == ROOT).any():
-            self._root_latents = np.concatenate([self._root_latents, np.where(from_root, fresh, np.nan)], axis=1)
+        if not uniform:
+            rewards = np.where(wanted, rewards, np.nan)
+        from_root = root_rows[:, None] & wanted
+        if root_rows.any():
+            self._root_latents = np.concatenate([self._root_latents, np.where(from_root, latents, np.nan)], axis=1)
             self._compact_root_latents(request)
         return Rollouts(rewards, can_branch=from_root, correct=None if correct is None else correct & wanted)
 
@@ -90,7 +98,7 @@ class WorldSource(RolloutSource):
         return self.world.sample_states(self.rng, shape)
 
     def _sample_rewards(self, latents):
-        return self.world.sample_rewards(self.rng, np.nan_to_num(latents))
+        return self.world.sample_rewards(self.rng, latents)
 
     def _state_value(self, latents, n):
         return self.world.state_value(latents, n)
@@ -139,7 +147,7 @@ class BankSource(RolloutSource):
         return self.rng.integers(0, self.prompt.num_states, size=shape).astype(float)
 
     def _sample_rewards(self, latents):
-        state = np.nan_to_num(latents).astype(np.int64)
+        state = latents.astype(np.int64)
         index = self.prompt.offsets[state] + (self.rng.random(state.shape) * self.prompt.lengths[state]).astype(np.int64)
         correct = None if self.prompt.correct is None else self.prompt.correct[index]
         return self.prompt.rewards[index], correct

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.config import SearchConfig, validate_search_config
+from pipeline.config import PredictionBudget, SearchConfig, validate_search_config
 from pipeline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
 from pipeline.errors import ConfigError
 from pipeline.oracle import PoolCurve
@@ -27,7 +28,7 @@ from pipeline.policies import policy_class
 from pipeline.worlds import World
 
 EPISODE_ROLLOUTS_PER_TASK = 1_000_000  # episodes x budget per task: bounds a worker's memory
-MULTIPLIER_SEARCH_LIMIT = 64           # the BoN budget searched for the multiplier, in units of N
+MULTIPLIER_SEARCH_LIMIT = 1024         # the BoN budget searched for the multiplier, in units of N
 
 
 @dataclass
@@ -46,32 +47,96 @@ class MethodResult:
 
 def replay(target: World | list[BankPrompt], methods: list[str], budgets: list[int], repeats: int,
            num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
-           workers: int | None = None) -> list[MethodResult]:
+           workers: int | None = None, progress: Callable[[int], None] | None = None) -> list[MethodResult]:
     """Evaluate ``methods`` at each budget on a world (``num_prompts`` fresh prompts) or a bank."""
+    return replay_many({"": target}, methods, budgets, repeats, num_prompts, seed, config, workers, progress)[""]
+
+
+def replay_many(targets: dict[str, World | list[BankPrompt]], methods: list[str], budgets: list[int], repeats: int,
+                num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
+                workers: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, list[MethodResult]]:
+    """``replay`` of several worlds or banks as one job: one pool of workers, the largest tasks first.
+
+    ``progress``, if given, is called with the number of rollouts each finished task played (their
+    total is :func:`replay_rollouts`). Results per target, keyed like ``targets``.
+    """
     config = config or SearchConfig()
-    _check_request(target, methods, budgets, repeats, num_prompts)
+    for target in targets.values():
+        _check_request(target, methods, budgets, repeats, num_prompts)
     validate_search_config(config, budgets)
-    is_world = isinstance(target, World)
-    prompt_count = num_prompts if is_world else len(target)
     tasks = []
-    for budget in budgets:
-        per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (budget * repeats))
-        for start in range(0, prompt_count, per_task):
-            stop = min(prompt_count, start + per_task)
-            unit = target if is_world else target[start:stop]
-            tasks += [(method, budget, start, stop, unit, repeats, seed, config) for method in methods]
+    for label, target in targets.items():
+        if isinstance(target, World):
+            _warm_world(target, budgets, methods, config)
+        prompt_count = num_prompts if isinstance(target, World) else len(target)
+        for budget in budgets:
+            per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (budget * repeats))
+            for start in range(0, prompt_count, per_task):
+                stop = min(prompt_count, start + per_task)
+                unit = target if isinstance(target, World) else target[start:stop]
+                tasks += [(label, method, budget, start, stop, unit, repeats, seed, config) for method in methods]
+    # Largest first, so that the pool's last minutes are not one worker alone on N = 4096.
+    order = sorted(range(len(tasks)), key=lambda i: -_task_rollouts(tasks[i]))
+    outputs: list = [None] * len(tasks)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            outputs = list(pool.map(_play_task, tasks, chunksize=1))
+            futures = {pool.submit(_play_task, tasks[i]): i for i in order}
+            for future in as_completed(futures):
+                outputs[futures[future]] = future.result()
+                if progress:
+                    progress(_task_rollouts(tasks[futures[future]]))
     else:
-        outputs = [_play_task(task) for task in tasks]
-    return _summarise(target, methods, budgets, repeats, prompt_count, outputs)
+        for i in order:
+            outputs[i] = _play_task(tasks[i])
+            if progress:
+                progress(_task_rollouts(tasks[i]))
+    results = {}
+    for label, target in targets.items():
+        prompt_count = num_prompts if isinstance(target, World) else len(target)
+        mine = [out for task, out in zip(tasks, outputs) if task[0] == label]
+        results[label] = _summarise(target, methods, budgets, repeats, prompt_count, mine)
+    return results
+
+
+def replay_rollouts(targets: dict[str, World | list[BankPrompt]], methods: list[str], budgets: list[int],
+                    repeats: int, num_prompts: int | None = None) -> int:
+    """The rollouts a ``replay_many`` call will play (the total its ``progress`` adds up to)."""
+    total = 0
+    for target in targets.values():
+        prompt_count = num_prompts if isinstance(target, World) else len(target)
+        total += len(methods) * sum(budgets) * repeats * prompt_count
+    return total
+
+
+def _task_rollouts(task) -> int:
+    _, _, budget, start, stop, _, repeats, _, _ = task
+    return budget * repeats * (stop - start)
+
+
+def _warm_world(world: World, budgets: list[int], methods: list[str], config: SearchConfig) -> None:
+    """Fill the world's caches of exact values once, here, so that every task's copy carries them.
+
+    The oracle asks for true state values at horizon N (or N minus the split, with
+    ``prediction_budget=remaining``); heavy, bounded and bimodal compute those by quadrature, which
+    each worker process would otherwise repeat for every task.
+    """
+    if not any(policy_class(m).needs_true_values for m in methods):
+        return
+    probe = np.zeros(1)
+    for budget in budgets:
+        horizons = {budget}
+        if config.prediction_budget == PredictionBudget.remaining:
+            m, k = config.schedule(budget)
+            horizons |= {budget - (j + 1) * m for j in range(k + 1)}
+        for n in sorted(h for h in horizons if h >= 1):
+            world.state_value(probe, n)
+            world.prompt_value(n)
 
 
 def _play_task(task):
     """One (method, budget, prompt range): per-prompt best rewards (P, R), correct (P, R) or None, spend."""
-    method, budget, start, stop, unit, repeats, seed, config = task
+    _, method, budget, start, stop, unit, repeats, seed, config = task
     cls = policy_class(method)
     if isinstance(unit, World):
         batch = (stop - start) * repeats
@@ -135,7 +200,7 @@ def bon_curve(target: World | list[BankPrompt]):
 def compute_multiplier(curve, mean_best_reward: float, budget: int) -> float | str:
     """n*/N, n* the smallest BoN budget whose exact value reaches ``mean_best_reward``.
 
-    A lower bound (">64") when even 64 N does not reach it, as with saturated rewards where BoN
+    A lower bound (">1024") when even 1024 N does not reach it, as with saturated rewards where BoN
     approaches the maximum but never quite gets there.
     """
     limit = MULTIPLIER_SEARCH_LIMIT * budget

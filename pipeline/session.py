@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.backends import load_backend
 from pipeline.errors import ConfigError
+from pipeline.reaper import child_processes, close_reaper, start_reaper
 from pipeline.run_config import Backend, NonFinite, RunConfig, config_as_dict
 
 log = logging.getLogger("slg")
@@ -37,9 +38,13 @@ class Session:
         self.generators: list = []
         self.rewards: list = []
         self.driver = None
+        self.reaper = None
 
     def __enter__(self) -> Session:
+        before = child_processes()
         self.started_ray = init_ray(self.config)
+        if self.started_ray:  # whatever way this process ends, nothing of the instance outlives it long
+            self.reaper = start_reaper(child_processes() - before)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -47,6 +52,7 @@ class Session:
             import ray
 
             ray.shutdown()
+            close_reaper(self.reaper)
 
     def place_replicas(self) -> None:
         self.generators, self.rewards = create_replicas(self.config, self.reward_backend,

@@ -10,7 +10,7 @@ import pytest
 from pipeline.bank import _parse_row, read_bank, simulate_bank, write_bank
 from pipeline.cli import main
 from pipeline.oracle import expected_max_of_pool
-from pipeline.replay import compute_multiplier, replay
+from pipeline.replay import compute_multiplier, replay, replay_many, replay_rollouts
 from pipeline.worlds import make_world
 
 
@@ -27,8 +27,7 @@ def test_gaussian_replay_reproduces_the_reference_gains():
     assert large["bon"].mean_best_reward == pytest.approx(4.585, abs=4 * large["bon"].ci95)
     assert large["slg"].mean_best_reward == pytest.approx(5.12, abs=4 * large["slg"].ci95 + 0.02)
     assert large["slg"].compute_multiplier > 3
-    assert large["slg_adaptive"].compute_multiplier > 1.5 * large["slg"].compute_multiplier
-    assert large["oracle"].regret_vs_oracle == 0
+    assert large["slg_adaptive"].compute_multiplier > 3 * large["slg"].compute_multiplier
     assert large["slg"].regret_vs_oracle > 0  # the price of prediction error, paired
     assert all(r.rollouts_mean == r.budget for r in results)
 
@@ -84,7 +83,7 @@ def test_bad_banks_are_refused_with_line_and_prompt(tmp_path, line, match):
 def test_compute_multiplier_on_a_known_curve():
     curve = lambda n: float(np.log(n))  # noqa: E731
     assert compute_multiplier(curve, float(np.log(400)), 100) == 4.0
-    assert compute_multiplier(curve, 1e9, 100) == ">64"
+    assert compute_multiplier(curve, 1e9, 100) == ">1024"
 
 
 def test_cli_replay_writes_json(tmp_path):
@@ -96,6 +95,31 @@ def test_cli_replay_writes_json(tmp_path):
     assert {r["method"] for r in payload["results"]} == {"bon", "slg", "slg_adaptive", "oracle"}
     assert set(payload["results"][0]) >= {"method", "budget", "mean_best_reward", "ci95", "compute_multiplier",
                                           "regret_vs_oracle", "accuracy"}
+
+
+def test_replay_many_plays_every_target_once_and_reports_its_rollouts():
+    targets = {"g": make_world("gaussian"), "d": make_world("discrete")}
+    seen = []
+    results = replay_many(targets, ["bon", "slg_adaptive"], [16, 64], repeats=3, num_prompts=5, seed=2, workers=2,
+                          progress=seen.append)
+    assert set(results) == {"g", "d"}
+    assert sum(seen) == replay_rollouts(targets, ["bon", "slg_adaptive"], [16, 64], 3, 5) == 2 * 2 * 80 * 3 * 5
+    alone = replay(targets["d"], ["bon", "slg_adaptive"], [16, 64], repeats=3, num_prompts=5, seed=2, workers=1)
+    assert [r.mean_best_reward for r in alone] == [r.mean_best_reward for r in results["d"]]
+
+
+def test_cli_replay_of_several_worlds_writes_one_json(tmp_path, capsys):
+    out = tmp_path / "grid.json"
+    assert main(["replay", "--world", "gaussian,bounded", "--prompts", "3", "--repeats", "2", "--budgets", "8,16",
+                 "--methods", "bon,slg_adaptive", "--workers", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "gaussian(sigma0=1, sigma1=1)" in printed.out and "bounded(" in printed.out
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 2 * 2 * 2 and {r["world"] for r in rows} == {"gaussian(sigma0=1, sigma1=1)",
+                                                                     "bounded(mu0=1, sigma0=1, sigma1=1)"}
+    assert main(["replay", "--world", "all", "--prompts", "2", "--repeats", "1", "--budgets", "4", "--methods",
+                 "bon", "--workers", "1", "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("replay on ") == 5
 
 
 def test_cli_sim_bank_then_replay(tmp_path, capsys):
@@ -118,6 +142,8 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian"], "--prompts is required"),
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0"], "KEY=VALUE"),
+    (["replay", "--world", "gaussian,heavy", "--prompts", "2", "--param", "sigma0=2"], "single --world"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "adaptive.root_fraction=1.5"], "root_fraction"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_code_2(argv, match, capsys):
