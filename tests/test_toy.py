@@ -1,9 +1,11 @@
 """The toy task (core: seeded problems, disjoint splits, answer checking, early steps deciding the
 answer) and the shipped toy models (vllm tier: vLLM continues a state's ids, the trained reward
-model scores alike in transformers and vLLM, a small `slg run` gets some answers right and some wrong).
+model scores alike in transformers and vLLM, and the driver's RM@1, pass@N and majority vote are
+those of the rollouts it scored, some right and some wrong).
 
 The vllm tier uses the weights shipped in data/toy_models (made by `slg make-toy-models`): no
-training in CI. One engine per role for the module; engine start costs 20-70 s on two cores.
+training in CI. One engine per role for the module, the driver in-process (no Ray: the Ray path
+is tests/test_vllm.py's); the whole file took 80 s on two busy cores, most of it engine start.
 """
 
 import json
