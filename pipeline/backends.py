@@ -30,6 +30,11 @@ BACKENDS = {
     # Functions that write small models to a folder for the CPU engine path.
     "model_maker": {
         "tiny": "actors.tiny_models:make_tiny_models",
+        "toy": "actors.toy_models:make_toy_models",
+    },
+    # Functions that measure such models: (a JSON-able report, its text for the terminal).
+    "model_report": {
+        "toy": "actors.toy_models:report_toy_models",
     },
 }
 

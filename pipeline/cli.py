@@ -96,6 +96,13 @@ def _add_pipeline_commands(commands) -> None:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
 
+    toy = commands.add_parser("make-toy-models", help="train the toy generator and reward model (CPU, minutes)")
+    toy.add_argument("directory", help="writes DIRECTORY/generator and DIRECTORY/reward (new, empty, or its own earlier output)")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--report", action="store_true", help="then measure the quality bands on held-out problems")
+    toy.add_argument("--report-only", action="store_true", help="measure the toy models already in DIRECTORY; train nothing")
+    toy.add_argument("--out", help="write the report as JSON here")
+
 
 def _add_offline_commands(commands) -> None:
     """Commands on worlds, banks and reward files: no engines, no Ray."""
@@ -447,6 +454,26 @@ def run_make_tiny_models(args) -> int:
     return 0
 
 
+def run_make_toy_models(args) -> int:
+    from pipeline.backends import load_backend
+
+    if args.report_only:
+        for role in ("generator", "reward"):
+            if not (Path(args.directory) / role / "config.json").is_file():
+                raise UsageError(f"{args.directory!r} holds no toy {role} (no {role}/config.json); make them first")
+    else:
+        started = time.perf_counter()
+        paths = load_backend("model_maker", "toy")(args.directory, seed=args.seed)
+        print("\n".join(f"{role}: {path}" for role, path in paths.items()))
+        print(f"made in {time.perf_counter() - started:.0f} s")
+    if args.report or args.report_only:
+        report, text = load_backend("model_report", "toy")(args.directory)
+        print(text)
+        if args.out:
+            _write_json(args.out, report)
+    return 0
+
+
 def _write_json(target: str, payload) -> None:
     """A JSON file at a path or a URL (``--out`` of every command)."""
     from pipeline.storage import write_text
@@ -467,7 +494,8 @@ def _unwrapped(error: BaseException) -> BaseException:
 
 
 COMMANDS = {"replay": run_replay, "sim-bank": run_sim_bank, "curves": run_curves, "predict": run_predict, "run": run_pipeline,
-            "collect": run_collect, "bench": run_bench, "make-tiny-models": run_make_tiny_models}
+            "collect": run_collect, "bench": run_bench, "make-tiny-models": run_make_tiny_models,
+            "make-toy-models": run_make_toy_models}
 
 
 def main(argv: list[str] | None = None) -> int:
