@@ -41,11 +41,11 @@ class _SimWorld:
 
     def _state_latent(self, root_seed: int) -> float:
         """A state's latent, from its tokens: the seed of the root rollout it was cut from."""
-        return float(self.world.sample_states(np.random.default_rng(root_seed), ()))
+        return float(self.world.sample_states(np.random.Generator(np.random.PCG64(root_seed)), ()))
 
     def draw(self, seed: int, state: StatePrefix | None):
         """(rng, reward, correct) of the rollout with this seed, from the prompt or from a state."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.Generator(np.random.PCG64(seed))  # = default_rng(seed), without its per-call wrapper
         latent = float(self.world.sample_states(rng, ())) if state is None else self.state_latent(state.token_ids[0])
         reward, correct = self.world.sample_rewards(rng, np.array([latent]))
         return rng, float(reward[0]), None if correct is None else bool(correct[0])

@@ -18,6 +18,7 @@ a prompt is the same rollout for every method and budget (common random numbers)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -38,6 +39,18 @@ def derive_seed(*parts) -> int:
     """A 31-bit seed from its parts, stable across processes and machines (never ``hash()``)."""
     digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _seed_prefix(seed: int, prompt_id: str, node: str):
+    return hashlib.blake2b(f"{seed}/{prompt_id}/{node}/".encode(), digest_size=8)
+
+
+def rollout_seed(seed: int, prompt_id: str, node: str, index: int) -> int:
+    """``derive_seed(seed, prompt_id, node, index)``, hashing the shared prefix of a node's rollouts once."""
+    hasher = _seed_prefix(seed, prompt_id, node).copy()
+    hasher.update(str(index).encode())
+    return int.from_bytes(hasher.digest(), "little") & 0x7FFFFFFF
 
 
 class NonFiniteRewardError(RuntimeError):
@@ -126,7 +139,8 @@ class Driver:
         self.tickets: dict[int, _Ticket] = {}
         self.request_ids = itertools.count()
         self.throughput = Throughput()
-        self.driver_busy_s = 0.0
+        self.driver_busy_s = 0.0  # wall time of the driver's own work (slower when engines share its cores)
+        self.driver_cpu_s = 0.0   # CPU time of that work: what one driver needs, whatever else runs beside it
         self.started = time.perf_counter()
 
     # --- the loop --------------------------------------------------------------------------------
@@ -136,11 +150,12 @@ class Driver:
         deadline = None if max_s is None else time.perf_counter() + max_s
         finished: list[dict] = []
         while True:
-            busy_from = time.perf_counter()
+            busy_from, cpu_from = time.perf_counter(), time.thread_time()
             self._admit(finished)
             self.generation.dispatch()
             self.scoring.dispatch()
             self.driver_busy_s += time.perf_counter() - busy_from
+            self.driver_cpu_s += time.thread_time() - cpu_from
             if self.done:  # probes of recovering replicas may still be out: no search waits on them
                 break
             pending = [*self.generation.tokens(), *self.scoring.tokens()]
@@ -153,12 +168,13 @@ class Driver:
             if self.settings.call_timeout_s:
                 timeout = min(timeout, self.settings.call_timeout_s)
             done = self.calls.wait(pending, timeout)
-            busy_from = time.perf_counter()
+            busy_from, cpu_from = time.perf_counter(), time.thread_time()
             for token, answers, error in done:
                 self._on_answers(token, answers, error, finished)
             self.generation.expire_hung(self.settings.call_timeout_s or float("inf"))
             self.scoring.expire_hung(self.settings.call_timeout_s or float("inf"))
             self.driver_busy_s += time.perf_counter() - busy_from
+            self.driver_cpu_s += time.thread_time() - cpu_from
             if deadline is not None and time.perf_counter() >= deadline:
                 break
         return finished, self.progress()
@@ -208,7 +224,7 @@ class Driver:
         index, root_index, state = search.plan_rollout(slot.node)
         prompt_id = search.prompt.prompt_id
         request = RolloutRequest(next(self.request_ids), search.prompt, state,
-                                 derive_seed(self.seed, prompt_id, node_name(slot.node), index))
+                                 rollout_seed(self.seed, prompt_id, node_name(slot.node), index))
         self.tickets[request.request_id] = _Ticket(search, slot, position, root_index, next(search.sequence))
         # a state's rollouts prefer the replica whose prefix cache holds it; the prompt's go anywhere
         self.generation.put(None if slot.node == ROOT else (prompt_id, slot.node), request)
@@ -279,7 +295,7 @@ class Driver:
         return {**totals, "searches_total": self.total, "elapsed_s": elapsed, "done": self.done,
                 "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
-                "driver_busy_s": self.driver_busy_s, **self._replica_report()}
+                "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s, **self._replica_report()}
 
     def _replica_report(self) -> dict:
         """Failures, replica processes lost, replicas back after a failure, replicas retired."""

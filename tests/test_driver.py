@@ -128,3 +128,11 @@ def test_oracle_selects_by_the_true_value_of_each_node():
         assert row["predicted_value"] >= prompt_value - 1e-12
         if row["selected"] == "root":
             assert row["predicted_value"] == pytest.approx(prompt_value)
+
+
+def test_rollout_seed_is_derive_seed_of_the_same_parts():
+    """The driver's cached-prefix seed must equal the plain derivation (results would change otherwise)."""
+    from pipeline.driver import derive_seed, rollout_seed
+
+    for seed, prompt_id, node, index in [(0, "p0", "root", 0), (7, "gsm8k/12", "s3", 41), (2**40, "", "s17", 4999)]:
+        assert rollout_seed(seed, prompt_id, node, index) == derive_seed(seed, prompt_id, node, index)
