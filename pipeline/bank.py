@@ -2,13 +2,15 @@
 
 The format is SPEC.md's ("Reward bank"). A bank is what makes large-N questions cheap: once
 collected (from a live engine or a simulated world), ``slg replay`` evaluates any policy and budget
-on it offline. This module reads, validates, writes and simulates banks; nothing else.
+on it offline. This module reads, validates, writes and simulates banks, and reads the plain
+reward lists of ``slg predict`` (which also accepts bank lines); nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +28,7 @@ def read_bank(path) -> list[BankPrompt]:
         raise ConfigError(f"bank {str(path)!r} does not exist or is not a file")
     prompts, seen = [], set()
     with path.open() as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"bank {path.name} line {line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
+        for _, where, row in json_lines(handle, f"bank {path.name}"):
             prompts.append(_parse_row(row, where))
             if prompts[-1].prompt_id in seen:
                 raise ConfigError(f"{where}: duplicate prompt_id {prompts[-1].prompt_id!r}")
@@ -41,6 +36,59 @@ def read_bank(path) -> list[BankPrompt]:
     if not prompts:
         raise ConfigError(f"bank {str(path)!r} holds no prompts")
     return prompts
+
+
+def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, object]]:
+    """(line number, "LABEL line N", parsed value) of every non-blank JSONL line; ``ConfigError``
+    naming the line where one is not valid JSON."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{label} line {number}"
+        try:
+            yield number, where, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
+
+
+def first_bad_reward(rewards: list) -> tuple[int, object] | None:
+    """(index, value) of the first reward that is not a finite number (booleans are not numbers)."""
+    for k, value in enumerate(rewards):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return k, value
+    return None
+
+
+def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
+    """(ids, reward lists) of ``slg predict --rewards``: ``{"id", "rewards"}`` lines or reward-bank
+    lines (an entry per state, id ``PROMPT/sK``); ``ConfigError`` naming the line for anything else."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read --rewards {path!r}: {error.strerror or error}") from None
+    ids, rows, seen = [], [], set()
+    for number, where, row in json_lines(text.splitlines(), str(path)):
+        if isinstance(row, dict) and "rewards" in row:
+            entries = [(str(row.get("id", f"line{number}")), row["rewards"])]
+        elif isinstance(row, dict) and "states" in row and "prompt_id" in row and isinstance(row["states"], list):
+            entries = [(f"{row['prompt_id']}/s{k}", state) for k, state in enumerate(row["states"])]
+            if not entries:
+                raise ConfigError(f"{where}: 'states' is empty")
+        else:
+            raise ConfigError(f'{where}: expected {{"id": ..., "rewards": [...]}} or a reward-bank line with "prompt_id" and "states"')
+        for name, rewards in entries:
+            if not isinstance(rewards, list) or not rewards:
+                raise ConfigError(f"{where}: rewards of id {name!r} must be a non-empty list of numbers")
+            if (bad := first_bad_reward(rewards)) is not None:
+                raise ConfigError(f"{where}: reward {bad[0]} of id {name!r} is {bad[1]!r}, not a finite number")
+            if name in seen:
+                raise ConfigError(f"{where}: duplicate id {name!r}")
+            seen.add(name)
+            ids.append(name)
+            rows.append([float(v) for v in rewards])
+    if not rows:
+        raise ConfigError(f"--rewards {path!r} holds no reward lists")
+    return ids, rows
 
 
 def _parse_row(row, where: str) -> BankPrompt:
@@ -54,9 +102,8 @@ def _parse_row(row, where: str) -> BankPrompt:
     for i, rewards in enumerate(states):
         if not isinstance(rewards, list) or not rewards:
             raise ConfigError(f"{where}: state {i} has an empty or malformed reward list")
-        for j, reward in enumerate(rewards):
-            if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
-                raise ConfigError(f"{where}: state {i} reward {j} is {reward!r}, not a finite number")
+        if (bad := first_bad_reward(rewards)) is not None:
+            raise ConfigError(f"{where}: state {i} reward {bad[0]} is {bad[1]!r}, not a finite number")
     correct = row.get("correct")
     if correct is not None:
         shapes_match = isinstance(correct, list) and len(correct) == len(states) and all(

@@ -288,6 +288,7 @@ def run_curves(args) -> int:
 
 
 def run_predict(args) -> int:
+    from pipeline.bank import read_reward_lists
     from pipeline.errors import ConfigError
     from pipeline.predict import predict_rows
 
@@ -295,7 +296,7 @@ def run_predict(args) -> int:
         raise ConfigError("--n is empty: give at least one n, e.g. --n 100,1000")
     if min(args.n) < 1:
         raise ConfigError(f"--n values must be integers >= 1, got {min(args.n)}")
-    ids, rows = _read_reward_file(args.rewards)
+    ids, rows = read_reward_lists(args.rewards)
     length = max(len(r) for r in rows)
     table = np.full((len(rows), length), np.nan)
     for i, values in enumerate(rows):
@@ -331,51 +332,6 @@ def run_predict(args) -> int:
                              heavy=result.flags[:shown])
         plot_predictions(args.plot, ids[:shown], grid, curve.value, curve.lower, curve.upper, marked_n=list(args.n))
     return 0
-
-
-def _read_reward_file(path: str) -> tuple[list[str], list[list[float]]]:
-    """(ids, reward lists) from ``{"id", "rewards"}`` lines or reward-bank lines (an entry per state,
-    id ``PROMPT/sK``); ``ConfigError`` naming the line for anything else."""
-    import math
-
-    from pipeline.errors import ConfigError
-
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read --rewards {path!r}: {error.strerror or error}") from None
-    ids, rows, seen = [], [], set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
-        if isinstance(row, dict) and "rewards" in row:
-            entries = [(str(row.get("id", f"line{number}")), row["rewards"])]
-        elif isinstance(row, dict) and "states" in row and "prompt_id" in row and isinstance(row["states"], list):
-            entries = [(f"{row['prompt_id']}/s{k}", state) for k, state in enumerate(row["states"])]
-            if not entries:
-                raise ConfigError(f"{where}: 'states' is empty")
-        else:
-            raise ConfigError(f'{where}: expected {{"id": ..., "rewards": [...]}} or a reward-bank line with "prompt_id" and "states"')
-        for name, rewards in entries:
-            if not isinstance(rewards, list) or not rewards:
-                raise ConfigError(f"{where}: rewards of id {name!r} must be a non-empty list of numbers")
-            if not set(map(type, rewards)) <= {int, float} or not all(map(math.isfinite, rewards)):
-                k, value = next((k, v) for k, v in enumerate(rewards)
-                                if type(v) not in (int, float) or not math.isfinite(v))
-                raise ConfigError(f"{where}: reward {k} of id {name!r} is {value!r}, not a finite number")
-            if name in seen:
-                raise ConfigError(f"{where}: duplicate id {name!r}")
-            seen.add(name)
-            ids.append(name)
-            rows.append([float(v) for v in rewards])
-    if not rows:
-        raise ConfigError(f"--rewards {path!r} holds no reward lists")
-    return ids, rows
 
 
 def _print_predictions(lines: list[dict], per_id: int, limit: int = 40) -> None:
