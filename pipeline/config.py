@@ -24,6 +24,11 @@ class PredictionBudget(str, Enum):
     remaining = "remaining"  # V_hat_n with n = the rollouts the exploit phase will actually get
 
 
+class Predictor(str, Enum):
+    tail_fit = "tail_fit"    # mu + sigma E(n) of the paper's tail fit (the reference code)
+    blended = "blended"      # pipeline.predict: plug-in to tail extension, ties and the bound honoured
+
+
 class StateSelection(str, Enum):
     top_reward = "top_reward"  # prefixes of the K highest-reward root rollouts (reference code)
     random = "random"          # K random root rollouts (a literal reading of the paper)
@@ -56,6 +61,7 @@ class SearchConfig:
     tail_fraction: float = 0.2                             # q in the paper
     expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.quantile  # the reference code's E(N); exact: the paper's
     prediction_budget: PredictionBudget = PredictionBudget.total
+    predictor: Predictor = Predictor.tail_fit               # how slg predicts a node's V_n
     state_selection: StateSelection = StateSelection.top_reward
     root_competes: bool = True                             # the prompt is a candidate for the exploit phase
     rollouts_per_node: int | None = None                # m; None: default_schedule(N)

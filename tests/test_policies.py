@@ -9,10 +9,11 @@ import pytest
 from scipy import integrate, stats
 
 from pipeline.allocation import QuantileScale, expected_final_best, fit_tail_full_rows
-from pipeline.config import AdaptiveConfig, ExpectedMaxRule, PredictionBudget, SearchConfig, StateSelection
+from pipeline.config import AdaptiveConfig, ExpectedMaxRule, PredictionBudget, Predictor, SearchConfig, StateSelection
 from pipeline.episodes import WorldSource, run_episodes
 from pipeline.policies import POLICIES, AdaptiveSLG, BestOfN, Oracle, ScalingLawGuided, adaptive_plan, policy_class
 from pipeline.policy import NO_NODE, ROOT, BudgetExceededError, EpisodeLedger, Request, Rollouts
+from pipeline.predict import predict_best_of_n, predict_rows
 from pipeline.schedule import default_schedule
 from pipeline.tail import fit_tail_rows
 from pipeline.worlds import WORLDS, make_world
@@ -200,6 +201,45 @@ def test_slg_exact_rule_is_an_option_that_changes_decisions():
     exact, _, _ = play("slg", 1000, batch=300, seed=5, config=SearchConfig(expected_max_rule=ExpectedMaxRule.exact))
     changed = (quantile.selected != exact.selected).mean()
     assert 0.01 < changed < 0.5  # same rollouts, a different E(N): some, not most, decisions move
+
+
+def node_rewards(source, episode, node, rounds):
+    """Every reward episode ``episode`` drew from ``node`` in the first ``rounds`` requests."""
+    drawn = [r.rewards[episode, :q.count[episode]] for q, r in zip(source.requests[:rounds], source.results[:rounds])
+             if q.node[episode] == node]
+    return np.concatenate(drawn)
+
+
+@pytest.mark.parametrize("method, family, budget, bound", [("slg", "gaussian", 1000, None), ("slg", "bounded", 256, 1.0),
+                                                          ("slg_adaptive", "gaussian", 1000, None),
+                                                          ("slg_adaptive", "discrete", 256, None)])
+def test_the_reported_prediction_is_the_shared_predictors_for_the_selected_node(method, family, budget, bound):
+    """results.jsonl's predicted_value: ``slg predict``'s V_n of the selected node's rewards, n = N
+    for slg (its horizon), the rollouts left for slg_adaptive; never above a declared bound."""
+    policy, source, ledger = play(method, budget, batch=40, family=family, seed=2,
+                                  config=SearchConfig(reward_upper_bound=bound))
+    exploit = source.requests[-1]
+    assert (exploit.node == policy.selected).all()
+    for b in range(40):
+        n = budget if method == "slg" else int(exploit.count[b])
+        rewards = node_rewards(source, b, policy.selected[b], len(source.requests) - 1)
+        expected = predict_best_of_n(rewards, [n], upper_bound=bound).value[0, 0]
+        assert policy.selected_prediction[b] == pytest.approx(expected, rel=1e-12, abs=1e-12), b
+    if bound is not None:
+        assert (policy.selected_prediction <= bound).all()
+
+
+def test_the_blended_predictor_is_an_option_that_selects_by_the_shared_predictor():
+    policy, source, _ = play("slg", 1000, batch=100, seed=4, config=SearchConfig(predictor=Predictor.blended))
+    states = np.stack([r.node for r in source.requests[1:-1]], axis=1)
+    for b in range(100):
+        nodes = [ROOT] + list(states[b])
+        samples = np.stack([node_rewards(source, b, node, len(nodes)) for node in nodes])
+        values = predict_rows(samples, [1000], groups=np.zeros(len(nodes))).value[:, 0]  # an episode's nodes pool ties
+        assert policy.selected[b] == nodes[int(np.argmax(values))], b
+    tail_fit, _, _ = play("slg", 1000, batch=100, seed=4)
+    assert (tail_fit.selected != policy.selected).any()  # same rollouts, some decisions move
+    assert SearchConfig().predictor == Predictor.tail_fit  # the reference's decisions by default
 
 
 def test_oracle_shares_slg_rollouts_and_picks_the_true_best():
