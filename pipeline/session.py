@@ -137,7 +137,10 @@ def init_ray(config: RunConfig) -> bool:
             raise ConfigError(f"cannot reach a Ray cluster at {address!r} (RAY_ADDRESS / ray.address): "
                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
         return False
-    ray.init(num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, include_dashboard=False, **quiet)
+    # address="local": a new instance of our own. With no address, ray.init joins the last cluster
+    # `ray start` left on this machine (someone else's, or another test run's) and then refuses num_cpus.
+    ray.init(address="local", num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, include_dashboard=False,
+             **quiet)
     return True
 
 

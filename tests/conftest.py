@@ -12,7 +12,8 @@ import pytest
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="WARNING")  # logical GPUs
+    # address="local": never the cluster another test or user started with `ray start` (ray.init's default)
+    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="WARNING")  # logical GPUs
     yield ray
     ray.shutdown()
 
@@ -48,3 +49,30 @@ def wait_until_gone(marker: str, timeout_s: float) -> list[int]:
     while (left := marked_processes(marker)) and time.time() < deadline:
         time.sleep(1)
     return left
+
+
+def run_in_process(overrides, observer=None, collect=False):
+    """The same searches by an in-process driver on sim engines, without Ray or faults (results do not
+    depend on replicas or timing, so this is the undisturbed run's result)."""
+    from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
+    from pipeline.collect import CollectStates
+    from pipeline.driver import Driver
+    from pipeline.prompts import load_prompts
+    from pipeline.run_config import load_run_config
+    from pipeline.runner import search_grid
+    from pipeline.search_record import SearchSpec
+    from pipeline.session import generator_kwargs, reward_kwargs
+
+    config = load_run_config(None, [*overrides, "generator.sim.latency_per_token_s=0"])
+    prompts = load_prompts(config.data)
+    if collect:
+        budget = config.collect.num_states * (config.collect.completions_per_state + 1)
+        searches = [SearchSpec(p, "collect", budget, CollectStates, config.collect) for p in prompts]
+    else:
+        searches = search_grid(prompts, config.methods, config.budgets, config.search)
+    driver = Driver(searches, [SimGenerator(**generator_kwargs(config))], [SimRewardModel(**reward_kwargs(config))],
+                    config.driver, config.seed, ground_truth=SimGroundTruth(config.generator.sim.family),
+                    observer=observer, use_ray=False)
+    rows, progress = driver.step(None)
+    assert progress["done"]
+    return rows

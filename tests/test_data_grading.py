@@ -48,9 +48,15 @@ def test_parquet_and_local_hf_datasets_load_through_datasets(tmp_path):
 
 
 def test_an_unreachable_hub_dataset_is_a_one_line_error(monkeypatch):
-    pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # both libraries read the variables once, at import (an earlier test may have imported them):
+    # without these, the lookup retries the network for ~20 s before failing the same way
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="cannot load data 'nonexistent-org/nonexistent-set'"):
         load_prompts(DataConfig(source="hf", name="nonexistent-org/nonexistent-set"))
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import run_in_process
 
 pytestmark = pytest.mark.ray
 SLOW = ["data.num_prompts=4", "budgets=[32,64]", "plot=false", "driver.max_concurrent_prompts=2",
@@ -19,38 +20,42 @@ def slg_run(output, *extra):
     return [sys.executable, "-m", "pipeline.run", "run", f"output_dir={output}", *SLOW, *extra]
 
 
-def comparable(path):
-    rows = [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
+def comparable(rows):
     fields = ("best_reward", "selected", "rollouts", "tokens_generated", "num_states")
     return sorted(((r["prompt_id"], r["method"], r["budget"]), tuple(r[f] for f in fields)) for r in rows)
 
 
+def results(path):
+    return [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    from pipeline.report import summarise
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    full = tmp_path / "full"
-    subprocess.run(slg_run(full), check=True, env=env, capture_output=True, timeout=300)
+    undisturbed = run_in_process(SLOW)  # results do not depend on Ray, replicas or timing
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(slg_run(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    results = killed / "results.jsonl"
+    written = killed / "results.jsonl"
     deadline = time.time() + 240
-    while not (results.exists() and len(results.read_text().splitlines()) >= 4):
+    while not (written.exists() and len(written.read_text().splitlines()) >= 4):
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # the driver process and everything in its session
     process.wait(timeout=30)
-    done_before = len(results.read_text().splitlines())
+    done_before = len(written.read_text().splitlines())
     assert done_before < 4 * 4 * 2, "the run finished before the kill"
     assert not (killed / "summary.json").exists()
 
     rerun = subprocess.run(slg_run(killed), env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{done_before} already done" in rerun.stderr
-    assert comparable(killed) == comparable(full)  # nothing lost, nothing twice
-    assert json.loads((killed / "summary.json").read_text())["methods"] == \
-        json.loads((full / "summary.json").read_text())["methods"]
+    assert comparable(results(killed)) == comparable(undisturbed)  # nothing lost, nothing twice
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["methods"] == summarise(undisturbed, ["bon", "slg", "slg_adaptive", "oracle"], [32, 64])["methods"]
 
 
 def test_bench_scaling_runs_each_replica_count_on_logical_gpus():
