@@ -61,11 +61,11 @@ def ray_head():
             time.sleep(1)
         yield f"http://127.0.0.1:{ports['dashboard-port']}", env, ray_bin
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        # SIGKILL, not SIGTERM: `ray start --block` stops its processes one by one with grace periods
+        # (about 30 s); the group (a crash, for Ray) ends at once, and what Ray started outside the
+        # group ends with the raylet and GCS it belongs to (checked below: nothing may be left).
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
         left = wait_until_gone(marker, 60)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"processes of the test's head still running: {left}"

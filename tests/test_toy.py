@@ -272,15 +272,16 @@ def test_the_trained_reward_model_scores_alike_in_transformers_and_vllm(engines)
     prompts = [PromptInput(f"t{i}", p.text, str(p.answer)) for i, p in enumerate(problems)]
     rollouts = generator.generate([RolloutRequest(i, prompts[i % 16], None, i) for i in range(64)])
     requests = [ScoreRequest(i, prompts[i % 16], r.response_text) for i, r in enumerate(rollouts)]
+    requests.append(ScoreRequest(64, prompts[0], ""))  # an empty response is scored too, alike
     vllm_scores = np.array([s.reward for s in reward.score(requests)])
-    hf_scores = np.array([s.reward for s in HFRewardModel(toy_settings("reward")).score(requests)])
+    hf_scores = np.array([s.reward for s in HFRewardModel(toy_settings("reward")).score(requests)])  # 16 a batch
     # float32 on the same ids, the same last-token head: measured 5.7e-6 apart at most on this machine
     # (scores of a few units; the reward model's constant of 1e5 that fixes its later norms costs
     # float32 digits), so 2e-5; a sigmoid or another token's head would be off by 0.1 or more
     assert np.abs(vllm_scores - hf_scores).max() < 2e-5
     right = np.array([r.correct for r in rollouts])
     assert 0 < right.sum() < len(right)
-    assert vllm_scores[right].mean() > vllm_scores[~right].mean()
+    assert vllm_scores[:64][right].mean() > vllm_scores[:64][~right].mean()
 
 
 @pytest.mark.vllm
