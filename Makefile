@@ -24,4 +24,6 @@ run: install
 
 test: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=15
+	# Two processes, one test module each at a time (module-scoped engines and clusters stay in one);
+	# every Ray or vLLM test starts instances of its own, so the two never meet.
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
