@@ -213,20 +213,34 @@ def node_rewards(source, episode, node, rounds):
 @pytest.mark.parametrize("method, family, budget, bound", [("slg", "gaussian", 1000, None), ("slg", "bounded", 256, 1.0),
                                                           ("slg_adaptive", "gaussian", 1000, None),
                                                           ("slg_adaptive", "discrete", 256, None)])
-def test_the_reported_prediction_is_the_shared_predictors_for_the_selected_node(method, family, budget, bound):
-    """results.jsonl's predicted_value: ``slg predict``'s V_n of the selected node's rewards, n = N
-    for slg (its horizon), the rollouts left for slg_adaptive; never above a declared bound."""
+def test_with_the_blended_predictor_the_reported_prediction_is_slg_predicts(method, family, budget, bound):
+    """results.jsonl's predicted_value with ``predictor=blended``: ``slg predict``'s V_n of the
+    selected node's rewards, n = N for slg (its horizon), the rollouts left for slg_adaptive;
+    never above a declared bound."""
     policy, source, ledger = play(method, budget, batch=40, family=family, seed=2,
-                                  config=SearchConfig(reward_upper_bound=bound))
+                                  config=SearchConfig(reward_upper_bound=bound, predictor=Predictor.blended))
     exploit = source.requests[-1]
     assert (exploit.node == policy.selected).all()
+    rounds = len(source.requests) - 1
     for b in range(40):
-        n = budget if method == "slg" else int(exploit.count[b])
-        rewards = node_rewards(source, b, policy.selected[b], len(source.requests) - 1)
-        expected = predict_best_of_n(rewards, [n], upper_bound=bound).value[0, 0]
+        if method == "slg":  # the value it selected by, for which the episode's nodes pool their tie counts
+            nodes = [ROOT] + [int(r.node[b]) for r in source.requests[1:-1]]
+            samples = np.stack([node_rewards(source, b, node, rounds) for node in nodes])
+            at = nodes.index(policy.selected[b])
+            expected = predict_rows(samples, [budget], bound, groups=np.zeros(len(nodes))).value[at, 0]
+        else:
+            rewards = node_rewards(source, b, policy.selected[b], rounds)
+            expected = predict_best_of_n(rewards, [int(exploit.count[b])], upper_bound=bound).value[0, 0]
         assert policy.selected_prediction[b] == pytest.approx(expected, rel=1e-12, abs=1e-12), b
     if bound is not None:
         assert (policy.selected_prediction <= bound).all()
+
+
+def test_by_default_slg_reports_the_reference_value_of_the_node_it_selected():
+    policy, source, _ = play("slg", 500, batch=40, seed=6)
+    for b in range(40):
+        rewards = node_rewards(source, b, policy.selected[b], len(source.requests) - 1)
+        assert policy.selected_prediction[b] == pytest.approx(reference_value(rewards, 500), rel=1e-12)
 
 
 def test_the_blended_predictor_is_an_option_that_selects_by_the_shared_predictor():
