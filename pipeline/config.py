@@ -61,7 +61,7 @@ class SearchConfig:
     tail_fraction: float = 0.2                             # q in the paper
     expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.quantile  # the reference code's E(N); exact: the paper's
     prediction_budget: PredictionBudget = PredictionBudget.total
-    predictor: Predictor = Predictor.tail_fit               # how slg predicts a node's V_n
+    predictor: Predictor = Predictor.tail_fit               # how slg selects, and both SLG policies report, V_n
     state_selection: StateSelection = StateSelection.top_reward
     root_competes: bool = True                             # the prompt is a candidate for the exploit phase
     rollouts_per_node: int | None = None                # m; None: default_schedule(N)

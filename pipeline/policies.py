@@ -98,15 +98,15 @@ class SearchPolicy:
         return chosen
 
     def _predict(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """Predicted V_n per node from its samples (B, nodes, L) (NaN-padded); n is (B,); -inf for no samples.
+        """Predicted V_n per node from its samples (B, nodes, L) (NaN-padded); n is (B,).
 
         ``predictor=tail_fit``: mu + sigma E(n) of the tail fit, cut at the bound (the reference);
-        ``blended``: ``pipeline.predict``, as ``_report`` (more accurate, and ~0.2 s of CPU the first
-        time a sample size is met: the predictor simulates its normal reference once per size).
+        ``blended``: ``pipeline.predict`` (more accurate, and ~0.2 s of CPU the first time a sample
+        size is met: the predictor simulates its normal reference once per size).
         """
         if self.config.predictor == Predictor.blended:
-            values = self._report(samples, n)
-            return np.where(np.isnan(values), -np.inf, values)
+            values = self._predict_blended(samples, n)
+            return np.where(np.isnan(values), -np.inf, values)  # a node without samples is never picked
         batch, nodes, length = samples.shape
         mu, sigma, _, _ = fit_tail_rows(samples.reshape(batch * nodes, length), self.config.tail_fraction)
         values = mu.reshape(batch, nodes) + sigma.reshape(batch, nodes) * self._expected_max(n)[:, None]
@@ -114,7 +114,7 @@ class SearchPolicy:
             values = np.minimum(values, self.config.reward_upper_bound)
         return values
 
-    def _report(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
+    def _predict_blended(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
         """V_n per node (B, nodes) by ``pipeline.predict`` (the predictor ``slg predict`` uses), from
         samples (B, nodes, L) NaN-padded, n (B,); NaN where a node has no samples. The nodes of an
         episode pool their tie counts. An episode holding a reward above ``reward_upper_bound``
@@ -314,7 +314,7 @@ class AdaptiveSLG(SearchPolicy):
             chosen[:, :root_rewards.shape[1]] = root_rewards
             chosen[use_state] = np.nan
             chosen[use_state, :state_rewards.shape[1]] = state_rewards[use_state]
-            return self._report(chosen[:, None, :], left)[:, 0]
+            return self._predict_blended(chosen[:, None, :], left)[:, 0]
         mu, sigma, _ = root_fit
         if use_state.any():
             chosen = state_rewards[use_state]
