@@ -7,9 +7,11 @@ it may be left running afterwards."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +41,8 @@ def cluster():
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    assert not wait_until_gone(marker, 60), "processes of the test cluster still running"
+    # 120 s: with two copies of the suite on two cores, the cluster's processes took over 60 s to end
+    assert not wait_until_gone(marker, 120), "processes of the test cluster still running"
 
 
 def slg(env, *args, **popen):
@@ -169,14 +172,19 @@ def test_the_driver_killed_ends_in_one_line_and_the_rerun_resumes(cluster, refer
 
 
 def test_a_run_without_an_address_starts_its_own_instance_beside_another_cluster(cluster, tmp_path):
-    """This module's cluster, like any `ray start`, left its address where ray.init() without an
-    address looks first: a run given no address must still start an instance of its own (joining
-    would run the job on someone else's cluster, and here fail on the CPUs it asks for)."""
-    import ray
-
-    assert ray._private.utils.read_ray_address() == cluster[0].address  # the trap is set
-    env = {k: v for k, v in cluster[2].items() if k != "RAY_ADDRESS"}
-    code, _, err = finish(slg(env, "run", f"output_dir={tmp_path}", "data.num_prompts=1", "methods=[bon]",
-                              "budgets=[8]", "plot=false"))
-    assert code == 0, err[-2000:]
-    assert len(lines(tmp_path / "results.jsonl")) == 1
+    """`ray start` (and ray.cluster_utils) records a cluster's address in RAY_TMPDIR/ray/ray_current_cluster,
+    where ray.init() without an address looks first: a run given no address must still start an
+    instance of its own (joining would run the job on someone else's cluster, and here fail on the
+    CPUs it asks for). The record points at this module's cluster, in a RAY_TMPDIR of the test's own
+    (the machine-wide one belongs to whichever cluster started last, perhaps another test run's)."""
+    system_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    try:
+        os.makedirs(os.path.join(system_tmp, "ray"))
+        Path(system_tmp, "ray", "ray_current_cluster").write_text(cluster[0].address)
+        env = {**{k: v for k, v in cluster[2].items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": system_tmp}
+        code, _, err = finish(slg(env, "run", f"output_dir={tmp_path}", "data.num_prompts=1", "methods=[bon]",
+                                  "budgets=[8]", "plot=false"))
+        assert code == 0, err[-2000:]
+        assert len(lines(tmp_path / "results.jsonl")) == 1
+    finally:
+        shutil.rmtree(system_tmp, ignore_errors=True)
