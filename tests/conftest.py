@@ -5,6 +5,7 @@ stop only their own processes, by id (the `ray` CLI's stop command ends every Ra
 import os
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,14 @@ def marked_processes(marker: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def command_line(pid: int) -> str:
+    """A process's command line ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
 
 
 def wait_until_gone(marker: str, timeout_s: float) -> list[int]:

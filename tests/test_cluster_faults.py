@@ -5,6 +5,7 @@ changes no result; every generator replica killed, or the driver killed, ends in
 exit code 1, and the same command then resumes. The cluster is this module's own, and nothing of
 it may be left running afterwards."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,10 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytest
-from conftest import marked_processes, process_marker, run_in_process, wait_until_gone
+from conftest import command_line, marked_processes, process_marker, run_in_process, wait_until_gone
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +43,16 @@ def cluster():
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    # 120 s: with two copies of the suite on two cores, the cluster's processes took over 60 s to end
-    assert not wait_until_gone(marker, 120), "processes of the test cluster still running"
+    # Cluster.shutdown ends its nodes' processes. With two copies of the suite on two cores, three
+    # of them once outlived even 120 s (never alone): they are this module's own (marked), so after
+    # 60 s they are ended by id, and none may survive that.
+    left = wait_until_gone(marker, 60)
+    if left:  # shown in the warnings summary, to tell which of Ray's processes linger
+        warnings.warn(f"test cluster processes ended by id after 60 s: {[command_line(pid)[:120] for pid in left]}", stacklevel=1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not wait_until_gone(marker, 30), "processes of the test cluster still running"
 
 
 def slg(env, *args, **popen):

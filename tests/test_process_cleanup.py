@@ -14,18 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import marked_processes, process_marker, wait_until_gone
+from conftest import command_line, marked_processes, process_marker, wait_until_gone
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
 
 
 def children(pid: int) -> list[int]:
