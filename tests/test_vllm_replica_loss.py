@@ -44,13 +44,21 @@ def start_replica(ray, model):
 
 
 def alive_after(processes, seconds: float) -> list:
-    """The processes still running (a zombie has ended) once ``seconds`` have passed or none is left."""
+    """The pids still running (a zombie has ended) once ``seconds`` have passed or none is left."""
     deadline = time.monotonic() + seconds
     while True:
-        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in processes if running(p)]
         if not alive or time.monotonic() > deadline:
-            return [" ".join(p.cmdline()) for p in alive]
+            return [p.pid for p in alive if running(p)]
         time.sleep(1)
+
+
+def running(process) -> bool:
+    """Running and not a zombie; a process that ends while it is being asked has ended."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.parametrize("lost", ["replica", "engine"])
