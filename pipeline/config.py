@@ -26,7 +26,7 @@ class PredictionBudget(str, Enum):
 
 class Predictor(str, Enum):
     tail_fit = "tail_fit"    # mu + sigma E(n) of the paper's tail fit (the reference code)
-    blended = "blended"      # pipeline.predict: plug-in to tail extension, ties and the bound honoured
+    blended = "blended"      # pipeline.predict (slg predict's): plug-in to tail extension, ties and the bound honoured
 
 
 class StateSelection(str, Enum):
@@ -61,7 +61,7 @@ class SearchConfig:
     tail_fraction: float = 0.2                             # q in the paper
     expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.quantile  # the reference code's E(N); exact: the paper's
     prediction_budget: PredictionBudget = PredictionBudget.total
-    predictor: Predictor = Predictor.tail_fit               # how slg selects, and both SLG policies report, V_n
+    reported_predictor: Predictor = Predictor.tail_fit      # how slg and slg_adaptive predict the V_n they report
     state_selection: StateSelection = StateSelection.top_reward
     root_competes: bool = True                             # the prompt is a candidate for the exploit phase
     rollouts_per_node: int | None = None                # m; None: default_schedule(N)

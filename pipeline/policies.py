@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.allocation import QuantileScale, expected_final_best, fit_tail_full_rows
 from pipeline.config import AdaptiveConfig, PredictionBudget, Predictor, SearchConfig, StateSelection
 from pipeline.policy import NO_NODE, ROOT, Request, Rollouts
-from pipeline.predict import predict_node_values
+from pipeline.predict import NodePredictions, predict_node_values
 from pipeline.tail import expected_max_std_normal, fit_tail_rows, tail_constants
 
 # true_value(nodes (B, k), n (B,)) -> true V_n of each node; only simulated worlds and banks have it
@@ -97,16 +97,9 @@ class SearchPolicy:
             chosen = np.pad(chosen, ((0, 0), (0, num_states - k)), constant_values=NO_NODE)
         return chosen
 
-    def _predict(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """Predicted V_n per node from its samples (B, nodes, L) (NaN-padded); n is (B,).
-
-        ``predictor=tail_fit``: mu + sigma E(n) of the tail fit, cut at the bound (the reference);
-        ``blended``: ``pipeline.predict`` (more accurate, and ~0.2 s of CPU the first time a sample
-        size is met: the predictor simulates its normal reference once per size).
-        """
-        if self.config.predictor == Predictor.blended:
-            values = self._predict_blended(samples, n)
-            return np.where(np.isnan(values), -np.inf, values)  # a node without samples is never picked
+    def _tail_fit_values(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """The reference's predicted V_n per node (B, nodes) from its samples (B, nodes, L)
+        (NaN-padded), n (B,): mu + sigma E(n) of the tail fit, cut at ``reward_upper_bound``."""
         batch, nodes, length = samples.shape
         mu, sigma, _, _ = fit_tail_rows(samples.reshape(batch * nodes, length), self.config.tail_fraction)
         values = mu.reshape(batch, nodes) + sigma.reshape(batch, nodes) * self._expected_max(n)[:, None]
@@ -114,16 +107,17 @@ class SearchPolicy:
             values = np.minimum(values, self.config.reward_upper_bound)
         return values
 
-    def _predict_blended(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """V_n per node (B, nodes) by ``pipeline.predict`` (the predictor ``slg predict`` uses), from
-        samples (B, nodes, L) NaN-padded, n (B,); NaN where a node has no samples. The nodes of an
-        episode pool their tie counts. An episode holding a reward above ``reward_upper_bound``
-        (a wrong declaration) is predicted unbounded rather than stopping the run."""
+    def _predict_blended(self, samples: np.ndarray, n: np.ndarray) -> NodePredictions:
+        """``pipeline.predict`` (the predictor ``slg predict`` uses) per node, from samples (B, nodes,
+        L) NaN-padded, n (B,); the nodes of an episode pool their tie counts. An episode holding a
+        reward above ``reward_upper_bound`` (a wrong declaration) is predicted unbounded rather than
+        stopping the run. Costs ~0.2 s of CPU the first time a sample size is met (the predictor
+        simulates its normal reference once per size)."""
         bound = self.config.reward_upper_bound
         if bound is not None:
             bound = np.where(np.nanmax(samples, axis=(1, 2), initial=-np.inf) > bound, np.nan, bound)
             bound = np.repeat(bound, samples.shape[1])
-        return predict_node_values(samples, np.maximum(n, 1), bound)[0]
+        return predict_node_values(samples, np.maximum(n, 1), bound)
 
     def _expected_max(self, n: np.ndarray) -> np.ndarray:
         rule = self.config.expected_max_rule.value
@@ -177,12 +171,22 @@ class ScalingLawGuided(SearchPolicy):
         pick = np.argmax(values, axis=1)
         rows = np.arange(batch)
         self.selected = nodes[rows, pick]
-        self.selected_prediction = values[rows, pick]
+        self.selected_prediction = self._reported_values(values, samples, horizon)[rows, pick]
         if (left > 0).any():
             yield [Request.per_episode(self.selected, left)]
 
     def _node_values(self, nodes: np.ndarray, samples: np.ndarray, horizon: np.ndarray) -> np.ndarray:
-        return self._predict(samples, horizon)
+        """Each node's predicted V_N (B, nodes), the value it is selected by: the reference's tail fit."""
+        return self._tail_fit_values(samples, horizon)
+
+    def _reported_values(self, values: np.ndarray, samples: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+        """What results report as each node's predicted V_N: the value it was selected by; with
+        ``reported_predictor=blended`` the shared predictor's (the episode's nodes pool their tie
+        counts). Selecting by that predictor ranks nodes worse (README, "What the policies do with
+        it"), so it never decides."""
+        if self.config.reported_predictor == Predictor.blended:
+            return self._predict_blended(samples, horizon).value
+        return values
 
 
 class Oracle(ScalingLawGuided):
@@ -193,6 +197,9 @@ class Oracle(ScalingLawGuided):
 
     def _node_values(self, nodes, samples, horizon):
         return self.true_value(np.where(nodes == NO_NODE, ROOT, nodes), horizon)
+
+    def _reported_values(self, values, samples, horizon):
+        return values  # the true V_N it selected by
 
 
 class AdaptiveSLG(SearchPolicy):
@@ -306,15 +313,15 @@ class AdaptiveSLG(SearchPolicy):
 
     def _predicted_best(self, root_rewards, state_rewards, root_fit, use_state, left):
         """Predicted V_n (reward units, n = the rollouts left) of the selected node, for the results:
-        mu + sigma E(n) from its tail fit (the same q as the prompt's); with ``predictor=blended``,
+        mu + sigma E(n) from its tail fit (the same q as the prompt's); with ``reported_predictor=blended``,
         the shared predictor's from the node's rewards (the prompt's root sample, or the state's)."""
-        if self.config.predictor == Predictor.blended:
+        if self.config.reported_predictor == Predictor.blended:
             width = max(root_rewards.shape[1], state_rewards.shape[1])
             chosen = np.full((root_rewards.shape[0], width), np.nan)
             chosen[:, :root_rewards.shape[1]] = root_rewards
             chosen[use_state] = np.nan
             chosen[use_state, :state_rewards.shape[1]] = state_rewards[use_state]
-            return self._predict_blended(chosen[:, None, :], left)[:, 0]
+            return self._predict_blended(chosen[:, None, :], left).value[:, 0]
         mu, sigma, _ = root_fit
         if use_state.any():
             chosen = state_rewards[use_state]

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import special
@@ -167,11 +168,19 @@ def predict_rows(rewards, n, upper_bound=None, groups=None, tail_fraction: float
     return Predictions(n=n_table, continuity=continuity, **fields)
 
 
+class NodePredictions(NamedTuple):
+    """``predict_node_values``'s result, each (B, nodes); NaN where a node has no rewards."""
+
+    value: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    flags: np.ndarray
+
+
 def predict_node_values(samples: np.ndarray, n, upper_bound: float | None = None, pool_episode: bool = True,
-                        tail_fraction: float = DEFAULT_TAIL_FRACTION):
+                        tail_fraction: float = DEFAULT_TAIL_FRACTION) -> NodePredictions:
     """The policies' form: ``samples`` (B, nodes, L) NaN-padded, ``n`` (B,), one n per episode.
 
-    Returns (value, lower, upper, flags), each (B, nodes); NaN where a node has no rewards.
     With ``pool_episode`` the nodes of one episode (one prompt, one reward model) pool their tie
     counts; episodes never share anything, so a result does not depend on the rest of the batch.
     """
@@ -180,8 +189,8 @@ def predict_node_values(samples: np.ndarray, n, upper_bound: float | None = None
     groups = np.repeat(np.arange(batch), nodes) if pool_episode else None
     result = predict_rows(samples.reshape(batch * nodes, length), per_row, upper_bound, groups, tail_fraction)
     shape = (batch, nodes)
-    return (result.value[:, 0].reshape(shape), result.lower[:, 0].reshape(shape),
-            result.upper[:, 0].reshape(shape), result.flags.reshape(shape))
+    return NodePredictions(result.value[:, 0].reshape(shape), result.lower[:, 0].reshape(shape),
+                           result.upper[:, 0].reshape(shape), result.flags.reshape(shape))
 
 
 # --- samples ---------------------------------------------------------------------------------

@@ -139,9 +139,21 @@ def init_ray(config: RunConfig) -> bool:
         return False
     # address="local": a new instance of our own. With no address, ray.init joins the last cluster
     # `ray start` left on this machine (someone else's, or another test run's) and then refuses num_cpus.
-    ray.init(address="local", num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus, include_dashboard=False,
-             **quiet)
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice.addFilter(_drop_token_auth_notice)
+    try:
+        ray.init(address="local", num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus,
+                 include_dashboard=False, **quiet)
+    finally:
+        notice.removeFilter(_drop_token_auth_notice)
     return True
+
+
+def _drop_token_auth_notice(record: logging.LogRecord) -> bool:
+    """Ray (2.60 here) warns on every new local instance that it enabled token authentication, and how
+    to opt out. The instance is this job's own and ends with it, so the notice says nothing a user
+    can act on; authentication stays on, only the warning goes."""
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
