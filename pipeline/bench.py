@@ -19,6 +19,7 @@ scaling with replicas. A benchmark measures; nothing here asserts a speed.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 
@@ -99,6 +100,7 @@ def bench_raw_engine(config, requests, repeats: int = 2) -> dict:
     from pipeline.contract import PromptInput, RolloutRequest
     from pipeline.session import generator_kwargs
 
+    quiet_vllm_logs()
     engine = in_process(load_backend("generator", config.generator.backend.value)(**generator_kwargs(config)))
     try:
         engine.generate([RolloutRequest(-1, PromptInput("warm-up", "warm up the engine"), None, 12345)])
@@ -115,6 +117,15 @@ def bench_raw_engine(config, requests, repeats: int = 2) -> dict:
     tokens, wall = sum(r.num_generated_tokens for r in rollouts), min(walls)
     return {"rollouts": len(rollouts), "tokens_generated": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
             "wall_s_each": walls}
+
+
+def quiet_vllm_logs() -> None:
+    """Only errors from vLLM in this process and the engine processes it starts, unless
+    VLLM_LOGGING_LEVEL says otherwise. The raw engine runs here, where vLLM would log every step
+    of its start and shutdown to stdout, between the benchmark's results; the pipeline's replicas
+    log the same to Ray's session logs, not to the terminal."""
+    level = os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # read by vLLM at import, here and in its engine processes
+    logging.getLogger("vllm").setLevel(level.upper())  # where vLLM was imported already
 
 
 def bench_scaling(config, prompts_per_replica: int, method: str, budget: int, replica_counts: list[int]) -> list[dict]:

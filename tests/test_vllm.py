@@ -189,3 +189,20 @@ def test_collect_with_texts_through_the_real_engines(tiny_models, tmp_path):
         # state's own decoding where a multi-byte character straddles the cut)
         assert all(row["state_texts"]) and all(len(text) > len(state) // 2 for state, responses
                                                in zip(row["state_texts"], row["responses"]) for text in responses)
+
+
+@pytest.mark.parametrize("user_level, shown", [(None, False), ("INFO", True)])
+def test_the_raw_bench_engine_logs_only_errors_unless_the_user_asks(user_level, shown):
+    """``slg bench --raw`` starts its engine in the benchmark's own process: vLLM's start-up and
+    shutdown logs would land on stdout between the results. A level the user sets still wins."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    if user_level:
+        env["VLLM_LOGGING_LEVEL"] = user_level
+    code = ("from pipeline.bench import quiet_vllm_logs; quiet_vllm_logs()\n"
+            "from vllm.logger import init_logger; init_logger('vllm.engine').warning('engine says hello')")
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("engine says hello" in done.stdout + done.stderr) == shown
