@@ -164,7 +164,8 @@ class ScalingLawGuided(SearchPolicy):
         left = budget - spent
         horizon = np.full(batch, budget) if self.config.prediction_budget == PredictionBudget.total else left
         values = self._node_values(nodes, samples, horizon)
-        values = np.where(nodes == NO_NODE, -np.inf, values)
+        # No node, or a node whose rewards were all dropped (NaN: no fit), is never picked.
+        values = np.where((nodes == NO_NODE) | np.isnan(values), -np.inf, values)
         if not self.config.root_competes:
             has_state = (nodes[:, 1:] != NO_NODE).any(axis=1)
             values[:, 0] = np.where(has_state, -np.inf, values[:, 0])

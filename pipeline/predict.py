@@ -1,9 +1,10 @@
 """Best-of-n prediction from a few rewards: a value, a 95% interval, the model used, and flags.
 
-Pure numpy/scipy: the one predictor that ``slg predict``, ``slg curves`` and the search policies
-share. It is not the tail fit itself (``pipeline.tail`` keeps the paper's estimator, one model
-here) and knows nothing about prompts, states or engines: it turns rows of rewards into predicted
-``V_n = E[max of n rewards]``.
+Pure numpy/scipy: the one predictor that ``slg predict`` and ``slg curves`` use, and the search
+policies report with (``search.reported_predictor``; they decide by the tail fit). It is not the
+tail fit itself (``pipeline.tail`` keeps the paper's estimator, one model here) and knows nothing
+about prompts, states or engines: it turns rows of rewards into predicted ``V_n = E[max of n
+rewards]``.
 
 For a sample of m rewards the prediction is a weighted step from the sample towards a normal tail:
 

@@ -1,6 +1,7 @@
 """The distributed pipeline on simulated engines: outputs, determinism, affinity, resume, errors."""
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -355,7 +356,7 @@ def test_free_reward_model_is_stable_spread_and_serves_a_whole_bench_run(local_r
     assert metrics["free_reward"] and metrics["rollouts_per_s"] * metrics["wall_s"] == pytest.approx(64)
 
 
-def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_engine(local_ray):
+def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_engine(local_ray, monkeypatch):
     from pipeline.bench import bench_pipeline, bench_raw_engine
     from pipeline.prompts import load_prompts
 
@@ -370,7 +371,10 @@ def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_en
     state_tokens = config.generator.state_tokens
     expected = state_tokens * len(state_requests) / sum(32 + len(r.prompt.text) // 4 + state_tokens for r in state_requests)
     assert metrics["state_cached_share"] == pytest.approx(expected, rel=1e-12)
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "unset")
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL")  # restored (unset) after the test
     raw = bench_raw_engine(config, requests)
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"  # its engine logs only errors (test_vllm.py)
     assert raw["rollouts"] == 3 * 64
     assert raw["tokens_generated"] == metrics["tokens_generated"]  # same seeds: the same tokens
 

@@ -223,7 +223,7 @@ def test_with_the_blended_predictor_the_reported_prediction_is_slg_predicts(meth
     assert (exploit.node == policy.selected).all()
     rounds = len(source.requests) - 1
     for b in range(40):
-        if method == "slg":  # the value it selected by, for which the episode's nodes pool their tie counts
+        if method == "slg":  # the episode's nodes pool their tie counts
             nodes = [ROOT] + [int(r.node[b]) for r in source.requests[1:-1]]
             samples = np.stack([node_rewards(source, b, node, rounds) for node in nodes])
             at = nodes.index(policy.selected[b])
@@ -266,7 +266,37 @@ def test_oracle_shares_slg_rollouts_and_picks_the_true_best():
     states = np.stack([r.node for r in oracle_source.requests[1:-1]], axis=1)
     nodes = np.concatenate([np.full((40, 1), ROOT), states], axis=1)
     truth = oracle_source.true_value(nodes, np.full(40, 500))
-    assert (oracle.selected == nodes[np.arange(40), truth.argmax(axis=1)]).all()
+    rows = np.arange(40)
+    assert (oracle.selected == nodes[rows, truth.argmax(axis=1)]).all()
+    assert oracle.selected_prediction == pytest.approx(truth[rows, truth.argmax(axis=1)], rel=1e-12)
+    blended, _, _ = play("oracle", 500, batch=40, seed=3, config=SearchConfig(reported_predictor=Predictor.blended))
+    assert np.array_equal(blended.selected_prediction, oracle.selected_prediction)  # it reports the truth it knows
+
+
+class DroppedState(RecordingSource):
+    """Every reward of the rollouts from one state of episode 0 is dropped (NaN), as
+    ``reward.nonfinite=drop`` does to scores a reward model could not give."""
+
+    def __init__(self, *args, dropped_request=2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dropped_request = dropped_request
+
+    def draw(self, request):
+        result = super().draw(request)
+        if len(self.results) == self.dropped_request + 1:
+            result.rewards[0] = np.nan
+        return result
+
+
+@pytest.mark.parametrize("reported", list(Predictor))
+def test_a_state_whose_rewards_were_all_dropped_is_never_selected(reported):
+    world = make_world("gaussian")
+    for seed in range(20):
+        source = DroppedState(world, 4, np.random.default_rng(seed))
+        policy = ScalingLawGuided(256, 4, SearchConfig(reported_predictor=reported), rng=np.random.default_rng(seed))
+        run_episodes(policy, source)
+        dropped = int(source.requests[2].node[0])
+        assert policy.selected[0] != dropped and np.isfinite(policy.selected_prediction[0]), seed
 
 
 def test_oracle_refuses_to_run_without_true_values():
