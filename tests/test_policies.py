@@ -288,12 +288,13 @@ class DroppedState(RecordingSource):
         return result
 
 
+@pytest.mark.parametrize("method", ["slg", "slg_adaptive"])
 @pytest.mark.parametrize("reported", list(Predictor))
-def test_a_state_whose_rewards_were_all_dropped_is_never_selected(reported):
+def test_a_state_whose_rewards_were_all_dropped_is_never_selected(method, reported):
     world = make_world("gaussian")
     for seed in range(20):
         source = DroppedState(world, 4, np.random.default_rng(seed))
-        policy = ScalingLawGuided(256, 4, SearchConfig(reported_predictor=reported), rng=np.random.default_rng(seed))
+        policy = policy_class(method)(256, 4, SearchConfig(reported_predictor=reported), rng=np.random.default_rng(seed))
         run_episodes(policy, source)
         dropped = int(source.requests[2].node[0])
         assert policy.selected[0] != dropped and np.isfinite(policy.selected_prediction[0]), seed
