@@ -317,11 +317,8 @@ class AdaptiveSLG(SearchPolicy):
         mu + sigma E(n) from its tail fit (the same q as the prompt's); with ``reported_predictor=blended``,
         the shared predictor's from the node's rewards (the prompt's root sample, or the state's)."""
         if self.config.reported_predictor == Predictor.blended:
-            width = max(root_rewards.shape[1], state_rewards.shape[1])
-            chosen = np.full((root_rewards.shape[0], width), np.nan)
-            chosen[:, :root_rewards.shape[1]] = root_rewards
-            chosen[use_state] = np.nan
-            chosen[use_state, :state_rewards.shape[1]] = state_rewards[use_state]
+            both = _stack_samples([root_rewards, state_rewards], max(root_rewards.shape[1], state_rewards.shape[1]))
+            chosen = both[np.arange(len(use_state)), use_state.astype(np.int64)]  # column 1: the state's
             return self._predict_blended(chosen[:, None, :], left).value[:, 0]
         mu, sigma, _ = root_fit
         if use_state.any():

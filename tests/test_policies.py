@@ -274,16 +274,12 @@ def test_oracle_shares_slg_rollouts_and_picks_the_true_best():
 
 
 class DroppedState(RecordingSource):
-    """Every reward of the rollouts from one state of episode 0 is dropped (NaN), as
-    ``reward.nonfinite=drop`` does to scores a reward model could not give."""
-
-    def __init__(self, *args, dropped_request=2, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.dropped_request = dropped_request
+    """Every reward episode 0 draws in its third request (from one of its states) is dropped (NaN),
+    as ``reward.nonfinite=drop`` does to scores a reward model could not give."""
 
     def draw(self, request):
         result = super().draw(request)
-        if len(self.results) == self.dropped_request + 1:
+        if len(self.results) == 3:
             result.rewards[0] = np.nan
         return result
 

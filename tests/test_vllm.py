@@ -10,6 +10,8 @@ shipped toy models (``test_toy.py``: the same architecture, and a reward model t
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,9 +197,6 @@ def test_collect_with_texts_through_the_real_engines(tiny_models, tmp_path):
 def test_the_raw_bench_engine_logs_only_errors_unless_the_user_asks(user_level, shown):
     """``slg bench --raw`` starts its engine in the benchmark's own process: vLLM's start-up and
     shutdown logs would land on stdout between the results. A level the user sets still wins."""
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
     if user_level:
         env["VLLM_LOGGING_LEVEL"] = user_level
