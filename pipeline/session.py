@@ -176,7 +176,7 @@ def is_single_node() -> bool:
 
 def create_replicas(config: RunConfig, reward_backend: str, local: bool) -> tuple[list, list]:
     """Generator and reward actors as configured. On a fixed local instance, a request for more GPUs
-    than it has is an error (Ray would wait for them forever); a cluster may autoscale to them."""
+    or CPUs than it has is an error (Ray would wait for them forever); a cluster may autoscale to them."""
     import ray
 
     gen, rm = config.generator, config.reward
@@ -185,16 +185,22 @@ def create_replicas(config: RunConfig, reward_backend: str, local: bool) -> tupl
         (float(gen.tensor_parallel_size) if real and gen.device != "cpu" and ray.cluster_resources().get("GPU", 0) else 0.0)
     gen_cpus = gen.num_cpus_per_replica if gen.num_cpus_per_replica is not None else (1.0 if real else 0.0)
     rm_cpus = rm.num_cpus_per_replica if rm.num_cpus_per_replica is not None else (1.0 if real else 0.0)
-    needed = gen_gpus * gen.num_replicas + rm.num_gpus_per_replica * rm.num_replicas
-    available = ray.cluster_resources().get("GPU", 0)
-    if needed > available:
-        message = f"the run needs {needed:g} GPUs, the {'local Ray instance' if local else 'cluster'} has {available:g}"
-        if local:
-            raise ConfigError(message + " (generator/reward num_replicas and num_gpus_per_replica)")
-        log.warning("%s: waiting for the autoscaler", message)
+    group_size = gen.tensor_parallel_size if gen_gpus >= 1 else 1
+    # a grouped replica's CPUs come out of its placement group's bundles (one CPU per GPU)
+    gen_cpus_held = max(gen_cpus, group_size) if group_size > 1 else gen_cpus
+    for resource, needed in (("GPU", gen_gpus * gen.num_replicas + rm.num_gpus_per_replica * rm.num_replicas),
+                             ("CPU", gen_cpus_held * gen.num_replicas + rm_cpus * rm.num_replicas)):
+        available = ray.cluster_resources().get(resource, 0)
+        if needed > available:
+            where = "local Ray instance" if local else "cluster"
+            message = f"the run needs {needed:g} {resource}s, the {where} has {available:g}"
+            if local:
+                raise ConfigError(message + f" (generator/reward num_replicas and num_{resource.lower()}s_per_replica"
+                                  + (", ray.num_cpus)" if resource == "CPU" else ")"))
+            log.warning("%s: waiting for the autoscaler", message)
     generators = create_ray_replicas(load_backend("generator", gen.backend.value), gen.num_replicas,
                                      generator_kwargs(config), gen_gpus, gen_cpus,
-                                     gpus_per_replica_group=gen.tensor_parallel_size if gen_gpus >= 1 else 1,
+                                     gpus_per_replica_group=group_size,
                                      name="generator", max_restarts=gen.max_restarts)
     rewards = create_ray_replicas(load_backend("reward", reward_backend), rm.num_replicas, reward_kwargs(config),
                                   rm.num_gpus_per_replica, rm_cpus, name="reward", max_restarts=rm.max_restarts)

@@ -227,10 +227,17 @@ def test_replicas_ask_ray_for_the_configured_gpus_and_pack_tensor_parallel_group
     assert all(all(b.get("GPU") == 1 for b in g["bundles"].values()) for g in groups)
 
 
-def test_more_gpus_than_a_local_instance_has_is_refused(local_ray, tmp_path):
-    with pytest.raises(ValueError, match="needs 6 GPUs, the local Ray instance has 4"):
-        run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", "generator.num_replicas=3",
-                                           "generator.num_gpus_per_replica=2"]))
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["generator.num_replicas=3", "generator.num_gpus_per_replica=2"], "needs 6 GPUs, the local Ray instance has 4"),
+    (["generator.num_cpus_per_replica=1.5", "reward.num_cpus_per_replica=1"], "needs 2.5 CPUs, the local Ray instance has 2"),
+    # a tensor-parallel group holds a CPU per GPU: two groups of 2 need 4
+    (["generator.num_replicas=2", "generator.tensor_parallel_size=2", "generator.num_gpus_per_replica=2"],
+     "needs 4 CPUs, the local Ray instance has 2"),
+])
+def test_more_than_a_local_instance_has_is_refused(local_ray, tmp_path, overrides, message):
+    """Ray would wait forever for resources a fixed local instance does not have (a run hung on CPUs)."""
+    with pytest.raises(ValueError, match=message):
+        run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", *overrides]))
 
 
 def test_a_policy_that_overspends_is_stopped_by_the_driver(monkeypatch):
