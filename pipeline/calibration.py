@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.oracle import expected_max_of_pool
 from pipeline.predict import FLAGS, predict_rows
 
@@ -77,16 +78,16 @@ def calibrate(pools: list, m_values: list[int], n_values, repeats: int, seed: in
     ``upper_bound``, the share of predictions or interval ends above it (``above_bound``).
     """
     if repeats < 1 or not m_values or min(m_values) < 1:
-        raise ValueError("calibrate needs repeats >= 1 and a non-empty list of m >= 1")
+        raise ConfigError("calibrate needs repeats >= 1 and a non-empty list of m >= 1")
     per_pool_n = n_values == POOL_SIZE
     if not per_pool_n and (not n_values or min(n_values) < 1):
-        raise ValueError(f"n must be {POOL_SIZE!r} or a non-empty list of integers >= 1, got {n_values!r}")
+        raise ConfigError(f"n must be {POOL_SIZE!r} or a non-empty list of integers >= 1, got {n_values!r}")
     pools = [p if hasattr(p, "draw") else EmpiricalPool(p) for p in pools]
     pools = [p for p in pools if p.spread > 0]
     if not pools:
-        raise ValueError("no pool with any spread to calibrate on")
+        raise ConfigError("no pool with any spread to calibrate on")
     if per_pool_n and any(p.size is None for p in pools):
-        raise ValueError(f"n = {POOL_SIZE!r} needs finite pools")
+        raise ConfigError(f"n = {POOL_SIZE!r} needs finite pools")
     columns = [POOL_SIZE] if per_pool_n else list(n_values)
     rng = np.random.default_rng(seed)
     spread = np.repeat([p.spread for p in pools], repeats)
@@ -137,10 +138,10 @@ def real_pools(path=REAL_DATA) -> dict[str, tuple[list[np.ndarray], float | None
     """Prompt-level reward pools of the real data sets under ``path`` (the folder, or one set)."""
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"real data folder {str(path)!r} does not exist")
+        raise ConfigError(f"real data folder {str(path)!r} does not exist")
     folders = [path] if path.name in REAL_SETS else [path / name for name in REAL_SETS if (path / name).is_dir()]
     if not folders:
-        raise ValueError(f"no known real data set under {str(path)!r}; expected one of {sorted(REAL_SETS)}")
+        raise ConfigError(f"no known real data set under {str(path)!r}; expected one of {sorted(REAL_SETS)}")
     pools = {}
     for folder in folders:
         loader, bound = REAL_SETS[folder.name]

@@ -31,15 +31,49 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int_list(text: str) -> list[int]:
+    """Distinct integers >= 1 (budgets, sample sizes, n, replica counts): a repeated one would count
+    its results twice and narrow their intervals."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    return values
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {min(values)} in {text!r}")
+    return _distinct(values, text)
 
 
 def _name_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+    return _distinct([x.strip() for x in text.split(",") if x.strip()], text)
+
+
+def _distinct(values: list, text: str) -> list:
+    repeated = [value for index, value in enumerate(values) if value in values[:index]]
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{repeated[0]} is listed twice in {text!r}")
+    return values
+
+
+def _seed(text: str) -> int:
+    """A seed for numpy's generators, which take integers >= 0 only."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def _params(pairs: list[str]) -> dict[str, float]:
@@ -94,11 +128,11 @@ def _add_pipeline_commands(commands) -> None:
 
     tiny = commands.add_parser("make-tiny-models", help="write a tiny random-weight generator and RM for CPU tests")
     tiny.add_argument("directory")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=_seed, default=0)
 
     toy = commands.add_parser("make-toy-models", help="train the toy generator and reward model (CPU, minutes)")
     toy.add_argument("directory", help="writes DIRECTORY/generator and DIRECTORY/reward (new, empty, or its own earlier output)")
-    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--seed", type=_seed, default=0)
     toy.add_argument("--report", action="store_true", help="then measure the quality bands on held-out problems")
     toy.add_argument("--report-only", action="store_true", help="measure the toy models already in DIRECTORY; train nothing")
     toy.add_argument("--out", help="write the report as JSON here")
@@ -108,15 +142,16 @@ def _add_offline_commands(commands) -> None:
     """Commands on worlds, banks and reward files: no engines, no Ray."""
     replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
     source = replay.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bank", help="reward banks (JSONL, SPEC.md format), comma-separated")
-    source.add_argument("--world", help="a simulated world family: " + ", ".join(_world_names()))
+    source.add_argument("--bank", type=_name_list, help="reward banks (JSONL, SPEC.md format), comma-separated")
+    source.add_argument("--world", type=_name_list,
+                        help="simulated world families, comma-separated, or 'all': " + ", ".join(_world_names()))
     replay.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
     replay.add_argument("--prompts", type=int, help="fresh prompts drawn from the world (required with --world)")
     replay.add_argument("--methods", type=_name_list, default=DEFAULT_METHODS, help="comma-separated methods")
     replay.add_argument("--budgets", type=_int_list, default=[100, 1000], help="comma-separated budgets N")
     replay.add_argument("--repeats", type=int, default=100, help="repetitions per prompt")
-    replay.add_argument("--seed", type=int, default=0)
-    replay.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    replay.add_argument("--seed", type=_seed, default=0)
+    replay.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     replay.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                         help="search option, e.g. --set tail_fraction=0.3 --set adaptive.keep_fraction=0.5")
     replay.add_argument("--out", help="write the results as JSON here")
@@ -128,7 +163,7 @@ def _add_offline_commands(commands) -> None:
     sim_bank.add_argument("--prompts", type=int, required=True)
     sim_bank.add_argument("--states", type=int, required=True)
     sim_bank.add_argument("--completions", type=int, required=True)
-    sim_bank.add_argument("--seed", type=int, default=0)
+    sim_bank.add_argument("--seed", type=_seed, default=0)
     sim_bank.add_argument("--out", required=True)
 
     curves = commands.add_parser("curves", help="predicted best-of-n (predictor, tail fit, plug-in) against exact values")
@@ -144,7 +179,7 @@ def _add_offline_commands(commands) -> None:
     curves.add_argument("--n", type=_n_or_pool, help="n of the predicted best-of-n, or 'pool' for each pool's own size "
                                                       "(default: pool; 100,1000 with --world)")
     curves.add_argument("--repeats", type=int, default=20, help="samples of m drawn per pool or state")
-    curves.add_argument("--seed", type=int, default=0)
+    curves.add_argument("--seed", type=_seed, default=0)
     curves.add_argument("--out", help="write the report as JSON here")
 
     predict = commands.add_parser("predict", help="how large an N is worth it: best-of-n predicted from samples")
@@ -186,7 +221,7 @@ def run_replay(args) -> int:
             raise UsageError(f"unknown method {method!r}; expected one of {sorted(POLICIES)}")
     config = _search_config(args.overrides)
     if args.world:
-        families = sorted(WORLDS) if args.world == "all" else _name_list(args.world)
+        families = sorted(WORLDS) if args.world == ["all"] else args.world
         if len(families) > 1 and args.param:
             raise UsageError("--param applies to a single --world family, not to several")
         targets = {}
@@ -198,7 +233,9 @@ def run_replay(args) -> int:
     else:
         if args.param:
             raise UsageError("--param applies to --world only")
-        targets = {path: read_bank(path) for path in _name_list(args.bank)}
+        if args.prompts is not None:
+            raise UsageError("--prompts applies to --world only (a bank replays all its prompts)")
+        targets = {path: read_bank(path) for path in args.bank}
     total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts)
     started = time.perf_counter()
     with _progress_bar(total, enabled=not args.no_progress) as bar:
@@ -258,6 +295,8 @@ def run_curves(args) -> int:
 
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.param and (not args.world or args.world == "all"):
+        raise UsageError("--param applies to a single --world family")
     m_values = args.m or ([16, 32, 64] if args.world else [8, 16, 32])
     n_values = args.n or ([100, 1000] if args.world else "pool")
     if args.real:
@@ -292,10 +331,6 @@ def run_predict(args) -> int:
     from pipeline.errors import ConfigError
     from pipeline.predict import predict_rows
 
-    if not args.n:
-        raise ConfigError("--n is empty: give at least one n, e.g. --n 100,1000")
-    if min(args.n) < 1:
-        raise ConfigError(f"--n values must be integers >= 1, got {min(args.n)}")
     ids, rows = read_reward_lists(args.rewards)
     length = max(len(r) for r in rows)
     table = np.full((len(rows), length), np.nan)

@@ -7,6 +7,7 @@ enters (CLI, driver) before any work starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -89,8 +90,11 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
     if not adaptive.root_fraction < adaptive.explore_fraction <= 1.0:
         raise ConfigError(f"search.adaptive.explore_fraction must be in (root_fraction, 1], "
                           f"got {adaptive.explore_fraction!r}")
-    if adaptive.confidence < 0:
+    if not adaptive.confidence >= 0:  # NaN too
         raise ConfigError(f"search.adaptive.confidence must be >= 0, got {adaptive.confidence!r}")
+    if config.reward_upper_bound is not None and not math.isfinite(config.reward_upper_bound):
+        raise ConfigError(f"search.reward_upper_bound must be a finite number (omit it for an unbounded reward), "
+                          f"got {config.reward_upper_bound!r}")
     if adaptive.min_rollouts < 2:
         raise ConfigError(f"search.adaptive.min_rollouts must be >= 2 (a state's spread needs two), "
                           f"got {adaptive.min_rollouts!r}")
@@ -100,3 +104,11 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
             raise ConfigError(f"search.adaptive.{name} must be >= 1, got {value!r}")
     for budget in budgets:
         config.schedule(budget)
+
+
+def check_bound_covers(config: SearchConfig, highest: float, source: str) -> None:
+    """Refuse a declared reward bound below the largest reward ``source`` can give (a world's upper
+    bound, the largest reward of a bank): predictions cut there would tie the best nodes."""
+    bound = config.reward_upper_bound
+    if bound is not None and bound < highest:
+        raise ConfigError(f"search.reward_upper_bound={bound:g} is below the rewards of {source} (up to {highest:g})")

@@ -99,25 +99,32 @@ class SearchPolicy:
 
     def _tail_fit_values(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
         """The reference's predicted V_n per node (B, nodes) from its samples (B, nodes, L)
-        (NaN-padded), n (B,): mu + sigma E(n) of the tail fit, cut at ``reward_upper_bound``."""
+        (NaN-padded), n (B,): mu + sigma E(n) of the tail fit, cut at the episode's bound (``_episode_bounds``)."""
         batch, nodes, length = samples.shape
         mu, sigma, _, _ = fit_tail_rows(samples.reshape(batch * nodes, length), self.config.tail_fraction)
         values = mu.reshape(batch, nodes) + sigma.reshape(batch, nodes) * self._expected_max(n)[:, None]
-        if self.config.reward_upper_bound is not None:
-            values = np.minimum(values, self.config.reward_upper_bound)
-        return values
+        bound = self._episode_bounds(samples)
+        if bound is None:
+            return values
+        return np.where(np.isnan(bound)[:, None], values, np.minimum(values, bound[:, None]))  # NaN fits stay NaN
 
     def _predict_blended(self, samples: np.ndarray, n: np.ndarray) -> NodePredictions:
         """``pipeline.predict`` (the predictor ``slg predict`` uses) per node, from samples (B, nodes,
-        L) NaN-padded, n (B,); the nodes of an episode pool their tie counts. An episode holding a
-        reward above ``reward_upper_bound`` (a wrong declaration) is predicted unbounded rather than
-        stopping the run. Costs ~0.2 s of CPU the first time a sample size is met (the predictor
+        L) NaN-padded, n (B,); the nodes of an episode pool their tie counts, and share its bound
+        (``_episode_bounds``). Costs ~0.2 s of CPU the first time a sample size is met (the predictor
         simulates its normal reference once per size)."""
+        bound = self._episode_bounds(samples)
+        return predict_node_values(samples, np.maximum(n, 1), None if bound is None else np.repeat(bound, samples.shape[1]))
+
+    def _episode_bounds(self, samples: np.ndarray) -> np.ndarray | None:
+        """``reward_upper_bound`` per episode (B,) for samples (B, nodes, L); NaN (no bound) in an
+        episode holding a reward above it: a wrong declaration (a real RM's scores are only seen at
+        run time) would cut every node's prediction to the same value, so it is not applied there
+        rather than stopping the run. None when no bound is declared."""
         bound = self.config.reward_upper_bound
-        if bound is not None:
-            bound = np.where(np.nanmax(samples, axis=(1, 2), initial=-np.inf) > bound, np.nan, bound)
-            bound = np.repeat(bound, samples.shape[1])
-        return predict_node_values(samples, np.maximum(n, 1), bound)
+        if bound is None:
+            return None
+        return np.where(np.nanmax(samples, axis=(1, 2), initial=-np.inf) > bound, np.nan, bound)
 
     def _expected_max(self, n: np.ndarray) -> np.ndarray:
         rule = self.config.expected_max_rule.value

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.config import PredictionBudget, SearchConfig, validate_search_config
+from pipeline.config import PredictionBudget, SearchConfig, check_bound_covers, validate_search_config
 from pipeline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
 from pipeline.errors import ConfigError
 from pipeline.oracle import PoolCurve
@@ -64,6 +64,11 @@ def replay_many(targets: dict[str, World | list[BankPrompt]], methods: list[str]
     for target in targets.values():
         _check_request(target, methods, budgets, repeats, num_prompts)
     validate_search_config(config, budgets)
+    for label, target in targets.items():
+        if isinstance(target, World):
+            check_bound_covers(config, target.reward_bounds[1], target.describe())
+        else:
+            check_bound_covers(config, max(prompt.rewards.max() for prompt in target), f"bank {label}".strip())
     tasks = []
     for label, target in targets.items():
         if isinstance(target, World):
@@ -226,6 +231,9 @@ def _check_request(target, methods, budgets, repeats, num_prompts):
             raise ConfigError(f"method {method!r} needs a world or a bank")
     if not budgets:
         raise ConfigError("the budget list is empty")
+    for name, values in (("method", methods), ("budget", budgets)):
+        if len(set(values)) != len(values):  # its results would be counted twice, its interval too narrow
+            raise ConfigError(f"a {name} is listed twice: {list(values)}")
     for budget in budgets:
         if isinstance(budget, bool) or int(budget) != budget or budget < 1:
             raise ConfigError(f"budget N must be a positive integer, got {budget!r}")

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import SearchConfig, validate_search_config
+from pipeline.config import SearchConfig, check_bound_covers, validate_search_config
 from pipeline.errors import ConfigError
 from pipeline.policies import POLICIES
 
@@ -256,6 +256,8 @@ def validate_run_config(config: RunConfig) -> None:
     for budget in config.budgets:
         if budget < 1:
             raise ConfigError(f"budget N must be >= 1, got {budget!r} in budgets")
+    if len(set(config.budgets)) != len(config.budgets):  # each search would be written and counted twice
+        raise ConfigError(f"budgets lists a budget twice: {config.budgets}")
     validate_search_config(config.search, config.budgets)
     gen, rm = config.generator, config.reward
     if "oracle" in config.methods and gen.backend != Backend.sim:
@@ -268,8 +270,16 @@ def validate_run_config(config: RunConfig) -> None:
             raise ConfigError(f"{section}.num_replicas must be >= 1, got {values.num_replicas!r}")
         if values.backend != Backend.sim:
             _check_model(section, values.model)
+        for resource in ("num_gpus_per_replica", "num_cpus_per_replica"):
+            amount = getattr(values, resource)
+            if amount is not None and not amount >= 0:
+                raise ConfigError(f"{section}.{resource} must be >= 0, got {amount!r}")
         if values.cpu_cores is not None and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", str(values.cpu_cores)):
             raise ConfigError(f"{section}.cpu_cores must list cores like \"0\", \"0-3\" or \"0,2\", got {values.cpu_cores!r}")
+    for resource in ("num_cpus", "num_gpus"):
+        amount = getattr(config.ray, resource)
+        if amount is not None and amount < 0:
+            raise ConfigError(f"ray.{resource} must be >= 0, got {amount!r}")
     if gen.tensor_parallel_size < 1:
         raise ConfigError(f"generator.tensor_parallel_size must be >= 1, got {gen.tensor_parallel_size!r}")
     if gen.state_tokens < 1 or gen.max_tokens <= gen.state_tokens:
@@ -277,7 +287,10 @@ def validate_run_config(config: RunConfig) -> None:
                          f"generator.max_tokens={gen.max_tokens}")
     if gen.backend == Backend.sim:
         from pipeline.worlds import make_world
-        make_world(gen.sim.family, **gen.sim.params)
+        world = make_world(gen.sim.family, **gen.sim.params)
+        check_bound_covers(config.search, world.reward_bounds[1], f"the sim world {world.describe()}")
+    if gen.sim.latency_per_token_s < 0:
+        raise ConfigError(f"generator.sim.latency_per_token_s must be >= 0, got {gen.sim.latency_per_token_s!r}")
     if config.data.source == DataSource.sim and gen.backend != Backend.sim:
         raise ConfigError("data.source=sim makes synthetic prompts for the sim backend; real engines need "
                          "data.source=jsonl|parquet|hf")

@@ -168,9 +168,10 @@ def test_prediction_plot_draws_the_predicted_curves_and_bands():
     ('', [], "holds no reward lists"),
     ('{"id": "a", "rewards": [0.5, 1.5]}', ["--upper-bound", "1"], "--upper-bound 1 is below a reward of id 'a' (1.5)"),
     ('{"id": "a", "rewards": [0.5]}', ["--upper-bound", "nan"], "--upper-bound must be a finite number"),
-    ('{"id": "a", "rewards": [0.5]}', ["--n", "0"], "--n values must be integers >= 1, got 0"),
+    ('{"id": "a", "rewards": [0.5]}', ["--n", "0"], "argument --n: expected integers >= 1, got 0 in '0'"),
     ('{"id": "a", "rewards": [0.5]}', ["--n", "ten"], "expected comma-separated integers"),
-    ('{"id": "a", "rewards": [0.5]}', ["--n", ","], "--n is empty"),
+    ('{"id": "a", "rewards": [0.5]}', ["--n", ","], "argument --n: expected at least one integer, got ','"),
+    ('{"id": "a", "rewards": [0.5]}', ["--n", "10,100,10"], "argument --n: 10 is listed twice in '10,100,10'"),
 ])
 def test_cli_predict_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, content, argv, match):
     source = tmp_path / "r.jsonl"

@@ -186,6 +186,14 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     (["data.source=jsonl"], "data.path is required"),
     (["reward.cpu_cores=first"], "reward.cpu_cores must list cores"),
     (["driver.affinity_spill_rollouts=-1"], "driver.affinity_spill_rollouts must be >= 0"),
+    (["budgets=[16,16]"], "budgets lists a budget twice: [16, 16]"),  # each search would be counted twice
+    (["search.reward_upper_bound=nan"], "search.reward_upper_bound must be a finite number"),
+    (["search.reward_upper_bound=3"], "search.reward_upper_bound=3 is below the rewards of the sim world gaussian"),
+    (["search.adaptive.confidence=nan"], "search.adaptive.confidence must be >= 0, got nan"),
+    (["generator.sim.latency_per_token_s=-1"], "generator.sim.latency_per_token_s must be >= 0"),
+    (["ray.num_cpus=-1"], "ray.num_cpus must be >= 0, got -1"),
+    (["reward.num_gpus_per_replica=-0.5"], "reward.num_gpus_per_replica must be >= 0, got -0.5"),
+    (["generator.num_cpus_per_replica=nan"], "generator.num_cpus_per_replica must be >= 0, got nan"),
 ])
 def test_bad_run_config_is_refused_before_any_actor(overrides, match, capsys, tmp_path):
     code = main(["run", f"output_dir={tmp_path / 'out'}", *overrides])

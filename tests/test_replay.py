@@ -131,8 +131,24 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "0"], "budget N must be a positive integer, got 0"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", ""], "budget list is empty"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "0"], "--budgets: expected integers >= 1, got 0"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", ""], "--budgets: expected at least one integer"),
+    # a repeated budget, method, world or bank would count its results twice and narrow the interval
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "16,16"], "16 is listed twice in '16,16'"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--methods", "bon,bon"], "bon is listed twice"),
+    (["replay", "--world", "gaussian,gaussian", "--prompts", "2"], "gaussian is listed twice"),
+    (["replay", "--bank", "b.jsonl,b.jsonl"], "b.jsonl is listed twice"),
+    (["replay", "--bank", "b.jsonl", "--prompts", "2"], "--prompts applies to --world only"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--workers", "0"], "--workers: expected an integer >= 1, got 0"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "reward_upper_bound=nan"],
+     "search.reward_upper_bound must be a finite number"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "adaptive.confidence=nan"],
+     "search.adaptive.confidence must be >= 0, got nan"),
+    # predictions cut below what the rewards reach would tie the best nodes
+    (["replay", "--world", "bounded", "--prompts", "2", "--set", "reward_upper_bound=0.5"],
+     "search.reward_upper_bound=0.5 is below the rewards of bounded(mu0=1, sigma0=1, sigma1=1) (up to 1)"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "reward_upper_bound=100"], "(up to inf)"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--methods", "beam"], "unknown method 'beam'"),
     (["replay", "--world", "gauss", "--prompts", "2"], "unknown world family 'gauss'"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--set", "tail_fraction=1.5"], "tail_fraction"),
@@ -150,6 +166,20 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(argv, match, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_replay_library_refuses_what_the_cli_refuses():
+    from pipeline.config import SearchConfig
+    from pipeline.episodes import BankPrompt
+
+    bank = [BankPrompt("p", [[0.2, 0.9], [0.1, 0.4]])]
+    with pytest.raises(ValueError, match=r"reward_upper_bound=0.5 is below the rewards of bank \(up to 0.9\)"):
+        replay(bank, ["bon"], [2], 1, config=SearchConfig(reward_upper_bound=0.5))
+    assert replay(bank, ["bon"], [2], 1, config=SearchConfig(reward_upper_bound=0.9))  # the largest reward is fine
+    with pytest.raises(ValueError, match=r"a budget is listed twice: \[2, 2\]"):
+        replay(bank, ["bon"], [2, 2], 1)
+    with pytest.raises(ValueError, match="a method is listed twice"):
+        replay(bank, ["bon", "bon"], [2], 1)
 
 
 def test_core_imports_no_engine_or_ray():
