@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.episodes import BankPrompt
 from pipeline.errors import ConfigError
-from pipeline.outputs import atomic_write_text
+from pipeline.storage import write_text
 from pipeline.worlds import World
 
 
@@ -115,9 +115,9 @@ def _parse_row(row, where: str) -> BankPrompt:
     return BankPrompt(prompt_id, states, correct)
 
 
-def write_bank(path, rows: list[dict]) -> None:
-    """Write bank rows atomically: a reader never sees half a bank."""
-    atomic_write_text(Path(path), "".join(json.dumps(row) + "\n" for row in rows))
+def write_bank(target, rows: list[dict]) -> None:
+    """Write bank rows at a path or a URL, whole: a reader never sees half a bank."""
+    write_text(str(target), "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def simulate_bank(world: World, num_prompts: int, num_states: int, num_completions: int, seed: int) -> list[dict]:

@@ -267,8 +267,24 @@ def plot_predictions(path, *args, **kwargs) -> None:
     _save(prediction_figure(*args, **kwargs), path)
 
 
+def check_plot_target(target: str, option: str = "--plot") -> None:
+    """Refuse, before any work, a plot path that cannot be written (``check_output_target``), a URL
+    (plots are written locally), or a name whose extension matplotlib cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from pipeline.storage import check_output_target, local_path
+
+    if local_path(target) is None:
+        raise ConfigError(f"{option} {target!r} must be a local path (plots are not uploaded)")
+    check_output_target(target, option)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if Path(target).suffix.lstrip(".").lower() not in formats:
+        raise ConfigError(f"{option} {target!r} must end in one of " + ", ".join(f".{name}" for name in sorted(formats)))
+
+
 def _save(figure, path) -> None:
     import matplotlib.pyplot as plt
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # as --out does
     figure.savefig(path, dpi=110)
     plt.close(figure)

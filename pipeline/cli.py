@@ -465,6 +465,19 @@ def run_make_toy_models(args) -> int:
     return 0
 
 
+def _check_output_paths(args) -> None:
+    """Every file option a command writes, checked before its work starts (a folder or a file in
+    the way would otherwise fail only at the end, after minutes of work)."""
+    from pipeline.storage import check_output_target
+
+    for option in ("out", "texts"):
+        if getattr(args, option, None):
+            check_output_target(getattr(args, option), f"--{option}")
+    if getattr(args, "plot", None):
+        from pipeline.calibration import check_plot_target
+        check_plot_target(args.plot)
+
+
 def _write_json(target: str, payload) -> None:
     """A JSON file at a path or a URL (``--out`` of every command)."""
     from pipeline.storage import write_text
@@ -498,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         args = build_parser().parse_args(argv)
+        _check_output_paths(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("slg: interrupted", file=sys.stderr)

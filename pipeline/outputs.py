@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,17 +22,42 @@ from pipeline.errors import ConfigError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file through a temporary file in the same folder and a rename."""
+    """Write a whole file through a temporary file in the same folder and a rename.
+
+    The file keeps the mode it had (a new one gets the umask's, as ``open`` would give it), and a
+    symbolic link keeps pointing at it: the file it names is the one replaced. A device or a pipe
+    (``/dev/stdout``) is written in place: there is nothing to rename over it."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with path.open("w") as out:
+            out.write(text)
+        return
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as out:
             out.write(text)
+        os.chmod(temporary, mode)  # mkstemp makes it 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -13,6 +13,7 @@ server, ``GOOGLE_APPLICATION_CREDENTIALS``, ...), nothing slg-specific.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -90,7 +91,10 @@ class OutputDir:
             _filesystem(self.target)  # an unknown protocol or a missing package fails here, before any work
             self.staging = Path(tempfile.mkdtemp(prefix="slg-staging-"))
         else:
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as error:  # a file in the way, no permission: before any work
+                raise ConfigError(f"output_dir {self.target!r} cannot be made a folder: {error.strerror or error}") from None
             self.staging = path
         self.files: dict[str, Destination] = {}
 
@@ -121,6 +125,23 @@ class Checkpoints:
         if time.perf_counter() - self.last >= self.interval_s:
             self.push()
             self.last = time.perf_counter()
+
+
+def check_output_target(target: str, option: str) -> None:
+    """Refuse, before any work, a local output path that cannot be written: a folder, a path under a
+    file, or a folder this process may not write in (``ConfigError``). A URL is left to its upload."""
+    path = local_path(target)
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {target!r} is a folder; expected a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # the folders that do not exist yet are made
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {target!r} lies under {str(parent)!r}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {target!r}: no permission to write in {str(parent)!r}")
 
 
 def write_text(target: str, text: str) -> None:

@@ -130,3 +130,68 @@ def test_a_run_killed_mid_way_resumes_from_the_bucket(s3, tmp_path):
     assert summary["methods"] == summarise(expected, ["bon", "slg", "slg_adaptive", "oracle"], [32, 64])["methods"]
     assert "config.yaml" in {o["Key"].split("/")[-1] for o in client.list_objects_v2(Bucket="results")["Contents"]}
     assert not list(tmp_path.glob("s3*")), "a bucket URL became a local folder"
+
+
+def test_sim_bank_writes_its_bank_to_a_bucket_not_to_a_local_folder(s3, tmp_path, monkeypatch):
+    client, _ = s3
+    monkeypatch.chdir(tmp_path)
+    assert main(["sim-bank", "--family", "gaussian", "--prompts", "2", "--states", "2", "--completions", "3",
+                 "--out", "s3://results/banks/b.jsonl"]) == 0
+    assert [json.loads(line)["prompt_id"] for line in remote_text(client, "banks/b.jsonl").splitlines()] == ["p0", "p1"]
+    assert list(tmp_path.iterdir()) == []  # it once wrote ./s3:/results/banks/b.jsonl
+
+
+def test_a_whole_file_write_keeps_the_files_mode_its_links_and_writes_a_pipe_in_place(tmp_path):
+    import stat
+    import threading
+
+    from pipeline.outputs import atomic_write_text
+
+    kept = tmp_path / "kept.json"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    atomic_write_text(kept, "new")
+    assert kept.read_text() == "new" and stat.S_IMODE(kept.stat().st_mode) == 0o640
+    umask = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "fresh.json", "x")  # as open() would make it, not mkstemp's 0600
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "fresh.json").stat().st_mode) == 0o640
+    (tmp_path / "link.json").symlink_to(kept)
+    atomic_write_text(tmp_path / "link.json", "through the link")
+    assert (tmp_path / "link.json").is_symlink() and kept.read_text() == "through the link"
+    fifo = tmp_path / "pipe"  # as /dev/stdout in a pipe: renaming over it would replace the pipe itself
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    atomic_write_text(fifo, "streamed")
+    reader.join(timeout=10)
+    assert received == ["streamed"] and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--out", "{tmp}"], "--out '{tmp}' is a folder; expected a file path"),
+    (["--out", "{tmp}/afile/x.jsonl"], "--out '{tmp}/afile/x.jsonl' lies under '{tmp}/afile', which is a file"),
+    (["--plot", "{tmp}"], "--plot '{tmp}' is a folder"),
+    (["--plot", "{tmp}/p.xyz"], "must end in one of .avif, .eps"),
+    (["--plot", "{tmp}/p"], "must end in one of"),  # matplotlib would write p.png, not p
+    (["--plot", "s3://results/p.png"], "must be a local path"),
+    (["--out", "{tmp}/ok.jsonl", "--plot", "{tmp}/afile/p.png"], "which is a file"),
+])
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, argv, match):
+    (tmp_path / "afile").write_text("")
+    rewards = ROOT / "data" / "real" / "examples" / "math500_first16.jsonl"
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["predict", "--rewards", str(rewards), "--n", "16", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert match.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
+    assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing printed, nothing written
+
+
+def test_a_run_whose_output_dir_cannot_be_a_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for output in ("afile", "afile/sub"):
+        assert main(["run", f"output_dir={tmp_path / output}", "data.num_prompts=1", "budgets=[8]"]) == 2
+        assert "cannot be made a folder" in capsys.readouterr().err
