@@ -27,15 +27,26 @@ def read_bank(path) -> list[BankPrompt]:
     if not path.is_file():
         raise ConfigError(f"bank {str(path)!r} does not exist or is not a file")
     prompts, seen = [], set()
-    with path.open() as handle:
-        for _, where, row in json_lines(handle, f"bank {path.name}"):
-            prompts.append(_parse_row(row, where))
-            if prompts[-1].prompt_id in seen:
-                raise ConfigError(f"{where}: duplicate prompt_id {prompts[-1].prompt_id!r}")
-            seen.add(prompts[-1].prompt_id)
+    for _, where, row in json_lines(read_text(path, "bank").splitlines(), f"bank {path.name}"):
+        prompts.append(_parse_row(row, where))
+        if prompts[-1].prompt_id in seen:
+            raise ConfigError(f"{where}: duplicate prompt_id {prompts[-1].prompt_id!r}")
+        seen.add(prompts[-1].prompt_id)
     if not prompts:
         raise ConfigError(f"bank {str(path)!r} holds no prompts")
     return prompts
+
+
+def read_text(path, label: str) -> str:
+    """A UTF-8 text file's content; ``ConfigError`` naming ``label`` and the path when it cannot be
+    read or is not text (a gzipped JSONL, say)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read {label} {str(path)!r}: not UTF-8 text ({error.reason} at byte "
+                          f"{error.start}; compressed? decompress it first)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {label} {str(path)!r}: {error.strerror or error}") from None
 
 
 def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, object]]:
@@ -54,7 +65,12 @@ def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, obj
 def first_bad_reward(rewards: list) -> tuple[int, object] | None:
     """(index, value) of the first reward that is not a finite number (booleans are not numbers)."""
     for k, value in enumerate(rewards):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return k, value
+        try:
+            if not math.isfinite(value):
+                return k, value
+        except OverflowError:  # an integer too large for a float
             return k, value
     return None
 
@@ -62,10 +78,7 @@ def first_bad_reward(rewards: list) -> tuple[int, object] | None:
 def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
     """(ids, reward lists) of ``slg predict --rewards``: ``{"id", "rewards"}`` lines or reward-bank
     lines (an entry per state, id ``PROMPT/sK``); ``ConfigError`` naming the line for anything else."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read --rewards {path!r}: {error.strerror or error}") from None
+    text = read_text(path, "--rewards")
     ids, rows, seen = [], [], set()
     for number, where, row in json_lines(text.splitlines(), str(path)):
         if isinstance(row, dict) and "rewards" in row:

@@ -121,8 +121,9 @@ class Throughput:
 class Driver:
     def __init__(self, searches: list[SearchSpec], generators: list, rewards: list, settings, seed: int,
                  drop_nonfinite: bool = False, ground_truth=None, observer: SearchObserver | None = None,
-                 use_ray: bool = True):
+                 use_ray: bool = True, answers_vote: bool = True):
         self.settings, self.seed = settings, seed
+        self.answers_vote = answers_vote  # the generators read answers to vote on (a simulated one does not)
         self.drop_nonfinite = drop_nonfinite
         self.ground_truth = ground_truth  # exact node values (sim only): what the oracle method selects by
         self.observer = observer
@@ -200,7 +201,7 @@ class Driver:
             spec = self.queue.popleft()
             policy_class = spec.policy_class
             rng = np.random.default_rng(derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget))
-            search = SearchRecord(spec, None)
+            search = SearchRecord(spec, None, self.answers_vote)
             true_value = self._true_value_for(search) if policy_class.needs_true_values else None
             search.policy = policy_class(spec.budget, 1, spec.search_config, rng=rng, true_value=true_value)
             self.active.append(search)

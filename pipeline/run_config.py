@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import SearchConfig, check_bound_covers, validate_search_config
@@ -213,9 +213,7 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None)
     try:
         merged = OmegaConf.structured(RunConfig)
         if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file {path!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _load_yaml_mapping(path))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not KEY=VALUE")
@@ -225,6 +223,30 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None)
         raise ConfigError(f"bad configuration: {_first_line(error)}") from None
     validate_run_config(config)
     return config
+
+
+def _load_yaml_mapping(path: str):
+    """The config file as an OmegaConf mapping; ``ConfigError`` naming the file (and the line of a
+    YAML error) when it is missing, unreadable, not YAML or not a mapping of keys."""
+    import yaml
+
+    if Path(path).is_dir():
+        raise ConfigError(f"config file {path!r} is a folder, not a file")
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or _first_line(error)
+        raise ConfigError(f"config file {path!r} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path!r}: {getattr(error, 'strerror', None) or error}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path!r} must hold a mapping of keys (like configs/tiny_cpu.yaml), "
+                          f"not a {type(OmegaConf.to_container(loaded)).__name__}")
+    return loaded
 
 
 def _first_line(error: Exception) -> str:

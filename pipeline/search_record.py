@@ -111,8 +111,9 @@ class MajorityVote:
 class SearchRecord:
     """One search in flight: its policy, the slots of its current round, and what it found."""
 
-    def __init__(self, spec: SearchSpec, policy):
+    def __init__(self, spec: SearchSpec, policy, answers_vote: bool = True):
         self.spec, self.policy = spec, policy
+        self.answers_vote = answers_vote  # False: the generator reads no answers (sim), so there is no vote
         self.prompt, self.method, self.budget = spec.prompt, spec.method, spec.budget
         self.root_count = 0          # root rollouts planned so far: the next one's index
         self.requested = 0
@@ -185,7 +186,8 @@ class SearchRecord:
             "correct": best.correct, "pass_at_n": self.any_correct,
             "majority_answer": None if majority is None else majority[0],
             # graded rollouts but no readable answer among them: the vote has no right answer
-            "majority_correct": majority[1].correct if majority is not None else (False if self.any_correct is not None else None),
+            "majority_correct": majority[1].correct if majority is not None else
+            (False if self.any_correct is not None and self.answers_vote else None),
             "best_node": None if best.node is None else node_name(best.node),
             "answer": best.text,
             "wall_s": time.perf_counter() - self.started,

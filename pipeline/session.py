@@ -78,7 +78,7 @@ class Session:
         self.driver = ray.remote(num_cpus=0, max_restarts=0)(Driver).options(scheduling_strategy=here).remote(
             searches, self.generators, self.rewards, config.driver, config.seed,
             drop_nonfinite=config.reward.nonfinite == NonFinite.drop, ground_truth=ground_truth_of(config),
-            observer=observer)
+            observer=observer, answers_vote=config.generator.backend != Backend.sim)
         return self.driver
 
     def drive(self, on_finished: Callable[[list[dict]], Any], resumed: int = 0) -> dict:

@@ -158,6 +158,7 @@ def test_prediction_plot_draws_the_predicted_curves_and_bands():
     ('{"id": "a", "rewards": [1.0, Infinity]}', [], "not a finite number"),
     ('{"id": "a", "rewards": [1.0, "x"]}', [], "not a finite number"),
     ('{"id": "a", "rewards": [true]}', [], "not a finite number"),
+    ('{"id": "a", "rewards": [1' + "0" * 400 + ']}', [], "reward 0 of id 'a' is 1000"),  # beyond a float's range
     ('{"id": "a", "rewards": []}', [], "non-empty list"),
     ('{"id": "a", "rewards": 3}', [], "non-empty list"),
     ('{"id": "a"}', [], "expected"),
@@ -190,3 +191,15 @@ def test_cli_predict_unreadable_file_is_exit_code_2(tmp_path, capsys, where):
     assert main(["predict", "--rewards", str(path), "--n", "10"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"cannot read --rewards {str(path)!r}" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["predict", "--n", "10", "--rewards"], ["replay", "--repeats", "1", "--bank"],
+                                     ["curves", "--bank"]])
+def test_a_compressed_input_file_is_refused_in_one_line(tmp_path, capsys, command):
+    import gzip
+
+    path = tmp_path / "bank.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"prompt_id": "p", "states": [[0.1, 0.2]]}\n'))
+    assert main([*command, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not UTF-8 text" in err and "compressed?" in err and len(err.splitlines()) == 1

@@ -203,13 +203,39 @@ def test_bad_run_config_is_refused_before_any_actor(overrides, match, capsys, tm
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
-def test_missing_config_file_and_empty_prompt_are_refused(tmp_path, capsys):
-    assert main(["run", "--config", str(tmp_path / "nope.yaml")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+@pytest.mark.parametrize("content, match", [
+    (None, "does not exist"),
+    (b"budgets: [64\n", "is not valid YAML at line 2, column 1: did not find expected ',' or ']'"),
+    (b"- a\n- b\n", "must hold a mapping of keys (like configs/tiny_cpu.yaml), not a list"),
+    (b"seed: \xff\n", "cannot read config file"),
+    ("folder", "is a folder, not a file"),
+])
+def test_a_config_file_that_is_not_a_yaml_mapping_is_refused_in_one_line(tmp_path, capsys, content, match):
+    path = tmp_path / "c.yaml"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    assert main(["run", "--config", str(path), f"output_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_an_empty_prompt_is_refused(tmp_path, capsys):
     data = tmp_path / "p.jsonl"
     data.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": " ", "answer": "3"}\n')
     assert main(["run", f"output_dir={tmp_path / 'o'}", "data.source=jsonl", f"data.path={data}"]) == 2
     assert "line 2: the problem field 'problem' is empty" in capsys.readouterr().err
+
+
+def test_a_simulated_run_has_accuracy_but_no_majority_vote(local_ray, tmp_path):
+    """Simulated rollouts are graded (the world says which are right) but carry no answer to vote
+    on: the vote is absent ("-"), not 0 (it printed 0.000 beside an accuracy of 1.000)."""
+    summary = run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", "generator.sim.family=bimodal"]))
+    rows = read_results(tmp_path)
+    assert {r["majority_correct"] for r in rows} == {None} and None not in {r["pass_at_n"] for r in rows}
+    cell = summary["methods"]["bon"]["64"]
+    assert cell["majority_vote"] is None and cell["pass_at_n"] is not None
 
 
 def test_summary_interval_is_over_prompts(local_ray, tmp_path):
