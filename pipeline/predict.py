@@ -62,6 +62,7 @@ HEAVY_GROUP_Z = 3.09      # one-sided p = 0.001 for a group's pooled kurtosis
 _REFERENCE_SAMPLES = 3000  # normal samples per m behind w_normal, the pivot and the kurtosis reference
 _CHUNK_ROWS = 4096         # rows per vectorised block (memory grows as rows x k x nodes)
 _SQRT_HALF = np.sqrt(0.5)
+_LARGEST_N = 2 ** 53       # n is computed with as a float
 _NODES = 49                # Simpson nodes of the tail integral (error below 2e-5 sigma for n <= 10^4)
 
 FLAGS = ("constant", "ties", "few_distinct", "mass_at_bound", "heavy_tail", "at_bound")
@@ -608,9 +609,10 @@ def _n_table(n, batch: int) -> np.ndarray:
         array = np.broadcast_to(array.reshape(1, -1), (batch, array.size))
     elif array.shape[0] != batch:
         raise ConfigError(f"n has {array.shape[0]} rows for {batch} reward rows")
-    bad = ~np.isfinite(array) | (array < 1) | (array != np.round(array))
+    bad = ~np.isfinite(array) | (array < 1) | (array != np.round(array)) | (array > _LARGEST_N)
     if bad.any():
-        raise ConfigError(f"n must be integers >= 1, got {array[bad].ravel()[0]!r}")
+        raise ConfigError(f"n must be integers >= 1 (and at most 2^53, where floats stop counting), "
+                          f"got {array[bad].ravel()[0].item()!r}")
     return array.astype(float)
 
 
