@@ -255,7 +255,7 @@ def test_flags_follow_their_rules():
     (lambda: predict_best_of_n([1.0, np.inf], 10), "infinite"),
     (lambda: predict_best_of_n([1.0, 2.0], 0), "n must be integers >= 1"),
     (lambda: predict_best_of_n([1.0, 2.0], 2.5), "n must be integers >= 1"),
-    (lambda: predict_best_of_n([1.0, 2.0], 2 ** 63 - 1), "at most 2^53, where floats stop counting), got 9223372036854775807"),
+    (lambda: predict_best_of_n([1.0, 2.0], 2 ** 63 - 1), r"at most 2\^53, where floats stop counting\), got 9223372036854775807"),
     (lambda: predict_best_of_n([1.0, 2.0], [10], upper_bound=1.5), "below a reward"),
     (lambda: predict_best_of_n([1.0, 2.0], [10], upper_bound=np.inf), "finite"),
     (lambda: predict_rows(np.zeros(3), 10), "rows, length"),
