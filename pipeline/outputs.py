@@ -25,10 +25,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write a whole file through a temporary file in the same folder and a rename.
 
     The file keeps the mode it had (a new one gets the umask's, as ``open`` would give it), and a
-    symbolic link keeps pointing at it: the file it names is the one replaced. A device or a pipe
-    (``/dev/stdout``) is written in place: there is nothing to rename over it."""
+    symbolic link keeps pointing at it: the file it names is the one replaced. A device, a pipe or
+    anything under /dev or /proc (``/dev/null``, ``/dev/fd/3``) is written in place: renaming over
+    it would replace the device, or the file a descriptor was redirected to."""
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if written_in_place(path):
         with path.open("w") as out:
             out.write(text)
         return
@@ -44,6 +45,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def written_in_place(path: Path) -> bool:
+    """A path that is not a file to replace: under /dev or /proc, or an existing device or pipe."""
+    path = Path(path)
+    special = str(path.absolute()).startswith(("/dev/", "/proc/"))
+    return special or (path.exists() and not path.is_file() and not path.is_dir())
 
 
 def _umask() -> int:

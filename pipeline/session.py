@@ -35,14 +35,22 @@ class Session:
         self.config = config
         self.reward_backend = reward_backend or config.reward.backend.value  # bench --free-rm: "free"
         self.started_ray = False
+        self.fixed_resources = False  # set on entering: see __enter__
         self.generators: list = []
         self.rewards: list = []
         self.driver = None
         self.reaper = None
 
     def __enter__(self) -> Session:
+        import ray
+
         before = child_processes()
+        joined_in_process = ray.is_initialized()  # a caller's own instance (a test, a notebook)
         self.started_ray = init_ray(self.config)
+        # Resources that no autoscaler will add: an instance started here, or a one-node instance the
+        # caller started in this process. A cluster joined by address (`ray job submit`, `ray up`
+        # with min_workers 0) may grow, even from its head alone: a run there waits for it.
+        self.fixed_resources = self.started_ray or (joined_in_process and is_single_node())
         if self.started_ray:  # whatever way this process ends, nothing of the instance outlives it long
             self.reaper = start_reaper(child_processes() - before)
         return self
@@ -55,8 +63,7 @@ class Session:
             close_reaper(self.reaper)
 
     def place_replicas(self) -> None:
-        self.generators, self.rewards = create_replicas(self.config, self.reward_backend,
-                                                        local=self.started_ray or is_single_node())
+        self.generators, self.rewards = create_replicas(self.config, self.reward_backend, local=self.fixed_resources)
 
     def wait_until_engines_are_up(self) -> None:
         """Block until every replica has started its engine (benchmarks start their clock after)."""

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.outputs import atomic_write_text
+from pipeline.outputs import atomic_write_text, written_in_place
 
+STANDARD_OUTPUT = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # opened anew, a redirected file would be truncated
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss")  # whole-object writes are atomic
 
 
@@ -128,13 +130,20 @@ class Checkpoints:
 
 
 def check_output_target(target: str, option: str) -> None:
-    """Refuse, before any work, a local output path that cannot be written: a folder, a path under a
-    file, or a folder this process may not write in (``ConfigError``). A URL is left to its upload."""
+    """Refuse, before any work, an output that cannot be written (``ConfigError``): a folder, a path
+    under a file, a folder or device this process may not write in, a URL of an unknown scheme."""
     path = local_path(target)
     if path is None:
+        _filesystem(target)  # an unknown scheme or a missing package; credentials are met at the upload
+        return
+    if target in STANDARD_OUTPUT:
         return
     if path.is_dir():
         raise ConfigError(f"{option} {target!r} is a folder; expected a file path")
+    if path.exists() and written_in_place(path):  # a device or pipe: written itself, not its folder
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{option} {target!r}: no permission to write it")
+        return
     parent = path.parent
     while not parent.exists() and parent != parent.parent:  # the folders that do not exist yet are made
         parent = parent.parent
@@ -145,7 +154,12 @@ def check_output_target(target: str, option: str) -> None:
 
 
 def write_text(target: str, text: str) -> None:
-    """Write a whole text file at a path or a URL (``--out`` of the offline commands)."""
+    """Write a whole text file at a path or a URL (``--out`` of the offline commands); to
+    ``/dev/stdout`` through this process's own stdout, after what it printed before."""
+    if target in STANDARD_OUTPUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     path = local_path(target)
     if path is not None:
         atomic_write_text(path, text)

@@ -203,3 +203,20 @@ def test_a_compressed_input_file_is_refused_in_one_line(tmp_path, capsys, comman
     assert main([*command, str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not UTF-8 text" in err and "compressed?" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["curves", "--real", "/nonexistent/real"], "real data folder '/nonexistent/real' does not exist"),
+    (["curves", "--world", "all", "--param", "sigma1=2"], "--param applies to a single --world family"),
+    (["curves", "--real", "--param", "sigma1=2"], "--param applies to a single --world family"),
+    (["curves", "--world", "gaussian", "--m", "0"], "argument --m: expected integers >= 1, got 0"),
+    (["curves", "--world", "gaussian", "--seed", "-3"], "argument --seed: expected an integer >= 0, got -3"),
+    (["sim-bank", "--family", "gaussian", "--prompts", "1", "--states", "1", "--completions", "1", "--seed", "-1",
+      "--out", "b.jsonl"], "argument --seed: expected an integer >= 0, got -1"),
+    (["make-tiny-models", "models", "--seed", "-1"], "argument --seed: expected an integer >= 0"),
+])
+def test_cli_curves_and_seeds_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch, argv, match):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []

@@ -59,7 +59,7 @@ def ray_head():
             assert head.poll() is None, "ray start --head exited"
             assert time.time() < deadline, "the head's dashboard did not come up in 180 s"
             time.sleep(1)
-        yield f"http://127.0.0.1:{ports['dashboard-port']}", env, ray_bin
+        yield f"http://127.0.0.1:{ports['dashboard-port']}", env, ray_bin, f"127.0.0.1:{ports['port']}"
     finally:
         # SIGKILL, not SIGTERM: `ray start --block` stops its processes one by one with grace periods
         # (about 30 s); the group (a crash, for Ray) ends at once, and what Ray started outside the
@@ -80,7 +80,7 @@ def _listening(port: int) -> bool:
 
 
 def test_ray_job_submit_runs_the_cli_from_a_working_dir_upload(ray_head, tmp_path):
-    address, env, ray_bin = ray_head
+    address, env, ray_bin, gcs = ray_head
     output = tmp_path / "job-output"
     runtime_env = {"excludes": [".venv", "outputs", ".git"]}
     submitted = subprocess.run(
@@ -96,3 +96,23 @@ def test_ray_job_submit_runs_the_cli_from_a_working_dir_upload(ray_head, tmp_pat
     results = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
     assert len(results) == 2 * 4 * 2
     assert json.loads((output / "summary.json").read_text())["methods"]["slg"]["32"]["prompts"] == 2
+
+
+def test_a_run_on_a_cluster_it_joined_waits_for_gpus_the_autoscaler_may_add(ray_head, tmp_path):
+    """A cluster joined by address may grow (`ray up` with min_workers 0 starts with its head alone,
+    no GPU): a run needing GPUs it lacks waits for the autoscaler; an instance of its own refuses it."""
+    _, env, _, gcs = ray_head
+    waiting = subprocess.Popen([sys.executable, "-m", "pipeline.run", "run", f"output_dir={tmp_path / 'gpu'}",
+                                "data.num_prompts=1", "budgets=[8]", "generator.num_gpus_per_replica=1"],
+                               env={**env, "RAY_ADDRESS": gcs}, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        lines = []
+        for line in waiting.stderr:  # ends when the process does: a refusal would end it at once
+            lines.append(line)
+            if "waiting for the autoscaler" in line:
+                break
+        assert "the run needs 1 GPUs, the cluster has 0: waiting for the autoscaler" in "".join(lines), lines
+    finally:
+        os.killpg(waiting.pid, signal.SIGKILL)
+        waiting.wait(timeout=60)

@@ -268,10 +268,22 @@ def test_replicas_ask_ray_for_the_configured_gpus_and_pack_tensor_parallel_group
     (["generator.num_replicas=2", "generator.tensor_parallel_size=2", "generator.num_gpus_per_replica=2"],
      "needs 4 CPUs, the local Ray instance has 2"),
 ])
-def test_more_than_a_local_instance_has_is_refused(local_ray, tmp_path, overrides, message):
-    """Ray would wait forever for resources a fixed local instance does not have (a run hung on CPUs)."""
+def test_more_than_a_local_instance_has_is_refused(local_ray, tmp_path, overrides, message, monkeypatch):
+    """Ray would wait forever for resources a fixed local instance does not have (a run hung on CPUs).
+    Asked of the replica factory itself, so that a missing check fails rather than hangs: it returns
+    pending actors (a run would wait for them), and a placement group is refused here rather than
+    waited for."""
+    import importlib
+
+    from pipeline.session import create_replicas
+
+    def unplaceable(bundles, **options):
+        raise AssertionError(f"asked Ray for a placement group of {bundles}, which this instance cannot hold")
+
+    # the module (ray.util.placement_group, as an attribute, is its function)
+    monkeypatch.setattr(importlib.import_module("ray.util.placement_group"), "placement_group", unplaceable)
     with pytest.raises(ValueError, match=message):
-        run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", *overrides]))
+        create_replicas(load_run_config(None, SMALL + [f"output_dir={tmp_path}", *overrides]), "sim", local=True)
 
 
 def test_a_policy_that_overspends_is_stopped_by_the_driver(monkeypatch):

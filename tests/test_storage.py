@@ -178,6 +178,7 @@ def test_a_whole_file_write_keeps_the_files_mode_its_links_and_writes_a_pipe_in_
     (["--plot", "{tmp}/p.xyz"], "must end in one of .avif, .eps"),
     (["--plot", "{tmp}/p"], "must end in one of"),  # matplotlib would write p.png, not p
     (["--plot", "s3://results/p.png"], "must be a local path"),
+    (["--out", "nosuchfs://bucket/p.jsonl"], "cannot open 'nosuchfs://bucket/p.jsonl'"),
     (["--out", "{tmp}/ok.jsonl", "--plot", "{tmp}/afile/p.png"], "which is a file"),
 ])
 def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, argv, match):
@@ -188,6 +189,32 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(tmp_pa
     out, err = capsys.readouterr()
     assert match.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
     assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing printed, nothing written
+
+
+def test_outputs_in_folders_not_made_yet_are_written_and_stdout_gets_the_file_after_the_table(tmp_path, capsys):
+    rewards = ROOT / "data" / "real" / "examples" / "math500_first16.jsonl"
+    out, plot = tmp_path / "new" / "a" / "p.jsonl", tmp_path / "new" / "b" / "p.png"
+    assert main(["predict", "--rewards", str(rewards), "--n", "16", "--out", str(out), "--plot", str(plot)]) == 0
+    assert len(out.read_text().splitlines()) == 3 and plot.stat().st_size > 0
+    capsys.readouterr()
+    # through the process's own stdout: opened anew, a redirected file (>> log) would be truncated
+    assert main(["predict", "--rewards", str(rewards), "--n", "16", "--out", "/dev/stdout"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("id ") and printed[-3:] == out.read_text().splitlines()
+
+
+def test_devices_descriptors_and_pipes_are_written_in_place(tmp_path):
+    from pipeline.outputs import written_in_place
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "file").write_text("")
+    assert all(written_in_place(Path(p)) for p in ("/dev/null", "/dev/fd/3", "/proc/self/fd/1", tmp_path / "pipe"))
+    assert not any(written_in_place(p) for p in (tmp_path / "file", tmp_path / "new.json"))
+
+
+def test_collect_checks_its_texts_path_before_any_engine(tmp_path, capsys):
+    assert main(["collect", "--texts", str(tmp_path), f"output_dir={tmp_path / 'o'}"]) == 2
+    assert f"--texts {str(tmp_path)!r} is a folder" in capsys.readouterr().err
 
 
 def test_a_run_whose_output_dir_cannot_be_a_folder_is_refused(tmp_path, capsys):
