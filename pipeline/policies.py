@@ -103,10 +103,7 @@ class SearchPolicy:
         batch, nodes, length = samples.shape
         mu, sigma, _, _ = fit_tail_rows(samples.reshape(batch * nodes, length), self.config.tail_fraction)
         values = mu.reshape(batch, nodes) + sigma.reshape(batch, nodes) * self._expected_max(n)[:, None]
-        bound = self._episode_bounds(samples)
-        if bound is None:
-            return values
-        return np.where(np.isnan(bound)[:, None], values, np.minimum(values, bound[:, None]))  # NaN fits stay NaN
+        return _cut_at(values, self._episode_bounds(samples))
 
     def _predict_blended(self, samples: np.ndarray, n: np.ndarray) -> NodePredictions:
         """``pipeline.predict`` (the predictor ``slg predict`` uses) per node, from samples (B, nodes,
@@ -130,6 +127,14 @@ class SearchPolicy:
         rule = self.config.expected_max_rule.value
         unique, inverse = np.unique(np.maximum(n, 1), return_inverse=True)
         return np.array([expected_max_std_normal(int(k), rule) for k in unique])[inverse.ravel()].reshape(n.shape)
+
+
+def _cut_at(values: np.ndarray, bound: np.ndarray | None) -> np.ndarray:
+    """Values (B, nodes) cut at each episode's bound (B,) (``_episode_bounds``: None, or NaN where
+    none applies); a NaN value (no fit) stays NaN."""
+    if bound is None:
+        return values
+    return np.where(np.isnan(bound)[:, None], values, np.minimum(values, bound[:, None]))
 
 
 def _stack_samples(columns: list[np.ndarray], width: int) -> np.ndarray:
@@ -323,8 +328,8 @@ class AdaptiveSLG(SearchPolicy):
         """Predicted V_n (reward units, n = the rollouts left) of the selected node, for the results:
         mu + sigma E(n) from its tail fit (the same q as the prompt's); with ``reported_predictor=blended``,
         the shared predictor's from the node's rewards (the prompt's root sample, or the state's)."""
+        both = _stack_samples([root_rewards, state_rewards], max(root_rewards.shape[1], state_rewards.shape[1]))
         if self.config.reported_predictor == Predictor.blended:
-            both = _stack_samples([root_rewards, state_rewards], max(root_rewards.shape[1], state_rewards.shape[1]))
             chosen = both[np.arange(len(use_state)), use_state.astype(np.int64)]  # column 1: the state's
             return self._predict_blended(chosen[:, None, :], left).value[:, 0]
         mu, sigma, _ = root_fit
@@ -335,9 +340,7 @@ class AdaptiveSLG(SearchPolicy):
             mu, sigma = np.where(use_state, 0.0, mu), np.where(use_state, 0.0, sigma)
             mu[use_state], sigma[use_state] = state_mu, state_sigma
         values = expected_final_best(mu, sigma, np.full(mu.shape, -np.inf), np.maximum(left, 1))  # mu + sigma E(n)
-        if self.config.reward_upper_bound is not None:
-            values = np.minimum(values, self.config.reward_upper_bound)
-        return values
+        return _cut_at(values[:, None], self._episode_bounds(both))[:, 0]
 
 
 @dataclass(frozen=True)

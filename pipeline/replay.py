@@ -61,14 +61,9 @@ def replay_many(targets: dict[str, World | list[BankPrompt]], methods: list[str]
     total is :func:`replay_rollouts`). Results per target, keyed like ``targets``.
     """
     config = config or SearchConfig()
-    for target in targets.values():
-        _check_request(target, methods, budgets, repeats, num_prompts)
-    validate_search_config(config, budgets)
     for label, target in targets.items():
-        if isinstance(target, World):
-            check_bound_covers(config, target.reward_bounds[1], target.describe())
-        else:
-            check_bound_covers(config, max(prompt.rewards.max() for prompt in target), f"bank {label}".strip())
+        _check_request(target, label, methods, budgets, repeats, num_prompts, config)
+    validate_search_config(config, budgets)
     tasks = []
     for label, target in targets.items():
         if isinstance(target, World):
@@ -222,7 +217,7 @@ def compute_multiplier(curve, mean_best_reward: float, budget: int) -> float | s
     return low / budget
 
 
-def _check_request(target, methods, budgets, repeats, num_prompts):
+def _check_request(target, label, methods, budgets, repeats, num_prompts, config):
     if not methods:
         raise ConfigError("the method list is empty")
     for method in methods:
@@ -241,6 +236,10 @@ def _check_request(target, methods, budgets, repeats, num_prompts):
         raise ConfigError(f"--repeats must be >= 1, got {repeats!r}")
     if isinstance(target, World) and (num_prompts is None or num_prompts < 1):
         raise ConfigError(f"--prompts must be >= 1 for a world, got {num_prompts!r}")
+    if isinstance(target, World):
+        check_bound_covers(config, target.reward_bounds[1], target.describe())
+    elif target:
+        check_bound_covers(config, max(prompt.rewards.max() for prompt in target), f"bank {label}".strip())
 
 
 def format_table(results: list[MethodResult]) -> str:

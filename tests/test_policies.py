@@ -296,12 +296,14 @@ def test_a_state_whose_rewards_were_all_dropped_is_never_selected(method, report
         assert policy.selected[0] != dropped and np.isfinite(policy.selected_prediction[0]), seed
 
 
+@pytest.mark.parametrize("method", ["slg", "slg_adaptive"])
 @pytest.mark.parametrize("reported", list(Predictor))
-def test_a_bound_the_rewards_exceed_is_not_applied_to_their_episode(reported):
+def test_a_bound_the_rewards_exceed_is_not_applied_to_their_episode(method, reported):
     """A real RM's scores are seen only at run time: a declared bound below them would cut every
-    node's prediction to the bound and tie them; their episode is searched as if none were declared."""
-    unbounded, _, _ = play("slg", 256, batch=64, config=SearchConfig(reported_predictor=reported))
-    wrong, _, _ = play("slg", 256, batch=64, config=SearchConfig(reward_upper_bound=-10.0, reported_predictor=reported))
+    node's prediction to the bound and tie them; their episode is searched, and its prediction
+    reported, as if none were declared."""
+    unbounded, _, _ = play(method, 256, batch=64, config=SearchConfig(reported_predictor=reported))
+    wrong, _, _ = play(method, 256, batch=64, config=SearchConfig(reward_upper_bound=-10.0, reported_predictor=reported))
     assert (wrong.selected == unbounded.selected).all()
     assert np.array_equal(wrong.selected_prediction, unbounded.selected_prediction)
 
