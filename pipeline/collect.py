@@ -150,6 +150,8 @@ def bank_row(result: dict, meta: dict) -> dict | None:
     row = {"prompt_id": result["prompt_id"], "states": [samples[n].rewards for n in names]}
     if result.get("pass_at_n") is not None:
         row["correct"] = [samples[n].correct for n in names]
+    # the prefix of each state: replay pools states with the same prefix (the same state, drawn twice)
+    row["state_texts"] = [result["state_texts"][n] for n in names]
     row["meta"] = {**meta, "state_nodes": names}
     return row
 

@@ -16,15 +16,16 @@ from pipeline.run_config import DataSource
 
 
 def load_prompts(data) -> list[PromptInput]:
-    """The prompts of a ``DataConfig``: ``num_prompts`` of them (all when 0)."""
+    """The prompts of a ``DataConfig``: ``num_prompts`` of them (all when 0), after the first ``skip_prompts``."""
     if data.source == DataSource.sim:
         count = data.num_prompts or 1
-        return [PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(count)]
+        return [PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(data.skip_prompts, data.skip_prompts + count)]
     if data.source == DataSource.jsonl:
-        return read_jsonl_prompts(data.path, data.problem_field, data.answer_field, data.id_field, data.num_prompts)
+        return read_jsonl_prompts(data.path, data.problem_field, data.answer_field, data.id_field, data.num_prompts,
+                                  data.skip_prompts)
     rows, label = _dataset_rows(data)
     return prompts_from_rows(((f"{label} row {i}", row) for i, row in enumerate(rows)), label.split("[")[0],
-                             data.problem_field, data.answer_field, data.id_field, data.num_prompts)
+                             data.problem_field, data.answer_field, data.id_field, data.num_prompts, data.skip_prompts)
 
 
 def _dataset_rows(data):
@@ -50,10 +51,13 @@ def _dataset_rows(data):
 
 
 def prompts_from_rows(rows, label: str, problem_field: str, answer_field: str | None, id_field: str | None,
-                      limit: int = 0) -> list[PromptInput]:
-    """Checked prompts from (where, row) pairs; ids are ``id_field`` or ``{label}-{index}``."""
+                      limit: int = 0, skip: int = 0) -> list[PromptInput]:
+    """Checked prompts from (where, row) pairs, the first ``skip`` left out (and not checked); ids
+    are ``id_field`` or ``{label}-{index}``."""
     prompts, seen = [], set()
     for index, (where, row) in enumerate(rows):
+        if index < skip:
+            continue
         prompt = _check_row(row, where, problem_field, answer_field, id_field, f"{label}-{index}")
         if prompt.prompt_id in seen:
             raise ConfigError(f"{where}: duplicate prompt id {prompt.prompt_id!r}")
@@ -82,7 +86,7 @@ def _check_row(row, where: str, problem_field: str, answer_field: str | None, id
 
 
 def read_jsonl_prompts(path, problem_field: str = "problem", answer_field: str | None = "answer",
-                       id_field: str | None = None, limit: int = 0) -> list[PromptInput]:
+                       id_field: str | None = None, limit: int = 0, skip: int = 0) -> list[PromptInput]:
     if not path:
         raise ConfigError("data.path is required with data.source=jsonl")
     path = Path(path)
@@ -97,4 +101,4 @@ def read_jsonl_prompts(path, problem_field: str = "problem", answer_field: str |
                 rows.append((f"{path.name} line {line_number}", json.loads(line)))
             except json.JSONDecodeError as error:
                 raise ConfigError(f"{path.name} line {line_number}: not valid JSON ({error.msg})") from None
-    return prompts_from_rows(rows, path.stem, problem_field, answer_field, id_field, limit)
+    return prompts_from_rows(rows, path.stem, problem_field, answer_field, id_field, limit, skip)

@@ -128,6 +128,7 @@ class DataConfig:
     subset: Optional[str] = None            # hf: the dataset's configuration, where it has several
     split: str = "test"                     # hf
     num_prompts: int = 32                   # the first this many (all when 0)
+    skip_prompts: int = 0                   # ... after leaving out this many rows (a held-out slice)
     problem_field: str = "problem"
     answer_field: str = "answer"
     id_field: Optional[str] = None
@@ -316,8 +317,9 @@ def validate_run_config(config: RunConfig) -> None:
     if config.data.source == DataSource.sim and gen.backend != Backend.sim:
         raise ConfigError("data.source=sim makes synthetic prompts for the sim backend; real engines need "
                          "data.source=jsonl|parquet|hf")
-    if config.data.num_prompts < 0:
-        raise ConfigError(f"data.num_prompts must be >= 0, got {config.data.num_prompts!r}")
+    for name in ("num_prompts", "skip_prompts"):
+        if getattr(config.data, name) < 0:
+            raise ConfigError(f"data.{name} must be >= 0, got {getattr(config.data, name)!r}")
     driver = config.driver
     for name in ("max_concurrent_prompts", "max_batch_rollouts", "max_batch_scores", "max_inflight_batches"):
         if getattr(driver, name) < 1:

@@ -18,6 +18,13 @@ def test_the_shipped_sample_set_loads_with_answers():
     assert all(p.text.strip() and p.answer for p in prompts)
 
 
+def test_a_held_out_slice_skips_the_first_rows():
+    every = read_jsonl_prompts(SAMPLE, id_field="id")
+    sliced = load_prompts(DataConfig(source="jsonl", path=str(SAMPLE), id_field="id", skip_prompts=3, num_prompts=4))
+    assert [p.prompt_id for p in sliced] == [p.prompt_id for p in every[3:7]]
+    assert [p.prompt_id for p in load_prompts(DataConfig(skip_prompts=2, num_prompts=2))] == ["sim2", "sim3"]
+
+
 @pytest.mark.parametrize("row, match", [
     ({"question": "x"}, "line 2: no problem field 'problem'"),
     ({"problem": "x"}, "line 2: no answer field 'answer'"),

@@ -333,6 +333,7 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
     bank_rows = [json.loads(line) for line in bank.read_text().splitlines()]
     for row, bank_row in zip(side, bank_rows):  # same prompts, states and shape as the bank
         assert row["prompt_id"] == bank_row["prompt_id"] and row["state_nodes"] == bank_row["meta"]["state_nodes"]
+        assert row["state_texts"] == bank_row["state_texts"]  # the bank carries each state's prefix
         assert [len(r) for r in row["responses"]] == [len(s) for s in bank_row["states"]]
         for state_text, responses in zip(row["state_texts"], row["responses"]):
             assert state_text and all(text.startswith(state_text) for text in responses)  # a rollout continues its state
