@@ -9,7 +9,7 @@ last position (REFERENCE.md, "Reference setup").
 
 from __future__ import annotations
 
-from pipeline.contract import PromptInput, Rollout, RolloutRequest, StatePrefix
+from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, StatePrefix
 
 
 def prompt_token_ids(tokenizer, prompt: PromptInput, settings: dict) -> list[int]:

@@ -8,8 +8,8 @@ generator runs one request at a time so that each rollout depends only on its ow
 from __future__ import annotations
 
 from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
-from pipeline.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
-from pipeline.grading import make_grader
+from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
+from pipeline.distributed.grading import make_grader
 
 
 def _device(settings: dict) -> str:

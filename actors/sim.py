@@ -1,4 +1,4 @@
-"""Simulated generator, reward model and ground truth: a world of ``pipeline.worlds`` behind the engine contract.
+"""Simulated generator, reward model and ground truth: a world of ``pipeline.offline.worlds`` behind the engine contract.
 
 A rollout from the prompt draws a fresh state latent and a reward from the world; a rollout from a
 state draws a reward given that state's latent. Everything a rollout is comes from seeds: a state's
@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from pipeline.contract import Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
-from pipeline.worlds import make_world
+from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
+from pipeline.offline.worlds import make_world
 
 # A simulated response: "[<state ROOT_SEED>] <sim rollout SEED>" (the state's text, then the rollout's own)
 _RESPONSE = re.compile(r"^(?:<state (\d+)>)? <sim rollout (\d+)>$")

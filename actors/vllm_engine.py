@@ -9,7 +9,7 @@ The generator is an async Ray actor (``async def generate``): Ray runs many call
 event loop, every call's requests join the engine's running batch (``AsyncLLM`` is vLLM's engine
 API for concurrent callers), and each call grades its rollouts in a thread pool, off the loop,
 while the engine generates for the others. In-process callers (tests, the bench's bare engine)
-wrap it with :func:`pipeline.calls.in_process`. The reward model is a plain ``LLM`` (one call at
+wrap it with :func:`pipeline.distributed.calls.in_process`. The reward model is a plain ``LLM`` (one call at
 a time). Not here: which replica gets which request, retries (the driver's).
 """
 
@@ -22,8 +22,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
-from pipeline.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
-from pipeline.grading import make_grader
+from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
+from pipeline.distributed.grading import make_grader
 
 log = logging.getLogger("slg")
 

@@ -64,13 +64,13 @@ def run_in_process(overrides, observer=None, collect=False):
     """The same searches by an in-process driver on sim engines, without Ray or faults (results do not
     depend on replicas or timing, so this is the undisturbed run's result)."""
     from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
-    from pipeline.collect import CollectStates
-    from pipeline.driver import Driver
-    from pipeline.prompts import load_prompts
-    from pipeline.run_config import load_run_config
-    from pipeline.runner import search_grid
-    from pipeline.search_record import SearchSpec
-    from pipeline.session import generator_kwargs, reward_kwargs
+    from pipeline.distributed.driver import Driver
+    from pipeline.distributed.search_record import SearchSpec
+    from pipeline.distributed.session import generator_kwargs, reward_kwargs
+    from pipeline.jobs.collection import CollectStates
+    from pipeline.jobs.config import load_run_config
+    from pipeline.jobs.prompts import load_prompts
+    from pipeline.jobs.searches import search_grid
 
     config = load_run_config(None, [*overrides, "generator.sim.latency_per_token_s=0"])
     prompts = load_prompts(config.data)

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from actors.vllm_engine import VLLMGenerator, _engine_options
-from pipeline.calls import InProcess, in_process
+from pipeline.distributed.calls import InProcess, in_process
 
 
 class EngineDeadError(RuntimeError):

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.calibration import MODELS, REAL_DATA, calibrate, prediction_figure, real_pools, report_figure, world_states
 from pipeline.cli import main
-from pipeline.predict import predict_rows
-from pipeline.worlds import make_world
+from pipeline.offline.calibration import MODELS, REAL_DATA, calibrate, prediction_figure, real_pools, report_figure, world_states
+from pipeline.offline.worlds import make_world
+from pipeline.stats.predict import predict_rows
 
 
 def test_real_data_ships_with_the_repository():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.run_config import load_run_config
+from pipeline.jobs.config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CONFIGS = ["llama1b_skywork8b.yaml", "qwen7b_skywork8b.yaml"]

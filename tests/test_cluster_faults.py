@@ -123,7 +123,7 @@ def test_a_worker_node_lost_mid_run_changes_no_result(cluster, reference, tmp_pa
 
 
 def test_a_worker_node_lost_mid_collect_changes_no_bank_line(cluster, tmp_path):
-    from pipeline.collect import SampleRecorder, bank_row
+    from pipeline.jobs.collection import SampleRecorder, bank_row
 
     env = cluster[2]
     sizes = ["collect.num_states=3", "collect.completions_per_state=12", "data.num_prompts=4"]

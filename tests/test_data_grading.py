@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.grading import LastNumberGrader, make_grader
-from pipeline.prompts import load_prompts, read_jsonl_prompts
-from pipeline.run_config import DataConfig
+from pipeline.distributed.grading import LastNumberGrader, make_grader
+from pipeline.jobs.config import DataConfig
+from pipeline.jobs.prompts import load_prompts, read_jsonl_prompts
 
 SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "data" / "sample_math.jsonl"
 

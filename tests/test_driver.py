@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
-from pipeline.config import SearchConfig
-from pipeline.contract import PromptInput
-from pipeline.driver import Driver, SearchObserver
-from pipeline.policy import ROOT
-from pipeline.run_config import DriverConfig
-from pipeline.runner import search_grid
-from pipeline.schedule import default_schedule
+from pipeline.distributed.contract import PromptInput
+from pipeline.distributed.driver import Driver, SearchObserver
+from pipeline.jobs.config import DriverConfig
+from pipeline.jobs.searches import search_grid
+from pipeline.search.config import SearchConfig
+from pipeline.search.protocol import ROOT
+from pipeline.stats.schedule import default_schedule
 
 PROMPTS = [PromptInput(f"p{i}", f"prompt {i}") for i in range(8)]
 
@@ -132,7 +132,7 @@ def test_oracle_selects_by_the_true_value_of_each_node():
 
 def test_rollout_seed_is_derive_seed_of_the_same_parts():
     """The driver's cached-prefix seed must equal the plain derivation (results would change otherwise)."""
-    from pipeline.driver import derive_seed, rollout_seed
+    from pipeline.distributed.driver import derive_seed, rollout_seed
 
     for seed, prompt_id, node, index in [(0, "p0", "root", 0), (7, "gsm8k/12", "s3", 41), (2**40, "", "s17", 4999)]:
         assert rollout_seed(seed, prompt_id, node, index) == derive_seed(seed, prompt_id, node, index)

@@ -9,13 +9,13 @@ import time
 import pytest
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
-from pipeline.config import SearchConfig
-from pipeline.contract import PromptInput, Score, ScoreRequest
-from pipeline.driver import Driver, NonFiniteRewardError
-from pipeline.replica_health import NoReplicaLeftError
-from pipeline.run_config import DriverConfig
-from pipeline.runner import search_grid
-from pipeline.session import create_ray_replicas
+from pipeline.distributed.contract import PromptInput, Score, ScoreRequest
+from pipeline.distributed.driver import Driver, NonFiniteRewardError
+from pipeline.distributed.replica_health import NoReplicaLeftError
+from pipeline.distributed.session import create_ray_replicas
+from pipeline.jobs.config import DriverConfig
+from pipeline.jobs.searches import search_grid
+from pipeline.search.config import SearchConfig
 
 pytestmark = pytest.mark.ray
 PROMPTS = [PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(4)]

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.oracle import PoolCurve, expected_max_of_pool, expected_max_of_weighted_pool
+from pipeline.stats.pool import PoolCurve, expected_max_of_pool, expected_max_of_weighted_pool
 
 
 @pytest.mark.parametrize("pool", [[3.0], [1.0, 2.0], [2.0, 2.0, 1.0], [0.5, -1.0, 3.0, 3.0, 2.0], [-4.0, 7.5, 0.0, 1.0]])

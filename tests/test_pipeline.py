@@ -10,10 +10,10 @@ import pytest
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
 from pipeline.cli import main
-from pipeline.contract import PromptInput, Score
-from pipeline.driver import Driver, NonFiniteRewardError, derive_seed
-from pipeline.run_config import DriverConfig, load_run_config
-from pipeline.runner import run, search_grid
+from pipeline.distributed.contract import PromptInput, Score
+from pipeline.distributed.driver import Driver, NonFiniteRewardError, derive_seed
+from pipeline.jobs.config import DriverConfig, load_run_config
+from pipeline.jobs.searches import run, search_grid
 
 pytestmark = pytest.mark.ray
 
@@ -97,7 +97,7 @@ def test_rollouts_of_a_state_stay_on_one_replica_and_load_is_shared():
 
 
 def test_a_state_spreads_to_another_replica_only_when_its_own_falls_far_behind():
-    from pipeline.replica_pool import CacheAwareRouter
+    from pipeline.distributed.replica_pool import CacheAwareRouter
 
     router = CacheAwareRouter(spill=10)
     state = ("p", 4)
@@ -124,7 +124,7 @@ def test_seeds_are_the_same_in_every_process():
     import subprocess
     import sys
 
-    probe = "from pipeline.driver import derive_seed; print(derive_seed(0, 'p1', 's3', 7))"
+    probe = "from pipeline.distributed.driver import derive_seed; print(derive_seed(0, 'p1', 's3', 7))"
     other = [int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                                 env={**__import__("os").environ, "PYTHONHASHSEED": str(salt)}).stdout)
              for salt in (1, 2)]
@@ -275,7 +275,7 @@ def test_more_than_a_local_instance_has_is_refused(local_ray, tmp_path, override
     waited for."""
     import importlib
 
-    from pipeline.session import create_replicas
+    from pipeline.distributed.session import create_replicas
 
     def unplaceable(bundles, **options):
         raise AssertionError(f"asked Ray for a placement group of {bundles}, which this instance cannot hold")
@@ -287,8 +287,8 @@ def test_more_than_a_local_instance_has_is_refused(local_ray, tmp_path, override
 
 
 def test_a_policy_that_overspends_is_stopped_by_the_driver(monkeypatch):
-    from pipeline.policies import BestOfN
-    from pipeline.policy import BudgetExceededError, Request
+    from pipeline.search.policies import BestOfN
+    from pipeline.search.protocol import BudgetExceededError, Request
 
     def greedy(self):
         yield [Request.uniform(-1, self.budget + 1, self.batch_size)]
@@ -319,8 +319,8 @@ def test_every_shipped_config_loads_and_validates(path, tmp_path, monkeypatch):
 
 
 def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(local_ray, tmp_path, capsys):
-    from pipeline.bank import read_bank
-    from pipeline.replay import replay
+    from pipeline.offline.bank import read_bank
+    from pipeline.offline.replay import replay
 
     bank, texts = tmp_path / "bank.jsonl", tmp_path / "texts.jsonl"
     argv = ["collect", "--states", "4", "--completions", "6", "--out", str(bank), "--texts", str(texts),
@@ -351,7 +351,7 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
 
 
 def test_collect_keeps_only_real_states_when_some_root_rollouts_are_too_short(local_ray, tmp_path):
-    from pipeline.bank import read_bank
+    from pipeline.offline.bank import read_bank
 
     bank, texts = tmp_path / "bank.jsonl", tmp_path / "texts.jsonl"
     assert main(["collect", "--states", "6", "--completions", "3", "--out", str(bank), "--texts", str(texts),
@@ -369,7 +369,7 @@ def test_collect_keeps_only_real_states_when_some_root_rollouts_are_too_short(lo
 
 @pytest.mark.parametrize("keep_texts", [False, True])
 def test_collect_holds_response_texts_only_when_asked(keep_texts):
-    from pipeline.collect import SampleRecorder
+    from pipeline.jobs.collection import SampleRecorder
 
     (result,), _ = sim_driver([SimGenerator()], prompts=1, methods=("bon",), budgets=(8,),
                               observer=SampleRecorder(keep_texts)).step(None)
@@ -386,7 +386,7 @@ def test_collect_refuses_bad_sizes(tmp_path, capsys):
 
 
 def test_bench_workload_cycles_a_small_dataset_into_distinct_searches(tmp_path):
-    from pipeline.bench import workload_prompts
+    from pipeline.jobs.benchmark import workload_prompts
 
     data = load_run_config(None, ["data.source=jsonl", f"data.path={tmp_path / 'd.jsonl'}"]).data
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"problem": f"q{i}", "answer": str(i)}) + "\n" for i in range(3)))
@@ -398,9 +398,9 @@ def test_bench_workload_cycles_a_small_dataset_into_distinct_searches(tmp_path):
 
 def test_free_reward_model_is_stable_spread_and_serves_a_whole_bench_run(local_ray):
     from actors.sim import FreeRewardModel
-    from pipeline.bench import bench_pipeline
-    from pipeline.contract import ScoreRequest
-    from pipeline.prompts import load_prompts
+    from pipeline.distributed.contract import ScoreRequest
+    from pipeline.jobs.benchmark import bench_pipeline
+    from pipeline.jobs.prompts import load_prompts
 
     requests = [ScoreRequest(i, PromptInput("p", "x"), f"response {i % 50}") for i in range(100)]
     scores = [s.reward for s in FreeRewardModel().score(requests)]
@@ -411,8 +411,8 @@ def test_free_reward_model_is_stable_spread_and_serves_a_whole_bench_run(local_r
 
 
 def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_engine(local_ray, monkeypatch):
-    from pipeline.bench import bench_pipeline, bench_raw_engine
-    from pipeline.prompts import load_prompts
+    from pipeline.jobs.benchmark import bench_pipeline, bench_raw_engine
+    from pipeline.jobs.prompts import load_prompts
 
     config = load_run_config(None, ["data.num_prompts=3", "methods=[slg]", "budgets=[64]"])
     measured = bench_pipeline(config, load_prompts(config.data), "slg", 64, record_requests=True)

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from pipeline.allocation import QuantileScale, expected_final_best, fit_tail_full_rows
-from pipeline.config import AdaptiveConfig, ExpectedMaxRule, PredictionBudget, Predictor, SearchConfig, StateSelection
-from pipeline.episodes import WorldSource, run_episodes
-from pipeline.policies import POLICIES, AdaptiveSLG, BestOfN, Oracle, ScalingLawGuided, adaptive_plan, policy_class
-from pipeline.policy import NO_NODE, ROOT, BudgetExceededError, EpisodeLedger, Request, Rollouts
-from pipeline.predict import predict_best_of_n, predict_rows
-from pipeline.schedule import default_schedule
-from pipeline.tail import fit_tail_rows
-from pipeline.worlds import WORLDS, make_world
+from pipeline.offline.episodes import WorldSource, run_episodes
+from pipeline.offline.worlds import WORLDS, make_world
+from pipeline.search.config import AdaptiveConfig, ExpectedMaxRule, PredictionBudget, Predictor, SearchConfig, StateSelection
+from pipeline.search.policies import POLICIES, AdaptiveSLG, BestOfN, Oracle, ScalingLawGuided, adaptive_plan, policy_class
+from pipeline.search.protocol import NO_NODE, ROOT, BudgetExceededError, EpisodeLedger, Request, Rollouts
+from pipeline.stats.final_best import QuantileScale, expected_final_best, fit_tail_full_rows
+from pipeline.stats.predict import predict_best_of_n, predict_rows
+from pipeline.stats.schedule import default_schedule
+from pipeline.stats.tail import fit_tail_rows
 
 
 class RecordingSource(WorldSource):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import integrate, special, stats
 
 from pipeline.errors import ConfigError
-from pipeline.predict import (
+from pipeline.stats.predict import (
     FLAGS,
     _Rows,
     extension_rows,
@@ -21,7 +21,7 @@ from pipeline.predict import (
     predict_node_values,
     predict_rows,
 )
-from pipeline.tail import expected_max_std_normal, fit_tail_rows
+from pipeline.stats.tail import expected_max_std_normal, fit_tail_rows
 
 
 def enumerated_best_of_n(values, n):
@@ -271,7 +271,7 @@ def test_predict_imports_no_engine_or_ray():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.predict, pipeline.calibration; "
+    code = ("import sys, pipeline.stats.predict, pipeline.offline.calibration; "
             "print(sorted(m for m in ('ray', 'vllm', 'torch', 'transformers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

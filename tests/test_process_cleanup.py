@@ -1,7 +1,7 @@
 """No process of a run outlives it: `kill -9` of a vLLM replica actor ends its engine processes, and
 `kill -9` of the `slg run` entrypoint (which started Ray in-process) ends Ray and every engine, each
 within 60 s. Ray's per-node agents would wait a hard-coded 60 s before they exit (they report the
-raylet's loss to a GCS that is gone); the run's watcher (`pipeline.reaper`) ends them sooner. Real
+raylet's loss to a GCS that is gone); the run's watcher (`pipeline.distributed.reaper`) ends them sooner. Real
 CPU vLLM engines on tiny models; every process the run starts carries a marker in its environment,
 so what is left can be found whatever its parent."""
 
@@ -34,7 +34,7 @@ def children(pid: int) -> list[int]:
 
 
 def test_killed_replica_and_killed_entrypoint_leave_no_process(tmp_path):
-    from actors.tiny_models import make_tiny_models
+    from pipeline.toy.tiny import make_tiny_models
 
     models = make_tiny_models(tmp_path / "models")
     marker, env = process_marker()

@@ -1,4 +1,4 @@
-"""The watcher that ends what is left of a local Ray instance (``pipeline.reaper``), on plain
+"""The watcher that ends what is left of a local Ray instance (``pipeline.distributed.reaper``), on plain
 processes standing in for the instance: a "raylet" with a child that ignores its parent's death
 (as Ray's agents do for 60 s), and a bystander the entrypoint also started."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from pipeline.reaper import GRACE_S
+from pipeline.distributed.reaper import GRACE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = textwrap.dedent("""
     import json, subprocess, sys, time
     import psutil
-    from pipeline.reaper import child_processes, close_reaper, start_reaper
+    from pipeline.distributed.reaper import child_processes, close_reaper, start_reaper
     before = child_processes()
     instance = subprocess.Popen([sys.executable, "-c",
         "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"])

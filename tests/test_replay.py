@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.bank import _parse_row, read_bank, simulate_bank, write_bank
 from pipeline.cli import main
-from pipeline.oracle import expected_max_of_pool
-from pipeline.replay import compute_multiplier, replay, replay_many, replay_rollouts
-from pipeline.worlds import make_world
+from pipeline.offline.bank import _parse_row, read_bank, simulate_bank, write_bank
+from pipeline.offline.replay import compute_multiplier, replay, replay_many, replay_rollouts
+from pipeline.offline.worlds import make_world
+from pipeline.stats.pool import expected_max_of_pool
 
 
 def by_method(results, budget):
@@ -169,8 +169,8 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(argv, match, capsys):
 
 
 def test_the_replay_library_refuses_what_the_cli_refuses():
-    from pipeline.config import SearchConfig
-    from pipeline.episodes import BankPrompt
+    from pipeline.offline.episodes import BankPrompt
+    from pipeline.search.config import SearchConfig
 
     bank = [BankPrompt("p", [[0.2, 0.9], [0.1, 0.4]])]
     with pytest.raises(ValueError, match=r"reward_upper_bound=0.5 is below the rewards of bank \(up to 0.9\)"):
@@ -183,8 +183,8 @@ def test_the_replay_library_refuses_what_the_cli_refuses():
 
 
 def test_core_imports_no_engine_or_ray():
-    code = ("import sys, pipeline.tail, pipeline.schedule, pipeline.oracle, pipeline.policies, pipeline.replay, "
-            "pipeline.cli, pipeline.calibration; "
+    code = ("import sys, pipeline.stats.tail, pipeline.stats.schedule, pipeline.stats.pool, pipeline.search.policies, pipeline.offline.replay, "
+            "pipeline.cli, pipeline.offline.calibration; "
             "print(sorted(m for m in ('ray', 'vllm', 'torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

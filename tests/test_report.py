@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.report import summarise, summary_figure
+from pipeline.jobs.report import summarise, summary_figure
 
 
 def rows(method, budget, rewards, correct):

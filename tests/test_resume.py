@@ -30,7 +30,7 @@ def results(path):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    from pipeline.report import summarise
+    from pipeline.jobs.report import summarise
 
     # Without RAY_AUTH_MODE, which an earlier ray.init in this process sets: only a run left to
     # choose its own mode meets Ray's token-authentication notice (that it must not print).
@@ -62,8 +62,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_bench_scaling_runs_each_replica_count_on_logical_gpus():
-    from pipeline.bench import bench_scaling
-    from pipeline.run_config import load_run_config
+    from pipeline.jobs.benchmark import bench_scaling
+    from pipeline.jobs.config import load_run_config
 
     config = load_run_config(None, ["methods=[bon]", "budgets=[16]"])
     rows = bench_scaling(config, 2, "bon", 16, [1, 2])

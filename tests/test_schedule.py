@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.schedule import default_schedule, reference_schedule, validate_schedule
+from pipeline.stats.schedule import default_schedule, reference_schedule, validate_schedule
 
 REFERENCE_TABLE = {100: (20, 2), 256: (35, 4), 500: (50, 5), 1000: (65, 8), 2000: (90, 11),
                    4096: (115, 18), 10000: (155, 32)}

@@ -17,8 +17,8 @@ from conftest import run_in_process
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.report import summarise
-from pipeline.storage import Destination, OutputDir, write_text
+from pipeline.jobs.report import summarise
+from pipeline.outputs.destinations import Destination, OutputDir, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_a_whole_file_write_keeps_the_files_mode_its_links_and_writes_a_pipe_in_
     import stat
     import threading
 
-    from pipeline.outputs import atomic_write_text
+    from pipeline.outputs.files import atomic_write_text
 
     kept = tmp_path / "kept.json"
     kept.write_text("old")
@@ -204,7 +204,7 @@ def test_outputs_in_folders_not_made_yet_are_written_and_stdout_gets_the_file_af
 
 
 def test_devices_descriptors_and_pipes_are_written_in_place(tmp_path):
-    from pipeline.outputs import written_in_place
+    from pipeline.outputs.files import written_in_place
 
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "file").write_text("")

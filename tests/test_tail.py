@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from pipeline.tail import (
+from pipeline.stats.tail import (
     expected_max_std_normal,
     fit_tail,
     fit_tail_rows,

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors import toy_task
-from actors.toy_task import ToyProblem, make_splits, parse_problem, solution_from
-from pipeline.grading import LastNumberGrader
+from pipeline.distributed.grading import LastNumberGrader
+from pipeline.toy import task as toy_task
+from pipeline.toy.task import ToyProblem, make_splits, parse_problem, solution_from
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "data" / "toy_models"
@@ -57,7 +57,7 @@ def test_splits_are_disjoint_and_the_test_split_does_not_depend_on_the_others():
 
 
 def test_the_shipped_splits_are_the_seeded_ones_in_the_data_format():
-    from pipeline.prompts import read_jsonl_prompts
+    from pipeline.jobs.prompts import read_jsonl_prompts
 
     expected = make_splits(toy_task.TASK_SEED)
     for name in ("train", "valid", "test"):
@@ -99,8 +99,8 @@ def test_toy_problem_text_round_trips_and_bad_text_is_refused():
 def test_the_chat_template_renders_what_the_models_were_trained_on():
     pytest.importorskip("transformers")
     from actors.formatting import prompt_token_ids, reward_token_ids
-    from actors.toy_models import Codec, build_tokenizer
-    from pipeline.contract import PromptInput
+    from pipeline.distributed.contract import PromptInput
+    from pipeline.toy.models import Codec, build_tokenizer
 
     tokenizer = build_tokenizer()
     codec = Codec(tokenizer)
@@ -120,7 +120,7 @@ def test_the_reward_model_computes_the_teachers_surprise_calibrated():
     torch = pytest.importorskip("torch")
     from transformers import LlamaForCausalLM
 
-    from actors.toy_models import Codec, ToyTrainingConfig, build_reward_model, build_tokenizer, llama_config, score_rows
+    from pipeline.toy.models import Codec, ToyTrainingConfig, build_reward_model, build_tokenizer, llama_config, score_rows
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def test_the_reward_model_computes_the_teachers_surprise_calibrated():
 def test_metrics_match_brute_force():
     from itertools import combinations
 
-    from actors.toy_models import fit_logistic, pass_at_k, roc_auc, within_prompt_auc
+    from pipeline.toy.models import fit_logistic, pass_at_k, roc_auc, within_prompt_auc
 
     rng = np.random.default_rng(0)
     scores, labels = rng.integers(0, 5, 40).astype(float), rng.random(40) < 0.4
@@ -186,7 +186,7 @@ def test_the_shipped_models_are_complete_and_judge_the_first_step():
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
     from actors.formatting import reward_token_ids
-    from actors.toy_models import MANIFEST, score_rows
+    from pipeline.toy.models import MANIFEST, score_rows
 
     manifest = json.loads((SHIPPED / MANIFEST).read_text())
     assert manifest["complete"] and manifest["seed"] == 0
@@ -210,7 +210,7 @@ def engines():
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from actors.vllm_engine import VLLMGenerator, VLLMRewardModel
-    from pipeline.calls import in_process
+    from pipeline.distributed.calls import in_process
 
     generator = in_process(VLLMGenerator(toy_settings("generator")))
     reward = VLLMRewardModel(toy_settings("reward"))
@@ -221,7 +221,7 @@ def engines():
 
 def toy_settings(role: str) -> dict:
     """The engine settings of configs/toy_cpu.yaml for one role (CPU cores left to the engine)."""
-    from pipeline.run_config import config_as_dict, load_run_config
+    from pipeline.jobs.config import config_as_dict, load_run_config
 
     section = config_as_dict(load_run_config(str(ROOT / "configs" / "toy_cpu.yaml")))[role]
     section.update(model=str(SHIPPED / role), cpu_cores=None, gpu_memory_utilization=None, device="cpu")
@@ -229,7 +229,7 @@ def toy_settings(role: str) -> dict:
 
 
 def test_the_config_cuts_states_where_the_task_decides():
-    from pipeline.run_config import load_run_config
+    from pipeline.jobs.config import load_run_config
 
     config = load_run_config(str(ROOT / "configs" / "toy_cpu.yaml"))
     assert config.generator.state_tokens == toy_task.STATE_TOKENS and config.generator.grading == "last_number"
@@ -241,7 +241,7 @@ def test_the_generator_continues_a_states_token_prefix(engines):
     """From a state ``59-7=52;`` or ``59-7=53;`` the model goes on from the value written there
     (``52+3=`` or ``53+3=``), and the wrong state's continuations are mostly wrong. A generator that
     dropped the state's ids would start again at ``59-7=`` and be as often right after either state."""
-    from pipeline.contract import PromptInput, RolloutRequest, StatePrefix
+    from pipeline.distributed.contract import PromptInput, RolloutRequest, StatePrefix
 
     generator, _ = engines
     problem = parse_problem("59-7+3-5+8")
@@ -265,7 +265,7 @@ def test_the_generator_continues_a_states_token_prefix(engines):
 @pytest.mark.vllm
 def test_the_trained_reward_model_scores_alike_in_transformers_and_vllm(engines):
     from actors.hf_engine import HFRewardModel
-    from pipeline.contract import PromptInput, RolloutRequest, ScoreRequest
+    from pipeline.distributed.contract import PromptInput, RolloutRequest, ScoreRequest
 
     generator, reward = engines
     problems = toy_task.read_split(toy_task.DATA_DIR / "test.jsonl")[:16]
@@ -291,12 +291,12 @@ def test_the_driver_reports_what_the_toy_rollouts_say(engines):
     (not the pipeline's grader): real model outputs, some right and some wrong."""
     from collections import Counter, defaultdict
 
-    from pipeline.config import SearchConfig
-    from pipeline.contract import PromptInput
-    from pipeline.driver import Driver, SearchObserver
-    from pipeline.report import summarise
-    from pipeline.run_config import DriverConfig
-    from pipeline.runner import search_grid
+    from pipeline.distributed.contract import PromptInput
+    from pipeline.distributed.driver import Driver, SearchObserver
+    from pipeline.jobs.config import DriverConfig
+    from pipeline.jobs.report import summarise
+    from pipeline.jobs.searches import search_grid
+    from pipeline.search.config import SearchConfig
 
     class RolloutLog(SearchObserver):
         def __init__(self):

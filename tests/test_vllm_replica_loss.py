@@ -19,9 +19,9 @@ pytest.importorskip("vllm")
 psutil = pytest.importorskip("psutil")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from actors.tiny_models import make_tiny_models  # noqa: E402
 from actors.vllm_engine import VLLMGenerator  # noqa: E402
-from pipeline.contract import PromptInput, RolloutRequest  # noqa: E402
+from pipeline.distributed.contract import PromptInput, RolloutRequest  # noqa: E402
+from pipeline.toy.tiny import make_tiny_models  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 PROMPT = PromptInput("p0", "A farmer has 12 sheep and buys 7 more. How many sheep does the farmer have?")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import special
 
-from pipeline.tail import expected_max_std_normal
-from pipeline.worlds import FAMILY_PARAMS, WORLDS, make_world
+from pipeline.offline.worlds import FAMILY_PARAMS, WORLDS, make_world
+from pipeline.stats.tail import expected_max_std_normal
 
 
 @pytest.mark.parametrize("family", sorted(WORLDS))

@@ -1,0 +1,88 @@
+"""The engine contract: what a generator and a reward model are asked, and what they answer.
+
+Plain dataclasses, no engine imports. A generator turns rollout requests into rollouts; a reward
+model turns (prompt, response) pairs into scores. Each method takes a batch and returns one
+answer per item, in order. The fields are what a real engine produces and reads (token ids,
+text, counts, grades); a simulated engine encodes its world in the same fields (its tokens and
+texts), so no field exists for the simulator alone. Backends (``sim``, ``vllm``, ``hf`` in
+``actors``) implement these and are chosen by name in ``pipeline.distributed.backends``; the driver only
+ever sees these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    """One problem. Generators format it (chat template or raw) and tokenise it themselves."""
+
+    prompt_id: str
+    text: str
+    answer: str | None = None  # the reference answer, where known (grading)
+
+
+@dataclass(frozen=True)
+class StatePrefix:
+    """A state: the first T generated tokens of a root rollout, kept as token ids (never re-tokenised)."""
+
+    token_ids: tuple[int, ...] = ()
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """One rollout: from the prompt (``state is None``) or continuing a state, with its own seed."""
+
+    request_id: int
+    prompt: PromptInput
+    state: StatePrefix | None
+    seed: int
+
+
+@dataclass
+class Rollout:
+    """What a generator returns for one request.
+
+    ``response_text`` is the whole response (state prefix included) as the reward model should
+    read it. ``state`` is set for rollouts from the prompt that are at least T tokens long: the
+    prefix that may become a state. Token counts are per rollout; ``num_cached_tokens`` is what the
+    engine served from its prefix cache (0 where it does not say). Real backends grade their
+    rollouts (``correct``, ``answer``) where they run, in parallel, rather than in the driver.
+    """
+
+    request_id: int
+    response_text: str
+    token_ids: list[int]
+    finish_reason: str
+    num_generated_tokens: int
+    num_prompt_tokens: int
+    num_cached_tokens: int = 0
+    state: StatePrefix | None = None
+    correct: bool | None = None         # graded against the prompt's answer (None: no answer / grader)
+    answer: str | None = None           # the extracted final answer, the key of majority voting
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    request_id: int
+    prompt: PromptInput
+    response_text: str
+
+
+@dataclass
+class Score:
+    request_id: int
+    reward: float
+    num_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Generator(Protocol):
+    def generate(self, requests: list[RolloutRequest]) -> list[Rollout]: ...
+
+
+class RewardModel(Protocol):
+    def score(self, requests: list[ScoreRequest]) -> list[Score]: ...

@@ -1,0 +1,320 @@
+"""The driver: runs many searches at once against the generator and reward replicas.
+
+It admits searches (at most ``max_concurrent_prompts`` at a time), turns each search's round into
+seeded rollout requests, hands them to the generator pool, passes each finished rollout on to the
+reward pool as it arrives (generation and scoring overlap), and once a search's round is scored
+gives the rewards to its policy and plans the next round. While one search waits at its round
+barrier, others keep the replicas busy. The path of one rollout, in this file's order:
+``_queue_rollout`` -> generator pool (``pipeline.distributed.replica_pool``) -> generator replica ->
+``_on_rollouts`` -> reward pool -> reward replica -> ``_on_scores`` -> the search's record
+(``pipeline.distributed.search_record``) -> its policy.
+
+The driver holds all search state; replicas hold none. It is a plain class: ``slg run`` makes it a
+Ray actor and calls :meth:`Driver.step` until it reports everything done; tests run it in-process.
+Seeds derive from (run seed, prompt id, node, index within the node), never from dispatch order, so
+results do not depend on the number of replicas, and all methods share rollouts: root rollout k of
+a prompt is the same rollout for every method and budget (common random numbers).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.distributed.calls import CallFailure, LocalCalls, RayCalls
+from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest
+from pipeline.distributed.replica_pool import CacheAwareRouter, ReplicaPool
+from pipeline.distributed.search_record import SearchRecord, SearchSpec, Slot, node_name
+from pipeline.search.protocol import ROOT
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from its parts, stable across processes and machines (never ``hash()``)."""
+    digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _seed_prefix(seed: int, prompt_id: str, node: str):
+    return hashlib.blake2b(f"{seed}/{prompt_id}/{node}/".encode(), digest_size=8)
+
+
+def rollout_seed(seed: int, prompt_id: str, node: str, index: int) -> int:
+    """``derive_seed(seed, prompt_id, node, index)``, hashing the shared prefix of a node's rollouts once."""
+    hasher = _seed_prefix(seed, prompt_id, node).copy()
+    hasher.update(str(index).encode())
+    return int.from_bytes(hasher.digest(), "little") & 0x7FFFFFFF
+
+
+class NonFiniteRewardError(RuntimeError):
+    """The reward model returned NaN or infinity (and ``reward.nonfinite`` says stop)."""
+
+
+class ReplicaCallError(RuntimeError):
+    """A replica's own code raised on a batch: re-sending it would fail the same way."""
+
+
+class SearchObserver:
+    """Hooks for jobs that need more than the results: ``slg bench`` logs requests, ``slg collect``
+    records every reward. The default does nothing; subclasses override what they need."""
+
+    def rollout_requested(self, search: SearchRecord, request: RolloutRequest) -> None:
+        pass
+
+    def rollout_scored(self, search: SearchRecord, slot: Slot, position: int, rollout: Rollout, reward: float,
+                       sequence: int) -> None:
+        """A rollout got a finite reward; ``sequence`` is its place in the search's plan order."""
+
+    def round_scored(self, search: SearchRecord) -> None:
+        pass
+
+    def search_finished(self, search: SearchRecord, row: dict) -> None:
+        pass
+
+    def report(self):
+        return None
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """One rollout on its way: where its reward goes once generated and scored."""
+
+    search: SearchRecord
+    slot: Slot
+    position: int
+    root_index: int | None
+    sequence: int
+    rollout: Rollout | None = None
+
+
+@dataclass
+class Throughput:
+    """Totals over all searches, for progress lines and benchmarks."""
+
+    searches_done: int = 0
+    rollouts_generated: int = 0
+    rollouts_scored: int = 0
+    tokens_generated: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    rm_tokens: int = 0
+    state_prompt_tokens: int = 0   # prompt tokens of rollouts from states, and their cached part:
+    state_cached_tokens: int = 0   # how well the prefix cache serves states
+
+    def add_rollout(self, rollout: Rollout, from_state: bool) -> None:
+        self.rollouts_generated += 1
+        self.tokens_generated += rollout.num_generated_tokens
+        self.prompt_tokens += rollout.num_prompt_tokens
+        self.cached_prompt_tokens += rollout.num_cached_tokens
+        if from_state:
+            self.state_prompt_tokens += rollout.num_prompt_tokens
+            self.state_cached_tokens += rollout.num_cached_tokens
+
+
+class Driver:
+    def __init__(self, searches: list[SearchSpec], generators: list, rewards: list, settings, seed: int,
+                 drop_nonfinite: bool = False, ground_truth=None, observer: SearchObserver | None = None,
+                 use_ray: bool = True, answers_vote: bool = True):
+        self.settings, self.seed = settings, seed
+        self.answers_vote = answers_vote  # the generators read answers to vote on (a simulated one does not)
+        self.drop_nonfinite = drop_nonfinite
+        self.ground_truth = ground_truth  # exact node values (sim only): what the oracle method selects by
+        self.observer = observer
+        self.calls = RayCalls() if use_ray else LocalCalls()
+        health = (settings.replica_retry_s, settings.max_replica_failures, settings.replica_recovery_timeout_s)
+        self.generation = ReplicaPool("generator", generators, self.calls, "generate", settings.max_batch_rollouts,
+                                      settings.max_inflight_batches, CacheAwareRouter(settings.affinity_spill_rollouts),
+                                      *health)
+        self.scoring = ReplicaPool("reward", rewards, self.calls, "score", settings.max_batch_scores,
+                                   settings.max_inflight_batches, None, *health)
+        self.queue = deque(searches)
+        self.total = len(searches)
+        self.active: list[SearchRecord] = []
+        self.tickets: dict[int, _Ticket] = {}
+        self.request_ids = itertools.count()
+        self.throughput = Throughput()
+        self.driver_busy_s = 0.0  # wall time of the driver's own work (slower when engines share its cores)
+        self.driver_cpu_s = 0.0   # CPU time of that work: what one driver needs, whatever else runs beside it
+        self.started = time.perf_counter()
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def step(self, max_s: float | None = None) -> tuple[list[dict], dict]:
+        """Work for up to ``max_s`` seconds (None: until done); return finished results and progress."""
+        deadline = None if max_s is None else time.perf_counter() + max_s
+        finished: list[dict] = []
+        while True:
+            busy_from, cpu_from = time.perf_counter(), time.thread_time()
+            self._admit(finished)
+            self.generation.dispatch()
+            self.scoring.dispatch()
+            self.driver_busy_s += time.perf_counter() - busy_from
+            self.driver_cpu_s += time.thread_time() - cpu_from
+            if self.done:  # probes of recovering replicas may still be out: no search waits on them
+                break
+            pending = [*self.generation.tokens(), *self.scoring.tokens()]
+            if not pending:  # every replica that could take the queued work rests after a failure
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
+                time.sleep(0.05)
+                continue
+            timeout = 1.0 if deadline is None else max(0.0, deadline - time.perf_counter())
+            if self.settings.call_timeout_s:
+                timeout = min(timeout, self.settings.call_timeout_s)
+            done = self.calls.wait(pending, timeout)
+            busy_from, cpu_from = time.perf_counter(), time.thread_time()
+            for token, answers, error in done:
+                self._on_answers(token, answers, error, finished)
+            self.generation.expire_hung(self.settings.call_timeout_s or float("inf"))
+            self.scoring.expire_hung(self.settings.call_timeout_s or float("inf"))
+            self.driver_busy_s += time.perf_counter() - busy_from
+            self.driver_cpu_s += time.thread_time() - cpu_from
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+        return finished, self.progress()
+
+    def _on_answers(self, token, answers, error, finished: list[dict]) -> None:
+        pool = self.generation if token in self.generation else self.scoring
+        if error is not None:
+            failure = self.calls.classify_failure(error)
+            if failure == CallFailure.error and token in pool.pending:  # a probe's error: the replica is not up yet
+                call = pool.pending[token]
+                raise ReplicaCallError(f"{pool.name} replica {call.replica} failed on a batch of {len(call.batch)}: "
+                                       f"{error_summary(error)}") from error
+            pool.call_failed(token, failure, error_summary(error))
+        elif pool is self.generation:
+            self._on_rollouts(pool.complete(token, answers))
+        else:
+            self._on_scores(pool.complete(token, answers), finished)
+
+    # --- searches in, rollouts out ---------------------------------------------------------------
+
+    def _admit(self, finished: list[dict]) -> None:
+        while self.queue and len(self.active) < self.settings.max_concurrent_prompts:
+            spec = self.queue.popleft()
+            policy_class = spec.policy_class
+            rng = np.random.default_rng(derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget))
+            search = SearchRecord(spec, None, self.answers_vote)
+            true_value = self._true_value_for(search) if policy_class.needs_true_values else None
+            search.policy = policy_class(spec.budget, 1, spec.search_config, rng=rng, true_value=true_value)
+            self.active.append(search)
+            self._plan(search, finished)
+
+    def _plan(self, search: SearchRecord, finished: list[dict]) -> None:
+        """Queue the rollouts of the search's next round (or finish the search)."""
+        while True:
+            slots = search.next_round()
+            if slots is None:
+                self._finish(search, finished)
+                return
+            for slot in slots:
+                for position in range(slot.count):
+                    self._queue_rollout(search, slot, position)
+            if search.waiting:
+                return
+            search.policy.observe(search.round_results())  # a round that asked for nothing
+
+    def _queue_rollout(self, search: SearchRecord, slot: Slot, position: int) -> None:
+        index, root_index, state = search.plan_rollout(slot.node)
+        prompt_id = search.prompt.prompt_id
+        request = RolloutRequest(next(self.request_ids), search.prompt, state,
+                                 rollout_seed(self.seed, prompt_id, node_name(slot.node), index))
+        self.tickets[request.request_id] = _Ticket(search, slot, position, root_index, next(search.sequence))
+        # a state's rollouts prefer the replica whose prefix cache holds it; the prompt's go anywhere
+        self.generation.put(None if slot.node == ROOT else (prompt_id, slot.node), request)
+        if self.observer is not None:
+            self.observer.rollout_requested(search, request)
+
+    def _on_rollouts(self, rollouts: list[Rollout]) -> None:
+        for rollout in rollouts:
+            ticket = self.tickets[rollout.request_id]
+            ticket.rollout = rollout
+            search = ticket.search
+            search.record_rollout(rollout, ticket.slot, ticket.position, ticket.root_index)
+            self.throughput.add_rollout(rollout, from_state=ticket.slot.node != ROOT)
+            self.scoring.put(None, ScoreRequest(rollout.request_id, search.prompt, rollout.response_text))
+
+    def _on_scores(self, scores: list[Score], finished: list[dict]) -> None:
+        for score in scores:
+            ticket = self.tickets.pop(score.request_id)
+            search, rollout = ticket.search, ticket.rollout
+            reward = float(score.reward)
+            search.ledger.rm_tokens += score.num_tokens
+            self.throughput.rollouts_scored += 1
+            self.throughput.rm_tokens += score.num_tokens
+            if not math.isfinite(reward):
+                if not self.drop_nonfinite:
+                    raise NonFiniteRewardError(
+                        f"the reward model returned {reward} for prompt {search.prompt.prompt_id!r}, node "
+                        f"{node_name(ticket.slot.node)} (set reward.nonfinite=drop to drop such rollouts)")
+                search.ledger.dropped_scores += 1
+            else:
+                search.record_reward(reward, rollout, ticket.slot, ticket.position, ticket.sequence)
+                if self.observer is not None:
+                    self.observer.rollout_scored(search, ticket.slot, ticket.position, rollout, reward, ticket.sequence)
+            search.waiting -= 1
+            if search.waiting == 0:
+                if self.observer is not None:
+                    self.observer.round_scored(search)
+                search.policy.observe(search.round_results())
+                self._plan(search, finished)
+
+    def _finish(self, search: SearchRecord, finished: list[dict]) -> None:
+        self.active.remove(search)
+        self.throughput.searches_done += 1
+        row = search.result_row()
+        if self.observer is not None:
+            self.observer.search_finished(search, row)
+        finished.append(row)
+
+    def _true_value_for(self, search: SearchRecord):
+        if self.ground_truth is None:
+            raise RuntimeError(f"method {search.method!r} needs true values: only the sim backend has them")
+
+        def true_value(nodes: np.ndarray, n: np.ndarray) -> np.ndarray:
+            states = [None if node == ROOT else search.states[int(node)] for node in nodes[0]]
+            return self.ground_truth.values(states, int(n[0]))[None, :]
+
+        return true_value
+
+    # --- reports ---------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return not self.queue and not self.active and not self.generation.pending and not self.scoring.pending
+
+    def progress(self) -> dict:
+        elapsed = time.perf_counter() - self.started
+        totals = asdict(self.throughput)
+        return {**totals, "searches_total": self.total, "elapsed_s": elapsed, "done": self.done,
+                "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
+                "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
+                "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s, **self._replica_report()}
+
+    def _replica_report(self) -> dict:
+        """Failures, replica processes lost, replicas back after a failure, replicas retired."""
+        pools = (self.generation.health, self.scoring.health)
+        return {"replica_failures": sum(h.failures_total for h in pools), "replicas_lost": sum(h.lost for h in pools),
+                "replicas_rejoined": sum(h.rejoined for h in pools),
+                "replicas_retired": {"generator": pools[0].retired, "reward": pools[1].retired}}
+
+    def busy_fractions(self) -> dict[str, list[float]]:
+        return {"generate": self.generation.busy_fractions(), "score": self.scoring.busy_fractions()}
+
+    def observer_report(self):
+        """What the observer gathered (``slg bench``: the requests it replays on a bare engine)."""
+        return None if self.observer is None else self.observer.report()
+
+
+def error_summary(error: BaseException) -> str:
+    """The error's type and the first sentence of its message's last line (Ray puts the cause last)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    sentence = lines[-1].split(". ")[0] if lines else ""
+    return f"{type(error).__name__}: {sentence}"

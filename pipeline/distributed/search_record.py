@@ -1,0 +1,195 @@
+"""The driver's record of one (prompt, method, budget) search: its round, its ledger, its answer.
+
+Pure bookkeeping, no engines and no Ray. A search asks its policy for a round of requests, which
+become slots (``count`` rollouts from one node) filled in as rewards arrive; it counts what it spent
+(``Ledger``), keeps the best answer (``BestAnswer``: the single highest-reward rollout of all it
+generated, ties to the one planned first) and the majority vote over graded answers
+(``MajorityVote``), and turns all of that into its line of ``results.jsonl`` (``result_row``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pipeline.distributed.contract import PromptInput, Rollout, StatePrefix
+from pipeline.search.protocol import ROOT, BudgetExceededError, Rollouts
+
+
+def node_name(node: int) -> str:
+    """``root``, or ``sK`` for the state cut from root rollout K."""
+    return "root" if node == ROOT else f"s{node}"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """What to search: a prompt, the method's name in the results, the budget, the policy to run."""
+
+    prompt: PromptInput
+    method: str
+    budget: int
+    policy_class: type
+    search_config: object
+
+
+class Slot:
+    """One request of a round: ``count`` rollouts from ``node``, filled in as scores arrive."""
+
+    __slots__ = ("node", "count", "rewards", "can_branch", "correct")
+
+    def __init__(self, node: int, count: int):
+        self.node, self.count = node, count
+        self.rewards = np.full(count, np.nan)
+        self.can_branch = np.zeros(count, dtype=bool)
+        self.correct = np.zeros(count, dtype=bool)
+
+
+@dataclass
+class Ledger:
+    """What one search spent: rollouts and tokens, and rollouts that went wrong."""
+
+    rollouts: int = 0
+    tokens_generated: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    rm_tokens: int = 0
+    empty_rollouts: int = 0
+    dropped_scores: int = 0  # non-finite rewards dropped (reward.nonfinite=drop)
+
+    def add_rollout(self, rollout: Rollout) -> None:
+        self.rollouts += 1
+        self.tokens_generated += rollout.num_generated_tokens
+        self.prompt_tokens += rollout.num_prompt_tokens
+        self.cached_prompt_tokens += rollout.num_cached_tokens
+        self.empty_rollouts += rollout.num_generated_tokens == 0
+
+
+@dataclass
+class BestAnswer:
+    """The highest-reward rollout so far; among equal rewards, the one planned first."""
+
+    reward: float = -math.inf
+    sequence: int = 0
+    text: str | None = None
+    correct: bool | None = None
+    node: int | None = None
+
+    def offer(self, reward: float, sequence: int, text: str, correct: bool | None, node: int) -> None:
+        if (reward, -sequence) > (self.reward, -self.sequence):
+            self.reward, self.sequence, self.text, self.correct, self.node = reward, sequence, text, correct, node
+
+
+@dataclass
+class _Tally:
+    count: int
+    first_sequence: int
+    correct: bool | None  # graded once: every rollout with this answer has the same verdict
+
+
+@dataclass
+class MajorityVote:
+    """Votes of the graded answers; the winner has the most votes, ties to the answer seen first."""
+
+    tallies: dict[str, _Tally] = field(default_factory=dict)
+
+    def add(self, answer: str, sequence: int, correct: bool | None) -> None:
+        tally = self.tallies.get(answer)
+        if tally is None:
+            self.tallies[answer] = _Tally(1, sequence, correct)
+        else:
+            tally.count += 1
+            tally.first_sequence = min(tally.first_sequence, sequence)
+
+    def winner(self) -> tuple[str, _Tally] | None:
+        return max(self.tallies.items(), key=lambda kv: (kv[1].count, -kv[1].first_sequence), default=None)
+
+
+class SearchRecord:
+    """One search in flight: its policy, the slots of its current round, and what it found."""
+
+    def __init__(self, spec: SearchSpec, policy, answers_vote: bool = True):
+        self.spec, self.policy = spec, policy
+        self.answers_vote = answers_vote  # False: the generator reads no answers (sim), so there is no vote
+        self.prompt, self.method, self.budget = spec.prompt, spec.method, spec.budget
+        self.root_count = 0          # root rollouts planned so far: the next one's index
+        self.requested = 0
+        self.node_counts: dict[int, int] = {}  # rollouts planned per state (the next one's index there): the states sampled
+        self.states: dict[int, StatePrefix] = {}  # root-rollout index -> the state cut from it
+        self.slots: list[Slot] = []
+        self.waiting = 0             # rollouts of this round not scored yet
+        self.sequence = itertools.count()
+        self.started = time.perf_counter()
+        self.ledger = Ledger()
+        self.best = BestAnswer()
+        self.any_correct: bool | None = None
+        self.votes = MajorityVote()
+
+    def next_round(self) -> list[Slot] | None:
+        """The policy's next round as slots (None when the search is over); refuses overspending."""
+        requests = self.policy.plan()
+        if not requests:
+            return None
+        self.slots = [Slot(int(r.node[0]), int(r.count[0])) for r in requests]
+        self.requested += sum(slot.count for slot in self.slots)
+        if self.requested > self.budget:
+            raise BudgetExceededError(f"{self.method} asked for {self.requested} rollouts of prompt "
+                                      f"{self.prompt.prompt_id!r}, budget is {self.budget}")
+        self.waiting = sum(slot.count for slot in self.slots)
+        return self.slots
+
+    def plan_rollout(self, node: int) -> tuple[int, int | None, StatePrefix | None]:
+        """(index within the node, root-rollout index or None, state or None) of the next rollout from ``node``."""
+        if node == ROOT:
+            index = self.root_count
+            self.root_count += 1
+            return index, index, None
+        if node not in self.states:
+            raise RuntimeError(f"policy asked to continue state {node}, which is not a state")
+        index = self.node_counts.get(node, 0)
+        self.node_counts[node] = index + 1
+        return index, None, self.states[node]
+
+    def record_rollout(self, rollout: Rollout, slot: Slot, position: int, root_index: int | None) -> None:
+        self.ledger.add_rollout(rollout)
+        if root_index is not None and rollout.state is not None:
+            self.states[root_index] = rollout.state
+            slot.can_branch[position] = True
+
+    def record_reward(self, reward: float, rollout: Rollout, slot: Slot, position: int, sequence: int) -> None:
+        slot.rewards[position] = reward
+        if rollout.correct is not None:
+            slot.correct[position] = rollout.correct
+            self.any_correct = bool(self.any_correct) or rollout.correct
+        if rollout.answer is not None:
+            self.votes.add(rollout.answer, sequence, rollout.correct)
+        self.best.offer(reward, sequence, rollout.response_text, rollout.correct, slot.node)
+
+    def round_results(self) -> list[Rollouts]:
+        return [Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :]) for s in self.slots]
+
+    def result_row(self) -> dict:
+        """The search's line of results.jsonl."""
+        prediction = float(self.policy.selected_prediction[0])
+        majority = self.votes.winner()
+        best = self.best
+        return {
+            "prompt_id": self.prompt.prompt_id, "method": self.method, "budget": self.budget,
+            **asdict(self.ledger),
+            "best_reward": best.reward if math.isfinite(best.reward) else None,
+            "selected": node_name(int(self.policy.selected[0])),
+            "predicted_value": prediction if math.isfinite(prediction) else None,
+            "num_states": len(self.node_counts),  # states the search sampled from (0 for BoN)
+            "correct": best.correct, "pass_at_n": self.any_correct,
+            "majority_answer": None if majority is None else majority[0],
+            # graded rollouts but no readable answer among them: the vote has no right answer
+            "majority_correct": majority[1].correct if majority is not None else
+            (False if self.any_correct is not None and self.answers_vote else None),
+            "best_node": None if best.node is None else node_name(best.node),
+            "answer": best.text,
+            "wall_s": time.perf_counter() - self.started,
+        }
+

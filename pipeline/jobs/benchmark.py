@@ -1,0 +1,164 @@
+"""``slg bench``: throughput of the whole pipeline, its efficiency against a bare engine, and its
+scaling with replicas. A benchmark measures; nothing here asserts a speed.
+
+- Pipeline: P prompts x one budget x one method through Ray actors and the driver, after every
+  engine is up (engine start is not counted). Reports rollouts/s, generated tokens/s, RM items/s
+  and tokens/s, each replica's busy fraction (time with a call in flight), the cached share of
+  prompt tokens (all rollouts, and state rollouts alone), and the driver's own time per rollout.
+- Raw ceiling (``--raw``): the very rollout requests the driver sent (same prompts, states, seeds,
+  lengths), in one ``generate`` call on one in-process engine: no Ray, no driver, no reward model.
+  Efficiency = pipeline tokens/s over raw tokens/s.
+- ``--free-rm``: the reward replicas score at no cost (meaningless rewards), so the pipeline's own
+  overhead around the generator shows without a reward model competing for the same CPU.
+- Scaling (``--replicas 1,2,4,8``): k generator replicas on k logical GPUs, each with the same load
+  (P prompts per replica, so k P prompts: weak scaling, as a serving system grows with its
+  traffic); scaling efficiency = throughput(k) / (k x throughput(1)). Meaningful with
+  ``generator.sim.latency_per_token_s`` > 0, which makes a sim replica as slow as a GPU engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+
+from pipeline.distributed.driver import SearchObserver
+
+log = logging.getLogger("slg")
+
+
+def workload_prompts(data, count: int) -> list:
+    """Exactly ``count`` prompts: the data's first ones, cycled when it has fewer (copy k of a prompt
+    gets the id ``ID#k``, hence its own seeds: a distinct search, as another sample of the problem)."""
+    from pipeline.jobs.prompts import load_prompts
+
+    base = load_prompts(replace(data, num_prompts=count))
+    return [p if i < len(base) else replace(p, prompt_id=f"{p.prompt_id}#{i // len(base)}")
+            for i, p in ((i, base[i % len(base)]) for i in range(count))]
+
+
+class RequestLog(SearchObserver):
+    """Every rollout request in the order it was first queued: the token workload ``--raw``
+    replays on a bare engine."""
+
+    def __init__(self):
+        self.requests: list = []
+
+    def rollout_requested(self, search, request) -> None:
+        self.requests.append(request)
+
+    def report(self) -> list:
+        return self.requests
+
+
+def bench_pipeline(config, prompts, method: str, budget: int, record_requests: bool = False,
+                   free_reward: bool = False) -> dict:
+    """``free_reward``: score with the ``free`` reward backend (no CPU or GPU cost) to measure the
+    generator path alone."""
+    import ray
+
+    from pipeline.distributed.session import Session
+    from pipeline.jobs.searches import search_grid
+
+    searches = search_grid(prompts, [method], [budget], config.search)
+    with Session(config, reward_backend="free" if free_reward else None) as session:
+        session.place_replicas()
+        session.wait_until_engines_are_up()
+        driver = session.start_driver(searches, RequestLog() if record_requests else None)
+        started = time.perf_counter()
+        while not ray.get(driver.step.remote(config.driver.step_s))[1]["done"]:
+            pass
+        wall = time.perf_counter() - started
+        progress, busy, requests = ray.get([driver.progress.remote(), driver.busy_fractions.remote(),
+                                            driver.observer_report.remote()])
+    scored = max(progress["rollouts_scored"], 1)
+    metrics = {
+        "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall, "free_reward": free_reward,
+        "generator_replicas": config.generator.num_replicas, "reward_replicas": config.reward.num_replicas,
+        "rollouts_per_s": progress["rollouts_scored"] / wall,  # every rollout is scored once: also RM items/s
+        "tokens_per_s": progress["tokens_generated"] / wall,
+        "rm_tokens_per_s": progress["rm_tokens"] / wall,
+        "generator_busy": busy["generate"], "reward_busy": busy["score"],
+        "cached_prompt_share": progress["cached_prompt_tokens"] / max(progress["prompt_tokens"], 1),
+        "state_cached_share": (progress["state_cached_tokens"] / progress["state_prompt_tokens"]
+                               if progress["state_prompt_tokens"] else None),
+        "driver_us_per_rollout": 1e6 * progress["driver_cpu_s"] / scored,  # CPU: what one driver needs
+        "driver_wall_us_per_rollout": 1e6 * progress["driver_busy_s"] / scored,  # wall: with the engines beside it
+        "tokens_generated": progress["tokens_generated"],
+        "prompt_tokens": progress["prompt_tokens"], "cached_prompt_tokens": progress["cached_prompt_tokens"],
+        "state_prompt_tokens": progress["state_prompt_tokens"], "state_cached_tokens": progress["state_cached_tokens"],
+    }
+    return {"metrics": metrics, "requests": requests}
+
+
+def bench_raw_engine(config, requests, repeats: int = 2) -> dict:
+    """The recorded requests in one call on one in-process engine (started before the clock); the
+    best of ``repeats`` runs (a ceiling: on a shared machine single runs vary by 20%)."""
+    from pipeline.distributed.backends import load_backend
+    from pipeline.distributed.calls import in_process
+    from pipeline.distributed.contract import PromptInput, RolloutRequest
+    from pipeline.distributed.session import generator_kwargs
+
+    quiet_vllm_logs()
+    engine = in_process(load_backend("generator", config.generator.backend.value)(**generator_kwargs(config)))
+    try:
+        engine.generate([RolloutRequest(-1, PromptInput("warm-up", "warm up the engine"), None, 12345)])
+        walls = []
+        for _ in range(repeats):
+            if hasattr(engine, "reset_prefix_cache"):  # each run starts cold, as the pipeline did
+                engine.reset_prefix_cache()
+            started = time.perf_counter()
+            rollouts = engine.generate(list(requests))
+            walls.append(time.perf_counter() - started)
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
+    tokens, wall = sum(r.num_generated_tokens for r in rollouts), min(walls)
+    return {"rollouts": len(rollouts), "tokens_generated": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "wall_s_each": walls}
+
+
+def quiet_vllm_logs() -> None:
+    """Only errors from vLLM in this process and the engine processes it starts, unless
+    VLLM_LOGGING_LEVEL says otherwise. The raw engine runs here, where vLLM would log every step
+    of its start and shutdown to stdout, between the benchmark's results; the pipeline's replicas
+    log the same to Ray's session logs, not to the terminal."""
+    level = os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # read by vLLM at import, here and in its engine processes
+    logging.getLogger("vllm").setLevel(level.upper())  # where vLLM was imported already
+
+
+def bench_scaling(config, prompts_per_replica: int, method: str, budget: int, replica_counts: list[int]) -> list[dict]:
+    """Throughput with k generator replicas, each on one logical GPU of a local instance and each
+    with ``prompts_per_replica`` prompts of load."""
+    rows, base = [], None
+    for count in replica_counts:
+        scaled = replace(config, generator=replace(config.generator, num_replicas=count, num_gpus_per_replica=1.0),
+                         ray=replace(config.ray, num_gpus=max(replica_counts)),
+                         data=replace(config.data, num_prompts=prompts_per_replica * count))
+        prompts = workload_prompts(scaled.data, prompts_per_replica * count)
+        metrics = bench_pipeline(scaled, prompts, method, budget)["metrics"]
+        base = base or metrics["rollouts_per_s"]
+        rows.append({"replicas": count, "prompts": len(prompts), "rollouts_per_s": metrics["rollouts_per_s"],
+                     "tokens_per_s": metrics["tokens_per_s"],
+                     "scaling_efficiency": metrics["rollouts_per_s"] / (count * base),
+                     "driver_us_per_rollout": metrics["driver_us_per_rollout"],
+                     "generator_busy_mean": sum(metrics["generator_busy"]) / count})
+        log.info("%d replicas: %.0f rollouts/s, scaling efficiency %.2f", count, rows[-1]["rollouts_per_s"],
+                 rows[-1]["scaling_efficiency"])
+    return rows
+
+
+def format_metrics(metrics: dict) -> str:
+    busy = ", ".join(f"{b:.2f}" for b in metrics["generator_busy"])
+    rm_busy = ", ".join(f"{b:.2f}" for b in metrics["reward_busy"])
+    state_share = "-" if metrics["state_cached_share"] is None else f"{metrics['state_cached_share']:.3f}"
+    return "\n".join([
+        f"workload: {metrics['prompts']} prompts x N={metrics['budget']} x {metrics['method']}, {metrics['wall_s']:.2f} s",
+        f"rollouts/s {metrics['rollouts_per_s']:.1f}   generated tokens/s {metrics['tokens_per_s']:.1f}",
+        f"RM tokens/s {metrics['rm_tokens_per_s']:.1f}",
+        f"generator busy [{busy}]   reward busy [{rm_busy}]",
+        f"cached share of prompt tokens {metrics['cached_prompt_share']:.3f} (state rollouts: {state_share})",
+        f"driver time per rollout {metrics['driver_us_per_rollout']:.1f} us CPU "
+        f"({metrics['driver_wall_us_per_rollout']:.1f} us wall, engines sharing its cores)",
+    ])

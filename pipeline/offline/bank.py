@@ -1,0 +1,155 @@
+"""Reward banks: many states per prompt, many scored rollouts per state, one prompt a JSONL line.
+
+The format is SPEC.md's ("Reward bank"). A bank is what makes large-N questions cheap: once
+collected (from a live engine or a simulated world), ``slg replay`` evaluates any policy and budget
+on it offline. This module reads, validates, writes and simulates banks, and reads the plain
+reward lists of ``slg predict`` (which also accepts bank lines); nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.worlds import World
+from pipeline.outputs.destinations import write_text
+
+
+def read_bank(path) -> list[BankPrompt]:
+    """Read and validate a bank; ``ValueError`` naming the line and prompt of the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"bank {str(path)!r} does not exist or is not a file")
+    prompts, seen = [], set()
+    for _, where, row in json_lines(read_text(path, "bank").splitlines(), f"bank {path.name}"):
+        prompts.append(_parse_row(row, where))
+        if prompts[-1].prompt_id in seen:
+            raise ConfigError(f"{where}: duplicate prompt_id {prompts[-1].prompt_id!r}")
+        seen.add(prompts[-1].prompt_id)
+    if not prompts:
+        raise ConfigError(f"bank {str(path)!r} holds no prompts")
+    return prompts
+
+
+def read_text(path, label: str) -> str:
+    """A UTF-8 text file's content; ``ConfigError`` naming ``label`` and the path when it cannot be
+    read or is not text (a gzipped JSONL, say)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read {label} {str(path)!r}: not UTF-8 text ({error.reason} at byte "
+                          f"{error.start}; compressed? decompress it first)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {label} {str(path)!r}: {error.strerror or error}") from None
+
+
+def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, object]]:
+    """(line number, "LABEL line N", parsed value) of every non-blank JSONL line; ``ConfigError``
+    naming the line where one is not valid JSON."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{label} line {number}"
+        try:
+            yield number, where, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
+
+
+def first_bad_reward(rewards: list) -> tuple[int, object] | None:
+    """(index, value) of the first reward that is not a finite number (booleans are not numbers)."""
+    for k, value in enumerate(rewards):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return k, value
+        try:
+            if not math.isfinite(value):
+                return k, value
+        except OverflowError:  # an integer too large for a float
+            return k, value
+    return None
+
+
+def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
+    """(ids, reward lists) of ``slg predict --rewards``: ``{"id", "rewards"}`` lines or reward-bank
+    lines (an entry per state, id ``PROMPT/sK``); ``ConfigError`` naming the line for anything else."""
+    text = read_text(path, "--rewards")
+    ids, rows, seen = [], [], set()
+    for number, where, row in json_lines(text.splitlines(), str(path)):
+        if isinstance(row, dict) and "rewards" in row:
+            entries = [(str(row.get("id", f"line{number}")), row["rewards"])]
+        elif isinstance(row, dict) and "states" in row and "prompt_id" in row and isinstance(row["states"], list):
+            entries = [(f"{row['prompt_id']}/s{k}", state) for k, state in enumerate(row["states"])]
+            if not entries:
+                raise ConfigError(f"{where}: 'states' is empty")
+        else:
+            raise ConfigError(f'{where}: expected {{"id": ..., "rewards": [...]}} or a reward-bank line with "prompt_id" and "states"')
+        for name, rewards in entries:
+            if not isinstance(rewards, list) or not rewards:
+                raise ConfigError(f"{where}: rewards of id {name!r} must be a non-empty list of numbers")
+            if (bad := first_bad_reward(rewards)) is not None:
+                raise ConfigError(f"{where}: reward {bad[0]} of id {name!r} is {bad[1]!r}, not a finite number")
+            if name in seen:
+                raise ConfigError(f"{where}: duplicate id {name!r}")
+            seen.add(name)
+            ids.append(name)
+            rows.append([float(v) for v in rewards])
+    if not rows:
+        raise ConfigError(f"--rewards {path!r} holds no reward lists")
+    return ids, rows
+
+
+def _parse_row(row, where: str) -> BankPrompt:
+    if not isinstance(row, dict) or "prompt_id" not in row or "states" not in row:
+        raise ConfigError(f"{where}: each line needs 'prompt_id' and 'states'")
+    prompt_id = str(row["prompt_id"])
+    where = f"{where} (prompt {prompt_id!r})"
+    states = row["states"]
+    if not isinstance(states, list) or not states:
+        raise ConfigError(f"{where}: 'states' must be a non-empty list of reward lists")
+    for i, rewards in enumerate(states):
+        if not isinstance(rewards, list) or not rewards:
+            raise ConfigError(f"{where}: state {i} has an empty or malformed reward list")
+        if (bad := first_bad_reward(rewards)) is not None:
+            raise ConfigError(f"{where}: state {i} reward {bad[0]} is {bad[1]!r}, not a finite number")
+    correct = row.get("correct")
+    if correct is not None:
+        shapes_match = isinstance(correct, list) and len(correct) == len(states) and all(
+            isinstance(c, list) and len(c) == len(s) for c, s in zip(correct, states))
+        if not shapes_match:
+            raise ConfigError(f"{where}: 'correct' must have the same shape as 'states'")
+        if not all(isinstance(x, bool) for c in correct for x in c):
+            raise ConfigError(f"{where}: 'correct' must hold only true/false")
+    return BankPrompt(prompt_id, states, correct)
+
+
+def write_bank(target, rows: list[dict]) -> None:
+    """Write bank rows at a path or a URL, whole: a reader never sees half a bank."""
+    write_text(str(target), "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def simulate_bank(world: World, num_prompts: int, num_states: int, num_completions: int, seed: int) -> list[dict]:
+    """Bank rows drawn from a world: per prompt, ``num_states`` states with ``num_completions`` rewards each.
+
+    Prompt p draws from ``default_rng([seed, p])``, so a bank's first prompts do not depend on how
+    many prompts it has.
+    """
+    for name, value in (("prompts", num_prompts), ("states", num_states), ("completions", num_completions)):
+        if value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value!r}")
+    rows = []
+    for p in range(num_prompts):
+        rng = np.random.default_rng([seed, p])
+        latents = world.sample_states(rng, (num_states,))
+        rewards, correct = world.sample_rewards(rng, np.repeat(latents[:, None], num_completions, axis=1))
+        row = {"prompt_id": f"p{p}", "states": rewards.round(6).tolist()}
+        if correct is not None:
+            row["correct"] = correct.tolist()
+        row["meta"] = {"world": world.family, "params": world.params, "seed": seed}
+        rows.append(row)
+    return rows

@@ -1,0 +1,172 @@
+"""In-process rollout sources for simulated worlds and reward banks, and the loop that drives a policy.
+
+Pure numpy: this is the offline twin of the Ray driver. A source plays B independent episodes of
+one prompt: it remembers the state behind each root rollout (so that a later request for "state k"
+continues root rollout k) and answers requests by sampling rewards. All randomness comes from the
+source's own generator, so two policies run on sources with the same seed see the same root
+rollouts and the same state rewards for as long as they ask the same things (common random
+numbers: this is what makes ``oracle`` a paired comparison with ``slg``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.offline.worlds import World
+from pipeline.search.policies import SearchPolicy
+from pipeline.search.protocol import ROOT, EpisodeLedger, Request, Rollouts
+from pipeline.stats.pool import expected_max_of_pool, expected_max_of_weighted_pool
+
+
+class RolloutSource:
+    """B episodes of one prompt: answers requests, knows the true value of its nodes."""
+
+    def __init__(self, batch_size: int, rng: np.random.Generator):
+        self.batch_size = batch_size
+        self.rng = rng
+        self._root_latents = np.empty((batch_size, 0))
+
+    def draw(self, request: Request) -> Rollouts:
+        batch, width = self.batch_size, int(request.count.max(initial=0))
+        uniform = bool((request.count == width).all())
+        wanted = np.ones((batch, width), dtype=bool) if uniform else np.arange(width)[None, :] < request.count[:, None]
+        root_rows = request.node == ROOT
+        # Fresh states only where a rollout starts at the prompt; a state's rollouts reuse its latent.
+        if root_rows.all():
+            latents = self._sample_states((batch, width))
+        else:
+            known = self._state_latents(np.where(request.node >= 0, request.node, 0))
+            if root_rows.any():
+                latents = np.where(root_rows[:, None], self._sample_states((batch, width)), known[:, None])
+            else:
+                latents = np.broadcast_to(known[:, None], (batch, width))
+        rewards, correct = self._sample_rewards(latents)
+        if not uniform:
+            rewards = np.where(wanted, rewards, np.nan)
+        from_root = root_rows[:, None] & wanted
+        if root_rows.any():
+            self._root_latents = np.concatenate([self._root_latents, np.where(from_root, latents, np.nan)], axis=1)
+            self._compact_root_latents(request)
+        return Rollouts(rewards, can_branch=from_root, correct=None if correct is None else correct & wanted)
+
+    def _compact_root_latents(self, request: Request) -> None:
+        # Root rollouts are numbered per episode in the order they came: keep each episode's
+        # latents left-aligned so that index k is that episode's k-th root rollout.
+        if (request.node == ROOT).all() and (request.count == request.count[0]).all():
+            return
+        order = np.argsort(np.isnan(self._root_latents), axis=1, kind="stable")
+        self._root_latents = np.take_along_axis(self._root_latents, order, axis=1)
+
+    def _state_latents(self, index: np.ndarray) -> np.ndarray:
+        if self._root_latents.shape[1] == 0:
+            return np.zeros(self.batch_size)
+        if (index >= self._root_latents.shape[1]).any():
+            raise ValueError(f"no root rollout {int(index.max())} to continue: only {self._root_latents.shape[1]} so far")
+        return self._root_latents[np.arange(self.batch_size), index]
+
+    def true_value(self, nodes: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """True V_n of each node (B, k); n is (B,). The root's value is the prompt's BoN value."""
+        out = np.empty(nodes.shape)
+        for budget in np.unique(n):
+            rows = n == budget
+            latents = self._root_latents[rows][np.arange(rows.sum())[:, None], np.maximum(nodes[rows], 0)]
+            values = self._state_value(latents, int(budget))
+            out[rows] = np.where(nodes[rows] == ROOT, self._prompt_value(int(budget)), values)
+        return out
+
+    def _sample_states(self, shape):
+        raise NotImplementedError
+
+    def _sample_rewards(self, latents):
+        raise NotImplementedError
+
+    def _state_value(self, latents, n):
+        raise NotImplementedError
+
+    def _prompt_value(self, n):
+        raise NotImplementedError
+
+
+class WorldSource(RolloutSource):
+    """Episodes of a fresh prompt of a simulated world."""
+
+    def __init__(self, world: World, batch_size: int, rng: np.random.Generator):
+        super().__init__(batch_size, rng)
+        self.world = world
+
+    def _sample_states(self, shape):
+        return self.world.sample_states(self.rng, shape)
+
+    def _sample_rewards(self, latents):
+        return self.world.sample_rewards(self.rng, latents)
+
+    def _state_value(self, latents, n):
+        return self.world.state_value(latents, n)
+
+    def _prompt_value(self, n):
+        return self.world.prompt_value(n)
+
+
+class BankPrompt:
+    """One prompt of a reward bank, flattened for fast sampling (SPEC.md, "Reward bank")."""
+
+    def __init__(self, prompt_id: str, states: list, correct: list | None = None):
+        self.prompt_id = prompt_id
+        self.state_rewards = [np.asarray(s, dtype=float) for s in states]
+        self.lengths = np.array([len(s) for s in self.state_rewards])
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.rewards = np.concatenate(self.state_rewards)
+        self.correct = None if correct is None else np.concatenate([np.asarray(c, dtype=bool) for c in correct])
+        self._state_values: dict[int, np.ndarray] = {}
+
+    @property
+    def num_states(self) -> int:
+        return len(self.lengths)
+
+    def state_values(self, n: int) -> np.ndarray:
+        if n not in self._state_values:
+            self._state_values[n] = np.array([expected_max_of_pool(s, n) for s in self.state_rewards])
+        return self._state_values[n]
+
+    def prompt_weights(self) -> np.ndarray:
+        """Probability of each flattened reward for a rollout from the prompt: 1 / (S * L_i)."""
+        return np.repeat(1.0 / (self.num_states * self.lengths), self.lengths)
+
+    def bon_value(self, n) -> np.ndarray:
+        return expected_max_of_weighted_pool(self.rewards, self.prompt_weights(), n)
+
+
+class BankSource(RolloutSource):
+    """Episodes of one bank prompt: a root rollout picks a state uniformly, then a reward of it."""
+
+    def __init__(self, prompt: BankPrompt, batch_size: int, rng: np.random.Generator):
+        super().__init__(batch_size, rng)
+        self.prompt = prompt
+
+    def _sample_states(self, shape):
+        return self.rng.integers(0, self.prompt.num_states, size=shape).astype(float)
+
+    def _sample_rewards(self, latents):
+        state = latents.astype(np.int64)
+        index = self.prompt.offsets[state] + (self.rng.random(state.shape) * self.prompt.lengths[state]).astype(np.int64)
+        correct = None if self.prompt.correct is None else self.prompt.correct[index]
+        return self.prompt.rewards[index], correct
+
+    def _state_value(self, latents, n):
+        return self.prompt.state_values(n)[latents.astype(np.int64)]
+
+    def _prompt_value(self, n):
+        return float(self.prompt.bon_value(n))
+
+
+def run_episodes(policy: SearchPolicy, source: RolloutSource) -> EpisodeLedger:
+    """Drive ``policy`` against ``source`` to the end; the ledger holds spend and answers."""
+    ledger = EpisodeLedger(policy.budget, policy.batch_size)
+    while not policy.done:
+        requests = policy.plan()
+        ledger.charge(requests)
+        results = [source.draw(r) for r in requests]
+        ledger.record(results)
+        policy.observe(results)
+    return ledger
+

@@ -1,0 +1,191 @@
+"""Files at a local path or a URL (``s3://``, ``gs://``, ``file://``, ...): staged locally, uploaded whole.
+
+A job writes every output file to a local staging copy and calls :meth:`Destination.push` at each
+checkpoint: the whole file is uploaded in one request, which an object store applies atomically
+(a reader sees the old object or the new one, never half of it; other file systems get a
+temporary name and a rename). On start, :meth:`Destination.pull` fetches the remote copy, so a
+rerun resumes from what the last checkpoint uploaded. A local path (or ``file://``) is written in
+place and needs no upload. Remote file systems come from ``fsspec`` (``s3fs`` for ``s3://``,
+``gcsfs`` for ``gs://``); credentials and endpoints come from their standard places
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for an S3-compatible
+server, ``GOOGLE_APPLICATION_CREDENTIALS``, ...), nothing slg-specific.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+from pipeline.outputs.files import atomic_write_text, written_in_place
+
+STANDARD_OUTPUT = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # opened anew, a redirected file would be truncated
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss")  # whole-object writes are atomic
+
+
+def is_url(target: str) -> bool:
+    return "://" in str(target)
+
+
+def local_path(target: str) -> Path | None:
+    """The local path a target names (a plain path or ``file://``), or None for a remote URL."""
+    target = str(target)
+    if target.startswith("file://"):
+        return Path(target[len("file://"):])
+    return None if is_url(target) else Path(target)
+
+
+class Destination:
+    """One output file: ``local`` is where the job writes it; ``push`` puts it at its target."""
+
+    def __init__(self, target: str, staging: Path):
+        self.target = str(target)
+        path = local_path(self.target)
+        self.remote = path is None
+        if self.remote:
+            self.fs, self.remote_path = _filesystem(self.target)
+            self.local = staging / Path(self.remote_path).name
+        else:
+            self.local = path
+
+    def pull(self) -> bool:
+        """Fetch the remote copy into the staging copy (resuming); True when there was one."""
+        if not self.remote:
+            return self.local.exists()
+        try:
+            if not self.fs.exists(self.remote_path):
+                return False
+            self.fs.get_file(self.remote_path, str(self.local))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read {self.target!r}: {_first_line(error)}") from None
+        return True
+
+    def remove(self) -> None:
+        """Delete the file, here and at its target (starting over)."""
+        self.local.unlink(missing_ok=True)
+        if self.remote and self.fs.exists(self.remote_path):
+            self.fs.rm(self.remote_path)
+
+    def push(self) -> None:
+        """Upload the staging copy whole (nothing to do for a local target, or before the file exists)."""
+        if not self.remote or not self.local.exists():
+            return
+        protocol = self.target.split("://", 1)[0]
+        if protocol in OBJECT_STORES:
+            self.fs.put_file(str(self.local), self.remote_path)
+        else:
+            temporary = f"{self.remote_path}.uploading"
+            self.fs.put_file(str(self.local), temporary)
+            self.fs.mv(temporary, self.remote_path)
+
+
+class OutputDir:
+    """A job's output folder at a path or a URL; ``file(name)`` is one of its files."""
+
+    def __init__(self, target: str):
+        self.target = str(target).rstrip("/")
+        path = local_path(self.target)
+        if path is None:
+            _filesystem(self.target)  # an unknown protocol or a missing package fails here, before any work
+            self.staging = Path(tempfile.mkdtemp(prefix="slg-staging-"))
+        else:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as error:  # a file in the way, no permission: before any work
+                raise ConfigError(f"output_dir {self.target!r} cannot be made a folder: {error.strerror or error}") from None
+            self.staging = path
+        self.files: dict[str, Destination] = {}
+
+    def file(self, name: str) -> Destination:
+        if name not in self.files:
+            self.files[name] = Destination(f"{self.target}/{name}", self.staging)
+        return self.files[name]
+
+    def push(self, names: list[str] | None = None) -> None:
+        """Upload the named files (all known ones by default), in that order."""
+        for name in names or list(self.files):
+            self.files[name].push()
+
+    def close(self) -> None:
+        """Forget the staging folder of a remote target (after the last push)."""
+        if local_path(self.target) is None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class Checkpoints:
+    """Calls ``push`` at most every ``interval_s`` seconds: ``due()`` after each batch of new lines."""
+
+    def __init__(self, push, interval_s: float):
+        self.push, self.interval_s = push, interval_s
+        self.last = time.perf_counter()
+
+    def due(self) -> None:
+        if time.perf_counter() - self.last >= self.interval_s:
+            self.push()
+            self.last = time.perf_counter()
+
+
+def check_output_target(target: str, option: str) -> None:
+    """Refuse, before any work, an output that cannot be written (``ConfigError``): a folder, a path
+    under a file, a folder or device this process may not write in, a URL of an unknown scheme."""
+    path = local_path(target)
+    if path is None:
+        _filesystem(target)  # an unknown scheme or a missing package; credentials are met at the upload
+        return
+    if target in STANDARD_OUTPUT:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {target!r} is a folder; expected a file path")
+    if path.exists() and written_in_place(path):  # a device or pipe: written itself, not its folder
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{option} {target!r}: no permission to write it")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # the folders that do not exist yet are made
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {target!r} lies under {str(parent)!r}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {target!r}: no permission to write in {str(parent)!r}")
+
+
+def write_text(target: str, text: str) -> None:
+    """Write a whole text file at a path or a URL (``--out`` of the offline commands); to
+    ``/dev/stdout`` through this process's own stdout, after what it printed before."""
+    if target in STANDARD_OUTPUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = local_path(target)
+    if path is not None:
+        atomic_write_text(path, text)
+        return
+    staging = Path(tempfile.mkdtemp(prefix="slg-staging-"))
+    try:
+        destination = Destination(target, staging)
+        destination.local.write_text(text)
+        destination.push()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _filesystem(url: str):
+    """(fsspec file system, path within it) of a URL; ``ConfigError`` when it cannot be opened."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as error:
+        raise ConfigError(f"{url!r} needs a package that is not installed ({_first_line(error)}); for s3:// "
+                          "install s3fs (pip install 'slg[s3]'), for gs:// gcsfs") from None
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"cannot open {url!r}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

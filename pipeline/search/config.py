@@ -1,0 +1,114 @@
+"""Typed configuration of the search (what the policies read). Plain dataclasses for OmegaConf.
+
+Paper symbols sit in comments beside the descriptive names. Choices are Enums (OmegaConf rejects
+``Literal``). Cross-field checks live in :func:`validate_search_config`, called wherever a config
+enters (CLI, driver) before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pipeline.errors import ConfigError
+from pipeline.stats.schedule import default_schedule, validate_schedule
+
+
+class ExpectedMaxRule(str, Enum):
+    exact = "exact"          # the paper's E(n) = E[max of n standard normals]
+    quantile = "quantile"    # the reference code's Phi^-1(1 - 1/n)
+
+
+class PredictionBudget(str, Enum):
+    total = "total"          # V_hat_N with the whole budget N, as the reference code
+    remaining = "remaining"  # V_hat_n with n = the rollouts the exploit phase will actually get
+
+
+class Predictor(str, Enum):
+    tail_fit = "tail_fit"    # mu + sigma E(n) of the paper's tail fit (the reference code)
+    blended = "blended"      # pipeline.stats.predict (slg predict's): plug-in to tail extension, ties and the bound honoured
+
+
+class StateSelection(str, Enum):
+    top_reward = "top_reward"  # prefixes of the K highest-reward root rollouts (reference code)
+    random = "random"          # K random root rollouts (a literal reading of the paper)
+
+
+@dataclass
+class AdaptiveConfig:
+    """``slg_adaptive`` (see ``pipeline.search.policies.adaptive_plan`` and ``AdaptiveSLG``).
+
+    The prompt gets ``root_fraction`` of N first (a large sample finds good states, and makes
+    committing to one of them safe: its best rollout is then about as good as the best of the
+    fresh draws it displaces); its best rollouts become candidate states; halving rounds share the
+    exploration budget up to ``explore_fraction`` of N; a state is dropped when fresh prompt draws
+    beat it even at ``confidence`` standard errors in its favour; the best survivor gets the rest.
+    """
+
+    root_fraction: float = 0.3                 # share of N drawn from the prompt before any state
+    min_root_rollouts: int = 16                # ... but at least this many (the quantile scale's sample)
+    num_candidates: int | None = None          # states screened; None: 2K of the default schedule
+    min_rollouts: int = 4                      # the smallest sample of a state worth comparing
+    explore_fraction: float = 0.8              # root and halving rounds together; the rest is exploited
+    screening_fraction: float = 0.5            # share of the halving budget in the first round (all candidates)
+    keep_fraction: float = 0.5                 # share of states kept after each round
+    tail_fraction: float = 0.95                # q of the normal fits on the quantile scale (states; the prompt beyond its data)
+    confidence: float = 1.0                    # z of the comparison with fresh prompt draws
+
+
+@dataclass
+class SearchConfig:
+    tail_fraction: float = 0.2                             # q in the paper
+    expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.quantile  # the reference code's E(N); exact: the paper's
+    prediction_budget: PredictionBudget = PredictionBudget.total
+    reported_predictor: Predictor = Predictor.tail_fit      # how slg and slg_adaptive predict the V_n they report
+    state_selection: StateSelection = StateSelection.top_reward
+    root_competes: bool = True                             # the prompt is a candidate for the exploit phase
+    rollouts_per_node: int | None = None                # m; None: default_schedule(N)
+    num_states: int | None = None                       # K; None: default_schedule(N)
+    reward_upper_bound: float | None = None             # clip predictions here (bounded rewards)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+    def schedule(self, budget: int) -> tuple[int, int]:
+        """(m, K) for budget N: the explicit values where given, the default schedule otherwise."""
+        m_default, k_default = default_schedule(budget)
+        m = m_default if self.rollouts_per_node is None else self.rollouts_per_node
+        k = k_default if self.num_states is None else self.num_states
+        validate_schedule(budget, m, k)
+        return m, k
+
+
+def validate_search_config(config: SearchConfig, budgets) -> None:
+    """Cross-field checks, raising ``ConfigError`` that names the bad value."""
+    if not 0.0 < config.tail_fraction < 1.0:
+        raise ConfigError(f"search.tail_fraction must be in (0, 1), got {config.tail_fraction!r}")
+    adaptive = config.adaptive
+    for name in ("root_fraction", "keep_fraction", "tail_fraction", "screening_fraction"):
+        if not 0.0 < getattr(adaptive, name) < 1.0:
+            raise ConfigError(f"search.adaptive.{name} must be in (0, 1), got {getattr(adaptive, name)!r}")
+    if not adaptive.root_fraction < adaptive.explore_fraction <= 1.0:
+        raise ConfigError(f"search.adaptive.explore_fraction must be in (root_fraction, 1], "
+                          f"got {adaptive.explore_fraction!r}")
+    if not adaptive.confidence >= 0:  # NaN too
+        raise ConfigError(f"search.adaptive.confidence must be >= 0, got {adaptive.confidence!r}")
+    if config.reward_upper_bound is not None and not math.isfinite(config.reward_upper_bound):
+        raise ConfigError(f"search.reward_upper_bound must be a finite number (omit it for an unbounded reward), "
+                          f"got {config.reward_upper_bound!r}")
+    if adaptive.min_rollouts < 2:
+        raise ConfigError(f"search.adaptive.min_rollouts must be >= 2 (a state's spread needs two), "
+                          f"got {adaptive.min_rollouts!r}")
+    for name in ("num_candidates", "min_root_rollouts"):
+        value = getattr(adaptive, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"search.adaptive.{name} must be >= 1, got {value!r}")
+    for budget in budgets:
+        config.schedule(budget)
+
+
+def check_bound_covers(config: SearchConfig, highest: float, source: str) -> None:
+    """Refuse a declared reward bound below the largest reward ``source`` can give (a world's upper
+    bound, the largest reward of a bank): predictions cut there would tie the best nodes."""
+    bound = config.reward_upper_bound
+    if bound is not None and bound < highest:
+        raise ConfigError(f"search.reward_upper_bound={bound:g} is below the rewards of {source} (up to {highest:g})")
