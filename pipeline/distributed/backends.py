@@ -27,15 +27,6 @@ BACKENDS = {
     "ground_truth": {
         "sim": "actors.sim:SimGroundTruth",
     },
-    # Functions that write small models to a folder for the CPU engine path.
-    "model_maker": {
-        "tiny": "pipeline.toy.tiny:make_tiny_models",
-        "toy": "pipeline.toy.models:make_toy_models",
-    },
-    # Functions that measure such models: (a JSON-able report, its text for the terminal).
-    "model_report": {
-        "toy": "pipeline.toy.models:report_toy_models",
-    },
 }
 
 

@@ -49,12 +49,15 @@ class LocalCalls:
 
 
 class RayCalls:
-    """Actor method calls; ``wait`` returns the finished ones (at least one unless it timed out)."""
+    """Actor method calls; ``wait`` returns the finished ones (at least one unless it timed out).
 
-    def __init__(self):
+    Holds nothing (Ray is imported where it is used), so it travels to the driver actor as it is."""
+
+    @property
+    def _ray(self):
         import ray
 
-        self._ray = ray
+        return ray
 
     def submit(self, replica: Any, method: str, batch: list):
         return getattr(replica, method).remote(batch)

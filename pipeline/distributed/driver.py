@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.distributed.calls import CallFailure, LocalCalls, RayCalls
+from pipeline.distributed.calls import CallFailure
 from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.distributed.replica_pool import CacheAwareRouter, ReplicaPool
-from pipeline.distributed.search_record import SearchRecord, SearchSpec, Slot, node_name
+from pipeline.distributed.search_record import Ledger, SearchRecord, SearchSpec, Slot, node_name
 from pipeline.search.protocol import ROOT
 
 
@@ -94,40 +94,18 @@ class _Ticket:
     rollout: Rollout | None = None
 
 
-@dataclass
-class Throughput:
-    """Totals over all searches, for progress lines and benchmarks."""
-
-    searches_done: int = 0
-    rollouts_generated: int = 0
-    rollouts_scored: int = 0
-    tokens_generated: int = 0
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    rm_tokens: int = 0
-    state_prompt_tokens: int = 0   # prompt tokens of rollouts from states, and their cached part:
-    state_cached_tokens: int = 0   # how well the prefix cache serves states
-
-    def add_rollout(self, rollout: Rollout, from_state: bool) -> None:
-        self.rollouts_generated += 1
-        self.tokens_generated += rollout.num_generated_tokens
-        self.prompt_tokens += rollout.num_prompt_tokens
-        self.cached_prompt_tokens += rollout.num_cached_tokens
-        if from_state:
-            self.state_prompt_tokens += rollout.num_prompt_tokens
-            self.state_cached_tokens += rollout.num_cached_tokens
-
-
 class Driver:
-    def __init__(self, searches: list[SearchSpec], generators: list, rewards: list, settings, seed: int,
+    """``calls`` says how replicas are called: ``RayCalls`` for actors, ``LocalCalls`` for plain objects."""
+
+    def __init__(self, searches: list[SearchSpec], generators: list, rewards: list, settings, seed: int, calls,
                  drop_nonfinite: bool = False, ground_truth=None, observer: SearchObserver | None = None,
-                 use_ray: bool = True, answers_vote: bool = True):
+                 answers_vote: bool = True):
         self.settings, self.seed = settings, seed
         self.answers_vote = answers_vote  # the generators read answers to vote on (a simulated one does not)
         self.drop_nonfinite = drop_nonfinite
         self.ground_truth = ground_truth  # exact node values (sim only): what the oracle method selects by
         self.observer = observer
-        self.calls = RayCalls() if use_ray else LocalCalls()
+        self.calls = calls
         health = (settings.replica_retry_s, settings.max_replica_failures, settings.replica_recovery_timeout_s)
         self.generation = ReplicaPool("generator", generators, self.calls, "generate", settings.max_batch_rollouts,
                                       settings.max_inflight_batches, CacheAwareRouter(settings.affinity_spill_rollouts),
@@ -139,7 +117,8 @@ class Driver:
         self.active: list[SearchRecord] = []
         self.tickets: dict[int, _Ticket] = {}
         self.request_ids = itertools.count()
-        self.throughput = Throughput()
+        self.finished_totals = Ledger()  # of searches already finished; active ones add theirs in progress()
+        self.searches_done = 0
         self.driver_busy_s = 0.0  # wall time of the driver's own work (slower when engines share its cores)
         self.driver_cpu_s = 0.0   # CPU time of that work: what one driver needs, whatever else runs beside it
         self.started = time.perf_counter()
@@ -238,7 +217,6 @@ class Driver:
             ticket.rollout = rollout
             search = ticket.search
             search.record_rollout(rollout, ticket.slot, ticket.position, ticket.root_index)
-            self.throughput.add_rollout(rollout, from_state=ticket.slot.node != ROOT)
             self.scoring.put(None, ScoreRequest(rollout.request_id, search.prompt, rollout.response_text))
 
     def _on_scores(self, scores: list[Score], finished: list[dict]) -> None:
@@ -246,9 +224,7 @@ class Driver:
             ticket = self.tickets.pop(score.request_id)
             search, rollout = ticket.search, ticket.rollout
             reward = float(score.reward)
-            search.ledger.rm_tokens += score.num_tokens
-            self.throughput.rollouts_scored += 1
-            self.throughput.rm_tokens += score.num_tokens
+            search.ledger.add_score(score.num_tokens)
             if not math.isfinite(reward):
                 if not self.drop_nonfinite:
                     raise NonFiniteRewardError(
@@ -268,7 +244,8 @@ class Driver:
 
     def _finish(self, search: SearchRecord, finished: list[dict]) -> None:
         self.active.remove(search)
-        self.throughput.searches_done += 1
+        self.searches_done += 1
+        self.finished_totals += search.ledger
         row = search.result_row()
         if self.observer is not None:
             self.observer.search_finished(search, row)
@@ -292,8 +269,12 @@ class Driver:
 
     def progress(self) -> dict:
         elapsed = time.perf_counter() - self.started
-        totals = asdict(self.throughput)
-        return {**totals, "searches_total": self.total, "elapsed_s": elapsed, "done": self.done,
+        totals = asdict(sum((search.ledger for search in self.active), self.finished_totals))
+        totals["rollouts_generated"] = totals.pop("rollouts")
+        for name in ("empty_rollouts", "dropped_scores"):
+            del totals[name]
+        return {**totals, "searches_done": self.searches_done, "searches_total": self.total, "elapsed_s": elapsed,
+                "done": self.done,
                 "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
                 "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s, **self._replica_report()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import astuple, dataclass, field
 
 import numpy as np
 
@@ -48,9 +48,14 @@ class Slot:
         self.correct = np.zeros(count, dtype=bool)
 
 
+ROW_FIELDS = ("rollouts", "tokens_generated", "prompt_tokens", "cached_prompt_tokens", "rm_tokens", "empty_rollouts",
+              "dropped_scores")  # what a search's line of results.jsonl reports of its ledger, in this order
+
+
 @dataclass
 class Ledger:
-    """What one search spent: rollouts and tokens, and rollouts that went wrong."""
+    """What one search spent (rollouts and tokens, rollouts that went wrong), or, summed, a whole run:
+    the one place where rollouts and tokens are counted (``Driver.progress`` adds the ledgers up)."""
 
     rollouts: int = 0
     tokens_generated: int = 0
@@ -59,13 +64,29 @@ class Ledger:
     rm_tokens: int = 0
     empty_rollouts: int = 0
     dropped_scores: int = 0  # non-finite rewards dropped (reward.nonfinite=drop)
+    rollouts_scored: int = 0
+    state_prompt_tokens: int = 0   # prompt tokens of rollouts from states, and their cached part:
+    state_cached_tokens: int = 0   # how well the prefix cache serves states
 
-    def add_rollout(self, rollout: Rollout) -> None:
+    def add_rollout(self, rollout: Rollout, from_state: bool) -> None:
         self.rollouts += 1
         self.tokens_generated += rollout.num_generated_tokens
         self.prompt_tokens += rollout.num_prompt_tokens
         self.cached_prompt_tokens += rollout.num_cached_tokens
         self.empty_rollouts += rollout.num_generated_tokens == 0
+        if from_state:
+            self.state_prompt_tokens += rollout.num_prompt_tokens
+            self.state_cached_tokens += rollout.num_cached_tokens
+
+    def add_score(self, num_tokens: int) -> None:
+        self.rollouts_scored += 1
+        self.rm_tokens += num_tokens
+
+    def __add__(self, other: Ledger) -> Ledger:
+        return Ledger(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+    def row(self) -> dict:
+        return {name: getattr(self, name) for name in ROW_FIELDS}
 
 
 @dataclass
@@ -154,7 +175,7 @@ class SearchRecord:
         return index, None, self.states[node]
 
     def record_rollout(self, rollout: Rollout, slot: Slot, position: int, root_index: int | None) -> None:
-        self.ledger.add_rollout(rollout)
+        self.ledger.add_rollout(rollout, from_state=slot.node != ROOT)
         if root_index is not None and rollout.state is not None:
             self.states[root_index] = rollout.state
             slot.can_branch[position] = True
@@ -178,7 +199,7 @@ class SearchRecord:
         best = self.best
         return {
             "prompt_id": self.prompt.prompt_id, "method": self.method, "budget": self.budget,
-            **asdict(self.ledger),
+            **self.ledger.row(),
             "best_reward": best.reward if math.isfinite(best.reward) else None,
             "selected": node_name(int(self.policy.selected[0])),
             "predicted_value": prediction if math.isfinite(prediction) else None,

@@ -4,7 +4,8 @@ It starts a local Ray instance in-process or joins a cluster ($RAY_ADDRESS or ``
 places the generator and reward replicas as configured (GPUs and CPUs per replica, a placement group
 per tensor-parallel replica), starts the driver as an actor beside them, and steps it until its
 searches are done, handing each batch of finished results to the job. What the searches are and
-where results go is the job's business (``pipeline.jobs.searches``, ``pipeline.jobs.collection``, ``pipeline.jobs.benchmark``).
+where results go is the job's business (``pipeline.jobs``). ``config`` is the job's ``RunConfig``:
+this module reads its engine sections (``pipeline.distributed.config``) and its seed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.distributed.backends import load_backend
+from pipeline.distributed.calls import RayCalls
+from pipeline.distributed.config import Backend, NonFinite, as_plain_dict
 from pipeline.distributed.reaper import child_processes, close_reaper, start_reaper
 from pipeline.errors import ConfigError
-from pipeline.jobs.config import Backend, NonFinite, RunConfig, config_as_dict
 
 log = logging.getLogger("slg")
 
@@ -31,7 +33,7 @@ class DriverLostError(RuntimeError):
 class Session:
     """``with Session(config) as session``: Ray for the job's lifetime; stopped at exit only if started here."""
 
-    def __init__(self, config: RunConfig, reward_backend: str | None = None):
+    def __init__(self, config, reward_backend: str | None = None):
         self.config = config
         self.reward_backend = reward_backend or config.reward.backend.value  # bench --free-rm: "free"
         self.started_ray = False
@@ -83,7 +85,7 @@ class Session:
         # On this process's node: losing a worker node loses replicas, never the driver and its searches.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.driver = ray.remote(num_cpus=0, max_restarts=0)(Driver).options(scheduling_strategy=here).remote(
-            searches, self.generators, self.rewards, config.driver, config.seed,
+            searches, self.generators, self.rewards, config.driver, config.seed, RayCalls(),
             drop_nonfinite=config.reward.nonfinite == NonFinite.drop, ground_truth=ground_truth_of(config),
             observer=observer, answers_vote=config.generator.backend != Backend.sim)
         return self.driver
@@ -125,7 +127,7 @@ def replica_line(progress: dict) -> str:
             f"failure, {retired['generator']} generator and {retired['reward']} reward retired")
 
 
-def init_ray(config: RunConfig) -> bool:
+def init_ray(config) -> bool:
     """Join the configured cluster ($RAY_ADDRESS or ray.address), or start a local instance; True
     when this process started Ray (and so must stop it)."""
     import ray
@@ -181,7 +183,7 @@ def is_single_node() -> bool:
     return len([n for n in ray.nodes() if n.get("Alive")]) == 1
 
 
-def create_replicas(config: RunConfig, reward_backend: str, local: bool) -> tuple[list, list]:
+def create_replicas(config, reward_backend: str, local: bool) -> tuple[list, list]:
     """Generator and reward actors as configured. On a fixed local instance, a request for more GPUs
     or CPUs than it has is an error (Ray would wait for them forever); a cluster may autoscale to them."""
     import ray
@@ -244,8 +246,8 @@ def create_ray_replicas(cls, count: int, kwargs: dict, num_gpus: float, num_cpus
     return handles
 
 
-def generator_kwargs(config: RunConfig) -> dict:
-    section = config_as_dict(config)["generator"]
+def generator_kwargs(config) -> dict:
+    section = as_plain_dict(config.generator)
     if config.generator.backend == Backend.sim:
         sim = section["sim"]
         return {"family": sim["family"], "params": sim["params"], "state_tokens": section["state_tokens"],
@@ -256,14 +258,14 @@ def generator_kwargs(config: RunConfig) -> dict:
     return {"settings": _absolute_model_path(section)}
 
 
-def reward_kwargs(config: RunConfig) -> dict:
+def reward_kwargs(config) -> dict:
     if config.reward.backend == Backend.sim:
-        sim = config_as_dict(config)["generator"]["sim"]
+        sim = as_plain_dict(config.generator.sim)
         return {"family": sim["family"], "params": sim["params"], "latency_per_item_s": sim["rm_latency_per_item_s"]}
-    return {"settings": _absolute_model_path(config_as_dict(config)["reward"])}
+    return {"settings": _absolute_model_path(as_plain_dict(config.reward))}
 
 
-def ground_truth_of(config: RunConfig):
+def ground_truth_of(config):
     """Exact node values for the ``oracle`` method: only a simulated backend has them."""
     if config.generator.backend != Backend.sim:
         return None

@@ -27,7 +27,7 @@ from pipeline.jobs.prompts import load_prompts
 from pipeline.logs import log_to_file
 from pipeline.outputs.destinations import Checkpoints, Destination
 from pipeline.outputs.files import JsonlSink, atomic_write_text, drop_torn_line, read_jsonl
-from pipeline.search.policies import SearchPolicy
+from pipeline.search.base import SearchPolicy
 from pipeline.search.protocol import NO_NODE, ROOT, Request
 
 log = logging.getLogger("slg")

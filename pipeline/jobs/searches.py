@@ -21,7 +21,7 @@ from pipeline.jobs.report import plot_summary, summarise
 from pipeline.logs import log_to_file
 from pipeline.outputs.destinations import Checkpoints, OutputDir
 from pipeline.outputs.files import JsonlSink, atomic_write_text, prepare_run_dir
-from pipeline.search.policies import policy_class
+from pipeline.search.methods import policy_class
 
 log = logging.getLogger("slg")
 

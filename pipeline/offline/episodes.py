@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.offline.worlds import World
-from pipeline.search.policies import SearchPolicy
+from pipeline.search.base import SearchPolicy
 from pipeline.search.protocol import ROOT, EpisodeLedger, Request, Rollouts
 from pipeline.stats.pool import expected_max_of_pool, expected_max_of_weighted_pool
 

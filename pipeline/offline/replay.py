@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
 from pipeline.offline.worlds import World
 from pipeline.search.config import PredictionBudget, SearchConfig, check_bound_covers, validate_search_config
-from pipeline.search.policies import policy_class
+from pipeline.search.methods import check_budgets, check_methods, policy_class
 from pipeline.stats.pool import PoolCurve
 
 EPISODE_ROLLOUTS_PER_TASK = 1_000_000  # episodes x budget per task: bounds a worker's memory
@@ -218,20 +218,8 @@ def compute_multiplier(curve, mean_best_reward: float, budget: int) -> float | s
 
 
 def _check_request(target, label, methods, budgets, repeats, num_prompts, config):
-    if not methods:
-        raise ConfigError("the method list is empty")
-    for method in methods:
-        cls = policy_class(method)
-        if cls.needs_true_values and target is None:
-            raise ConfigError(f"method {method!r} needs a world or a bank")
-    if not budgets:
-        raise ConfigError("the budget list is empty")
-    for name, values in (("method", methods), ("budget", budgets)):
-        if len(set(values)) != len(values):  # its results would be counted twice, its interval too narrow
-            raise ConfigError(f"a {name} is listed twice: {list(values)}")
-    for budget in budgets:
-        if isinstance(budget, bool) or int(budget) != budget or budget < 1:
-            raise ConfigError(f"budget N must be a positive integer, got {budget!r}")
+    check_methods(methods)
+    check_budgets(budgets)
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {repeats!r}")
     if isinstance(target, World) and (num_prompts is None or num_prompts < 1):

@@ -78,6 +78,11 @@ class World(ABC):
     def accuracy_of_states(self, latents: np.ndarray) -> np.ndarray | None:
         return None
 
+    @property
+    def upper_bound(self) -> float | None:
+        """The largest reward the world can give, None where rewards are unbounded above."""
+        return self.reward_bounds[1] if math.isfinite(self.reward_bounds[1]) else None
+
     def describe(self) -> str:
         return self.family + "(" + ", ".join(f"{k}={v:g}" for k, v in self.params.items()) + ")"
 

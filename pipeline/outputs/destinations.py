@@ -153,6 +153,19 @@ def check_output_target(target: str, option: str) -> None:
         raise ConfigError(f"{option} {target!r}: no permission to write in {str(parent)!r}")
 
 
+def check_plot_target(target: str, option: str = "--plot") -> None:
+    """Refuse, before any work, a plot path that cannot be written (``check_output_target``), a URL
+    (plots are written locally), or a name whose extension matplotlib cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if local_path(target) is None:
+        raise ConfigError(f"{option} {target!r} must be a local path (plots are not uploaded)")
+    check_output_target(target, option)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if Path(target).suffix.lstrip(".").lower() not in formats:
+        raise ConfigError(f"{option} {target!r} must end in one of " + ", ".join(f".{name}" for name in sorted(formats)))
+
+
 def write_text(target: str, text: str) -> None:
     """Write a whole text file at a path or a URL (``--out`` of the offline commands); to
     ``/dev/stdout`` through this process's own stdout, after what it printed before."""

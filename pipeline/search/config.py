@@ -37,7 +37,7 @@ class StateSelection(str, Enum):
 
 @dataclass
 class AdaptiveConfig:
-    """``slg_adaptive`` (see ``pipeline.search.policies.adaptive_plan`` and ``AdaptiveSLG``).
+    """``slg_adaptive`` (see ``pipeline.search.adaptive.adaptive_plan`` and ``AdaptiveSLG``).
 
     The prompt gets ``root_fraction`` of N first (a large sample finds good states, and makes
     committing to one of them safe: its best rollout is then about as good as the best of the

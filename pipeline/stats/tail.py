@@ -3,7 +3,8 @@
 Pure numpy/scipy (REFERENCE.md, "Tail estimator"). This module knows nothing about states, prompts
 or engines: it turns a list of rewards into a truncated-normal fit and a predicted scaling curve
 ``n -> V_n``. The batched form (:func:`fit_tail_rows`) fits many equal-length samples at once and is
-what the search policies call; :func:`fit_tail` is the one-sample form of the same code.
+what the search policies call (:func:`fit_tail_full_rows`, the same arithmetic by partial sorting, for
+samples without gaps); :func:`fit_tail` is the one-sample form of the same code.
 """
 
 from __future__ import annotations
@@ -107,6 +108,39 @@ def fit_tail_rows(rewards: np.ndarray, tail_fraction: float = DEFAULT_TAIL_FRACT
     mu = np.where(degenerate, largest, tail_mean - sigma * lam)
     empty = count == 0
     return np.where(empty, np.nan, mu), np.where(empty, np.nan, sigma), n_tail, np.where(empty, np.nan, threshold)
+
+
+def fit_tail_full_rows(rewards: np.ndarray, tail_fraction: float):
+    """(mu, sigma, n_tail) of each row of a (rows, L) array with no missing values.
+
+    The arithmetic of ``pipeline.stats.tail.fit_tail_rows`` (numpy's linear-interpolation percentile,
+    the ``>=`` tail, ddof = 1, the rounding floor for ties) with a partial sort in place of a full
+    sort. Degenerate tails give sigma = 0 and mu = the row's maximum.
+    """
+    rewards = np.asarray(rewards, dtype=float)
+    rows, length = rewards.shape
+    if length == 0:
+        return np.full(rows, np.nan), np.full(rows, np.nan), np.zeros(rows, dtype=np.int64)
+    _, lam, delta = tail_constants(tail_fraction)
+    position = (length - 1) * (1.0 - tail_fraction)
+    below = int(np.floor(position))
+    above = min(below + 1, length - 1)
+    parted = np.partition(rewards, (below, above), axis=1) if length > 1 else rewards
+    low, high = parted[:, below], parted[:, above]
+    weight = position - below
+    # numpy's _lerp: a + (b - a) t, computed from the nearer end for t >= 0.5
+    threshold = high - (high - low) * (1 - weight) if weight >= 0.5 else low + (high - low) * weight
+    in_tail = rewards >= threshold[:, None]
+    n_tail = in_tail.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tail_mean = np.where(in_tail, rewards, 0.0).sum(axis=1) / n_tail
+        deviations = np.where(in_tail, rewards - tail_mean[:, None], 0.0)
+        tail_var = np.einsum("ij,ij->i", deviations, deviations) / (n_tail - 1)
+    rounding_floor = (8 * np.finfo(float).eps * np.abs(rewards).max(axis=1)) ** 2
+    degenerate = (n_tail < 2) | ~(tail_var > rounding_floor)
+    sigma = np.where(degenerate, 0.0, np.sqrt(np.where(degenerate, 0.0, tail_var) / delta))
+    mu = np.where(degenerate, rewards.max(axis=1), tail_mean - sigma * lam)
+    return mu, sigma, n_tail
 
 
 def prediction_stderr(sigma: np.ndarray, n_tail: np.ndarray, expected_max: np.ndarray,

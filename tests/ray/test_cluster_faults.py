@@ -21,7 +21,7 @@ import pytest
 from conftest import command_line, marked_processes, process_marker, run_in_process, wait_until_gone
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = ["data.num_prompts=3", "budgets=[32,64]", "plot=false", "generator.num_replicas=2",
        "generator.num_gpus_per_replica=1", "generator.sim.latency_per_token_s=0.0004", "driver.max_batch_rollouts=8",
        "driver.max_concurrent_prompts=4", "driver.replica_retry_s=0.5", "storage.checkpoint_interval_s=0"]

@@ -12,15 +12,8 @@ from hypothesis import strategies as st
 from scipy import integrate, special, stats
 
 from pipeline.errors import ConfigError
-from pipeline.stats.predict import (
-    FLAGS,
-    _Rows,
-    extension_rows,
-    plug_in_rows,
-    predict_best_of_n,
-    predict_node_values,
-    predict_rows,
-)
+from pipeline.stats.predict import FLAGS, predict_best_of_n, predict_node_values, predict_rows
+from pipeline.stats.sample_rows import SampleRows, extension_rows, plug_in_rows
 from pipeline.stats.tail import expected_max_std_normal, fit_tail_rows
 
 
@@ -32,7 +25,7 @@ def enumerated_best_of_n(values, n):
 @pytest.mark.parametrize("values, n", [([0.0, 0.5, 1.0], 3), ([2.0, 2.0, 5.0, -1.0], 4), ([0.3, 0.3, 0.3, 0.9, 0.1], 3),
                                        ([1.0, 4.0], 1), ([7.0], 5)])
 def test_plug_in_is_the_enumerated_best_of_n_of_the_sample(values, n):
-    rows = _Rows(np.array([values]), np.array([np.inf]))
+    rows = SampleRows(np.array([values]), np.array([np.inf]))
     assert plug_in_rows(rows, np.array([[float(n)]]))[0, 0] == pytest.approx(enumerated_best_of_n(values, n), abs=1e-12)
 
 
@@ -120,7 +113,7 @@ def test_tail_extension_matches_adaptive_quadrature_of_its_model(n):
     rng = np.random.default_rng(n)
     for sample, bound, log_scale in [(rng.normal(size=20), None, False), (rng.gamma(2.0, size=12), None, False),
                                      (rng.uniform(0, 0.9, size=16), 1.0, False), (rng.beta(5, 1, size=24) * 0.999, 1.0, True)]:
-        rows = _Rows(np.sort(sample)[None, :], np.array([np.inf if bound is None else bound]))
+        rows = SampleRows(np.sort(sample)[None, :], np.array([np.inf if bound is None else bound]))
         fit_values = rows.model if log_scale else rows.ordered
         mu, sigma, _, _ = fit_tail_rows(fit_values)
         reward, _ = extension_rows(rows, np.array([[float(n)]]), mu, sigma, np.array([log_scale]))
@@ -167,7 +160,7 @@ def test_the_blend_weight_beats_both_models_on_normal_rewards():
     n = 1000
     truth = expected_max_std_normal(n)
     result = predict_rows(samples, n, groups=np.zeros(6000))
-    rows = _Rows(samples, np.full(6000, np.inf))
+    rows = SampleRows(samples, np.full(6000, np.inf))
     mu, sigma, _, _ = fit_tail_rows(rows.ordered)
     extension, _ = extension_rows(rows, np.full((6000, 1), float(n)), mu, sigma)
     mse = lambda v: float(np.mean((v - truth) ** 2))  # noqa: E731

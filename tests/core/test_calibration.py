@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.offline.calibration import MODELS, REAL_DATA, calibrate, prediction_figure, real_pools, report_figure, world_states
+from pipeline.offline.calibration import MODELS, calibrate, world_states
+from pipeline.offline.plots import prediction_figure, report_figure
+from pipeline.offline.real_data import REAL_DATA, real_pools
 from pipeline.offline.worlds import make_world
 from pipeline.stats.predict import predict_rows
 

@@ -15,7 +15,7 @@ import psutil
 
 from pipeline.distributed.reaper import GRACE_S
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The entrypoint: starts an instance (a process with a child) and a bystander, then the watcher
 # over the instance only, prints the pids, and waits to be killed (or closes the pipe when told).

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import command_line, marked_processes, process_marker, wait_until_gone
+from conftest import command_line, marked_processes, process_marker, require, wait_until_gone
 
-pytest.importorskip("vllm")
+require("vllm")
 pytestmark = pytest.mark.vllm
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def children(pid: int) -> list[int]:

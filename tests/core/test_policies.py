@@ -10,13 +10,17 @@ from scipy import integrate, stats
 
 from pipeline.offline.episodes import WorldSource, run_episodes
 from pipeline.offline.worlds import WORLDS, make_world
+from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
+from pipeline.search.bon import BestOfN
 from pipeline.search.config import AdaptiveConfig, ExpectedMaxRule, PredictionBudget, Predictor, SearchConfig, StateSelection
-from pipeline.search.policies import POLICIES, AdaptiveSLG, BestOfN, Oracle, ScalingLawGuided, adaptive_plan, policy_class
+from pipeline.search.methods import METHODS, policy_class
 from pipeline.search.protocol import NO_NODE, ROOT, BudgetExceededError, EpisodeLedger, Request, Rollouts
-from pipeline.stats.final_best import QuantileScale, expected_final_best, fit_tail_full_rows
+from pipeline.search.slg import Oracle, ScalingLawGuided
+from pipeline.stats.final_best import expected_final_best
 from pipeline.stats.predict import predict_best_of_n, predict_rows
+from pipeline.stats.quantile_scale import QuantileScale
 from pipeline.stats.schedule import default_schedule
-from pipeline.stats.tail import fit_tail_rows
+from pipeline.stats.tail import fit_tail_full_rows, fit_tail_rows
 
 
 class RecordingSource(WorldSource):
@@ -110,7 +114,7 @@ def most_rollouts_before_exploiting(method, budget, config):
     return plan.root_rollouts + asked
 
 
-@pytest.mark.parametrize("method", sorted(POLICIES))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_policy_spends_exactly_its_budget_at_every_n_up_to_5000(method):
     """Every N from 1 to 5000: the plan never asks more than N before the exploit round (which asks
     exactly what is left), checked from the plan arithmetic at every N, and by running the policy
@@ -135,7 +139,7 @@ def test_every_policy_spends_exactly_its_budget_at_every_n_up_to_5000(method):
         assert ledger.spent[0] == budget, (method, budget)
 
 
-@pytest.mark.parametrize("method", sorted(POLICIES))
+@pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("family", sorted(WORLDS))
 @pytest.mark.parametrize("budget", [7, 12, 50, 333])
 def test_every_policy_spends_its_budget_on_every_world(method, family, budget):
@@ -483,7 +487,7 @@ def test_adaptive_candidates_are_the_best_root_rollouts():
 
 
 def test_policies_are_deterministic_given_seeds():
-    for method in sorted(POLICIES):
+    for method in sorted(METHODS):
         a = play(method, 300, batch=8, seed=9)[2].best_reward
         b = play(method, 300, batch=8, seed=9)[2].best_reward
         assert np.array_equal(a, b)

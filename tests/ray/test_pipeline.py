@@ -10,9 +10,11 @@ import pytest
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
 from pipeline.cli import main
+from pipeline.distributed.calls import LocalCalls
+from pipeline.distributed.config import DriverConfig
 from pipeline.distributed.contract import PromptInput, Score
 from pipeline.distributed.driver import Driver, NonFiniteRewardError, derive_seed
-from pipeline.jobs.config import DriverConfig, load_run_config
+from pipeline.jobs.config import load_run_config
 from pipeline.jobs.searches import run, search_grid
 
 pytestmark = pytest.mark.ray
@@ -65,7 +67,7 @@ def sim_driver(generators, rewards=None, prompts=3, methods=("bon", "slg", "slg_
     searches = search_grid([PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(prompts)], list(methods),
                            list(budgets), load_run_config(None, SMALL).search)
     return Driver(searches, generators, rewards or [SimRewardModel()], DriverConfig(**driver_settings), 0,
-                  ground_truth=SimGroundTruth("gaussian"), observer=observer, use_ray=False)
+                  ground_truth=SimGroundTruth("gaussian"), observer=observer, calls=LocalCalls())
 
 
 def test_in_process_driver_equals_the_ray_run(local_ray, tmp_path):
@@ -186,7 +188,7 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     (["data.source=jsonl"], "data.path is required"),
     (["reward.cpu_cores=first"], "reward.cpu_cores must list cores"),
     (["driver.affinity_spill_rollouts=-1"], "driver.affinity_spill_rollouts must be >= 0"),
-    (["budgets=[16,16]"], "budgets lists a budget twice: [16, 16]"),  # each search would be counted twice
+    (["budgets=[16,16]"], "budgets lists budget 16 twice: [16, 16]"),  # each search would be counted twice
     (["search.reward_upper_bound=nan"], "search.reward_upper_bound must be a finite number"),
     (["search.reward_upper_bound=3"], "search.reward_upper_bound=3 is below the rewards of the sim world gaussian"),
     (["search.adaptive.confidence=nan"], "search.adaptive.confidence must be >= 0, got nan"),
@@ -287,7 +289,7 @@ def test_more_than_a_local_instance_has_is_refused(local_ray, tmp_path, override
 
 
 def test_a_policy_that_overspends_is_stopped_by_the_driver(monkeypatch):
-    from pipeline.search.policies import BestOfN
+    from pipeline.search.bon import BestOfN
     from pipeline.search.protocol import BudgetExceededError, Request
 
     def greedy(self):
@@ -298,7 +300,7 @@ def test_a_policy_that_overspends_is_stopped_by_the_driver(monkeypatch):
         sim_driver([SimGenerator()], prompts=1, methods=("bon",), budgets=(16,)).step(None)
 
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -9,7 +9,7 @@ from pipeline.distributed.grading import LastNumberGrader, make_grader
 from pipeline.jobs.config import DataConfig
 from pipeline.jobs.prompts import load_prompts, read_jsonl_prompts
 
-SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "data" / "sample_math.jsonl"
+SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "sample_math.jsonl"
 
 
 def test_the_shipped_sample_set_loads_with_answers():

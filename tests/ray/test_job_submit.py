@@ -19,7 +19,7 @@ from conftest import process_marker, wait_until_gone
 from pipeline.cli import main
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.jobs.config import load_run_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GPU_CONFIGS = ["llama1b_skywork8b.yaml", "qwen7b_skywork8b.yaml"]
 GPUS_PER_NODE = 8
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
+from pipeline.distributed.calls import LocalCalls
+from pipeline.distributed.config import DriverConfig
 from pipeline.distributed.contract import PromptInput
 from pipeline.distributed.driver import Driver, SearchObserver
-from pipeline.jobs.config import DriverConfig
 from pipeline.jobs.searches import search_grid
 from pipeline.search.config import SearchConfig
 from pipeline.search.protocol import ROOT
@@ -60,7 +61,7 @@ def play(methods, budgets, generator=None, family="gaussian", prompts=PROMPTS, c
     searches = search_grid(prompts, list(methods), list(budgets), config or SearchConfig())
     driver = Driver(searches, [generator or SimGenerator(family=family)], [SimRewardModel(family=family)],
                     DriverConfig(max_batch_rollouts=7), 0, ground_truth=SimGroundTruth(family), observer=log,
-                    use_ray=False)
+                    calls=LocalCalls())
     rows, progress = driver.step(None)
     assert progress["done"]
     return {(r["prompt_id"], r["method"], r["budget"]): r for r in rows}, log.scored

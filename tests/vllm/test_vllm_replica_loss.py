@@ -14,9 +14,10 @@ import signal
 import time
 
 import pytest
+from conftest import require
 
-pytest.importorskip("vllm")
-psutil = pytest.importorskip("psutil")
+require("vllm")
+psutil = require("psutil")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from actors.vllm_engine import VLLMGenerator  # noqa: E402

@@ -89,7 +89,7 @@ def test_compute_multiplier_on_a_known_curve():
 def test_cli_replay_writes_json(tmp_path):
     out = tmp_path / "replay.json"
     code = main(["replay", "--world", "gaussian", "--param", "sigma0=0.5", "--prompts", "4", "--repeats", "5",
-                 "--budgets", "100", "--workers", "1", "--set", "tail_fraction=0.3", "--out", str(out)])
+                 "--budgets", "100", "--workers", "1", "search.tail_fraction=0.3", "--out", str(out)])
     assert code == 0
     payload = json.loads(out.read_text())
     assert {r["method"] for r in payload["results"]} == {"bon", "slg", "slg_adaptive", "oracle"}
@@ -131,35 +131,38 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "0"], "--budgets: expected integers >= 1, got 0"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "0"], "budget N must be a positive integer, got 0"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", ""], "--budgets: expected at least one integer"),
     # a repeated budget, method, world or bank would count its results twice and narrow the interval
-    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "16,16"], "16 is listed twice in '16,16'"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--methods", "bon,bon"], "bon is listed twice"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "16,16"], "budgets lists budget 16 twice: [16, 16]"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--methods", "bon,bon"], "methods lists method 'bon' twice"),
     (["replay", "--world", "gaussian,gaussian", "--prompts", "2"], "gaussian is listed twice"),
     (["replay", "--bank", "b.jsonl,b.jsonl"], "b.jsonl is listed twice"),
     (["replay", "--bank", "b.jsonl", "--prompts", "2"], "--prompts applies to --world only"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--workers", "0"], "--workers: expected an integer >= 1, got 0"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "reward_upper_bound=nan"],
+    (["replay", "--world", "gaussian", "--prompts", "2", "search.reward_upper_bound=nan"],
      "search.reward_upper_bound must be a finite number"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "adaptive.confidence=nan"],
+    (["replay", "--world", "gaussian", "--prompts", "2", "search.adaptive.confidence=nan"],
      "search.adaptive.confidence must be >= 0, got nan"),
     # predictions cut below what the rewards reach would tie the best nodes
-    (["replay", "--world", "bounded", "--prompts", "2", "--set", "reward_upper_bound=0.5"],
+    (["replay", "--world", "bounded", "--prompts", "2", "search.reward_upper_bound=0.5"],
      "search.reward_upper_bound=0.5 is below the rewards of bounded(mu0=1, sigma0=1, sigma1=1) (up to 1)"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "reward_upper_bound=100"], "(up to inf)"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "search.reward_upper_bound=100"], "(up to inf)"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--methods", "beam"], "unknown method 'beam'"),
     (["replay", "--world", "gauss", "--prompts", "2"], "unknown world family 'gauss'"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "tail_fraction=1.5"], "tail_fraction"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "tail_fractio=0.5"], "tail_fractio"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "100", "--set", "rollouts_per_node=40",
-      "--set", "num_states=4"], "more than the budget"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "search.tail_fraction=1.5"], "tail_fraction"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "search.tail_fractio=0.5"], "tail_fractio"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "100", "search.rollouts_per_node=40",
+      "search.num_states=4"], "more than the budget"),
     (["replay", "--world", "gaussian"], "--prompts is required"),
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0"], "KEY=VALUE"),
-    (["replay", "--world", "gaussian,heavy", "--prompts", "2", "--param", "sigma0=2"], "single --world"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--set", "adaptive.root_fraction=1.5"], "root_fraction"),
+    (["replay", "--world", "gaussian,heavy", "--prompts", "2", "--param", "sigma0=2"], "a single world family"),
+    # one override syntax for every command: search options as `slg run` takes them, nothing else
+    (["replay", "--world", "gaussian", "--prompts", "2", "tail_fraction=0.3"], "takes search options only"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "generator.num_replicas=2"], "takes search options only"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "search.adaptive.root_fraction=1.5"], "root_fraction"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_code_2(argv, match, capsys):
@@ -176,15 +179,15 @@ def test_the_replay_library_refuses_what_the_cli_refuses():
     with pytest.raises(ValueError, match=r"reward_upper_bound=0.5 is below the rewards of bank \(up to 0.9\)"):
         replay(bank, ["bon"], [2], 1, config=SearchConfig(reward_upper_bound=0.5))
     assert replay(bank, ["bon"], [2], 1, config=SearchConfig(reward_upper_bound=0.9))  # the largest reward is fine
-    with pytest.raises(ValueError, match=r"a budget is listed twice: \[2, 2\]"):
+    with pytest.raises(ValueError, match=r"budgets lists budget 2 twice: \[2, 2\]"):
         replay(bank, ["bon"], [2, 2], 1)
-    with pytest.raises(ValueError, match="a method is listed twice"):
+    with pytest.raises(ValueError, match="methods lists method 'bon' twice"):
         replay(bank, ["bon", "bon"], [2], 1)
 
 
 def test_core_imports_no_engine_or_ray():
-    code = ("import sys, pipeline.stats.tail, pipeline.stats.schedule, pipeline.stats.pool, pipeline.search.policies, pipeline.offline.replay, "
-            "pipeline.cli, pipeline.offline.calibration; "
+    code = ("import sys, pipeline.stats.tail, pipeline.stats.schedule, pipeline.stats.pool, pipeline.search.methods, "
+            "pipeline.offline.replay, pipeline.cli, pipeline.offline.calibration; "
             "print(sorted(m for m in ('ray', 'vllm', 'torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

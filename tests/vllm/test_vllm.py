@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
-pytest.importorskip("vllm")
+require("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from actors.hf_engine import HFGenerator  # noqa: E402
@@ -27,7 +28,7 @@ from pipeline.distributed.contract import PromptInput, RolloutRequest  # noqa: E
 from pipeline.toy.tiny import make_tiny_models  # noqa: E402
 
 pytestmark = pytest.mark.vllm
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATE_TOKENS, MAX_TOKENS = 32, 64
 PROMPT = PromptInput("p0", "A farmer has 12 sheep and buys 7 more. How many sheep does the farmer have?")
 

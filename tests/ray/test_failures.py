@@ -9,11 +9,12 @@ import time
 import pytest
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
+from pipeline.distributed.calls import LocalCalls, RayCalls
+from pipeline.distributed.config import DriverConfig
 from pipeline.distributed.contract import PromptInput, Score, ScoreRequest
 from pipeline.distributed.driver import Driver, NonFiniteRewardError
 from pipeline.distributed.replica_health import NoReplicaLeftError
 from pipeline.distributed.session import create_ray_replicas
-from pipeline.jobs.config import DriverConfig
 from pipeline.jobs.searches import search_grid
 from pipeline.search.config import SearchConfig
 
@@ -22,15 +23,15 @@ PROMPTS = [PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(4)]
 METHODS, BUDGETS = ["bon", "slg", "slg_adaptive", "oracle"], [16, 64]
 
 
-def make_driver(generators, rewards, use_ray, prompts=PROMPTS, methods=METHODS, budgets=BUDGETS, drop_nonfinite=False,
+def make_driver(generators, rewards, calls, prompts=PROMPTS, methods=METHODS, budgets=BUDGETS, drop_nonfinite=False,
                 **settings):
     settings = {"max_batch_rollouts": 16, "max_batch_scores": 16, "replica_retry_s": 0.05, **settings}
     return Driver(search_grid(prompts, methods, budgets, SearchConfig()), generators, rewards, DriverConfig(**settings),
-                  0, drop_nonfinite=drop_nonfinite, ground_truth=SimGroundTruth("gaussian"), use_ray=use_ray)
+                  0, calls, drop_nonfinite=drop_nonfinite, ground_truth=SimGroundTruth("gaussian"))
 
 
-def drive(generators, rewards, use_ray, **settings):
-    driver = make_driver(generators, rewards, use_ray, **settings)
+def drive(generators, rewards, calls, **settings):
+    driver = make_driver(generators, rewards, calls, **settings)
     results, progress = [], None
     while progress is None or not progress["done"]:
         finished, progress = driver.step(1.0)
@@ -45,7 +46,7 @@ def comparable(results):
 
 @pytest.fixture(scope="module")
 def baseline():
-    results, _ = drive([SimGenerator()], [SimRewardModel()], use_ray=False)
+    results, _ = drive([SimGenerator()], [SimRewardModel()], calls=LocalCalls())
     return comparable(results)
 
 
@@ -69,7 +70,7 @@ def test_a_generator_replica_killed_mid_run_changes_nothing(local_ray, baseline,
 
     generators = create_ray_replicas(CrashOnce, 2, {"marker": str(tmp_path / "crashed")}, 0, 0, max_restarts=2)
     rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
-    results, progress = drive(generators, rewards, use_ray=True)
+    results, progress = drive(generators, rewards, calls=RayCalls())
     assert (tmp_path / "crashed").exists() and progress["replica_failures"] >= 1
     assert comparable(results) == baseline
     assert all(r["rollouts"] == r["budget"] for r in results)  # re-sent rollouts are counted once
@@ -90,7 +91,7 @@ def test_a_hung_replica_is_restarted_and_its_work_resent(local_ray, baseline, tm
     generators = create_ray_replicas(HangOnce, 2, {"marker": str(tmp_path / "hung")}, 0, 0, max_restarts=2)
     rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
     started = time.perf_counter()
-    results, progress = drive(generators, rewards, use_ray=True, call_timeout_s=5.0)
+    results, progress = drive(generators, rewards, calls=RayCalls(), call_timeout_s=5.0)
     assert time.perf_counter() - started < 120
     assert progress["replica_failures"] >= 1
     assert comparable(results) == baseline
@@ -111,7 +112,7 @@ def test_a_reward_replica_killed_mid_run_changes_nothing(local_ray, baseline, tm
 
     generators = create_ray_replicas(SimGenerator, 1, {}, 0, 0)
     rewards = create_ray_replicas(CrashingRM, 2, {"marker": str(tmp_path / "rm")}, 0, 0, max_restarts=2)
-    results, progress = drive(generators, rewards, use_ray=True)
+    results, progress = drive(generators, rewards, calls=RayCalls())
     assert progress["replica_failures"] >= 1
     assert comparable(results) == baseline
 
@@ -128,7 +129,7 @@ def test_a_replica_that_never_starts_is_retired_and_the_others_finish_the_run(lo
     remote = ray.remote(OutOfMemoryOnReplicaOne).options(num_cpus=0, max_restarts=5, max_task_retries=0)
     generators = [remote.remote(index) for index in range(2)]
     rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
-    results, progress = drive(generators, rewards, use_ray=True, max_replica_failures=2)
+    results, progress = drive(generators, rewards, calls=RayCalls(), max_replica_failures=2)
     assert comparable(results) == baseline  # replica 0 did all the work
     assert progress["replicas_retired"] == {"generator": 1, "reward": 0}
     assert progress["replica_failures"] == 2  # retired after exactly max_replica_failures failures in a row
@@ -143,7 +144,7 @@ def test_a_role_with_no_replica_left_stops_the_run_naming_the_last_error(local_r
     rewards = create_ray_replicas(SimRewardModel, 1, {}, 0, 0)
     started = time.perf_counter()
     with pytest.raises(NoReplicaLeftError, match="every generator replica is lost .replica 0: failed 2 times in a row") as error:
-        drive(generators, rewards, use_ray=True, max_replica_failures=2)
+        drive(generators, rewards, calls=RayCalls(), max_replica_failures=2)
     assert "out of memory" in str(error.value).lower() or "died" in str(error.value).lower()
     assert time.perf_counter() - started < 120
 
@@ -168,7 +169,7 @@ class ScoresEmptyResponsesLow(SimRewardModel):
 
 
 def test_empty_rollouts_are_counted_scored_and_never_crash_a_policy():
-    results, _ = drive([EmptyEveryThird()], [ScoresEmptyResponsesLow()], use_ray=False)
+    results, _ = drive([EmptyEveryThird()], [ScoresEmptyResponsesLow()], calls=LocalCalls())
     assert all(r["rollouts"] == r["budget"] for r in results)
     assert sum(r["empty_rollouts"] for r in results) > 0
     assert all(math.isfinite(r["best_reward"]) for r in results)

@@ -1,0 +1,110 @@
+"""What every ``slg`` command shares: the parser that reports bad input in one line, list and
+number types, ``KEY=VALUE`` overrides, and the checks of output paths before any work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.errors import ConfigError
+
+
+class UsageError(ConfigError):
+    """Bad command-line input (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage and exits 2; we want one line naming the value
+        raise UsageError(message)
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated integers (budgets, sample sizes, n, replica counts); what they may be is the
+    consumer's rule (``pipeline.search.methods.check_budgets`` for budgets)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def distinct_positive_ints(text: str) -> list[int]:
+    """Distinct integers >= 1 (sample sizes m, n, replica counts): a repeated one would count its
+    results twice."""
+    values = int_list(text)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {min(values)} in {text!r}")
+    return distinct(values, text)
+
+
+def name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def distinct_names(text: str) -> list[str]:
+    """Distinct names (worlds, banks): one listed twice would be counted twice."""
+    return distinct(name_list(text), text)
+
+
+def distinct(values: list, text: str) -> list:
+    repeated = [value for index, value in enumerate(values) if value in values[:index]]
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{repeated[0]} is listed twice in {text!r}")
+    return values
+
+
+def int_at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+seed = int_at_least(0)  # numpy's generators take seeds >= 0 only
+positive_int = int_at_least(1)
+
+
+def world_params(pairs: list[str] | None) -> dict[str, float]:
+    """``--param KEY=VALUE`` pairs of a world family, as numbers."""
+    params = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--param {key.strip()} expects a number, got {value!r}") from None
+    return params
+
+
+def add_overrides(parser, what: str = "OmegaConf dot-list overrides of the config") -> None:
+    """Every command that reads the config takes its overrides the same way: ``KEY=VALUE`` positionals."""
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=what)
+
+
+def check_output_paths(args) -> None:
+    """Every file option a command writes, checked before its work starts (a folder or a file in
+    the way would otherwise fail only at the end, after minutes of work)."""
+    from pipeline.outputs.destinations import check_output_target, check_plot_target
+
+    for option in ("out", "texts"):
+        if getattr(args, option, None):
+            check_output_target(getattr(args, option), f"--{option}")
+    if getattr(args, "plot", None):
+        check_plot_target(args.plot)
+
+
+def write_json(target: str, payload) -> None:
+    """A JSON file at a path or a URL (``--out`` of every command)."""
+    from pipeline.outputs.destinations import write_text
+
+    write_text(target, json.dumps(payload, indent=2) + "\n")

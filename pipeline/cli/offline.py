@@ -1,0 +1,231 @@
+"""The commands on worlds, banks and reward files, with no engines and no Ray: ``slg replay``,
+``slg sim-bank``, ``slg curves``, ``slg predict``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from pipeline.cli.arguments import (
+    UsageError,
+    add_overrides,
+    distinct_names,
+    distinct_positive_ints,
+    int_list,
+    name_list,
+    positive_int,
+    seed,
+    world_params,
+    write_json,
+)
+from pipeline.search.methods import DEFAULT_METHODS
+
+
+def add_parsers(commands) -> None:
+    _add_replay(commands)
+    sim_bank = commands.add_parser("sim-bank", help="write a reward bank sampled from a simulated world")
+    sim_bank.add_argument("--family", required=True, help="world family: " + ", ".join(_world_names()))
+    sim_bank.add_argument("--param", action="append", metavar="KEY=VALUE")
+    sim_bank.add_argument("--prompts", type=int, required=True)
+    sim_bank.add_argument("--states", type=int, required=True)
+    sim_bank.add_argument("--completions", type=int, required=True)
+    sim_bank.add_argument("--seed", type=seed, default=0)
+    sim_bank.add_argument("--out", required=True)
+    sim_bank.set_defaults(handler=run_sim_bank)
+    _add_curves(commands)
+    predict = commands.add_parser("predict", help="how large an N is worth it: best-of-n predicted from samples")
+    predict.add_argument("--rewards", required=True,
+                         help='JSONL, a line per prompt or state: {"id": ..., "rewards": [...]}, or a reward bank')
+    predict.add_argument("--n", required=True, type=distinct_positive_ints, help="comma-separated n, e.g. 100,1000,10000")
+    predict.add_argument("--upper-bound", type=float, help="the largest reward the scorer can give (nothing is predicted above)")
+    predict.add_argument("--independent", action="store_true",
+                         help="predict each id from its own rewards only (default: ids share the tie and tail statistics of the file)")
+    predict.add_argument("--out", help="write JSONL here, a line per (id, n)")
+    predict.add_argument("--plot", help="write the predicted curves with their 95%% bands (PNG) here")
+    predict.set_defaults(handler=run_predict)
+
+
+def _add_replay(commands) -> None:
+    replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bank", type=distinct_names, help="reward banks (JSONL, docs/formats.md), comma-separated")
+    source.add_argument("--world", type=distinct_names,
+                        help="simulated world families, comma-separated, or 'all': " + ", ".join(_world_names()))
+    replay.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
+    replay.add_argument("--prompts", type=int, help="fresh prompts drawn from the world (required with --world)")
+    replay.add_argument("--methods", type=name_list, default=DEFAULT_METHODS, help="comma-separated methods")
+    replay.add_argument("--budgets", type=int_list, default=[100, 1000], help="comma-separated budgets N")
+    replay.add_argument("--repeats", type=int, default=100, help="repetitions per prompt")
+    replay.add_argument("--seed", type=seed, default=0)
+    replay.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
+    replay.add_argument("--out", help="write the results as JSON here")
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_overrides(replay, "search options, as in `slg run`: search.tail_fraction=0.3 search.adaptive.keep_fraction=0.5")
+    replay.set_defaults(handler=run_replay)
+
+
+def _add_curves(commands) -> None:
+    curves = commands.add_parser("curves", help="predicted best-of-n (predictor, tail fit, plug-in) against exact values")
+    target = curves.add_mutually_exclusive_group(required=True)
+    target.add_argument("--bank", help="a reward bank: every state's pool is checked")
+    target.add_argument("--real", nargs="?", const=_default_real_data(), metavar="DIR",
+                        help="the real data sets (default folder: data/real), or one of them")
+    target.add_argument("--world", help="a simulated world family, or 'all' for every family")
+    curves.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
+    curves.add_argument("--states", type=int, default=200, help="world states drawn (with --world)")
+    curves.add_argument("--plot", help="write the error-vs-n plot (PNG) here")
+    curves.add_argument("--m", type=distinct_positive_ints, help="samples the prediction sees (default 8,16,32; 16,32,64 with --world)")
+    curves.add_argument("--n", type=_n_or_pool, help="n of the predicted best-of-n, or 'pool' for each pool's own size "
+                                                      "(default: pool; 100,1000 with --world)")
+    curves.add_argument("--repeats", type=int, default=20, help="samples of m drawn per pool or state")
+    curves.add_argument("--seed", type=seed, default=0)
+    curves.add_argument("--out", help="write the report as JSON here")
+    curves.set_defaults(handler=run_curves)
+
+
+def _world_names() -> list[str]:
+    from pipeline.offline.worlds import WORLDS
+    return sorted(WORLDS)
+
+
+def _default_real_data() -> str:
+    from pipeline.offline.real_data import REAL_DATA
+    return str(REAL_DATA)
+
+
+def _n_or_pool(text: str):
+    return "pool" if text.strip() == "pool" else distinct_positive_ints(text)
+
+
+def _worlds(families: list[str], params: list[str] | None) -> dict:
+    """World targets by description; ``all`` is every family."""
+    from pipeline.offline.worlds import WORLDS, make_world
+
+    families = sorted(WORLDS) if families == ["all"] else families
+    if len(families) > 1 and params:
+        raise UsageError("--param applies to a single world family, not to several")
+    worlds = [make_world(family, **world_params(params)) for family in families]
+    return {world.describe(): world for world in worlds}
+
+
+def run_replay(args) -> int:
+    from pipeline.jobs.config import load_search_config
+    from pipeline.offline.bank import read_bank
+    from pipeline.offline.replay import format_table, replay_many, replay_rollouts, results_as_dicts
+
+    config = load_search_config(args.overrides)
+    if args.world:
+        if args.prompts is None:
+            raise UsageError("--prompts is required with --world")
+        targets = _worlds(args.world, args.param)
+    else:
+        if args.param:
+            raise UsageError("--param applies to --world only")
+        if args.prompts is not None:
+            raise UsageError("--prompts applies to --world only (a bank replays all its prompts)")
+        targets = {path: read_bank(path) for path in args.bank}
+    total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts)
+    started = time.perf_counter()
+    with _progress_bar(total, enabled=not args.no_progress) as bar:
+        results = replay_many(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
+                              args.workers, progress=bar.update)
+    elapsed = time.perf_counter() - started
+    rows = []
+    for label, table in results.items():
+        print(f"replay on {label}: {table[0].prompts} prompts x {args.repeats} repeats")
+        print(format_table(table))
+        rows += [{"world" if args.world else "bank": label, **row} for row in results_as_dicts(table)]
+    print(f"{len(results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
+    if args.out:
+        payload = {"results": rows, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed}
+        payload.update({"source": next(iter(results))} if len(results) == 1 else {"sources": list(results)})
+        write_json(args.out, payload)
+    return 0
+
+
+def _progress_bar(total: int, enabled: bool):
+    """A tqdm bar on stderr counting rollouts played; silent when disabled or stderr is not a terminal
+    (tqdm still draws in a pipe unless ``disable=None`` sees no tty)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rollout", unit_scale=True, file=sys.stderr, smoothing=0.05,
+                disable=True if not enabled else None, desc="replay")
+
+
+def run_sim_bank(args) -> int:
+    from pipeline.offline.bank import simulate_bank, write_bank
+    from pipeline.offline.worlds import make_world
+
+    world = make_world(args.family, **world_params(args.param))
+    rows = simulate_bank(world, args.prompts, args.states, args.completions, args.seed)
+    write_bank(args.out, rows)
+    print(f"wrote {len(rows)} prompts x {args.states} states x {args.completions} rollouts of {world.describe()} "
+          f"to {args.out}")
+    return 0
+
+
+def run_curves(args) -> int:
+    from pipeline.offline.bank import read_bank
+    from pipeline.offline.calibration import calibrate, format_report, world_states
+    from pipeline.offline.plots import plot_report
+    from pipeline.offline.real_data import real_pools
+
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.param and (not args.world or args.world == "all"):
+        raise UsageError("--param applies to a single --world family")
+    m_values = args.m or ([16, 32, 64] if args.world else [8, 16, 32])
+    n_values = args.n or ([100, 1000] if args.world else "pool")
+    if args.real:
+        pools = real_pools(args.real)
+    elif args.world:
+        if n_values == "pool":
+            raise UsageError("--n pool needs finite pools (--real or --bank), not a world")
+        if args.states < 1:
+            raise UsageError(f"--states must be >= 1, got {args.states}")
+        pools = {name: (world_states(world, args.states, args.seed), world.upper_bound)
+                 for name, world in _worlds([args.world], args.param).items()}
+    else:
+        pools = {"bank": ([s for p in read_bank(args.bank) for s in p.state_rewards], None)}
+    started = time.perf_counter()
+    report = {name: calibrate(values, m_values, n_values, args.repeats, args.seed, upper_bound=bound)
+              for name, (values, bound) in pools.items()}
+    print(format_report(report))
+    print(f"({time.perf_counter() - started:.1f} s; errors in units of each pool's sd; 'covered': the predictor's 95% interval)")
+    if args.out:
+        write_json(args.out, report)
+    if args.plot:
+        plot_report(report, args.plot)
+    return 0
+
+
+def run_predict(args) -> int:
+    from pipeline.offline.bank import read_reward_lists
+    from pipeline.offline.predictions import predict_file, predicted_curves
+
+    ids, rows = read_reward_lists(args.rewards)
+    lines, result, table = predict_file(ids, rows, args.n, args.upper_bound, args.independent)
+    _print_predictions(lines, len(args.n))
+    if args.out:
+        from pipeline.outputs.destinations import write_text
+
+        write_text(args.out, "".join(json.dumps(line) + "\n" for line in lines))
+    if args.plot:
+        from pipeline.offline.plots import plot_predictions
+
+        shown = min(len(ids), 10)
+        grid, curves = predicted_curves(table, result, args.n, args.upper_bound, shown)
+        plot_predictions(args.plot, ids[:shown], grid, curves.value, curves.lower, curves.upper, marked_n=list(args.n))
+    return 0
+
+
+def _print_predictions(lines: list[dict], per_id: int, limit: int = 40) -> None:
+    width = min(40, max([len(line["id"]) for line in lines] + [2]))
+    print(f"{'id':<{width}} {'n':>7} {'predicted':>10} {'95% interval':>22}  {'model':<8} flags")
+    for line in lines[: limit * per_id]:
+        interval = f"[{line['lower']:.4g}, {line['upper']:.4g}]"
+        print(f"{line['id'][:width]:<{width}} {line['n']:>7} {line['predicted']:>10.4g} {interval:>22}  {line['model']:<8} "
+              f"{','.join(line['flags']) or '-'}")
+    if len(lines) > limit * per_id:
+        print(f"... {len(lines) // per_id - limit} more ids (all of them with --out)")

@@ -1,0 +1,208 @@
+"""Adaptive SLG (``slg_adaptive``): a large prompt sample, successive halving of its best states,
+each step checked against fresh prompt draws, the rest of the budget to the best survivor.
+
+Pure numpy. The split of the budget is :func:`adaptive_plan` (decided before any reward is seen);
+the statistics (the predicted final best, the prompt's quantile scale) are in ``pipeline.stats``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.search.base import SearchPolicy, _cut_at, _stack_samples
+from pipeline.search.config import AdaptiveConfig, Predictor
+from pipeline.search.protocol import NO_NODE, ROOT, Request
+from pipeline.stats.final_best import expected_final_best
+from pipeline.stats.quantile_scale import QuantileScale
+from pipeline.stats.tail import fit_tail_full_rows, fit_tail_rows, tail_constants
+
+
+class AdaptiveSLG(SearchPolicy):
+    """Adaptive SLG: a large prompt sample, successive halving of its best states, each step checked
+    against fresh prompt draws (``adaptive_plan`` gives the split, ``AdaptiveConfig`` the settings).
+
+    Every node is valued by its predicted *final* best, E[max(b, max of the n rollouts left)], b the
+    best reward so far, on the prompt's own quantile scale (``pipeline.stats.quantile_scale``): there the
+    prompt is standard normal by construction and a state is normal with the mean and sd of its
+    rewards' scores. After each halving round a state is dropped when the prompt beats it even with
+    its mean and sd at their upper confidence bounds; when no state is left the rest of the budget
+    is drawn from the prompt (best-of-N). Otherwise the best surviving state gets the rest.
+    """
+
+    name = "slg_adaptive"
+
+    def _search(self):
+        budget, batch, settings = self.budget, self.batch_size, self.config.adaptive
+        plan = adaptive_plan(budget, settings, self.config.schedule(budget)[1])
+        if plan is None:  # too small a budget to learn anything about a state: best-of-N
+            yield [Request.uniform(ROOT, budget, batch)]
+            return
+        (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch)]
+        rewards = np.where(np.isnan(root.rewards), -np.inf, root.rewards)
+        best = rewards.max(axis=1)
+        scale = QuantileScale(root.rewards, settings.tail_fraction)
+        states = self._pick_states(root, plan.num_candidates, stable=False)
+        # A best prompt reward reached twice is an atom of a discrete reward: only a new level can
+        # beat it, and for "at least one rollout above it" independent prompt draws beat a state's
+        # correlated ones unless the state is known to be better, which no tail fit of ties shows.
+        alive = (states != NO_NODE) & ~((rewards == best[:, None]).sum(axis=1) >= 2)[:, None]
+        samples = np.full((batch, plan.num_candidates, sum(plan.shares)), np.nan)
+        scores = np.full(samples.shape, np.nan)  # the samples on the prompt's quantile scale
+        filled = 0
+        spent = np.full(batch, plan.root_rollouts)
+        value = np.full(alive.shape, -np.inf)
+        for round_index, share in enumerate(plan.shares):
+            asked = np.nonzero(alive.any(axis=0))[0]  # one request per candidate some episode still keeps
+            if asked.size == 0:  # an empty round would end the search (``plan`` returns [] when done)
+                break
+            results = yield [Request.per_episode(np.where(alive[:, j], states[:, j], NO_NODE), share) for j in asked]
+            for j, rollouts in zip(asked, results):
+                got = rollouts.rewards[:, :share]
+                samples[:, j, filled:filled + got.shape[1]] = np.where(alive[:, j:j + 1], got, np.nan)
+            b_idx, j_idx = np.nonzero(alive)
+            scores[b_idx, j_idx, filled:filled + share] = scale.scores(samples[b_idx, j_idx, filled:filled + share], b_idx)
+            filled += share
+            spent += share * alive.sum(axis=1)
+            best = np.fmax(best, np.nanmax(samples[:, :, filled - share:filled], axis=(1, 2), initial=-np.inf))
+            best_score = scale.scores(best[:, None])[:, 0]
+            value, optimistic, prompt_value = self._final_best(scores[:, :, :filled], alive, best_score, budget - spent)
+            alive &= optimistic >= prompt_value  # fresh prompt draws beat it even optimistically
+            if round_index < len(plan.shares) - 1:  # successive halving
+                keep = np.ceil(alive.sum(axis=1) * settings.keep_fraction).astype(np.int64)
+                rank = np.argsort(np.argsort(np.where(alive, -value, np.inf), axis=1, kind="stable"), axis=1)
+                alive &= rank < keep[:, None]
+        rows = np.arange(batch)
+        pick = np.argmax(np.where(alive, value, -np.inf), axis=1)
+        use_state = alive[rows, pick] & self._shows_next_level(root.rewards, samples[rows, pick], best)
+        self.selected = np.where(use_state, states[rows, pick], ROOT)
+        left = budget - spent
+        self.selected_prediction = self._predicted_best(root.rewards, samples[rows, pick], scale.tail_fit, use_state, left)
+        if (left > 0).any():
+            yield [Request.per_episode(self.selected, left)]
+
+    def _final_best(self, scores, alive, best_score, left):
+        """(value, optimistic, prompt value), each (B, C): the predicted final best of sending the
+        ``left`` rollouts to each alive state, the same with the state's mean and sd at their upper
+        ``confidence`` bounds, and that of sending them to the prompt; all on the prompt's quantile
+        scale, where the prompt is N(0, 1) and a state the normal fitted to the upper tail of its
+        rewards' scores. -inf where a state is not alive."""
+        z = self.config.adaptive.confidence
+        value = np.full(alive.shape, -np.inf)
+        optimistic = np.full(alive.shape, -np.inf)
+        prompt_value = np.full(alive.shape, np.inf)
+        b_idx, j_idx = np.nonzero(alive)
+        if b_idx.size == 0:
+            return value, optimistic, prompt_value
+        # SLG's own estimator on the prompt's scale: the normal fitted to the upper tail of a state's
+        # scores (what its maximum depends on), its moments' standard errors from the tail's size.
+        q = self.config.adaptive.tail_fraction
+        _, lam, delta = tail_constants(q)
+        mu, sigma, n_tail = self._fit_scores(scores[b_idx, j_idx], q)
+        n_tail = np.maximum(n_tail, 2)
+        upper_sigma = sigma * (1.0 + z / np.sqrt(2.0 * (n_tail - 1)))  # sd of an sd: sd / sqrt(2(k-1))
+        upper_mu = mu + sigma * lam + z * sigma * np.sqrt(delta / n_tail) - upper_sigma * lam  # tail mean + z se
+        k = b_idx.size
+        u = expected_final_best(np.concatenate([mu, upper_mu, np.zeros(k)]),
+                                np.concatenate([sigma, upper_sigma, np.ones(k)]),
+                                np.tile(best_score[b_idx], 3), np.tile(left[b_idx], 3))
+        value[b_idx, j_idx], optimistic[b_idx, j_idx], prompt_value[b_idx, j_idx] = u[:k], u[k:2 * k], u[2 * k:]
+        return value, optimistic, prompt_value
+
+    @staticmethod
+    def _fit_scores(scores, tail_fraction):
+        """Tail fit of each row of scores; rows holding NaN (dropped scores) are fitted on what they have."""
+        missing = np.isnan(scores)
+        if not missing.any():
+            return fit_tail_full_rows(scores, tail_fraction)
+        mu, sigma, n_tail, _ = fit_tail_rows(scores, tail_fraction)
+        return mu, np.nan_to_num(sigma), n_tail
+
+    @staticmethod
+    def _shows_next_level(root_rewards, state_rewards, best):
+        """False where the best reward is tied (an atom of a discrete reward) and the state never beat
+        every prompt rollout: no tail model can tell whether it reaches the next level, fresh draws
+        can. Continuous rewards are never tied, so this only ever concerns discrete ones."""
+        tied = ((root_rewards == best[:, None]).sum(axis=1) + (state_rewards == best[:, None]).sum(axis=1)) >= 2
+        state_top = np.max(np.where(np.isnan(state_rewards), -np.inf, state_rewards), axis=1)
+        return ~tied | (state_top > np.nanmax(root_rewards, axis=1))
+
+    def _predicted_best(self, root_rewards, state_rewards, root_fit, use_state, left):
+        """Predicted V_n (reward units, n = the rollouts left) of the selected node, for the results:
+        mu + sigma E(n) from its tail fit (the same q as the prompt's); with ``reported_predictor=blended``,
+        the shared predictor's from the node's rewards (the prompt's root sample, or the state's)."""
+        both = _stack_samples([root_rewards, state_rewards], max(root_rewards.shape[1], state_rewards.shape[1]))
+        if self.config.reported_predictor == Predictor.blended:
+            chosen = both[np.arange(len(use_state)), use_state.astype(np.int64)]  # column 1: the state's
+            return self._predict_blended(chosen[:, None, :], left).value[:, 0]
+        mu, sigma, _ = root_fit
+        if use_state.any():
+            chosen = state_rewards[use_state]
+            width = int((~np.isnan(chosen)).sum(axis=1).min())
+            state_mu, state_sigma, _ = fit_tail_full_rows(chosen[:, :width], self.config.adaptive.tail_fraction)
+            mu, sigma = np.where(use_state, 0.0, mu), np.where(use_state, 0.0, sigma)
+            mu[use_state], sigma[use_state] = state_mu, state_sigma
+        values = expected_final_best(mu, sigma, np.full(mu.shape, -np.inf), np.maximum(left, 1))  # mu + sigma E(n)
+        return _cut_at(values[:, None], self._episode_bounds(both))[:, 0]
+
+
+@dataclass(frozen=True)
+class AdaptivePlan:
+    """How ``slg_adaptive`` splits budget N before it sees any reward."""
+
+    root_rollouts: int        # drawn from the prompt first
+    num_candidates: int       # the best root rollouts, screened as states
+    shares: tuple[int, ...]   # rollouts per surviving candidate in each halving round
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_plan(budget: int, root_fraction: float, min_root_rollouts: int, explore_fraction: float,
+                 screening_fraction: float, keep_fraction: float, min_rollouts: int, num_candidates: int) -> AdaptivePlan | None:
+    root = max(round(root_fraction * budget), min(budget - min_rollouts, min_root_rollouts))
+    if root < 2 * min_rollouts or budget - root < min_rollouts:
+        return None
+    explore = max(int(explore_fraction * budget) - root, min_rollouts)
+    most = max(1, min(num_candidates, root // 2))  # from the root's upper half
+    # The most candidates whose screening samples hold 2 min_rollouts (a state's first fit then has
+    # 8 points with the defaults); failing that, two with min_rollouts each rather than one with more (the
+    # rollouts of one state are correlated, so one state's many rollouts risk more than two's few).
+    for screening_minimum in (2 * min_rollouts, min_rollouts):
+        for candidates in range(most, 1, -1):
+            shares = _halving_shares(candidates, explore, screening_fraction, keep_fraction)
+            if shares[0] >= screening_minimum and min(shares) >= min_rollouts:
+                return AdaptivePlan(root, candidates, shares)
+    return AdaptivePlan(root, 1, (explore,))
+
+
+def _halving_shares(candidates: int, explore: int, screening_fraction: float, keep_fraction: float) -> tuple[int, ...]:
+    rounds = math.ceil(math.log(candidates) / -math.log(keep_fraction))
+    if rounds == 1:
+        return (explore // candidates,)
+    survivors = [candidates]
+    for _ in range(rounds - 1):
+        survivors.append(max(1, math.ceil(survivors[-1] * keep_fraction)))
+    screening = int(screening_fraction * explore)
+    return (screening // candidates,) + tuple((explore - screening) // ((rounds - 1) * s) for s in survivors[1:])
+
+
+def adaptive_plan(budget: int, settings: AdaptiveConfig, default_states: int) -> AdaptivePlan | None:
+    """The split of ``slg_adaptive`` at budget N; None where it is plain best-of-N.
+
+    Root: ``root_fraction`` of N, but at least ``min_root_rollouts`` (the sample the prompt's
+    quantile scale is built from) where N leaves ``min_rollouts`` besides. Best-of-N when the root
+    would hold fewer than 2 ``min_rollouts`` or leave fewer than ``min_rollouts`` (N < 12 with the
+    defaults): no state could get a sample worth comparing with the prompt's. Candidates: the best
+    root rollouts, at most ``num_candidates`` (2K) and no more than the root's upper half holds.
+    Halving: R = ceil(log_{1/keep} C) rounds share the exploration budget (``explore_fraction`` of N
+    minus the root); the first round (screening every candidate) gets ``screening_fraction`` of it,
+    the others share the rest equally, each round's survivors getting equal shares; fewer
+    candidates are tried until the screening share holds 2 ``min_rollouts`` (a state's tail fit
+    then has ``min_rollouts`` points) and every later share ``min_rollouts``; where no two can,
+    two with ``min_rollouts`` each, else one with the whole exploration budget. The rest is exploited.
+    """
+    wanted = settings.num_candidates or 2 * max(default_states, 1)
+    return _cached_plan(int(budget), settings.root_fraction, settings.min_root_rollouts, settings.explore_fraction,
+                        settings.screening_fraction, settings.keep_fraction, settings.min_rollouts, int(wanted))
