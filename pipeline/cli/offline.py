@@ -33,6 +33,10 @@ def add_parsers(commands) -> None:
     sim_bank.add_argument("--seed", type=seed, default=0)
     sim_bank.add_argument("--out", required=True)
     sim_bank.set_defaults(handler=run_sim_bank)
+    convert = commands.add_parser("convert-bank", help="a reward bank in the other format (JSONL <-> Parquet), losslessly")
+    convert.add_argument("source", help="a bank: JSONL, a .parquet file or a folder of them")
+    convert.add_argument("out", help="the copy: a path ending in .parquet is written as Parquet, anything else as JSONL")
+    convert.set_defaults(handler=run_convert_bank)
     _add_curves(commands)
     predict = commands.add_parser("predict", help="how large an N is worth it: best-of-n predicted from samples")
     predict.add_argument("--rewards", required=True,
@@ -61,6 +65,8 @@ def _add_replay(commands) -> None:
     replay.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
     replay.add_argument("--out", help="write the results as JSON here")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    replay.add_argument("--no-ceilings", action="store_true",
+                        help="skip the two ceilings of an allocation that knew the distributions (banks)")
     add_overrides(replay, "search options, as in `slg run`: search.tail_fraction=0.3 search.adaptive.keep_fraction=0.5")
     replay.set_defaults(handler=run_replay)
 
@@ -112,7 +118,8 @@ def _worlds(families: list[str], params: list[str] | None) -> dict:
 def run_replay(args) -> int:
     from pipeline.jobs.config import load_search_config
     from pipeline.offline.bank import read_bank
-    from pipeline.offline.replay import format_table, replay_many, replay_rollouts, results_as_dicts
+    from pipeline.offline.ceilings import ceiling_rows, format_ceilings
+    from pipeline.offline.replay import bon_curve, format_table, replay_many, replay_rollouts, results_as_dicts
 
     config = load_search_config(args.overrides)
     if args.world:
@@ -131,14 +138,18 @@ def run_replay(args) -> int:
         results = replay_many(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
                               args.workers, progress=bar.update)
     elapsed = time.perf_counter() - started
-    rows = []
+    rows, ceilings = [], []
     for label, table in results.items():
         print(f"replay on {label}: {table[0].prompts} prompts x {args.repeats} repeats")
         print(format_table(table))
         rows += [{"world" if args.world else "bank": label, **row} for row in results_as_dicts(table)]
+        if args.bank and not args.no_ceilings:
+            found = ceiling_rows(targets[label], args.budgets, bon_curve(targets[label]), args.seed)
+            print(format_ceilings(found))
+            ceilings += [{"bank": label, **row} for row in found]
     print(f"{len(results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
-        payload = {"results": rows, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed}
+        payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed}
         payload.update({"source": next(iter(results))} if len(results) == 1 else {"sources": list(results)})
         write_json(args.out, payload)
     return 0
@@ -162,6 +173,17 @@ def run_sim_bank(args) -> int:
     write_bank(args.out, rows)
     print(f"wrote {len(rows)} prompts x {args.states} states x {args.completions} rollouts of {world.describe()} "
           f"to {args.out}")
+    return 0
+
+
+def run_convert_bank(args) -> int:
+    from pipeline.offline.bank import read_bank_rows, write_bank
+    from pipeline.outputs.destinations import check_output_target
+
+    check_output_target(args.out, "the output bank")
+    rows = read_bank_rows(args.source)
+    write_bank(args.out, rows)
+    print(f"wrote {len(rows)} prompts to {args.out}")
     return 0
 
 

@@ -39,13 +39,14 @@ class SearchSpec:
 class Slot:
     """One request of a round: ``count`` rollouts from ``node``, filled in as scores arrive."""
 
-    __slots__ = ("node", "count", "rewards", "can_branch", "correct")
+    __slots__ = ("node", "count", "rewards", "can_branch", "correct", "root_index")
 
     def __init__(self, node: int, count: int):
         self.node, self.count = node, count
         self.rewards = np.full(count, np.nan)
         self.can_branch = np.zeros(count, dtype=bool)
         self.correct = np.zeros(count, dtype=bool)
+        self.root_index = np.full(count, -1)  # the root-rollout index of each rollout that can branch
 
 
 ROW_FIELDS = ("rollouts", "tokens_generated", "prompt_tokens", "cached_prompt_tokens", "rm_tokens", "empty_rollouts",
@@ -179,6 +180,7 @@ class SearchRecord:
         if root_index is not None and rollout.state is not None:
             self.states[root_index] = rollout.state
             slot.can_branch[position] = True
+            slot.root_index[position] = root_index
 
     def record_reward(self, reward: float, rollout: Rollout, slot: Slot, position: int, sequence: int) -> None:
         slot.rewards[position] = reward
@@ -190,7 +192,18 @@ class SearchRecord:
         self.best.offer(reward, sequence, rollout.response_text, rollout.correct, slot.node)
 
     def round_results(self) -> list[Rollouts]:
-        return [Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :]) for s in self.slots]
+        first = self._first_root_of_each_prefix()
+        return [Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :],
+                         np.array([first[self.states[k].token_ids] if k >= 0 else -1 for k in s.root_index])[None, :])
+                for s in self.slots]
+
+    def _first_root_of_each_prefix(self) -> dict[tuple, int]:
+        """Prefix token ids -> the smallest root-rollout index that has them: root rollouts with the same
+        prefix are one state (``Rollouts.state_index``). By index, not arrival: the same whatever the timing."""
+        first: dict[tuple, int] = {}
+        for index in sorted(self.states):
+            first.setdefault(self.states[index].token_ids, index)
+        return first
 
     def result_row(self) -> dict:
         """The search's line of results.jsonl."""

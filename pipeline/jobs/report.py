@@ -3,7 +3,10 @@
 Pure functions of the list of per-(prompt, method, budget) results. The mean best reward has a 95%
 normal interval over prompts (``ci95``, a half-width); shares of prompts (accuracy, pass@N,
 majority vote) have 95% Wilson score intervals (``*_ci95``, [low, high]), which stay honest at
-0 and 1, where a normal interval would have no width.
+0 and 1, where a normal interval would have no width. Every method run beside ``bon`` also gets
+its paired difference from it (``vs_bon``): the mean over prompts of (method - bon) in best reward
+and in accuracy, with 95% normal intervals. Methods share each prompt's root rollouts, and
+prompts differ far more than methods do, so the paired interval is the sharp one.
 """
 
 from __future__ import annotations
@@ -38,8 +41,24 @@ def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> di
                 "predicted_value_mean": float(np.mean(predicted)) if predicted else None,
                 "prompts": len(rows),
             }
+            if method != "bon" and "bon" in methods:
+                per_budget[str(budget)]["vs_bon"] = paired_difference(results, method, "bon", budget)
         table["methods"][method] = per_budget
     return table
+
+
+def paired_difference(results: list[dict], method: str, baseline: str, budget: int) -> dict | None:
+    """Mean over prompts of (method - baseline) in best reward and in accuracy (where graded), each
+    with its 95% normal half-width, over the prompts both finished; None when none did."""
+    by_key = {(r["prompt_id"], r["method"]): r for r in results if r["budget"] == budget}
+    pairs = [(by_key[p, method], by_key[p, baseline]) for p, m in by_key if m == method and (p, baseline) in by_key]
+    out = {"prompts": len(pairs)}
+    for name, field in (("best_reward", "best_reward"), ("accuracy", "correct")):
+        diffs = np.array([float(a[field]) - float(b[field]) for a, b in pairs
+                          if a.get(field) is not None and b.get(field) is not None])
+        out[name] = float(diffs.mean()) if diffs.size else None
+        out[f"{name}_ci95"] = float(1.96 * diffs.std(ddof=1) / math.sqrt(diffs.size)) if diffs.size > 1 else None
+    return out if pairs else None
 
 
 def _share(flags: list) -> float | None:
@@ -55,8 +74,8 @@ def _share_ci95(flags: list) -> list[float] | None:
 
 
 def format_summary(summary: dict) -> str:
-    header = (f"{'method':<14}{'N':>7}  {'mean best reward':>20}  {'accuracy':>8}  {'pass@N':>7}  {'majority':>8}  "
-              f"{'rollouts':>8}  {'prompts':>7}")
+    header = (f"{'method':<14}{'N':>7}  {'mean best reward':>20}  {'vs bon (paired)':>20}  {'accuracy':>8}  {'pass@N':>7}  "
+              f"{'majority':>8}  {'rollouts':>8}  {'prompts':>7}")
     lines = [header, "-" * len(header)]
     for method, per_budget in summary["methods"].items():
         for budget, s in per_budget.items():
@@ -67,7 +86,11 @@ def format_summary(summary: dict) -> str:
             passed = "-" if s["pass_at_n"] is None else f"{s['pass_at_n']:.3f}"
             majority = "-" if s["majority_vote"] is None else f"{s['majority_vote']:.3f}"
             rollouts = "-" if s["rollouts_mean"] is None else f"{s['rollouts_mean']:.1f}"
-            lines.append(f"{method:<14}{budget:>7}  {reward:>20}  {accuracy:>8}  {passed:>7}  {majority:>8}  "
+            paired = s.get("vs_bon")
+            versus = "-" if not paired or paired["best_reward"] is None else f"{paired['best_reward']:+.4f}"
+            if paired and paired["best_reward_ci95"] is not None:
+                versus += f" +- {paired['best_reward_ci95']:.4f}"
+            lines.append(f"{method:<14}{budget:>7}  {reward:>20}  {versus:>20}  {accuracy:>8}  {passed:>7}  {majority:>8}  "
                          f"{rollouts:>8}  {s['prompts']:>7}")
     return "\n".join(lines)
 

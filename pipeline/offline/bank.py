@@ -1,4 +1,5 @@
-"""Reward banks: many states per prompt, many scored rollouts per state, one prompt a JSONL line.
+"""Reward banks: many states per prompt, many scored rollouts per state; a JSONL line per prompt, or
+Parquet (``pipeline.offline.parquet_banks``), chosen by the path.
 
 The format is SPEC.md's ("Reward bank"). A bank is what makes large-N questions cheap: once
 collected (from a live engine or a simulated world), ``slg replay`` evaluates any policy and budget
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -17,24 +20,43 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.parquet_banks import is_parquet_bank, read_parquet_rows, write_parquet_bank
 from pipeline.offline.worlds import World
-from pipeline.outputs.destinations import write_text
+from pipeline.outputs.destinations import Destination, local_path, write_text
 
 
 def read_bank(path) -> list[BankPrompt]:
-    """Read and validate a bank; ``ValueError`` naming the line and prompt of the first problem."""
+    """Read and validate a bank (JSONL, or Parquet: a ``.parquet`` file or a folder of them);
+    ``ConfigError`` naming the line (or row) and prompt of the first problem."""
+    return [_parse_row(row, where) for where, row in _bank_rows(path)]
+
+
+def read_bank_rows(path) -> list[dict]:
+    """The rows of a bank (the JSONL format's dicts), each validated: what converting a bank writes."""
+    rows = list(_bank_rows(path))
+    for where, row in rows:
+        _parse_row(row, where)
+    return [row for _, row in rows]
+
+
+def _bank_rows(path):
+    """(where, row) of every prompt of a bank, in order; duplicate prompt ids refused."""
     path = Path(path)
-    if not path.is_file():
+    if is_parquet_bank(path):
+        rows = ((f"bank {path.name} prompt {i + 1}", row) for i, row in enumerate(read_parquet_rows(path)))
+    elif not path.is_file():
         raise ConfigError(f"bank {str(path)!r} does not exist or is not a file")
-    prompts, seen = [], set()
-    for _, where, row in json_lines(read_text(path, "bank").splitlines(), f"bank {path.name}"):
-        prompts.append(_parse_row(row, where))
-        if prompts[-1].prompt_id in seen:
-            raise ConfigError(f"{where}: duplicate prompt_id {prompts[-1].prompt_id!r}")
-        seen.add(prompts[-1].prompt_id)
-    if not prompts:
+    else:
+        rows = ((where, row) for _, where, row in json_lines(read_text(path, "bank").splitlines(), f"bank {path.name}"))
+    seen = set()
+    for where, row in rows:
+        prompt_id = str(row.get("prompt_id")) if isinstance(row, dict) else None
+        if prompt_id in seen:
+            raise ConfigError(f"{where}: duplicate prompt_id {prompt_id!r}")
+        seen.add(prompt_id)
+        yield where, row
+    if not seen:
         raise ConfigError(f"bank {str(path)!r} holds no prompts")
-    return prompts
 
 
 def read_text(path, label: str) -> str:
@@ -117,6 +139,10 @@ def _parse_row(row, where: str) -> BankPrompt:
             raise ConfigError(f"{where}: state {i} has an empty or malformed reward list")
         if (bad := first_bad_reward(rewards)) is not None:
             raise ConfigError(f"{where}: state {i} reward {bad[0]} is {bad[1]!r}, not a finite number")
+    state_texts = row.get("state_texts")
+    if state_texts is not None and (not isinstance(state_texts, list) or len(state_texts) != len(states)
+                                    or not all(isinstance(t, str) for t in state_texts)):
+        raise ConfigError(f"{where}: 'state_texts' must hold one prefix string per state")
     correct = row.get("correct")
     if correct is not None:
         shapes_match = isinstance(correct, list) and len(correct) == len(states) and all(
@@ -125,12 +151,27 @@ def _parse_row(row, where: str) -> BankPrompt:
             raise ConfigError(f"{where}: 'correct' must have the same shape as 'states'")
         if not all(isinstance(x, bool) for c in correct for x in c):
             raise ConfigError(f"{where}: 'correct' must hold only true/false")
-    return BankPrompt(prompt_id, states, correct)
+    return BankPrompt(prompt_id, states, correct, state_texts)
 
 
 def write_bank(target, rows: list[dict]) -> None:
-    """Write bank rows at a path or a URL, whole: a reader never sees half a bank."""
+    """Write bank rows at a path or a URL, whole: a reader never sees half a bank. A target ending in
+    ``.parquet`` is written as Parquet, anything else as JSONL."""
+    if str(target).endswith(".parquet"):
+        local = local_path(str(target))
+        if local is not None:
+            write_parquet_bank(local, rows)
+            return
+        staging = Path(tempfile.mkdtemp(prefix="slg-staging-"))
+        try:
+            destination = Destination(str(target), staging)
+            write_parquet_bank(destination.local, rows)
+            destination.push()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
     write_text(str(target), "".join(json.dumps(row) + "\n" for row in rows))
+
 
 
 def simulate_bank(world: World, num_prompts: int, num_states: int, num_completions: int, seed: int) -> list[dict]:

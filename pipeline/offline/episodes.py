@@ -44,10 +44,19 @@ class RolloutSource:
         if not uniform:
             rewards = np.where(wanted, rewards, np.nan)
         from_root = root_rows[:, None] & wanted
+        state_index = None
         if root_rows.any():
+            before = (~np.isnan(self._root_latents)).sum(axis=1)  # root rollouts each episode had so far
+            state_index = self._state_index(latents, before[:, None] + np.arange(width)[None, :], from_root)
             self._root_latents = np.concatenate([self._root_latents, np.where(from_root, latents, np.nan)], axis=1)
             self._compact_root_latents(request)
-        return Rollouts(rewards, can_branch=from_root, correct=None if correct is None else correct & wanted)
+        return Rollouts(rewards, can_branch=from_root, correct=None if correct is None else correct & wanted,
+                        state_index=state_index)
+
+    def _state_index(self, latents: np.ndarray, root_index: np.ndarray, from_root: np.ndarray) -> np.ndarray:
+        """``Rollouts.state_index`` of new root rollouts: each its own state (a world's states are
+        continuous: two root rollouts never share one); a bank source knows better."""
+        return np.where(from_root, root_index, -1)
 
     def _compact_root_latents(self, request: Request) -> None:
         # Root rollouts are numbered per episode in the order they came: keep each episode's
@@ -108,15 +117,32 @@ class WorldSource(RolloutSource):
 
 
 class BankPrompt:
-    """One prompt of a reward bank, flattened for fast sampling (SPEC.md, "Reward bank")."""
+    """One prompt of a reward bank as the world it describes (docs/formats.md, "Reward bank").
 
-    def __init__(self, prompt_id: str, states: list, correct: list | None = None):
+    The bank's S sampled states are i.i.d. draws of the prompt's first T tokens. Sampled states with
+    the same prefix (``state_texts``) are one state, drawn that many times: its pool is theirs
+    together and its weight (the chance that a rollout from the prompt passes through it) is their
+    share of S. A rollout from the prompt picks a state by weight, then a reward of its pool
+    uniformly; a rollout from a state picks a reward of its pool (all with replacement). Without
+    ``state_texts`` every sampled state is a state of its own, of weight 1/S. Flattened for fast
+    sampling.
+    """
+
+    def __init__(self, prompt_id: str, states: list, correct: list | None = None, state_texts: list | None = None):
         self.prompt_id = prompt_id
-        self.state_rewards = [np.asarray(s, dtype=float) for s in states]
+        groups: dict = {}
+        for slot, text in enumerate(state_texts if state_texts is not None else range(len(states))):
+            groups.setdefault(text, []).append(slot)
+        slots = list(groups.values())
+        self.state_rewards = [np.concatenate([np.asarray(states[i], dtype=float) for i in group]) for group in slots]
+        self.state_weights = np.array([len(group) / len(states) for group in slots])
         self.lengths = np.array([len(s) for s in self.state_rewards])
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         self.rewards = np.concatenate(self.state_rewards)
-        self.correct = None if correct is None else np.concatenate([np.asarray(c, dtype=bool) for c in correct])
+        self.correct = None if correct is None else np.concatenate(
+            [np.asarray(correct[i], dtype=bool) for group in slots for i in group])
+        self.cumulative_weights = np.cumsum(self.state_weights)
+        self.equal_weights = bool((self.state_weights == self.state_weights[0]).all())
         self._state_values: dict[int, np.ndarray] = {}
 
     @property
@@ -129,22 +155,38 @@ class BankPrompt:
         return self._state_values[n]
 
     def prompt_weights(self) -> np.ndarray:
-        """Probability of each flattened reward for a rollout from the prompt: 1 / (S * L_i)."""
-        return np.repeat(1.0 / (self.num_states * self.lengths), self.lengths)
+        """Probability of each flattened reward for a rollout from the prompt: w_i / L_i (w_i = 1/S unmerged)."""
+        return np.repeat(self.state_weights / self.lengths, self.lengths)
 
     def bon_value(self, n) -> np.ndarray:
         return expected_max_of_weighted_pool(self.rewards, self.prompt_weights(), n)
 
 
 class BankSource(RolloutSource):
-    """Episodes of one bank prompt: a root rollout picks a state uniformly, then a reward of it."""
+    """Episodes of one bank prompt: a root rollout picks a state by weight, then a reward of it."""
 
     def __init__(self, prompt: BankPrompt, batch_size: int, rng: np.random.Generator):
         super().__init__(batch_size, rng)
         self.prompt = prompt
+        self._first_root = np.full((batch_size, prompt.num_states), -1)  # each state's first root rollout
 
     def _sample_states(self, shape):
-        return self.rng.integers(0, self.prompt.num_states, size=shape).astype(float)
+        if self.prompt.equal_weights:  # the draw of banks without shared prefixes, as replay always made it
+            return self.rng.integers(0, self.prompt.num_states, size=shape).astype(float)
+        total = self.prompt.cumulative_weights[-1]
+        drawn = np.searchsorted(self.prompt.cumulative_weights, self.rng.random(shape) * total, side="right")
+        return np.minimum(drawn, self.prompt.num_states - 1).astype(float)
+
+    def _state_index(self, latents, root_index, from_root):
+        """Root rollouts through one state share the index of the first of them."""
+        state = np.where(from_root, latents, -1).astype(np.int64)
+        out = np.full(state.shape, -1)
+        for s in np.unique(state[state >= 0]):
+            here = state == s
+            first_here = np.where(here.any(axis=1), root_index[np.arange(len(state)), here.argmax(axis=1)], -1)
+            self._first_root[:, s] = np.where(self._first_root[:, s] < 0, first_here, self._first_root[:, s])
+            out = np.where(here, self._first_root[:, s][:, None], out)
+        return out
 
     def _sample_rewards(self, latents):
         state = latents.astype(np.int64)

@@ -41,11 +41,18 @@ class Request:
 
 @dataclass(frozen=True)
 class Rollouts:
-    """What one request produced: rewards (B, max count), NaN beyond each episode's count."""
+    """What one request produced: rewards (B, max count), NaN beyond each episode's count.
+
+    ``state_index`` says which root rollouts share a state: for a rollout that can branch, the index
+    of the episode's first root rollout with the same prefix (its own index when the prefix is new);
+    -1 elsewhere. Two root rollouts with one prefix are one state, and each is a sample of it. None
+    where the source cannot tell (every root rollout is then a state of its own).
+    """
 
     rewards: np.ndarray
     can_branch: np.ndarray   # (B, max count) bool: long enough (>= T tokens) to become a state
     correct: np.ndarray | None = None  # (B, max count) bool where answers can be graded
+    state_index: np.ndarray | None = None  # (B, max count) int: see above
 
 
 class EpisodeLedger:

@@ -1,0 +1,98 @@
+"""The best of draws from several arms: its exact expected value, and the allocation of draws that
+maximises it.
+
+Pure numpy. An arm is any source of i.i.d. rewards with a known CDF: the prompt (a fresh state for
+every draw) or one state. With n_i independent draws from arm i and a best reward b already in
+hand, the final best is max(b, M), and on a common sorted support v_1 < ... < v_K
+
+    P(max(b, M) <= v_k) = 1[b <= v_k] prod_i F_i(v_k)^{n_i},
+    E[max(b, M)] = v_K - sum_{k<K} (v_{k+1} - v_k) P(max(b, M) <= v_k)        (b <= v_K).
+
+Each term is concave in the counts (an exponential of a linear form, subtracted), so draws are
+allocated greedily, one at a time to the arm that adds most, then improved by moving single draws
+between arms until no move helps (on small cases the result equals the brute-force optimum; the
+tests check it). These are the ceilings of ``pipeline.offline.ceilings``: what an allocation that
+knew every distribution would reach.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def common_support(pools: list) -> tuple[np.ndarray, np.ndarray]:
+    """(v, F): the sorted distinct values of all pools, and each pool's empirical CDF there (arms, K)."""
+    values = np.unique(np.concatenate([np.asarray(p, dtype=float) for p in pools]))
+    cdfs = np.stack([np.searchsorted(np.sort(np.asarray(p, dtype=float)), values, side="right") / len(p) for p in pools])
+    return values, cdfs
+
+
+def expected_best(values: np.ndarray, cdfs: np.ndarray, counts, best: float = -np.inf) -> float:
+    """E[max(best, max of counts[i] draws from arm i)] for arms with CDFs ``cdfs`` (arms, K) on ``values``."""
+    values, cdfs = _with_best(values, cdfs, best)
+    return _expected_best(values, _log_cdf_of_max(cdfs, np.asarray(counts, dtype=float)), best)
+
+
+def allocate_draws(values: np.ndarray, cdfs: np.ndarray, total: int, best: float = -np.inf) -> np.ndarray:
+    """Counts per arm (summing to ``total``) that maximise ``expected_best``: greedy, then single moves."""
+    values, cdfs = _with_best(values, cdfs, best)
+    arms = cdfs.shape[0]
+    with np.errstate(divide="ignore"):
+        log_f = np.log(cdfs)
+    counts = np.zeros(arms, dtype=np.int64)
+    log_p = np.zeros(len(values))
+    below_best = values < best  # where max(b, M) <= v is impossible
+    gaps = np.diff(values)
+    for _ in range(int(total)):
+        p = np.where(below_best, 0.0, np.exp(log_p))[:-1]
+        # adding a draw to arm i lowers P(max <= v_k) by P_k (1 - F_i(v_k)): the gain
+        gains = (gaps * p) @ (1.0 - cdfs[:, :-1]).T
+        arm = int(np.argmax(gains))
+        counts[arm] += 1
+        log_p = log_p + log_f[arm]
+    return _improve_by_moves(values, cdfs, counts, best)
+
+
+def _improve_by_moves(values, cdfs, counts, best):
+    current = expected_best(values, cdfs, counts, best)
+    arms = len(counts)
+    while True:
+        best_move, best_value = None, current
+        for giver in np.nonzero(counts)[0]:
+            for taker in range(arms):
+                if taker == giver:
+                    continue
+                trial = counts.copy()
+                trial[giver] -= 1
+                trial[taker] += 1
+                value = expected_best(values, cdfs, trial, best)
+                if value > best_value + 1e-12 * max(1.0, abs(best_value)):
+                    best_move, best_value = trial, value
+        if best_move is None:
+            return counts
+        counts, current = best_move, best_value
+
+
+def _with_best(values: np.ndarray, cdfs: np.ndarray, best: float):
+    """The support with ``best`` in it (the final best can be exactly b), each CDF constant up to it."""
+    if not np.isfinite(best) or best > values[-1] or np.isin(best, values):
+        return values, cdfs
+    at = int(np.searchsorted(values, best))
+    below = cdfs[:, at - 1:at] if at > 0 else np.zeros((cdfs.shape[0], 1))
+    return np.insert(values, at, best), np.concatenate([cdfs[:, :at], below, cdfs[:, at:]], axis=1)
+
+
+def _log_cdf_of_max(cdfs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    used = counts > 0
+    if not used.any():
+        return np.zeros(cdfs.shape[1])
+    with np.errstate(divide="ignore"):
+        return counts[used] @ np.log(cdfs[used])
+
+
+def _expected_best(values: np.ndarray, log_p: np.ndarray, best: float) -> float:
+    p = np.where(values < best, 0.0, np.exp(log_p))
+    top = max(float(values[-1]), best)
+    if best > values[-1]:
+        return float(best)
+    return float(top - np.dot(np.diff(values), p[:-1]))

@@ -1,0 +1,81 @@
+"""Reward banks: Parquet and JSONL both ways without loss, readable by other tools, and states that
+share a prefix read as one state whose root rollouts know it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.offline.bank import read_bank, read_bank_rows, write_bank
+from pipeline.offline.episodes import BankPrompt, BankSource
+from pipeline.search.protocol import ROOT, Request
+
+ROWS = [
+    {"prompt_id": "p0", "states": [[-1.5, 0.25, 3.0], [0.5]], "correct": [[False, True, True], [False]],
+     "state_texts": ["12-3=9;", "12-3=8;"], "meta": {"state_tokens": 8}},
+    {"prompt_id": "p1", "states": [[0.1, 0.2], [0.30000000000000004, 0.7], [1e-9]]},  # not float32: kept as float64
+]
+
+
+def test_a_bank_goes_to_parquet_and_back_without_changing_a_reward(tmp_path):
+    jsonl, parquet, back = tmp_path / "b.jsonl", tmp_path / "b.parquet", tmp_path / "back.jsonl"
+    write_bank(jsonl, ROWS)
+    assert main(["convert-bank", str(jsonl), str(parquet)]) == 0
+    assert main(["convert-bank", str(parquet), str(back)]) == 0
+    assert back.read_text() == jsonl.read_text()  # byte for byte
+    assert read_bank_rows(parquet) == ROWS
+
+
+def test_float32_rewards_are_stored_as_float32(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [{"prompt_id": "p", "states": [[-1.532867431640625, 0.5], [2.0]]}]  # a float32 reward model's scores
+    write_bank(tmp_path / "b.parquet", rows)
+    assert str(pq.read_schema(tmp_path / "b.parquet").field("rewards").type) == "list<element: float>"
+    assert read_bank_rows(tmp_path / "b.parquet") == rows
+
+
+def test_a_parquet_bank_loads_with_pyarrow_and_with_datasets(tmp_path):
+    pa_dataset = pytest.importorskip("pyarrow.dataset")
+    datasets = pytest.importorskip("datasets")
+    write_bank(tmp_path / "b.parquet", ROWS)
+    table = pa_dataset.dataset(tmp_path / "b.parquet").to_table()
+    assert table.num_rows == 5 and table.column("prompt_id").to_pylist() == ["p0", "p0", "p1", "p1", "p1"]
+    loaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "b.parquet"), split="train")
+    assert loaded[1]["rewards"] == [0.5] and loaded[0]["state_text"] == "12-3=9;" and loaded[2]["correct"] is None
+
+
+def test_a_folder_of_shards_is_one_bank(tmp_path):
+    folder = tmp_path / "bank"
+    write_bank(folder / "part-00000.parquet", ROWS[:1])
+    write_bank(folder / "part-00001.parquet", ROWS[1:])
+    assert [p.prompt_id for p in read_bank(folder)] == ["p0", "p1"]
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"prompt_id": "p", "states": [[1.0], [2.0]], "state_texts": ["a"]}, "one prefix string per state"),
+    ({"prompt_id": "p", "states": [[1.0]], "state_texts": [3]}, "one prefix string per state"),
+])
+def test_bad_state_texts_are_refused_naming_the_prompt(tmp_path, row, match):
+    path = tmp_path / "b.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=match):
+        read_bank(path)
+
+
+def test_states_with_one_prefix_are_one_state_and_root_rollouts_say_which():
+    # slots 0 and 2 share a prefix: one state of weight 1/2 holding both pools
+    bank = BankPrompt("p", [[0.0] * 4, [1.0] * 4, [0.0] * 4, [2.0] * 4], state_texts=["a", "b", "a", "c"])
+    source = BankSource(bank, 3000, np.random.default_rng(0))
+    first = source.draw(Request.uniform(ROOT, 4, 3000))
+    second = source.draw(Request.uniform(ROOT, 3, 3000))
+    index = np.concatenate([first.state_index, second.state_index], axis=1)
+    rewards = np.concatenate([first.rewards, second.rewards], axis=1)
+    for b in range(50):
+        for k in range(7):
+            same = [j for j in range(7) if rewards[b, j] == rewards[b, k]]  # rewards name the state here
+            assert index[b, k] == min(same)  # the first root rollout through its state
+    # the merged state is drawn half the time; a state continued by its index draws from its pool
+    assert np.mean(rewards == 0.0) == pytest.approx(0.5, abs=0.01)  # 21000 draws: sd 0.0035
+    continued = source.draw(Request.per_episode(index[:, 0], 5))
+    assert (continued.rewards == rewards[:, :1]).all()

@@ -1,0 +1,81 @@
+"""The best of draws from several arms and the two ceilings, against brute-force enumeration."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pipeline.offline.ceilings import PromptArms
+from pipeline.offline.episodes import BankPrompt
+from pipeline.stats.arms import allocate_draws, common_support, expected_best
+
+
+def enumerated_best(pools, counts, best=-np.inf) -> float:
+    """E[max(best, draws)] by listing every equally likely outcome of the draws (independent of the CDF formula)."""
+    lists = [list(p) for p, n in zip(pools, counts) for _ in range(n)]
+    if not lists:
+        return best
+    outcomes = list(itertools.product(*lists))
+    return float(np.mean([max(max(o), best) for o in outcomes]))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_allocation_is_the_brute_force_optimum_and_its_value_exact(seed):
+    rng = np.random.default_rng(seed)
+    pools = [np.round(rng.normal(size=rng.integers(1, 4)), 1) for _ in range(rng.integers(1, 4))]
+    total = int(rng.integers(1, 5))
+    best = float(rng.choice([-np.inf, np.round(rng.normal(), 2)]))
+    values, cdfs = common_support(pools)
+    every = [c for c in itertools.product(range(total + 1), repeat=len(pools)) if sum(c) == total]
+    optimum = max(enumerated_best(pools, c, best) for c in every)
+    counts = allocate_draws(values, cdfs, total, best)
+    assert counts.sum() == total
+    assert expected_best(values, cdfs, counts, best) == pytest.approx(enumerated_best(pools, counts, best), abs=1e-12)
+    assert enumerated_best(pools, counts, best) == pytest.approx(optimum, abs=1e-12)
+
+
+def brute_clairvoyant(states, weights, budget) -> float:
+    """The best allocation of ``budget`` draws among the prompt (a state by weight, then a reward) and
+    each state, every allocation and every outcome enumerated (weights as whole-number multiplicities)."""
+    size = int(np.lcm.reduce([len(s) for s in states]))
+    # reward r of state i repeated in proportion to w_i / |pool_i|: one uniform pick is one prompt draw
+    prompt_pool = [r for w, s in zip(weights, states) for r in s for _ in range(int(round(4 * w * size / len(s))))]
+    arms = [prompt_pool] + [list(s) for s in states]
+    every = [c for c in itertools.product(range(budget + 1), repeat=len(arms)) if sum(c) == budget]
+    return max(enumerated_best(arms, c) for c in every)
+
+
+def test_the_clairvoyant_ceiling_is_the_best_allocation_over_the_prompt_and_its_merged_states():
+    # four sampled states, two with the same prefix: merged, that state weighs 1/2 and pools both lists
+    bank = BankPrompt("p", [[0.1, 0.9], [0.5, 0.6], [0.2, 0.3], [0.0, 1.0]], state_texts=["a", "b", "c", "a"])
+    assert bank.num_states == 3 and bank.state_weights.tolist() == [0.5, 0.25, 0.25]
+    merged = [list(s) for s in bank.state_rewards]
+    assert sorted(merged[0]) == [0.0, 0.1, 0.9, 1.0]
+    for budget in (1, 2, 3):
+        assert PromptArms(bank).clairvoyant(budget) == pytest.approx(
+            brute_clairvoyant(merged, bank.state_weights, budget), abs=1e-12)
+
+
+def test_paid_discovery_sits_between_best_of_n_and_the_clairvoyant_ceiling():
+    rng = np.random.default_rng(0)
+    states = [rng.normal(mu, 1.0, 64) for mu in (0.0, 0.0, 1.5, -1.0)]
+    bank = BankPrompt("p", states)
+    arms = PromptArms(bank)
+    for budget in (8, 32):
+        bon = float(bank.bon_value(budget))
+        paid = arms.paid_discovery(budget, np.random.default_rng(1), draws=200)
+        assert bon - 0.02 < paid < arms.clairvoyant(budget)  # 0.02: Monte Carlo error of 200 discoveries
+
+
+def test_the_prompt_weights_of_a_bank_follow_its_states_by_weight_then_reward():
+    """BoN's exact value on a bank whose states differ in size and share prefixes equals enumeration of
+    (state by weight, then a reward of its pool)."""
+    states, texts = [[0.0, 1.0, 0.4], [0.7], [0.2, 0.9], [0.5]], ["x", "y", "z", "x"]
+    bank = BankPrompt("p", states, state_texts=texts)
+    pools = {"x": [0.0, 1.0, 0.4, 0.5], "y": [0.7], "z": [0.2, 0.9]}
+    draw = [(0.5, pools["x"]), (0.25, pools["y"]), (0.25, pools["z"])]
+    outcomes = [(w / len(pool), r) for w, pool in draw for r in pool]  # one draw: its probability and reward
+    for n in (1, 2, 3):
+        exact = sum(np.prod([p for p, _ in combo]) * max(r for _, r in combo)
+                    for combo in itertools.product(outcomes, repeat=n))
+        assert float(bank.bon_value(n)) == pytest.approx(exact, abs=1e-12)
