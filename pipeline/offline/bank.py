@@ -143,6 +143,10 @@ def _parse_row(row, where: str) -> BankPrompt:
     if state_texts is not None and (not isinstance(state_texts, list) or len(state_texts) != len(states)
                                     or not all(isinstance(t, str) for t in state_texts)):
         raise ConfigError(f"{where}: 'state_texts' must hold one prefix string per state")
+    state_scores = row.get("state_scores")
+    if state_scores is not None and (not isinstance(state_scores, list) or len(state_scores) != len(states)
+                                     or first_bad_reward(state_scores) is not None):
+        raise ConfigError(f"{where}: 'state_scores' must hold one finite prefix score per state")
     correct = row.get("correct")
     if correct is not None:
         shapes_match = isinstance(correct, list) and len(correct) == len(states) and all(
@@ -151,7 +155,7 @@ def _parse_row(row, where: str) -> BankPrompt:
             raise ConfigError(f"{where}: 'correct' must have the same shape as 'states'")
         if not all(isinstance(x, bool) for c in correct for x in c):
             raise ConfigError(f"{where}: 'correct' must hold only true/false")
-    return BankPrompt(prompt_id, states, correct, state_texts)
+    return BankPrompt(prompt_id, states, correct, state_texts, state_scores)
 
 
 def write_bank(target, rows: list[dict]) -> None:

@@ -44,19 +44,24 @@ class RolloutSource:
         if not uniform:
             rewards = np.where(wanted, rewards, np.nan)
         from_root = root_rows[:, None] & wanted
-        state_index = None
+        state_index = state_score = None
         if root_rows.any():
             before = (~np.isnan(self._root_latents)).sum(axis=1)  # root rollouts each episode had so far
             state_index = self._state_index(latents, before[:, None] + np.arange(width)[None, :], from_root)
+            state_score = self._state_score(latents, from_root)
             self._root_latents = np.concatenate([self._root_latents, np.where(from_root, latents, np.nan)], axis=1)
             self._compact_root_latents(request)
         return Rollouts(rewards, can_branch=from_root, correct=None if correct is None else correct & wanted,
-                        state_index=state_index)
+                        state_index=state_index, state_score=state_score)
 
     def _state_index(self, latents: np.ndarray, root_index: np.ndarray, from_root: np.ndarray) -> np.ndarray:
         """``Rollouts.state_index`` of new root rollouts: each its own state (a world's states are
         continuous: two root rollouts never share one); a bank source knows better."""
         return np.where(from_root, root_index, -1)
+
+    def _state_score(self, latents: np.ndarray, from_root: np.ndarray) -> np.ndarray | None:
+        """``Rollouts.state_score`` of new root rollouts; None where the source has no prefix scores."""
+        return None
 
     def _compact_root_latents(self, request: Request) -> None:
         # Root rollouts are numbered per episode in the order they came: keep each episode's
@@ -128,12 +133,15 @@ class BankPrompt:
     sampling.
     """
 
-    def __init__(self, prompt_id: str, states: list, correct: list | None = None, state_texts: list | None = None):
+    def __init__(self, prompt_id: str, states: list, correct: list | None = None, state_texts: list | None = None,
+                 state_scores: list | None = None):
         self.prompt_id = prompt_id
         groups: dict = {}
         for slot, text in enumerate(state_texts if state_texts is not None else range(len(states))):
             groups.setdefault(text, []).append(slot)
         slots = list(groups.values())
+        # the reward model's score of each state's prefix alone (a state's slots share a prefix, so a score)
+        self.state_scores = None if state_scores is None else np.array([state_scores[group[0]] for group in slots], float)
         self.state_rewards = [np.concatenate([np.asarray(states[i], dtype=float) for i in group]) for group in slots]
         self.state_weights = np.array([len(group) / len(states) for group in slots])
         self.lengths = np.array([len(s) for s in self.state_rewards])
@@ -193,6 +201,11 @@ class BankSource(RolloutSource):
         index = self.prompt.offsets[state] + (self.rng.random(state.shape) * self.prompt.lengths[state]).astype(np.int64)
         correct = None if self.prompt.correct is None else self.prompt.correct[index]
         return self.prompt.rewards[index], correct
+
+    def _state_score(self, latents, from_root):
+        if self.prompt.state_scores is None:
+            return None
+        return np.where(from_root, self.prompt.state_scores[np.where(from_root, latents, 0).astype(np.int64)], np.nan)
 
     def _state_value(self, latents, n):
         return self.prompt.state_values(n)[latents.astype(np.int64)]

@@ -6,6 +6,7 @@ Columns (docs/formats.md, "Reward bank"):
 - ``state_text`` (string, null where unknown): the state's prefix; equal prefixes are one state,
 - ``rewards`` (list of float32, or float64 where a reward is not exactly a float32),
 - ``correct`` (list of bool, null where rollouts are not graded),
+- ``state_score`` (float64, null where unknown): the reward model's score of the prefix alone,
 - ``meta`` (string: the prompt's JSON meta, null where none).
 
 Rows of one prompt are consecutive, in state order. A bank is one ``.parquet`` file or a folder of
@@ -61,7 +62,7 @@ def read_parquet_rows(path) -> list[dict]:
                 row = by_id[prompt_id] = {"prompt_id": prompt_id, "states": []}
                 rows.append(row)
             row["states"].append(columns["rewards"][i])
-            for column, key in (("correct", "correct"), ("state_text", "state_texts")):
+            for column, key in (("correct", "correct"), ("state_text", "state_texts"), ("state_score", "state_scores")):
                 value = columns.get(column, [None] * (i + 1))[i]
                 if value is not None:
                     row.setdefault(key, []).append(value)
@@ -79,17 +80,19 @@ def write_parquet_bank(path, rows: list[dict]) -> None:
     exact32 = bool(flat) and all(np.array_equal(np.asarray(r, dtype=np.float32).astype(float), np.asarray(r, dtype=float))
                                  for r in flat)
     reward_type = pa.list_(pa.float32() if exact32 else pa.float64())
-    columns: dict[str, list] = {"prompt_id": [], "state": [], "state_text": [], "rewards": [], "correct": [], "meta": []}
+    columns: dict[str, list] = {"prompt_id": [], "state": [], "state_text": [], "state_score": [], "rewards": [],
+                                "correct": [], "meta": []}
     for row in rows:
         for k, rewards in enumerate(row["states"]):
             columns["prompt_id"].append(str(row["prompt_id"]))
             columns["state"].append(k)
             columns["state_text"].append(row["state_texts"][k] if row.get("state_texts") is not None else None)
+            columns["state_score"].append(float(row["state_scores"][k]) if row.get("state_scores") is not None else None)
             columns["rewards"].append([float(x) for x in rewards])
             columns["correct"].append(row["correct"][k] if row.get("correct") is not None else None)
             columns["meta"].append(json.dumps(row["meta"]) if k == 0 and row.get("meta") is not None else None)
     schema = pa.schema([("prompt_id", pa.string()), ("state", pa.int32()), ("state_text", pa.string()),
-                        ("rewards", reward_type), ("correct", pa.list_(pa.bool_())), ("meta", pa.string())],
+                        ("state_score", pa.float64()), ("rewards", reward_type), ("correct", pa.list_(pa.bool_())), ("meta", pa.string())],
                        metadata={METADATA_KEY: json.dumps({"format_version": FORMAT_VERSION}).encode()})
     table = pa.table(columns, schema=schema)
     path = Path(path)

@@ -53,6 +53,7 @@ class Rollouts:
     can_branch: np.ndarray   # (B, max count) bool: long enough (>= T tokens) to become a state
     correct: np.ndarray | None = None  # (B, max count) bool where answers can be graded
     state_index: np.ndarray | None = None  # (B, max count) int: see above
+    state_score: np.ndarray | None = None  # (B, max count) float: the reward model's score of the prefix alone, NaN if none
 
 
 class EpisodeLedger:
