@@ -26,16 +26,19 @@ from pipeline.outputs.destinations import Destination, local_path, write_text
 
 
 def read_bank(path) -> list[BankPrompt]:
-    """Read and validate a bank (JSONL, or Parquet: a ``.parquet`` file or a folder of them);
-    ``ConfigError`` naming the line (or row) and prompt of the first problem."""
-    return [_parse_row(row, where) for where, row in _bank_rows(path)]
+    """Read and validate a whole bank (JSONL, or Parquet: a ``.parquet`` file or a folder of them);
+    ``ConfigError`` naming the line (or row) and prompt of the first problem. ``slg replay`` reads
+    banks a few prompts at a time instead (``pipeline.offline.bank_reader``)."""
+    from pipeline.offline.bank_reader import StreamedBank  # it validates with parse_row, from here
+
+    return [prompt for _, chunk in StreamedBank(path).chunks() for prompt in chunk]
 
 
 def read_bank_rows(path) -> list[dict]:
     """The rows of a bank (the JSONL format's dicts), each validated: what converting a bank writes."""
     rows = list(_bank_rows(path))
     for where, row in rows:
-        _parse_row(row, where)
+        parse_row(row, where)
     return [row for _, row in rows]
 
 
@@ -126,7 +129,8 @@ def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
     return ids, rows
 
 
-def _parse_row(row, where: str) -> BankPrompt:
+def parse_row(row, where: str) -> BankPrompt:
+    """A bank line (or a Parquet bank's prompt as such a line) validated and read; ``ConfigError`` naming ``where``."""
     if not isinstance(row, dict) or "prompt_id" not in row or "states" not in row:
         raise ConfigError(f"{where}: each line needs 'prompt_id' and 'states'")
     prompt_id = str(row["prompt_id"])
@@ -155,6 +159,10 @@ def _parse_row(row, where: str) -> BankPrompt:
             raise ConfigError(f"{where}: 'correct' must have the same shape as 'states'")
         if not all(isinstance(x, bool) for c in correct for x in c):
             raise ConfigError(f"{where}: 'correct' must hold only true/false")
+    responses = row.get("responses")  # texts beside the numbers (a Parquet bank collected with texts)
+    if responses is not None and not (isinstance(responses, list) and len(responses) == len(states) and all(
+            isinstance(r, list) and len(r) == len(s) for r, s in zip(responses, states))):
+        raise ConfigError(f"{where}: 'responses' must have the same shape as 'states'")
     return BankPrompt(prompt_id, states, correct, state_texts, state_scores)
 
 

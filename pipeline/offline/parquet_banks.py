@@ -4,55 +4,76 @@ Columns (docs/formats.md, "Reward bank"):
 
 - ``prompt_id`` (string), ``state`` (int32: the state's place in its prompt's list),
 - ``state_text`` (string, null where unknown): the state's prefix; equal prefixes are one state,
+- ``state_score`` (float64, null where unknown): the reward model's score of the prefix alone,
 - ``rewards`` (list of float32, or float64 where a reward is not exactly a float32),
 - ``correct`` (list of bool, null where rollouts are not graded),
-- ``state_score`` (float64, null where unknown): the reward model's score of the prefix alone,
-- ``meta`` (string: the prompt's JSON meta, null where none).
+- ``meta`` (string: the prompt's JSON meta, null where none),
+- ``responses`` (list of string, only in banks written with texts): each rollout's whole response.
 
-Rows of one prompt are consecutive, in state order. A bank is one ``.parquet`` file or a folder of
-them (shards, read in name order). The file's schema metadata ``slg.bank`` says the format version.
-Rewards are written as float32 when every reward of the bank survives the round trip exactly (the
-reward models' own precision), else as float64: converting a bank never changes a reward.
-pyarrow is imported here only.
+Rows of one prompt are consecutive, in state order, within one file. A bank is one ``.parquet`` file
+or a folder of them (shards, read in name order; names starting with ``.`` or ``_`` are not
+shards). The schema metadata ``slg.bank`` is a JSON object: the format version, and for banks that
+``slg collect`` wrote, the config, models and seed they came from and the prompts of the shard.
+Rewards are written as float32 when every reward of the file survives the round trip exactly (the
+reward models' own precision), else as float64: converting a bank never changes a reward. Row
+groups hold about ``ROW_GROUP_REWARDS`` rewards, so that a reader can take a few prompts at a
+time. pyarrow is imported here only.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.offline.episodes import BankPrompt
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"slg.bank"
+ROW_GROUP_REWARDS = 1 << 18
+OPTIONAL_COLUMNS = ("state_text", "state_score", "correct")  # what a replay reads beside prompt_id and rewards
 
 
 def is_parquet_bank(path) -> bool:
     """A ``.parquet`` file, or a folder holding some (a sharded bank)."""
     path = Path(path)
-    return path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet")))
+    return path.suffix == ".parquet" or (path.is_dir() and bool(shard_files(path)))
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The Parquet files of a folder in name order, leaving out hidden ones (temporary files of a writer)."""
+    return sorted(f for f in Path(folder).glob("*.parquet") if not f.name.startswith((".", "_")))
+
+
+def parquet_files(path) -> list[Path]:
+    """The files of a Parquet bank; ``ConfigError`` when there are none."""
+    path = Path(path)
+    files = shard_files(path) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise ConfigError(f"bank {str(path)!r} does not exist or holds no Parquet file")
+    return files
+
+
+def read_bank_metadata(file) -> dict:
+    """The ``slg.bank`` schema metadata of one file ({} where there is none)."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(file).metadata or {}
+    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
 
 
 def read_parquet_rows(path) -> list[dict]:
     """The bank's prompts as rows of the JSONL format (``prompt_id``, ``states`` and what else they hold)."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
-        raise ConfigError(f"bank {str(path)!r} does not exist or holds no Parquet file")
     rows: list[dict] = []
     by_id: dict[str, dict] = {}
-    for file in files:
-        try:
-            table = pq.read_table(file)
-        except Exception as error:  # pyarrow raises several kinds for a file that is not Parquet
-            raise ConfigError(f"cannot read bank {str(file)!r} as Parquet: {str(error).splitlines()[0]}") from None
-        missing = {"prompt_id", "rewards"} - set(table.column_names)
-        if missing:
-            raise ConfigError(f"bank {str(file)!r} lacks the column(s) {sorted(missing)}")
+    for file in parquet_files(path):
+        parquet = _open(file)
+        _columns(parquet, file)
+        table = parquet.read()
         columns = {name: table.column(name).to_pylist() for name in table.column_names}
         for i, prompt_id in enumerate(columns["prompt_id"]):
             row = by_id.get(prompt_id)
@@ -62,7 +83,8 @@ def read_parquet_rows(path) -> list[dict]:
                 row = by_id[prompt_id] = {"prompt_id": prompt_id, "states": []}
                 rows.append(row)
             row["states"].append(columns["rewards"][i])
-            for column, key in (("correct", "correct"), ("state_text", "state_texts"), ("state_score", "state_scores")):
+            for column, key in (("correct", "correct"), ("state_text", "state_texts"), ("state_score", "state_scores"),
+                                ("responses", "responses")):
                 value = columns.get(column, [None] * (i + 1))[i]
                 if value is not None:
                     row.setdefault(key, []).append(value)
@@ -71,32 +93,161 @@ def read_parquet_rows(path) -> list[dict]:
     return rows
 
 
-def write_parquet_bank(path, rows: list[dict]) -> None:
-    """Bank rows (the JSONL format's) as one Parquet file, written whole through a temporary name."""
+def write_parquet_bank(path, rows: list[dict], metadata: dict | None = None) -> None:
+    """Bank rows (the JSONL format's) as one Parquet file, written whole through a temporary name;
+    ``metadata`` joins the format version in the schema metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     flat = [r for row in rows for r in row["states"]]
     exact32 = bool(flat) and all(np.array_equal(np.asarray(r, dtype=np.float32).astype(float), np.asarray(r, dtype=float))
                                  for r in flat)
-    reward_type = pa.list_(pa.float32() if exact32 else pa.float64())
-    columns: dict[str, list] = {"prompt_id": [], "state": [], "state_text": [], "state_score": [], "rewards": [],
-                                "correct": [], "meta": []}
+    fields = [("prompt_id", pa.string()), ("state", pa.int32()), ("state_text", pa.string()), ("state_score", pa.float64()),
+              ("rewards", pa.list_(pa.float32() if exact32 else pa.float64())), ("correct", pa.list_(pa.bool_())),
+              ("meta", pa.string())]
+    with_texts = any(row.get("responses") is not None for row in rows)
+    if with_texts:
+        fields.append(("responses", pa.list_(pa.string())))
+    columns: dict[str, list] = {name: [] for name, _ in fields}
     for row in rows:
         for k, rewards in enumerate(row["states"]):
             columns["prompt_id"].append(str(row["prompt_id"]))
             columns["state"].append(k)
             columns["state_text"].append(row["state_texts"][k] if row.get("state_texts") is not None else None)
             columns["state_score"].append(float(row["state_scores"][k]) if row.get("state_scores") is not None else None)
-            columns["rewards"].append([float(x) for x in rewards])
+            columns["rewards"].append(np.asarray(rewards, dtype=np.float32 if exact32 else np.float64))
             columns["correct"].append(row["correct"][k] if row.get("correct") is not None else None)
             columns["meta"].append(json.dumps(row["meta"]) if k == 0 and row.get("meta") is not None else None)
-    schema = pa.schema([("prompt_id", pa.string()), ("state", pa.int32()), ("state_text", pa.string()),
-                        ("state_score", pa.float64()), ("rewards", reward_type), ("correct", pa.list_(pa.bool_())), ("meta", pa.string())],
-                       metadata={METADATA_KEY: json.dumps({"format_version": FORMAT_VERSION}).encode()})
+            if with_texts:
+                columns["responses"].append(row["responses"][k] if row.get("responses") is not None else None)
+    schema = pa.schema(fields, metadata={METADATA_KEY: json.dumps({"format_version": FORMAT_VERSION, **(metadata or {})}).encode()})
     table = pa.table(columns, schema=schema)
+    per_row = sum(len(r) for r in flat) // max(1, len(flat))  # rewards in a row, on average
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary, compression="zstd")
+    pq.write_table(table, temporary, compression="zstd", row_group_size=max(1, ROW_GROUP_REWARDS // max(1, per_row)))
     temporary.replace(path)
+
+
+class PromptBlock:
+    """The rows of one prompt in a Parquet file (a zero-copy slice of what was read); ``prompt``
+    validates them as ``pipeline.offline.bank.parse_row`` validates a JSONL line, and builds the prompt."""
+
+    def __init__(self, table, prompt_id: str, first_row: int, stop_row: int):
+        self.table, self.prompt_id, self.first_row, self.stop_row = table, prompt_id, first_row, stop_row
+
+    def prompt(self, where: str) -> BankPrompt:
+        where = f"{where} (prompt {self.prompt_id!r})"
+        states = self._rewards(where)
+        texts = self._optional("state_text", where, "'state_texts' must hold one prefix string per state")
+        scores = self._optional("state_score", where, "'state_scores' must hold one finite prefix score per state")
+        if scores is not None and not np.isfinite(np.asarray(scores, dtype=float)).all():
+            raise ConfigError(f"{where}: 'state_scores' must hold one finite prefix score per state")
+        correct = None
+        if "correct" in self.table.column_names and self.table.column("correct").null_count < len(self.table):
+            column = self.table.column("correct").combine_chunks()
+            lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+            if column.null_count or not np.array_equal(lengths, [len(s) for s in states]):
+                raise ConfigError(f"{where}: 'correct' must have the same shape as 'states'")
+            flat = column.flatten()
+            if flat.null_count:
+                raise ConfigError(f"{where}: 'correct' must hold only true/false")
+            values = flat.to_numpy(zero_copy_only=False).astype(bool)
+            correct = np.split(values, np.cumsum(lengths)[:-1])
+        return BankPrompt(self.prompt_id, states, correct, texts, scores)
+
+    def _rewards(self, where: str) -> list[np.ndarray]:
+        import pyarrow as pa
+
+        column = self.table.column("rewards").combine_chunks()
+        if not pa.types.is_list(column.type) or not (pa.types.is_floating(column.type.value_type)
+                                                     or pa.types.is_integer(column.type.value_type)):
+            raise ConfigError(f"{where}: 'rewards' must be lists of numbers, got {column.type}")
+        lengths = column.value_lengths().to_numpy(zero_copy_only=False)  # NaN where a list is null
+        empty = np.flatnonzero(~(lengths > 0))
+        if empty.size:
+            raise ConfigError(f"{where}: state {int(empty[0])} has an empty or malformed reward list")
+        lengths = lengths.astype(np.int64)
+        flat = column.flatten()
+        values = flat.to_numpy(zero_copy_only=False).astype(float)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            position = int(bad[0])
+            state = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
+            value = None if flat[position].as_py() is None else float(values[position])
+            raise ConfigError(f"{where}: state {state} reward {position - int(lengths[:state].sum())} is {value!r}, "
+                              "not a finite number")
+        return np.split(values, np.cumsum(lengths)[:-1])
+
+    def _optional(self, name: str, where: str, message: str) -> list | None:
+        """A per-state column: None where it is null for every state, else a value for each."""
+        if name not in self.table.column_names:
+            return None
+        column = self.table.column(name)
+        if column.null_count == len(self.table):
+            return None
+        if column.null_count:
+            raise ConfigError(f"{where}: {message}")
+        return column.to_pylist()
+
+
+def prompt_blocks(file: Path, bank: Path) -> Iterator[PromptBlock]:
+    """Every prompt of one file, reading a row group at a time (a prompt may run over several)."""
+    parquet = _open(file)
+    columns = _columns(parquet, file)
+    carry, row = None, 0
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group, columns=columns)
+        if carry is not None:
+            import pyarrow as pa
+
+            table = pa.concat_tables([carry.table, table])
+            row = carry.first_row
+        blocks = _split(table, row, bank)
+        row += len(table)
+        carry = blocks.pop() if blocks else None
+        yield from blocks
+    if carry is not None:
+        yield carry
+
+
+def read_row_range(file: Path, bank: Path, start: int, stop: int) -> list[PromptBlock]:
+    """The prompts of rows [start, stop) of one file (whole prompts), reading only the row groups that hold them."""
+    import pyarrow as pa
+
+    parquet = _open(file)
+    bounds = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+    groups = [g for g in range(parquet.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
+    table = pa.concat_tables([parquet.read_row_group(g, columns=_columns(parquet, file)) for g in groups])
+    return _split(table.slice(start - int(bounds[groups[0]]), stop - start), start, bank)
+
+
+def _split(table, first_row: int, bank: Path) -> list[PromptBlock]:
+    """The rows of ``table`` (row ``first_row`` of its file onwards) cut into runs of one prompt id."""
+    ids = table.column("prompt_id").to_pylist()
+    blocks, start = [], 0
+    for index in range(1, len(ids) + 1):
+        if index == len(ids) or ids[index] != ids[start]:
+            if ids[start] is None:
+                raise ConfigError(f"bank {str(bank)!r}: row {first_row + start} has no prompt_id")
+            blocks.append(PromptBlock(table.slice(start, index - start), str(ids[start]), first_row + start, first_row + index))
+            start = index
+    return blocks
+
+
+def _open(file: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(file)
+    except Exception as error:  # pyarrow raises several kinds for a file that is not Parquet
+        raise ConfigError(f"cannot read bank {str(file)!r} as Parquet: {str(error).splitlines()[0]}") from None
+
+
+def _columns(parquet, file: Path) -> list[str]:
+    names = parquet.schema_arrow.names
+    missing = {"prompt_id", "rewards"} - set(names)
+    if missing:
+        raise ConfigError(f"bank {str(file)!r} lacks the column(s) {sorted(missing)}")
+    return ["prompt_id", "rewards", *(name for name in OPTIONAL_COLUMNS if name in names)]

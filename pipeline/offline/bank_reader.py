@@ -1,0 +1,165 @@
+"""A reward bank read a few prompts at a time: an index of where each prompt lies, chunks read on demand.
+
+``slg replay`` never holds a whole bank in one process. Opening a bank (:class:`StreamedBank`) reads
+it once, prompt by prompt, validating each as ``pipeline.offline.bank`` does (``ConfigError`` naming
+the prompt, before any episode is played), and keeps only where each prompt lies (a Parquet file and
+its rows, or a JSONL file and its bytes) and what the checks of a replay need (the smallest state
+pool, the largest reward). :meth:`StreamedBank.chunks` then reads runs of consecutive prompts, a few
+MB at a time (only the row groups that hold them). A bank already in memory (``list[BankPrompt]``,
+:class:`MemoryBank`) is served in the same chunks, so both are played by the same tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.offline.bank import parse_row
+from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.parquet_banks import is_parquet_bank, parquet_files, prompt_blocks, read_row_range
+
+CHUNK_REWARDS = 1 << 20  # rewards per chunk (8 MB as float64): what one task holds of a bank, at least a prompt
+
+
+@dataclass(frozen=True)
+class SmallestPool:
+    """The smallest state pool of a bank (states merged by prefix): what ``--strict`` checks budgets against."""
+
+    size: int
+    prompt_id: str
+    state: int
+
+
+class BankChunks:
+    """A bank as runs of consecutive prompts: ``chunks()`` yields (index of the first prompt, prompts)."""
+
+    label: str = ""
+    num_prompts: int = 0
+    max_reward: float = -np.inf
+    smallest_pool: SmallestPool | None = None
+
+    def chunks(self, max_rewards: int = CHUNK_REWARDS) -> Iterator[tuple[int, list[BankPrompt]]]:
+        raise NotImplementedError
+
+
+class MemoryBank(BankChunks):
+    """Prompts already read (the ``replay`` library's ``list[BankPrompt]``)."""
+
+    def __init__(self, prompts: list[BankPrompt], label: str = ""):
+        self.prompts, self.label, self.num_prompts = prompts, label, len(prompts)
+        if prompts:
+            self.max_reward = max(float(p.rewards.max()) for p in prompts)
+            self.smallest_pool = min((SmallestPool(int(p.lengths.min()), p.prompt_id, int(p.lengths.argmin()))
+                                      for p in prompts), key=lambda pool: pool.size)
+
+    def chunks(self, max_rewards: int = CHUNK_REWARDS):
+        sizes = [len(p.rewards) for p in self.prompts]
+        for start, stop in _runs(sizes, max_rewards):
+            yield start, self.prompts[start:stop]
+
+
+class StreamedBank(BankChunks):
+    """A bank on disk (JSONL, a ``.parquet`` file or a folder of them), indexed by one validating pass."""
+
+    def __init__(self, path, label: str | None = None):
+        self.path = Path(path)
+        self.label = str(path) if label is None else label
+        self.parquet = is_parquet_bank(self.path)
+        if not self.parquet and not self.path.is_file():
+            raise ConfigError(f"bank {str(self.path)!r} does not exist or is not a file")
+        self.files = parquet_files(self.path) if self.parquet else [self.path]
+        spans: list[tuple[int, int, int, int]] = []  # (file, start, stop, rewards): rows, or bytes of JSONL
+        seen: set[str] = set()
+        for file_index, file in enumerate(self.files):
+            for start, stop, where, prompt in self._scan(file, len(spans)):
+                if prompt.prompt_id in seen:
+                    raise ConfigError(f"bank {str(self.path)!r}: the states of prompt {prompt.prompt_id!r} are not consecutive"
+                                      if self.parquet else f"{where}: duplicate prompt_id {prompt.prompt_id!r}")
+                seen.add(prompt.prompt_id)
+                spans.append((file_index, start, stop, len(prompt.rewards)))
+                self.max_reward = max(self.max_reward, float(prompt.rewards.max()))
+                pool = SmallestPool(int(prompt.lengths.min()), prompt.prompt_id, int(prompt.lengths.argmin()))
+                if self.smallest_pool is None or pool.size < self.smallest_pool.size:
+                    self.smallest_pool = pool
+        if not spans:
+            raise ConfigError(f"bank {str(self.path)!r} holds no prompts")
+        self.spans = np.array(spans, dtype=np.int64)
+        self.num_prompts = len(spans)
+
+    def _scan(self, file: Path, before: int) -> Iterator[tuple[int, int, str, BankPrompt]]:
+        """(start, stop, where, prompt) of every prompt of one file, validated; ``before`` prompts came in earlier files."""
+        if self.parquet:
+            for k, block in enumerate(prompt_blocks(file, self.path)):
+                where = f"bank {self.path.name} prompt {before + k + 1}"
+                yield block.first_row, block.stop_row, where, block.prompt(where)
+            return
+        for start, stop, where, row in _jsonl_lines(file, f"bank {file.name}"):
+            yield start, stop, where, parse_row(row, where)
+
+    def chunks(self, max_rewards: int = CHUNK_REWARDS):
+        for file_index in np.unique(self.spans[:, 0]):
+            indices = np.flatnonzero(self.spans[:, 0] == file_index)
+            file = self.files[int(file_index)]
+            for first, stop in _runs(self.spans[indices, 3].tolist(), max_rewards):
+                rows = self.spans[indices[first:stop]]
+                offset = int(indices[first])
+                yield offset, self._read(file, int(rows[0, 1]), int(rows[-1, 2]), offset)
+
+    def _read(self, file: Path, start: int, stop: int, first_prompt: int) -> list[BankPrompt]:
+        if self.parquet:
+            blocks = read_row_range(file, self.path, start, stop)
+            return [block.prompt(f"bank {self.path.name} prompt {first_prompt + k + 1}") for k, block in enumerate(blocks)]
+        with file.open("rb") as handle:
+            handle.seek(start)
+            text = handle.read(stop - start)
+        lines = text.decode("utf-8").splitlines()
+        return [parse_row(json.loads(line), f"bank {file.name} prompt {first_prompt + k + 1}")
+                for k, line in enumerate(line for line in lines if line.strip())]
+
+
+def as_bank(target, label: str = "") -> BankChunks:
+    """A ``replay`` target that is a bank, as chunks: a list of prompts, or a bank already opened."""
+    return target if isinstance(target, BankChunks) else MemoryBank(list(target), label)
+
+
+def _runs(sizes: list[int], max_total: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) runs of consecutive items whose sizes add up to at most ``max_total`` (at least one item)."""
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and total + size > max_total:
+            yield start, index
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        yield start, len(sizes)
+
+
+def _jsonl_lines(path: Path, label: str) -> Iterator[tuple[int, int, str, object]]:
+    """(first byte, end byte, "LABEL line N", parsed value) of every non-blank line, read a line at a time."""
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise ConfigError(f"cannot read bank {str(path)!r}: {error.strerror or error}") from None
+    with handle:
+        offset = 0
+        for number, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ConfigError(f"cannot read bank {str(path)!r}: not UTF-8 text ({error.reason} at byte "
+                                  f"{start + error.start}; compressed? decompress it first)") from None
+            if not line.strip():
+                continue
+            if not raw.endswith(b"\n"):
+                offset = start + len(raw)
+            where = f"{label} line {number}"
+            try:
+                yield start, offset, where, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
