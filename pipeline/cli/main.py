@@ -1,14 +1,16 @@
 """``slg``: the parser assembled from the command groups, and the exit codes.
 
 Exit codes: 0 success; 2 bad input or configuration (``ConfigError``), with a one-line message
-naming the bad value and no traceback; 1 anything else, also in one line, with the traceback in
-the log file the line names.
+naming the bad value and no traceback; 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM), each
+with one line, what finished kept; 1 anything else, also in one line, with the traceback in the
+log file the line names.
 """
 
 from __future__ import annotations
 
 import sys
 
+from pipeline import signals
 from pipeline.cli import jobs, models, offline
 from pipeline.cli.arguments import Parser, check_output_paths
 from pipeline.errors import ConfigError
@@ -24,12 +26,19 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.logs import configure_logging, record_traceback
+    from pipeline.logs import configure_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["run"]  # `slg` alone runs the embedded default
     configure_logging()
+    with signals.sigterm_raises():
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
+    from pipeline.logs import record_traceback
+
     try:
         args = build_parser().parse_args(argv)
         check_output_paths(args)
@@ -37,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slg: interrupted", file=sys.stderr)
         return 130
+    except signals.Terminated:
+        return _terminated()
     except Exception as error:
+        if signals.received():  # Ray's processes got the same signal, and the run failed on that first
+            return _terminated()
         if isinstance(_unwrapped(error), ConfigError):  # the user's input was wrong: say which, nothing more
             print(f"slg: error: {_one_line(error)}", file=sys.stderr)
             return 2
@@ -45,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slg: error: {type(_unwrapped(error)).__name__}: {_one_line(error)} (traceback in {where})",
               file=sys.stderr)
         return 1
+
+
+def _terminated() -> int:
+    print("slg: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+    return 143
 
 
 def _one_line(error: BaseException) -> str:

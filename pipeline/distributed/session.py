@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pipeline import signals
 from pipeline.distributed.backends import load_backend
 from pipeline.distributed.calls import RayCalls
 from pipeline.distributed.config import Backend, NonFinite, as_plain_dict
@@ -130,11 +131,18 @@ def replica_line(progress: dict) -> str:
 def init_ray(config) -> bool:
     """Join the configured cluster ($RAY_ADDRESS or ray.address), or start a local instance; True
     when this process started Ray (and so must stop it)."""
+    return start_ray(config.ray.address, config.ray.num_cpus, config.ray.num_gpus)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), or start a local instance with these
+    resources; True when this process started Ray. Either way, SIGTERM stays the job's to handle
+    (``pipeline.signals``): ``ray.init`` installs a handler of its own that would dump a stack and exit 15."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     # Replica and engine logs stay in Ray's session logs; what the user needs of them (progress,
     # replicas lost and retired, the one-line error) is logged here, from the progress the driver reports.
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
@@ -145,16 +153,17 @@ def init_ray(config) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ConfigError(f"cannot reach a Ray cluster at {address!r} (RAY_ADDRESS / ray.address): "
                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        signals.take_back_sigterm()
         return False
     # address="local": a new instance of our own. With no address, ray.init joins the last cluster
     # `ray start` left on this machine (someone else's, or another test run's) and then refuses num_cpus.
     notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
     notice.addFilter(_drop_token_auth_notice)
     try:
-        ray.init(address="local", num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus,
-                 include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
     finally:
         notice.removeFilter(_drop_token_auth_notice)
+    signals.take_back_sigterm()
     return True
 
 
