@@ -1,5 +1,5 @@
-"""The commands on worlds, banks and reward files, with no engines and no Ray: ``slg replay``,
-``slg sim-bank``, ``slg curves``, ``slg predict``."""
+"""The commands on worlds, banks and reward files, with no engines: ``slg replay`` (in this process
+or as Ray tasks), ``slg sim-bank``, ``slg convert-bank``, ``slg curves``, ``slg predict``."""
 
 from __future__ import annotations
 
@@ -62,7 +62,11 @@ def _add_replay(commands) -> None:
     replay.add_argument("--budgets", type=int_list, default=[100, 1000], help="comma-separated budgets N")
     replay.add_argument("--repeats", type=int, default=100, help="repetitions per prompt")
     replay.add_argument("--seed", type=seed, default=0)
-    replay.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
+    replay.add_argument("--workers", type=positive_int, default=None,
+                        help="1: play in this process; N: as Ray tasks on a local instance of N CPUs, or on the cluster in "
+                             "RAY_ADDRESS (default: Ray for a large replay or with RAY_ADDRESS, else this process)")
+    replay.add_argument("--strict", action="store_true",
+                        help="refuse budgets above a bank's smallest state pool: a policy could redraw that pool, which favours bon")
     replay.add_argument("--out", help="write the results as JSON here")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     replay.add_argument("--no-ceilings", action="store_true",
@@ -117,9 +121,9 @@ def _worlds(families: list[str], params: list[str] | None) -> dict:
 
 def run_replay(args) -> int:
     from pipeline.jobs.config import load_search_config
-    from pipeline.offline.bank import read_bank
-    from pipeline.offline.ceilings import ceiling_rows, format_ceilings
-    from pipeline.offline.replay import bon_curve, format_table, replay_many, replay_rollouts, results_as_dicts
+    from pipeline.offline.bank_reader import StreamedBank
+    from pipeline.offline.ceilings import format_ceilings
+    from pipeline.offline.replay import format_table, replay_job, replay_rollouts, results_as_dicts
 
     config = load_search_config(args.overrides)
     if args.world:
@@ -131,26 +135,26 @@ def run_replay(args) -> int:
             raise UsageError("--param applies to --world only")
         if args.prompts is not None:
             raise UsageError("--prompts applies to --world only (a bank replays all its prompts)")
-        targets = {path: read_bank(path) for path in args.bank}
+        targets = {path: StreamedBank(path) for path in args.bank}  # validated now, read a chunk at a time later
     total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts)
     started = time.perf_counter()
     with _progress_bar(total, enabled=not args.no_progress) as bar:
-        results = replay_many(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
-                              args.workers, progress=bar.update)
+        report = replay_job(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
+                            args.workers, progress=bar.update, strict=args.strict,
+                            with_ceilings=bool(args.bank) and not args.no_ceilings)
     elapsed = time.perf_counter() - started
     rows, ceilings = [], []
-    for label, table in results.items():
+    for label, table in report.results.items():
         print(f"replay on {label}: {table[0].prompts} prompts x {args.repeats} repeats")
         print(format_table(table))
         rows += [{"world" if args.world else "bank": label, **row} for row in results_as_dicts(table)]
-        if args.bank and not args.no_ceilings:
-            found = ceiling_rows(targets[label], args.budgets, bon_curve(targets[label]), args.seed)
-            print(format_ceilings(found))
-            ceilings += [{"bank": label, **row} for row in found]
-    print(f"{len(results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
+        if label in report.ceilings:
+            print(format_ceilings(report.ceilings[label]))
+            ceilings += [{"bank": label, **row} for row in report.ceilings[label]]
+    print(f"{len(report.results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
         payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed}
-        payload.update({"source": next(iter(results))} if len(results) == 1 else {"sources": list(results)})
+        payload.update({"source": next(iter(report.results))} if len(report.results) == 1 else {"sources": list(report.results)})
         write_json(args.out, payload)
     return 0
 

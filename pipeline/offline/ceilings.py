@@ -12,6 +12,8 @@ states, merged by prefix; a world's sampled states), each with its reward distri
   It pays for finding states as a real policy must, and still knows what a policy must estimate.
 
 The gap between the methods and these two is the cost of not knowing the distributions.
+``slg replay`` computes them per prompt, a task per chunk of a bank and budget
+(``pipeline.offline.replay_tasks.ceilings``), and averages them over the prompts.
 """
 
 from __future__ import annotations
@@ -54,30 +56,6 @@ class PromptArms:
             cdfs = np.vstack([self.prompt_cdf, self.state_cdfs[np.unique(states)]])
             total += expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, rest, best), best)
         return total / draws
-
-
-def bank_ceilings(prompts: list[BankPrompt], budgets: list[int], seed: int = 0) -> dict[int, dict[str, float]]:
-    """Per budget, the mean over the bank's prompts of each ceiling: {N: {"clairvoyant", "paid_discovery"}}."""
-    arms = [PromptArms(p) for p in prompts]
-    out = {}
-    for budget in budgets:
-        rng = np.random.default_rng([seed, budget])
-        out[budget] = {"clairvoyant": float(np.mean([a.clairvoyant(budget) for a in arms])),
-                       "paid_discovery": float(np.mean([a.paid_discovery(budget, rng) for a in arms]))}
-    return out
-
-
-def ceiling_rows(prompts: list[BankPrompt], budgets: list[int], curve, seed: int = 0) -> list[dict]:
-    """``bank_ceilings`` as report rows: per budget and ceiling, its value and compute multiplier
-    (``curve``: the bank's exact BoN curve, ``pipeline.offline.replay.bon_curve``)."""
-    from pipeline.offline.replay import compute_multiplier
-
-    rows = []
-    for budget, values in bank_ceilings(prompts, budgets, seed).items():
-        for name, value in values.items():
-            rows.append({"ceiling": name, "budget": budget, "mean_best_reward": value,
-                         "compute_multiplier": compute_multiplier(curve, value, budget)})
-    return rows
 
 
 def format_ceilings(rows: list[dict]) -> str:

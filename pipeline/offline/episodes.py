@@ -41,6 +41,7 @@ class RolloutSource:
             else:
                 latents = np.broadcast_to(known[:, None], (batch, width))
         rewards, correct = self._sample_rewards(latents)
+        self._count_draws(latents, wanted)
         if not uniform:
             rewards = np.where(wanted, rewards, np.nan)
         from_root = root_rows[:, None] & wanted
@@ -53,6 +54,9 @@ class RolloutSource:
             self._compact_root_latents(request)
         return Rollouts(rewards, can_branch=from_root, correct=None if correct is None else correct & wanted,
                         state_index=state_index, state_score=state_score)
+
+    def _count_draws(self, latents: np.ndarray, wanted: np.ndarray) -> None:
+        """Note the rollouts drawn (a bank source counts the draws from each state's pool)."""
 
     def _state_index(self, latents: np.ndarray, root_index: np.ndarray, from_root: np.ndarray) -> np.ndarray:
         """``Rollouts.state_index`` of new root rollouts: each its own state (a world's states are
@@ -171,12 +175,26 @@ class BankPrompt:
 
 
 class BankSource(RolloutSource):
-    """Episodes of one bank prompt: a root rollout picks a state by weight, then a reward of it."""
+    """Episodes of one bank prompt: a root rollout picks a state by weight, then a reward of it.
+
+    It counts each episode's draws from each state's pool (root rollouts through the state and
+    rollouts from it): past the pool's size, an episode redraws rewards it already had, which a
+    live engine would not (``pool_exceeded``)."""
 
     def __init__(self, prompt: BankPrompt, batch_size: int, rng: np.random.Generator):
         super().__init__(batch_size, rng)
         self.prompt = prompt
         self._first_root = np.full((batch_size, prompt.num_states), -1)  # each state's first root rollout
+        self.draws = np.zeros((batch_size, prompt.num_states), dtype=np.int64)
+
+    def _count_draws(self, latents, wanted):
+        states = self.prompt.num_states
+        cells = (np.arange(self.batch_size)[:, None] * states + latents.astype(np.int64))[wanted]
+        self.draws += np.bincount(cells, minlength=self.batch_size * states).reshape(self.batch_size, states)
+
+    def pool_exceeded(self) -> np.ndarray:
+        """(B,) bool: the episode drew more rollouts from some state than its pool holds."""
+        return (self.draws > self.prompt.lengths[None, :]).any(axis=1)
 
     def _sample_states(self, shape):
         if self.prompt.equal_weights:  # the draw of banks without shared prefixes, as replay always made it

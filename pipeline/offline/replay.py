@@ -1,9 +1,14 @@
 """Offline evaluation of the policies on a simulated world or a reward bank: the experiment engine.
 
-No models, no Ray: episodes are played by the in-process sources of ``pipeline.offline.episodes`` in
-large batches, spread over worker processes. For every (method, budget) it reports the mean best
-reward with its 95% interval, the compute multiplier against exact BoN, the regret against the
-oracle and, where rollouts carry ``correct``, the accuracy of the answer (SPEC.md, ``slg replay``).
+No models: episodes are played by the in-process sources of ``pipeline.offline.episodes`` in large
+batches, as a stream of tasks (``pipeline.offline.replay_tasks``) run here (``workers=1``) or as Ray
+tasks on a local instance or a cluster (``pipeline.distributed.replay_executor``), with the same
+numbers either way. A bank is read a chunk of prompts at a time (``pipeline.offline.bank_reader``),
+never whole. For every (method, budget) it reports the mean best reward with its 95% interval, the
+compute multiplier against exact BoN (``pipeline.offline.multipliers``), the regret against the
+oracle, where rollouts carry ``correct`` the accuracy of the answer (SPEC.md, ``slg replay``), and on
+a bank whether an episode drew more rollouts from a state than its pool holds (``pool_exceeded``):
+it then redrew rewards it already had, which caps what a state can give and so favours BoN.
 
 Episodes of different methods at the same budget use the same random streams (common random
 numbers), so ``slg`` and ``oracle`` see identical root rollouts and state rewards, and differences
@@ -14,21 +19,30 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
+from pipeline.offline.bank_reader import BankChunks, as_bank
+from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.multipliers import Cell, CurveAt, compute_multiplier, curve_of, find_multipliers
+from pipeline.offline.replay_tasks import LocalExecutor, Play, Played, Task, bon_values, ceilings, play
 from pipeline.offline.worlds import World
 from pipeline.search.config import PredictionBudget, SearchConfig, check_bound_covers, validate_search_config
 from pipeline.search.methods import check_budgets, check_methods, policy_class
-from pipeline.stats.pool import PoolCurve
+
+__all__ = ["MethodResult", "ReplayReport", "compute_multiplier", "format_table", "replay", "replay_job", "replay_many",
+           "replay_rollouts", "results_as_dicts"]
 
 EPISODE_ROLLOUTS_PER_TASK = 1_000_000  # episodes x budget per task: bounds a worker's memory
-MULTIPLIER_SEARCH_LIMIT = 1024         # the BoN budget searched for the multiplier, in units of N
+RAY_FROM_ROLLOUTS = 200_000_000        # workers=None: a replay this large runs on Ray (smaller ones finish before it starts)
+POOL_NOTE = ("redrawn: some episode drew more rollouts from a state than its pool holds, so it redrew rewards it "
+             "already had; a finite pool caps what a state can give, which favours bon (--strict refuses such budgets)")
+
+Target = World | list[BankPrompt] | BankChunks
 
 
 @dataclass
@@ -43,75 +57,113 @@ class MethodResult:
     rollouts_mean: float
     prompts: int
     repeats: int
+    pool_exceeded: bool | None = None  # a bank: did some episode draw more from a state than its pool holds
 
 
-def replay(target: World | list[BankPrompt], methods: list[str], budgets: list[int], repeats: int,
-           num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
-           workers: int | None = None, progress: Callable[[int], None] | None = None) -> list[MethodResult]:
+@dataclass
+class ReplayReport:
+    """Results per target; on banks played ``with_ceilings``, the ceiling rows (``pipeline.offline.ceilings``)."""
+
+    results: dict[str, list[MethodResult]]
+    ceilings: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def replay(target: Target, methods: list[str], budgets: list[int], repeats: int, num_prompts: int | None = None,
+           seed: int = 0, config: SearchConfig | None = None, workers: int | None = None,
+           progress: Callable[[int], None] | None = None, strict: bool = False) -> list[MethodResult]:
     """Evaluate ``methods`` at each budget on a world (``num_prompts`` fresh prompts) or a bank."""
-    return replay_many({"": target}, methods, budgets, repeats, num_prompts, seed, config, workers, progress)[""]
+    return replay_many({"": target}, methods, budgets, repeats, num_prompts, seed, config, workers, progress, strict)[""]
 
 
-def replay_many(targets: dict[str, World | list[BankPrompt]], methods: list[str], budgets: list[int], repeats: int,
+def replay_many(targets: dict[str, Target], methods: list[str], budgets: list[int], repeats: int,
                 num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
-                workers: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, list[MethodResult]]:
-    """``replay`` of several worlds or banks as one job: one pool of workers, the largest tasks first.
+                workers: int | None = None, progress: Callable[[int], None] | None = None,
+                strict: bool = False) -> dict[str, list[MethodResult]]:
+    """``replay`` of several worlds or banks as one job. Results per target, keyed like ``targets``."""
+    return replay_job(targets, methods, budgets, repeats, num_prompts, seed, config, workers, progress, strict).results
 
-    ``progress``, if given, is called with the number of rollouts each finished task played (their
-    total is :func:`replay_rollouts`). Results per target, keyed like ``targets``.
+
+def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int], repeats: int,
+               num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
+               workers: int | None = None, progress: Callable[[int], None] | None = None, strict: bool = False,
+               with_ceilings: bool = False) -> ReplayReport:
+    """Every target's results (and ceilings) as one stream of tasks.
+
+    ``workers``: 1 plays here; more, on a local Ray instance with that many CPUs (or the cluster in
+    $RAY_ADDRESS); None, on Ray when the replay is large (``RAY_FROM_ROLLOUTS``) or $RAY_ADDRESS is
+    set, else here. ``progress``, if given, is called with the rollouts of each finished task (their
+    total is :func:`replay_rollouts`). ``strict`` refuses (``ConfigError``) a budget that could draw
+    more rollouts from one state than its pool holds.
     """
     config = config or SearchConfig()
+    targets = {label: t if isinstance(t, World) else as_bank(t, label) for label, t in targets.items()}
     for label, target in targets.items():
-        _check_request(target, label, methods, budgets, repeats, num_prompts, config)
+        _check_request(target, label, methods, budgets, repeats, num_prompts, config, strict)
     validate_search_config(config, budgets)
-    tasks = []
+    executor = _executor(workers, replay_rollouts(targets, methods, budgets, repeats, num_prompts))
+    try:
+        played, bounds = defaultdict(list), defaultdict(list)
+        for meta, output in executor.run(_tasks(executor, targets, methods, budgets, repeats, num_prompts, seed, config,
+                                                with_ceilings)):
+            if isinstance(meta, Play):
+                played[(meta.label, meta.method, meta.budget)].append((meta.start, output))
+                if progress:
+                    progress(meta.rollouts)
+            else:  # a chunk's ceilings: (label, budget, its first prompt)
+                bounds[meta[:2]].append((meta[2], output))
+        report = ReplayReport({label: _summarise(played, label, methods, budgets, repeats) for label in targets})
+        for label, target in targets.items():
+            if with_ceilings and not isinstance(target, World):
+                report.ceilings[label] = _ceiling_rows(bounds, label, budgets)
+            _add_multipliers(_curve(executor, target), report.results[label], report.ceilings.get(label, []))
+    finally:
+        executor.close()
+    return report
+
+
+def replay_rollouts(targets: dict[str, Target], methods: list[str], budgets: list[int], repeats: int,
+                    num_prompts: int | None = None) -> int:
+    """The rollouts a replay will play (the total its ``progress`` adds up to)."""
+    counts = [num_prompts if isinstance(t, World) else as_bank(t).num_prompts for t in targets.values()]
+    return sum(len(methods) * sum(budgets) * repeats * (count or 0) for count in counts)
+
+
+def _executor(workers: int | None, rollouts: int):
+    on_ray = workers is not None and workers > 1
+    if workers is None:
+        on_ray = bool(os.environ.get("RAY_ADDRESS")) or ((os.cpu_count() or 1) > 1 and rollouts >= RAY_FROM_ROLLOUTS)
+    if not on_ray:
+        return LocalExecutor()
+    from pipeline.distributed.replay_executor import RayExecutor
+
+    return RayExecutor(workers)
+
+
+def _tasks(executor, targets: dict, methods, budgets, repeats, num_prompts, seed, config, with_ceilings) -> Iterator[Task]:
+    """Every task of the replay, a world's largest first, a bank's chunk by chunk (each chunk shared once)."""
     for label, target in targets.items():
         if isinstance(target, World):
             _warm_world(target, budgets, methods, config)
-        prompt_count = num_prompts if isinstance(target, World) else len(target)
-        for budget in budgets:
-            per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (budget * repeats))
-            for start in range(0, prompt_count, per_task):
-                stop = min(prompt_count, start + per_task)
-                unit = target if isinstance(target, World) else target[start:stop]
-                tasks += [(label, method, budget, start, stop, unit, repeats, seed, config) for method in methods]
-    # Largest first, so that the pool's last minutes are not one worker alone on N = 4096.
-    order = sorted(range(len(tasks)), key=lambda i: -_task_rollouts(tasks[i]))
-    outputs: list = [None] * len(tasks)
-    workers = workers or os.cpu_count() or 1
-    if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_play_task, tasks[i]): i for i in order}
-            for future in as_completed(futures):
-                outputs[futures[future]] = future.result()
-                if progress:
-                    progress(_task_rollouts(tasks[futures[future]]))
-    else:
-        for i in order:
-            outputs[i] = _play_task(tasks[i])
-            if progress:
-                progress(_task_rollouts(tasks[i]))
-    results = {}
-    for label, target in targets.items():
-        prompt_count = num_prompts if isinstance(target, World) else len(target)
-        mine = [out for task, out in zip(tasks, outputs) if task[0] == label]
-        results[label] = _summarise(target, methods, budgets, repeats, prompt_count, mine)
-    return results
+            world = executor.share(target)
+            plays = _plays(label, methods, budgets, 0, num_prompts, repeats, seed, config)
+            yield from (Task(play, (p, world), p) for p in sorted(plays, key=lambda p: -p.rollouts))
+            continue
+        for first, prompts in target.chunks():
+            chunk = executor.share(prompts)
+            plays = _plays(label, methods, budgets, first, first + len(prompts), repeats, seed, config)
+            yield from (Task(play, (p, chunk, first), p) for p in sorted(plays, key=lambda p: -p.rollouts))
+            if with_ceilings:
+                yield from (Task(ceilings, (chunk, first, budget, seed), (label, budget, first)) for budget in budgets)
 
 
-def replay_rollouts(targets: dict[str, World | list[BankPrompt]], methods: list[str], budgets: list[int],
-                    repeats: int, num_prompts: int | None = None) -> int:
-    """The rollouts a ``replay_many`` call will play (the total its ``progress`` adds up to)."""
-    total = 0
-    for target in targets.values():
-        prompt_count = num_prompts if isinstance(target, World) else len(target)
-        total += len(methods) * sum(budgets) * repeats * prompt_count
-    return total
-
-
-def _task_rollouts(task) -> int:
-    _, _, budget, start, stop, _, repeats, _, _ = task
-    return budget * repeats * (stop - start)
+def _plays(label, methods, budgets, start, stop, repeats, seed, config) -> list[Play]:
+    """The tasks of prompts [start, stop), each at most ``EPISODE_ROLLOUTS_PER_TASK`` rollouts (at least a prompt)."""
+    plays = []
+    for budget in budgets:
+        per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (budget * repeats))
+        for first in range(start, stop, per_task):
+            plays += [Play(label, method, budget, first, min(stop, first + per_task), repeats, seed, config) for method in methods]
+    return plays
 
 
 def _warm_world(world: World, budgets: list[int], methods: list[str], config: SearchConfig) -> None:
@@ -119,7 +171,7 @@ def _warm_world(world: World, budgets: list[int], methods: list[str], config: Se
 
     The oracle asks for true state values at horizon N (or N minus the split, with
     ``prediction_budget=remaining``); heavy, bounded and bimodal compute those by quadrature, which
-    each worker process would otherwise repeat for every task.
+    each worker would otherwise repeat for every task.
     """
     if not any(policy_class(m).needs_true_values for m in methods):
         return
@@ -134,105 +186,86 @@ def _warm_world(world: World, budgets: list[int], methods: list[str], config: Se
             world.prompt_value(n)
 
 
-def _play_task(task):
-    """One (method, budget, prompt range): per-prompt best rewards (P, R), correct (P, R) or None, spend."""
-    _, method, budget, start, stop, unit, repeats, seed, config = task
-    cls = policy_class(method)
-    if isinstance(unit, World):
-        batch = (stop - start) * repeats
-        source = WorldSource(unit, batch, np.random.default_rng([seed, budget, start]))
-        policy = cls(budget, batch, config, rng=np.random.default_rng([seed, budget, start, 1]),
-                     true_value=source.true_value)
-        ledger = run_episodes(policy, source)
-        best = ledger.best_reward.reshape(stop - start, repeats)
-        correct = ledger.best_correct.reshape(stop - start, repeats) if ledger.has_correct else None
-        return method, budget, best, correct, ledger.spent.mean()
-    bests, corrects, spends = [], [], []
-    for offset, prompt in enumerate(unit):
-        source = BankSource(prompt, repeats, np.random.default_rng([seed, budget, start + offset]))
-        policy = cls(budget, repeats, config, rng=np.random.default_rng([seed, budget, start + offset, 1]),
-                     true_value=source.true_value)
-        ledger = run_episodes(policy, source)
-        bests.append(ledger.best_reward)
-        corrects.append(ledger.best_correct if ledger.has_correct else None)
-        spends.append(ledger.spent.mean())
-    correct = None if corrects[0] is None else np.stack(corrects)
-    return method, budget, np.stack(bests), correct, float(np.mean(spends))
-
-
-def _summarise(target, methods, budgets, repeats, prompt_count, outputs) -> list[MethodResult]:
-    curve = bon_curve(target)
-    gathered: dict[tuple[str, int], list] = {}
-    for method, budget, best, correct, spent in outputs:
-        gathered.setdefault((method, budget), []).append((best, correct, spent, best.shape[0]))
-    means: dict[tuple[str, int], float] = {}
-    results = []
+def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[MethodResult]:
+    results, means = [], {}
     for budget in budgets:
         for method in methods:
-            parts = gathered[(method, budget)]
-            best = np.concatenate([p[0] for p in parts])
-            mean = float(best.mean())
-            means[(method, budget)] = mean
+            parts: list[Played] = [output for _, output in sorted(played[(label, method, budget)], key=lambda p: p[0])]
+            best = np.concatenate([p.best for p in parts])
+            mean = means[method] = float(best.mean())
             if repeats > 1:
                 ci95 = 1.96 * math.sqrt(best.var(axis=1, ddof=1).sum() / repeats) / best.shape[0]
             else:
                 ci95 = 1.96 * float(best.std(ddof=1)) / math.sqrt(best.size) if best.size > 1 else float("nan")
-            accuracy = None
-            if parts[0][1] is not None:
-                accuracy = float(np.concatenate([p[1] for p in parts]).mean())
-            spent = sum(p[2] * p[3] for p in parts) / best.shape[0]
-            results.append(MethodResult(method, budget, mean, ci95, compute_multiplier(curve, mean, budget), None,
-                                        accuracy, float(spent), prompt_count, repeats))
-    for result in results:
-        if ("oracle", result.budget) in means:
-            result.regret_vs_oracle = means[("oracle", result.budget)] - result.mean_best_reward
+            accuracy = None if parts[0].correct is None else float(np.concatenate([p.correct for p in parts]).mean())
+            exceeded = None if parts[0].exceeded is None else bool(any(p.exceeded.any() for p in parts))
+            results.append(MethodResult(method, budget, mean, ci95, None, None, accuracy,
+                                        sum(p.spent for p in parts) / best.size, best.shape[0], repeats, exceeded))
+        if "oracle" in means:
+            for result in results[-len(methods):]:
+                result.regret_vs_oracle = means["oracle"] - result.mean_best_reward
     return results
 
 
-def bon_curve(target: World | list[BankPrompt]):
-    """n -> exact BoN value averaged over the prompts (a world's prompts are all alike)."""
+def _ceiling_rows(bounds: dict, label: str, budgets: list[int]) -> list[dict]:
+    rows = []
+    for budget in budgets:
+        values = np.concatenate([output for _, output in sorted(bounds[(label, budget)], key=lambda p: p[0])])
+        rows += [{"ceiling": name, "budget": budget, "mean_best_reward": float(np.mean(np.ascontiguousarray(values[:, k]))),
+                  "compute_multiplier": None} for k, name in enumerate(("clairvoyant", "paid_discovery"))]
+    return rows
+
+
+def _add_multipliers(curve_at: CurveAt, results: list[MethodResult], ceiling_rows: list[dict]) -> None:
+    cells = [Cell(r.mean_best_reward, r.ci95, r.budget) for r in results]
+    cells += [Cell(row["mean_best_reward"], 0.0, row["budget"]) for row in ceiling_rows]
+    found = find_multipliers(curve_at, cells)
+    for result, multiplier in zip(results, found):
+        result.compute_multiplier = multiplier
+    for row, multiplier in zip(ceiling_rows, found[len(results):]):
+        row["compute_multiplier"] = multiplier
+
+
+def _curve(executor, target) -> CurveAt:
+    """The exact BoN curve averaged over the prompts (a world's prompts are all alike); a bank's
+    evaluated in a pass over its chunks for each set of n."""
     if isinstance(target, World):
-        return target.prompt_value
-    curves = [PoolCurve(p.rewards, p.prompt_weights()) for p in target]
-    return lambda n: float(np.mean([c.expected_max(n) for c in curves]))
+        return curve_of(target.prompt_value)
+
+    def curve_at(ns: list[int]) -> dict[int, float]:
+        tasks = (Task(bon_values, (executor.share(prompts), ns), first) for first, prompts in target.chunks())
+        values = np.concatenate([v for _, v in sorted(executor.run(tasks), key=lambda pair: pair[0])])
+        return {n: float(np.mean(np.ascontiguousarray(values[:, j]))) for j, n in enumerate(ns)}
+
+    return curve_at
 
 
-def compute_multiplier(curve, mean_best_reward: float, budget: int) -> float | str:
-    """n*/N, n* the smallest BoN budget whose exact value reaches ``mean_best_reward``.
-
-    A lower bound (">1024") when even 1024 N does not reach it, as with saturated rewards where BoN
-    approaches the maximum but never quite gets there.
-    """
-    limit = MULTIPLIER_SEARCH_LIMIT * budget
-    target = mean_best_reward - 1e-12 * max(1.0, abs(mean_best_reward))
-    if curve(limit) < target:
-        return f">{MULTIPLIER_SEARCH_LIMIT}"
-    low, high = 1, limit
-    while low < high:
-        middle = (low + high) // 2
-        if curve(middle) >= target:
-            high = middle
-        else:
-            low = middle + 1
-    return low / budget
-
-
-def _check_request(target, label, methods, budgets, repeats, num_prompts, config):
+def _check_request(target, label, methods, budgets, repeats, num_prompts, config, strict):
     check_methods(methods)
     check_budgets(budgets)
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {repeats!r}")
-    if isinstance(target, World) and (num_prompts is None or num_prompts < 1):
-        raise ConfigError(f"--prompts must be >= 1 for a world, got {num_prompts!r}")
     if isinstance(target, World):
+        if num_prompts is None or num_prompts < 1:
+            raise ConfigError(f"--prompts must be >= 1 for a world, got {num_prompts!r}")
         check_bound_covers(config, target.reward_bounds[1], target.describe())
-    elif target:
-        check_bound_covers(config, max(prompt.rewards.max() for prompt in target), f"bank {label}".strip())
+        return
+    where = f"bank {label}".strip()
+    if target.num_prompts == 0:
+        raise ConfigError(f"{where} holds no prompts")
+    check_bound_covers(config, target.max_reward, where)
+    pool = target.smallest_pool
+    if strict and max(budgets) > pool.size:
+        raise ConfigError(f"--strict: budget {max(budgets)} can draw more rollouts from one state than its pool holds "
+                          f"({where}, prompt {pool.prompt_id!r} state {pool.state}: {pool.size} rewards); use budgets "
+                          f"<= {pool.size} or leave out --strict")
 
 
 def format_table(results: list[MethodResult]) -> str:
-    """A fixed-width table, one row per (budget, method)."""
+    """A fixed-width table, one row per (budget, method); on a bank, a ``pool`` column marks redrawn pools."""
+    on_bank = any(r.pool_exceeded is not None for r in results)
     header = f"{'method':<14}{'N':>7}  {'mean best reward':>26}  {'multiplier':>10}  {'regret':>8}  {'accuracy':>8}"
+    header += f"  {'pool':>7}" if on_bank else ""
     lines = [header, "-" * len(header)]
     for r in results:
         multiplier = r.compute_multiplier if isinstance(r.compute_multiplier, str) else f"{r.compute_multiplier:.2f}x"
@@ -240,7 +273,10 @@ def format_table(results: list[MethodResult]) -> str:
         accuracy = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
         digits = 4 if not r.ci95 > 0 else min(8, max(4, 1 - math.floor(math.log10(r.ci95))))
         reward = f"{r.mean_best_reward:.{digits}f} +- {r.ci95:.{digits}f}"
-        lines.append(f"{r.method:<14}{r.budget:>7}  {reward:>26}  {multiplier:>10}  {regret:>8}  {accuracy:>8}")
+        line = f"{r.method:<14}{r.budget:>7}  {reward:>26}  {multiplier:>10}  {regret:>8}  {accuracy:>8}"
+        lines.append(line + (f"  {'redrawn' if r.pool_exceeded else '-':>7}" if on_bank else ""))
+    if any(r.pool_exceeded for r in results):
+        lines.append(POOL_NOTE)
     return "\n".join(lines)
 
 

@@ -1,0 +1,120 @@
+"""The tasks of a replay and the in-process way to run them: plain functions of plain arguments.
+
+Pure numpy. A replay is a stream of tasks: play one (method, budget) on a range of prompts, compute
+the two ceilings of a range of bank prompts, or evaluate the bank's exact BoN curve at some n on a
+range of prompts. Each is a module-level function of picklable arguments, so the same task runs
+here (:class:`LocalExecutor`, ``slg replay --workers 1``) or as a Ray task
+(``pipeline.distributed.replay_executor``), with the same result to the last digit: every random
+stream derives from (seed, budget, prompt index) or, for a world, (seed, budget, first prompt of
+the task), never from where or when a task runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.offline.ceilings import PromptArms
+from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
+from pipeline.offline.worlds import World
+from pipeline.search.config import SearchConfig
+from pipeline.search.methods import policy_class
+from pipeline.stats.pool import PoolCurve
+
+
+@dataclass(frozen=True)
+class Play:
+    """Play ``method`` at ``budget`` on prompts [start, stop) of a target, ``repeats`` episodes each."""
+
+    label: str
+    method: str
+    budget: int
+    start: int
+    stop: int
+    repeats: int
+    seed: int
+    config: SearchConfig
+
+    @property
+    def rollouts(self) -> int:
+        return self.budget * self.repeats * (self.stop - self.start)
+
+
+@dataclass
+class Played:
+    """Per prompt and repeat (P, R): the best reward, whether it was right (None: ungraded), and
+    whether the episode drew more rollouts from a state than its pool holds (None: a world); the
+    rollouts spent in all."""
+
+    best: np.ndarray
+    correct: np.ndarray | None
+    exceeded: np.ndarray | None
+    spent: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """A function and its arguments (a chunk of a bank may be a handle the executor resolves), and
+    what the result belongs to."""
+
+    function: Callable
+    args: tuple
+    meta: object
+
+
+def play(task: Play, unit: World | list[BankPrompt], first: int = 0) -> Played:
+    """Play ``task``; ``unit`` is the world, or a chunk of bank prompts whose first is prompt ``first``."""
+    cls = policy_class(task.method)
+    if isinstance(unit, World):
+        batch = (task.stop - task.start) * task.repeats
+        source = WorldSource(unit, batch, np.random.default_rng([task.seed, task.budget, task.start]))
+        policy = cls(task.budget, batch, task.config, rng=np.random.default_rng([task.seed, task.budget, task.start, 1]),
+                     true_value=source.true_value)
+        ledger = run_episodes(policy, source)
+        shape = (task.stop - task.start, task.repeats)
+        correct = ledger.best_correct.reshape(shape) if ledger.has_correct else None
+        return Played(ledger.best_reward.reshape(shape), correct, None, int(ledger.spent.sum()))
+    bests, corrects, exceeded, spent = [], [], [], 0
+    for index in range(task.start, task.stop):
+        source = BankSource(unit[index - first], task.repeats, np.random.default_rng([task.seed, task.budget, index]))
+        policy = cls(task.budget, task.repeats, task.config, rng=np.random.default_rng([task.seed, task.budget, index, 1]),
+                     true_value=source.true_value)
+        ledger = run_episodes(policy, source)
+        bests.append(ledger.best_reward)
+        corrects.append(ledger.best_correct if ledger.has_correct else None)
+        exceeded.append(source.pool_exceeded())
+        spent += int(ledger.spent.sum())
+    correct = None if corrects[0] is None else np.stack(corrects)
+    return Played(np.stack(bests), correct, np.stack(exceeded), spent)
+
+
+def ceilings(prompts: list[BankPrompt], first: int, budget: int, seed: int) -> np.ndarray:
+    """(P, 2): each prompt's clairvoyant and paid-discovery ceiling at ``budget``
+    (``pipeline.offline.ceilings``; the discoveries of prompt i draw from (seed, budget, i))."""
+    out = np.empty((len(prompts), 2))
+    for offset, prompt in enumerate(prompts):
+        arms = PromptArms(prompt)
+        out[offset] = arms.clairvoyant(budget), arms.paid_discovery(budget, np.random.default_rng([seed, budget, first + offset]))
+    return out
+
+
+def bon_values(prompts: list[BankPrompt], ns: list[int]) -> np.ndarray:
+    """(P, len(ns)): each prompt's exact BoN value at each n."""
+    return np.array([PoolCurve(p.rewards, p.prompt_weights()).expected_max(np.asarray(ns)) for p in prompts]).reshape(
+        len(prompts), len(ns))
+
+
+class LocalExecutor:
+    """Runs tasks here, one after another (``--workers 1``): no Ray, no processes."""
+
+    def share(self, value):
+        return value
+
+    def run(self, tasks: Iterable[Task]) -> Iterator[tuple[object, object]]:
+        for task in tasks:
+            yield task.meta, task.function(*task.args)
+
+    def close(self) -> None:
+        pass
