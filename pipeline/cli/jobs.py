@@ -22,8 +22,11 @@ def add_parsers(commands) -> None:
     collect.add_argument("--states", type=int, help="states per prompt (S; collect.num_states, default 16)")
     collect.add_argument("--completions", type=int,
                          help="scored rollouts per state (M; collect.completions_per_state, default 64)")
-    collect.add_argument("--out", help="the bank (JSONL, a path or a URL); default OUTPUT_DIR/bank.jsonl")
-    collect.add_argument("--texts", help="also write state and response texts to this JSONL side file "
+    collect.add_argument("--out", dest="bank",
+                         help="the bank: a folder (or URL) of Parquet shards, or a path ending in .jsonl; default OUTPUT_DIR/bank")
+    collect.add_argument("--responses", action="store_true",
+                         help="Parquet banks: also write each rollout's response text (a responses column)")
+    collect.add_argument("--texts", help="JSONL banks: also write state and response texts to this side file "
                                          "(one line per bank line, same shape)")
     add_overrides(collect)
     collect.set_defaults(handler=run_collect)
@@ -64,7 +67,8 @@ def run_collect(args) -> int:
     from pipeline.jobs.config import bank_path
 
     config = job_config(args, {"collect.num_states": args.states, "collect.completions_per_state": args.completions,
-                               "collect.out": args.out, "collect.texts": args.texts})
+                               "collect.out": args.bank, "collect.texts": args.texts,
+                               "collect.responses": args.responses or None})
     written = collect(config)
     print(f"collected {written} prompts into {bank_path(config)}")
     return 0

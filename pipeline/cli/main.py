@@ -43,11 +43,11 @@ def _run(argv: list[str]) -> int:
         args = build_parser().parse_args(argv)
         check_output_paths(args)
         return args.handler(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (signals.Terminated, plain when it came through a ray.get)
+        if signals.received():
+            return _terminated()
         print("slg: interrupted", file=sys.stderr)
         return 130
-    except signals.Terminated:
-        return _terminated()
     except Exception as error:
         if signals.received():  # Ray's processes got the same signal, and the run failed on that first
             return _terminated()
@@ -61,8 +61,8 @@ def _run(argv: list[str]) -> int:
 
 
 def _terminated() -> int:
-    print("slg: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
-    return 143
+    print(signals.MESSAGE, file=sys.stderr)
+    return signals.EXIT_CODE
 
 
 def _one_line(error: BaseException) -> str:

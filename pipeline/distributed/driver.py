@@ -22,6 +22,7 @@ import functools
 import hashlib
 import itertools
 import math
+import resource
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -95,11 +96,16 @@ class _Ticket:
 
 
 class Driver:
-    """``calls`` says how replicas are called: ``RayCalls`` for actors, ``LocalCalls`` for plain objects."""
+    """``calls`` says how replicas are called: ``RayCalls`` for actors, ``LocalCalls`` for plain objects.
+
+    ``in_order_window``: admit a search only while it is fewer than this many places after the
+    oldest one still running. Searches then finish at most that far out of order, which bounds what a
+    job that writes results in order (``slg collect``'s shards) must hold while it waits for the oldest.
+    """
 
     def __init__(self, searches: list[SearchSpec], generators: list, rewards: list, settings, seed: int, calls,
                  drop_nonfinite: bool = False, ground_truth=None, observer: SearchObserver | None = None,
-                 answers_vote: bool = True):
+                 answers_vote: bool = True, in_order_window: int | None = None):
         self.settings, self.seed = settings, seed
         self.answers_vote = answers_vote  # the generators read answers to vote on (a simulated one does not)
         self.drop_nonfinite = drop_nonfinite
@@ -113,6 +119,8 @@ class Driver:
         self.scoring = ReplicaPool("reward", rewards, self.calls, "score", settings.max_batch_scores,
                                    settings.max_inflight_batches, None, *health)
         self.queue = deque(searches)
+        self.in_order_window = in_order_window
+        self.admitted = 0  # searches admitted so far: the next one's place in the order
         self.total = len(searches)
         self.active: list[SearchRecord] = []
         self.tickets: dict[int, _Ticket] = {}
@@ -176,15 +184,21 @@ class Driver:
     # --- searches in, rollouts out ---------------------------------------------------------------
 
     def _admit(self, finished: list[dict]) -> None:
-        while self.queue and len(self.active) < self.settings.max_concurrent_prompts:
+        while self.queue and len(self.active) < self.settings.max_concurrent_prompts and self._within_window():
             spec = self.queue.popleft()
             policy_class = spec.policy_class
             rng = np.random.default_rng(derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget))
             search = SearchRecord(spec, None, self.answers_vote)
+            search.order, self.admitted = self.admitted, self.admitted + 1
             true_value = self._true_value_for(search) if policy_class.needs_true_values else None
             search.policy = policy_class(spec.budget, 1, spec.search_config, rng=rng, true_value=true_value)
             self.active.append(search)
             self._plan(search, finished)
+
+    def _within_window(self) -> bool:
+        if self.in_order_window is None or not self.active:
+            return True
+        return self.admitted < min(search.order for search in self.active) + self.in_order_window
 
     def _plan(self, search: SearchRecord, finished: list[dict]) -> None:
         """Queue the rollouts of the search's next round (or finish the search)."""
@@ -277,7 +291,9 @@ class Driver:
                 "done": self.done,
                 "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
-                "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s, **self._replica_report()}
+                "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s,
+                "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+                **self._replica_report()}
 
     def _replica_report(self) -> dict:
         """Failures, replica processes lost, replicas back after a failure, replicas retired."""

@@ -137,6 +137,7 @@ class SearchRecord:
         self.spec, self.policy = spec, policy
         self.answers_vote = answers_vote  # False: the generator reads no answers (sim), so there is no vote
         self.prompt, self.method, self.budget = spec.prompt, spec.method, spec.budget
+        self.order = 0               # its place in the driver's admission order
         self.root_count = 0          # root rollouts planned so far: the next one's index
         self.requested = 0
         self.node_counts: dict[int, int] = {}  # rollouts planned per state (the next one's index there): the states sampled

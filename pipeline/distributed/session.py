@@ -74,7 +74,7 @@ class Session:
 
         ray.get([g.generate.remote([]) for g in self.generators] + [r.score.remote([]) for r in self.rewards])
 
-    def start_driver(self, searches: list, observer=None):
+    def start_driver(self, searches: list, observer=None, in_order_window: int | None = None):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -88,7 +88,7 @@ class Session:
         self.driver = ray.remote(num_cpus=0, max_restarts=0)(Driver).options(scheduling_strategy=here).remote(
             searches, self.generators, self.rewards, config.driver, config.seed, RayCalls(),
             drop_nonfinite=config.reward.nonfinite == NonFinite.drop, ground_truth=ground_truth_of(config),
-            observer=observer, answers_vote=config.generator.backend != Backend.sim)
+            observer=observer, answers_vote=config.generator.backend != Backend.sim, in_order_window=in_order_window)
         return self.driver
 
     def drive(self, on_finished: Callable[[list[dict]], Any], resumed: int = 0) -> dict:
@@ -137,7 +137,7 @@ def init_ray(config) -> bool:
 def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), or start a local instance with these
     resources; True when this process started Ray. Either way, SIGTERM stays the job's to handle
-    (``pipeline.signals``): ``ray.init`` installs a handler of its own that would dump a stack and exit 15."""
+    (``pipeline.signals.ray_starting``): ``ray.init`` installs handlers of its own."""
     import ray
 
     if ray.is_initialized():
@@ -149,21 +149,21 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, **quiet)
+            with signals.ray_starting():
+                ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ConfigError(f"cannot reach a Ray cluster at {address!r} (RAY_ADDRESS / ray.address): "
                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
-        signals.take_back_sigterm()
         return False
     # address="local": a new instance of our own. With no address, ray.init joins the last cluster
     # `ray start` left on this machine (someone else's, or another test run's) and then refuses num_cpus.
     notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
     notice.addFilter(_drop_token_auth_notice)
     try:
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
+        with signals.ray_starting():
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
     finally:
         notice.removeFilter(_drop_token_auth_notice)
-    signals.take_back_sigterm()
     return True
 
 

@@ -64,13 +64,29 @@ class CollectConfig:
 
     num_states: int = 16                    # S: states per prompt (root rollouts cut at T tokens)
     completions_per_state: int = 64         # M: scored rollouts from each state
-    out: Optional[str] = None               # the bank (JSONL); None: OUTPUT_DIR/bank.jsonl
-    texts: Optional[str] = None             # also write state and response texts here (a side file)
+    out: Optional[str] = None               # a folder or URL of Parquet shards, or a path ending in .jsonl; None: OUTPUT_DIR/bank
+    texts: Optional[str] = None             # JSONL banks: also write state and response texts here (a side file)
+    responses: bool = False                 # Parquet banks: also write each rollout's response (a responses column)
+    prompts_per_shard: Optional[int] = None  # Parquet banks; None: as many as hold about SHARD_REWARDS rewards
+    rollouts_per_round: int = 1024          # a prompt's rollouts out at once (its states' M are asked in rounds)
 
     def check(self, bank: str) -> None:
         if self.num_states < 1 or self.completions_per_state < 1:
             raise ConfigError(f"--states and --completions (collect.num_states, collect.completions_per_state) must be "
                               f">= 1, got {self.num_states} and {self.completions_per_state}")
+        for name in ("prompts_per_shard", "rollouts_per_round"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"collect.{name} must be >= 1, got {getattr(self, name)!r}")
+        jsonl = is_jsonl_bank(bank)
+        if self.texts is not None and not jsonl:
+            raise ConfigError(f"--texts writes a side file of a JSONL bank; the Parquet bank {bank!r} keeps texts in "
+                              "its own columns: use --responses")
+        if self.responses and jsonl:
+            raise ConfigError(f"--responses writes a column of a Parquet bank; the JSONL bank {bank!r} keeps texts in "
+                              "a side file: use --texts FILE")
+        if not jsonl and bank.endswith(".parquet"):
+            raise ConfigError(f"--out {bank!r}: a Parquet bank is a folder of shards (name it without .parquet), "
+                              "or give a path ending in .jsonl")
         if self.texts is not None and os.path.abspath(self.texts) == os.path.abspath(bank):
             raise ConfigError(f"--texts must be another file than the bank, got {self.texts!r} for both")
 
@@ -212,5 +228,10 @@ def validate_run_config(config: RunConfig) -> None:
 
 
 def bank_path(config: RunConfig) -> str:
-    """Where ``slg collect`` writes its bank: ``collect.out``, or ``OUTPUT_DIR/bank.jsonl``."""
-    return config.collect.out or os.path.join(config.output_dir, "bank.jsonl")
+    """Where ``slg collect`` writes its bank: ``collect.out``, or the folder ``OUTPUT_DIR/bank``."""
+    return config.collect.out or os.path.join(config.output_dir, "bank")
+
+
+def is_jsonl_bank(target: str) -> bool:
+    """A bank written as JSONL lines (a target ending in .jsonl), not as a folder of Parquet shards."""
+    return str(target).endswith(".jsonl")

@@ -86,7 +86,7 @@ class Destination:
 class OutputDir:
     """A job's output folder at a path or a URL; ``file(name)`` is one of its files."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, option: str = "output_dir"):
         self.target = str(target).rstrip("/")
         path = local_path(self.target)
         if path is None:
@@ -96,7 +96,7 @@ class OutputDir:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as error:  # a file in the way, no permission: before any work
-                raise ConfigError(f"output_dir {self.target!r} cannot be made a folder: {error.strerror or error}") from None
+                raise ConfigError(f"{option} {self.target!r} cannot be made a folder: {error.strerror or error}") from None
             self.staging = path
         self.files: dict[str, Destination] = {}
 
@@ -104,6 +104,25 @@ class OutputDir:
         if name not in self.files:
             self.files[name] = Destination(f"{self.target}/{name}", self.staging)
         return self.files[name]
+
+    def names(self, pattern: str) -> list[str]:
+        """The names of the files at the target (uploaded ones, for a URL) that match a glob ``pattern``, sorted."""
+        path = local_path(self.target)
+        if path is not None:
+            return sorted(p.name for p in path.glob(pattern))
+        fs, remote = _filesystem(self.target)
+        try:
+            return sorted(Path(p).name for p in fs.glob(f"{remote}/{pattern}"))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot list {self.target!r}: {_first_line(error)}") from None
+
+    def open(self, name: str):
+        """A file at the target, opened for reading in binary (from the object store, for a URL)."""
+        path = local_path(self.target)
+        if path is not None:
+            return (path / name).open("rb")
+        fs, remote = _filesystem(self.target)
+        return fs.open(f"{remote}/{name}", "rb")
 
     def push(self, names: list[str] | None = None) -> None:
         """Upload the named files (all known ones by default), in that order."""

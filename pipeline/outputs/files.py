@@ -120,8 +120,7 @@ def prepare_run_dir(output: Path, config_as_dict: dict, config_yaml: str, overwr
     results_path, config_path = output / "results.jsonl", output / "config.yaml"
     previous: list[dict] = []
     if results_path.exists() and config_path.exists() and not overwrite:
-        old, new = _flatten(OmegaConf.to_container(OmegaConf.load(config_path)) or {}), _flatten(config_as_dict)
-        changed = [k for k in sorted(set(old) | set(new)) if not k.startswith(resumable_prefixes) and old.get(k) != new.get(k)]
+        changed = changed_keys(OmegaConf.to_container(OmegaConf.load(config_path)) or {}, config_as_dict, resumable_prefixes)
         if changed:
             raise ConfigError(f"output_dir {str(output)!r} holds a run with a different config (changed: "
                               f"{', '.join(changed)}); use another output_dir or overwrite=true")
@@ -135,6 +134,12 @@ def prepare_run_dir(output: Path, config_as_dict: dict, config_yaml: str, overwr
             (output / name).unlink(missing_ok=True)
     atomic_write_text(config_path, config_yaml)
     return previous
+
+
+def changed_keys(old: dict, new: dict, resumable_prefixes: tuple[str, ...]) -> list[str]:
+    """The dotted keys whose values differ between two nested configs, leaving out the resumable ones."""
+    old, new = _flatten(old), _flatten(new)
+    return [k for k in sorted(set(old) | set(new)) if not k.startswith(resumable_prefixes) and old.get(k) != new.get(k)]
 
 
 def _flatten(tree, prefix: str = "") -> dict:
