@@ -43,7 +43,8 @@ class BankChunks:
     max_reward: float = -np.inf
     smallest_pool: SmallestPool | None = None
 
-    def chunks(self, max_rewards: int = CHUNK_REWARDS) -> Iterator[tuple[int, list[BankPrompt]]]:
+    def chunks(self, max_rewards: int | None = None) -> Iterator[tuple[int, list[BankPrompt]]]:
+        """Runs of consecutive prompts of at most ``max_rewards`` rewards (``CHUNK_REWARDS``), at least one prompt each."""
         raise NotImplementedError
 
 
@@ -57,9 +58,9 @@ class MemoryBank(BankChunks):
             self.smallest_pool = min((SmallestPool(int(p.lengths.min()), p.prompt_id, int(p.lengths.argmin()))
                                       for p in prompts), key=lambda pool: pool.size)
 
-    def chunks(self, max_rewards: int = CHUNK_REWARDS):
+    def chunks(self, max_rewards: int | None = None):
         sizes = [len(p.rewards) for p in self.prompts]
-        for start, stop in _runs(sizes, max_rewards):
+        for start, stop in _runs(sizes, max_rewards or CHUNK_REWARDS):
             yield start, self.prompts[start:stop]
 
 
@@ -101,11 +102,11 @@ class StreamedBank(BankChunks):
         for start, stop, where, row in _jsonl_lines(file, f"bank {file.name}"):
             yield start, stop, where, parse_row(row, where)
 
-    def chunks(self, max_rewards: int = CHUNK_REWARDS):
+    def chunks(self, max_rewards: int | None = None):
         for file_index in np.unique(self.spans[:, 0]):
             indices = np.flatnonzero(self.spans[:, 0] == file_index)
             file = self.files[int(file_index)]
-            for first, stop in _runs(self.spans[indices, 3].tolist(), max_rewards):
+            for first, stop in _runs(self.spans[indices, 3].tolist(), max_rewards or CHUNK_REWARDS):
                 rows = self.spans[indices[first:stop]]
                 offset = int(indices[first])
                 yield offset, self._read(file, int(rows[0, 1]), int(rows[-1, 2]), offset)

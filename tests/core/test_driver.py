@@ -137,3 +137,65 @@ def test_rollout_seed_is_derive_seed_of_the_same_parts():
 
     for seed, prompt_id, node, index in [(0, "p0", "root", 0), (7, "gsm8k/12", "s3", 41), (2**40, "", "s17", 4999)]:
         assert rollout_seed(seed, prompt_id, node, index) == derive_seed(seed, prompt_id, node, index)
+
+
+class Admissions(SearchObserver):
+    """The order in which searches were admitted (their first request) and finished."""
+
+    def __init__(self):
+        self.events, self.seen = [], set()
+
+    def rollout_requested(self, search, request):
+        if search.order not in self.seen:
+            self.seen.add(search.order)
+            self.events.append(("admitted", search.order))
+
+    def search_finished(self, search, row):
+        self.events.append(("finished", search.order))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_an_in_order_window_keeps_admissions_within_that_many_places_of_the_oldest_running_search(window):
+    searches = search_grid(PROMPTS, ["bon"], [256, 8], SearchConfig())  # a long search, then a short one, per prompt
+    log = Admissions()
+    driver = Driver(searches, [SimGenerator()], [SimRewardModel()], DriverConfig(max_concurrent_prompts=6, max_batch_rollouts=7),
+                    0, observer=log, calls=LocalCalls(), in_order_window=window)
+    rows, progress = driver.step(None)
+    assert progress["done"] and len(rows) == len(searches)
+    finished, spread = set(), 0
+    for event, order in log.events:
+        if event == "finished":
+            finished.add(order)
+        else:  # places between this search and the oldest one not finished
+            spread = max(spread, order - min(set(range(order)) - finished, default=order))
+    if window is None:
+        assert spread > 2  # six in flight: the window below is what holds them closer
+    else:
+        assert spread <= window - 1
+
+
+def test_collect_asks_a_state_s_completions_in_rounds_and_gets_the_same_rewards():
+    from conftest import run_in_process
+
+    from pipeline.jobs.collection import SampleRecorder
+
+    sizes = ["collect.num_states=4", "collect.completions_per_state=9", "data.num_prompts=3", "generator.sim.family=bimodal"]
+    class RoundSizes(SampleRecorder):
+        def __init__(self):
+            super().__init__(False)
+            self.sizes = []
+
+        def round_scored(self, search):
+            self.sizes.append(sum(slot.count for slot in search.slots))
+            super().round_scored(search)
+
+    whole = run_in_process(sizes, SampleRecorder(False), collect=True)
+    recorder = RoundSizes()
+    rounds = run_in_process([*sizes, "collect.rollouts_per_round=8"], recorder, collect=True)  # 2 a state a round
+    assert [r["rollouts"] for r in rounds] == [4 * 10] * 3
+    assert sorted(set(recorder.sizes)) == [4, 8]  # the root round; then 8, 8, 8, 8 and a last 4 (9 = 2+2+2+2+1)
+    for one, other in zip(whole, rounds):
+        assert set(one["samples"]) == set(other["samples"]) == {"root", "s0", "s1", "s2", "s3"}
+        for name, samples in one["samples"].items():
+            assert samples.rewards.tolist() == other["samples"][name].rewards.tolist()
+            assert samples.correct.tolist() == other["samples"][name].correct.tolist()

@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.offline.bank import parse_row, read_bank, simulate_bank, write_bank
-from pipeline.offline.replay import compute_multiplier, replay, replay_many, replay_rollouts
+from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.replay import compute_multiplier, format_table, replay, replay_job, replay_many, replay_rollouts
 from pipeline.offline.worlds import make_world
 from pipeline.stats.pool import expected_max_of_pool
 
@@ -197,3 +198,99 @@ def test_module_entry_point_matches_console_script():
     done = subprocess.run([sys.executable, "-m", "pipeline.run", "replay", "--world", "x", "--prompts", "1"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "unknown world family 'x'" in done.stderr
+
+
+def test_pool_exceeded_is_set_exactly_where_an_episode_draws_more_from_a_state_than_it_holds():
+    """Rewards name their state here (disjoint values), so the draws from each pool are counted from
+    what the source returned, independently of its own counters."""
+    from pipeline.offline.episodes import BankPrompt, BankSource
+    from pipeline.search.protocol import NO_NODE, ROOT, Request
+
+    pools = [[0.0, 0.1], [1.0, 1.1, 1.2, 1.3], [2.0, 2.1, 2.2]]
+    prompt = BankPrompt("p", pools)
+    rng = np.random.default_rng(3)
+    source = BankSource(prompt, 400, rng)
+    draws = np.zeros((400, 3), dtype=int)
+    roots = source.draw(Request.uniform(ROOT, 3, 400))
+    draws += np.stack([(np.floor(roots.rewards) == k).sum(axis=1) for k in range(3)], axis=1)
+    for _ in range(3):
+        node = np.where(rng.random(400) < 0.2, NO_NODE, rng.integers(0, 3, 400))  # continue a root rollout
+        got = source.draw(Request.per_episode(node, rng.integers(0, 3, 400)))
+        draws += np.stack([np.nansum(np.floor(got.rewards) == k, axis=1) for k in range(3)], axis=1)
+    expected = (draws > np.array([len(p) for p in pools])).any(axis=1)
+    assert 0 < expected.sum() < 400  # both kinds of episode occur
+    assert (source.pool_exceeded() == expected).all()
+
+
+def test_replay_flags_the_budgets_that_outgrow_a_pool_and_strict_refuses_them(tmp_path, capsys):
+    bank = [BankPrompt(f"p{i}", [[0.1 * k + 0.01 * i for k in range(8)]]) for i in range(3)]  # one state of 8 each
+    results = replay(bank, ["bon"], [8, 9], repeats=20, workers=1)
+    assert [r.pool_exceeded for r in results] == [False, True]  # every draw is from the one state: 9 > 8
+    assert replay(make_world("gaussian"), ["bon"], [8], 2, num_prompts=2, workers=1)[0].pool_exceeded is None
+    table = format_table(results).splitlines()
+    assert table[0].split()[-1] == "pool" and table[2].endswith(" -") and table[3].endswith("redrawn")
+    assert table[-1].startswith("redrawn:") and "favours bon" in table[-1]
+    with pytest.raises(ValueError, match=r"--strict: budget 9 can draw more rollouts from one state than its pool holds "
+                                         r"\(bank, prompt 'p0' state 0: 8 rewards\)"):
+        replay(bank, ["bon"], [8, 9], repeats=2, workers=1, strict=True)
+    assert replay(bank, ["bon"], [8], repeats=2, workers=1, strict=True)[0].pool_exceeded is False
+    path = tmp_path / "b.jsonl"
+    write_bank(path, [{"prompt_id": p.prompt_id, "states": [s.tolist() for s in p.state_rewards]} for p in bank])
+    assert main(["replay", "--bank", str(path), "--budgets", "4,9", "--strict", "--repeats", "2", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--strict: budget 9" in err
+
+
+def test_a_multiplier_on_a_curve_flat_within_the_interval_reads_saturated():
+    from pipeline.offline.multipliers import SATURATED
+
+    flat = lambda n: 1.0 - 0.5 ** n  # noqa: E731  reaches 1 to within 1e-16 by n = 60
+    assert compute_multiplier(flat, 1.0, 100) == SATURATED  # BoN's own value at N = 100 (ci 0)
+    assert compute_multiplier(flat, 0.999, 100, ci95=0.01) == SATURATED  # the interval holds the curve's top
+    assert compute_multiplier(flat, 0.75, 100, ci95=0.01) == 0.02  # where the curve still rises: n* = 2
+    assert compute_multiplier(flat, 1.5, 100, ci95=0.1) == ">1024"
+    rising = lambda n: float(np.log(n))  # noqa: E731
+    assert compute_multiplier(rising, float(np.log(400)), 100, ci95=0.05) == 4.0
+    results = replay(make_world("discrete"), ["bon"], [256, 1000], repeats=20, num_prompts=50, workers=1)
+    assert [r.compute_multiplier for r in results] == [SATURATED, SATURATED]  # was 0.66x and 0.17x of itself
+    assert replay(make_world("gaussian"), ["bon"], [256], repeats=20, num_prompts=50, workers=1)[0].compute_multiplier \
+        == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_lockstep_search_finds_what_bisection_finds():
+    from pipeline.offline.multipliers import Cell, find_multipliers
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        steps = np.cumsum(rng.exponential(size=3000) * (rng.random(3000) < 0.3))  # monotone, with flat stretches
+        budget = int(rng.integers(1, 4))
+        cells = [Cell(float(rng.uniform(0, steps[-1] * 1.1)), 0.0, budget) for _ in range(5)]
+        passes = []
+        found = find_multipliers(lambda ns, steps=steps, passes=passes: passes.append(ns) or
+                                 {n: float(steps[min(n, 3000) - 1]) for n in ns}, cells)
+        for cell, multiplier in zip(cells, found):
+            limit, tolerance = 1024 * budget, 1e-12 * max(1, cell.mean)
+            top = steps[min(limit, 3000) - 1]
+            if top < cell.mean - tolerance:
+                assert multiplier == ">1024"
+            elif top <= cell.mean + tolerance:
+                assert multiplier == "saturated"
+            else:  # the smallest n that reaches the mean, by a linear scan
+                assert multiplier == next(n for n in range(1, limit + 1) if steps[min(n, 3000) - 1] >= cell.mean - tolerance) / budget
+        assert len(passes) <= 1 + 7  # 4-ary search of [1, 3072]: far fewer passes than bisection's 12
+
+
+def test_a_streamed_bank_replays_as_the_same_bank_in_memory(tmp_path, monkeypatch):
+    from pipeline.offline import bank_reader
+    from pipeline.offline.bank_reader import StreamedBank
+
+    rows = simulate_bank(make_world("bimodal"), num_prompts=5, num_states=6, num_completions=20, seed=4)
+    write_bank(tmp_path / "b.parquet", rows)
+    in_memory = replay_job({"b": read_bank(tmp_path / "b.parquet")}, ["bon", "slg", "oracle"], [16, 64], 8, seed=3,
+                           workers=1, with_ceilings=True)
+    monkeypatch.setattr(bank_reader, "CHUNK_REWARDS", 250)  # two prompts a chunk
+    streamed = replay_job({"b": StreamedBank(tmp_path / "b.parquet")}, ["bon", "slg", "oracle"], [16, 64], 8, seed=3,
+                          workers=1, with_ceilings=True)
+    assert streamed == in_memory
+    exceeded = {r.method: r.pool_exceeded for r in in_memory.results["b"] if r.budget == 64}
+    assert exceeded == {"bon": False, "slg": True, "oracle": True}  # 64 from the prompt spread over 6 pools of 20
