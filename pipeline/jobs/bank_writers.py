@@ -63,7 +63,7 @@ class ParquetShards:
     """A bank as a folder (or URL) of Parquet shards; ``write`` takes finished collect results."""
 
     in_order = True              # finished prompts wait for their shard: the driver keeps them near in order
-    reward_dtype = np.float32
+    reward_dtype = np.float32    # what the recorder keeps: what the shards store
 
     def __init__(self, config: RunConfig, prompts: list, make_row):
         settings = config.collect
@@ -130,8 +130,10 @@ class ParquetShards:
 
     def _row(self, result: dict) -> dict | None:
         row = self.make_row(result, self.meta, as_lists=False)
-        if row is not None and self.keeps_texts:
-            row["responses"] = [result["samples"][name].texts for name in row["meta"]["state_nodes"]]
+        if row is not None:
+            row["states"] = [np.asarray(rewards, dtype=np.float32) for rewards in row["states"]]
+            if self.keeps_texts:
+                row["responses"] = [result["samples"][name].texts for name in row["meta"]["state_nodes"]]
         return row
 
     def _write_shard(self, index: int, rows: dict) -> None:

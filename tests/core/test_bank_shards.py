@@ -29,7 +29,7 @@ def collect_shards(folder, overrides=SIZES, keep_texts=False, finish=None):
     """Shards of ``folder`` from an in-process collect (no Ray); ``finish``: how many results reach the writer."""
     overrides = [*overrides, f"collect.out={folder}", *(["collect.responses=true"] if keep_texts else [])]
     config = load_run_config(None, overrides)
-    results = run_in_process(overrides, SampleRecorder(keep_texts, np.float32), collect=True)
+    results = run_in_process(overrides, SampleRecorder(keep_texts), collect=True)  # float64: the writer makes them float32
     with ParquetShards(config, load_prompts(config.data), bank_row) as writer:
         writer.write(results[:finish])
     return config, results
@@ -70,7 +70,7 @@ def test_shards_say_what_they_came_from_and_a_rerun_skips_them_or_refuses_anothe
 def test_a_rerun_after_a_kill_ends_with_the_bank_of_an_uninterrupted_run(tmp_path):
     collect_shards(tmp_path / "whole")
     config, results = collect_shards(tmp_path / "killed", finish=3)
-    (tmp_path / "killed" / ".part-00001.parquet.tmp").write_bytes(b"torn")  # a kill in the middle of a write
+    (tmp_path / "killed" / ".part-00009.parquet.tmp").write_bytes(b"torn")  # a kill in the middle of a write
     prompts = load_prompts(config.data)
     with ParquetShards(config, prompts, bank_row) as writer:
         pending = {p.prompt_id for p in writer.pending(prompts)}
@@ -107,7 +107,8 @@ def test_parquet_rewards_are_a_few_bytes_each(tmp_path):
     rng = np.random.default_rng(0)
     rows = [{"prompt_id": f"p{i}", "states": [rng.normal(size=2000).astype(np.float32) for _ in range(16)]} for i in range(8)]
     write_bank(tmp_path / "b.parquet", rows)
-    assert (tmp_path / "b.parquet").stat().st_size / (8 * 16 * 2000) < 4.0  # float32, no dictionary
+    # float32 split into byte streams, no dictionary: 3.40 (3.73 unsplit, 6.4 with a dictionary)
+    assert (tmp_path / "b.parquet").stat().st_size / (8 * 16 * 2000) < 3.5
 
 
 def test_a_streamed_bank_reads_the_same_prompts_in_chunks_of_a_few(tmp_path, monkeypatch):

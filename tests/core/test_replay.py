@@ -294,3 +294,22 @@ def test_a_streamed_bank_replays_as_the_same_bank_in_memory(tmp_path, monkeypatc
     assert streamed == in_memory
     exceeded = {r.method: r.pool_exceeded for r in in_memory.results["b"] if r.budget == 64}
     assert exceeded == {"bon": False, "slg": True, "oracle": True}  # 64 from the prompt spread over 6 pools of 20
+
+
+def test_results_do_not_depend_on_the_order_tasks_finish_in(tmp_path, monkeypatch):
+    """Ray returns tasks as they finish: a replay whose tasks all come back in reverse is the same replay."""
+    from pipeline.offline import bank_reader
+    from pipeline.offline import replay as replay_module
+    from pipeline.offline.replay_tasks import LocalExecutor
+
+    class Reversed(LocalExecutor):
+        def run(self, tasks):
+            return reversed(list(super().run(tasks)))
+
+    rows = simulate_bank(make_world("bimodal"), num_prompts=6, num_states=4, num_completions=10, seed=1)
+    monkeypatch.setattr(bank_reader, "CHUNK_REWARDS", 40)  # a prompt a chunk: six parts to put back in order
+    monkeypatch.setattr(replay_module, "EPISODE_ROLLOUTS_PER_TASK", 100)  # several tasks per world budget too
+    targets = {"w": make_world("heavy"), "b": [parse_row(row, "") for row in rows]}
+    here = replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=1, with_ceilings=True)
+    monkeypatch.setattr(replay_module, "_executor", lambda workers, rollouts: Reversed())
+    assert replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=2, with_ceilings=True) == here
