@@ -222,3 +222,30 @@ def test_a_run_whose_output_dir_cannot_be_a_folder_is_refused(tmp_path, capsys):
     for output in ("afile", "afile/sub"):
         assert main(["run", f"output_dir={tmp_path / output}", "data.num_prompts=1", "budgets=[8]"]) == 2
         assert "cannot be made a folder" in capsys.readouterr().err
+
+
+def test_collect_shards_go_to_a_bucket_whole_and_a_rerun_reads_which_are_there(s3, tmp_path):
+    import numpy as np
+
+    from pipeline.jobs.bank_writers import ParquetShards
+    from pipeline.jobs.collection import SampleRecorder, bank_row
+    from pipeline.jobs.config import load_run_config
+    from pipeline.jobs.prompts import load_prompts
+
+    client, _ = s3
+    sizes = ["collect.num_states=2", "collect.completions_per_state=4", "data.num_prompts=3", "collect.prompts_per_shard=2",
+             "collect.out=s3://results/bank1"]
+    config = load_run_config(None, sizes)
+    results = run_in_process(sizes, SampleRecorder(False, np.float32), collect=True)
+    prompts = load_prompts(config.data)
+    with ParquetShards(config, prompts, bank_row) as writer:
+        writer.write(results[:2])  # shard 0 whole; shard 1 waits for sim2
+        staging = writer.folder.staging
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket="results", Prefix="bank1/")["Contents"]]
+    assert keys == ["bank1/part-00000.parquet"] and not staging.exists()  # uploaded, nothing left on local disk
+    again = ParquetShards(config, prompts, bank_row)  # its metadata read from the bucket
+    assert [p.prompt_id for p in again.pending(prompts)] == ["sim2"]
+    client.download_file("results", "bank1/part-00000.parquet", str(tmp_path / "part-00000.parquet"))
+    from pipeline.offline.bank import read_bank_rows
+
+    assert [r["prompt_id"] for r in read_bank_rows(tmp_path / "part-00000.parquet")] == ["sim0", "sim1"]
