@@ -9,14 +9,16 @@ whether it is collected in one run or after a kill.
 
 Where the bank goes is ``pipeline.jobs.bank_writers``'s business: a folder of Parquet shards (the
 default; written whole as each shard's prompts finish, resumed shard by shard) or JSONL lines (a
-``--out`` ending in ``.jsonl``; resumed prompt by prompt). The driver holds the prompts in flight
-(``driver.max_concurrent_prompts``, their rewards as compact arrays); the job holds at most those
+``--out`` ending in ``.jsonl``; resumed prompt by prompt). The driver holds the prompts in flight:
+``driver.max_concurrent_prompts``, fewer where their rewards would pass ``IN_FLIGHT_REWARDS`` (at
+least two), each in arrays of 4 bytes a reward for a Parquet bank; the job holds at most those
 plus one shard of finished prompts waiting for the rest of their shard.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -29,6 +31,8 @@ from pipeline.search.base import SearchPolicy
 from pipeline.search.protocol import NO_NODE, ROOT, Request
 
 log = logging.getLogger("slg")
+
+IN_FLIGHT_REWARDS = 1 << 22  # rewards of the prompts the driver holds at once (16 MB of float32), unless fewer prompts fit
 
 
 class CollectStates(SearchPolicy):
@@ -57,14 +61,40 @@ class NodeSamples:
         self.rewards, self.correct, self.texts = rewards, correct, texts
 
 
+class _NodeRecord:
+    """A node's samples as they come, a round at a time, in arrays sized for the node's plan (grown
+    by doubling past it): no object per round, so a state's 10^4 rewards cost 5 bytes each (4 for a
+    float32 reward, 1 for its verdict)."""
+
+    def __init__(self, capacity: int, dtype):
+        self.rewards, self.correct, self.texts = np.empty(capacity, dtype), np.zeros(capacity, dtype=bool), []
+        self.size, self.graded = 0, True  # graded: every round came with verdicts
+
+    def add(self, rewards: np.ndarray, correct: np.ndarray | None, texts: list[str]) -> None:
+        end = self.size + len(rewards)
+        if end > len(self.rewards):
+            capacity = max(end, 2 * len(self.rewards))
+            self.rewards, self.correct = np.resize(self.rewards, capacity), np.resize(self.correct, capacity)
+        self.rewards[self.size:end] = rewards
+        if correct is None:
+            self.graded = False
+        else:
+            self.correct[self.size:end] = correct
+        self.texts += texts
+        self.size = end
+
+    def samples(self) -> NodeSamples:
+        return NodeSamples(self.rewards[:self.size], self.correct[:self.size] if self.graded else None, self.texts)
+
+
 class SampleRecorder(SearchObserver):
     """Keeps every finite reward (and, with ``keep_texts``, every response text) per node, in the
     order the policy planned them, and adds them to the search's result as ``samples``. Rewards are
-    kept as ``dtype`` arrays a round at a time (float32 for a Parquet bank, which stores that)."""
+    kept as ``dtype`` (float32 for a Parquet bank, which stores that)."""
 
     def __init__(self, keep_texts: bool, dtype=np.float64):
         self.keep_texts, self.dtype = keep_texts, dtype
-        self._rounds: dict[SearchRecord, dict[str, list]] = {}  # node name -> (rewards, correct, texts) per round
+        self._nodes: dict[SearchRecord, dict[str, _NodeRecord]] = {}
         self._texts: dict[int, list[str]] = {}  # id(slot) -> texts by position, until the round is scored
 
     def rollout_scored(self, search: SearchRecord, slot: Slot, position: int, rollout, reward: float, sequence: int) -> None:
@@ -72,26 +102,22 @@ class SampleRecorder(SearchObserver):
             self._texts.setdefault(id(slot), [""] * slot.count)[position] = rollout.response_text
 
     def round_scored(self, search: SearchRecord) -> None:
-        rounds = self._rounds.setdefault(search, {})
+        nodes = self._nodes.setdefault(search, {})
         for slot in search.slots:
             texts = self._texts.pop(id(slot), [])
             if slot.node == NO_NODE:  # a state the plan could not have (its root rollout was too short)
                 continue
+            name = node_name(slot.node)
+            if name not in nodes:  # a collect plan says how many a state gets: M
+                planned = getattr(search.spec.search_config, "completions_per_state", slot.count)
+                nodes[name] = _NodeRecord(slot.count if slot.node == ROOT else max(planned, slot.count), self.dtype)
             kept = ~np.isnan(slot.rewards)
-            correct = slot.correct[kept] if search.any_correct is not None else None
-            texts = [text for text, keep in zip(texts, kept) if keep]
-            rounds.setdefault(node_name(slot.node), []).append((slot.rewards[kept].astype(self.dtype), correct, texts))
+            nodes[name].add(slot.rewards[kept], slot.correct[kept] if search.any_correct is not None else None,
+                            [text for text, keep in zip(texts, kept) if keep])
 
     def search_finished(self, search: SearchRecord, row: dict) -> None:
-        row["samples"] = {name: _joined(parts, self.dtype) for name, parts in self._rounds.pop(search, {}).items()}
+        row["samples"] = {name: record.samples() for name, record in self._nodes.pop(search, {}).items()}
         row["state_texts"] = {node_name(node): state.text for node, state in search.states.items()}
-
-
-def _joined(parts: list, dtype) -> NodeSamples:
-    graded = all(correct is not None for _, correct, _ in parts)
-    return NodeSamples(np.concatenate([rewards for rewards, _, _ in parts]).astype(dtype, copy=False),
-                       np.concatenate([correct for _, correct, _ in parts]) if graded else None,
-                       [text for _, _, texts in parts for text in texts])
 
 
 def collect(config: RunConfig) -> int:
@@ -109,13 +135,22 @@ def collect(config: RunConfig) -> int:
     searches = [SearchSpec(p, CollectStates.name, budget, CollectStates, settings) for p in pending]
     log.info("collecting %d prompts x %d states x %d rollouts into %s (%d already there)", len(prompts),
              settings.num_states, settings.completions_per_state, writer.target, len(prompts) - len(pending))
+    in_flight = prompts_in_flight(config)
+    config = replace(config, driver=replace(config.driver, max_concurrent_prompts=in_flight))
     with writer:
         with Session(config) as session:
-            window = config.driver.max_concurrent_prompts if writer.in_order else None
+            window = in_flight if writer.in_order else None
             session.start_driver(searches, SampleRecorder(writer.keeps_texts, writer.reward_dtype), in_order_window=window)
             progress = session.drive(writer.write, resumed=len(prompts) - len(pending))
     log.info("driver peak memory %.0f MB", progress["driver_peak_rss_mb"])
     return len(searches)
+
+
+def prompts_in_flight(config: RunConfig) -> int:
+    """``driver.max_concurrent_prompts``, or fewer: as many prompts as hold about ``IN_FLIGHT_REWARDS``
+    rewards, at least two (a prompt's rounds keep the engines busy; the driver's memory then does not grow with M)."""
+    per_prompt = config.collect.num_states * config.collect.completions_per_state
+    return min(config.driver.max_concurrent_prompts, max(2, IN_FLIGHT_REWARDS // per_prompt))
 
 
 def state_names(samples: dict) -> list[str]:

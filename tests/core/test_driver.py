@@ -199,3 +199,16 @@ def test_collect_asks_a_state_s_completions_in_rounds_and_gets_the_same_rewards(
         for name, samples in one["samples"].items():
             assert samples.rewards.tolist() == other["samples"][name].rewards.tolist()
             assert samples.correct.tolist() == other["samples"][name].correct.tolist()
+
+
+def test_collect_holds_fewer_prompts_in_flight_when_each_holds_many_rewards():
+    from pipeline.jobs.collection import IN_FLIGHT_REWARDS, prompts_in_flight
+    from pipeline.jobs.config import load_run_config
+
+    def in_flight(*overrides):
+        return prompts_in_flight(load_run_config(None, list(overrides)))
+
+    assert in_flight() == 64  # 16 x 64 rewards a prompt: driver.max_concurrent_prompts decides
+    assert in_flight("collect.num_states=64", "collect.completions_per_state=10000") == IN_FLIGHT_REWARDS // 640_000 == 6
+    assert in_flight("collect.num_states=64", "collect.completions_per_state=100000") == 2  # never fewer than two
+    assert in_flight("driver.max_concurrent_prompts=4") == 4
