@@ -1,10 +1,11 @@
 """Replay's tasks as Ray tasks: on a local instance started here, or on the cluster in $RAY_ADDRESS.
 
-The tasks are ``pipeline.offline.replay_tasks``'s plain functions; this module only places them. A
-bank's chunks go to the object store once (``share``) and every task of the chunk reads them there;
-at most ``2 x CPUs`` tasks are out at a time and tasks are drawn from the replay's stream only as
-room frees, so neither this process nor the object store ever holds more than the chunks of the
-tasks in flight. Results come back as tasks finish; the replay orders them itself.
+The tasks are ``pipeline.offline.replay_tasks``'s plain functions; this module only places them. On
+one machine, a task reads its slice of a bank's files itself; on a cluster of several, this process
+reads each chunk and puts it in the object store once (``share``), where every task of the chunk
+reads it. At most ``2 x CPUs`` tasks are out at a time and tasks are drawn from the replay's stream
+only as room frees, so neither this process nor the object store ever holds more than the chunks
+of the tasks in flight. Results come back as tasks finish; the replay orders them itself.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ class RayExecutor:
     def __init__(self, workers: int | None = None):
         import ray
 
-        from pipeline.distributed.session import start_ray
+        from pipeline.distributed.session import is_single_node, start_ray
 
         before = child_processes()
         self.started = start_ray(num_cpus=workers)
         self.reaper = start_reaper(child_processes() - before) if self.started else None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_in_flight = TASKS_PER_CPU * max(1, min(cpus, workers or cpus))
+        # one machine: the tasks read a bank's files themselves, in parallel; across machines they
+        # may not see them, so this process reads each chunk and puts it in the object store
+        self.reads_files = is_single_node()
         self._remote: dict = {}
 
     def share(self, value):

@@ -5,8 +5,10 @@ it once, prompt by prompt, validating each as ``pipeline.offline.bank`` does (``
 the prompt, before any episode is played), and keeps only where each prompt lies (a Parquet file and
 its rows, or a JSONL file and its bytes) and what the checks of a replay need (the smallest state
 pool, the largest reward). :meth:`StreamedBank.chunks` then reads runs of consecutive prompts, a few
-MB at a time (only the row groups that hold them). A bank already in memory (``list[BankPrompt]``,
-:class:`MemoryBank`) is served in the same chunks, so both are played by the same tasks.
+MB at a time (only the row groups that hold them), or hands out where they lie
+(:meth:`StreamedBank.slices`) for tasks to read themselves. A bank already in memory
+(``list[BankPrompt]``, :class:`MemoryBank`) is served in the same chunks, so both are played by the
+same tasks.
 """
 
 from __future__ import annotations
@@ -103,24 +105,41 @@ class StreamedBank(BankChunks):
             yield start, stop, where, parse_row(row, where)
 
     def chunks(self, max_rewards: int | None = None):
+        for piece in self.slices(max_rewards):
+            yield piece.first, piece.read()
+
+    def slices(self, max_rewards: int | None = None) -> Iterator[BankSlice]:
+        """The chunks as where they lie, to be read by whoever plays them (``BankSlice.read``)."""
         for file_index in np.unique(self.spans[:, 0]):
             indices = np.flatnonzero(self.spans[:, 0] == file_index)
-            file = self.files[int(file_index)]
             for first, stop in _runs(self.spans[indices, 3].tolist(), max_rewards or CHUNK_REWARDS):
                 rows = self.spans[indices[first:stop]]
-                offset = int(indices[first])
-                yield offset, self._read(file, int(rows[0, 1]), int(rows[-1, 2]), offset)
+                yield BankSlice(self.path, self.parquet, self.files[int(file_index)], int(rows[0, 1]), int(rows[-1, 2]),
+                                int(indices[first]), stop - first)
 
-    def _read(self, file: Path, start: int, stop: int, first_prompt: int) -> list[BankPrompt]:
+
+@dataclass(frozen=True)
+class BankSlice:
+    """Consecutive prompts of one file of a bank on disk (rows of a Parquet file, bytes of a JSONL
+    one): small to send, read where a task runs (a machine that sees the same files)."""
+
+    bank: Path
+    parquet: bool
+    file: Path
+    start: int
+    stop: int
+    first: int  # the index of its first prompt in the bank
+    count: int
+
+    def read(self) -> list[BankPrompt]:
         if self.parquet:
-            blocks = read_row_range(file, self.path, start, stop)
-            return [block.prompt(f"bank {self.path.name} prompt {first_prompt + k + 1}") for k, block in enumerate(blocks)]
-        with file.open("rb") as handle:
-            handle.seek(start)
-            text = handle.read(stop - start)
-        lines = text.decode("utf-8").splitlines()
-        return [parse_row(json.loads(line), f"bank {file.name} prompt {first_prompt + k + 1}")
-                for k, line in enumerate(line for line in lines if line.strip())]
+            blocks = read_row_range(self.file, self.bank, self.start, self.stop)
+            return [block.prompt(f"bank {self.bank.name} prompt {self.first + k + 1}") for k, block in enumerate(blocks)]
+        with self.file.open("rb") as handle:
+            handle.seek(self.start)
+            text = handle.read(self.stop - self.start)
+        lines = [line for line in text.decode("utf-8").splitlines() if line.strip()]
+        return [parse_row(json.loads(line), f"bank {self.file.name} prompt {self.first + k + 1}") for k, line in enumerate(lines)]
 
 
 def as_bank(target, label: str = "") -> BankChunks:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.offline.bank_reader import BankChunks, as_bank
+from pipeline.offline.bank_reader import BankChunks, StreamedBank, as_bank
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.multipliers import Cell, CurveAt, compute_multiplier, curve_of, find_multipliers
 from pipeline.offline.replay_tasks import LocalExecutor, Play, Played, Task, bon_values, ceilings, play
@@ -148,12 +148,21 @@ def _tasks(executor, targets: dict, methods, budgets, repeats, num_prompts, seed
             plays = _plays(label, methods, budgets, 0, num_prompts, repeats, seed, config)
             yield from (Task(play, (p, world), p) for p in sorted(plays, key=lambda p: -p.rollouts))
             continue
-        for first, prompts in target.chunks():
-            chunk = executor.share(prompts)
-            plays = _plays(label, methods, budgets, first, first + len(prompts), repeats, seed, config)
+        for first, count, chunk in _chunks(executor, target):
+            plays = _plays(label, methods, budgets, first, first + count, repeats, seed, config)
             yield from (Task(play, (p, chunk, first), p) for p in sorted(plays, key=lambda p: -p.rollouts))
             if with_ceilings:
                 yield from (Task(ceilings, (chunk, first, budget, seed), (label, budget, first)) for budget in budgets)
+
+
+def _chunks(executor, bank: BankChunks) -> Iterator[tuple[int, int, object]]:
+    """(first prompt, prompts, what tasks read them from) of every chunk of a bank: where the tasks see
+    the bank's files, a slice of a file each reads itself (many at once); else the prompts, read here
+    and handed over (through Ray's object store)."""
+    if executor.reads_files and isinstance(bank, StreamedBank):
+        yield from ((piece.first, piece.count, piece) for piece in bank.slices())
+    else:
+        yield from ((first, len(prompts), executor.share(prompts)) for first, prompts in bank.chunks())
 
 
 def _plays(label, methods, budgets, start, stop, repeats, seed, config) -> list[Play]:
@@ -233,7 +242,7 @@ def _curve(executor, target) -> CurveAt:
         return curve_of(target.prompt_value)
 
     def curve_at(ns: list[int]) -> dict[int, float]:
-        tasks = (Task(bon_values, (executor.share(prompts), ns), first) for first, prompts in target.chunks())
+        tasks = (Task(bon_values, (chunk, ns), first) for first, _, chunk in _chunks(executor, target))
         values = np.concatenate([v for _, v in sorted(executor.run(tasks), key=lambda pair: pair[0])])
         return {n: float(np.mean(np.ascontiguousarray(values[:, j]))) for j, n in enumerate(ns)}
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.offline.bank_reader import BankSlice
 from pipeline.offline.ceilings import PromptArms
 from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
 from pipeline.offline.worlds import World
@@ -64,8 +65,13 @@ class Task:
     meta: object
 
 
-def play(task: Play, unit: World | list[BankPrompt], first: int = 0) -> Played:
-    """Play ``task``; ``unit`` is the world, or a chunk of bank prompts whose first is prompt ``first``."""
+def prompts_of(chunk: list[BankPrompt] | BankSlice) -> list[BankPrompt]:
+    """A chunk of a bank: the prompts themselves, or a slice of the bank's file to read here."""
+    return chunk.read() if isinstance(chunk, BankSlice) else chunk
+
+
+def play(task: Play, unit: World | list[BankPrompt] | BankSlice, first: int = 0) -> Played:
+    """Play ``task``; ``unit`` is the world, or a chunk of a bank whose first prompt is prompt ``first``."""
     cls = policy_class(task.method)
     if isinstance(unit, World):
         batch = (task.stop - task.start) * task.repeats
@@ -77,6 +83,7 @@ def play(task: Play, unit: World | list[BankPrompt], first: int = 0) -> Played:
         correct = ledger.best_correct.reshape(shape) if ledger.has_correct else None
         return Played(ledger.best_reward.reshape(shape), correct, None, int(ledger.spent.sum()))
     bests, corrects, exceeded, spent = [], [], [], 0
+    unit = prompts_of(unit)
     for index in range(task.start, task.stop):
         source = BankSource(unit[index - first], task.repeats, np.random.default_rng([task.seed, task.budget, index]))
         policy = cls(task.budget, task.repeats, task.config, rng=np.random.default_rng([task.seed, task.budget, index, 1]),
@@ -90,9 +97,10 @@ def play(task: Play, unit: World | list[BankPrompt], first: int = 0) -> Played:
     return Played(np.stack(bests), correct, np.stack(exceeded), spent)
 
 
-def ceilings(prompts: list[BankPrompt], first: int, budget: int, seed: int) -> np.ndarray:
+def ceilings(chunk: list[BankPrompt] | BankSlice, first: int, budget: int, seed: int) -> np.ndarray:
     """(P, 2): each prompt's clairvoyant and paid-discovery ceiling at ``budget``
     (``pipeline.offline.ceilings``; the discoveries of prompt i draw from (seed, budget, i))."""
+    prompts = prompts_of(chunk)
     out = np.empty((len(prompts), 2))
     for offset, prompt in enumerate(prompts):
         arms = PromptArms(prompt)
@@ -100,14 +108,17 @@ def ceilings(prompts: list[BankPrompt], first: int, budget: int, seed: int) -> n
     return out
 
 
-def bon_values(prompts: list[BankPrompt], ns: list[int]) -> np.ndarray:
+def bon_values(chunk: list[BankPrompt] | BankSlice, ns: list[int]) -> np.ndarray:
     """(P, len(ns)): each prompt's exact BoN value at each n."""
+    prompts = prompts_of(chunk)
     return np.array([PoolCurve(p.rewards, p.prompt_weights()).expected_max(np.asarray(ns)) for p in prompts]).reshape(
         len(prompts), len(ns))
 
 
 class LocalExecutor:
     """Runs tasks here, one after another (``--workers 1``): no Ray, no processes."""
+
+    reads_files = False  # a bank's chunks are read once here and handed to each task
 
     def share(self, value):
         return value
