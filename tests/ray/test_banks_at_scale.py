@@ -127,6 +127,11 @@ def test_collect_shards_load_with_ray_data_and_replay_as_ray_tasks_equals_replay
     on_ray = replay_job({"b": StreamedBank(tmp_path / "bank")}, ["bon", "slg", "oracle"], [16, 64], 6, seed=2, workers=2,
                         with_ceilings=True)
     assert on_ray == here  # every field of every result and ceiling, to the last digit
+    from pipeline.distributed import session
+
+    monkeypatch.setattr(session, "is_single_node", lambda: False)  # as on a cluster: chunks go through the object store
+    assert replay_job({"b": StreamedBank(tmp_path / "bank")}, ["bon", "slg", "oracle"], [16, 64], 6, seed=2, workers=2,
+                      with_ceilings=True) == here
     assert all(r.rollouts_mean == r.budget for r in on_ray.results["b"])
     bon = next(r for r in on_ray.results["b"] if (r.method, r.budget) == ("bon", 16))
     exact = np.mean([p.bon_value(16) for p in read_bank(tmp_path / "bank")])  # BoN's exact value on the bank
