@@ -23,8 +23,11 @@ import numpy as np
 from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
 from pipeline.offline.worlds import make_world
 
-# A simulated response: "[<state ROOT_SEED>] <sim rollout SEED>" (the state's text, then the rollout's own)
+# A simulated response: "[<state ROOT_SEED>] <sim rollout SEED>" (the state's text, then the rollout's own);
+# a state's prefix alone (scored as a partial response): "<state ROOT_SEED>"
 _RESPONSE = re.compile(r"^(?:<state (\d+)>)? <sim rollout (\d+)>$")
+_PREFIX = re.compile(r"^<state (\d+)>$")
+_PREFIX_SEED = 0x5EED  # the prefix reading's noise: a stream of its own, from the state's root seed
 
 
 class _SimWorld:
@@ -42,6 +45,11 @@ class _SimWorld:
     def _state_latent(self, root_seed: int) -> float:
         """A state's latent, from its tokens: the seed of the root rollout it was cut from."""
         return float(self.world.sample_states(np.random.Generator(np.random.PCG64(root_seed)), ()))
+
+    def prefix_score(self, root_seed: int) -> float:
+        """The reward model's reading of a state's prefix alone (``World.prefix_score``)."""
+        rng = np.random.Generator(np.random.PCG64([root_seed, _PREFIX_SEED]))
+        return float(self.world.prefix_score(rng, np.array([self.state_latent(root_seed)]))[0])
 
     def draw(self, seed: int, state: StatePrefix | None):
         """(rng, reward, correct) of the rollout with this seed, from the prompt or from a state."""
@@ -107,6 +115,11 @@ class SimRewardModel:
             time.sleep(self.latency_per_item_s * len(requests))
         scores = []
         for request in requests:
+            prefix = _PREFIX.match(request.response_text)
+            if prefix is not None:
+                scores.append(Score(request.request_id, self.sim.prefix_score(int(prefix.group(1))),
+                                    num_tokens=len(request.response_text) // 4))
+                continue
             match = _RESPONSE.match(request.response_text)
             if match is None:
                 raise ValueError(f"request {request.request_id}: the sim reward model scores only sim rollouts, "

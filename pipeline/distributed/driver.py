@@ -116,6 +116,7 @@ class Driver:
         self.total = len(searches)
         self.active: list[SearchRecord] = []
         self.tickets: dict[int, _Ticket] = {}
+        self.prefix_tickets: dict[int, tuple[SearchRecord, tuple]] = {}  # a state's prefix, scored alone
         self.request_ids = itertools.count()
         self.finished_totals = Ledger()  # of searches already finished; active ones add theirs in progress()
         self.searches_done = 0
@@ -218,9 +219,24 @@ class Driver:
             search = ticket.search
             search.record_rollout(rollout, ticket.slot, ticket.position, ticket.root_index)
             self.scoring.put(None, ScoreRequest(rollout.request_id, search.prompt, rollout.response_text))
+            if ticket.root_index is not None and rollout.state is not None and search.wants_prefix_score(rollout.state):
+                self._score_prefix(search, rollout.state)
+
+    def _score_prefix(self, search: SearchRecord, state) -> None:
+        """The reward model's score of a new state's prefix alone (one short call: a partial response,
+        as Speculative Rejection scores them); the search's round waits for it."""
+        request_id = next(self.request_ids)
+        self.prefix_tickets[request_id] = (search, state.token_ids)
+        search.waiting += 1
+        self.scoring.put(None, ScoreRequest(request_id, search.prompt, state.text))
 
     def _on_scores(self, scores: list[Score], finished: list[dict]) -> None:
         for score in scores:
+            if score.request_id in self.prefix_tickets:
+                search, token_ids = self.prefix_tickets.pop(score.request_id)
+                search.record_prefix_score(token_ids, float(score.reward), score.num_tokens)
+                self._one_less_waiting(search, finished)
+                continue
             ticket = self.tickets.pop(score.request_id)
             search, rollout = ticket.search, ticket.rollout
             reward = float(score.reward)
@@ -235,12 +251,16 @@ class Driver:
                 search.record_reward(reward, rollout, ticket.slot, ticket.position, ticket.sequence)
                 if self.observer is not None:
                     self.observer.rollout_scored(search, ticket.slot, ticket.position, rollout, reward, ticket.sequence)
-            search.waiting -= 1
-            if search.waiting == 0:
-                if self.observer is not None:
-                    self.observer.round_scored(search)
-                search.policy.observe(search.round_results())
-                self._plan(search, finished)
+            self._one_less_waiting(search, finished)
+
+    def _one_less_waiting(self, search: SearchRecord, finished: list[dict]) -> None:
+        """One score of the search's round is in; the last one hands the round to its policy."""
+        search.waiting -= 1
+        if search.waiting == 0:
+            if self.observer is not None:
+                self.observer.round_scored(search)
+            search.policy.observe(search.round_results())
+            self._plan(search, finished)
 
     def _finish(self, search: SearchRecord, finished: list[dict]) -> None:
         self.active.remove(search)

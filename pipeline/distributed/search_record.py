@@ -141,6 +141,10 @@ class SearchRecord:
         self.requested = 0
         self.node_counts: dict[int, int] = {}  # rollouts planned per state (the next one's index there): the states sampled
         self.states: dict[int, StatePrefix] = {}  # root-rollout index -> the state cut from it
+        # prefix token ids -> the reward model's score of the prefix alone (NaN: not finite), for a
+        # policy that asks for them (``scores_prefixes``); None while its score is on its way
+        self.prefix_scores: dict[tuple, float | None] = {}
+        self.scores_prefixes = bool(getattr(spec.policy_class, "scores_prefixes", False))
         self.slots: list[Slot] = []
         self.waiting = 0             # rollouts of this round not scored yet
         self.sequence = itertools.count()
@@ -182,6 +186,17 @@ class SearchRecord:
             slot.can_branch[position] = True
             slot.root_index[position] = root_index
 
+    def wants_prefix_score(self, state: StatePrefix) -> bool:
+        """Whether the policy asks for prefix scores and this prefix has none yet (nor one on its way)."""
+        if not self.scores_prefixes or state.token_ids in self.prefix_scores:
+            return False
+        self.prefix_scores[state.token_ids] = None
+        return True
+
+    def record_prefix_score(self, token_ids: tuple, score: float, num_tokens: int) -> None:
+        self.prefix_scores[token_ids] = score if math.isfinite(score) else math.nan
+        self.ledger.rm_tokens += num_tokens
+
     def record_reward(self, reward: float, rollout: Rollout, slot: Slot, position: int, sequence: int) -> None:
         slot.rewards[position] = reward
         if rollout.correct is not None:
@@ -193,9 +208,16 @@ class SearchRecord:
 
     def round_results(self) -> list[Rollouts]:
         first = self._first_root_of_each_prefix()
-        return [Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :],
-                         np.array([first[self.states[k].token_ids] if k >= 0 else -1 for k in s.root_index])[None, :])
-                for s in self.slots]
+        results = []
+        for s in self.slots:
+            prefixes = [self.states[k].token_ids if k >= 0 else None for k in s.root_index]
+            index = np.array([first[p] if p is not None else -1 for p in prefixes])
+            score = None
+            if self.scores_prefixes:
+                score = np.array([self.prefix_scores.get(p) if p is not None else math.nan for p in prefixes], dtype=float)
+            results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :], index[None, :],
+                                    None if score is None else score[None, :]))
+        return results
 
     def _first_root_of_each_prefix(self) -> dict[tuple, int]:
         """Prefix token ids -> the smallest root-rollout index that has them: root rollouts with the same

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class CollectStates(SearchPolicy):
     ``CollectConfig``), so that the bank holds S i.i.d. states of M rewards each."""
 
     name = "collect"
+    scores_prefixes = True  # the bank keeps each state's prefix score (state_scores)
 
     def _search(self):
         num_states, per_state = self.config.num_states, self.config.completions_per_state
@@ -83,6 +85,8 @@ class SampleRecorder(SearchObserver):
     def search_finished(self, search: SearchRecord, row: dict) -> None:
         row["samples"] = self._samples.pop(search, {})
         row["state_texts"] = {node_name(node): state.text for node, state in search.states.items()}
+        row["state_scores"] = {node_name(node): search.prefix_scores.get(state.token_ids)
+                               for node, state in search.states.items()}
 
 
 def collect(config: RunConfig) -> int:
@@ -152,6 +156,9 @@ def bank_row(result: dict, meta: dict) -> dict | None:
         row["correct"] = [samples[n].correct for n in names]
     # the prefix of each state: replay pools states with the same prefix (the same state, drawn twice)
     row["state_texts"] = [result["state_texts"][n] for n in names]
+    scores = [result["state_scores"].get(n) for n in names]
+    if all(score is not None and math.isfinite(score) for score in scores):  # the prefix alone, scored by the RM
+        row["state_scores"] = scores
     row["meta"] = {**meta, "state_nodes": names}
     return row
 

@@ -102,11 +102,19 @@ class RolloutSource:
 
 
 class WorldSource(RolloutSource):
-    """Episodes of a fresh prompt of a simulated world."""
+    """Episodes of a fresh prompt of a simulated world. Prefix scores (``World.prefix_score``) come
+    from a generator of their own, so that asking for them changes no reward drawn."""
 
-    def __init__(self, world: World, batch_size: int, rng: np.random.Generator):
+    def __init__(self, world: World, batch_size: int, rng: np.random.Generator,
+                 prefix_rng: np.random.Generator | None = None):
         super().__init__(batch_size, rng)
         self.world = world
+        self.prefix_rng = prefix_rng
+
+    def _state_score(self, latents, from_root):
+        if self.prefix_rng is None:
+            return None
+        return np.where(from_root, self.world.prefix_score(self.prefix_rng, np.where(from_root, latents, 0.0)), np.nan)
 
     def _sample_states(self, shape):
         return self.world.sample_states(self.rng, shape)

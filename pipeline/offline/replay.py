@@ -140,7 +140,8 @@ def _play_task(task):
     cls = policy_class(method)
     if isinstance(unit, World):
         batch = (stop - start) * repeats
-        source = WorldSource(unit, batch, np.random.default_rng([seed, budget, start]))
+        source = WorldSource(unit, batch, np.random.default_rng([seed, budget, start]),
+                             prefix_rng=np.random.default_rng([seed, budget, start, 2]) if cls.scores_prefixes else None)
         policy = cls(budget, batch, config, rng=np.random.default_rng([seed, budget, start, 1]),
                      true_value=source.true_value)
         ledger = run_episodes(policy, source)

@@ -39,6 +39,10 @@ FAMILY_PARAMS: dict[str, dict[str, float]] = {
     "bimodal": {"p0": 0.3, "sigma0": 1.5, "mu_correct": 1.0, "mu_wrong": 0.0, "sigma1": 0.5},
     "discrete": {"sigma0": 1.0, "sigma1": 1.0, "levels": 5.0},
 }
+# How a reward model reads a state's prefix alone (``World.prefix_score``): its state's quality plus a
+# normal error of this sd, on the latent's scale. Not in FAMILY_PARAMS: it changes no reward.
+PREFIX_NOISE = "prefix_noise"
+DEFAULT_PREFIX_NOISE = 1.0
 
 
 class World(ABC):
@@ -48,8 +52,9 @@ class World(ABC):
     has_correct = False
     reward_bounds: tuple[float, float] = (-math.inf, math.inf)
 
-    def __init__(self, **params: float):
+    def __init__(self, prefix_noise: float = DEFAULT_PREFIX_NOISE, **params: float):
         self.params = dict(params)
+        self.prefix_noise = float(prefix_noise)
         self._prompt_values: dict[int, float] = {}
 
     @abstractmethod
@@ -83,8 +88,21 @@ class World(ABC):
         """The largest reward the world can give, None where rewards are unbounded above."""
         return self.reward_bounds[1] if math.isfinite(self.reward_bounds[1]) else None
 
+    def prefix_score(self, rng: np.random.Generator, latents: np.ndarray) -> np.ndarray:
+        """A reward model's score of each state's prefix alone: a noisy reading of the state's quality
+        (its latent with a normal error of sd ``prefix_noise``, shown as the reward of that quality).
+        Partial responses are read this way by real reward models: informative, and noisy."""
+        noisy = latents + self.prefix_noise * rng.standard_normal(np.shape(latents))
+        return self._reading(noisy)
+
+    def _reading(self, quality: np.ndarray) -> np.ndarray:
+        return quality
+
     def describe(self) -> str:
-        return self.family + "(" + ", ".join(f"{k}={v:g}" for k, v in self.params.items()) + ")"
+        shown = dict(self.params)
+        if self.prefix_noise != DEFAULT_PREFIX_NOISE:
+            shown[PREFIX_NOISE] = self.prefix_noise
+        return self.family + "(" + ", ".join(f"{k}={v:g}" for k, v in shown.items()) + ")"
 
 
 class GaussianWorld(World):
@@ -148,6 +166,9 @@ class BoundedWorld(World):
     def sample_rewards(self, rng, latents):
         return special.expit(latents + rng.normal(0.0, self.params["sigma1"], size=latents.shape)), None
 
+    def _reading(self, quality):
+        return special.expit(quality)
+
     def state_value(self, latents, n):
         if n not in self._tables:
             mu0, s0, s1 = self.params["mu0"], self.params["sigma0"], self.params["sigma1"]
@@ -182,6 +203,11 @@ class BimodalWorld(World):
 
     def accuracy_of_states(self, latents):
         return latents
+
+    def prefix_score(self, rng, latents):
+        """The expected reward of a state with accuracy p, read with an error on the logit of p."""
+        p = special.expit(special.logit(np.clip(latents, 1e-12, 1 - 1e-12)) + self.prefix_noise * rng.standard_normal(np.shape(latents)))
+        return p * self.params["mu_correct"] + (1 - p) * self.params["mu_wrong"]
 
     def _value_given_p(self, p: np.ndarray, n: int) -> np.ndarray:
         mc, mw, s1 = self.params["mu_correct"], self.params["mu_wrong"], self.params["sigma1"]
@@ -233,6 +259,9 @@ class DiscreteWorld(World):
     def state_value(self, latents, n):
         return self._value_given_cdf_scale(latents, self.params["sigma1"], n)
 
+    def _reading(self, quality):
+        return self._values()[np.searchsorted(self._cuts(), quality)]
+
     def _prompt_value(self, n):
         scale = math.hypot(self.params["sigma0"], self.params["sigma1"])
         return float(self._value_given_cdf_scale(np.array(0.0), scale, n))
@@ -246,9 +275,13 @@ def make_world(family: str, **overrides: float) -> World:
     if family not in WORLDS:
         raise ConfigError(f"unknown world family {family!r}; expected one of {sorted(WORLDS)}")
     params = dict(FAMILY_PARAMS[family])
+    prefix_noise = float(overrides.pop(PREFIX_NOISE, DEFAULT_PREFIX_NOISE))
+    if not (math.isfinite(prefix_noise) and prefix_noise >= 0):
+        raise ConfigError(f"world parameter {PREFIX_NOISE} must be a finite number >= 0, got {prefix_noise!r}")
     for key, value in overrides.items():
         if key not in params:
-            raise ConfigError(f"unknown parameter {key!r} for world {family!r}; expected one of {sorted(params)}")
+            raise ConfigError(f"unknown parameter {key!r} for world {family!r}; expected one of "
+                              f"{sorted([*params, PREFIX_NOISE])}")
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"world parameter {key}={value!r} must be finite")
@@ -260,7 +293,7 @@ def make_world(family: str, **overrides: float) -> World:
         raise ConfigError(f"world parameter p0 must be in (0, 1), got {params['p0']!r}")
     if family == "discrete" and (params["levels"] < 2 or params["levels"] != int(params["levels"])):
         raise ConfigError(f"world parameter levels must be an integer >= 2, got {params['levels']!r}")
-    return WORLDS[family](**params)
+    return WORLDS[family](prefix_noise=prefix_noise, **params)
 
 
 def expected_max_from_cdf(log_cdf, quantile, n: int) -> float:
