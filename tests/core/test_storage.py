@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError
 from pipeline.jobs.report import summarise
 from pipeline.outputs.destinations import Destination, OutputDir, write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is tests/core/)
 
 
 def free_port() -> int:
