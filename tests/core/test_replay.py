@@ -1,6 +1,7 @@
 """Replay, banks and the CLI: the offline experiment engine end to end (curves: test_calibration.py)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -197,3 +198,21 @@ def test_module_entry_point_matches_console_script():
     done = subprocess.run([sys.executable, "-m", "pipeline.run", "replay", "--world", "x", "--prompts", "1"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "unknown world family 'x'" in done.stderr
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_bank_bon_with_states_of_different_sizes_equals_brute_force(n):
+    """A rollout from the prompt picks a state uniformly, then one of its rewards uniformly: enumerate
+    every n-tuple of (state, reward) draws with its probability. Unequal sizes make this differ from
+    the flat pool (reward 0.0, alone in its state, has probability 1/3 here, not 1/6)."""
+    import itertools
+    from fractions import Fraction
+
+    from pipeline.offline.episodes import BankPrompt
+
+    states = [[0.0], [1.0, 3.0], [2.0, 0.5, -1.0]]
+    draws = [(Fraction(1, len(states) * len(s)), reward) for s in states for reward in s]
+    exact = sum(math.prod(p for p, _ in combo) * Fraction(max(r for _, r in combo))
+                for combo in itertools.product(draws, repeat=n))
+    prompt = BankPrompt("unequal", states)
+    assert float(prompt.bon_value(n)) == pytest.approx(float(exact), rel=1e-12)  # float summation only

@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_in_process
+from conftest import check_rows_independently, run_in_process
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
+from pipeline.jobs.config import load_run_config
 from pipeline.jobs.report import summarise
 from pipeline.outputs.destinations import Destination, OutputDir, write_text
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is tests/core/)
 
 
 def free_port() -> int:
@@ -103,6 +104,7 @@ def test_a_run_killed_mid_way_resumes_from_the_bucket(s3, tmp_path):
     common = ["data.num_prompts=3", "budgets=[32,64]", "plot=false", "driver.max_concurrent_prompts=2",
               "driver.max_batch_rollouts=8", "generator.sim.latency_per_token_s=0.0002", "storage.checkpoint_interval_s=0"]
     expected = run_in_process(common)  # the undisturbed result (it depends on no Ray, replica or timing)
+    check_rows_independently(expected, load_run_config(None, common).seed)  # a bug both runs share passes the comparison
     argv = [sys.executable, "-m", "pipeline.run", "run", "output_dir=s3://results/run1", *common]
     run = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
@@ -222,3 +224,50 @@ def test_a_run_whose_output_dir_cannot_be_a_folder_is_refused(tmp_path, capsys):
     for output in ("afile", "afile/sub"):
         assert main(["run", f"output_dir={tmp_path / output}", "data.num_prompts=1", "budgets=[8]"]) == 2
         assert "cannot be made a folder" in capsys.readouterr().err
+
+
+def test_a_whole_file_write_that_fails_midway_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    """A reader sees the old file or the new one, never a truncated one: a text that cannot be
+    encoded (a lone surrogate after a long first part), and a failure at the final rename, both
+    leave the old content and no temporary file behind."""
+    import pipeline.outputs.files as files
+
+    target = tmp_path / "summary.json"
+    target.write_text('{"old": true}\n')
+    with pytest.raises(UnicodeEncodeError):
+        files.atomic_write_text(target, '{"new": "' + "x" * 100_000 + "\ud800" + '"}\n')
+    assert target.read_text() == '{"old": true}\n'
+
+    def refuse(source, destination):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        files.atomic_write_text(target, '{"new": true}\n')
+    assert target.read_text() == '{"old": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_an_upload_to_a_file_system_without_atomic_objects_ends_with_the_whole_file_at_the_target(tmp_path):
+    """memory:// stands for such a file system (not an object store): the upload goes to a
+    temporary name, then is moved to the target, which holds the whole file after each push."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    folder = f"/slg-test-{uuid.uuid4().hex}"
+    try:
+        file = Destination(f"memory://{folder}/results.jsonl", tmp_path)
+        file.local.write_text('{"a": 1}\n')
+        file.push()
+        assert fs.cat_file(f"{folder}/results.jsonl") == b'{"a": 1}\n'
+        file.local.write_text('{"a": 1}\n{"b": 2}\n')
+        file.push()
+        assert fs.cat_file(f"{folder}/results.jsonl") == b'{"a": 1}\n{"b": 2}\n'
+        assert [p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)] == ["results.jsonl"]  # no temporary left
+        elsewhere = Destination(f"memory://{folder}/results.jsonl", tmp_path / "b")
+        (tmp_path / "b").mkdir()
+        assert elsewhere.pull() and elsewhere.local.read_text() == '{"a": 1}\n{"b": 2}\n'
+    finally:
+        fs.rm(folder, recursive=True)

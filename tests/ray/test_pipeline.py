@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import check_rows_independently
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
 from pipeline.cli import main
@@ -60,6 +61,7 @@ def test_results_do_not_depend_on_replica_count(local_ray, tmp_path):
                                               "reward.num_replicas=2", "driver.max_batch_rollouts=7"]))
     assert one["methods"] == four["methods"]
     assert comparable(read_results(tmp_path / "one")) == comparable(read_results(tmp_path / "four"))
+    check_rows_independently(read_results(tmp_path / "four"), load_run_config(None, SMALL).seed)  # both could share a bug
 
 
 def sim_driver(generators, rewards=None, prompts=3, methods=("bon", "slg", "slg_adaptive", "oracle"),
@@ -75,6 +77,7 @@ def test_in_process_driver_equals_the_ray_run(local_ray, tmp_path):
     results, progress = sim_driver([SimGenerator()]).step(None)
     assert progress["done"]
     assert comparable(results) == comparable(read_results(tmp_path))
+    check_rows_independently(read_results(tmp_path), load_run_config(None, SMALL).seed)  # both could share a bug
 
 
 class RecordingGenerator(SimGenerator):

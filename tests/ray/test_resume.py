@@ -9,7 +9,9 @@ import sys
 import time
 
 import pytest
-from conftest import run_in_process
+from conftest import check_rows_independently, run_in_process
+
+from pipeline.jobs.config import load_run_config
 
 pytestmark = pytest.mark.ray
 SLOW = ["data.num_prompts=4", "budgets=[32,64]", "plot=false", "driver.max_concurrent_prompts=2",
@@ -36,6 +38,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     # choose its own mode meets Ray's token-authentication notice (that it must not print).
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     undisturbed = run_in_process(SLOW)  # results do not depend on Ray, replicas or timing
+    check_rows_independently(undisturbed, load_run_config(None, SLOW).seed)  # a bug both runs share passes the comparison
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(slg_run(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -63,7 +66,6 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_bench_scaling_runs_each_replica_count_on_logical_gpus():
     from pipeline.jobs.benchmark import bench_scaling
-    from pipeline.jobs.config import load_run_config
 
     config = load_run_config(None, ["methods=[bon]", "budgets=[16]"])
     rows = bench_scaling(config, 2, "bon", 16, [1, 2])
