@@ -182,7 +182,7 @@ class Driver:
             policy_class = spec.policy_class
             rng = np.random.default_rng(derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget))
             search = SearchRecord(spec, None, self.answers_vote)
-            true_value = self._true_value_for(search) if policy_class.needs_true_values else None
+            true_value = true_values_of(search, self.ground_truth) if policy_class.needs_true_values else None
             search.policy = policy_class(spec.budget, 1, spec.search_config, rng=rng, true_value=true_value)
             self.active.append(search)
             self._plan(search, finished)
@@ -271,16 +271,6 @@ class Driver:
             self.observer.search_finished(search, row)
         finished.append(row)
 
-    def _true_value_for(self, search: SearchRecord):
-        if self.ground_truth is None:
-            raise RuntimeError(f"method {search.method!r} needs true values: only the sim backend has them")
-
-        def true_value(nodes: np.ndarray, n: np.ndarray) -> np.ndarray:
-            states = [None if node == ROOT else search.states[int(node)] for node in nodes[0]]
-            return self.ground_truth.values(states, int(n[0]))[None, :]
-
-        return true_value
-
     # --- reports ---------------------------------------------------------------------------------
 
     @property
@@ -289,22 +279,13 @@ class Driver:
 
     def progress(self) -> dict:
         elapsed = time.perf_counter() - self.started
-        totals = asdict(sum((search.ledger for search in self.active), self.finished_totals))
-        totals["rollouts_generated"] = totals.pop("rollouts")
-        for name in ("empty_rollouts", "dropped_scores"):
-            del totals[name]
+        totals = run_totals(sum((search.ledger for search in self.active), self.finished_totals))
         return {**totals, "searches_done": self.searches_done, "searches_total": self.total, "elapsed_s": elapsed,
                 "done": self.done,
                 "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
-                "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s, **self._replica_report()}
-
-    def _replica_report(self) -> dict:
-        """Failures, replica processes lost, replicas back after a failure, replicas retired."""
-        pools = (self.generation.health, self.scoring.health)
-        return {"replica_failures": sum(h.failures_total for h in pools), "replicas_lost": sum(h.lost for h in pools),
-                "replicas_rejoined": sum(h.rejoined for h in pools),
-                "replicas_retired": {"generator": pools[0].retired, "reward": pools[1].retired}}
+                "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s,
+                **replica_report(self.generation.health, self.scoring.health)}
 
     def busy_fractions(self) -> dict[str, list[float]]:
         return {"generate": self.generation.busy_fractions(), "score": self.scoring.busy_fractions()}
@@ -312,6 +293,36 @@ class Driver:
     def observer_report(self):
         """What the observer gathered (``slg bench``: the requests it replays on a bare engine)."""
         return None if self.observer is None else self.observer.report()
+
+
+def run_totals(ledger: Ledger) -> dict:
+    """The counts of a whole run's ledger (its searches' ledgers summed) as progress reports them."""
+    totals = asdict(ledger)
+    totals["rollouts_generated"] = totals.pop("rollouts")
+    for name in ("empty_rollouts", "dropped_scores"):
+        del totals[name]
+    return totals
+
+
+def true_values_of(search: SearchRecord, ground_truth):
+    """The ``true_value`` hook of a search's policy (the ``oracle`` method): exact node values from
+    the simulated backend's ground truth."""
+    if ground_truth is None:
+        raise RuntimeError(f"method {search.method!r} needs true values: only the sim backend has them")
+
+    def true_value(nodes: np.ndarray, n: np.ndarray) -> np.ndarray:
+        states = [None if node == ROOT else search.states[int(node)] for node in nodes[0]]
+        return ground_truth.values(states, int(n[0]))[None, :]
+
+    return true_value
+
+
+def replica_report(generators, rewards) -> dict:
+    """Failures, replica processes lost, replicas back after a failure, replicas retired (two ``ReplicaHealth``)."""
+    pools = (generators, rewards)
+    return {"replica_failures": sum(h.failures_total for h in pools), "replicas_lost": sum(h.lost for h in pools),
+            "replicas_rejoined": sum(h.rejoined for h in pools),
+            "replicas_retired": {"generator": generators.retired, "reward": rewards.retired}}
 
 
 def error_summary(error: BaseException) -> str:

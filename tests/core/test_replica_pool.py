@@ -427,9 +427,6 @@ def test_with_spill_zero_a_state_never_leaves_its_replica_until_that_replica_fai
     assert [r.request_id for _, r in pool.queues[1]] == [21]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with affinity_spill_rollouts=0 a state whose rollouts were queued while "
-                   "every replica was down stays on the replica chosen then, even once it is retired (CacheAwareRouter."
-                   "choose returns a home that takes no work; _sync_availability puts them back there): never sent")
 def test_a_states_rollouts_queued_while_every_replica_was_down_reach_the_replica_that_comes_back():
     calls = ScriptedCalls()
     pool = make_pool(calls, replicas=2, retry_s=1.0, max_failures=2, router=CacheAwareRouter(spill=0))
@@ -480,8 +477,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.failed_tokens: list[int] = []
         self.all_retired = False
 
-    # spill 0 is left out: it strands requests (the xfail test above); put it back once that is fixed
-    @initialize(replicas=st.integers(1, 3), max_failures=st.integers(1, 3), spill=st.sampled_from([None, 1, 3]))
+    @initialize(replicas=st.integers(1, 3), max_failures=st.integers(1, 3), spill=st.sampled_from([None, 0, 1, 3]))
     def make(self, replicas, max_failures, spill):
         self.max_failures = max_failures
         router = None if spill is None else CacheAwareRouter(spill)
