@@ -58,6 +58,18 @@ class AdaptiveConfig:
 
 
 @dataclass
+class ShareConfig:
+    """``slg_share`` where rewards take few levels (``pipeline.search.share``): the state whose prefix
+    the reward model scores best gets ``state_share`` of what a root of ``root_fraction`` of N would
+    leave (0.75 x 0.5 = 0.375 of N), if its prefix scores ``prefix_gap`` root-reward sds above an
+    average prompt draw's; fresh prompt draws get the rest."""
+
+    state_share: float = 0.75      # of the budget after a root of root_fraction N
+    root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
+    prefix_gap: float = 0.5        # in standard deviations of the root sample's rewards
+
+
+@dataclass
 class SearchConfig:
     tail_fraction: float = 0.2                             # q in the paper
     expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.quantile  # the reference code's E(N); exact: the paper's
@@ -69,6 +81,7 @@ class SearchConfig:
     num_states: int | None = None                       # K; None: default_schedule(N)
     reward_upper_bound: float | None = None             # clip predictions here (bounded rewards)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    share: ShareConfig = field(default_factory=ShareConfig)
 
     def schedule(self, budget: int) -> tuple[int, int]:
         """(m, K) for budget N: the explicit values where given, the default schedule otherwise."""
@@ -92,6 +105,11 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
                           f"got {adaptive.explore_fraction!r}")
     if not adaptive.confidence >= 0:  # NaN too
         raise ConfigError(f"search.adaptive.confidence must be >= 0, got {adaptive.confidence!r}")
+    for name in ("state_share", "root_fraction"):
+        if not 0.0 <= getattr(config.share, name) <= 1.0:
+            raise ConfigError(f"search.share.{name} must be in [0, 1], got {getattr(config.share, name)!r}")
+    if not config.share.prefix_gap >= 0:  # NaN too
+        raise ConfigError(f"search.share.prefix_gap must be >= 0, got {config.share.prefix_gap!r}")
     if config.reward_upper_bound is not None and not math.isfinite(config.reward_upper_bound):
         raise ConfigError(f"search.reward_upper_bound must be a finite number (omit it for an unbounded reward), "
                           f"got {config.reward_upper_bound!r}")
