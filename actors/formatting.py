@@ -4,7 +4,7 @@
 Generators: the tokenizer's chat template (system prompt optional) by default, or the reference
 code's raw form (problem text, an end marker, no template). Reward models: the RM tokenizer's
 chat template with user = prompt and assistant = response, EOS appended if missing, scored at the
-last position (REFERENCE.md, "Reference setup").
+last position (docs/method.md, "The reference setup").
 """
 
 from __future__ import annotations

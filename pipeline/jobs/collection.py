@@ -2,7 +2,7 @@
 
 For each prompt: S rollouts from the prompt, each cut into a state (the first T tokens; a rollout
 shorter than T cannot be one, so a prompt may get fewer), then M scored rollouts from every state
-(``CollectStates``: a sampling plan, not a search). Each prompt becomes one bank line (SPEC.md
+(``CollectStates``: a sampling plan, not a search). Each prompt becomes one bank line (docs/formats.md
 format) as it finishes; with ``collect.texts``, a side file gets the state and response texts in
 the same shape, its line written before the bank line. Rerunning continues where it stopped:
 prompts already in the bank are skipped, a torn last line is dropped, and side lines of prompts

@@ -18,7 +18,7 @@ from scipy import stats
 
 
 def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> dict:
-    """``{"methods": {METHOD: {BUDGET: {...}}}}`` as SPEC.md describes (BUDGET as a string)."""
+    """``{"methods": {METHOD: {BUDGET: {...}}}}`` as docs/formats.md describes (BUDGET as a string)."""
     results = sorted(results, key=lambda r: str(r["prompt_id"]))  # sums in a fixed order: same bits every run
     table: dict = {"methods": {}}
     for method in methods:

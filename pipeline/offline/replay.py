@@ -3,7 +3,7 @@
 No models, no Ray: episodes are played by the in-process sources of ``pipeline.offline.episodes`` in
 large batches, spread over worker processes. For every (method, budget) it reports the mean best
 reward with its 95% interval, the compute multiplier against exact BoN, the regret against the
-oracle and, where rollouts carry ``correct``, the accuracy of the answer (SPEC.md, ``slg replay``).
+oracle and, where rollouts carry ``correct``, the accuracy of the answer (docs/formats.md, ``slg replay``).
 
 Episodes of different methods at the same budget use the same random streams (common random
 numbers), so ``slg`` and ``oracle`` see identical root rollouts and state rewards, and differences

@@ -60,7 +60,7 @@ class EpisodeLedger:
     """Counts what each episode spent and keeps its best rollout (the answer, for every method).
 
     The answer of an episode is the single highest-reward rollout among all it generated
-    (REFERENCE.md, SLG step 6; for BoN the same rule). Ties keep the earliest rollout.
+    (docs/method.md, SLG search, step 6; for BoN the same rule). Ties keep the earliest rollout.
     """
 
     def __init__(self, budget: int, batch_size: int):

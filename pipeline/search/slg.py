@@ -15,7 +15,7 @@ from pipeline.search.protocol import NO_NODE, ROOT, Request
 
 
 class ScalingLawGuided(SearchPolicy):
-    """SLG as the reference code runs it (REFERENCE.md, "SLG search"), options in ``SearchConfig``.
+    """SLG as the reference code runs it (docs/method.md, "SLG search"), options in ``SearchConfig``.
 
     Root: m rollouts. States: K root rollouts (highest reward by default) cut to their prefix.
     Estimate: m rollouts per state. Select: the argmax of the predicted V_N over the states and

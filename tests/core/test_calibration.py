@@ -56,7 +56,7 @@ def test_calibration_on_gaussian_pools_reports_all_three_models():
 def test_world_curves_match_the_reference_small_sample_behaviour():
     report = calibrate(world_states(make_world("gaussian"), 60, seed=0), [64], [1000], repeats=60, seed=1)
     (cell,) = report["cells"]
-    # REFERENCE.md: at m = 65, n = 1000 the tail fit averages 3.05 against 3.09 (bias -0.04, sd
+    # the published finite-budget table (docs/method.md): at m = 65, n = 1000 the tail fit averages 3.05 against 3.09 (bias -0.04, sd
     # 0.55, quantile rule); 3600 cases give the bias to +-0.02, the rule and m differ slightly.
     assert cell["tail_fit"]["bias"] == pytest.approx(-0.05, abs=0.1)
     assert cell["predicted"]["mean_abs_error"] < 0.6 * cell["plug_in"]["mean_abs_error"]

@@ -163,7 +163,7 @@ def test_every_policy_spends_its_budget_on_every_world(method, family, budget):
 
 
 def reference_value(rewards, budget, tail_fraction=0.2):
-    """The reference code's recipe, written out independently (REFERENCE.md, "Tail estimator"):
+    """The reference code's recipe, written out independently (docs/method.md, "The tail estimator"):
     np.percentile threshold, >= tail, ddof=1 moments, mu + sigma Phi^-1(1 - 1/N), max as the guard."""
     threshold = np.percentile(rewards, 100 * (1 - tail_fraction))
     tail = rewards[rewards >= threshold]
@@ -414,7 +414,7 @@ def test_adaptive_gains_over_slg_and_best_of_n_where_states_matter():
     _, adaptive = play_paired("slg_adaptive", 64, world, 4000, seed=1)
     _, bon = play_paired("bon", 64, world, 4000, seed=1)
     _, slg = play_paired("slg", 64, world, 4000, seed=1)
-    # REFERENCE.md world (sigma0 = sigma1 = 1): the gains are ~0.44 over BoN and ~0.08 over slg at N = 64
+    # the published finite-budget world (sigma0 = sigma1 = 1): the gains are ~0.44 over BoN and ~0.08 over slg at N = 64
     assert (adaptive.best_reward - bon.best_reward).mean() > 0.3
     assert (adaptive.best_reward - slg.best_reward).mean() > 0.0
 

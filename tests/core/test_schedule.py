@@ -1,4 +1,4 @@
-"""The schedule against the table of REFERENCE.md, and the budget guard."""
+"""The schedule against the reference schedule's table (docs/method.md), and the budget guard."""
 
 import pytest
 
@@ -48,7 +48,7 @@ def test_bad_budget_is_refused(budget):
 
 
 def schedule_from_the_docs(n: int) -> tuple[int, int]:
-    """REFERENCE.md's formula, then the module's documented rule where it would overspend: K = 2 states
+    """The reference code's formula (docs/method.md), then the module's documented rule where it would overspend: K = 2 states
     and m = floor(N/4) (root and states take about 3/4 of N), and plain BoN (N, 0) below N = 4, where
     no split leaves a rollout to exploit."""
     import math

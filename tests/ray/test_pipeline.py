@@ -331,7 +331,7 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
     argv = ["collect", "--states", "4", "--completions", "6", "--out", str(bank), "--texts", str(texts),
             "data.num_prompts=3", "generator.sim.family=bimodal"]
     assert main(argv) == 0
-    prompts = read_bank(bank)  # validates the SPEC.md format
+    prompts = read_bank(bank)  # validates the bank format (docs/formats.md)
     assert [p.prompt_id for p in prompts] == ["sim0", "sim1", "sim2"]
     assert all(p.num_states == 4 and list(p.lengths) == [6] * 4 and p.correct is not None for p in prompts)
     side = [json.loads(line) for line in texts.read_text().splitlines()]
