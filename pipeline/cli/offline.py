@@ -66,7 +66,7 @@ def _add_replay(commands) -> None:
     replay.add_argument("--out", help="write the results as JSON here")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     replay.add_argument("--no-ceilings", action="store_true",
-                        help="skip the two ceilings of an allocation that knew the distributions (banks)")
+                        help="skip the two ceilings of an allocation that knew the distributions")
     add_overrides(replay, "search options, as in `slg run`: search.tail_fraction=0.3 search.adaptive.keep_fraction=0.5")
     replay.set_defaults(handler=run_replay)
 
@@ -143,10 +143,10 @@ def run_replay(args) -> int:
         print(f"replay on {label}: {table[0].prompts} prompts x {args.repeats} repeats")
         print(format_table(table))
         rows += [{"world" if args.world else "bank": label, **row} for row in results_as_dicts(table)]
-        if args.bank and not args.no_ceilings:
+        if not args.no_ceilings:
             found = ceiling_rows(targets[label], args.budgets, bon_curve(targets[label]), args.seed)
             print(format_ceilings(found))
-            ceilings += [{"bank": label, **row} for row in found]
+            ceilings += [{"world" if args.world else "bank": label, **row} for row in found]
     print(f"{len(results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
         payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed}

@@ -83,6 +83,19 @@ class World(ABC):
     def accuracy_of_states(self, latents: np.ndarray) -> np.ndarray | None:
         return None
 
+    def state_cdf(self, latents: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """P(reward <= x) of each state (latents (S,), x (K,)) -> (S, K): the ceilings' arms."""
+        raise NotImplementedError
+
+    def prompt_cdf(self, x: np.ndarray) -> np.ndarray:
+        """P(reward <= x) of a rollout from the prompt (K,): the state CDF averaged over states."""
+        nodes, weights = _normal_quadrature(1.0)
+        return weights @ self.state_cdf(self._latent_of_normal(nodes), x)
+
+    def _latent_of_normal(self, z: np.ndarray) -> np.ndarray:
+        """The state latent at standard-normal quantile z (states are drawn as a normal, or a map of one)."""
+        return self.params["sigma0"] * z
+
     @property
     def upper_bound(self) -> float | None:
         """The largest reward the world can give, None where rewards are unbounded above."""
@@ -120,6 +133,9 @@ class GaussianWorld(World):
     def _prompt_value(self, n):
         return math.hypot(self.params["sigma0"], self.params["sigma1"]) * expected_max_std_normal(n)
 
+    def state_cdf(self, latents, x):
+        return special.ndtr((x[None, :] - latents[:, None]) / self.params["sigma1"])
+
 
 class HeavyWorld(World):
     family = "heavy"
@@ -135,6 +151,9 @@ class HeavyWorld(World):
     def sample_rewards(self, rng, latents):
         noise = rng.standard_t(self.params["df"], size=latents.shape)
         return latents + self.params["sigma1"] * noise, None
+
+    def state_cdf(self, latents, x):
+        return self._noise.cdf((x[None, :] - latents[:, None]) / self.params["sigma1"])
 
     def state_value(self, latents, n):
         if n not in self._noise_max:
@@ -168,6 +187,14 @@ class BoundedWorld(World):
 
     def _reading(self, quality):
         return special.expit(quality)
+
+    def state_cdf(self, latents, x):
+        with np.errstate(divide="ignore"):
+            logit = special.logit(np.clip(x, 0.0, 1.0))
+        return special.ndtr((logit[None, :] - latents[:, None]) / self.params["sigma1"])
+
+    def _latent_of_normal(self, z):
+        return self.params["mu0"] + self.params["sigma0"] * z
 
     def state_value(self, latents, n):
         if n not in self._tables:
@@ -203,6 +230,14 @@ class BimodalWorld(World):
 
     def accuracy_of_states(self, latents):
         return latents
+
+    def state_cdf(self, latents, x):
+        mc, mw, s1 = self.params["mu_correct"], self.params["mu_wrong"], self.params["sigma1"]
+        p = latents[:, None]
+        return p * special.ndtr((x[None, :] - mc) / s1) + (1 - p) * special.ndtr((x[None, :] - mw) / s1)
+
+    def _latent_of_normal(self, z):
+        return special.expit(special.logit(self.params["p0"]) + self.params["sigma0"] * z)
 
     def prefix_score(self, rng, latents):
         """The expected reward of a state with accuracy p, read with an error on the logit of p."""
@@ -261,6 +296,13 @@ class DiscreteWorld(World):
 
     def _reading(self, quality):
         return self._values()[np.searchsorted(self._cuts(), quality)]
+
+    def state_cdf(self, latents, x):
+        # P(level <= v): the latent quality plus noise falls below the cut above v
+        cuts = np.append(self._cuts(), np.inf)
+        below = np.searchsorted(self._values(), x, side="right") - 1  # the highest level <= x
+        cut = np.where(below >= 0, cuts[np.maximum(below, 0)], -np.inf)
+        return special.ndtr((cut[None, :] - latents[:, None]) / self.params["sigma1"])
 
     def _prompt_value(self, n):
         scale = math.hypot(self.params["sigma0"], self.params["sigma1"])
