@@ -17,6 +17,7 @@ from pipeline.distributed.contract import PromptInput, Score
 from pipeline.distributed.driver import Driver, NonFiniteRewardError, derive_seed
 from pipeline.jobs.config import load_run_config
 from pipeline.jobs.searches import run, search_grid
+from pipeline.search.methods import DEFAULT_METHODS
 
 pytestmark = pytest.mark.ray
 
@@ -40,7 +41,7 @@ def test_default_run_writes_every_output(local_ray, tmp_path):
     config = load_run_config(None, [f"output_dir={tmp_path}", "data.num_prompts=4", "budgets=[16,64]"])
     summary = run(config)
     results = read_results(tmp_path)
-    assert len(results) == 4 * 4 * 2 and len({key(r) for r in results}) == len(results)
+    assert len(results) == 4 * len(DEFAULT_METHODS) * 2 and len({key(r) for r in results}) == len(results)
     for r in results:
         assert r["rollouts"] == r["budget"]  # the budget is spent exactly, never exceeded
         assert {"prompt_id", "method", "budget", "rollouts", "best_reward", "selected", "correct", "pass_at_n",
@@ -172,7 +173,7 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     assert "changed: search.tail_fraction, seed" in capsys.readouterr().err
     assert (tmp_path / "results.jsonl").read_text() == before  # nothing written is lost
     run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", "seed=1", "overwrite=true"]))
-    assert len(read_results(tmp_path)) == 3 * 4 * 2
+    assert len(read_results(tmp_path)) == 3 * len(DEFAULT_METHODS) * 2
 
 
 @pytest.mark.parametrize("overrides, match", [
