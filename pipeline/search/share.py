@@ -15,8 +15,8 @@ reveals the state it passed through (root rollouts with one prefix are one state
   gets ``share.state_share`` of what a root of ``share.root_fraction`` of N would leave, the rest goes
   to fresh prompt draws, if its prefix score is above that of an average prompt draw by
   ``share.prefix_gap`` root-reward standard deviations; otherwise the rest is best-of-N.
-  Measured on banks of the toy models' real outputs (docs/results.md): above best-of-N at every N,
-  where winner-takes-all loses to it.
+  Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
+  above it at most budgets, where winner-takes-all loses to it.
 
 Without prefix scores (a bank that has none, an engine that cannot score them) every episode runs
 ``slg_adaptive``. Below N = 12 the policy is best-of-N, as ``slg_adaptive``.
@@ -50,12 +50,13 @@ class SharedSLG(AdaptiveSLG):
         if not mine.any():
             return
         settings, budget = self.config.share, self.budget
-        more = np.where(mine, max(0, min(budget, round(settings.root_fraction * budget)) - root.rewards.shape[1]), 0)
+        drawn = root.rewards.shape[1]  # the root request's count (a dropped score leaves a NaN, not a gap)
+        more = np.where(mine, max(0, min(budget, round(settings.root_fraction * budget)) - drawn), 0)
         if more.any():
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
             root = _joined(root, extra)
         state = self._best_prefix_state(root, mine)
-        spent = np.where(mine, (~np.isnan(root.rewards)).sum(axis=1), 0)
+        spent = np.where(mine, drawn + more, 0)
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
         to_state = np.minimum(to_state, budget - spent)
         to_root = np.where(mine, budget - spent - to_state, 0)
@@ -85,7 +86,8 @@ def _few_levels(root: Rollouts) -> np.ndarray:
     if root.state_score is None or root.state_index is None:
         return np.zeros(root.rewards.shape[0], dtype=bool)
     scored = (~np.isnan(root.state_score) & (root.state_index >= 0)).any(axis=1)
-    repeats = np.array([np.unique(row[~np.isnan(row)]).size < (~np.isnan(row)).sum() for row in root.rewards])
+    ordered = np.sort(root.rewards, axis=1)  # NaN (a dropped score) sorts last and equals nothing
+    repeats = (np.diff(ordered, axis=1) == 0).any(axis=1)
     return scored & repeats
 
 

@@ -128,3 +128,17 @@ def test_no_state_is_shared_with_where_no_rollout_could_branch():
     root = Rollouts(np.array([[0.1, 0.1, 0.2], [0.1, 0.1, 0.2]]), np.zeros((2, 3), bool), None,
                     np.full((2, 3), -1), np.full((2, 3), np.nan))
     assert (policy._best_prefix_state(root, np.array([True, True])) == NO_NODE).all()
+
+
+def test_a_dropped_score_in_the_root_does_not_make_it_overspend():
+    """A NaN reward (a dropped non-finite score) is a rollout spent all the same."""
+    class DropsSome(BankSource):
+        def draw(self, request):
+            out = super().draw(request)
+            if (request.node == ROOT).all():
+                out.rewards[:, ::5] = np.nan
+            return out
+
+    for budget in (16, 64, 100):
+        _, ledger = play(SharedSLG, DropsSome(tied_bank(), 100, np.random.default_rng(budget)), budget)
+        assert (ledger.spent == budget).all()
