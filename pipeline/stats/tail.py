@@ -164,8 +164,8 @@ def expected_max_std_normal(n: int, rule: str = "exact") -> float:
 
     ``rule="exact"``: E(n) = int_0^inf (1 - Phi(x)^n) dx - int_-inf^0 Phi(x)^n dx, integrated
     adaptively around the mode of the maximum (accurate to 1e-6 for 1 <= n <= 10^7; cached).
-    ``rule="quantile"``: Phi^-1(1 - 1/n), the reference code's approximation (7-9 % low for
-    n = 100..1000); n = 1 gives 0.
+    ``rule="quantile"``: Phi^-1(1 - 1/n), the reference code's approximation (7.2 % low at
+    n = 100, 4.7 % at n = 1000); n = 1 gives 0.
     """
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")

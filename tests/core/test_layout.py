@@ -134,8 +134,6 @@ SKIPPED_FOLDERS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache
 OUTSIDE_REFERENCES = ["../" + "shared", "shared/" + "REFERENCE", "SPEC" + ".md"]
 
 
-@pytest.mark.xfail(strict=False, reason="README.md and docstrings still cite documents outside the repository "
-                                        "(being rewritten); remove this mark once they are")
 def test_no_file_points_at_documents_outside_the_repository():
     """A reader of a clone has only the repository: no file may send them to a shared folder beside
     it, or to a specification that is not in it (``OUTSIDE_REFERENCES``)."""

@@ -260,7 +260,7 @@ def test_by_default_slg_reports_the_reference_value_of_the_node_it_selected():
 @pytest.mark.parametrize("method, family", [("slg", "gaussian"), ("slg", "discrete"), ("slg_adaptive", "gaussian")])
 def test_the_reported_predictor_never_changes_a_decision(method, family):
     """``reported_predictor=blended`` changes what is reported, never what is drawn: selecting by
-    it ranks nodes worse (README), so both runs make the same requests and select the same nodes."""
+    it ranks nodes worse (docs/prediction.md), so both runs make the same requests and select the same nodes."""
     default, default_source, _ = play(method, 1000, batch=100, family=family, seed=4)
     blended, blended_source, _ = play(method, 1000, batch=100, family=family, seed=4,
                                       config=SearchConfig(reported_predictor=Predictor.blended))
