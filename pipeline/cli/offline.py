@@ -53,7 +53,8 @@ def add_parsers(commands) -> None:
 def _add_replay(commands) -> None:
     replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
     source = replay.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bank", type=distinct_names, help="reward banks (JSONL, a .parquet file or a folder of them; docs/formats.md), comma-separated")
+    source.add_argument("--bank", type=distinct_names,
+                        help="reward banks (JSONL, a .parquet file or a folder of them; docs/formats.md), comma-separated")
     source.add_argument("--world", type=distinct_names,
                         help="simulated world families, comma-separated, or 'all': " + ", ".join(_world_names()))
     replay.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
