@@ -14,7 +14,9 @@ reveals the state it passed through (root rollouts with one prefix are one state
   per state, ``Rollouts.state_score``) tells the states apart: the state with the best prefix score
   gets ``share.state_share`` of what a root of ``share.root_fraction`` of N would leave, the rest goes
   to fresh prompt draws, if its prefix score is above that of an average prompt draw by
-  ``share.prefix_gap`` root-reward standard deviations; otherwise the rest is best-of-N.
+  ``share.prefix_gap`` root-reward standard deviations; otherwise the rest is best-of-N. The share
+  comes in two halves: if the state's first half averages below the root's rewards (a prefix that
+  misled), its second half goes to the prompt too.
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 
@@ -46,7 +48,8 @@ class SharedSLG(AdaptiveSLG):
 
     def _share_rounds(self, root: Rollouts, mine: np.ndarray):
         """The episodes ``mine`` (rewards with few levels, prefix scores known): more prompt draws up
-        to ``share.root_fraction`` of N, then the best-prefix state's share and fresh prompt draws."""
+        to ``share.root_fraction`` of N, then the best-prefix state's share and fresh prompt draws,
+        in two halves (the second only if the state's first half held up against the root)."""
         if not mine.any():
             return
         settings, budget = self.config.share, self.budget
@@ -60,10 +63,18 @@ class SharedSLG(AdaptiveSLG):
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
         to_state = np.minimum(to_state, budget - spent)
         to_root = np.where(mine, budget - spent - to_state, 0)
-        self.selected = np.where(state != NO_NODE, state, self.selected)
-        if (to_root + to_state > 0).any():
-            yield [Request.per_episode(np.where(to_root > 0, ROOT, NO_NODE), to_root),
-                   Request.per_episode(np.where(to_state > 0, state, NO_NODE), to_state)]
+        # in two halves: the state's first half checks that its rollouts are not worse than the root's
+        first_state, first_root = to_state // 2, to_root // 2
+        (prompt_part, state_part) = yield [Request.per_episode(np.where(first_root > 0, ROOT, NO_NODE), first_root),
+                                           Request.per_episode(np.where(first_state > 0, state, NO_NODE), first_state)]
+        state_mean, root_mean = _mean_of_finite(state_part.rewards), _mean_of_finite(root.rewards)
+        keep = (first_state > 0) & ~(state_mean < root_mean)
+        rest_state = np.where(keep, to_state - first_state, 0)
+        rest_root = np.where(mine, to_root - first_root + (to_state - first_state) - rest_state, 0)
+        self.selected = np.where(keep, state, self.selected)
+        if (rest_root + rest_state > 0).any():
+            yield [Request.per_episode(np.where(rest_root > 0, ROOT, NO_NODE), rest_root),
+                   Request.per_episode(np.where(rest_state > 0, state, NO_NODE), rest_state)]
 
     def _best_prefix_state(self, root: Rollouts, mine: np.ndarray) -> np.ndarray:
         """Per episode of ``mine``, the revealed state whose prefix scores best, where it scores
@@ -89,6 +100,13 @@ def _few_levels(root: Rollouts) -> np.ndarray:
     ordered = np.sort(root.rewards, axis=1)  # NaN (a dropped score) sorts last and equals nothing
     repeats = (np.diff(ordered, axis=1) == 0).any(axis=1)
     return scored & repeats
+
+
+def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:
+    """Each row's mean reward, NaN (a dropped score) left out; NaN for a row with none."""
+    kept = ~np.isnan(rewards)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(kept, rewards, 0.0).sum(axis=1) / kept.sum(axis=1)
 
 
 def _joined(first: Rollouts, second: Rollouts) -> Rollouts:

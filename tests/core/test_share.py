@@ -142,3 +142,20 @@ def test_a_dropped_score_in_the_root_does_not_make_it_overspend():
     for budget in (16, 64, 100):
         _, ledger = play(SharedSLG, DropsSome(tied_bank(), 100, np.random.default_rng(budget)), budget)
         assert (ledger.spent == budget).all()
+
+
+def test_a_state_whose_first_half_falls_below_the_root_gives_the_rest_back_to_the_prompt():
+    """A misleading prefix (state "c" scores best but rewards lowest): after its first half of the
+    share, its rollouts average below the root's, so the other half goes to fresh prompt draws."""
+    budget, batch = 64, 300
+    source = Recording(tied_bank(scores=(0.0, 0.1, 5.0)), batch, np.random.default_rng(2))
+    policy, ledger = play(SharedSLG, source, budget)
+    share = ShareConfig()
+    to_state = round(share.state_share * (1 - share.root_fraction) * budget)
+    state_rollouts = sum(np.where(node >= 0, count, 0) for node, count in source.requests)
+    revealed_c = state_rollouts > 0
+    assert revealed_c.mean() > 0.5
+    # state c's pool (0, 0, 0.2, 0.3) is below the root's mean in most episodes: half a share, then no more
+    assert np.mean(state_rollouts[revealed_c] == to_state // 2) > 0.8
+    assert (ledger.spent == budget).all()
+    assert (policy.selected[state_rollouts == to_state // 2] == ROOT).all()
