@@ -189,7 +189,7 @@ class NaNEveryFifth(SimRewardModel):
 
 
 def test_non_finite_rewards_can_be_dropped_and_counted():
-    driver = make_driver([SimGenerator()], [NaNEveryFifth()], False, PROMPTS[:1], ["bon", "slg"], [64],
+    driver = make_driver([SimGenerator()], [NaNEveryFifth()], LocalCalls(), PROMPTS[:1], ["bon", "slg"], [64],
                          drop_nonfinite=True)
     results, _ = driver.step(None)
     assert all(r["rollouts"] == 64 and r["dropped_scores"] > 0 for r in results)
@@ -197,7 +197,7 @@ def test_non_finite_rewards_can_be_dropped_and_counted():
 
 
 def test_non_finite_rewards_stop_the_run_by_default_naming_prompt_and_node():
-    driver = make_driver([SimGenerator()], [NaNEveryFifth()], False, PROMPTS[:1], ["slg"], [64])
+    driver = make_driver([SimGenerator()], [NaNEveryFifth()], LocalCalls(), PROMPTS[:1], ["slg"], [64])
     with pytest.raises(NonFiniteRewardError, match=r"returned nan for prompt 'sim0', node (root|s\d+)"):
         driver.step(None)
 
