@@ -27,6 +27,19 @@ BANKS = ("replay --bank data/banks/toy_t8.parquet,data/banks/toy_t16.parquet --b
 HELD_OUT = ("replay --bank data/banks/toy_t8_temp07.parquet,data/banks/toy_t12.parquet --budgets 8,16,32,64,128,256,512 "
             f"--methods {BANK_METHODS} --repeats 200 --seed 3")
 SMALL_BANK = f"replay --bank data/toy_bank/bank.jsonl --budgets 8,16,32,64 --methods {BANK_METHODS} --repeats 200 --seed 3"
+REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first column or None)
+    ("Real model outputs: the toy models' banks",
+     "50 held-out problems x 16 states x 512 completions of the trained toy generator, scored by the toy reward "
+     "model, states cut at 8 and at 16 characters (docs/toy-models.md). The two ceilings are what an allocation "
+     "that knew every distribution would reach (docs/method.md).", BANKS, "bank"),
+    ("Real model outputs: banks held out of slg_share's design",
+     "The same toy models on 50 other problems each (test rows 250-299 sampled at temperature 0.7 with T = 8; "
+     "rows 300-349 at temperature 1 with T = 12): slg_share's settings were chosen on the banks above, and these "
+     "were replayed only once they were fixed.", HELD_OUT, "bank"),
+    ("Real model outputs: the earlier bank",
+     "100 other problems x 16 states x 64 completions, T = 8 (budgets beyond 64 would redraw a state's pool).",
+     SMALL_BANK, None),
+]
 SHAPES = [("states repeat themselves: gaussian sigma1 = 0.25", "--world gaussian --param sigma1=0.25"),
           ("states hardly differ: gaussian sigma0 = 0.25", "--world gaussian --param sigma0=0.25"),
           ("mostly hard prompts: bimodal p0 = 0.9", "--world bimodal --param p0=0.9"),
@@ -92,24 +105,10 @@ def build(folder: Path) -> str:
              "(the Monte Carlo error over repeats), and in brackets the compute multiplier: the best-of-N budget "
              "whose exact value reaches that mean, over N (`>1024` when even 1024 N does not). Methods at one "
              "budget share random streams, so their differences are sharper than their intervals.\n"]
-    payload, elapsed = run_slg(BANKS, folder / "banks.json")
-    parts.append(section("Real model outputs: the toy models' banks",
-                         "50 held-out problems x 16 states x 512 completions of the trained toy generator, scored by "
-                         "the toy reward model, states cut at 8 and at 16 characters (docs/toy-models.md). The two "
-                         "ceilings are what an allocation that knew every distribution would reach (docs/method.md).",
-                         BANKS, method_table(payload["results"], "bank", BANK_METHODS.split(","), payload["ceilings"]),
-                         elapsed))
-    payload, elapsed = run_slg(HELD_OUT, folder / "held_out.json")
-    parts.append(section("Real model outputs: banks held out of slg_share's design",
-                         "The same toy models on 50 other problems each (test rows 250-299 sampled at temperature "
-                         "0.7 with T = 8; rows 300-349 at temperature 1 with T = 12): slg_share's settings were "
-                         "chosen on the banks above, and these were replayed only once they were fixed.",
-                         HELD_OUT, method_table(payload["results"], "bank", BANK_METHODS.split(","), payload["ceilings"]),
-                         elapsed))
-    payload, elapsed = run_slg(SMALL_BANK, folder / "small_bank.json")
-    parts.append(section("Real model outputs: the earlier bank", "100 other problems x 16 states x 64 completions, "
-                         "T = 8 (budgets beyond 64 would redraw a state's pool).", SMALL_BANK,
-                         method_table(payload["results"], None, BANK_METHODS.split(","), payload["ceilings"]), elapsed))
+    for title, text, command, label in REPLAYS_OF_BANKS:
+        payload, elapsed = run_slg(command, folder / "banks.json")
+        table = method_table(payload["results"], label, BANK_METHODS.split(","), payload["ceilings"])
+        parts.append(section(title, text, command, table, elapsed))
     payload, elapsed = run_slg(GRID, folder / "grid.json")
     parts.append(section("Simulated worlds: the budget grid", "Five families, fresh prompts, exact ground truth "
                          "(docs/method.md, worlds).", GRID, method_table(payload["results"], "world", METHODS.split(",")),
