@@ -65,7 +65,7 @@ def test_results_do_not_depend_on_replica_count(local_ray, tmp_path):
     check_rows_independently(read_results(tmp_path / "four"), load_run_config(None, SMALL).seed)  # both could share a bug
 
 
-def sim_driver(generators, rewards=None, prompts=3, methods=("bon", "slg", "slg_adaptive", "oracle"),
+def sim_driver(generators, rewards=None, prompts=3, methods=tuple(DEFAULT_METHODS),
                budgets=(16, 64), observer=None, **driver_settings):
     searches = search_grid([PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(prompts)], list(methods),
                            list(budgets), load_run_config(None, SMALL).search)
@@ -178,7 +178,7 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
 
 @pytest.mark.parametrize("overrides, match", [
     (["budgets=[]"], "budgets is empty"),
-    (["budgets=[0]"], "budget N must be >= 1"),
+    (["budgets=[0]"], "budget N must be a positive integer, got 0 in budgets"),
     (["methods=[bon,beam]"], "unknown method 'beam'"),
     (["search.tail_fraction=1.0"], "tail_fraction must be in (0, 1)"),
     (["budgets=[100]", "search.rollouts_per_node=40", "search.num_states=4"], "more than the budget N=100"),
