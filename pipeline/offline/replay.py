@@ -43,7 +43,7 @@ class MethodResult:
     budget: int                        # the budget reported at (with a budget_map, the N it plays may differ)
     mean_best_reward: float
     ci95: float
-    compute_multiplier: float | str | None
+    compute_multiplier: float | str | None  # BoN's rollouts to reach the mean best reward / the method's rollouts
     regret_vs_oracle: float | None
     accuracy: float | None
     rollouts_mean: float
@@ -210,7 +210,7 @@ def _summarise(target, methods, budgets, repeats, prompt_count, outputs, tokens:
                 accuracy = float(np.concatenate([p[1] for p in parts]).mean())
             rollouts, generated, rm_tokens, rm_items = (sum(p[2] * p[3] for p in parts) / best.shape[0]).tolist()
             needed = bon_budget_reaching(curve, mean, budget)
-            results.append(MethodResult(method, budget, mean, _ci95(best, repeats), _ratio(needed, budget, budget), None,
+            results.append(MethodResult(method, budget, mean, _ci95(best, repeats), _ratio(needed, budget, rollouts), None,
                                         accuracy, rollouts, prompt_count, repeats, parts[0][4], generated, rm_tokens,
                                         rm_items, _ratio(needed, budget, generated / tokens.mean_response_tokens)))
     for result in results:
