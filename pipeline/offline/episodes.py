@@ -71,7 +71,7 @@ class RolloutSource:
             state_score = self._state_score(latents, from_root)
             self._root_latents = np.concatenate([self._root_latents, np.where(from_root, latents, np.nan)], axis=1)
             self.responses.add(np.where(from_root, final, np.nan), np.where(from_root, length, 0),
-                               np.where(from_root, tokens, 0))
+                               np.where(from_root, tokens, 0), None if correct is None else correct & from_root)
             self._compact_root_latents(request)
             if state_score is not None:  # the reward model read each new state's prefix alone too
                 scored = ~np.isnan(state_score) & (state_index == before[:, None] + np.arange(width)[None, :])
@@ -82,9 +82,10 @@ class RolloutSource:
 
     def _grow(self, request: Request) -> Rollouts:
         """One chunk more of response ``node[b]`` of each episode: its partial score, or its final reward."""
-        score, finished, tokens, so_far = self.responses.grow(request.node, request.max_new_tokens, self._read_partial)
+        score, finished, tokens, so_far, correct = self.responses.grow(request.node, request.max_new_tokens,
+                                                                       self._read_partial)
         asked = (request.node >= 0)[:, None]
-        return Rollouts(score, can_branch=np.zeros_like(finished), finished=finished, num_tokens=tokens,
+        return Rollouts(score, can_branch=np.zeros_like(finished), correct=correct, finished=finished, num_tokens=tokens,
                         rm_tokens=np.where(asked, self.tokens.prompt_tokens + so_far, 0))
 
     def _read_partial(self, final: np.ndarray, fraction: np.ndarray) -> np.ndarray:

@@ -49,26 +49,34 @@ class TokenModel:
 
 
 class GrowingResponses:
-    """The final reward, length and tokens so far of each root rollout of B episodes, in root order."""
+    """The final reward, its grade, the length and the tokens so far of each root rollout of B
+    episodes, in root order (``correct`` None where the source grades nothing)."""
 
     def __init__(self, batch_size: int):
         self.final = np.empty((batch_size, 0))
         self.length = np.empty((batch_size, 0), dtype=np.int64)
         self.grown = np.empty((batch_size, 0), dtype=np.int64)
+        self.correct: np.ndarray | None = None
 
-    def add(self, final: np.ndarray, length: np.ndarray, grown: np.ndarray) -> None:
+    def add(self, final: np.ndarray, length: np.ndarray, grown: np.ndarray, correct: np.ndarray | None) -> None:
+        if correct is not None and self.correct is None:
+            self.correct = np.zeros(self.final.shape, dtype=bool)
+        if self.correct is not None:
+            self.correct = np.concatenate([self.correct, np.zeros(final.shape, bool) if correct is None else correct], axis=1)
         self.final = np.concatenate([self.final, final], axis=1)
         self.length = np.concatenate([self.length, length], axis=1)
         self.grown = np.concatenate([self.grown, grown], axis=1)
 
     def reorder(self, order: np.ndarray) -> None:
         """Columns permuted per episode, as the source keeps its root latents left-aligned."""
-        for name in ("final", "length", "grown"):
-            setattr(self, name, np.take_along_axis(getattr(self, name), order, axis=1))
+        for name in ("final", "length", "grown", "correct"):
+            if getattr(self, name) is not None:
+                setattr(self, name, np.take_along_axis(getattr(self, name), order, axis=1))
 
     def grow(self, node: np.ndarray, chunk: int, read: Callable) -> tuple:
         """Response ``node[b]`` of each episode (NO_NODE: none) grows by up to ``chunk`` tokens: (reported
-        score, finished, new tokens, tokens so far), each (B, 1). ``read(final, fraction)`` is a partial reading."""
+        score, finished, new tokens, tokens so far, correct or None), each (B, 1); a response is graded
+        once it has finished. ``read(final, fraction)`` is a partial reading."""
         asked = node >= 0
         if (node[asked] >= self.final.shape[1]).any():
             raise ValueError(f"no response {int(node.max())} to continue: only {self.final.shape[1]} started")
@@ -83,4 +91,9 @@ class GrowingResponses:
         final = self.final[rows, column]
         score[rows] = np.where(finished[rows], final, read(final, self.grown[rows, column] / self.length[rows, column]))
         tokens[rows], so_far[rows] = new, self.grown[rows, column]
-        return score[:, None], finished[:, None], tokens[:, None], so_far[:, None]
+        correct = None
+        if self.correct is not None:
+            correct = np.zeros(len(node), bool)
+            correct[rows] = self.correct[rows, column] & finished[rows]
+            correct = correct[:, None]
+        return score[:, None], finished[:, None], tokens[:, None], so_far[:, None], correct

@@ -261,3 +261,15 @@ def test_the_driver_counts_every_methods_tokens_as_the_sum_over_its_rollouts():
         assert row["tokens_generated"] == sum(r.num_generated_tokens for r in mine)
         assert row["rollouts"] == budget
     assert progress["rollouts_scored"] == len(log.scored) > progress["rollouts_generated"] == 32 * len(PROMPTS) * len(methods)
+
+
+def test_the_answers_grade_is_that_of_the_best_finished_response():
+    """Graded worlds: the episode's accuracy is the grade of its best finished response, wherever it finished
+    (in the first chunk or in a later one)."""
+    source, ledger = play("spec_rejection", 32, batch=200, family="bimodal", config=config_with(chunk_tokens=60))
+    responses = source.responses
+    done = responses.grown == responses.length
+    best = np.where(done, responses.final, -np.inf).argmax(axis=1)
+    rows = np.arange(len(best))
+    assert ledger.has_correct and np.array_equal(ledger.best_correct, responses.correct[rows, best])
+    assert (responses.grown[rows, best] > 60).any()  # some answers finished after the first chunk
