@@ -28,6 +28,7 @@ import functools
 import hashlib
 import re
 import time
+from array import array
 
 import numpy as np
 
@@ -166,7 +167,7 @@ class SimGenerator:
         new = min(request.max_new_tokens, length - done)
         finished = done + new == length
         return Rollout(request_id=request.request_id, response_text=f"<sim response {seed} {done + new}/{length}>",
-                       token_ids=response_token_ids(seed, done, done + new), finish_reason="stop" if finished else "length",
+                       token_ids=array("i", response_token_ids(seed, done, done + new)), finish_reason="stop" if finished else "length",
                        num_generated_tokens=new, num_prompt_tokens=prompt_token_count(request.prompt) + done,
                        num_cached_tokens=done, correct=correct if finished else None, finished=finished)
 

@@ -11,6 +11,7 @@ ever sees these types.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,9 +27,12 @@ class PromptInput:
 
 @dataclass(frozen=True)
 class StatePrefix:
-    """A state: the first T generated tokens of a root rollout, kept as token ids (never re-tokenised)."""
+    """A state: the first T generated tokens of a root rollout, kept as token ids (never re-tokenised).
+    Also a partial response so far (every token generated), continued by the next chunk: its ids are
+    then an ``array("i")`` (it is sent whole with every chunk, and an array pickles fast); a state's
+    are a tuple (prefixes are keys)."""
 
-    token_ids: tuple[int, ...] = ()
+    token_ids: Sequence[int] = ()
     text: str = ""
 
 

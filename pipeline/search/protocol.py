@@ -24,6 +24,11 @@ ROOT = -1      # the prompt itself
 NO_NODE = -2   # nothing asked of this episode in this request
 
 
+def _check_chunk(max_new_tokens) -> None:
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+
+
 class BudgetExceededError(RuntimeError):
     """A policy asked for more rollouts than its budget: a bug in the policy, never user input."""
 
@@ -37,21 +42,28 @@ class Request:
     max_new_tokens: int | None = None  # each rollout generates at most this many tokens (a chunk); None: whole responses
     grow: bool = False  # continue node k's own partial response (count 1) instead of fresh rollouts from its state
 
-    def __post_init__(self):
-        if self.grow and (self.max_new_tokens is None or (self.node == ROOT).any() or (self.count > 1).any()):
-            raise ValueError("a grow request continues one partial response per episode, by a chunk (max_new_tokens)")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
-
     @classmethod
     def uniform(cls, node: int, count: int, batch_size: int, max_new_tokens: int | None = None) -> Request:
+        _check_chunk(max_new_tokens)
         return cls(np.full(batch_size, node, dtype=np.int64), np.full(batch_size, count, dtype=np.int64), max_new_tokens)
 
     @classmethod
-    def per_episode(cls, node: np.ndarray, count, max_new_tokens: int | None = None, grow: bool = False) -> Request:
+    def per_episode(cls, node: np.ndarray, count, max_new_tokens: int | None = None) -> Request:
+        _check_chunk(max_new_tokens)
         node = np.asarray(node, dtype=np.int64)
         count = np.broadcast_to(np.asarray(count, dtype=np.int64), node.shape)
-        return cls(node, np.where(node == NO_NODE, 0, count), max_new_tokens, grow)
+        return cls(node, np.where(node == NO_NODE, 0, count), max_new_tokens)
+
+    @classmethod
+    def grow_each(cls, nodes: np.ndarray, max_new_tokens: int) -> list[Request]:
+        """One grow request per column of ``nodes`` (B, W): episode b's response ``nodes[b, j]`` (or
+        NO_NODE) grows by a chunk of ``max_new_tokens`` (checked once for all: the driver builds many)."""
+        _check_chunk(max_new_tokens)
+        nodes = np.asarray(nodes, dtype=np.int64)
+        if max_new_tokens is None or ((nodes < 0) & (nodes != NO_NODE)).any():
+            raise ValueError("a grow request continues a root rollout's partial response (an index >= 0), by a chunk")
+        counts = (nodes != NO_NODE).astype(np.int64)
+        return [cls(nodes[:, j], counts[:, j], max_new_tokens, True) for j in range(nodes.shape[1])]
 
     @property
     def new_rollouts(self) -> np.ndarray:

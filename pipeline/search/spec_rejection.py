@@ -62,15 +62,14 @@ class SpeculativeRejection(SearchPolicy):
             growing = kept & ~finished
             if not growing.any():
                 return
-            size = next(chunks)
             survivors = growing.sum(axis=1)
-            order = np.argsort(~growing, axis=1, kind="stable")  # each episode's survivors first, by index
-            results = yield [Request.per_episode(np.where(j < survivors, order[:, j], NO_NODE), 1, size, grow=True)
-                             for j in range(int(survivors.max()))]
-            for j, result in enumerate(results):
-                rows = np.flatnonzero(j < survivors)
-                score[rows, order[rows, j]] = _scores(result)[rows, 0]
-                finished[rows, order[rows, j]] = _finished(result)[rows, 0]
+            order = np.argsort(~growing, axis=1, kind="stable")[:, :int(survivors.max())]  # survivors first, by index
+            asked = np.arange(order.shape[1])[None, :] < survivors[:, None]
+            nodes = np.where(asked, order, NO_NODE)
+            results = yield Request.grow_each(nodes, next(chunks))
+            rows, columns = np.nonzero(asked)
+            score[rows, nodes[rows, columns]] = _column(results, "rewards", np.nan, -np.inf)[rows, columns]
+            finished[rows, nodes[rows, columns]] = _column(results, "finished", True, True)[rows, columns]
             ranked = kept
 
 
@@ -101,6 +100,18 @@ def chunk_sizes(settings: SpecRejectionConfig) -> Iterator[int]:
         grown += size
         k += 1
         yield size
+
+
+def _column(results: list[Rollouts], field: str, missing, non_finite) -> np.ndarray:
+    """(B, len(results)): the first rollout's ``field`` of each result (``missing`` where the result has
+    none or no such field); NaN becomes ``non_finite``."""
+    columns = []
+    for result in results:
+        values = getattr(result, field)
+        columns.append(np.full((result.rewards.shape[0], 1), missing) if values is None or values.shape[1] == 0
+                       else values[:, :1])
+    out = np.concatenate(columns, axis=1)
+    return np.where(np.isnan(out), non_finite, out) if out.dtype.kind == "f" else out
 
 
 def _scores(rollouts: Rollouts) -> np.ndarray:
