@@ -76,6 +76,7 @@ class Ledger:
     rollouts_scored: int = 0
     state_prompt_tokens: int = 0   # prompt tokens of rollouts from states, and their cached part:
     state_cached_tokens: int = 0   # how well the prefix cache serves states
+    prefixes_scored: int = 0       # the reward model's calls on a state's prefix alone (slg_share)
 
     def add_rollout(self, rollout: Rollout, from_state: bool, new_response: bool = True) -> None:
         """``new_response`` False: a chunk continuing a response, which is not another rollout (its tokens count)."""
@@ -227,6 +228,7 @@ class SearchRecord:
     def record_prefix_score(self, token_ids: tuple, score: float, num_tokens: int) -> None:
         self.prefix_scores[token_ids] = score if math.isfinite(score) else math.nan
         self.ledger.rm_tokens += num_tokens
+        self.ledger.prefixes_scored += 1
 
     def record_reward(self, reward: float, rollout: Rollout, slot: Slot, position: int, sequence: int) -> None:
         slot.rewards[position] = reward

@@ -78,12 +78,13 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
         wall = time.perf_counter() - started
         progress, busy, requests = ray.get([driver.progress.remote(), driver.busy_fractions.remote(),
                                             driver.observer_report.remote()])
-    scored, started_rollouts = max(progress["rollouts_scored"], 1), max(progress["rollouts_generated"], 1)
+    items = progress["rollouts_scored"] + progress["prefixes_scored"]  # every reward-model call: chunks, prefixes
+    scored, started_rollouts = max(items, 1), max(progress["rollouts_generated"], 1)
     metrics = {
         "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall, "free_reward": free_reward,
         "generator_replicas": config.generator.num_replicas, "reward_replicas": config.reward.num_replicas,
         "rollouts_per_s": progress["rollouts_generated"] / wall,  # responses started
-        "rm_items_per_s": progress["rollouts_scored"] / wall,  # every score: chunks of growing responses included
+        "rm_items_per_s": items / wall,  # every score: chunks of growing responses and prefixes alone included
         "tokens_per_s": progress["tokens_generated"] / wall,
         "rm_tokens_per_s": progress["rm_tokens"] / wall,
         "generator_busy": busy["generate"], "reward_busy": busy["score"],
@@ -93,7 +94,7 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
         "driver_us_per_rollout": 1e6 * progress["driver_cpu_s"] / started_rollouts,  # CPU: what one driver needs
         "driver_us_per_rm_item": 1e6 * progress["driver_cpu_s"] / scored,
         "driver_wall_us_per_rollout": 1e6 * progress["driver_busy_s"] / started_rollouts,  # wall: engines beside it
-        "rollouts": progress["rollouts_generated"], "rm_items": progress["rollouts_scored"],
+        "rollouts": progress["rollouts_generated"], "rm_items": items,
         "rm_tokens": progress["rm_tokens"], "tokens_generated": progress["tokens_generated"],
         "prompt_tokens": progress["prompt_tokens"], "cached_prompt_tokens": progress["cached_prompt_tokens"],
         "state_prompt_tokens": progress["state_prompt_tokens"], "state_cached_tokens": progress["state_cached_tokens"],
