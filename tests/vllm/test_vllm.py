@@ -219,6 +219,11 @@ def test_hf_generator_is_seeded_and_continues_states(tiny_models):
     if first.state is not None:
         (continued,) = generator.generate([RolloutRequest(9, PROMPT, first.state, 11)])
         assert continued.num_prompt_tokens == len(generator.prompt_ids(PROMPT)) + STATE_TOKENS
+    (chunk,) = generator.generate([RolloutRequest(5, PROMPT, None, 3, max_new_tokens=6)])  # a chunk: the same start
+    assert chunk.token_ids == first.token_ids[:6] and chunk.finished == (chunk.finish_reason != "length")
+    if not chunk.finished:
+        (more,) = generator.generate([RolloutRequest(6, PROMPT, StatePrefix(tuple(chunk.token_ids), ""), 4, max_new_tokens=6)])
+        assert more.num_prompt_tokens == len(generator.prompt_ids(PROMPT)) + 6 and more.num_generated_tokens <= 6
 
 
 def test_slg_run_with_tiny_cpu_config_through_ray_actors(tiny_models, tmp_path):
