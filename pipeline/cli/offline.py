@@ -68,6 +68,13 @@ def _add_replay(commands) -> None:
     replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     replay.add_argument("--no-ceilings", action="store_true",
                         help="skip the two ceilings of an allocation that knew the distributions")
+    replay.add_argument("--equal-tokens", action="store_true",
+                        help="each method plays the N at which it generates best-of-N's tokens at each budget "
+                             "(found by pilot replays; the table shows the N played and the tokens spent)")
+    replay.add_argument("--response-tokens", type=positive_int, default=400,
+                        help="mean tokens of a whole response (the token model; worlds: geometric lengths as the "
+                             "sim engine's, banks: this constant)")
+    replay.add_argument("--state-tokens", type=positive_int, default=100, help="T of the token model (below --response-tokens)")
     add_overrides(replay, "search options, as in `slg run`: search.tail_fraction=0.3 search.adaptive.keep_fraction=0.5")
     replay.set_defaults(handler=run_replay)
 
@@ -120,9 +127,13 @@ def run_replay(args) -> int:
     from pipeline.jobs.config import load_search_config
     from pipeline.offline.bank import read_bank
     from pipeline.offline.ceilings import ceiling_rows, format_ceilings
+    from pipeline.offline.equal_cost import match_budgets
     from pipeline.offline.replay import bon_curve, format_table, replay_many, replay_rollouts, results_as_dicts
+    from pipeline.offline.responses import TokenModel
 
     config = load_search_config(args.overrides)
+    if args.state_tokens >= args.response_tokens:
+        raise UsageError(f"--state-tokens ({args.state_tokens}) must be below --response-tokens ({args.response_tokens})")
     if args.world:
         if args.prompts is None:
             raise UsageError("--prompts is required with --world")
@@ -133,11 +144,20 @@ def run_replay(args) -> int:
         if args.prompts is not None:
             raise UsageError("--prompts applies to --world only (a bank replays all its prompts)")
         targets = {path: read_bank(path) for path in args.bank}
-    total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts)
+    # worlds draw lengths as the sim engine does; banks record none: every response the mean
+    tokens = TokenModel(state_tokens=args.state_tokens, mean_response_tokens=args.response_tokens,
+                        random_lengths=bool(args.world))
     started = time.perf_counter()
+    budget_maps = None
+    if args.equal_tokens:
+        if "bon" not in args.methods:
+            raise UsageError("--equal-tokens matches every method to bon's tokens: list bon among --methods")
+        budget_maps = match_budgets(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
+                                    tokens, args.workers)
+    total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts, budget_maps)
     with _progress_bar(total, enabled=not args.no_progress) as bar:
         results = replay_many(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
-                              args.workers, progress=bar.update)
+                              args.workers, progress=bar.update, tokens=tokens, budget_maps=budget_maps)
     elapsed = time.perf_counter() - started
     rows, ceilings = [], []
     for label, table in results.items():
@@ -150,7 +170,9 @@ def run_replay(args) -> int:
             ceilings += [{"world" if args.world else "bank": label, **row} for row in found]
     print(f"{len(results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
-        payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed}
+        payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed,
+                   "equal_tokens": args.equal_tokens, "response_tokens": args.response_tokens,
+                   "state_tokens": args.state_tokens}
         payload.update({"source": next(iter(results))} if len(results) == 1 else {"sources": list(results)})
         write_json(args.out, payload)
     return 0

@@ -202,10 +202,10 @@ class Driver:
             search.policy.observe(search.round_results())  # a round that asked for nothing
 
     def _queue_rollout(self, search: SearchRecord, slot: Slot, position: int) -> None:
-        index, root_index, state = search.plan_rollout(slot.node)
+        index, root_index, state = search.plan_rollout(slot.node, slot.grow)
         prompt_id = search.prompt.prompt_id
         request = RolloutRequest(next(self.request_ids), search.prompt, state,
-                                 rollout_seed(self.seed, prompt_id, node_name(slot.node), index))
+                                 rollout_seed(self.seed, prompt_id, node_name(slot.node), index), slot.max_new_tokens)
         self.tickets[request.request_id] = _Ticket(search, slot, position, root_index, next(search.sequence))
         # a state's rollouts prefer the replica whose prefix cache holds it; the prompt's go anywhere
         self.generation.put(None if slot.node == ROOT else (prompt_id, slot.node), request)

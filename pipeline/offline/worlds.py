@@ -15,6 +15,14 @@ Families (parameters and defaults in ``FAMILY_PARAMS``):
 - ``discrete``: a latent quality ~ N(0, sigma0^2) plus sigma1 Z is cut into ``levels`` equally
   spaced rewards in [0, 1] (many ties; the maximum is reached often).
 
+Partial responses (``spec_rejection``): a reward model's score of a response cut after a fraction f
+of its tokens is a noisy reading of the reward the whole response gets, whose noise shrinks as the
+response grows: ``partial = final + partial_noise x scale x sqrt(1 - f) x Z`` with Z standard normal,
+independent per reading, ``scale`` the world's robust spread of a prompt draw's reward
+(``reward_scale``), and ``partial_noise`` a world parameter (default 1: at the first token, the
+reading's correlation with the final reward is about 1/sqrt(2)). A finished response (f = 1) is
+read exactly. Like ``prefix_noise`` it changes no reward.
+
 How exact the ground truth is: closed forms for gaussian and discrete (finite sums); adaptive
 quadrature of the CDF of the maximum for heavy and for every prompt curve; for bounded and
 bimodal state values, the quadrature on a 2001-point latent grid, interpolated linearly
@@ -43,6 +51,11 @@ FAMILY_PARAMS: dict[str, dict[str, float]] = {
 # normal error of this sd, on the latent's scale. Not in FAMILY_PARAMS: it changes no reward.
 PREFIX_NOISE = "prefix_noise"
 DEFAULT_PREFIX_NOISE = 1.0
+# How a reward model reads a partial response (``World.partial_score``): the sd of its error at the first
+# token, in units of ``World.reward_scale``. Not in FAMILY_PARAMS: it changes no reward either.
+PARTIAL_NOISE = "partial_noise"
+DEFAULT_PARTIAL_NOISE = 1.0
+_SCALE_DRAWS = 200_000  # prompt draws behind a world's robust reward scale (a fixed seed: the same scale everywhere)
 
 
 class World(ABC):
@@ -52,10 +65,13 @@ class World(ABC):
     has_correct = False
     reward_bounds: tuple[float, float] = (-math.inf, math.inf)
 
-    def __init__(self, prefix_noise: float = DEFAULT_PREFIX_NOISE, **params: float):
+    def __init__(self, prefix_noise: float = DEFAULT_PREFIX_NOISE, partial_noise: float = DEFAULT_PARTIAL_NOISE,
+                 **params: float):
         self.params = dict(params)
         self.prefix_noise = float(prefix_noise)
+        self.partial_noise = float(partial_noise)
         self._prompt_values: dict[int, float] = {}
+        self._reward_scale: float | None = None
 
     @abstractmethod
     def sample_states(self, rng: np.random.Generator, shape) -> np.ndarray:
@@ -111,10 +127,29 @@ class World(ABC):
     def _reading(self, quality: np.ndarray) -> np.ndarray:
         return quality
 
+    def reward_scale(self) -> float:
+        """A robust spread of a prompt draw's reward: its interquartile range / 1.349 (the sd of a
+        normal), from 200,000 draws with a fixed seed; the sd where the quartiles tie (few levels)."""
+        if self._reward_scale is None:
+            rng = np.random.default_rng(20241026)
+            rewards, _ = self.sample_rewards(rng, self.sample_states(rng, _SCALE_DRAWS))
+            low, high = np.quantile(rewards, [0.25, 0.75])
+            self._reward_scale = float((high - low) / 1.349) if high > low else float(np.std(rewards))
+        return self._reward_scale
+
+    def partial_score(self, rng: np.random.Generator, final: np.ndarray, fraction_done: np.ndarray) -> np.ndarray:
+        """A reward model's score of responses cut after ``fraction_done`` of their tokens, whose whole
+        responses get ``final``: ``final + partial_noise scale sqrt(1 - f) Z`` (module docstring)."""
+        fraction = np.clip(fraction_done, 0.0, 1.0)
+        noise = rng.standard_normal(np.shape(final))
+        return final + self.partial_noise * self.reward_scale() * np.sqrt(1.0 - fraction) * noise
+
     def describe(self) -> str:
         shown = dict(self.params)
         if self.prefix_noise != DEFAULT_PREFIX_NOISE:
             shown[PREFIX_NOISE] = self.prefix_noise
+        if self.partial_noise != DEFAULT_PARTIAL_NOISE:
+            shown[PARTIAL_NOISE] = self.partial_noise
         return self.family + "(" + ", ".join(f"{k}={v:g}" for k, v in shown.items()) + ")"
 
 
@@ -317,13 +352,15 @@ def make_world(family: str, **overrides: float) -> World:
     if family not in WORLDS:
         raise ConfigError(f"unknown world family {family!r}; expected one of {sorted(WORLDS)}")
     params = dict(FAMILY_PARAMS[family])
-    prefix_noise = float(overrides.pop(PREFIX_NOISE, DEFAULT_PREFIX_NOISE))
-    if not (math.isfinite(prefix_noise) and prefix_noise >= 0):
-        raise ConfigError(f"world parameter {PREFIX_NOISE} must be a finite number >= 0, got {prefix_noise!r}")
+    noises = {}
+    for name, default in ((PREFIX_NOISE, DEFAULT_PREFIX_NOISE), (PARTIAL_NOISE, DEFAULT_PARTIAL_NOISE)):
+        noises[name] = float(overrides.pop(name, default))
+        if not (math.isfinite(noises[name]) and noises[name] >= 0):
+            raise ConfigError(f"world parameter {name} must be a finite number >= 0, got {noises[name]!r}")
     for key, value in overrides.items():
         if key not in params:
             raise ConfigError(f"unknown parameter {key!r} for world {family!r}; expected one of "
-                              f"{sorted([*params, PREFIX_NOISE])}")
+                              f"{sorted([*params, PREFIX_NOISE, PARTIAL_NOISE])}")
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"world parameter {key}={value!r} must be finite")
@@ -335,7 +372,7 @@ def make_world(family: str, **overrides: float) -> World:
         raise ConfigError(f"world parameter p0 must be in (0, 1), got {params['p0']!r}")
     if family == "discrete" and (params["levels"] < 2 or params["levels"] != int(params["levels"])):
         raise ConfigError(f"world parameter levels must be an integer >= 2, got {params['levels']!r}")
-    return WORLDS[family](prefix_noise=prefix_noise, **params)
+    return WORLDS[family](**noises, **params)
 
 
 def expected_max_from_cdf(log_cdf, quantile, n: int) -> float:

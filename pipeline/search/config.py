@@ -30,6 +30,11 @@ class Predictor(str, Enum):
     blended = "blended"      # pipeline.stats.predict (slg predict's): plug-in to tail extension, ties and the bound honoured
 
 
+class ChunkSchedule(str, Enum):
+    memory = "memory"  # the paper's: rejections where the survivors fill the memory the rejected ones freed
+    fixed = "fixed"    # a rejection every chunk_tokens tokens
+
+
 class StateSelection(str, Enum):
     top_reward = "top_reward"  # prefixes of the K highest-reward root rollouts (reference code)
     random = "random"          # K random root rollouts (a literal reading of the paper)
@@ -70,6 +75,16 @@ class ShareConfig:
 
 
 @dataclass
+class SpecRejectionConfig:
+    """``spec_rejection`` (``pipeline.search.spec_rejection``): N responses grow in chunks; after each
+    chunk the reward model scores them and the lowest-scoring ``rejection_rate`` of them stop."""
+
+    rejection_rate: float = 0.5              # alpha in the paper (its experiments' value)
+    chunk_tokens: int = 128                  # tokens to the first rejection (the paper: where its GPU memory fills)
+    schedule: ChunkSchedule = ChunkSchedule.memory  # memory: rejections at chunk_tokens x (1 - alpha)^-k tokens
+
+
+@dataclass
 class SearchConfig:
     tail_fraction: float = 0.2                             # q in the paper
     expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.quantile  # the reference code's E(N); exact: the paper's
@@ -82,6 +97,7 @@ class SearchConfig:
     reward_upper_bound: float | None = None             # clip predictions here (bounded rewards)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     share: ShareConfig = field(default_factory=ShareConfig)
+    spec_rejection: SpecRejectionConfig = field(default_factory=SpecRejectionConfig)
 
     def schedule(self, budget: int) -> tuple[int, int]:
         """(m, K) for budget N: the explicit values where given, the default schedule otherwise."""
@@ -110,6 +126,11 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
             raise ConfigError(f"search.share.{name} must be in [0, 1], got {getattr(config.share, name)!r}")
     if not config.share.prefix_gap >= 0:  # NaN too
         raise ConfigError(f"search.share.prefix_gap must be >= 0, got {config.share.prefix_gap!r}")
+    rejection = config.spec_rejection
+    if not 0.0 <= rejection.rejection_rate < 1.0:  # NaN too
+        raise ConfigError(f"search.spec_rejection.rejection_rate must be in [0, 1), got {rejection.rejection_rate!r}")
+    if rejection.chunk_tokens < 1:
+        raise ConfigError(f"search.spec_rejection.chunk_tokens must be >= 1, got {rejection.chunk_tokens!r}")
     if config.reward_upper_bound is not None and not math.isfinite(config.reward_upper_bound):
         raise ConfigError(f"search.reward_upper_bound must be a finite number (omit it for an unbounded reward), "
                           f"got {config.reward_upper_bound!r}")

@@ -12,8 +12,10 @@ from pipeline.search.base import SearchPolicy
 from pipeline.search.bon import BestOfN
 from pipeline.search.share import SharedSLG
 from pipeline.search.slg import Oracle, ScalingLawGuided
+from pipeline.search.spec_rejection import SpeculativeRejection
 
-METHODS: dict[str, type[SearchPolicy]] = {cls.name: cls for cls in (BestOfN, ScalingLawGuided, AdaptiveSLG, SharedSLG, Oracle)}
+METHODS: dict[str, type[SearchPolicy]] = {cls.name: cls for cls in (BestOfN, ScalingLawGuided, AdaptiveSLG, SharedSLG, Oracle,
+                                                                    SpeculativeRejection)}
 DEFAULT_METHODS = ["bon", "slg", "slg_adaptive", "slg_share", "oracle"]
 
 
