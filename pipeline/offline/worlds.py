@@ -38,6 +38,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from pipeline.errors import ConfigError
+from pipeline.stats.extremes import expected_max_from_cdf, expected_max_on_grid, max_of_normals_grid, normal_quadrature
 from pipeline.stats.tail import expected_max_std_normal
 
 FAMILY_PARAMS: dict[str, dict[str, float]] = {
@@ -105,7 +106,7 @@ class World(ABC):
 
     def prompt_cdf(self, x: np.ndarray) -> np.ndarray:
         """P(reward <= x) of a rollout from the prompt (K,): the state CDF averaged over states."""
-        nodes, weights = _normal_quadrature(1.0)
+        nodes, weights = normal_quadrature(1.0)
         return weights @ self.state_cdf(self._latent_of_normal(nodes), x)
 
     def _latent_of_normal(self, z: np.ndarray) -> np.ndarray:
@@ -198,7 +199,7 @@ class HeavyWorld(World):
     def _prompt_value(self, n):
         if not hasattr(self, "_prompt_grid"):
             s0, s1 = self.params["sigma0"], self.params["sigma1"]
-            nodes, weights = _normal_quadrature(s0)
+            nodes, weights = normal_quadrature(s0)
             # sinh-spaced: fine near the centre, reaching +-1e5 where the t tails still matter.
             x = (s0 + s1) * np.sinh(np.linspace(-np.arcsinh(1e5), np.arcsinh(1e5), 40001))
             log_cdf = special.logsumexp(self._noise.logcdf((x[:, None] - nodes) / s1), b=weights, axis=1)
@@ -235,14 +236,14 @@ class BoundedWorld(World):
         if n not in self._tables:
             mu0, s0, s1 = self.params["mu0"], self.params["sigma0"], self.params["sigma1"]
             grid = np.linspace(mu0 - 9 * s0, mu0 + 9 * s0, 2001)
-            z, mass = _max_of_normals_grid(n)
+            z, mass = max_of_normals_grid(n)
             self._tables[n] = grid, special.expit(grid[:, None] + s1 * z[None, :]) @ mass
         grid, table = self._tables[n]
         return np.interp(latents, grid, table)
 
     def _prompt_value(self, n):
         scale = math.hypot(self.params["sigma0"], self.params["sigma1"])
-        z, mass = _max_of_normals_grid(n)
+        z, mass = max_of_normals_grid(n)
         return float(special.expit(self.params["mu0"] + scale * z) @ mass)
 
 
@@ -296,7 +297,7 @@ class BimodalWorld(World):
 
     def _prompt_value(self, n):
         # The reward CDF is linear in p, so the prompt is the state with p = E[p].
-        nodes, weights = _normal_quadrature(self.params["sigma0"])
+        nodes, weights = normal_quadrature(self.params["sigma0"])
         mean_p = float(weights @ special.expit(special.logit(self.params["p0"]) + nodes))
         return float(self._value_given_p(np.array([mean_p]), n)[0])
 
@@ -373,58 +374,3 @@ def make_world(family: str, **overrides: float) -> World:
     if family == "discrete" and (params["levels"] < 2 or params["levels"] != int(params["levels"])):
         raise ConfigError(f"world parameter levels must be an integer >= 2, got {params['levels']!r}")
     return WORLDS[family](**noises, **params)
-
-
-def expected_max_from_cdf(log_cdf, quantile, n: int) -> float:
-    """E[max of n] = int_0^hi (1 - F^n) dx - int_lo^0 F^n dx for a continuous F, by adaptive quadrature.
-
-    [lo, hi] spans the quantiles 1e-13 and 1 - 1e-13 of the maximum (F^-1 of p^(1/n)); the mass
-    outside changes the result by less than 1e-9 for the families here. The range is split at 0
-    and at the maximum's quartiles so that ``quad`` sees where the mass lives.
-    """
-    probs = [1e-13, 1e-3, 0.25, 0.5, 0.75, 1 - 1e-3, 1 - 1e-13]
-    points = sorted({0.0, *(float(quantile(math.exp(math.log(p) / n))) for p in probs)})
-
-    def cdf_of_max(x: float) -> float:
-        return math.exp(n * float(np.squeeze(log_cdf(x))))
-
-    total = 0.0
-    for lo, hi in zip(points[:-1], points[1:]):
-        if hi <= 0:
-            total -= integrate.quad(cdf_of_max, lo, hi, epsabs=1e-12, epsrel=1e-10, limit=200)[0]
-        else:
-            total += integrate.quad(lambda x: -math.expm1(n * float(np.squeeze(log_cdf(x)))), lo, hi,
-                                    epsabs=1e-12, epsrel=1e-10, limit=200)[0]
-    return total
-
-
-def expected_max_on_grid(x: np.ndarray, log_cdf: np.ndarray, n: int) -> float:
-    """E[max of n] = int_0^inf (1 - F^n) - int_-inf^0 F^n by the trapezoid rule on a fine grid x of F."""
-    if not x[0] < 0 < x[-1]:
-        raise ValueError("the grid must straddle 0")
-    split = int(np.searchsorted(x, 0.0))
-    if x[split] != 0.0:  # put 0 on the grid so that neither integral loses the cell around it
-        x = np.insert(x, split, 0.0)
-        log_cdf = np.insert(log_cdf, split, np.interp(0.0, x[[split - 1, split + 1]], log_cdf[[split - 1, split]]))
-    upper = integrate.trapezoid(-np.expm1(n * log_cdf[split:]), x[split:])
-    lower = integrate.trapezoid(np.exp(n * log_cdf[:split + 1]), x[:split + 1])
-    return float(upper - lower)
-
-
-def _normal_quadrature(sigma: float, degree: int = 80):
-    """Nodes and weights of E[f(X)], X ~ N(0, sigma^2) (Gauss-Hermite)."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(degree)
-    return sigma * nodes, weights / weights.sum()
-
-
-_MAX_GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _max_of_normals_grid(n: int):
-    """A fine grid z and the probability mass of the max of n standard normals in each cell."""
-    if n not in _MAX_GRIDS:
-        edges = np.linspace(-9.0, 9.0, 6001)
-        cdf_n = np.exp(n * special.log_ndtr(edges))
-        mass = np.diff(cdf_n)
-        _MAX_GRIDS[n] = (edges[:-1] + edges[1:]) / 2, mass / mass.sum()
-    return _MAX_GRIDS[n]
