@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test
+.PHONY: install install-dev run test results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ test: install-dev
 	# Two processes, one test module each at a time (module-scoped engines and clusters stay in one);
 	# every Ray or vLLM test starts instances of its own, so the two never meet.
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+
+# docs/results.md, every offline table regenerated under the command that makes it (about 15 minutes)
+results: install
+	$(BIN)/python -m pipeline.jobs.results_book docs/results.md

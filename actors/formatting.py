@@ -4,7 +4,7 @@
 Generators: the tokenizer's chat template (system prompt optional) by default, or the reference
 code's raw form (problem text, an end marker, no template). Reward models: the RM tokenizer's
 chat template with user = prompt and assistant = response, EOS appended if missing, scored at the
-last position (REFERENCE.md, "Reference setup").
+last position (docs/method.md, "The reference setup").
 """
 
 from __future__ import annotations
@@ -40,12 +40,23 @@ def _as_ids(encoded) -> list[int]:
     return [int(t) for t in encoded]
 
 
+def new_token_limit(request: RolloutRequest, max_tokens: int) -> int:
+    """The tokens a request may generate: what the response's ``max_tokens`` leaves after its state
+    (or partial response so far), capped by the request's own ``max_new_tokens``."""
+    left = max_tokens - (len(request.state.token_ids) if request.state else 0)
+    return left if request.max_new_tokens is None else min(left, request.max_new_tokens)
+
+
 def make_rollout(request: RolloutRequest, generated: list[int], tokenizer, state_tokens: int, grader,
-                 finish_reason: str, num_prompt_tokens: int, num_cached_tokens: int = 0) -> Rollout:
+                 finish_reason: str, num_prompt_tokens: int, num_cached_tokens: int = 0, max_tokens: int | None = None) -> Rollout:
     """A root rollout of at least ``state_tokens`` tokens offers its prefix as a state (token ids
     and text); the response text covers the state prefix too (what the RM reads); the grader, if
-    any, extracts and checks the answer."""
+    any, extracts and checks the answer. A rollout that stopped at its request's ``max_new_tokens``,
+    short of the response's ``max_tokens``, is a partial response (``finished`` False)."""
     state_ids = list(request.state.token_ids) if request.state else []
+    finished = not (request.max_new_tokens is not None and finish_reason == "length"
+                    and len(generated) >= request.max_new_tokens
+                    and (max_tokens is None or len(state_ids) + len(generated) < max_tokens))
     state = None
     if request.state is None and len(generated) >= state_tokens:
         prefix = generated[:state_tokens]
@@ -54,4 +65,4 @@ def make_rollout(request: RolloutRequest, generated: list[int], tokenizer, state
     answer, correct = grader.grade(text, request.prompt.answer) if grader else (None, None)
     return Rollout(request_id=request.request_id, response_text=text, token_ids=generated, finish_reason=finish_reason,
                    num_generated_tokens=len(generated), num_prompt_tokens=num_prompt_tokens,
-                   num_cached_tokens=num_cached_tokens, state=state, correct=correct, answer=answer)
+                   num_cached_tokens=num_cached_tokens, state=state, correct=correct, answer=answer, finished=finished)

@@ -7,7 +7,7 @@ generator runs one request at a time so that each rollout depends only on its ow
 
 from __future__ import annotations
 
-from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
+from actors.formatting import make_rollout, new_token_limit, prompt_token_ids, reward_token_ids
 from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.distributed.grading import make_grader
 
@@ -60,14 +60,15 @@ class HFGenerator:
         with torch.no_grad():
             output = self.model.generate(
                 torch.tensor([ids], device=self.device), attention_mask=torch.ones(1, len(ids), device=self.device),
-                do_sample=True, max_new_tokens=self.max_tokens - len(state_ids),
+                do_sample=True, max_new_tokens=new_token_limit(request, self.max_tokens),
                 temperature=self.settings.get("temperature", 1.0), top_p=self.settings.get("top_p", 1.0),
                 repetition_penalty=self.settings.get("repetition_penalty", 1.0),
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **self._stop)
         generated = output[0, len(ids):].tolist()
         eos = self.tokenizer.eos_token_id
         finish = "stop" if eos is not None and generated and generated[-1] == eos else "length"
-        return make_rollout(request, generated, self.tokenizer, self.state_tokens, self.grader, finish, len(ids))
+        return make_rollout(request, generated, self.tokenizer, self.state_tokens, self.grader, finish, len(ids),
+                            max_tokens=self.max_tokens)
 
 
 class HFRewardModel:

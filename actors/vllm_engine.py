@@ -21,7 +21,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from actors.formatting import make_rollout, prompt_token_ids, reward_token_ids
+from actors.formatting import make_rollout, new_token_limit, prompt_token_ids, reward_token_ids
 from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.distributed.grading import make_grader
 
@@ -167,7 +167,7 @@ class VLLMGenerator:
             state_ids = list(request.state.token_ids) if request.state else []
             prompts.append(tokens_input(self.prompt_ids(request.prompt) + state_ids))
             params.append(SamplingParams(
-                n=1, seed=request.seed, max_tokens=self.max_tokens - len(state_ids),
+                n=1, seed=request.seed, max_tokens=new_token_limit(request, self.max_tokens),
                 temperature=self.settings.get("temperature", 1.0), top_p=self.settings.get("top_p", 1.0),
                 repetition_penalty=self.settings.get("repetition_penalty", 1.0),
                 stop=list(self.settings.get("stop") or []) or None, output_kind=RequestOutputKind.FINAL_ONLY))
@@ -180,7 +180,7 @@ class VLLMGenerator:
         completion = output.outputs[0]
         return make_rollout(request, list(completion.token_ids), self.tokenizer, self.state_tokens, self.grader,
                             str(completion.finish_reason), len(output.prompt_token_ids),
-                            int(getattr(output, "num_cached_tokens", 0) or 0))
+                            int(getattr(output, "num_cached_tokens", 0) or 0), self.max_tokens)
 
 
 class VLLMRewardModel:

@@ -1,4 +1,4 @@
-"""The public import path of the pool oracle (docs/api.md): ``pipeline.oracle.expected_max_of_pool``.
+"""The public import path of the pool oracle (docs/formats.md, "Python API"): ``pipeline.oracle.expected_max_of_pool``.
 
 The exact best-of-n of a finite reward pool; the code lives in :mod:`pipeline.stats.pool`. (Not the
 ``oracle`` search method, which is :class:`pipeline.search.slg.Oracle`.)

@@ -1,4 +1,4 @@
-"""The public import path of the reference schedule (docs/api.md): ``pipeline.schedule.default_schedule``.
+"""The public import path of the reference schedule (docs/formats.md, "Python API"): ``pipeline.schedule.default_schedule``.
 
 The code lives in :mod:`pipeline.stats.schedule`.
 """

@@ -1,4 +1,4 @@
-"""The public import path of the tail fit (docs/api.md): ``pipeline.tail.fit_tail`` and friends.
+"""The public import path of the tail fit (docs/formats.md, "Python API"): ``pipeline.tail.fit_tail`` and friends.
 
 The code lives in :mod:`pipeline.stats.tail`; this module keeps the documented names importable
 from where users and outside scripts have always found them.

@@ -97,3 +97,36 @@ def run_in_process(overrides, observer=None, collect=False):
     rows, progress = driver.step(None)
     assert progress["done"]
     return rows
+
+
+def root_rewards(seed: int, prompt_id: str, count: int, family: str = "gaussian") -> list[float]:
+    """The rewards of a prompt's first ``count`` root rollouts, recomputed without the driver: the sim
+    generator and reward model called directly on requests with the documented seeds
+    (``derive_seed(run seed, prompt id, "root", index)``). Root rollout k is the same for every method."""
+    from actors.sim import SimGenerator, SimRewardModel
+    from pipeline.distributed.contract import PromptInput, RolloutRequest, ScoreRequest
+    from pipeline.distributed.driver import derive_seed
+
+    prompt = PromptInput(prompt_id, "")  # the sim's rewards depend on the seed alone
+    requests = [RolloutRequest(i, prompt, None, derive_seed(seed, prompt_id, "root", i)) for i in range(count)]
+    rollouts = SimGenerator(family=family).generate(requests)
+    scores = SimRewardModel(family=family).score([ScoreRequest(r.request_id, prompt, r.response_text) for r in rollouts])
+    return [score.reward for score in scores]
+
+
+def check_rows_independently(rows, seed: int, family: str = "gaussian") -> None:
+    """What a run's rows must say whatever else they share with a run they are compared with: every
+    search spent exactly its budget; a best-of-N row's best reward is the best of its N root rollouts;
+    an slg row's is at least the best of the m root rollouts it always draws (m of the schedule)."""
+    from pipeline.stats.schedule import default_schedule
+
+    assert rows and all(row["rollouts"] == row["budget"] for row in rows)
+    checked = 0
+    for row in rows:
+        if row["method"] == "bon":
+            assert row["best_reward"] == max(root_rewards(seed, row["prompt_id"], row["budget"], family)), row
+            checked += 1
+        elif row["method"] == "slg":
+            m, _ = default_schedule(row["budget"])
+            assert row["best_reward"] >= max(root_rewards(seed, row["prompt_id"], m, family)), row
+    assert checked, "no best-of-N row to check"

@@ -25,6 +25,18 @@ def build_parser() -> Parser:
     return parser
 
 
+def parse(argv: list[str]):
+    """The command's arguments; ``KEY=VALUE`` overrides may stand anywhere among its options
+    (argparse alone takes them only after the last option)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.logs import configure_logging
 
@@ -40,7 +52,7 @@ def _run(argv: list[str]) -> int:
     from pipeline.logs import record_traceback
 
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         check_output_paths(args)
         return args.handler(args)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (signals.Terminated, plain when it came through a ray.get)

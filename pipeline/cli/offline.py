@@ -53,7 +53,8 @@ def add_parsers(commands) -> None:
 def _add_replay(commands) -> None:
     replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
     source = replay.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bank", type=distinct_names, help="reward banks (JSONL, docs/formats.md), comma-separated")
+    source.add_argument("--bank", type=distinct_names,
+                        help="reward banks (JSONL, a .parquet file or a folder of them; docs/formats.md), comma-separated")
     source.add_argument("--world", type=distinct_names,
                         help="simulated world families, comma-separated, or 'all': " + ", ".join(_world_names()))
     replay.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
@@ -70,7 +71,14 @@ def _add_replay(commands) -> None:
     replay.add_argument("--out", help="write the results as JSON here")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     replay.add_argument("--no-ceilings", action="store_true",
-                        help="skip the two ceilings of an allocation that knew the distributions (banks)")
+                        help="skip the two ceilings of an allocation that knew the distributions")
+    replay.add_argument("--equal-tokens", action="store_true",
+                        help="each method plays the N at which it generates best-of-N's tokens at each budget "
+                             "(found by pilot replays; the table shows the N played and the tokens spent)")
+    replay.add_argument("--response-tokens", type=positive_int, default=400,
+                        help="mean tokens of a whole response (the token model; worlds: geometric lengths as the "
+                             "sim engine's, banks: this constant)")
+    replay.add_argument("--state-tokens", type=positive_int, default=100, help="T of the token model (below --response-tokens)")
     add_overrides(replay, "search options, as in `slg run`: search.tail_fraction=0.3 search.adaptive.keep_fraction=0.5")
     replay.set_defaults(handler=run_replay)
 
@@ -123,9 +131,13 @@ def run_replay(args) -> int:
     from pipeline.jobs.config import load_search_config
     from pipeline.offline.bank_reader import StreamedBank
     from pipeline.offline.ceilings import format_ceilings
+    from pipeline.offline.equal_cost import match_budgets
     from pipeline.offline.replay import format_table, replay_job, replay_rollouts, results_as_dicts
+    from pipeline.offline.responses import TokenModel
 
     config = load_search_config(args.overrides)
+    if args.state_tokens >= args.response_tokens:
+        raise UsageError(f"--state-tokens ({args.state_tokens}) must be below --response-tokens ({args.response_tokens})")
     if args.world:
         if args.prompts is None:
             raise UsageError("--prompts is required with --world")
@@ -136,12 +148,21 @@ def run_replay(args) -> int:
         if args.prompts is not None:
             raise UsageError("--prompts applies to --world only (a bank replays all its prompts)")
         targets = {path: StreamedBank(path) for path in args.bank}  # validated now, read a chunk at a time later
-    total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts)
+    # worlds draw lengths as the sim engine does; banks record none: every response the mean
+    tokens = TokenModel(state_tokens=args.state_tokens, mean_response_tokens=args.response_tokens,
+                        random_lengths=bool(args.world))
     started = time.perf_counter()
+    budget_maps = None
+    if args.equal_tokens:
+        if "bon" not in args.methods:
+            raise UsageError("--equal-tokens matches every method to bon's tokens: list bon among --methods")
+        budget_maps = match_budgets(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
+                                    tokens, args.workers)
+    total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts, budget_maps)
     with _progress_bar(total, enabled=not args.no_progress) as bar:
         report = replay_job(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
-                            args.workers, progress=bar.update, strict=args.strict,
-                            with_ceilings=bool(args.bank) and not args.no_ceilings)
+                            args.workers, progress=bar.update, strict=args.strict, with_ceilings=not args.no_ceilings,
+                            tokens=tokens, budget_maps=budget_maps)
     elapsed = time.perf_counter() - started
     rows, ceilings = [], []
     for label, table in report.results.items():
@@ -150,10 +171,12 @@ def run_replay(args) -> int:
         rows += [{"world" if args.world else "bank": label, **row} for row in results_as_dicts(table)]
         if label in report.ceilings:
             print(format_ceilings(report.ceilings[label]))
-            ceilings += [{"bank": label, **row} for row in report.ceilings[label]]
+            ceilings += [{"world" if args.world else "bank": label, **row} for row in report.ceilings[label]]
     print(f"{len(report.results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
-        payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed}
+        payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed,
+                   "equal_tokens": args.equal_tokens, "response_tokens": args.response_tokens,
+                   "state_tokens": args.state_tokens}
         payload.update({"source": next(iter(report.results))} if len(report.results) == 1 else {"sources": list(report.results)})
         write_json(args.out, payload)
     return 0

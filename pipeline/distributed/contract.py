@@ -11,6 +11,7 @@ ever sees these types.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,20 +27,28 @@ class PromptInput:
 
 @dataclass(frozen=True)
 class StatePrefix:
-    """A state: the first T generated tokens of a root rollout, kept as token ids (never re-tokenised)."""
+    """A state: the first T generated tokens of a root rollout, kept as token ids (never re-tokenised).
+    Also a partial response so far (every token generated), continued by the next chunk: its ids are
+    then an ``array("i")`` (it is sent whole with every chunk, and an array pickles fast); a state's
+    are a tuple (prefixes are keys)."""
 
-    token_ids: tuple[int, ...] = ()
+    token_ids: Sequence[int] = ()
     text: str = ""
 
 
 @dataclass(frozen=True)
 class RolloutRequest:
-    """One rollout: from the prompt (``state is None``) or continuing a state, with its own seed."""
+    """One rollout: from the prompt (``state is None``) or continuing a state, with its own seed.
+
+    ``max_new_tokens`` caps this rollout's generated tokens below the engine's own limit (the
+    response's ``max_tokens``, state included): a chunk of a response that grows (``spec_rejection``);
+    its ``state`` is then the partial response so far, every token of it, continued exactly."""
 
     request_id: int
     prompt: PromptInput
     state: StatePrefix | None
     seed: int
+    max_new_tokens: int | None = None
 
 
 @dataclass
@@ -51,6 +60,8 @@ class Rollout:
     prefix that may become a state. Token counts are per rollout; ``num_cached_tokens`` is what the
     engine served from its prefix cache (0 where it does not say). Real backends grade their
     rollouts (``correct``, ``answer``) where they run, in parallel, rather than in the driver.
+    ``finished`` is False only where the request's ``max_new_tokens`` stopped the response before
+    it ended (an end-of-sequence or stop string, or the engine's own length limit): a partial response.
     """
 
     request_id: int
@@ -63,6 +74,7 @@ class Rollout:
     state: StatePrefix | None = None
     correct: bool | None = None         # graded against the prompt's answer (None: no answer / grader)
     answer: str | None = None           # the extracted final answer, the key of majority voting
+    finished: bool = True               # False: cut by the request's max_new_tokens, to be continued
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,7 @@ class _Ticket:
 
 class Driver:
     """``calls`` says how replicas are called: ``RayCalls`` for actors, ``LocalCalls`` for plain objects.
-
-    ``in_order_window``: admit a search only while it is fewer than this many places after the
-    oldest one still running. Searches then finish at most that far out of order, which bounds what a
-    job that writes results in order (``slg collect``'s shards) must hold while it waits for the oldest.
-    """
+    ``in_order_window``: searches finish at most that many places out of order (``within_window``)."""
 
     def __init__(self, searches: list[SearchSpec], generators: list, rewards: list, settings, seed: int, calls,
                  drop_nonfinite: bool = False, ground_truth=None, observer: SearchObserver | None = None,
@@ -112,18 +108,14 @@ class Driver:
         self.ground_truth = ground_truth  # exact node values (sim only): what the oracle method selects by
         self.observer = observer
         self.calls = calls
-        health = (settings.replica_retry_s, settings.max_replica_failures, settings.replica_recovery_timeout_s)
-        self.generation = ReplicaPool("generator", generators, self.calls, "generate", settings.max_batch_rollouts,
-                                      settings.max_inflight_batches, CacheAwareRouter(settings.affinity_spill_rollouts),
-                                      *health)
-        self.scoring = ReplicaPool("reward", rewards, self.calls, "score", settings.max_batch_scores,
-                                   settings.max_inflight_batches, None, *health)
+        self.generation, self.scoring = replica_pools(settings, generators, rewards, calls)
         self.queue = deque(searches)
         self.in_order_window = in_order_window
         self.admitted = 0  # searches admitted so far: the next one's place in the order
         self.total = len(searches)
         self.active: list[SearchRecord] = []
         self.tickets: dict[int, _Ticket] = {}
+        self.prefix_tickets: dict[int, tuple[SearchRecord, tuple]] = {}  # a state's prefix, scored alone
         self.request_ids = itertools.count()
         self.finished_totals = Ledger()  # of searches already finished; active ones add theirs in progress()
         self.searches_done = 0
@@ -184,21 +176,17 @@ class Driver:
     # --- searches in, rollouts out ---------------------------------------------------------------
 
     def _admit(self, finished: list[dict]) -> None:
-        while self.queue and len(self.active) < self.settings.max_concurrent_prompts and self._within_window():
+        while (self.queue and len(self.active) < self.settings.max_concurrent_prompts
+               and within_window(self.active, self.admitted, self.in_order_window)):
             spec = self.queue.popleft()
             policy_class = spec.policy_class
             rng = np.random.default_rng(derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget))
             search = SearchRecord(spec, None, self.answers_vote)
             search.order, self.admitted = self.admitted, self.admitted + 1
-            true_value = self._true_value_for(search) if policy_class.needs_true_values else None
+            true_value = true_values_of(search, self.ground_truth) if policy_class.needs_true_values else None
             search.policy = policy_class(spec.budget, 1, spec.search_config, rng=rng, true_value=true_value)
             self.active.append(search)
             self._plan(search, finished)
-
-    def _within_window(self) -> bool:
-        if self.in_order_window is None or not self.active:
-            return True
-        return self.admitted < min(search.order for search in self.active) + self.in_order_window
 
     def _plan(self, search: SearchRecord, finished: list[dict]) -> None:
         """Queue the rollouts of the search's next round (or finish the search)."""
@@ -215,10 +203,10 @@ class Driver:
             search.policy.observe(search.round_results())  # a round that asked for nothing
 
     def _queue_rollout(self, search: SearchRecord, slot: Slot, position: int) -> None:
-        index, root_index, state = search.plan_rollout(slot.node)
+        index, root_index, state = search.plan_rollout(slot.node, slot.grow)
         prompt_id = search.prompt.prompt_id
         request = RolloutRequest(next(self.request_ids), search.prompt, state,
-                                 rollout_seed(self.seed, prompt_id, node_name(slot.node), index))
+                                 rollout_seed(self.seed, prompt_id, node_name(slot.node), index), slot.max_new_tokens)
         self.tickets[request.request_id] = _Ticket(search, slot, position, root_index, next(search.sequence))
         # a state's rollouts prefer the replica whose prefix cache holds it; the prompt's go anywhere
         self.generation.put(None if slot.node == ROOT else (prompt_id, slot.node), request)
@@ -232,9 +220,24 @@ class Driver:
             search = ticket.search
             search.record_rollout(rollout, ticket.slot, ticket.position, ticket.root_index)
             self.scoring.put(None, ScoreRequest(rollout.request_id, search.prompt, rollout.response_text))
+            if ticket.root_index is not None and rollout.state is not None and search.wants_prefix_score(rollout.state):
+                self._score_prefix(search, rollout.state)
+
+    def _score_prefix(self, search: SearchRecord, state) -> None:
+        """The reward model's score of a new state's prefix alone (one short call: a partial response,
+        as Speculative Rejection scores them); the search's round waits for it."""
+        request_id = next(self.request_ids)
+        self.prefix_tickets[request_id] = (search, state.token_ids)
+        search.waiting += 1
+        self.scoring.put(None, ScoreRequest(request_id, search.prompt, state.text))
 
     def _on_scores(self, scores: list[Score], finished: list[dict]) -> None:
         for score in scores:
+            if score.request_id in self.prefix_tickets:
+                search, token_ids = self.prefix_tickets.pop(score.request_id)
+                search.record_prefix_score(token_ids, float(score.reward), score.num_tokens)
+                self._one_less_waiting(search, finished)
+                continue
             ticket = self.tickets.pop(score.request_id)
             search, rollout = ticket.search, ticket.rollout
             reward = float(score.reward)
@@ -249,12 +252,16 @@ class Driver:
                 search.record_reward(reward, rollout, ticket.slot, ticket.position, ticket.sequence)
                 if self.observer is not None:
                     self.observer.rollout_scored(search, ticket.slot, ticket.position, rollout, reward, ticket.sequence)
-            search.waiting -= 1
-            if search.waiting == 0:
-                if self.observer is not None:
-                    self.observer.round_scored(search)
-                search.policy.observe(search.round_results())
-                self._plan(search, finished)
+            self._one_less_waiting(search, finished)
+
+    def _one_less_waiting(self, search: SearchRecord, finished: list[dict]) -> None:
+        """One score of the search's round is in; the last one hands the round to its policy."""
+        search.waiting -= 1
+        if search.waiting == 0:
+            if self.observer is not None:
+                self.observer.round_scored(search)
+            search.policy.observe(search.round_results())
+            self._plan(search, finished)
 
     def _finish(self, search: SearchRecord, finished: list[dict]) -> None:
         self.active.remove(search)
@@ -265,16 +272,6 @@ class Driver:
             self.observer.search_finished(search, row)
         finished.append(row)
 
-    def _true_value_for(self, search: SearchRecord):
-        if self.ground_truth is None:
-            raise RuntimeError(f"method {search.method!r} needs true values: only the sim backend has them")
-
-        def true_value(nodes: np.ndarray, n: np.ndarray) -> np.ndarray:
-            states = [None if node == ROOT else search.states[int(node)] for node in nodes[0]]
-            return self.ground_truth.values(states, int(n[0]))[None, :]
-
-        return true_value
-
     # --- reports ---------------------------------------------------------------------------------
 
     @property
@@ -283,24 +280,14 @@ class Driver:
 
     def progress(self) -> dict:
         elapsed = time.perf_counter() - self.started
-        totals = asdict(sum((search.ledger for search in self.active), self.finished_totals))
-        totals["rollouts_generated"] = totals.pop("rollouts")
-        for name in ("empty_rollouts", "dropped_scores"):
-            del totals[name]
+        totals = run_totals(sum((search.ledger for search in self.active), self.finished_totals))
         return {**totals, "searches_done": self.searches_done, "searches_total": self.total, "elapsed_s": elapsed,
                 "done": self.done,
                 "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
                 "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s,
                 "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-                **self._replica_report()}
-
-    def _replica_report(self) -> dict:
-        """Failures, replica processes lost, replicas back after a failure, replicas retired."""
-        pools = (self.generation.health, self.scoring.health)
-        return {"replica_failures": sum(h.failures_total for h in pools), "replicas_lost": sum(h.lost for h in pools),
-                "replicas_rejoined": sum(h.rejoined for h in pools),
-                "replicas_retired": {"generator": pools[0].retired, "reward": pools[1].retired}}
+                **replica_report(self.generation.health, self.scoring.health)}
 
     def busy_fractions(self) -> dict[str, list[float]]:
         return {"generate": self.generation.busy_fractions(), "score": self.scoring.busy_fractions()}
@@ -308,6 +295,53 @@ class Driver:
     def observer_report(self):
         """What the observer gathered (``slg bench``: the requests it replays on a bare engine)."""
         return None if self.observer is None else self.observer.report()
+
+
+def run_totals(ledger: Ledger) -> dict:
+    """The counts of a whole run's ledger (its searches' ledgers summed) as progress reports them."""
+    totals = asdict(ledger)
+    totals["rollouts_generated"] = totals.pop("rollouts")
+    for name in ("empty_rollouts", "dropped_scores"):
+        del totals[name]
+    return totals
+
+
+def true_values_of(search: SearchRecord, ground_truth):
+    """The ``true_value`` hook of a search's policy (the ``oracle`` method): exact node values from
+    the simulated backend's ground truth."""
+    if ground_truth is None:
+        raise RuntimeError(f"method {search.method!r} needs true values: only the sim backend has them")
+
+    def true_value(nodes: np.ndarray, n: np.ndarray) -> np.ndarray:
+        states = [None if node == ROOT else search.states[int(node)] for node in nodes[0]]
+        return ground_truth.values(states, int(n[0]))[None, :]
+
+    return true_value
+
+
+def replica_pools(settings, generators: list, rewards: list, calls) -> tuple[ReplicaPool, ReplicaPool]:
+    """The generator and reward-model pools of a driver (``DriverConfig`` settings)."""
+    health = (settings.replica_retry_s, settings.max_replica_failures, settings.replica_recovery_timeout_s)
+    generation = ReplicaPool("generator", generators, calls, "generate", settings.max_batch_rollouts,
+                             settings.max_inflight_batches, CacheAwareRouter(settings.affinity_spill_rollouts), *health)
+    scoring = ReplicaPool("reward", rewards, calls, "score", settings.max_batch_scores, settings.max_inflight_batches,
+                          None, *health)
+    return generation, scoring
+
+
+def within_window(active: list[SearchRecord], admitted: int, window: int | None) -> bool:
+    """Whether the next search (place ``admitted`` in the order) is fewer than ``window`` places after
+    the oldest one still running. Searches then finish at most that far out of order, which bounds
+    what a job that writes results in order (``slg collect``'s shards) holds while it waits."""
+    return window is None or not active or admitted < min(search.order for search in active) + window
+
+
+def replica_report(generators, rewards) -> dict:
+    """Failures, replica processes lost, replicas back after a failure, replicas retired (two ``ReplicaHealth``)."""
+    pools = (generators, rewards)
+    return {"replica_failures": sum(h.failures_total for h in pools), "replicas_lost": sum(h.lost for h in pools),
+            "replicas_rejoined": sum(h.rejoined for h in pools),
+            "replicas_retired": {"generator": generators.retired, "reward": rewards.retired}}
 
 
 def error_summary(error: BaseException) -> str:

@@ -53,7 +53,10 @@ class CacheAwareRouter:
             self.holders[key] = [least]
             return least
         home = min(holders, key=loads.__getitem__)
-        if self.spill and loads[home] - loads[least] > self.spill:
+        # a home that takes no work (it failed, or retired) while another replica does: the state moves
+        # on, whatever the spill bound (with spill 0 its rollouts would otherwise wait there forever)
+        unavailable = loads[home] >= UNAVAILABLE_LOAD > loads[least]
+        if unavailable or (self.spill and loads[home] - loads[least] > self.spill):
             holders.append(least)
             return least
         return home
@@ -67,7 +70,7 @@ class CacheAwareRouter:
 class _Call:
     replica: int
     batch: list  # (routing key, request) pairs; empty for a probe
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=lambda: time.perf_counter())  # looked up at each call: tests fake the clock
 
 
 class ReplicaPool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from array import array
 from dataclasses import astuple, dataclass, field
 
 import numpy as np
@@ -37,16 +38,23 @@ class SearchSpec:
 
 
 class Slot:
-    """One request of a round: ``count`` rollouts from ``node``, filled in as scores arrive."""
+    """One request of a round: ``count`` rollouts from ``node``, filled in as scores arrive. A chunked
+    slot (``max_new_tokens``) starts responses that grow, or (``grow``) continues response ``node``."""
 
-    __slots__ = ("node", "count", "rewards", "can_branch", "correct", "root_index")
+    __slots__ = ("node", "count", "rewards", "can_branch", "correct", "root_index", "max_new_tokens", "grow", "finished")
 
-    def __init__(self, node: int, count: int):
+    def __init__(self, node: int, count: int, max_new_tokens: int | None = None, grow: bool = False):
         self.node, self.count = node, count
-        self.rewards = np.full(count, np.nan)
+        self.max_new_tokens, self.grow = max_new_tokens, grow
+        # (np.empty + fill: np.full and np.ones are Python wrappers, a cost per slot that a chunk a slot feels)
+        self.rewards = np.empty(count)
+        self.rewards.fill(np.nan)
         self.can_branch = np.zeros(count, dtype=bool)
         self.correct = np.zeros(count, dtype=bool)
-        self.root_index = np.full(count, -1)  # the root-rollout index of each rollout that can branch
+        self.root_index = np.empty(count, dtype=np.int64)  # the root-rollout index of each rollout that can branch (or grows)
+        self.root_index.fill(-1)
+        self.finished = np.empty(count, dtype=bool)  # False: a partial response (chunked slots)
+        self.finished.fill(True)
 
 
 ROW_FIELDS = ("rollouts", "tokens_generated", "prompt_tokens", "cached_prompt_tokens", "rm_tokens", "empty_rollouts",
@@ -68,9 +76,11 @@ class Ledger:
     rollouts_scored: int = 0
     state_prompt_tokens: int = 0   # prompt tokens of rollouts from states, and their cached part:
     state_cached_tokens: int = 0   # how well the prefix cache serves states
+    prefixes_scored: int = 0       # the reward model's calls on a state's prefix alone (slg_share)
 
-    def add_rollout(self, rollout: Rollout, from_state: bool) -> None:
-        self.rollouts += 1
+    def add_rollout(self, rollout: Rollout, from_state: bool, new_response: bool = True) -> None:
+        """``new_response`` False: a chunk continuing a response, which is not another rollout (its tokens count)."""
+        self.rollouts += new_response
         self.tokens_generated += rollout.num_generated_tokens
         self.prompt_tokens += rollout.num_prompt_tokens
         self.cached_prompt_tokens += rollout.num_cached_tokens
@@ -142,6 +152,14 @@ class SearchRecord:
         self.requested = 0
         self.node_counts: dict[int, int] = {}  # rollouts planned per state (the next one's index there): the states sampled
         self.states: dict[int, StatePrefix] = {}  # root-rollout index -> the state cut from it
+        # root-rollout index -> its partial response so far (every token), for chunked policies; and
+        # the chunks asked of each (the next chunk's index: its seed)
+        self.partials: dict[int, StatePrefix] = {}
+        self.chunk_counts: dict[int, int] = {}
+        # prefix token ids -> the reward model's score of the prefix alone (NaN: not finite), for a
+        # policy that asks for them (``scores_prefixes``); None while its score is on its way
+        self.prefix_scores: dict[tuple, float | None] = {}
+        self.scores_prefixes = bool(getattr(spec.policy_class, "scores_prefixes", False))
         self.slots: list[Slot] = []
         self.waiting = 0             # rollouts of this round not scored yet
         self.sequence = itertools.count()
@@ -156,16 +174,23 @@ class SearchRecord:
         requests = self.policy.plan()
         if not requests:
             return None
-        self.slots = [Slot(int(r.node[0]), int(r.count[0])) for r in requests]
-        self.requested += sum(slot.count for slot in self.slots)
+        self.slots = [Slot(int(r.node[0]), int(r.count[0]), r.max_new_tokens, r.grow) for r in requests]
+        self.requested += sum(slot.count for slot in self.slots if not slot.grow)  # a chunk is no new rollout
         if self.requested > self.budget:
             raise BudgetExceededError(f"{self.method} asked for {self.requested} rollouts of prompt "
                                       f"{self.prompt.prompt_id!r}, budget is {self.budget}")
         self.waiting = sum(slot.count for slot in self.slots)
         return self.slots
 
-    def plan_rollout(self, node: int) -> tuple[int, int | None, StatePrefix | None]:
-        """(index within the node, root-rollout index or None, state or None) of the next rollout from ``node``."""
+    def plan_rollout(self, node: int, grow: bool = False) -> tuple[int, int | None, StatePrefix | None]:
+        """(index within the node, root-rollout index or None, state or None) of the next rollout from
+        ``node``; with ``grow``, of the next chunk of response ``node`` (its partial response as the state)."""
+        if grow:
+            if node not in self.partials:
+                raise RuntimeError(f"policy asked to continue response {node}, which is not a partial response")
+            index = self.chunk_counts.get(node, 0)
+            self.chunk_counts[node] = index + 1
+            return index, None, self.partials[node]
         if node == ROOT:
             index = self.root_count
             self.root_count += 1
@@ -177,14 +202,39 @@ class SearchRecord:
         return index, None, self.states[node]
 
     def record_rollout(self, rollout: Rollout, slot: Slot, position: int, root_index: int | None) -> None:
-        self.ledger.add_rollout(rollout, from_state=slot.node != ROOT)
+        self.ledger.add_rollout(rollout, from_state=slot.node != ROOT, new_response=not slot.grow)
+        if slot.max_new_tokens is not None:  # a chunk: the response so far is its every token
+            response = slot.node if slot.grow else root_index
+            slot.finished[position] = rollout.finished
+            slot.root_index[position] = response
+            if rollout.finished:
+                self.partials.pop(response, None)
+            else:  # int32 ids: sent whole with every chunk, an array pickles 4x faster than a tuple
+                tokens = array("i", self.partials[response].token_ids if slot.grow else ())
+                tokens.extend(rollout.token_ids)
+                self.partials[response] = StatePrefix(tokens, rollout.response_text)
+            return
         if root_index is not None and rollout.state is not None:
             self.states[root_index] = rollout.state
             slot.can_branch[position] = True
             slot.root_index[position] = root_index
 
+    def wants_prefix_score(self, state: StatePrefix) -> bool:
+        """Whether the policy asks for prefix scores and this prefix has none yet (nor one on its way)."""
+        if not self.scores_prefixes or state.token_ids in self.prefix_scores:
+            return False
+        self.prefix_scores[state.token_ids] = None
+        return True
+
+    def record_prefix_score(self, token_ids: tuple, score: float, num_tokens: int) -> None:
+        self.prefix_scores[token_ids] = score if math.isfinite(score) else math.nan
+        self.ledger.rm_tokens += num_tokens
+        self.ledger.prefixes_scored += 1
+
     def record_reward(self, reward: float, rollout: Rollout, slot: Slot, position: int, sequence: int) -> None:
         slot.rewards[position] = reward
+        if not slot.finished[position]:  # a partial response's score: no answer, no vote, no grade
+            return
         if rollout.correct is not None:
             slot.correct[position] = rollout.correct
             self.any_correct = bool(self.any_correct) or rollout.correct
@@ -194,9 +244,20 @@ class SearchRecord:
 
     def round_results(self) -> list[Rollouts]:
         first = self._first_root_of_each_prefix()
-        return [Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :],
-                         np.array([first[self.states[k].token_ids] if k >= 0 else -1 for k in s.root_index])[None, :])
-                for s in self.slots]
+        results = []
+        for s in self.slots:
+            if s.max_new_tokens is not None:  # responses that grow: each is its own (no prefix lookup)
+                results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :],
+                                        s.root_index[None, :], None, s.finished[None, :]))
+                continue
+            prefixes = [self.states[k].token_ids if k >= 0 else None for k in s.root_index]
+            index = np.array([first[p] if p is not None else -1 for p in prefixes])
+            score = None
+            if self.scores_prefixes:
+                score = np.array([self.prefix_scores.get(p) if p is not None else math.nan for p in prefixes], dtype=float)
+            results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :], index[None, :],
+                                    None if score is None else score[None, :]))
+        return results
 
     def _first_root_of_each_prefix(self) -> dict[tuple, int]:
         """Prefix token ids -> the smallest root-rollout index that has them: root rollouts with the same

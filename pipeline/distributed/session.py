@@ -270,7 +270,9 @@ def generator_kwargs(config) -> dict:
 def reward_kwargs(config) -> dict:
     if config.reward.backend == Backend.sim:
         sim = as_plain_dict(config.generator.sim)
-        return {"family": sim["family"], "params": sim["params"], "latency_per_item_s": sim["rm_latency_per_item_s"]}
+        return {"family": sim["family"], "params": sim["params"], "latency_per_item_s": sim["rm_latency_per_item_s"],
+                "state_tokens": config.generator.state_tokens, "mean_response_tokens": sim["mean_response_tokens"],
+                "short_rollout_fraction": sim["short_rollout_fraction"]}
     return {"settings": _absolute_model_path(as_plain_dict(config.reward))}
 
 

@@ -2,9 +2,12 @@
 scaling with replicas. A benchmark measures; nothing here asserts a speed.
 
 - Pipeline: P prompts x one budget x one method through Ray actors and the driver, after every
-  engine is up (engine start is not counted). Reports rollouts/s, generated tokens/s, RM items/s
-  and tokens/s, each replica's busy fraction (time with a call in flight), the cached share of
-  prompt tokens (all rollouts, and state rollouts alone), and the driver's own time per rollout.
+  engine is up (engine start is not counted). Reports rollouts/s (responses started), RM items/s
+  (every score: a chunk of a response that grows, ``spec_rejection``, is scored once per chunk),
+  generated tokens/s, RM tokens/s, each replica's busy fraction (time with a call in flight), the
+  cached share of prompt tokens (all rollouts, and state rollouts alone), and the driver's own CPU
+  time per rollout and per RM item. On the sim backend also the method's compute multipliers
+  against the world's exact best-of-N, in rollouts and in generated tokens.
 - Raw ceiling (``--raw``): the very rollout requests the driver sent (same prompts, states, seeds,
   lengths), in one ``generate`` call on one in-process engine: no Ray, no driver, no reward model.
   Efficiency = pipeline tokens/s over raw tokens/s.
@@ -66,30 +69,60 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
         session.place_replicas()
         session.wait_until_engines_are_up()
         driver = session.start_driver(searches, RequestLog() if record_requests else None)
-        started = time.perf_counter()
-        while not ray.get(driver.step.remote(config.driver.step_s))[1]["done"]:
-            pass
+        started, rows = time.perf_counter(), []
+        while True:
+            finished, progress = ray.get(driver.step.remote(config.driver.step_s))
+            rows += finished
+            if progress["done"]:
+                break
         wall = time.perf_counter() - started
         progress, busy, requests = ray.get([driver.progress.remote(), driver.busy_fractions.remote(),
                                             driver.observer_report.remote()])
-    scored = max(progress["rollouts_scored"], 1)
+    items = progress["rollouts_scored"] + progress["prefixes_scored"]  # every reward-model call: chunks, prefixes
+    scored, started_rollouts = max(items, 1), max(progress["rollouts_generated"], 1)
     metrics = {
         "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall, "free_reward": free_reward,
         "generator_replicas": config.generator.num_replicas, "reward_replicas": config.reward.num_replicas,
-        "rollouts_per_s": progress["rollouts_scored"] / wall,  # every rollout is scored once: also RM items/s
+        "rollouts_per_s": progress["rollouts_generated"] / wall,  # responses started
+        "rm_items_per_s": items / wall,  # every score: chunks of growing responses and prefixes alone included
         "tokens_per_s": progress["tokens_generated"] / wall,
         "rm_tokens_per_s": progress["rm_tokens"] / wall,
         "generator_busy": busy["generate"], "reward_busy": busy["score"],
         "cached_prompt_share": progress["cached_prompt_tokens"] / max(progress["prompt_tokens"], 1),
         "state_cached_share": (progress["state_cached_tokens"] / progress["state_prompt_tokens"]
                                if progress["state_prompt_tokens"] else None),
-        "driver_us_per_rollout": 1e6 * progress["driver_cpu_s"] / scored,  # CPU: what one driver needs
-        "driver_wall_us_per_rollout": 1e6 * progress["driver_busy_s"] / scored,  # wall: with the engines beside it
-        "tokens_generated": progress["tokens_generated"],
+        "driver_us_per_rollout": 1e6 * progress["driver_cpu_s"] / started_rollouts,  # CPU: what one driver needs
+        "driver_us_per_rm_item": 1e6 * progress["driver_cpu_s"] / scored,
+        "driver_wall_us_per_rollout": 1e6 * progress["driver_busy_s"] / started_rollouts,  # wall: engines beside it
+        "rollouts": progress["rollouts_generated"], "rm_items": items,
+        "rm_tokens": progress["rm_tokens"], "tokens_generated": progress["tokens_generated"],
         "prompt_tokens": progress["prompt_tokens"], "cached_prompt_tokens": progress["cached_prompt_tokens"],
         "state_prompt_tokens": progress["state_prompt_tokens"], "state_cached_tokens": progress["state_cached_tokens"],
     }
+    metrics.update(sim_multipliers(config, rows, budget))
     return {"metrics": metrics, "requests": requests}
+
+
+def sim_multipliers(config, rows: list[dict], budget: int) -> dict:
+    """The searches' mean best reward and, on the sim backend, its compute multipliers against the
+    world's exact best-of-N: BoN's rollouts (generated tokens, n x the sim's mean response length)
+    to reach it over the method's own per search."""
+    from pipeline.distributed.config import Backend
+    from pipeline.offline.multipliers import compute_multiplier, per_cost
+    from pipeline.offline.worlds import make_world
+
+    rewards = [r["best_reward"] for r in rows if r["best_reward"] is not None]
+    out = {"mean_best_reward": sum(rewards) / len(rewards) if rewards else None,
+           "compute_multiplier": None, "token_multiplier": None}
+    if config.generator.backend != Backend.sim or not rewards:
+        return out
+    sim, state_tokens = config.generator.sim, config.generator.state_tokens
+    mean_length = (1 - sim.short_rollout_fraction) * sim.mean_response_tokens + sim.short_rollout_fraction * state_tokens / 2
+    found = compute_multiplier(make_world(sim.family, **sim.params).prompt_value, out["mean_best_reward"], budget)
+    rollouts = sum(r["rollouts"] for r in rows) / len(rows)
+    tokens = sum(r["tokens_generated"] for r in rows) / len(rows)
+    return {**out, "compute_multiplier": per_cost(found, budget, rollouts),
+            "token_multiplier": per_cost(found, budget, tokens / mean_length)}
 
 
 def bench_raw_engine(config, requests, repeats: int = 2) -> dict:
@@ -153,12 +186,22 @@ def format_metrics(metrics: dict) -> str:
     busy = ", ".join(f"{b:.2f}" for b in metrics["generator_busy"])
     rm_busy = ", ".join(f"{b:.2f}" for b in metrics["reward_busy"])
     state_share = "-" if metrics["state_cached_share"] is None else f"{metrics['state_cached_share']:.3f}"
-    return "\n".join([
+    lines = [
         f"workload: {metrics['prompts']} prompts x N={metrics['budget']} x {metrics['method']}, {metrics['wall_s']:.2f} s",
-        f"rollouts/s {metrics['rollouts_per_s']:.1f}   generated tokens/s {metrics['tokens_per_s']:.1f}",
+        f"rollouts/s {metrics['rollouts_per_s']:.1f}   RM items/s {metrics['rm_items_per_s']:.1f} "
+        f"({metrics['rm_items'] / max(metrics['rollouts'], 1):.2f} per rollout)   generated tokens/s {metrics['tokens_per_s']:.1f}",
         f"RM tokens/s {metrics['rm_tokens_per_s']:.1f}",
         f"generator busy [{busy}]   reward busy [{rm_busy}]",
         f"cached share of prompt tokens {metrics['cached_prompt_share']:.3f} (state rollouts: {state_share})",
-        f"driver time per rollout {metrics['driver_us_per_rollout']:.1f} us CPU "
-        f"({metrics['driver_wall_us_per_rollout']:.1f} us wall, engines sharing its cores)",
-    ])
+        f"driver time per rollout {metrics['driver_us_per_rollout']:.1f} us CPU, per RM item "
+        f"{metrics['driver_us_per_rm_item']:.1f} us ({metrics['driver_wall_us_per_rollout']:.1f} us wall per rollout, "
+        "engines sharing its cores)",
+    ]
+    if metrics.get("token_multiplier") is not None:
+        lines.append(f"mean best reward {metrics['mean_best_reward']:.4f}; compute multiplier vs exact best-of-N: "
+                     f"{_times(metrics['compute_multiplier'])} in rollouts, {_times(metrics['token_multiplier'])} in tokens")
+    return "\n".join(lines)
+
+
+def _times(value) -> str:
+    return value if isinstance(value, str) else f"{value:.2f}x"

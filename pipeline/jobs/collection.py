@@ -18,6 +18,7 @@ plus one shard of finished prompts waiting for the rest of their shard.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -42,6 +43,7 @@ class CollectStates(SearchPolicy):
     rounds of about ``rollouts_per_round`` rollouts over all states."""
 
     name = "collect"
+    scores_prefixes = True  # the bank keeps each state's prefix score (state_scores)
 
     def _search(self):
         num_states, per_state = self.config.num_states, self.config.completions_per_state
@@ -118,6 +120,8 @@ class SampleRecorder(SearchObserver):
     def search_finished(self, search: SearchRecord, row: dict) -> None:
         row["samples"] = {name: record.samples() for name, record in self._nodes.pop(search, {}).items()}
         row["state_texts"] = {node_name(node): state.text for node, state in search.states.items()}
+        row["state_scores"] = {node_name(node): search.prefix_scores.get(state.token_ids)
+                               for node, state in search.states.items()}
 
 
 def collect(config: RunConfig) -> int:
@@ -173,6 +177,9 @@ def bank_row(result: dict, meta: dict, as_lists: bool = True) -> dict | None:
         row["correct"] = [samples[n].correct.tolist() if as_lists else samples[n].correct for n in names]
     # the prefix of each state: replay pools states with the same prefix (the same state, drawn twice)
     row["state_texts"] = [result["state_texts"][n] for n in names]
+    scores = [result["state_scores"].get(n) for n in names]
+    if all(score is not None and math.isfinite(score) for score in scores):  # the prefix alone, scored by the RM
+        row["state_scores"] = scores
     row["meta"] = {**meta, "state_nodes": names}
     return row
 

@@ -209,12 +209,12 @@ def validate_run_config(config: RunConfig) -> None:
     check_methods(config.methods)
     check_budgets(config.budgets)
     validate_search_config(config.search, config.budgets)
-    for section in (config.generator, config.reward, config.driver, config.ray, config.data, config.bench):
-        section.check()
-    config.collect.check(bank_path(config))
     gen, rm = config.generator, config.reward
     if "oracle" in config.methods and gen.backend != Backend.sim:
         raise ConfigError("method 'oracle' needs true state values, which only generator.backend=sim has")
+    for section in (config.generator, config.reward, config.driver, config.ray, config.data, config.bench):
+        section.check()
+    config.collect.check(bank_path(config))
     if (gen.backend == Backend.sim) != (rm.backend == Backend.sim):
         raise ConfigError(f"generator.backend={gen.backend.value} with reward.backend={rm.backend.value}: "
                           "the sim reward model scores only sim rollouts, and real models need real text")

@@ -7,6 +7,13 @@ majority vote) have 95% Wilson score intervals (``*_ci95``, [low, high]), which 
 its paired difference from it (``vs_bon``): the mean over prompts of (method - bon) in best reward
 and in accuracy, with 95% normal intervals. Methods share each prompt's root rollouts, and
 prompts differ far more than methods do, so the paired interval is the sharp one.
+
+Cost: rollouts, generated tokens and reward-model tokens per search (means), and, where ``bon`` ran,
+a compute multiplier in rollouts and in generated tokens (``compute_multiplier``): best-of-N's
+rollouts (tokens) to reach the method's mean best reward over the method's own. Best-of-N's curve
+is known here only at the budgets it ran: between two of them it is interpolated linearly in log N
+(its running maximum, so noise cannot make it fall), and beyond them the multiplier is a bound
+(``"<x"``: best-of-N's smallest budget already reaches it; ``">x"``: its largest does not).
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ from scipy import stats
 
 
 def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> dict:
-    """``{"methods": {METHOD: {BUDGET: {...}}}}`` as SPEC.md describes (BUDGET as a string)."""
+    """``{"methods": {METHOD: {BUDGET: {...}}}}`` as docs/formats.md describes (BUDGET as a string)."""
     results = sorted(results, key=lambda r: str(r["prompt_id"]))  # sums in a fixed order: same bits every run
     table: dict = {"methods": {}}
+    reference = bon_reference(results, budgets) if "bon" in methods else None
     for method in methods:
         per_budget = {}
         for budget in budgets:
@@ -38,20 +46,30 @@ def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> di
                 "majority_vote": _share(majority), "majority_vote_ci95": _share_ci95(majority),
                 "rollouts_mean": float(np.mean([r["rollouts"] for r in rows])) if rows else None,
                 "tokens_generated_mean": float(np.mean([r["tokens_generated"] for r in rows])) if rows else None,
+                "rm_tokens_mean": float(np.mean([r.get("rm_tokens", 0) for r in rows])) if rows else None,
                 "predicted_value_mean": float(np.mean(predicted)) if predicted else None,
                 "prompts": len(rows),
             }
             if method != "bon" and "bon" in methods:
                 per_budget[str(budget)]["vs_bon"] = paired_difference(results, method, "bon", budget)
+            if reference and rewards.size:
+                cell = per_budget[str(budget)]
+                cell["compute_multiplier"] = compute_multipliers(reference, cell["mean_best_reward"], cell["rollouts_mean"],
+                                                                 cell["tokens_generated_mean"])
         table["methods"][method] = per_budget
     return table
 
 
-def paired_difference(results: list[dict], method: str, baseline: str, budget: int) -> dict | None:
+def paired_difference(results: list[dict], method: str, baseline: str, budget: int,
+                      baseline_budget: int | None = None) -> dict | None:
     """Mean over prompts of (method - baseline) in best reward and in accuracy (where graded), each
-    with its 95% normal half-width, over the prompts both finished; None when none did."""
-    by_key = {(r["prompt_id"], r["method"]): r for r in results if r["budget"] == budget}
-    pairs = [(by_key[p, method], by_key[p, baseline]) for p, m in by_key if m == method and (p, baseline) in by_key]
+    with its 95% normal half-width, over the prompts both finished; None when none did. The
+    baseline at ``baseline_budget`` (default: the same budget): e.g. best-of-N at the budget whose
+    generated tokens match the method's (equal cost)."""
+    baseline_budget = budget if baseline_budget is None else baseline_budget
+    mine = {r["prompt_id"]: r for r in results if r["method"] == method and r["budget"] == budget}
+    theirs = {r["prompt_id"]: r for r in results if r["method"] == baseline and r["budget"] == baseline_budget}
+    pairs = [(mine[p], theirs[p]) for p in mine if p in theirs]
     out = {"prompts": len(pairs)}
     for name, field in (("best_reward", "best_reward"), ("accuracy", "correct")):
         diffs = np.array([float(a[field]) - float(b[field]) for a, b in pairs
@@ -59,6 +77,41 @@ def paired_difference(results: list[dict], method: str, baseline: str, budget: i
         out[name] = float(diffs.mean()) if diffs.size else None
         out[f"{name}_ci95"] = float(1.96 * diffs.std(ddof=1) / math.sqrt(diffs.size)) if diffs.size > 1 else None
     return out if pairs else None
+
+
+def bon_reference(results: list[dict], budgets: list[int]) -> dict | None:
+    """Best-of-N's measured curve: its budgets, mean best rewards (running maximum) and generated
+    tokens per rollout over all its searches; None where it finished none."""
+    rows = [r for r in results if r["method"] == "bon" and r["best_reward"] is not None]
+    points = [(b, float(np.mean([r["best_reward"] for r in rows if r["budget"] == b])))
+              for b in sorted(budgets) if any(r["budget"] == b for r in rows)]
+    if not points:
+        return None
+    rollouts = sum(r["rollouts"] for r in rows)
+    return {"budgets": np.array([b for b, _ in points], float),
+            "rewards": np.maximum.accumulate([reward for _, reward in points]),
+            "tokens_per_rollout": sum(r["tokens_generated"] for r in rows) / rollouts if rollouts else None}
+
+
+def compute_multipliers(reference: dict, reward: float, rollouts: float, tokens: float) -> dict:
+    """Best-of-N's rollouts and generated tokens to reach ``reward``, over ``rollouts`` and ``tokens``:
+    numbers where best-of-N's measured budgets bracket it (linear in log N between them), bounds
+    (strings) beyond them."""
+    budgets, rewards = reference["budgets"], reference["rewards"]
+    per_rollout = reference["tokens_per_rollout"]
+
+    def ratios(needed: float, sign: str = "") -> dict:
+        out = {"rollouts": needed / rollouts if rollouts else None,
+               "tokens": needed * per_rollout / tokens if per_rollout and tokens else None}
+        return {k: v if v is None or not sign else f"{sign}{v:.3g}" for k, v in out.items()}
+
+    if reward <= rewards[0]:
+        return ratios(budgets[0], "<" if reward < rewards[0] else "")
+    if reward > rewards[-1]:
+        return ratios(budgets[-1], ">")
+    i = int(np.searchsorted(rewards, reward))  # rewards[i - 1] < reward <= rewards[i]
+    share = (reward - rewards[i - 1]) / (rewards[i] - rewards[i - 1])
+    return ratios(float(np.exp(np.log(budgets[i - 1]) + share * np.log(budgets[i] / budgets[i - 1]))))
 
 
 def _share(flags: list) -> float | None:
@@ -74,8 +127,8 @@ def _share_ci95(flags: list) -> list[float] | None:
 
 
 def format_summary(summary: dict) -> str:
-    header = (f"{'method':<14}{'N':>7}  {'mean best reward':>20}  {'vs bon (paired)':>20}  {'accuracy':>8}  {'pass@N':>7}  "
-              f"{'majority':>8}  {'rollouts':>8}  {'prompts':>7}")
+    header = (f"{'method':<15}{'N':>6}  {'mean best reward':>20}  {'vs bon (paired)':>20}  {'accuracy':>8}  {'pass@N':>7}  "
+              f"{'majority':>8}  {'rollouts':>8}  {'tokens':>8}  {'x tokens':>8}  {'prompts':>7}")
     lines = [header, "-" * len(header)]
     for method, per_budget in summary["methods"].items():
         for budget, s in per_budget.items():
@@ -90,8 +143,11 @@ def format_summary(summary: dict) -> str:
             versus = "-" if not paired or paired["best_reward"] is None else f"{paired['best_reward']:+.4f}"
             if paired and paired["best_reward_ci95"] is not None:
                 versus += f" +- {paired['best_reward_ci95']:.4f}"
-            lines.append(f"{method:<14}{budget:>7}  {reward:>20}  {versus:>20}  {accuracy:>8}  {passed:>7}  {majority:>8}  "
-                         f"{rollouts:>8}  {s['prompts']:>7}")
+            tokens = "-" if s["tokens_generated_mean"] is None else f"{s['tokens_generated_mean']:.0f}"
+            times = (s.get("compute_multiplier") or {}).get("tokens")
+            times = "-" if times is None else times if isinstance(times, str) else f"{times:.2f}x"
+            lines.append(f"{method:<15}{budget:>6}  {reward:>20}  {versus:>20}  {accuracy:>8}  {passed:>7}  {majority:>8}  "
+                         f"{rollouts:>8}  {tokens:>8}  {times:>8}  {s['prompts']:>7}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """Reward banks: many states per prompt, many scored rollouts per state; a JSONL line per prompt, or
 Parquet (``pipeline.offline.parquet_banks``), chosen by the path.
 
-The format is SPEC.md's ("Reward bank"). A bank is what makes large-N questions cheap: once
+The format is docs/formats.md's ("Reward bank"). A bank is what makes large-N questions cheap: once
 collected (from a live engine or a simulated world), ``slg replay`` evaluates any policy and budget
 on it offline. This module reads, validates, writes and simulates banks, and reads the plain
 reward lists of ``slg predict`` (which also accepts bank lines); nothing else.

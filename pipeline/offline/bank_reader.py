@@ -49,6 +49,17 @@ class BankChunks:
         """Runs of consecutive prompts of at most ``max_rewards`` rewards (``CHUNK_REWARDS``), at least one prompt each."""
         raise NotImplementedError
 
+    def head(self, count: int, max_rewards: int = 4 * CHUNK_REWARDS) -> MemoryBank:
+        """The first ``count`` prompts, fewer where they would pass ``max_rewards`` rewards (at least one)."""
+        prompts, rewards = [], 0
+        for _, chunk in self.chunks():
+            for prompt in chunk:
+                if len(prompts) == count or (prompts and rewards + len(prompt.rewards) > max_rewards):
+                    return MemoryBank(prompts, self.label)
+                prompts.append(prompt)
+                rewards += len(prompt.rewards)
+        return MemoryBank(prompts, self.label)
+
 
 class MemoryBank(BankChunks):
     """Prompts already read (the ``replay`` library's ``list[BankPrompt]``)."""

@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError
 from pipeline.stats.pool import expected_max_of_pool
 from pipeline.stats.predict import FLAGS, predict_rows
 
-POOL_SIZE = "pool"  # n = the pool's own size (the real-data protocol of README "Prediction")
+POOL_SIZE = "pool"  # n = the pool's own size (the real-data protocol of docs/prediction.md)
 MODELS = ("predicted", "tail_fit", "plug_in")
 
 

@@ -12,8 +12,9 @@ states, merged by prefix; a world's sampled states), each with its reward distri
   It pays for finding states as a real policy must, and still knows what a policy must estimate.
 
 The gap between the methods and these two is the cost of not knowing the distributions.
-``slg replay`` computes them per prompt, a task per chunk of a bank and budget
-(``pipeline.offline.replay_tasks.ceilings``), and averages them over the prompts.
+``slg replay`` computes them per prompt and averages them over the prompts: on a bank a task per
+chunk of prompts and budget (``pipeline.offline.replay_tasks.ceilings``), on a world over fresh
+prompts of 16 states (``world_ceilings``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.worlds import World
 from pipeline.stats.arms import allocate_draws, common_support, expected_best
 
 DISCOVERY_FRACTION = 0.25
@@ -56,6 +58,63 @@ class PromptArms:
             cdfs = np.vstack([self.prompt_cdf, self.state_cdfs[np.unique(states)]])
             total += expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, rest, best), best)
         return total / draws
+
+
+class WorldArms:
+    """One fresh prompt of a world: its ``num_states`` states drawn, every CDF on one grid."""
+
+    def __init__(self, world: World, rng: np.random.Generator, num_states: int = 16):
+        self.world, self.rng = world, rng
+        self.latents = world.sample_states(rng, (num_states,))
+        self.values = world_grid(world, rng, self.latents)
+        self.state_cdfs = world.state_cdf(self.latents, self.values)
+        self.prompt_cdf = world.prompt_cdf(self.values)
+
+    def clairvoyant(self, budget: int) -> float:
+        cdfs = np.vstack([self.prompt_cdf, self.state_cdfs])
+        return expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, budget))
+
+    def paid_discovery(self, budget: int, discovery_fraction: float = DISCOVERY_FRACTION, kept: int = 8) -> float:
+        """As ``PromptArms.paid_discovery``, one discovery; the ``kept`` revealed states of highest true
+        V_rest are the arms (the others would get no draws), so the value is a hair low at most."""
+        found = max(1, round(discovery_fraction * budget))
+        rest = budget - found
+        latents = self.world.sample_states(self.rng, (found,))
+        rewards, _ = self.world.sample_rewards(self.rng, latents)
+        best = float(rewards.max())
+        if rest == 0:
+            return best
+        top = latents[np.argsort(-self.world.state_value(latents, rest))[:kept]]
+        values = np.union1d(self.values, world_grid(self.world, self.rng, top))
+        cdfs = np.vstack([self.world.prompt_cdf(values), self.world.state_cdf(top, values)])
+        return expected_best(values, cdfs, allocate_draws(values, cdfs, rest, best), best)
+
+
+def world_grid(world: World, rng: np.random.Generator, latents: np.ndarray, points: int = 1500) -> np.ndarray:
+    """A support for a world's CDFs: its levels where it has few, else an even grid from the prompt's
+    0.1% quantile to beyond the largest of many draws of the prompt and of the states (its step,
+    about a thousandth of that span, bounds the error of the expected maxima computed on it)."""
+    if hasattr(world, "_values"):  # the discrete family: its levels are the support
+        return np.asarray(world._values(), dtype=float)
+    prompt, _ = world.sample_rewards(rng, world.sample_states(rng, (20000,)))
+    states, _ = world.sample_rewards(rng, np.repeat(latents, 2000))
+    top = max(prompt.max(), states.max())
+    low, high = np.quantile(prompt, 0.001), top + (top - np.quantile(np.concatenate([prompt, states]), 0.99))
+    if world.upper_bound is not None:
+        high = min(high, world.upper_bound)
+    return np.linspace(low, high, points)
+
+
+def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed: int = 0) -> dict[int, dict[str, float]]:
+    """The ceilings for fresh prompts of a world (16 states each for the clairvoyant ceiling):
+    the mean over ``num_prompts`` prompts, whose spread is the Monte Carlo error."""
+    out = {}
+    for budget in budgets:
+        rng = np.random.default_rng([seed, budget])
+        arms = [WorldArms(world, rng) for _ in range(num_prompts)]
+        out[budget] = {"clairvoyant": float(np.mean([a.clairvoyant(budget) for a in arms])),
+                       "paid_discovery": float(np.mean([a.paid_discovery(budget) for a in arms]))}
+    return out
 
 
 def format_ceilings(rows: list[dict]) -> str:

@@ -5,14 +5,17 @@ one prompt: it remembers the state behind each root rollout (so that a later req
 continues root rollout k) and answers requests by sampling rewards. All randomness comes from the
 source's own generator, so two policies run on sources with the same seed see the same root
 rollouts and the same state rewards for as long as they ask the same things (common random
-numbers: this is what makes ``oracle`` a paired comparison with ``slg``).
+numbers: this is what makes ``oracle`` a paired comparison with ``slg``). Lengths in tokens and
+partial scores come from a generator of their own (``token_rng``), so counting tokens changes no
+reward drawn (``pipeline.offline.responses``: the token model, responses that grow in chunks).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.offline.worlds import World
+from pipeline.offline.responses import GrowingResponses, TokenModel
+from pipeline.offline.worlds import DEFAULT_PARTIAL_NOISE, World
 from pipeline.search.base import SearchPolicy
 from pipeline.search.protocol import ROOT, EpisodeLedger, Request, Rollouts
 from pipeline.stats.pool import expected_max_of_pool, expected_max_of_weighted_pool
@@ -21,12 +24,19 @@ from pipeline.stats.pool import expected_max_of_pool, expected_max_of_weighted_p
 class RolloutSource:
     """B episodes of one prompt: answers requests, knows the true value of its nodes."""
 
-    def __init__(self, batch_size: int, rng: np.random.Generator):
+    def __init__(self, batch_size: int, rng: np.random.Generator, tokens: TokenModel | None = None,
+                 token_rng: np.random.Generator | None = None):
         self.batch_size = batch_size
         self.rng = rng
+        self.tokens = tokens or TokenModel()
+        # a stream of its own, spawned without drawing from ``rng``: counting tokens changes no reward
+        self.token_rng = token_rng or np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
         self._root_latents = np.empty((batch_size, 0))
+        self.responses = GrowingResponses(batch_size)
 
     def draw(self, request: Request) -> Rollouts:
+        if request.grow:
+            return self._grow(request)
         batch, width = self.batch_size, int(request.count.max(initial=0))
         uniform = bool((request.count == width).all())
         wanted = np.ones((batch, width), dtype=bool) if uniform else np.arange(width)[None, :] < request.count[:, None]
@@ -45,15 +55,49 @@ class RolloutSource:
         if not uniform:
             rewards = np.where(wanted, rewards, np.nan)
         from_root = root_rows[:, None] & wanted
+        length = np.where(wanted, self.tokens.lengths(self.token_rng, np.broadcast_to(root_rows[:, None], wanted.shape)), 0)
+        tokens, finished, final = length, None, rewards
+        if request.max_new_tokens is not None:  # responses that grow: the first chunk of each
+            if not root_rows[request.count > 0].all():
+                raise ValueError("a chunked request starts responses from the prompt; continue one with a grow request")
+            tokens = np.minimum(length, request.max_new_tokens)
+            finished = (tokens == length) & wanted
+            partial = self._read_partial(rewards, tokens / np.maximum(length, 1))
+            rewards = np.where(finished | ~wanted, rewards, partial)
+        read = self.tokens.prompt_tokens + tokens + np.where(root_rows[:, None], 0, self.tokens.state_tokens)
         state_index = state_score = None
         if root_rows.any():
             before = (~np.isnan(self._root_latents)).sum(axis=1)  # root rollouts each episode had so far
             state_index = self._state_index(latents, before[:, None] + np.arange(width)[None, :], from_root)
             state_score = self._state_score(latents, from_root)
             self._root_latents = np.concatenate([self._root_latents, np.where(from_root, latents, np.nan)], axis=1)
+            self.responses.add(np.where(from_root, final, np.nan), np.where(from_root, length, 0),
+                               np.where(from_root, tokens, 0), None if correct is None else correct & from_root)
             self._compact_root_latents(request)
-        return Rollouts(rewards, can_branch=from_root, correct=None if correct is None else correct & wanted,
-                        state_index=state_index, state_score=state_score)
+            if state_score is not None:  # the reward model read each new state's prefix alone too
+                scored = ~np.isnan(state_score) & (state_index == before[:, None] + np.arange(width)[None, :])
+                read = read + np.where(scored, self.tokens.prompt_tokens + self.tokens.state_tokens, 0)
+        return Rollouts(rewards, can_branch=from_root & (finished is None), correct=self._answered(correct, wanted, finished),
+                        state_index=state_index, state_score=state_score, finished=finished,
+                        num_tokens=np.where(wanted, tokens, 0), rm_tokens=np.where(wanted, read, 0))
+
+    def _grow(self, request: Request) -> Rollouts:
+        """One chunk more of response ``node[b]`` of each episode: its partial score, or its final reward."""
+        score, finished, tokens, so_far, correct = self.responses.grow(request.node, request.max_new_tokens,
+                                                                       self._read_partial)
+        asked = (request.node >= 0)[:, None]
+        return Rollouts(score, can_branch=np.zeros_like(finished), correct=correct, finished=finished, num_tokens=tokens,
+                        rm_tokens=np.where(asked, self.tokens.prompt_tokens + so_far, 0))
+
+    def _read_partial(self, final: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+        """The reward model's reading of responses cut at ``fraction`` of their tokens (world model)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _answered(correct, wanted, finished):
+        if correct is None:
+            return None
+        return correct & wanted if finished is None else correct & wanted & finished
 
     def _count_draws(self, latents: np.ndarray, wanted: np.ndarray) -> None:
         """Note the rollouts drawn (a bank source counts the draws from each state's pool)."""
@@ -74,6 +118,7 @@ class RolloutSource:
             return
         order = np.argsort(np.isnan(self._root_latents), axis=1, kind="stable")
         self._root_latents = np.take_along_axis(self._root_latents, order, axis=1)
+        self.responses.reorder(order)
 
     def _state_latents(self, index: np.ndarray) -> np.ndarray:
         if self._root_latents.shape[1] == 0:
@@ -106,11 +151,23 @@ class RolloutSource:
 
 
 class WorldSource(RolloutSource):
-    """Episodes of a fresh prompt of a simulated world."""
+    """Episodes of a fresh prompt of a simulated world. Prefix scores (``World.prefix_score``) come
+    from a generator of their own, so that asking for them changes no reward drawn."""
 
-    def __init__(self, world: World, batch_size: int, rng: np.random.Generator):
-        super().__init__(batch_size, rng)
+    def __init__(self, world: World, batch_size: int, rng: np.random.Generator,
+                 prefix_rng: np.random.Generator | None = None, tokens: TokenModel | None = None,
+                 token_rng: np.random.Generator | None = None):
+        super().__init__(batch_size, rng, tokens, token_rng)
         self.world = world
+        self.prefix_rng = prefix_rng
+
+    def _read_partial(self, final, fraction):
+        return self.world.partial_score(self.token_rng, final, fraction)
+
+    def _state_score(self, latents, from_root):
+        if self.prefix_rng is None:
+            return None
+        return np.where(from_root, self.world.prefix_score(self.prefix_rng, np.where(from_root, latents, 0.0)), np.nan)
 
     def _sample_states(self, shape):
         return self.world.sample_states(self.rng, shape)
@@ -173,17 +230,36 @@ class BankPrompt:
     def bon_value(self, n) -> np.ndarray:
         return expected_max_of_weighted_pool(self.rewards, self.prompt_weights(), n)
 
+    def reward_scale(self) -> float:
+        """A robust spread of a prompt draw's reward, as ``World.reward_scale``: the weighted
+        interquartile range / 1.349, the weighted sd where the quartiles tie."""
+        order = np.argsort(self.rewards, kind="stable")
+        values, weights = self.rewards[order], self.prompt_weights()[order]
+        cumulative = np.cumsum(weights) / weights.sum()
+        low, high = values[np.searchsorted(cumulative, [0.25, 0.75]).clip(0, len(values) - 1)]
+        if high > low:
+            return float((high - low) / 1.349)
+        mean = float(weights @ values / weights.sum())
+        return float(np.sqrt(weights @ (values - mean) ** 2 / weights.sum()))
+
 
 class BankSource(RolloutSource):
     """Episodes of one bank prompt: a root rollout picks a state by weight, then a reward of it.
 
     It counts each episode's draws from each state's pool (root rollouts through the state and
     rollouts from it): past the pool's size, an episode redraws rewards it already had, which a
-    live engine would not (``pool_exceeded``)."""
+    live engine would not (``pool_exceeded``).
 
-    def __init__(self, prompt: BankPrompt, batch_size: int, rng: np.random.Generator):
-        super().__init__(batch_size, rng)
+    A bank records no lengths and no partial scores: its tokens follow the token model's constant
+    lengths (``TokenModel(random_lengths=False)`` unless given), and a partial response is read as a
+    world reads one (``pipeline.offline.worlds``, "Partial responses"), on the prompt's reward scale,
+    with ``partial_noise``: a model, not a measurement."""
+
+    def __init__(self, prompt: BankPrompt, batch_size: int, rng: np.random.Generator, tokens: TokenModel | None = None,
+                 token_rng: np.random.Generator | None = None, partial_noise: float = DEFAULT_PARTIAL_NOISE):
+        super().__init__(batch_size, rng, tokens or TokenModel(random_lengths=False), token_rng)
         self.prompt = prompt
+        self.partial_noise = partial_noise
         self._first_root = np.full((batch_size, prompt.num_states), -1)  # each state's first root rollout
         self.draws = np.zeros((batch_size, prompt.num_states), dtype=np.int64)
 
@@ -195,6 +271,10 @@ class BankSource(RolloutSource):
     def pool_exceeded(self) -> np.ndarray:
         """(B,) bool: the episode drew more rollouts from some state than its pool holds."""
         return (self.draws > self.prompt.lengths[None, :]).any(axis=1)
+
+    def _read_partial(self, final, fraction):
+        spread = self.partial_noise * self.prompt.reward_scale() * np.sqrt(1.0 - np.clip(fraction, 0.0, 1.0))
+        return final + spread * self.token_rng.standard_normal(np.shape(final))
 
     def _sample_states(self, shape):
         if self.prompt.equal_weights:  # the draw of banks without shared prefixes, as replay always made it

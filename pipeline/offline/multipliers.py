@@ -76,6 +76,17 @@ def compute_multiplier(curve: Callable[[int], float], mean_best_reward: float, b
     return find_multipliers(curve_of(curve), [Cell(mean_best_reward, ci95, budget)])[0]
 
 
+def per_cost(multiplier: float | str, budget: int, cost: float) -> float | str:
+    """A multiplier n*/N as BoN's cost over another: n* BoN rollouts (or whole responses' tokens, in
+    units of one response) over ``cost`` in the same units; a lower bound stays one (">x"), and
+    saturated stays saturated."""
+    if multiplier == SATURATED:
+        return SATURATED
+    if isinstance(multiplier, str):
+        return f">{MULTIPLIER_SEARCH_LIMIT * budget / cost:.4g}"
+    return multiplier * budget / cost
+
+
 def curve_of(curve: Callable[[int], float]) -> CurveAt:
     return lambda ns: {n: float(curve(n)) for n in ns}
 

@@ -5,10 +5,15 @@ batches, as a stream of tasks (``pipeline.offline.replay_tasks``) run here (``wo
 tasks on a local instance or a cluster (``pipeline.distributed.replay_executor``), with the same
 numbers either way. A bank is read a chunk of prompts at a time (``pipeline.offline.bank_reader``),
 never whole. For every (method, budget) it reports the mean best reward with its 95% interval, the
-compute multiplier against exact BoN (``pipeline.offline.multipliers``), the regret against the
-oracle, where rollouts carry ``correct`` the accuracy of the answer (SPEC.md, ``slg replay``), and on
-a bank whether an episode drew more rollouts from a state than its pool holds (``pool_exceeded``):
-it then redrew rewards it already had, which caps what a state can give and so favours BoN.
+compute multiplier against exact BoN in rollouts and in generated tokens (``pipeline.offline.multipliers``;
+tokens from the sources' token model, ``pipeline.offline.responses``), the regret against the oracle,
+the paired difference from ``bon`` where it ran, where rollouts carry ``correct`` the accuracy of the
+answer (docs/formats.md, ``slg replay``), and on a bank whether an episode drew more rollouts from a
+state than its pool holds (``pool_exceeded``): it then redrew rewards it already had, which caps what
+a state can give and so favours BoN.
+
+A method may play another N than the budget it is reported at (``budget_maps``: at equal generated
+tokens, ``pipeline.offline.equal_cost``): its episodes then draw from the streams of that budget.
 
 Episodes of different methods at the same budget use the same random streams (common random
 numbers), so ``slg`` and ``oracle`` see identical root rollouts and state rewards, and differences
@@ -27,9 +32,11 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.offline.bank_reader import BankChunks, StreamedBank, as_bank
+from pipeline.offline.ceilings import world_ceilings
 from pipeline.offline.episodes import BankPrompt
-from pipeline.offline.multipliers import Cell, CurveAt, compute_multiplier, curve_of, find_multipliers
+from pipeline.offline.multipliers import Cell, CurveAt, compute_multiplier, curve_of, find_multipliers, per_cost
 from pipeline.offline.replay_tasks import LocalExecutor, Play, Played, Task, bon_values, ceilings, play
+from pipeline.offline.responses import TokenModel
 from pipeline.offline.worlds import World
 from pipeline.search.config import PredictionBudget, SearchConfig, check_bound_covers, validate_search_config
 from pipeline.search.methods import check_budgets, check_methods, policy_class
@@ -48,21 +55,28 @@ Target = World | list[BankPrompt] | BankChunks
 @dataclass
 class MethodResult:
     method: str
-    budget: int
+    budget: int                        # the budget reported at (with a budget map, the N it plays may differ)
     mean_best_reward: float
     ci95: float
-    compute_multiplier: float | str | None
+    compute_multiplier: float | str | None  # BoN's rollouts to reach the mean best reward / the method's rollouts
     regret_vs_oracle: float | None
     accuracy: float | None
     rollouts_mean: float
     prompts: int
     repeats: int
+    played_budget: int = 0             # the N the method played
+    tokens_mean: float = 0.0           # generated tokens per episode
+    rm_tokens_mean: float = 0.0        # tokens the reward model read per episode
+    rm_items_mean: float = 0.0         # reward-model calls per episode (partial responses and prefixes included)
+    token_multiplier: float | str | None = None  # BoN's generated tokens to reach the mean best reward / the method's
+    vs_bon: float | None = None        # mean over episodes of (method - bon) in best reward, same budget
+    vs_bon_ci95: float | None = None
     pool_exceeded: bool | None = None  # a bank: did some episode draw more from a state than its pool holds
 
 
 @dataclass
 class ReplayReport:
-    """Results per target; on banks played ``with_ceilings``, the ceiling rows (``pipeline.offline.ceilings``)."""
+    """Results per target; played ``with_ceilings``, the ceiling rows (``pipeline.offline.ceilings``)."""
 
     results: dict[str, list[MethodResult]]
     ceilings: dict[str, list[dict]] = field(default_factory=dict)
@@ -70,62 +84,76 @@ class ReplayReport:
 
 def replay(target: Target, methods: list[str], budgets: list[int], repeats: int, num_prompts: int | None = None,
            seed: int = 0, config: SearchConfig | None = None, workers: int | None = None,
-           progress: Callable[[int], None] | None = None, strict: bool = False) -> list[MethodResult]:
+           progress: Callable[[int], None] | None = None, strict: bool = False, tokens: TokenModel | None = None,
+           budget_map: dict | None = None) -> list[MethodResult]:
     """Evaluate ``methods`` at each budget on a world (``num_prompts`` fresh prompts) or a bank."""
-    return replay_many({"": target}, methods, budgets, repeats, num_prompts, seed, config, workers, progress, strict)[""]
+    return replay_many({"": target}, methods, budgets, repeats, num_prompts, seed, config, workers, progress, strict,
+                       tokens, {"": budget_map} if budget_map else None)[""]
 
 
 def replay_many(targets: dict[str, Target], methods: list[str], budgets: list[int], repeats: int,
                 num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
                 workers: int | None = None, progress: Callable[[int], None] | None = None,
-                strict: bool = False) -> dict[str, list[MethodResult]]:
+                strict: bool = False, tokens: TokenModel | None = None,
+                budget_maps: dict | None = None) -> dict[str, list[MethodResult]]:
     """``replay`` of several worlds or banks as one job. Results per target, keyed like ``targets``."""
-    return replay_job(targets, methods, budgets, repeats, num_prompts, seed, config, workers, progress, strict).results
+    return replay_job(targets, methods, budgets, repeats, num_prompts, seed, config, workers, progress, strict,
+                      tokens=tokens, budget_maps=budget_maps).results
 
 
 def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int], repeats: int,
                num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
                workers: int | None = None, progress: Callable[[int], None] | None = None, strict: bool = False,
-               with_ceilings: bool = False) -> ReplayReport:
+               with_ceilings: bool = False, tokens: TokenModel | None = None,
+               budget_maps: dict | None = None) -> ReplayReport:
     """Every target's results (and ceilings) as one stream of tasks.
 
     ``workers``: 1 plays here; more, on a local Ray instance with that many CPUs (or the cluster in
     $RAY_ADDRESS); None, on Ray when the replay is large (``RAY_FROM_ROLLOUTS``) or $RAY_ADDRESS is
     set, else here. ``progress``, if given, is called with the rollouts of each finished task (their
     total is :func:`replay_rollouts`). ``strict`` refuses (``ConfigError``) a budget that could draw
-    more rollouts from one state than its pool holds.
+    more rollouts from one state than its pool holds. ``budget_maps[label][(method, budget)]``: the N
+    that method plays for that budget on that target (default: the budget). ``tokens``: the token
+    model of the sources (default ``TokenModel()``; a bank's lengths are its constant mean).
     """
     config = config or SearchConfig()
+    tokens = tokens or TokenModel()
     targets = {label: t if isinstance(t, World) else as_bank(t, label) for label, t in targets.items()}
+    maps = {label: {(m, b): (budget_maps or {}).get(label, {}).get((m, b), b) for m in methods for b in budgets}
+            for label in targets}
     for label, target in targets.items():
-        _check_request(target, label, methods, budgets, repeats, num_prompts, config, strict)
-    validate_search_config(config, budgets)
-    executor = _executor(workers, replay_rollouts(targets, methods, budgets, repeats, num_prompts))
+        _check_request(target, label, methods, budgets, repeats, num_prompts, config, strict, maps[label])
+    validate_search_config(config, sorted(set(budgets) | {n for m in maps.values() for n in m.values()}))
+    executor = _executor(workers, replay_rollouts(targets, methods, budgets, repeats, num_prompts, budget_maps))
     try:
         played, bounds = defaultdict(list), defaultdict(list)
         for meta, output in executor.run(_tasks(executor, targets, methods, budgets, repeats, num_prompts, seed, config,
-                                                with_ceilings)):
+                                                with_ceilings, tokens, maps)):
             if isinstance(meta, Play):
-                played[(meta.label, meta.method, meta.budget)].append((meta.start, output))
+                played[(meta.label, meta.method, meta.budget)].append((meta, output))
                 if progress:
                     progress(meta.rollouts)
             else:  # a chunk's ceilings: (label, budget, its first prompt)
                 bounds[meta[:2]].append((meta[2], output))
         report = ReplayReport({label: _summarise(played, label, methods, budgets, repeats) for label in targets})
         for label, target in targets.items():
-            if with_ceilings and not isinstance(target, World):
-                report.ceilings[label] = _ceiling_rows(bounds, label, budgets)
-            _add_multipliers(_curve(executor, target), report.results[label], report.ceilings.get(label, []))
+            if with_ceilings:
+                report.ceilings[label] = _ceiling_rows(bounds, label, budgets, target, seed)
+            _add_multipliers(_curve(executor, target), report.results[label], report.ceilings.get(label, []), tokens)
     finally:
         executor.close()
     return report
 
 
 def replay_rollouts(targets: dict[str, Target], methods: list[str], budgets: list[int], repeats: int,
-                    num_prompts: int | None = None) -> int:
+                    num_prompts: int | None = None, budget_maps: dict | None = None) -> int:
     """The rollouts a replay will play (the total its ``progress`` adds up to)."""
-    counts = [num_prompts if isinstance(t, World) else as_bank(t).num_prompts for t in targets.values()]
-    return sum(len(methods) * sum(budgets) * repeats * (count or 0) for count in counts)
+    total = 0
+    for label, target in targets.items():
+        count = num_prompts if isinstance(target, World) else as_bank(target).num_prompts
+        played = (budget_maps or {}).get(label) or {}
+        total += sum(played.get((m, b), b) for m in methods for b in budgets) * repeats * (count or 0)
+    return total
 
 
 def _executor(workers: int | None, rollouts: int):
@@ -139,17 +167,18 @@ def _executor(workers: int | None, rollouts: int):
     return RayExecutor(workers)
 
 
-def _tasks(executor, targets: dict, methods, budgets, repeats, num_prompts, seed, config, with_ceilings) -> Iterator[Task]:
+def _tasks(executor, targets: dict, methods, budgets, repeats, num_prompts, seed, config, with_ceilings, tokens,
+           maps) -> Iterator[Task]:
     """Every task of the replay, a world's largest first, a bank's chunk by chunk (each chunk shared once)."""
     for label, target in targets.items():
         if isinstance(target, World):
             _warm_world(target, budgets, methods, config)
             world = executor.share(target)
-            plays = _plays(label, methods, budgets, 0, num_prompts, repeats, seed, config)
+            plays = _plays(label, methods, budgets, 0, num_prompts, repeats, seed, config, tokens, maps[label])
             yield from (Task(play, (p, world), p) for p in sorted(plays, key=lambda p: -p.rollouts))
             continue
         for first, count, chunk in _chunks(executor, target):
-            plays = _plays(label, methods, budgets, first, first + count, repeats, seed, config)
+            plays = _plays(label, methods, budgets, first, first + count, repeats, seed, config, tokens, maps[label])
             yield from (Task(play, (p, chunk, first), p) for p in sorted(plays, key=lambda p: -p.rollouts))
             if with_ceilings:
                 yield from (Task(ceilings, (chunk, first, budget, seed), (label, budget, first)) for budget in budgets)
@@ -165,13 +194,16 @@ def _chunks(executor, bank: BankChunks) -> Iterator[tuple[int, int, object]]:
         yield from ((first, len(prompts), executor.share(prompts)) for first, prompts in bank.chunks())
 
 
-def _plays(label, methods, budgets, start, stop, repeats, seed, config) -> list[Play]:
-    """The tasks of prompts [start, stop), each at most ``EPISODE_ROLLOUTS_PER_TASK`` rollouts (at least a prompt)."""
+def _plays(label, methods, budgets, start, stop, repeats, seed, config, tokens, played) -> list[Play]:
+    """The tasks of prompts [start, stop), each at most ``EPISODE_ROLLOUTS_PER_TASK`` rollouts (at least a
+    prompt). The methods of a budget are cut alike, so that a world's tasks share their streams."""
     plays = []
     for budget in budgets:
-        per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (budget * repeats))
+        largest = max(played[(method, budget)] for method in methods)
+        per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (largest * repeats))
         for first in range(start, stop, per_task):
-            plays += [Play(label, method, budget, first, min(stop, first + per_task), repeats, seed, config) for method in methods]
+            plays += [Play(label, method, budget, first, min(stop, first + per_task), repeats, seed, config,
+                           played[(method, budget)], tokens) for method in methods]
     return plays
 
 
@@ -196,41 +228,58 @@ def _warm_world(world: World, budgets: list[int], methods: list[str], config: Se
 
 
 def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[MethodResult]:
-    results, means = [], {}
+    results, bests = [], {}
     for budget in budgets:
         for method in methods:
-            parts: list[Played] = [output for _, output in sorted(played[(label, method, budget)], key=lambda p: p[0])]
-            best = np.concatenate([p.best for p in parts])
-            mean = means[method] = float(best.mean())
-            if repeats > 1:
-                ci95 = 1.96 * math.sqrt(best.var(axis=1, ddof=1).sum() / repeats) / best.shape[0]
-            else:
-                ci95 = 1.96 * float(best.std(ddof=1)) / math.sqrt(best.size) if best.size > 1 else float("nan")
+            task = next(meta for meta, _ in played[(label, method, budget)])
+            parts: list[Played] = [output for _, output in sorted(played[(label, method, budget)], key=lambda p: p[0].start)]
+            best = bests[(method, budget)] = np.concatenate([p.best for p in parts])
             accuracy = None if parts[0].correct is None else float(np.concatenate([p.correct for p in parts]).mean())
             exceeded = None if parts[0].exceeded is None else bool(any(p.exceeded.any() for p in parts))
-            results.append(MethodResult(method, budget, mean, ci95, None, None, accuracy,
-                                        sum(p.spent for p in parts) / best.size, best.shape[0], repeats, exceeded))
-        if "oracle" in means:
-            for result in results[-len(methods):]:
-                result.regret_vs_oracle = means["oracle"] - result.mean_best_reward
+            rollouts, generated, rm_tokens, rm_items = (sum(p.spend for p in parts) / best.size).tolist()
+            results.append(MethodResult(method, budget, float(best.mean()), _ci95(best, repeats), None, None, accuracy,
+                                        rollouts, best.shape[0], repeats, task.played, generated, rm_tokens, rm_items,
+                                        pool_exceeded=exceeded))
+    for result in results:
+        if ("oracle", result.budget) in bests:
+            result.regret_vs_oracle = float(bests[("oracle", result.budget)].mean()) - result.mean_best_reward
+        if ("bon", result.budget) in bests and result.method != "bon":
+            difference = bests[(result.method, result.budget)] - bests[("bon", result.budget)]
+            result.vs_bon, result.vs_bon_ci95 = float(difference.mean()), _ci95(difference, repeats)
     return results
 
 
-def _ceiling_rows(bounds: dict, label: str, budgets: list[int]) -> list[dict]:
+def _ci95(values: np.ndarray, repeats: int) -> float:
+    """95% half-width of the mean of (prompts, repeats) values: prompts differ, repeats of one are exchangeable."""
+    if repeats > 1:
+        return 1.96 * math.sqrt(values.var(axis=1, ddof=1).sum() / repeats) / values.shape[0]
+    return 1.96 * float(values.std(ddof=1)) / math.sqrt(values.size) if values.size > 1 else float("nan")
+
+
+def _ceiling_rows(bounds: dict, label: str, budgets: list[int], target, seed: int) -> list[dict]:
+    """A bank's ceilings from its chunks' tasks; a world's from fresh prompts, here."""
+    names = ("clairvoyant", "paid_discovery")
+    if isinstance(target, World):
+        found = world_ceilings(target, budgets, seed=seed)
+        return [{"ceiling": name, "budget": budget, "mean_best_reward": found[budget][name], "compute_multiplier": None}
+                for budget in budgets for name in names]
     rows = []
     for budget in budgets:
         values = np.concatenate([output for _, output in sorted(bounds[(label, budget)], key=lambda p: p[0])])
         rows += [{"ceiling": name, "budget": budget, "mean_best_reward": float(np.mean(np.ascontiguousarray(values[:, k]))),
-                  "compute_multiplier": None} for k, name in enumerate(("clairvoyant", "paid_discovery"))]
+                  "compute_multiplier": None} for k, name in enumerate(names)]
     return rows
 
 
-def _add_multipliers(curve_at: CurveAt, results: list[MethodResult], ceiling_rows: list[dict]) -> None:
+def _add_multipliers(curve_at: CurveAt, results: list[MethodResult], ceiling_rows: list[dict], tokens: TokenModel) -> None:
+    """Multipliers in rollouts and in generated tokens: n* BoN rollouts (``find_multipliers``: n* / N)
+    over the rollouts the method spent, and n* whole responses' tokens over the tokens it generated."""
     cells = [Cell(r.mean_best_reward, r.ci95, r.budget) for r in results]
     cells += [Cell(row["mean_best_reward"], 0.0, row["budget"]) for row in ceiling_rows]
     found = find_multipliers(curve_at, cells)
-    for result, multiplier in zip(results, found):
-        result.compute_multiplier = multiplier
+    for r, multiplier in zip(results, found):
+        r.compute_multiplier = per_cost(multiplier, r.budget, r.rollouts_mean)
+        r.token_multiplier = per_cost(multiplier, r.budget, r.tokens_mean / tokens.mean_response_tokens)
     for row, multiplier in zip(ceiling_rows, found[len(results):]):
         row["compute_multiplier"] = multiplier
 
@@ -249,7 +298,7 @@ def _curve(executor, target) -> CurveAt:
     return curve_at
 
 
-def _check_request(target, label, methods, budgets, repeats, num_prompts, config, strict):
+def _check_request(target, label, methods, budgets, repeats, num_prompts, config, strict, played):
     check_methods(methods)
     check_budgets(budgets)
     if repeats < 1:
@@ -263,30 +312,39 @@ def _check_request(target, label, methods, budgets, repeats, num_prompts, config
     if target.num_prompts == 0:
         raise ConfigError(f"{where} holds no prompts")
     check_bound_covers(config, target.max_reward, where)
-    pool = target.smallest_pool
-    if strict and max(budgets) > pool.size:
-        raise ConfigError(f"--strict: budget {max(budgets)} can draw more rollouts from one state than its pool holds "
+    pool, largest = target.smallest_pool, max(played.values())
+    if strict and largest > pool.size:
+        raise ConfigError(f"--strict: budget {largest} can draw more rollouts from one state than its pool holds "
                           f"({where}, prompt {pool.prompt_id!r} state {pool.state}: {pool.size} rewards); use budgets "
                           f"<= {pool.size} or leave out --strict")
 
 
 def format_table(results: list[MethodResult]) -> str:
-    """A fixed-width table, one row per (budget, method); on a bank, a ``pool`` column marks redrawn pools."""
+    """A fixed-width table, one row per (budget, method): multipliers in rollouts and in generated
+    tokens, tokens per episode, the N played where it differs from the budget, the paired difference
+    from bon; on a bank, a ``pool`` column marks redrawn pools."""
     on_bank = any(r.pool_exceeded is not None for r in results)
-    header = f"{'method':<14}{'N':>7}  {'mean best reward':>26}  {'multiplier':>10}  {'regret':>8}  {'accuracy':>8}"
+    header = (f"{'method':<15}{'N':>6}{'played':>7}  {'mean best reward':>24}  {'vs bon (paired)':>20}  {'x rollouts':>10}  "
+              f"{'x tokens':>10}  {'tokens':>8}  {'regret':>8}  {'accuracy':>8}")
     header += f"  {'pool':>7}" if on_bank else ""
     lines = [header, "-" * len(header)]
     for r in results:
-        multiplier = r.compute_multiplier if isinstance(r.compute_multiplier, str) else f"{r.compute_multiplier:.2f}x"
         regret = "-" if r.regret_vs_oracle is None else f"{r.regret_vs_oracle:+.4f}"
         accuracy = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
         digits = 4 if not r.ci95 > 0 else min(8, max(4, 1 - math.floor(math.log10(r.ci95))))
         reward = f"{r.mean_best_reward:.{digits}f} +- {r.ci95:.{digits}f}"
-        line = f"{r.method:<14}{r.budget:>7}  {reward:>26}  {multiplier:>10}  {regret:>8}  {accuracy:>8}"
+        versus = "-" if r.vs_bon is None else f"{r.vs_bon:+.{digits}f} +- {r.vs_bon_ci95:.{digits}f}"
+        played = "" if r.played_budget in (0, r.budget) else str(r.played_budget)
+        line = (f"{r.method:<15}{r.budget:>6}{played:>7}  {reward:>24}  {versus:>20}  {_times(r.compute_multiplier):>10}  "
+                f"{_times(r.token_multiplier):>10}  {r.tokens_mean:>8.0f}  {regret:>8}  {accuracy:>8}")
         lines.append(line + (f"  {'redrawn' if r.pool_exceeded else '-':>7}" if on_bank else ""))
     if any(r.pool_exceeded for r in results):
         lines.append(POOL_NOTE)
     return "\n".join(lines)
+
+
+def _times(multiplier) -> str:
+    return "-" if multiplier is None else multiplier if isinstance(multiplier, str) else f"{multiplier:.2f}x"
 
 
 def results_as_dicts(results: list[MethodResult]) -> list[dict]:

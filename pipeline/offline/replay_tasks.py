@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.offline.bank_reader import BankSlice
 from pipeline.offline.ceilings import PromptArms
 from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
+from pipeline.offline.responses import TokenModel
 from pipeline.offline.worlds import World
 from pipeline.search.config import SearchConfig
 from pipeline.search.methods import policy_class
@@ -27,7 +28,8 @@ from pipeline.stats.pool import PoolCurve
 
 @dataclass(frozen=True)
 class Play:
-    """Play ``method`` at ``budget`` on prompts [start, stop) of a target, ``repeats`` episodes each."""
+    """Play ``method`` at ``budget`` on prompts [start, stop) of a target, ``repeats`` episodes each.
+    The method plays ``played`` rollouts (the budget, or its N at equal tokens) on the budget's streams."""
 
     label: str
     method: str
@@ -37,22 +39,24 @@ class Play:
     repeats: int
     seed: int
     config: SearchConfig
+    played: int
+    tokens: TokenModel
 
     @property
     def rollouts(self) -> int:
-        return self.budget * self.repeats * (self.stop - self.start)
+        return self.played * self.repeats * (self.stop - self.start)
 
 
 @dataclass
 class Played:
     """Per prompt and repeat (P, R): the best reward, whether it was right (None: ungraded), and
-    whether the episode drew more rollouts from a state than its pool holds (None: a world); the
-    rollouts spent in all."""
+    whether the episode drew more rollouts from a state than its pool holds (None: a world); the sums
+    over the episodes of rollouts, generated tokens, reward-model tokens and reward-model items."""
 
     best: np.ndarray
     correct: np.ndarray | None
     exceeded: np.ndarray | None
-    spent: int
+    spend: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -73,28 +77,37 @@ def prompts_of(chunk: list[BankPrompt] | BankSlice) -> list[BankPrompt]:
 def play(task: Play, unit: World | list[BankPrompt] | BankSlice, first: int = 0) -> Played:
     """Play ``task``; ``unit`` is the world, or a chunk of a bank whose first prompt is prompt ``first``."""
     cls = policy_class(task.method)
+    seed, budget = task.seed, task.budget
     if isinstance(unit, World):
-        batch = (task.stop - task.start) * task.repeats
-        source = WorldSource(unit, batch, np.random.default_rng([task.seed, task.budget, task.start]))
-        policy = cls(task.budget, batch, task.config, rng=np.random.default_rng([task.seed, task.budget, task.start, 1]),
+        batch, start = (task.stop - task.start) * task.repeats, task.start
+        source = WorldSource(unit, batch, np.random.default_rng([seed, budget, start]),
+                             prefix_rng=np.random.default_rng([seed, budget, start, 2]) if cls.scores_prefixes else None,
+                             tokens=task.tokens, token_rng=np.random.default_rng([seed, budget, start, 3]))
+        policy = cls(task.played, batch, task.config, rng=np.random.default_rng([seed, budget, start, 1]),
                      true_value=source.true_value)
         ledger = run_episodes(policy, source)
         shape = (task.stop - task.start, task.repeats)
         correct = ledger.best_correct.reshape(shape) if ledger.has_correct else None
-        return Played(ledger.best_reward.reshape(shape), correct, None, int(ledger.spent.sum()))
-    bests, corrects, exceeded, spent = [], [], [], 0
+        return Played(ledger.best_reward.reshape(shape), correct, None, _spend(ledger))
+    bests, corrects, exceeded, spend = [], [], [], np.zeros(4)
     unit = prompts_of(unit)
     for index in range(task.start, task.stop):
-        source = BankSource(unit[index - first], task.repeats, np.random.default_rng([task.seed, task.budget, index]))
-        policy = cls(task.budget, task.repeats, task.config, rng=np.random.default_rng([task.seed, task.budget, index, 1]),
+        source = BankSource(unit[index - first], task.repeats, np.random.default_rng([seed, budget, index]),
+                            tokens=task.tokens, token_rng=np.random.default_rng([seed, budget, index, 3]))
+        policy = cls(task.played, task.repeats, task.config, rng=np.random.default_rng([seed, budget, index, 1]),
                      true_value=source.true_value)
         ledger = run_episodes(policy, source)
         bests.append(ledger.best_reward)
         corrects.append(ledger.best_correct if ledger.has_correct else None)
         exceeded.append(source.pool_exceeded())
-        spent += int(ledger.spent.sum())
+        spend += _spend(ledger)
     correct = None if corrects[0] is None else np.stack(corrects)
-    return Played(np.stack(bests), correct, np.stack(exceeded), spent)
+    return Played(np.stack(bests), correct, np.stack(exceeded), spend)
+
+
+def _spend(ledger) -> np.ndarray:
+    """Sums over the episodes of rollouts, generated tokens, reward-model tokens and reward-model items."""
+    return np.array([ledger.spent.sum(), ledger.tokens.sum(), ledger.rm_tokens.sum(), ledger.scored.sum()], dtype=float)
 
 
 def ceilings(chunk: list[BankPrompt] | BankSlice, first: int, budget: int, seed: int) -> np.ndarray:

@@ -15,6 +15,14 @@ Families (parameters and defaults in ``FAMILY_PARAMS``):
 - ``discrete``: a latent quality ~ N(0, sigma0^2) plus sigma1 Z is cut into ``levels`` equally
   spaced rewards in [0, 1] (many ties; the maximum is reached often).
 
+Partial responses (``spec_rejection``): a reward model's score of a response cut after a fraction f
+of its tokens is a noisy reading of the reward the whole response gets, whose noise shrinks as the
+response grows: ``partial = final + partial_noise x scale x sqrt(1 - f) x Z`` with Z standard normal,
+independent per reading, ``scale`` the world's robust spread of a prompt draw's reward
+(``reward_scale``), and ``partial_noise`` a world parameter (default 1: at the first token, the
+reading's correlation with the final reward is about 1/sqrt(2)). A finished response (f = 1) is
+read exactly. Like ``prefix_noise`` it changes no reward.
+
 How exact the ground truth is: closed forms for gaussian and discrete (finite sums); adaptive
 quadrature of the CDF of the maximum for heavy and for every prompt curve; for bounded and
 bimodal state values, the quadrature on a 2001-point latent grid, interpolated linearly
@@ -30,6 +38,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from pipeline.errors import ConfigError
+from pipeline.stats.extremes import expected_max_from_cdf, expected_max_on_grid, max_of_normals_grid, normal_quadrature
 from pipeline.stats.tail import expected_max_std_normal
 
 FAMILY_PARAMS: dict[str, dict[str, float]] = {
@@ -39,6 +48,15 @@ FAMILY_PARAMS: dict[str, dict[str, float]] = {
     "bimodal": {"p0": 0.3, "sigma0": 1.5, "mu_correct": 1.0, "mu_wrong": 0.0, "sigma1": 0.5},
     "discrete": {"sigma0": 1.0, "sigma1": 1.0, "levels": 5.0},
 }
+# How a reward model reads a state's prefix alone (``World.prefix_score``): its state's quality plus a
+# normal error of this sd, on the latent's scale. Not in FAMILY_PARAMS: it changes no reward.
+PREFIX_NOISE = "prefix_noise"
+DEFAULT_PREFIX_NOISE = 1.0
+# How a reward model reads a partial response (``World.partial_score``): the sd of its error at the first
+# token, in units of ``World.reward_scale``. Not in FAMILY_PARAMS: it changes no reward either.
+PARTIAL_NOISE = "partial_noise"
+DEFAULT_PARTIAL_NOISE = 1.0
+_SCALE_DRAWS = 200_000  # prompt draws behind a world's robust reward scale (a fixed seed: the same scale everywhere)
 
 
 class World(ABC):
@@ -48,9 +66,13 @@ class World(ABC):
     has_correct = False
     reward_bounds: tuple[float, float] = (-math.inf, math.inf)
 
-    def __init__(self, **params: float):
+    def __init__(self, prefix_noise: float = DEFAULT_PREFIX_NOISE, partial_noise: float = DEFAULT_PARTIAL_NOISE,
+                 **params: float):
         self.params = dict(params)
+        self.prefix_noise = float(prefix_noise)
+        self.partial_noise = float(partial_noise)
         self._prompt_values: dict[int, float] = {}
+        self._reward_scale: float | None = None
 
     @abstractmethod
     def sample_states(self, rng: np.random.Generator, shape) -> np.ndarray:
@@ -78,13 +100,58 @@ class World(ABC):
     def accuracy_of_states(self, latents: np.ndarray) -> np.ndarray | None:
         return None
 
+    def state_cdf(self, latents: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """P(reward <= x) of each state (latents (S,), x (K,)) -> (S, K): the ceilings' arms."""
+        raise NotImplementedError
+
+    def prompt_cdf(self, x: np.ndarray) -> np.ndarray:
+        """P(reward <= x) of a rollout from the prompt (K,): the state CDF averaged over states."""
+        nodes, weights = normal_quadrature(1.0)
+        return weights @ self.state_cdf(self._latent_of_normal(nodes), x)
+
+    def _latent_of_normal(self, z: np.ndarray) -> np.ndarray:
+        """The state latent at standard-normal quantile z (states are drawn as a normal, or a map of one)."""
+        return self.params["sigma0"] * z
+
     @property
     def upper_bound(self) -> float | None:
         """The largest reward the world can give, None where rewards are unbounded above."""
         return self.reward_bounds[1] if math.isfinite(self.reward_bounds[1]) else None
 
+    def prefix_score(self, rng: np.random.Generator, latents: np.ndarray) -> np.ndarray:
+        """A reward model's score of each state's prefix alone: a noisy reading of the state's quality
+        (its latent with a normal error of sd ``prefix_noise``, shown as the reward of that quality).
+        Partial responses are read this way by real reward models: informative, and noisy."""
+        noisy = latents + self.prefix_noise * rng.standard_normal(np.shape(latents))
+        return self._reading(noisy)
+
+    def _reading(self, quality: np.ndarray) -> np.ndarray:
+        return quality
+
+    def reward_scale(self) -> float:
+        """A robust spread of a prompt draw's reward: its interquartile range / 1.349 (the sd of a
+        normal), from 200,000 draws with a fixed seed; the sd where the quartiles tie (few levels)."""
+        if self._reward_scale is None:
+            rng = np.random.default_rng(20241026)
+            rewards, _ = self.sample_rewards(rng, self.sample_states(rng, _SCALE_DRAWS))
+            low, high = np.quantile(rewards, [0.25, 0.75])
+            self._reward_scale = float((high - low) / 1.349) if high > low else float(np.std(rewards))
+        return self._reward_scale
+
+    def partial_score(self, rng: np.random.Generator, final: np.ndarray, fraction_done: np.ndarray) -> np.ndarray:
+        """A reward model's score of responses cut after ``fraction_done`` of their tokens, whose whole
+        responses get ``final``: ``final + partial_noise scale sqrt(1 - f) Z`` (module docstring)."""
+        fraction = np.clip(fraction_done, 0.0, 1.0)
+        noise = rng.standard_normal(np.shape(final))
+        return final + self.partial_noise * self.reward_scale() * np.sqrt(1.0 - fraction) * noise
+
     def describe(self) -> str:
-        return self.family + "(" + ", ".join(f"{k}={v:g}" for k, v in self.params.items()) + ")"
+        shown = dict(self.params)
+        if self.prefix_noise != DEFAULT_PREFIX_NOISE:
+            shown[PREFIX_NOISE] = self.prefix_noise
+        if self.partial_noise != DEFAULT_PARTIAL_NOISE:
+            shown[PARTIAL_NOISE] = self.partial_noise
+        return self.family + "(" + ", ".join(f"{k}={v:g}" for k, v in shown.items()) + ")"
 
 
 class GaussianWorld(World):
@@ -102,6 +169,9 @@ class GaussianWorld(World):
     def _prompt_value(self, n):
         return math.hypot(self.params["sigma0"], self.params["sigma1"]) * expected_max_std_normal(n)
 
+    def state_cdf(self, latents, x):
+        return special.ndtr((x[None, :] - latents[:, None]) / self.params["sigma1"])
+
 
 class HeavyWorld(World):
     family = "heavy"
@@ -118,6 +188,9 @@ class HeavyWorld(World):
         noise = rng.standard_t(self.params["df"], size=latents.shape)
         return latents + self.params["sigma1"] * noise, None
 
+    def state_cdf(self, latents, x):
+        return self._noise.cdf((x[None, :] - latents[:, None]) / self.params["sigma1"])
+
     def state_value(self, latents, n):
         if n not in self._noise_max:
             self._noise_max[n] = expected_max_from_cdf(self._noise.logcdf, self._noise.ppf, n)
@@ -126,7 +199,7 @@ class HeavyWorld(World):
     def _prompt_value(self, n):
         if not hasattr(self, "_prompt_grid"):
             s0, s1 = self.params["sigma0"], self.params["sigma1"]
-            nodes, weights = _normal_quadrature(s0)
+            nodes, weights = normal_quadrature(s0)
             # sinh-spaced: fine near the centre, reaching +-1e5 where the t tails still matter.
             x = (s0 + s1) * np.sinh(np.linspace(-np.arcsinh(1e5), np.arcsinh(1e5), 40001))
             log_cdf = special.logsumexp(self._noise.logcdf((x[:, None] - nodes) / s1), b=weights, axis=1)
@@ -148,18 +221,29 @@ class BoundedWorld(World):
     def sample_rewards(self, rng, latents):
         return special.expit(latents + rng.normal(0.0, self.params["sigma1"], size=latents.shape)), None
 
+    def _reading(self, quality):
+        return special.expit(quality)
+
+    def state_cdf(self, latents, x):
+        with np.errstate(divide="ignore"):
+            logit = special.logit(np.clip(x, 0.0, 1.0))
+        return special.ndtr((logit[None, :] - latents[:, None]) / self.params["sigma1"])
+
+    def _latent_of_normal(self, z):
+        return self.params["mu0"] + self.params["sigma0"] * z
+
     def state_value(self, latents, n):
         if n not in self._tables:
             mu0, s0, s1 = self.params["mu0"], self.params["sigma0"], self.params["sigma1"]
             grid = np.linspace(mu0 - 9 * s0, mu0 + 9 * s0, 2001)
-            z, mass = _max_of_normals_grid(n)
+            z, mass = max_of_normals_grid(n)
             self._tables[n] = grid, special.expit(grid[:, None] + s1 * z[None, :]) @ mass
         grid, table = self._tables[n]
         return np.interp(latents, grid, table)
 
     def _prompt_value(self, n):
         scale = math.hypot(self.params["sigma0"], self.params["sigma1"])
-        z, mass = _max_of_normals_grid(n)
+        z, mass = max_of_normals_grid(n)
         return float(special.expit(self.params["mu0"] + scale * z) @ mass)
 
 
@@ -183,6 +267,19 @@ class BimodalWorld(World):
     def accuracy_of_states(self, latents):
         return latents
 
+    def state_cdf(self, latents, x):
+        mc, mw, s1 = self.params["mu_correct"], self.params["mu_wrong"], self.params["sigma1"]
+        p = latents[:, None]
+        return p * special.ndtr((x[None, :] - mc) / s1) + (1 - p) * special.ndtr((x[None, :] - mw) / s1)
+
+    def _latent_of_normal(self, z):
+        return special.expit(special.logit(self.params["p0"]) + self.params["sigma0"] * z)
+
+    def prefix_score(self, rng, latents):
+        """The expected reward of a state with accuracy p, read with an error on the logit of p."""
+        p = special.expit(special.logit(np.clip(latents, 1e-12, 1 - 1e-12)) + self.prefix_noise * rng.standard_normal(np.shape(latents)))
+        return p * self.params["mu_correct"] + (1 - p) * self.params["mu_wrong"]
+
     def _value_given_p(self, p: np.ndarray, n: int) -> np.ndarray:
         mc, mw, s1 = self.params["mu_correct"], self.params["mu_wrong"], self.params["sigma1"]
         r = np.linspace(min(mc, mw) - 12 * s1, max(mc, mw) + 12 * s1, 8001)
@@ -200,7 +297,7 @@ class BimodalWorld(World):
 
     def _prompt_value(self, n):
         # The reward CDF is linear in p, so the prompt is the state with p = E[p].
-        nodes, weights = _normal_quadrature(self.params["sigma0"])
+        nodes, weights = normal_quadrature(self.params["sigma0"])
         mean_p = float(weights @ special.expit(special.logit(self.params["p0"]) + nodes))
         return float(self._value_given_p(np.array([mean_p]), n)[0])
 
@@ -233,6 +330,16 @@ class DiscreteWorld(World):
     def state_value(self, latents, n):
         return self._value_given_cdf_scale(latents, self.params["sigma1"], n)
 
+    def _reading(self, quality):
+        return self._values()[np.searchsorted(self._cuts(), quality)]
+
+    def state_cdf(self, latents, x):
+        # P(level <= v): the latent quality plus noise falls below the cut above v
+        cuts = np.append(self._cuts(), np.inf)
+        below = np.searchsorted(self._values(), x, side="right") - 1  # the highest level <= x
+        cut = np.where(below >= 0, cuts[np.maximum(below, 0)], -np.inf)
+        return special.ndtr((cut[None, :] - latents[:, None]) / self.params["sigma1"])
+
     def _prompt_value(self, n):
         scale = math.hypot(self.params["sigma0"], self.params["sigma1"])
         return float(self._value_given_cdf_scale(np.array(0.0), scale, n))
@@ -246,9 +353,15 @@ def make_world(family: str, **overrides: float) -> World:
     if family not in WORLDS:
         raise ConfigError(f"unknown world family {family!r}; expected one of {sorted(WORLDS)}")
     params = dict(FAMILY_PARAMS[family])
+    noises = {}
+    for name, default in ((PREFIX_NOISE, DEFAULT_PREFIX_NOISE), (PARTIAL_NOISE, DEFAULT_PARTIAL_NOISE)):
+        noises[name] = float(overrides.pop(name, default))
+        if not (math.isfinite(noises[name]) and noises[name] >= 0):
+            raise ConfigError(f"world parameter {name} must be a finite number >= 0, got {noises[name]!r}")
     for key, value in overrides.items():
         if key not in params:
-            raise ConfigError(f"unknown parameter {key!r} for world {family!r}; expected one of {sorted(params)}")
+            raise ConfigError(f"unknown parameter {key!r} for world {family!r}; expected one of "
+                              f"{sorted([*params, PREFIX_NOISE, PARTIAL_NOISE])}")
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"world parameter {key}={value!r} must be finite")
@@ -260,59 +373,4 @@ def make_world(family: str, **overrides: float) -> World:
         raise ConfigError(f"world parameter p0 must be in (0, 1), got {params['p0']!r}")
     if family == "discrete" and (params["levels"] < 2 or params["levels"] != int(params["levels"])):
         raise ConfigError(f"world parameter levels must be an integer >= 2, got {params['levels']!r}")
-    return WORLDS[family](**params)
-
-
-def expected_max_from_cdf(log_cdf, quantile, n: int) -> float:
-    """E[max of n] = int_0^hi (1 - F^n) dx - int_lo^0 F^n dx for a continuous F, by adaptive quadrature.
-
-    [lo, hi] spans the quantiles 1e-13 and 1 - 1e-13 of the maximum (F^-1 of p^(1/n)); the mass
-    outside changes the result by less than 1e-9 for the families here. The range is split at 0
-    and at the maximum's quartiles so that ``quad`` sees where the mass lives.
-    """
-    probs = [1e-13, 1e-3, 0.25, 0.5, 0.75, 1 - 1e-3, 1 - 1e-13]
-    points = sorted({0.0, *(float(quantile(math.exp(math.log(p) / n))) for p in probs)})
-
-    def cdf_of_max(x: float) -> float:
-        return math.exp(n * float(np.squeeze(log_cdf(x))))
-
-    total = 0.0
-    for lo, hi in zip(points[:-1], points[1:]):
-        if hi <= 0:
-            total -= integrate.quad(cdf_of_max, lo, hi, epsabs=1e-12, epsrel=1e-10, limit=200)[0]
-        else:
-            total += integrate.quad(lambda x: -math.expm1(n * float(np.squeeze(log_cdf(x)))), lo, hi,
-                                    epsabs=1e-12, epsrel=1e-10, limit=200)[0]
-    return total
-
-
-def expected_max_on_grid(x: np.ndarray, log_cdf: np.ndarray, n: int) -> float:
-    """E[max of n] = int_0^inf (1 - F^n) - int_-inf^0 F^n by the trapezoid rule on a fine grid x of F."""
-    if not x[0] < 0 < x[-1]:
-        raise ValueError("the grid must straddle 0")
-    split = int(np.searchsorted(x, 0.0))
-    if x[split] != 0.0:  # put 0 on the grid so that neither integral loses the cell around it
-        x = np.insert(x, split, 0.0)
-        log_cdf = np.insert(log_cdf, split, np.interp(0.0, x[[split - 1, split + 1]], log_cdf[[split - 1, split]]))
-    upper = integrate.trapezoid(-np.expm1(n * log_cdf[split:]), x[split:])
-    lower = integrate.trapezoid(np.exp(n * log_cdf[:split + 1]), x[:split + 1])
-    return float(upper - lower)
-
-
-def _normal_quadrature(sigma: float, degree: int = 80):
-    """Nodes and weights of E[f(X)], X ~ N(0, sigma^2) (Gauss-Hermite)."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(degree)
-    return sigma * nodes, weights / weights.sum()
-
-
-_MAX_GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _max_of_normals_grid(n: int):
-    """A fine grid z and the probability mass of the max of n standard normals in each cell."""
-    if n not in _MAX_GRIDS:
-        edges = np.linspace(-9.0, 9.0, 6001)
-        cdf_n = np.exp(n * special.log_ndtr(edges))
-        mass = np.diff(cdf_n)
-        _MAX_GRIDS[n] = (edges[:-1] + edges[1:]) / 2, mass / mass.sum()
-    return _MAX_GRIDS[n]
+    return WORLDS[family](**noises, **params)

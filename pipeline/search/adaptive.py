@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.search.base import SearchPolicy, _cut_at, _stack_samples
 from pipeline.search.config import AdaptiveConfig, Predictor
-from pipeline.search.protocol import NO_NODE, ROOT, Request
+from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 from pipeline.stats.final_best import expected_final_best
 from pipeline.stats.quantile_scale import QuantileScale
 from pipeline.stats.tail import fit_tail_full_rows, fit_tail_rows, tail_constants
@@ -42,6 +42,13 @@ class AdaptiveSLG(SearchPolicy):
             yield [Request.uniform(ROOT, budget, batch)]
             return
         (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch)]
+        yield from self._explore_and_exploit(root, plan, np.zeros(batch, dtype=bool))
+
+    def _explore_and_exploit(self, root: Rollouts, plan: AdaptivePlan, elsewhere: np.ndarray):
+        """The rounds after the root: screening and halving of candidate states, then the rest of the
+        budget to the best survivor or the prompt. Episodes marked ``elsewhere`` are spent by the
+        caller: they get no requests here."""
+        budget, batch, settings = self.budget, self.batch_size, self.config.adaptive
         rewards = np.where(np.isnan(root.rewards), -np.inf, root.rewards)
         best = rewards.max(axis=1)
         scale = QuantileScale(root.rewards, settings.tail_fraction)
@@ -49,7 +56,7 @@ class AdaptiveSLG(SearchPolicy):
         # A best prompt reward reached twice is an atom of a discrete reward: only a new level can
         # beat it, and for "at least one rollout above it" independent prompt draws beat a state's
         # correlated ones unless the state is known to be better, which no tail fit of ties shows.
-        alive = (states != NO_NODE) & ~((rewards == best[:, None]).sum(axis=1) >= 2)[:, None]
+        alive = (states != NO_NODE) & ~((rewards == best[:, None]).sum(axis=1) >= 2)[:, None] & ~elsewhere[:, None]
         samples = np.full((batch, plan.num_candidates, sum(plan.shares)), np.nan)
         scores = np.full(samples.shape, np.nan)  # the samples on the prompt's quantile scale
         filled = 0
@@ -79,10 +86,10 @@ class AdaptiveSLG(SearchPolicy):
         pick = np.argmax(np.where(alive, value, -np.inf), axis=1)
         use_state = alive[rows, pick] & self._shows_next_level(root.rewards, samples[rows, pick], best)
         self.selected = np.where(use_state, states[rows, pick], ROOT)
-        left = budget - spent
+        left = np.where(elsewhere, 0, budget - spent)
         self.selected_prediction = self._predicted_best(root.rewards, samples[rows, pick], scale.tail_fit, use_state, left)
         if (left > 0).any():
-            yield [Request.per_episode(self.selected, left)]
+            yield [Request.per_episode(np.where(left > 0, self.selected, NO_NODE), left)]
 
     def _final_best(self, scores, alive, best_score, left):
         """(value, optimistic, prompt value), each (B, C): the predicted final best of sending the

@@ -30,6 +30,11 @@ class Predictor(str, Enum):
     blended = "blended"      # pipeline.stats.predict (slg predict's): plug-in to tail extension, ties and the bound honoured
 
 
+class ChunkSchedule(str, Enum):
+    memory = "memory"  # the paper's: rejections where the survivors fill the memory the rejected ones freed
+    fixed = "fixed"    # a rejection every chunk_tokens tokens
+
+
 class StateSelection(str, Enum):
     top_reward = "top_reward"  # prefixes of the K highest-reward root rollouts (reference code)
     random = "random"          # K random root rollouts (a literal reading of the paper)
@@ -58,6 +63,28 @@ class AdaptiveConfig:
 
 
 @dataclass
+class ShareConfig:
+    """``slg_share`` where rewards take few levels (``pipeline.search.share``): the state whose prefix
+    the reward model scores best gets ``state_share`` of what a root of ``root_fraction`` of N would
+    leave (0.75 x 0.5 = 0.375 of N), if its prefix scores ``prefix_gap`` root-reward sds above an
+    average prompt draw's; fresh prompt draws get the rest."""
+
+    state_share: float = 0.75      # of the budget after a root of root_fraction N
+    root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
+    prefix_gap: float = 0.5        # in standard deviations of the root sample's rewards
+
+
+@dataclass
+class SpecRejectionConfig:
+    """``spec_rejection`` (``pipeline.search.spec_rejection``): N responses grow in chunks; after each
+    chunk the reward model scores them and the lowest-scoring ``rejection_rate`` of them stop."""
+
+    rejection_rate: float = 0.5              # alpha in the paper (its experiments' value)
+    chunk_tokens: int = 128                  # tokens to the first rejection (the paper: where its GPU memory fills)
+    schedule: ChunkSchedule = ChunkSchedule.memory  # memory: rejections at chunk_tokens x (1 - alpha)^-k tokens
+
+
+@dataclass
 class SearchConfig:
     tail_fraction: float = 0.2                             # q in the paper
     expected_max_rule: ExpectedMaxRule = ExpectedMaxRule.quantile  # the reference code's E(N); exact: the paper's
@@ -69,6 +96,8 @@ class SearchConfig:
     num_states: int | None = None                       # K; None: default_schedule(N)
     reward_upper_bound: float | None = None             # clip predictions here (bounded rewards)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    share: ShareConfig = field(default_factory=ShareConfig)
+    spec_rejection: SpecRejectionConfig = field(default_factory=SpecRejectionConfig)
 
     def schedule(self, budget: int) -> tuple[int, int]:
         """(m, K) for budget N: the explicit values where given, the default schedule otherwise."""
@@ -92,6 +121,16 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
                           f"got {adaptive.explore_fraction!r}")
     if not adaptive.confidence >= 0:  # NaN too
         raise ConfigError(f"search.adaptive.confidence must be >= 0, got {adaptive.confidence!r}")
+    for name in ("state_share", "root_fraction"):
+        if not 0.0 <= getattr(config.share, name) <= 1.0:
+            raise ConfigError(f"search.share.{name} must be in [0, 1], got {getattr(config.share, name)!r}")
+    if not config.share.prefix_gap >= 0:  # NaN too
+        raise ConfigError(f"search.share.prefix_gap must be >= 0, got {config.share.prefix_gap!r}")
+    rejection = config.spec_rejection
+    if not 0.0 <= rejection.rejection_rate < 1.0:  # NaN too
+        raise ConfigError(f"search.spec_rejection.rejection_rate must be in [0, 1), got {rejection.rejection_rate!r}")
+    if rejection.chunk_tokens < 1:
+        raise ConfigError(f"search.spec_rejection.chunk_tokens must be >= 1, got {rejection.chunk_tokens!r}")
     if config.reward_upper_bound is not None and not math.isfinite(config.reward_upper_bound):
         raise ConfigError(f"search.reward_upper_bound must be a finite number (omit it for an unbounded reward), "
                           f"got {config.reward_upper_bound!r}")

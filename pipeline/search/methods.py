@@ -10,10 +10,13 @@ from pipeline.errors import ConfigError
 from pipeline.search.adaptive import AdaptiveSLG
 from pipeline.search.base import SearchPolicy
 from pipeline.search.bon import BestOfN
+from pipeline.search.share import SharedSLG
 from pipeline.search.slg import Oracle, ScalingLawGuided
+from pipeline.search.spec_rejection import SpeculativeRejection
 
-METHODS: dict[str, type[SearchPolicy]] = {cls.name: cls for cls in (BestOfN, ScalingLawGuided, AdaptiveSLG, Oracle)}
-DEFAULT_METHODS = ["bon", "slg", "slg_adaptive", "oracle"]
+METHODS: dict[str, type[SearchPolicy]] = {cls.name: cls for cls in (BestOfN, ScalingLawGuided, AdaptiveSLG, SharedSLG, Oracle,
+                                                                    SpeculativeRejection)}
+DEFAULT_METHODS = ["bon", "slg", "slg_adaptive", "slg_share", "oracle"]
 
 
 def policy_class(method: str) -> type[SearchPolicy]:

@@ -15,7 +15,7 @@ from pipeline.search.protocol import NO_NODE, ROOT, Request
 
 
 class ScalingLawGuided(SearchPolicy):
-    """SLG as the reference code runs it (REFERENCE.md, "SLG search"), options in ``SearchConfig``.
+    """SLG as the reference code runs it (docs/method.md, "SLG search"), options in ``SearchConfig``.
 
     Root: m rollouts. States: K root rollouts (highest reward by default) cut to their prefix.
     Estimate: m rollouts per state. Select: the argmax of the predicted V_N over the states and
@@ -55,7 +55,7 @@ class ScalingLawGuided(SearchPolicy):
     def _reported_values(self, values: np.ndarray, samples: np.ndarray, horizon: np.ndarray) -> np.ndarray:
         """What results report as each node's predicted V_N: the value it was selected by; with
         ``reported_predictor=blended`` the shared predictor's (the episode's nodes pool their tie
-        counts). Selecting by that predictor ranks nodes worse (README, "What the policies do with
+        counts). Selecting by that predictor ranks nodes worse (docs/prediction.md, "What the policies do with
         it"), so it never decides."""
         if self.config.reported_predictor == Predictor.blended:
             return self._predict_blended(samples, horizon).value

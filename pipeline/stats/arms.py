@@ -33,8 +33,10 @@ def expected_best(values: np.ndarray, cdfs: np.ndarray, counts, best: float = -n
     return _expected_best(values, _log_cdf_of_max(cdfs, np.asarray(counts, dtype=float)), best)
 
 
-def allocate_draws(values: np.ndarray, cdfs: np.ndarray, total: int, best: float = -np.inf) -> np.ndarray:
-    """Counts per arm (summing to ``total``) that maximise ``expected_best``: greedy, then single moves."""
+def allocate_draws(values: np.ndarray, cdfs: np.ndarray, total: int, best: float = -np.inf,
+                   steps: int = 512) -> np.ndarray:
+    """Counts per arm (summing to ``total``) that maximise ``expected_best``: greedy in at most
+    ``steps`` increments (one draw at a time up to that many draws), then single-draw moves."""
     values, cdfs = _with_best(values, cdfs, best)
     arms = cdfs.shape[0]
     with np.errstate(divide="ignore"):
@@ -43,13 +45,15 @@ def allocate_draws(values: np.ndarray, cdfs: np.ndarray, total: int, best: float
     log_p = np.zeros(len(values))
     below_best = values < best  # where max(b, M) <= v is impossible
     gaps = np.diff(values)
-    for _ in range(int(total)):
+    size = max(1, -(-int(total) // steps))
+    while counts.sum() < total:
+        add = min(size, int(total) - int(counts.sum()))
         p = np.where(below_best, 0.0, np.exp(log_p))[:-1]
-        # adding a draw to arm i lowers P(max <= v_k) by P_k (1 - F_i(v_k)): the gain
-        gains = (gaps * p) @ (1.0 - cdfs[:, :-1]).T
+        # adding draws to arm i multiplies P(max <= v_k) by F_i(v_k)^add: the gain
+        gains = (gaps * p) @ (1.0 - cdfs[:, :-1] ** add).T
         arm = int(np.argmax(gains))
-        counts[arm] += 1
-        log_p = log_p + log_f[arm]
+        counts[arm] += add
+        log_p = log_p + add * log_f[arm]
     return _improve_by_moves(values, cdfs, counts, best)
 
 

@@ -28,7 +28,7 @@ For a sample of m rewards the prediction is a weighted step from the sample towa
   gives c = 1 / (1 + (ALPHA_CONTINUOUS / alpha)^4). Rows of one group (one reward source: a
   file, an episode's nodes) pool their counts; RICHNESS_PRIOR pseudo-singletons keep a sample
   continuous until its ties say otherwise. The two constants were chosen on the real data of
-  data/real (README, "Prediction"), where they separate few-level rewards (HumanEval pass rates,
+  data/real (docs/prediction.md), where they separate few-level rewards (HumanEval pass rates,
   alpha ~ 4) from continuous ones (PRM and GenRM scores, alpha >= 15).
 
 The 95% interval blends two intervals by the same c. For a continuous reward: the pivot

@@ -1,4 +1,4 @@
-"""How SLG splits a budget of N rollouts: m rollouts per node, K states (REFERENCE.md, "Schedule").
+"""How SLG splits a budget of N rollouts: m rollouts per node, K states (docs/method.md, "The schedule").
 
 Pure arithmetic. :func:`reference_schedule` is the reference code's formula, bit for bit (Python's
 ``round`` is banker's rounding, as there). :func:`default_schedule` is that formula wherever it fits

@@ -3,7 +3,7 @@
 ``make_tiny_models(DIR)`` writes ``DIR/generator`` (a 2-layer Llama causal LM) and ``DIR/reward``
 (the same shape as a one-label ``LlamaForSequenceClassification``), each with a BPE tokenizer
 trained here on a small built-in text and a chat template. Shapes follow what the CPU build of
-vLLM accepts (head_dim 64; see ../shared/ENVIRONMENT.md). The weights are random: generations are
+vLLM accepts (head_dim 64; the CPU build refuses head_dim 16). The weights are random: generations are
 noise and rewards meaningless, but every token, cache and score goes through the real engines.
 """
 

@@ -2,6 +2,7 @@
 repository, simulated worlds), the commands' outputs and plots, and every bad input of predict."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,10 +31,12 @@ def test_real_data_ships_with_the_repository():
 
 @pytest.mark.parametrize("name", ["genrm_gpqa_llama33_70b", "humaneval_codet_codegen16b",
                                   "alpacaeval_bon16_tulu2_gpt4judge", "math500_bon256_llama32_1b_rlhflow_prm"])
-def test_on_real_rewards_the_predictor_is_never_worse_than_tail_fit_or_plug_in(name):
-    # The issue's protocol: 20 samples of m per prompt, truth = exact E[max of n] of the prompt's
-    # pool at n = pool size, |error| in units of the pool's sd. Seed 0 as in the README table.
-    # Tolerance 0.01 sd, the issue's; MATH-500 has one informative prompt, so its cells are the noisiest.
+def test_snapshot_on_the_real_rewards_the_constants_were_chosen_on_the_predictor_is_never_worse(name):
+    """A snapshot, not an independent check: ALPHA_CONTINUOUS and RICHNESS_PRIOR were chosen on these
+    very data (docs/prediction.md); the held-out check is the next test.
+    The protocol: 20 samples of m per prompt, truth = exact E[max of n] of the prompt's pool at n =
+    pool size, |error| in units of the pool's sd, seed 0. Tolerance 0.01 sd; MATH-500 has one
+    informative prompt, so its cells are the noisiest."""
     values, bound = real_pools()[name]
     report = calibrate(values, [8, 16, 32], "pool", repeats=20, seed=0, upper_bound=bound)
     for cell in report["cells"]:
@@ -42,6 +45,28 @@ def test_on_real_rewards_the_predictor_is_never_worse_than_tail_fit_or_plug_in(n
             assert cell["predicted"][statistic] <= best_other + 0.01, (name, cell["m"], statistic)
         if bound is not None:
             assert cell["above_bound"] == 0.0
+
+
+@pytest.mark.parametrize("bank", [
+    "toy_t16",
+    pytest.param("toy_t8", marks=pytest.mark.xfail(strict=True, reason=(
+        "held out, and it fails: the states' pools at T = 8 (median 1,280 rewards, 179 distinct values) "
+        "look continuous to the constants chosen on data/real (continuity 0.5-0.9 from 32 samples), so the "
+        "predictor extends a tail past the pools' top level; mean |error| 0.16 sd at m = 32 against the "
+        "plug-in's 0.07 (docs/prediction.md)"))),
+])
+def test_on_held_out_real_rewards_the_predictor_is_never_worse_than_tail_fit_or_plug_in(bank):
+    """The same protocol on real rewards no constant was chosen on: every state pool of the toy models'
+    banks (the generator's own outputs, scored by its reward model), 10 samples of m per pool."""
+    from pipeline.offline.bank import read_bank
+
+    pools = [s for p in read_bank(Path(__file__).resolve().parents[2] / "data" / "banks" / f"{bank}.parquet")
+             for s in p.state_rewards]
+    report = calibrate(pools, [8, 16, 32], "pool", repeats=10, seed=0)
+    for cell in report["cells"]:
+        for statistic in ("median_abs_error", "mean_abs_error"):
+            best_other = min(cell["tail_fit"][statistic], cell["plug_in"][statistic])
+            assert cell["predicted"][statistic] <= best_other + 0.01, (bank, cell["m"], statistic)
 
 
 def test_calibration_on_gaussian_pools_reports_all_three_models():
@@ -56,7 +81,7 @@ def test_calibration_on_gaussian_pools_reports_all_three_models():
 def test_world_curves_match_the_reference_small_sample_behaviour():
     report = calibrate(world_states(make_world("gaussian"), 60, seed=0), [64], [1000], repeats=60, seed=1)
     (cell,) = report["cells"]
-    # REFERENCE.md: at m = 65, n = 1000 the tail fit averages 3.05 against 3.09 (bias -0.04, sd
+    # the published finite-budget table (docs/method.md): at m = 65, n = 1000 the tail fit averages 3.05 against 3.09 (bias -0.04, sd
     # 0.55, quantile rule); 3600 cases give the bias to +-0.02, the rule and m differ slightly.
     assert cell["tail_fit"]["bias"] == pytest.approx(-0.05, abs=0.1)
     assert cell["predicted"]["mean_abs_error"] < 0.6 * cell["plug_in"]["mean_abs_error"]

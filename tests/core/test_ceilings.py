@@ -79,3 +79,31 @@ def test_the_prompt_weights_of_a_bank_follow_its_states_by_weight_then_reward():
         exact = sum(np.prod([p for p, _ in combo]) * max(r for _, r in combo)
                     for combo in itertools.product(outcomes, repeat=n))
         assert float(bank.bon_value(n)) == pytest.approx(exact, abs=1e-12)
+
+
+@pytest.mark.parametrize("family, tolerance", [("discrete", 1e-12), ("gaussian", 0.01), ("bounded", 0.001)])
+def test_a_worlds_clairvoyant_ceiling_at_one_draw_is_its_best_arms_mean(family, tolerance):
+    """With one draw the best allocation takes the arm of highest mean: the world's own exact values
+    (closed forms and quadrature, not the grid of the ceiling) say which and how much. Tolerance: the
+    grid's step (a thousandth of its span) bounds the error of a continuous world's expected maximum."""
+    from pipeline.offline.ceilings import WorldArms
+    from pipeline.offline.worlds import make_world
+
+    world = make_world(family)
+    arms = WorldArms(world, np.random.default_rng(4))
+    exact = max(world.prompt_value(1), float(world.state_value(arms.latents, 1).max()))
+    assert arms.clairvoyant(1) == pytest.approx(exact, abs=tolerance)
+
+
+def test_a_worlds_state_cdfs_are_its_rewards_distribution():
+    from pipeline.offline.worlds import WORLDS, make_world
+
+    rng = np.random.default_rng(0)
+    for family in sorted(WORLDS):
+        world = make_world(family)
+        latents = world.sample_states(rng, (2,))
+        rewards, _ = world.sample_rewards(rng, np.repeat(latents[:, None], 100_000, axis=1))
+        x = np.quantile(rewards, [0.1, 0.5, 0.9])
+        empirical = (rewards[:, :, None] <= x[None, None, :]).mean(axis=1)
+        # 100,000 draws: the sd of an empirical proportion is at most 0.0016
+        assert np.abs(empirical - world.state_cdf(latents, x)).max() < 0.007, family

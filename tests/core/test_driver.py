@@ -212,3 +212,70 @@ def test_collect_holds_fewer_prompts_in_flight_when_each_holds_many_rewards():
     assert in_flight("collect.num_states=64", "collect.completions_per_state=10000") == IN_FLIGHT_REWARDS // 640_000 == 6
     assert in_flight("collect.num_states=64", "collect.completions_per_state=100000") == 2  # never fewer than two
     assert in_flight("driver.max_concurrent_prompts=4") == 4
+class SeedLog(SearchObserver):
+    """The seed of every rollout requested and the node each came from, per search."""
+
+    def __init__(self):
+        self.requested = {}
+        self.node_of = {}
+
+    def rollout_requested(self, search, request):
+        self.requested[request.request_id] = ((search.prompt.prompt_id, search.method, search.budget), request.seed)
+
+    def rollout_scored(self, search, slot, position, rollout, reward, sequence):
+        self.node_of[rollout.request_id] = slot.node
+
+
+def test_the_rollouts_of_a_node_have_the_seeds_of_their_index_within_the_node():
+    """Rollout i of node K (the prompt: "root", state K: "sK") has seed derive_seed(run seed, prompt
+    id, node, i), i = 0..count-1 over the whole search (slg_adaptive asks a state in several rounds):
+    a state's rollouts are different draws, and the same ones whichever replica or round serves them."""
+    from pipeline.distributed.driver import derive_seed
+
+    log = SeedLog()
+    searches = search_grid(PROMPTS[:3], ["slg", "slg_adaptive"], [64, 256], SearchConfig())
+    driver = Driver(searches, [SimGenerator(), SimGenerator()], [SimRewardModel()], DriverConfig(max_batch_rollouts=5),
+                    11, ground_truth=SimGroundTruth("gaussian"), observer=log, calls=LocalCalls())
+    driver.step(None)
+    seeds = defaultdict(list)
+    for request_id, (key, seed) in log.requested.items():
+        seeds[key, log.node_of[request_id]].append(seed)
+    states_seen = 0
+    for ((prompt_id, _, _), node), got in seeds.items():
+        name = "root" if node == ROOT else f"s{node}"
+        assert len(set(got)) == len(got)
+        assert sorted(got) == sorted(derive_seed(11, prompt_id, name, i) for i in range(len(got)))
+        states_seen += node != ROOT and len(got) > 1
+    assert states_seen >= 20  # the check is about states with several rollouts: there are many
+
+
+class LevelRewards(SimRewardModel):
+    """The sim reward rounded down to a whole number: a handful of levels, so the best is tied."""
+
+    def score(self, requests):
+        scores = super().score(requests)
+        for score in scores:
+            score.reward = float(np.floor(score.reward))
+        return scores
+
+
+def test_a_tied_best_reward_reports_the_rollout_planned_first():
+    """Among rollouts of equal best reward, the answer (and its correctness) is that of the rollout
+    planned first, whatever order the rewards arrive in: two generator replicas, each sent every
+    other request, answer out of plan order."""
+    log = RolloutLog()
+    searches = search_grid(PROMPTS, ["bon", "slg"], [32, 64], SearchConfig())
+    driver = Driver(searches, [FourAnswers(), FourAnswers()], [LevelRewards()], DriverConfig(max_batch_rollouts=4), 0,
+                    ground_truth=SimGroundTruth("gaussian"), observer=log, calls=LocalCalls())
+    rows, progress = driver.step(None)
+    assert progress["done"]
+    disagree = 0
+    for row in rows:
+        scored = log.scored[(row["prompt_id"], row["method"], row["budget"])]
+        top = max(s.reward for s in scored)
+        tied = sorted((s for s in scored if s.reward == top), key=lambda s: s.sequence)
+        first = tied[0]
+        assert (row["best_reward"], row["correct"]) == (first.reward, first.correct)
+        assert row["best_node"] == ("root" if first.node == ROOT else f"s{first.node}")
+        disagree += len({s.correct for s in tied}) == 2
+    assert disagree >= 5  # ties whose rollouts differ in correctness: the rule decides the reported accuracy

@@ -8,11 +8,20 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from pipeline.errors import ConfigError
 from pipeline.offline.episodes import WorldSource, run_episodes
 from pipeline.offline.worlds import WORLDS, make_world
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
 from pipeline.search.bon import BestOfN
-from pipeline.search.config import AdaptiveConfig, ExpectedMaxRule, PredictionBudget, Predictor, SearchConfig, StateSelection
+from pipeline.search.config import (
+    AdaptiveConfig,
+    ExpectedMaxRule,
+    PredictionBudget,
+    Predictor,
+    SearchConfig,
+    StateSelection,
+    validate_search_config,
+)
 from pipeline.search.methods import METHODS, policy_class
 from pipeline.search.protocol import NO_NODE, ROOT, BudgetExceededError, EpisodeLedger, Request, Rollouts
 from pipeline.search.slg import Oracle, ScalingLawGuided
@@ -99,7 +108,7 @@ class UniformRewards:
 
 def most_rollouts_before_exploiting(method, budget, config):
     """The most rollouts a policy can ask before its last (exploit) round, from its plan alone."""
-    if method == "bon":
+    if method in ("bon", "spec_rejection"):  # every response starts in the first round (then only grows)
         return 0
     if method in ("slg", "oracle"):
         m, k = config.schedule(budget)
@@ -145,7 +154,8 @@ def test_every_policy_spends_exactly_its_budget_at_every_n_up_to_5000(method):
 def test_every_policy_spends_its_budget_on_every_world(method, family, budget):
     _, source, ledger = play(method, budget, batch=16, family=family)
     assert (ledger.spent == budget).all()
-    drawn = sum(np.isfinite(r.rewards).sum(axis=1) for r in source.results)
+    # rollouts started (a grow request continues a response: a chunk, not another rollout)
+    drawn = sum(np.isfinite(r.rewards).sum(axis=1) for q, r in zip(source.requests, source.results) if not q.grow)
     assert (drawn == budget).all()
     assert np.isfinite(ledger.best_reward).all()
 
@@ -154,7 +164,7 @@ def test_every_policy_spends_its_budget_on_every_world(method, family, budget):
 
 
 def reference_value(rewards, budget, tail_fraction=0.2):
-    """The reference code's recipe, written out independently (REFERENCE.md, "Tail estimator"):
+    """The reference code's recipe, written out independently (docs/method.md, "The tail estimator"):
     np.percentile threshold, >= tail, ddof=1 moments, mu + sigma Phi^-1(1 - 1/N), max as the guard."""
     threshold = np.percentile(rewards, 100 * (1 - tail_fraction))
     tail = rewards[rewards >= threshold]
@@ -186,10 +196,11 @@ def test_slg_defaults_pick_the_same_exploit_node_as_the_reference_code(family, b
     assert np.allclose(ledger.best_reward, np.nanmax(everything, axis=1))
 
 
-def test_slg_quantile_default_gains_about_0018_over_the_exact_rule_at_n_1000():
-    """Same rollouts (same seeds) up to the exploit phase, so the paired difference is non-zero only
-    where the two rules pick different nodes (~4% of episodes). 4,000 episodes: 0.0187 +- 0.0019
-    (one standard error); the bounds are +-5 standard errors around 0.018."""
+def test_snapshot_slg_quantile_default_gains_about_0018_over_the_exact_rule_at_n_1000():
+    """A regression snapshot of a value this project measured (not an independent reference): same
+    rollouts (same seeds) up to the exploit phase, so the paired difference is non-zero only where
+    the two rules pick different nodes (~4% of episodes). 4,000 episodes: 0.0187 +- 0.0019 (one
+    standard error); the bounds are +-5 standard errors around 0.018."""
     bests = {}
     for rule in ExpectedMaxRule:
         _, _, ledger = play("slg", 1000, batch=4000, seed=7, config=SearchConfig(expected_max_rule=rule))
@@ -250,7 +261,7 @@ def test_by_default_slg_reports_the_reference_value_of_the_node_it_selected():
 @pytest.mark.parametrize("method, family", [("slg", "gaussian"), ("slg", "discrete"), ("slg_adaptive", "gaussian")])
 def test_the_reported_predictor_never_changes_a_decision(method, family):
     """``reported_predictor=blended`` changes what is reported, never what is drawn: selecting by
-    it ranks nodes worse (README), so both runs make the same requests and select the same nodes."""
+    it ranks nodes worse (docs/prediction.md), so both runs make the same requests and select the same nodes."""
     default, default_source, _ = play(method, 1000, batch=100, family=family, seed=4)
     blended, blended_source, _ = play(method, 1000, batch=100, family=family, seed=4,
                                       config=SearchConfig(reported_predictor=Predictor.blended))
@@ -405,7 +416,7 @@ def test_adaptive_gains_over_slg_and_best_of_n_where_states_matter():
     _, adaptive = play_paired("slg_adaptive", 64, world, 4000, seed=1)
     _, bon = play_paired("bon", 64, world, 4000, seed=1)
     _, slg = play_paired("slg", 64, world, 4000, seed=1)
-    # REFERENCE.md world (sigma0 = sigma1 = 1): the gains are ~0.44 over BoN and ~0.08 over slg at N = 64
+    # the published finite-budget world (sigma0 = sigma1 = 1): the gains are ~0.44 over BoN and ~0.08 over slg at N = 64
     assert (adaptive.best_reward - bon.best_reward).mean() > 0.3
     assert (adaptive.best_reward - slg.best_reward).mean() > 0.0
 
@@ -627,3 +638,81 @@ def test_adaptive_class_is_the_registered_method():
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown method 'beam'"):
         policy_class("beam")
+
+
+def test_the_ledger_keeps_the_earliest_rollouts_correctness_among_equal_best_rewards():
+    """Ties keep the earliest rollout: within a request (first column), across the requests of a
+    round (their order) and across rounds."""
+    ledger = EpisodeLedger(budget=10, batch_size=3)
+    ledger.record([Rollouts(np.array([[1.0, 2.0, 2.0], [0.0, 0.0, 0.0], [5.0, 1.0, 1.0]]), np.ones((3, 3), bool),
+                            np.array([[True, False, True], [True, False, False], [False, True, True]]))])
+    assert ledger.best_reward.tolist() == [2.0, 0.0, 5.0] and ledger.best_correct.tolist() == [False, True, False]
+    second = Rollouts(np.array([[2.0], [0.0], [5.0]]), np.ones((3, 1), bool), np.array([[True], [False], [True]]))
+    third = Rollouts(np.array([[2.0], [3.0], [5.0]]), np.ones((3, 1), bool), np.array([[True], [True], [True]]))
+    ledger.record([second, third])
+    assert ledger.best_reward.tolist() == [2.0, 3.0, 5.0] and ledger.best_correct.tolist() == [False, True, False]
+
+
+class ScriptedLevels:
+    """One episode of a few-level reward: root rollouts give ``root`` in turn, a state's give ``state`` in turn."""
+
+    def __init__(self, root, state):
+        self.root, self.state = list(root), list(state)
+        self.used = {ROOT: 0}
+        self.asked = []
+
+    def draw(self, request):
+        node, count = int(request.node[0]), int(request.count[0])
+        self.asked.append((node, count))
+        values = self.root if node == ROOT else self.state
+        start = self.used.setdefault(node, 0)
+        self.used[node] += count
+        rewards = [values[(start + k) % len(values)] for k in range(count)]
+        return Rollouts(np.array([rewards], dtype=float), np.full((1, count), node == ROOT))
+
+
+@pytest.mark.parametrize("state, exploits_a_state", [
+    ([1.0, 0.5, 1.0, 0.5], False),  # reaches the prompt's best level, never above: a tie, the prompt gets the rest
+    ([1.0, 0.5, 1.5, 0.5], True),   # beats every prompt rollout: a new level, the state gets the rest
+])
+def test_adaptive_commits_to_a_state_that_ties_the_best_level_only_if_it_went_above_it(state, exploits_a_state):
+    """N = 32: 16 prompt rollouts whose best, 1.0, is reached once (so states are screened), two
+    candidates get 4 rollouts each, then 8 are exploited. A state whose rewards only tie the best
+    level shows nothing a tail model could extrapolate from (``AdaptiveSLG._shows_next_level``)."""
+    root = [0.0] * 10 + [0.5] * 5 + [1.0]
+    source = ScriptedLevels(root, state)
+    policy = AdaptiveSLG(32, 1, SearchConfig())
+    run_episodes(policy, source)
+    assert source.asked[:3] == [(ROOT, 16), (15, 4), (10, 4)]  # both candidates screened, in the rule's reach
+    exploited = source.asked[-1]
+    assert exploited == ((15, 8) if exploits_a_state else (ROOT, 8))
+    assert policy.selected[0] == exploited[0]
+
+
+def test_on_discrete_rewards_adaptive_never_commits_to_a_state_that_only_ties_the_best_level():
+    """Every episode (of 2000, discrete world, N = 32) that gives the rest to a state: its best level
+    over all rollouts before that (the prompt's and every screened state's) was reached only once,
+    or the state rose above every prompt rollout. Recomputed from the rollouts the source gave."""
+    policy, source, _ = play("slg_adaptive", 32, batch=2000, family="discrete", seed=5)
+    root = source.results[0].rewards
+    explored = [(request.node, result.rewards) for request, result in zip(source.requests[1:-1], source.results[1:-1])]
+    committed = 0
+    for b in np.nonzero(policy.selected != ROOT)[0]:
+        state = np.concatenate([rewards[b][~np.isnan(rewards[b])] for node, rewards in explored if node[b] == policy.selected[b]])
+        seen = np.concatenate([root[b]] + [rewards[b][~np.isnan(rewards[b])] for node, rewards in explored if node[b] >= 0])
+        best = seen.max()
+        tied = (root[b] == best).sum() + (state == best).sum() >= 2
+        assert not tied or state.max() > root[b].max(), b
+        committed += 1
+    assert committed >= 40  # about 4% of episodes commit with the rule (about 20% would without it)
+
+
+@pytest.mark.parametrize("value, accepted", [(1, False), (0, False), (2, True), (4, True)])
+def test_adaptive_min_rollouts_below_two_is_refused_naming_the_key(value, accepted):
+    """A state's spread needs two rollouts: min_rollouts = 1 would fit a tail to one reward."""
+    config = SearchConfig(adaptive=AdaptiveConfig(min_rollouts=value))
+    if accepted:
+        validate_search_config(config, [64])
+        return
+    with pytest.raises(ConfigError, match=rf"search\.adaptive\.min_rollouts must be >= 2 .*got {value}"):
+        validate_search_config(config, [64])

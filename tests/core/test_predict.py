@@ -268,3 +268,13 @@ def test_predict_imports_no_engine_or_ray():
             "print(sorted(m for m in ('ray', 'vllm', 'torch', 'transformers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_interval_of_a_sample_that_reaches_the_bound_ends_at_the_bound():
+    """No best-of-n of rewards bounded by B exceeds B, so no end of the interval may. This sample
+    (one reward at the bound, a wide spread below it) is one whose few-level interval is raised to
+    the continuous one on the reward scale, which here reaches 2 to 21 before the cut at B = 1."""
+    sample = np.array([0.1, 0.3, 0.4, 0.6, 0.8, 1.0])
+    result = predict_best_of_n(sample, [1, 2, 4, 10, 100], upper_bound=1.0)
+    assert np.all(result.upper <= 1.0)
+    assert np.all(result.lower <= result.value) and np.all(result.value <= result.upper)

@@ -1,6 +1,7 @@
 """Replay, banks and the CLI: the offline experiment engine end to end (curves: test_calibration.py)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from pipeline.offline.bank import parse_row, read_bank, simulate_bank, write_ban
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.replay import compute_multiplier, format_table, replay, replay_job, replay_many, replay_rollouts
 from pipeline.offline.worlds import make_world
+from pipeline.search.methods import DEFAULT_METHODS
 from pipeline.stats.pool import expected_max_of_pool
 
 
@@ -23,7 +25,7 @@ def test_gaussian_replay_reproduces_the_reference_gains():
     results = replay(make_world("gaussian"), ["bon", "slg", "slg_adaptive", "oracle"], [100, 1000],
                      repeats=50, num_prompts=40, seed=1, workers=1)
     small, large = by_method(results, 100), by_method(results, 1000)
-    # REFERENCE.md: BoN 3.56 / 4.59, SLG 3.89 / 5.10 (300-400 repetitions).
+    # the published finite-budget table (docs/method.md): BoN 3.56 / 4.59, SLG 3.89 / 5.10 (300-400 repetitions).
     assert small["bon"].mean_best_reward == pytest.approx(3.546, abs=4 * small["bon"].ci95)
     assert large["bon"].mean_best_reward == pytest.approx(4.585, abs=4 * large["bon"].ci95)
     assert large["slg"].mean_best_reward == pytest.approx(5.12, abs=4 * large["slg"].ci95 + 0.02)
@@ -93,7 +95,7 @@ def test_cli_replay_writes_json(tmp_path):
                  "--budgets", "100", "--workers", "1", "search.tail_fraction=0.3", "--out", str(out)])
     assert code == 0
     payload = json.loads(out.read_text())
-    assert {r["method"] for r in payload["results"]} == {"bon", "slg", "slg_adaptive", "oracle"}
+    assert {r["method"] for r in payload["results"]} == set(DEFAULT_METHODS)
     assert set(payload["results"][0]) >= {"method", "budget", "mean_best_reward", "ci95", "compute_multiplier",
                                           "regret_vs_oracle", "accuracy"}
 
@@ -313,3 +315,21 @@ def test_results_do_not_depend_on_the_order_tasks_finish_in(tmp_path, monkeypatc
     here = replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=1, with_ceilings=True)
     monkeypatch.setattr(replay_module, "_executor", lambda workers, rollouts: Reversed())
     assert replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=2, with_ceilings=True) == here
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_bank_bon_with_states_of_different_sizes_equals_brute_force(n):
+    """A rollout from the prompt picks a state uniformly, then one of its rewards uniformly: enumerate
+    every n-tuple of (state, reward) draws with its probability. Unequal sizes make this differ from
+    the flat pool (reward 0.0, alone in its state, has probability 1/3 here, not 1/6)."""
+    import itertools
+    from fractions import Fraction
+
+    from pipeline.offline.episodes import BankPrompt
+
+    states = [[0.0], [1.0, 3.0], [2.0, 0.5, -1.0]]
+    draws = [(Fraction(1, len(states) * len(s)), reward) for s in states for reward in s]
+    exact = sum(math.prod(p for p, _ in combo) * Fraction(max(r for _, r in combo))
+                for combo in itertools.product(draws, repeat=n))
+    prompt = BankPrompt("unequal", states)
+    assert float(prompt.bon_value(n)) == pytest.approx(float(exact), rel=1e-12)  # float summation only

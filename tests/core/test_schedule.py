@@ -1,4 +1,4 @@
-"""The schedule against the table of REFERENCE.md, and the budget guard."""
+"""The schedule against the reference schedule's table (docs/method.md), and the budget guard."""
 
 import pytest
 
@@ -45,3 +45,30 @@ def test_validator_refuses_bad_splits(m, k, match):
 def test_bad_budget_is_refused(budget):
     with pytest.raises(ValueError, match="budget N"):
         default_schedule(budget)
+
+
+def schedule_from_the_docs(n: int) -> tuple[int, int]:
+    """The reference code's formula (docs/method.md), then the module's documented rule where it would overspend: K = 2 states
+    and m = floor(N/4) (root and states take about 3/4 of N), and plain BoN (N, 0) below N = 4, where
+    no split leaves a rollout to exploit."""
+    import math
+
+    m = max(20, round(round(math.log(n) ** 3 / 5) / 5) * 5)
+    k = max(2, min(round(n / (2 * m)), math.floor(n / (m + 2))))
+    if (k + 1) * m <= n:
+        return m, k
+    return (n, 0) if n < 4 else (n // 4, 2)
+
+
+@pytest.mark.parametrize("budget, expected", [(1, (1, 0)), (2, (2, 0)), (3, (3, 0)), (4, (1, 2)), (5, (1, 2)),
+                                              (7, (1, 2)), (8, (2, 2)), (59, (14, 2)), (60, (20, 2)), (61, (20, 2))])
+def test_schedule_at_the_edges_of_its_rules(budget, expected):
+    """N = 4 is the smallest budget with a split (root 1, two states of 1, one rollout left to exploit);
+    N = 60 the smallest where the reference's (20, 2) fits (exactly: at N = 60 it leaves nothing to exploit)."""
+    assert schedule_from_the_docs(budget) == expected
+    assert default_schedule(budget) == expected
+
+
+def test_schedule_follows_the_documented_rules_at_every_budget_up_to_300():
+    for budget in range(1, 301):
+        assert default_schedule(budget) == schedule_from_the_docs(budget), budget

@@ -20,7 +20,7 @@ from pipeline.stats.tail import (
 
 
 def reference_fit(rewards, q):
-    """REFERENCE.md steps 1-3 and 5, written out as the reference code does them."""
+    """The published method's steps 1-3 and 5 (docs/method.md), written out as the reference code does them."""
     rewards = np.asarray(rewards, dtype=float)
     z = stats.norm.ppf(1 - q)
     lam = stats.norm.pdf(z) / q
@@ -169,7 +169,7 @@ def test_expected_max_known_values():
 def test_expected_max_quantile_rule_is_the_reference_approximation():
     assert expected_max_std_normal(1, "quantile") == 0.0
     assert expected_max_std_normal(100, "quantile") == pytest.approx(stats.norm.ppf(0.99), rel=1e-12)
-    # The approximation is low: 7.2 % at n = 100, 4.7 % at n = 1000 (REFERENCE.md says 7-9 %).
+    # The approximation is low: 7.2 % at n = 100, 4.7 % at n = 1000 (the method's notes say 7-9 %).
     for n in (10, 100, 1000, 10**5):
         assert expected_max_std_normal(n, "quantile") < expected_max_std_normal(n)
 

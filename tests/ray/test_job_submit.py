@@ -17,6 +17,7 @@ import pytest
 from conftest import process_marker, wait_until_gone
 
 from pipeline.cli import main
+from pipeline.search.methods import DEFAULT_METHODS
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,9 +93,9 @@ def test_ray_job_submit_runs_the_cli_from_a_working_dir_upload(ray_head, tmp_pat
     logs = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, logs[-3000:]
     assert "succeeded" in logs.lower(), logs[-3000:]
-    assert "searches 16/16" in logs  # progress is readable in `ray job logs -f`
+    assert f"searches {2 * len(DEFAULT_METHODS) * 2}/{2 * len(DEFAULT_METHODS) * 2}" in logs  # progress is readable in `ray job logs -f`
     results = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
-    assert len(results) == 2 * 4 * 2
+    assert len(results) == 2 * len(DEFAULT_METHODS) * 2
     assert json.loads((output / "summary.json").read_text())["methods"]["slg"]["32"]["prompts"] == 2
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import check_rows_independently, run_in_process
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
 from pipeline.cli import main
@@ -16,6 +17,7 @@ from pipeline.distributed.contract import PromptInput, Score
 from pipeline.distributed.driver import Driver, NonFiniteRewardError, derive_seed
 from pipeline.jobs.config import load_run_config
 from pipeline.jobs.searches import run, search_grid
+from pipeline.search.methods import DEFAULT_METHODS
 
 pytestmark = pytest.mark.ray
 
@@ -39,7 +41,7 @@ def test_default_run_writes_every_output(local_ray, tmp_path):
     config = load_run_config(None, [f"output_dir={tmp_path}", "data.num_prompts=4", "budgets=[16,64]"])
     summary = run(config)
     results = read_results(tmp_path)
-    assert len(results) == 4 * 4 * 2 and len({key(r) for r in results}) == len(results)
+    assert len(results) == 4 * len(DEFAULT_METHODS) * 2 and len({key(r) for r in results}) == len(results)
     for r in results:
         assert r["rollouts"] == r["budget"]  # the budget is spent exactly, never exceeded
         assert {"prompt_id", "method", "budget", "rollouts", "best_reward", "selected", "correct", "pass_at_n",
@@ -60,9 +62,10 @@ def test_results_do_not_depend_on_replica_count(local_ray, tmp_path):
                                               "reward.num_replicas=2", "driver.max_batch_rollouts=7"]))
     assert one["methods"] == four["methods"]
     assert comparable(read_results(tmp_path / "one")) == comparable(read_results(tmp_path / "four"))
+    check_rows_independently(read_results(tmp_path / "four"), load_run_config(None, SMALL).seed)  # both could share a bug
 
 
-def sim_driver(generators, rewards=None, prompts=3, methods=("bon", "slg", "slg_adaptive", "oracle"),
+def sim_driver(generators, rewards=None, prompts=3, methods=tuple(DEFAULT_METHODS),
                budgets=(16, 64), observer=None, **driver_settings):
     searches = search_grid([PromptInput(f"sim{i}", f"Simulated prompt {i}") for i in range(prompts)], list(methods),
                            list(budgets), load_run_config(None, SMALL).search)
@@ -75,6 +78,23 @@ def test_in_process_driver_equals_the_ray_run(local_ray, tmp_path):
     results, progress = sim_driver([SimGenerator()]).step(None)
     assert progress["done"]
     assert comparable(results) == comparable(read_results(tmp_path))
+    check_rows_independently(read_results(tmp_path), load_run_config(None, SMALL).seed)  # both could share a bug
+
+
+def test_spec_rejection_through_ray_actors_equals_the_in_process_driver(local_ray, tmp_path):
+    """Responses grown in chunks across three generator replicas (partial responses pickled between
+    actors, continued wherever they land) give the in-process driver's results, tokens included."""
+    overrides = ["data.num_prompts=3", "budgets=[16,64]", "plot=false", "methods=[bon,spec_rejection]",
+                 "search.spec_rejection.chunk_tokens=64"]
+    run(load_run_config(None, overrides + [f"output_dir={tmp_path}", "generator.num_replicas=3", "driver.max_batch_rollouts=7"]))
+    rows = read_results(tmp_path)
+    assert comparable(rows) == comparable(run_in_process(overrides))
+    by_key = {key(r): r for r in rows}
+    for (prompt, method, budget), row in by_key.items():
+        if method == "spec_rejection":  # its responses are best-of-N's, some stopped early
+            bon = by_key[(prompt, "bon", budget)]
+            assert row["rollouts"] == budget and row["best_reward"] <= bon["best_reward"]
+            assert row["tokens_generated"] < bon["tokens_generated"]
 
 
 class RecordingGenerator(SimGenerator):
@@ -169,12 +189,12 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     assert "changed: search.tail_fraction, seed" in capsys.readouterr().err
     assert (tmp_path / "results.jsonl").read_text() == before  # nothing written is lost
     run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", "seed=1", "overwrite=true"]))
-    assert len(read_results(tmp_path)) == 3 * 4 * 2
+    assert len(read_results(tmp_path)) == 3 * len(DEFAULT_METHODS) * 2
 
 
 @pytest.mark.parametrize("overrides, match", [
     (["budgets=[]"], "budgets is empty"),
-    (["budgets=[0]"], "budget N must be >= 1"),
+    (["budgets=[0]"], "budget N must be a positive integer, got 0 in budgets"),
     (["methods=[bon,beam]"], "unknown method 'beam'"),
     (["search.tail_fraction=1.0"], "tail_fraction must be in (0, 1)"),
     (["budgets=[100]", "search.rollouts_per_node=40", "search.num_states=4"], "more than the budget N=100"),
@@ -328,7 +348,7 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
     argv = ["collect", "--states", "4", "--completions", "6", "--out", str(bank), "--texts", str(texts),
             "data.num_prompts=3", "generator.sim.family=bimodal"]
     assert main(argv) == 0
-    prompts = read_bank(bank)  # validates the SPEC.md format
+    prompts = read_bank(bank)  # validates the bank format (docs/formats.md)
     assert [p.prompt_id for p in prompts] == ["sim0", "sim1", "sim2"]
     assert all(p.num_states == 4 and list(p.lengths) == [6] * 4 and p.correct is not None for p in prompts)
     side = [json.loads(line) for line in texts.read_text().splitlines()]

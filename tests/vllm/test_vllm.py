@@ -24,7 +24,7 @@ from actors.hf_engine import HFGenerator  # noqa: E402
 from actors.vllm_engine import VLLMGenerator, _engine_options  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 from pipeline.distributed.calls import in_process  # noqa: E402
-from pipeline.distributed.contract import PromptInput, RolloutRequest  # noqa: E402
+from pipeline.distributed.contract import PromptInput, RolloutRequest, StatePrefix  # noqa: E402
 from pipeline.toy.tiny import make_tiny_models  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -144,6 +144,74 @@ def test_one_call_larger_than_an_engine_step_keeps_the_engine_and_the_seeds(vllm
     assert [r.token_ids for r in alone] == [r.token_ids for r in rollouts[:2] + rollouts[-2:]]
 
 
+def test_chunks_continue_each_response_from_exactly_its_own_token_ids(vllm_generator):
+    """Responses grown 8 tokens at a time (``max_new_tokens``, spec_rejection's chunks): the engine's
+    own record of each chunk's input is the prompt's ids and that response's ids so far, and its
+    output the chunk's ids; a chunk cut at its limit is partial; the text is the decoding of them all."""
+    from actors.vllm_engine import final_outputs
+
+    prompt_ids, tokenizer = vllm_generator.prompt_ids(PROMPT), vllm_generator.tokenizer
+    grown = {seed: [] for seed in (41, 42, 43)}
+    pending, rounds = list(grown), 0
+    while pending:
+        requests = [RolloutRequest(i, PROMPT, StatePrefix(tuple(grown[s]), "") if grown[s] else None, 1000 * rounds + s, 8)
+                    for i, s in enumerate(pending)]
+        rollouts = vllm_generator.generate(requests)
+        prompts, params = vllm_generator.engine_inputs(requests)
+        engine_record = vllm_generator.run(final_outputs(vllm_generator.replica.engine, prompts, params,
+                                                         [f"check-{rounds}-{s}" for s in pending]))
+        for seed, rollout, output in zip(pending, rollouts, engine_record):
+            assert list(output.prompt_token_ids) == prompt_ids + grown[seed]  # exactly its own tokens
+            assert list(output.outputs[0].token_ids) == rollout.token_ids     # same seed, same chunk
+            assert rollout.num_prompt_tokens == len(prompt_ids) + len(grown[seed])
+            assert 1 <= rollout.num_generated_tokens <= 8
+            grown[seed] += rollout.token_ids
+            assert rollout.finished == (rollout.finish_reason != "length" or len(grown[seed]) >= MAX_TOKENS)
+            assert rollout.response_text == tokenizer.decode(grown[seed], skip_special_tokens=True)
+        pending = [s for s, r in zip(pending, rollouts) if not r.finished]
+        rounds += 1
+    assert rounds >= 3 and all(len(ids) <= MAX_TOKENS for ids in grown.values())
+
+
+def test_the_driver_runs_spec_rejection_on_vllm_growing_each_response_from_its_own_tokens(vllm_generator):
+    """The driver with the vLLM generator (and a reward model that scores any text): every continuation
+    it sends carries exactly the tokens that response's earlier chunks returned, and the row counts
+    the responses started and every chunk's tokens."""
+    from actors.sim import FreeRewardModel
+    from pipeline.distributed.calls import LocalCalls
+    from pipeline.distributed.config import DriverConfig
+    from pipeline.distributed.driver import Driver, SearchObserver
+    from pipeline.jobs.searches import search_grid
+    from pipeline.search.config import SearchConfig, SpecRejectionConfig
+
+    class Log(SearchObserver):
+        def __init__(self):
+            self.requests, self.tokens, self.mismatched, self.generated, self.finished = {}, {}, [], 0, set()
+
+        def rollout_requested(self, search, request):
+            self.requests[request.request_id] = request
+
+        def rollout_scored(self, search, slot, position, rollout, reward, sequence):
+            response = slot.node if slot.grow else position
+            sent = self.requests[rollout.request_id].state
+            if (tuple(sent.token_ids) if sent else ()) != tuple(self.tokens.get(response, ())):
+                self.mismatched.append(response)
+            self.tokens[response] = self.tokens.get(response, []) + rollout.token_ids
+            self.generated += rollout.num_generated_tokens
+            if rollout.finished:
+                self.finished.add(response)
+
+    log = Log()
+    config = SearchConfig(spec_rejection=SpecRejectionConfig(chunk_tokens=8))
+    driver = Driver(search_grid([PROMPT], ["spec_rejection"], [8], config), [vllm_generator], [FreeRewardModel()],
+                    DriverConfig(), 0, observer=log, calls=LocalCalls())
+    (row,), progress = driver.step(None)
+    assert progress["done"] and not log.mismatched
+    assert any(request.state is not None for request in log.requests.values())  # it did continue responses
+    assert row["rollouts"] == 8 and row["tokens_generated"] == log.generated == sum(len(t) for t in log.tokens.values())
+    assert len(log.tokens) == 8 and 1 <= len(log.finished) < 8  # some were stopped, the best finished
+
+
 def test_hf_generator_is_seeded_and_continues_states(tiny_models):
     generator = HFGenerator(generator_settings(tiny_models["generator"], device="cpu"))
     first, second = generator.generate(root_requests([3, 3]))
@@ -151,6 +219,11 @@ def test_hf_generator_is_seeded_and_continues_states(tiny_models):
     if first.state is not None:
         (continued,) = generator.generate([RolloutRequest(9, PROMPT, first.state, 11)])
         assert continued.num_prompt_tokens == len(generator.prompt_ids(PROMPT)) + STATE_TOKENS
+    (chunk,) = generator.generate([RolloutRequest(5, PROMPT, None, 3, max_new_tokens=6)])  # a chunk: the same start
+    assert chunk.token_ids == first.token_ids[:6] and chunk.finished == (chunk.finish_reason != "length")
+    if not chunk.finished:
+        (more,) = generator.generate([RolloutRequest(6, PROMPT, StatePrefix(tuple(chunk.token_ids), ""), 4, max_new_tokens=6)])
+        assert more.num_prompt_tokens == len(generator.prompt_ids(PROMPT)) + 6 and more.num_generated_tokens <= 6
 
 
 def test_slg_run_with_tiny_cpu_config_through_ray_actors(tiny_models, tmp_path):

@@ -1,0 +1,95 @@
+"""What the driver tells a policy about states: root rollouts with the same prefix are one state (by
+token ids), and a policy that asks gets the reward model's score of each new prefix, scored once."""
+
+import numpy as np
+
+from actors.sim import SimGenerator, SimRewardModel
+from pipeline.distributed.calls import LocalCalls
+from pipeline.distributed.config import DriverConfig
+from pipeline.distributed.contract import PromptInput, ScoreRequest, StatePrefix
+from pipeline.distributed.driver import Driver, rollout_seed
+from pipeline.distributed.search_record import SearchSpec
+from pipeline.search.base import SearchPolicy
+from pipeline.search.config import SearchConfig
+from pipeline.search.protocol import ROOT, Request
+
+
+class TwoRootRounds(SearchPolicy):
+    """Asks the prompt twice and keeps what it is told; asks for prefix scores."""
+
+    name = "two_root_rounds"
+    scores_prefixes = True
+    told: list = []
+
+    def _search(self):
+        first = yield [Request.uniform(ROOT, self.budget // 2, 1)]
+        second = yield [Request.uniform(ROOT, self.budget - self.budget // 2, 1)]
+        TwoRootRounds.told.append((first[0], second[0]))
+
+
+class FewPrefixes(SimGenerator):
+    """Root rollouts cut one of three prefixes (by seed), so several share a state."""
+
+    def generate(self, requests):
+        rollouts = super().generate(requests)
+        for request, rollout in zip(requests, rollouts):
+            if rollout.state is not None:
+                k = request.seed % 3
+                rollout.state = StatePrefix(token_ids=(1000 + k,), text=f"<state {1000 + k}>")
+        return rollouts
+
+
+class CountingRewardModel(SimRewardModel):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.texts = []
+
+    def score(self, requests):
+        self.texts += [r.response_text for r in requests]
+        return super().score(requests)
+
+
+def run(generator, budget=24):
+    TwoRootRounds.told = []
+    reward = CountingRewardModel()
+    spec = SearchSpec(PromptInput("p", "a prompt"), TwoRootRounds.name, budget, TwoRootRounds, SearchConfig())
+    driver = Driver([spec], [generator], [reward], DriverConfig(max_batch_rollouts=5), 0, LocalCalls())
+    assert driver.step(None)[1]["done"]
+    return TwoRootRounds.told[0], reward
+
+
+def prefix_of_root_rollout(k: int) -> int:
+    """FewPrefixes' prefix of root rollout k, from the seed the driver gives it."""
+    return 1000 + rollout_seed(0, "p", "root", k) % 3
+
+
+def test_root_rollouts_with_one_prefix_are_one_state_whatever_the_round():
+    (first, second), _ = run(FewPrefixes())
+    index = np.concatenate([first.state_index[0], second.state_index[0]])
+    prefix = [prefix_of_root_rollout(k) for k in range(len(index))]
+    for k in range(len(index)):
+        assert index[k] == min(j for j in range(len(index)) if prefix[j] == prefix[k])
+
+
+def test_each_new_prefix_is_scored_once_by_the_reward_model_and_told_to_the_policy():
+    (first, second), reward = run(FewPrefixes())
+    prefixes = [t for t in reward.texts if " <sim rollout" not in t]
+    assert sorted(prefixes) == sorted(set(prefixes)) and len(prefixes) == 3  # three prefixes, one call each
+    scores = np.concatenate([first.state_score[0], second.state_score[0]])
+    expected = {p: SimRewardModel().score([ScoreRequest(0, PromptInput("p", "a prompt"), p)])[0].reward for p in prefixes}
+    for k, score in enumerate(scores):
+        assert score == expected[f"<state {prefix_of_root_rollout(k)}>"]
+
+
+def test_a_sim_prefix_score_reads_its_states_quality():
+    """The simulated reward model's reading of a prefix is the world's state latent plus noise of sd
+    prefix_noise (1 by default): correlated with the state's mean reward, far from equal to it."""
+    from actors.sim import _SimWorld
+
+    sim = _SimWorld("gaussian", {})
+    latents = np.array([sim.state_latent(seed) for seed in range(4000)])
+    readings = np.array([sim.prefix_score(seed) for seed in range(4000)])
+    # latent ~ N(0, 1), reading = latent + N(0, 1): correlation 1/sqrt(2) = 0.707; sd of the estimate over
+    # 4000 pairs is about 0.008
+    assert abs(np.corrcoef(latents, readings)[0, 1] - 2 ** -0.5) < 0.03
+    assert abs(np.std(readings - latents) - 1.0) < 0.03
