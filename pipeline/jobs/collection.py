@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 from dataclasses import replace
 
 import numpy as np
@@ -146,7 +147,8 @@ def collect(config: RunConfig) -> int:
             window = in_flight if writer.in_order else None
             session.start_driver(searches, SampleRecorder(writer.keeps_texts, writer.reward_dtype), in_order_window=window)
             progress = session.drive(writer.write, resumed=len(prompts) - len(pending))
-    log.info("driver peak memory %.0f MB", progress["driver_peak_rss_mb"])
+    log.info("peak memory: driver %.0f MB, this process %.0f MB", progress["driver_peak_rss_mb"],
+             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
     return len(searches)
 
 
