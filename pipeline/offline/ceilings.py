@@ -27,14 +27,26 @@ from pipeline.stats.arms import allocate_draws, common_support, expected_best
 
 DISCOVERY_FRACTION = 0.25
 DISCOVERY_DRAWS = 64  # Monte Carlo discoveries per prompt and budget
+MAX_SUPPORT = 8192    # distinct reward values a prompt's CDFs are computed on (a bank's prompt of 16 x 512 fits whole)
 
 
 class PromptArms:
-    """A prompt's arms on one support: CDFs of its states (states, K) and of the prompt (K,)."""
+    """A prompt's arms on one support: CDFs of its states (states, K) and of the prompt (K,).
+
+    A support of more than ``MAX_SUPPORT`` distinct rewards (a large bank: 64 states x 10^4 rewards
+    hold about 6 x 10^5) is replaced by an even grid of ``MAX_SUPPORT`` points from the smallest
+    reward to the largest, each CDF read at the grid points: every reward is then rounded up to the
+    next grid point, so a ceiling stays a ceiling, higher by less than one grid step (the rewards'
+    range / (MAX_SUPPORT - 1)). Without it the allocation's cost grows with the square of the
+    arms times the support (minutes per prompt and budget at that size)."""
 
     def __init__(self, prompt: BankPrompt):
         self.prompt = prompt
         self.values, self.state_cdfs = common_support(prompt.state_rewards)
+        if len(self.values) > MAX_SUPPORT:
+            grid = np.linspace(self.values[0], self.values[-1], MAX_SUPPORT)
+            at = np.searchsorted(self.values, grid, side="right") - 1  # the last support point at or below each
+            self.values, self.state_cdfs = grid, self.state_cdfs[:, at]
         self.prompt_cdf = prompt.state_weights @ self.state_cdfs
 
     def clairvoyant(self, budget: int) -> float:

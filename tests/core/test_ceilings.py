@@ -107,3 +107,22 @@ def test_a_worlds_state_cdfs_are_its_rewards_distribution():
         empirical = (rewards[:, :, None] <= x[None, None, :]).mean(axis=1)
         # 100,000 draws: the sd of an empirical proportion is at most 0.0016
         assert np.abs(empirical - world.state_cdf(latents, x)).max() < 0.007, family
+
+
+@pytest.mark.parametrize("budget", [1, 16, 200])
+def test_a_large_support_is_a_grid_whose_ceiling_is_above_the_exact_one_by_less_than_a_step(budget, monkeypatch):
+    """Three states of 3000 distinct rewards each: the exact ceilings (the whole support, MAX_SUPPORT
+    raised) against the grid of 512 points; rounding rewards up to the grid can only raise a best,
+    and by less than one step."""
+    from pipeline.offline import ceilings
+
+    rng = np.random.default_rng(budget)
+    prompt = BankPrompt("big", [rng.normal(mean, 1.0, 3000).tolist() for mean in (0.0, 0.5, 1.0)])
+    monkeypatch.setattr(ceilings, "MAX_SUPPORT", 10**6)
+    exact = PromptArms(prompt)
+    monkeypatch.setattr(ceilings, "MAX_SUPPORT", 512)
+    grid = PromptArms(prompt)
+    step = (prompt.rewards.max() - prompt.rewards.min()) / 511
+    assert len(exact.values) == 9000 and len(grid.values) == 512
+    assert exact.clairvoyant(budget) <= grid.clairvoyant(budget) <= exact.clairvoyant(budget) + step
+    assert grid.clairvoyant(budget) - exact.clairvoyant(budget) > step / 100  # a grid, not the support
