@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_in_process
+from conftest import require, run_in_process
 
 from actors.sim import _SimWorld
 from pipeline.cli import main
@@ -93,8 +93,8 @@ def test_collect_shards_go_to_jsonl_and_back_without_loss(tmp_path):
 
 
 def test_slg_shards_load_with_pyarrow_dataset_and_datasets(tmp_path):
-    pa_dataset = pytest.importorskip("pyarrow.dataset")
-    datasets = pytest.importorskip("datasets")
+    pa_dataset = require("pyarrow.dataset")
+    datasets = require("datasets")  # skipped only off CI, where the dev extras are not installed
     collect_shards(tmp_path / "bank")
     (tmp_path / "bank" / ".part-00009.parquet.tmp").write_bytes(b"torn")  # a writer's leftover: hidden from readers
     table = pa_dataset.dataset(tmp_path / "bank", format="parquet").to_table()
