@@ -58,20 +58,27 @@ def allocate_draws(values: np.ndarray, cdfs: np.ndarray, total: int, best: float
 
 
 def _improve_by_moves(values, cdfs, counts, best):
+    """Move single draws between arms while some move raises the expected best: every (giver, taker)
+    pair is evaluated at once per giver, from the log CDF of the max without one of the giver's draws."""
+    if best > values[-1]:  # nothing a draw brings can beat it
+        return counts
+    with np.errstate(divide="ignore"):
+        log_f = np.log(cdfs)
     current = expected_best(values, cdfs, counts, best)
-    arms = len(counts)
+    reachable, gaps = (values >= best)[:-1], np.diff(values)
     while True:
         best_move, best_value = None, current
         for giver in np.nonzero(counts)[0]:
-            for taker in range(arms):
-                if taker == giver:
-                    continue
-                trial = counts.copy()
-                trial[giver] -= 1
-                trial[taker] += 1
-                value = expected_best(values, cdfs, trial, best)
-                if value > best_value + 1e-12 * max(1.0, abs(best_value)):
-                    best_move, best_value = trial, value
+            fewer = counts.copy()
+            fewer[giver] -= 1
+            without = _log_cdf_of_max(cdfs, fewer.astype(float))  # the max's log CDF without that draw
+            p = np.where(reachable, np.exp(without[:-1] + log_f[:, :-1]), 0.0)  # (takers, K - 1)
+            trial = values[-1] - p @ gaps  # the expected best with the draw moved to each taker
+            trial[giver] = -np.inf
+            taker = int(np.argmax(trial))
+            if trial[taker] > best_value + 1e-12 * max(1.0, abs(best_value)):
+                best_move, best_value = fewer, trial[taker]
+                best_move[taker] += 1
         if best_move is None:
             return counts
         counts, current = best_move, best_value
