@@ -34,6 +34,20 @@ def test_the_allocation_is_the_brute_force_optimum_and_its_value_exact(seed):
     assert enumerated_best(pools, counts, best) == pytest.approx(optimum, abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_single_draw_moves_reach_the_optimum_from_a_coarse_greedy_start(seed):
+    """With ``steps=1`` the greedy phase puts all the draws on one arm; the moves must then find the
+    brute-force optimum, which here splits the draws (a safe arm and a risky one)."""
+    rng = np.random.default_rng(seed)
+    pools = [np.round(rng.normal(0.0, 0.1, 3), 2), np.round(rng.normal(-0.5, 1.5, 3), 2), np.round(rng.normal(size=2), 2)]
+    total = 5
+    values, cdfs = common_support(pools)
+    every = [c for c in itertools.product(range(total + 1), repeat=len(pools)) if sum(c) == total]
+    optimum = max(enumerated_best(pools, c) for c in every)
+    counts = allocate_draws(values, cdfs, total, steps=1)
+    assert enumerated_best(pools, counts) == pytest.approx(optimum, abs=1e-12)
+
+
 def brute_clairvoyant(states, weights, budget) -> float:
     """The best allocation of ``budget`` draws among the prompt (a state by weight, then a reward) and
     each state, every allocation and every outcome enumerated (weights as whole-number multiplicities)."""
