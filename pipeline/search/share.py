@@ -4,10 +4,10 @@ best state, where the rewards say a tail cannot be extrapolated; ``slg_adaptive`
 Pure numpy. Both regimes start with the same prompt draws (``slg_adaptive``'s root), each of which
 reveals the state it passed through (root rollouts with one prefix are one state) and is scored.
 
-- **Continuous rewards** (no reward of the root sample repeats): a state's rewards have an upper tail
+- **Continuous rewards** (root rewards do not repeat, ``_few_levels``): a state's rewards have an upper tail
   that SLG's normal fit extrapolates, and committing to a screened state pays (simulated worlds:
   18x best-of-N at N = 1000). These episodes run ``slg_adaptive`` unchanged.
-- **Rewards with few levels** (a root reward repeats: a reward model reading the same response gives
+- **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
   the same score, and short responses repeat): a state's best-of-n stops at its top level, so no
   tail fit says how far it goes, and all-in on one state throws away what fresh prompt draws keep
   finding. There the reward model's score of each revealed state's *prefix alone* (one short call
@@ -91,15 +91,24 @@ class SharedSLG(AdaptiveSLG):
         return np.where(use, root.state_index[rows, top], NO_NODE)
 
 
+REPEAT_FRACTION = 0.1  # root rewards that repeat another, as a share of the root, that make a reward "few levels"
+
+
 def _few_levels(root: Rollouts) -> np.ndarray:
-    """Episodes whose root rewards repeat a value (a reward with few levels) and whose prefixes
-    were scored: the regime of ``_share_rounds``."""
+    """Episodes whose root rewards repeat values (a reward with few levels, or responses that repeat)
+    and whose prefixes were scored: the regime of ``_share_rounds``.
+
+    A repeat counts where at least ``REPEAT_FRACTION`` of the root's rewards repeat another (at least
+    one): replayed on a bank, rollouts through one state also repeat a reward where the bank redraws
+    its finite pool, now and then (64 states of 10^4 rewards: at N = 4096 about one repeat in a root
+    of 1024, where responses that really repeat make many)."""
     if root.state_score is None or root.state_index is None:
         return np.zeros(root.rewards.shape[0], dtype=bool)
     scored = (~np.isnan(root.state_score) & (root.state_index >= 0)).any(axis=1)
     ordered = np.sort(root.rewards, axis=1)  # NaN (a dropped score) sorts last and equals nothing
-    repeats = (np.diff(ordered, axis=1) == 0).any(axis=1)
-    return scored & repeats
+    repeats = (np.diff(ordered, axis=1) == 0).sum(axis=1)
+    drawn = (~np.isnan(root.rewards)).sum(axis=1)
+    return scored & (repeats >= np.maximum(1.0, REPEAT_FRACTION * drawn))
 
 
 def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:

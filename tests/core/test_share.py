@@ -159,3 +159,28 @@ def test_a_state_whose_first_half_falls_below_the_root_gives_the_rest_back_to_th
     assert np.mean(state_rollouts[revealed_c] == to_state // 2) > 0.8
     assert (ledger.spent == budget).all()
     assert (policy.selected[state_rollouts == to_state // 2] == ROOT).all()
+
+
+def test_a_large_bank_of_continuous_rewards_is_slg_adaptive_request_for_request():
+    """64 states of 4000 distinct continuous rewards each: at N = 1024 the root's draws through one
+    state repeat a reward now and then (the bank redraws its pool), which a live engine would not
+    do; that is not a reward with few levels, so slg_share must play slg_adaptive's episodes."""
+    rng = np.random.default_rng(0)
+    states = [rng.normal(mean, 1.0, 4000).tolist() for mean in rng.normal(0.0, 1.0, 64)]
+    prompt = BankPrompt("big", states, state_texts=[f"s{k}" for k in range(64)], state_scores=rng.normal(size=64).tolist())
+
+    class FirstDraw(Recording):
+        def draw(self, request):
+            rollouts = super().draw(request)
+            self.root = getattr(self, "root", rollouts.rewards)
+            return rollouts
+
+    shared, adaptive = FirstDraw(prompt, 40, np.random.default_rng(3)), Recording(prompt, 40, np.random.default_rng(3))
+    _, shared_ledger = play(SharedSLG, shared, 1024)
+    _, adaptive_ledger = play(AdaptiveSLG, adaptive, 1024)
+    assert len(shared.requests) == len(adaptive.requests)
+    for (node, count), (node_a, count_a) in zip(shared.requests, adaptive.requests):
+        assert (node == node_a).all() and (count == count_a).all()
+    assert (shared_ledger.best_reward == adaptive_ledger.best_reward).all()
+    repeated = (np.diff(np.sort(shared.root, axis=1), axis=1) == 0).any(axis=1)
+    assert repeated.sum() >= 5  # the redraws happen, so the check is not vacuous
