@@ -79,3 +79,17 @@ def test_cli_replay_at_equal_tokens_writes_the_n_played_and_refuses_bad_settings
     assert main(["replay", "--world", "gaussian", "--prompts", "2", "--methods", "spec_rejection",
                  "search.spec_rejection.rejection_rate=1.5"]) == 2
     assert main(["replay", "--world", "gaussian", "--prompts", "2", "--methods", "spec_rejection", "--equal-tokens"]) == 2
+
+
+def test_methods_of_one_budget_play_the_same_prompt_ranges_whatever_n_they_play(monkeypatch):
+    """A world's streams are keyed by (seed, budget, first prompt of the task): at equal tokens a method
+    that plays a larger N must be cut into the same prompt ranges as bon, or its episodes would see
+    other prompts than bon's and the paired difference would pair nothing."""
+    from pipeline.offline import replay as replay_module
+
+    monkeypatch.setattr(replay_module, "EPISODE_ROLLOUTS_PER_TASK", 16 * 4 * 3)  # bon at 16: 3 prompts a task
+    played = {("bon", 16): 16, ("slg", 16): 64}
+    plays = replay_module._plays("w", ["bon", "slg"], [16], 0, 10, 4, 0, SearchConfig(), TokenModel(), played)
+    ranges = {m: [(p.start, p.stop) for p in plays if p.method == m] for m in ("bon", "slg")}
+    assert ranges["bon"] == ranges["slg"] and len(ranges["bon"]) == 10  # cut for the larger N: a prompt a task
+    assert {(p.method, p.played) for p in plays} == {("bon", 16), ("slg", 64)}
