@@ -165,3 +165,13 @@ def test_a_jsonl_bank_streams_line_by_line_and_names_its_bad_line(tmp_path):
     (tmp_path / "b.jsonl").write_text((tmp_path / "b.jsonl").read_text() + '{"prompt_id": "p1", "states": [[1.0]]}\n')
     with pytest.raises(ConfigError, match="line 4: duplicate prompt_id 'p1'"):
         StreamedBank(tmp_path / "b.jsonl")
+
+
+def test_the_head_of_a_bank_is_its_first_prompts_within_a_reward_bound(tmp_path):
+    rows = [{"prompt_id": f"p{i}", "states": [[float(i), 0.5], [1.0, 2.0, 3.0]]} for i in range(6)]  # 5 rewards each
+    write_bank(tmp_path / "b.parquet", rows)
+    bank = StreamedBank(tmp_path / "b.parquet")
+    assert [p.prompt_id for p in bank.head(4).prompts] == ["p0", "p1", "p2", "p3"]
+    assert [p.prompt_id for p in bank.head(4, max_rewards=12).prompts] == ["p0", "p1"]  # a third would make 15
+    assert [p.prompt_id for p in bank.head(4, max_rewards=1).prompts] == ["p0"]  # at least one
+    assert [p.prompt_id for p in bank.head(10).prompts] == [f"p{i}" for i in range(6)]
