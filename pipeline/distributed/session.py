@@ -49,7 +49,7 @@ class Session:
 
         before = child_processes()
         joined_in_process = ray.is_initialized()  # a caller's own instance (a test, a notebook)
-        self.started_ray = init_ray(self.config)
+        self.started_ray = start_ray(self.config.ray.address, self.config.ray.num_cpus, self.config.ray.num_gpus)
         # Resources that no autoscaler will add: an instance started here, or a one-node instance the
         # caller started in this process. A cluster joined by address (`ray job submit`, `ray up`
         # with min_workers 0) may grow, even from its head alone: a run there waits for it.
@@ -126,12 +126,6 @@ def replica_line(progress: dict) -> str:
     retired = progress["replicas_retired"]
     return (f"replicas: {progress['replicas_lost']} lost, {progress['replicas_rejoined']} back at work after a "
             f"failure, {retired['generator']} generator and {retired['reward']} reward retired")
-
-
-def init_ray(config) -> bool:
-    """Join the configured cluster ($RAY_ADDRESS or ray.address), or start a local instance; True
-    when this process started Ray (and so must stop it)."""
-    return start_ray(config.ray.address, config.ray.num_cpus, config.ray.num_gpus)
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:

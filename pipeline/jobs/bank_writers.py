@@ -107,16 +107,13 @@ class ParquetShards:
         return done
 
     def _metadata_of(self, name: str) -> dict:
-        import pyarrow.parquet as pq
-
-        from pipeline.offline.parquet_banks import METADATA_KEY
+        from pipeline.offline.parquet_banks import read_bank_metadata
 
         try:
             with self.folder.open(name) as handle:
-                metadata = pq.read_schema(handle).metadata or {}
+                return read_bank_metadata(handle)
         except Exception as error:  # pyarrow raises several kinds for a file that is not Parquet
             raise ConfigError(f"--out {self.target!r}: cannot read {name} as Parquet: {str(error).splitlines()[0]}") from None
-        return json.loads(metadata.get(METADATA_KEY, b"{}"))
 
     def pending(self, prompts: list) -> list:
         return [p for p in prompts if self.shard_of[p.prompt_id] not in self.done]

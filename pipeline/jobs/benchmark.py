@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 
 from pipeline.distributed.driver import SearchObserver
+from pipeline.offline.multipliers import format_multiplier
 
 log = logging.getLogger("slg")
 
@@ -199,9 +200,6 @@ def format_metrics(metrics: dict) -> str:
     ]
     if metrics.get("token_multiplier") is not None:
         lines.append(f"mean best reward {metrics['mean_best_reward']:.4f}; compute multiplier vs exact best-of-N: "
-                     f"{_times(metrics['compute_multiplier'])} in rollouts, {_times(metrics['token_multiplier'])} in tokens")
+                     f"{format_multiplier(metrics['compute_multiplier'])} in rollouts, "
+                     f"{format_multiplier(metrics['token_multiplier'])} in tokens")
     return "\n".join(lines)
-
-
-def _times(value) -> str:
-    return value if isinstance(value, str) else f"{value:.2f}x"

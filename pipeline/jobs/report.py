@@ -23,6 +23,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from pipeline.offline.multipliers import format_multiplier
+
 
 def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> dict:
     """``{"methods": {METHOD: {BUDGET: {...}}}}`` as docs/formats.md describes (BUDGET as a string)."""
@@ -145,7 +147,7 @@ def format_summary(summary: dict) -> str:
                 versus += f" +- {paired['best_reward_ci95']:.4f}"
             tokens = "-" if s["tokens_generated_mean"] is None else f"{s['tokens_generated_mean']:.0f}"
             times = (s.get("compute_multiplier") or {}).get("tokens")
-            times = "-" if times is None else times if isinstance(times, str) else f"{times:.2f}x"
+            times = format_multiplier(times)
             lines.append(f"{method:<15}{budget:>6}  {reward:>20}  {versus:>20}  {accuracy:>8}  {passed:>7}  {majority:>8}  "
                          f"{rollouts:>8}  {tokens:>8}  {times:>8}  {s['prompts']:>7}")
     return "\n".join(lines)

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.offline.multipliers import format_multiplier
+
 METHODS = "bon,slg,slg_adaptive,slg_share,oracle"
 BANK_METHODS = "bon,slg,slg_adaptive,slg_share"
 GRID = ("replay --world all --prompts 200 --repeats 200 --budgets 4,8,16,32,64,100,256,1000,4096 "
@@ -67,10 +69,6 @@ def fmt(value: float, ci: float) -> str:
     return f"{value:.{digits}f} +- {ci:.{digits}f}"
 
 
-def multiplier(value) -> str:
-    return value if isinstance(value, str) else f"{value:.2f}x"
-
-
 def method_table(rows: list[dict], label_key: str | None, methods: list[str], ceilings: list[dict] | None = None) -> str:
     """One line per (target, N): each method's mean best reward +- its interval (multiplier)."""
     header = ([label_key] if label_key else []) + ["N"] + methods + (["clairvoyant", "paid discovery"] if ceilings else [])
@@ -82,11 +80,11 @@ def method_table(rows: list[dict], label_key: str | None, methods: list[str], ce
             line = ([_short(target)] if label_key else []) + [str(budget)]
             for method in methods:
                 r = cells[(target, budget, method)]
-                line.append(f"{fmt(r['mean_best_reward'], r['ci95'])} ({multiplier(r['compute_multiplier'])})")
+                line.append(f"{fmt(r['mean_best_reward'], r['ci95'])} ({format_multiplier(r['compute_multiplier'])})")
             if ceilings:
                 for name in ("clairvoyant", "paid_discovery"):
                     c = ceiling_cells[(target, budget, name)]
-                    line.append(f"{c['mean_best_reward']:.4f} ({multiplier(c['compute_multiplier'])})")
+                    line.append(f"{c['mean_best_reward']:.4f} ({format_multiplier(c['compute_multiplier'])})")
             lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ def read_bank(path) -> list[BankPrompt]:
     banks a few prompts at a time instead (``pipeline.offline.bank_reader``)."""
     from pipeline.offline.bank_reader import StreamedBank  # it validates with parse_row, from here
 
-    return [prompt for _, chunk in StreamedBank(path).chunks() for prompt in chunk]
+    return StreamedBank(path, keep=True).prompts
 
 
 def read_bank_rows(path) -> list[dict]:

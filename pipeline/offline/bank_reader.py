@@ -80,7 +80,8 @@ class MemoryBank(BankChunks):
 class StreamedBank(BankChunks):
     """A bank on disk (JSONL, a ``.parquet`` file or a folder of them), indexed by one validating pass."""
 
-    def __init__(self, path, label: str | None = None):
+    def __init__(self, path, label: str | None = None, keep: bool = False):
+        """``keep``: also hold the prompts the validating pass read (``read_bank``: a whole bank at once)."""
         self.path = Path(path)
         self.label = str(path) if label is None else label
         self.parquet = is_parquet_bank(self.path)
@@ -89,6 +90,7 @@ class StreamedBank(BankChunks):
         self.files = parquet_files(self.path) if self.parquet else [self.path]
         spans: list[tuple[int, int, int, int]] = []  # (file, start, stop, rewards): rows, or bytes of JSONL
         seen: set[str] = set()
+        self.prompts: list[BankPrompt] = []
         for file_index, file in enumerate(self.files):
             for start, stop, where, prompt in self._scan(file, len(spans)):
                 if prompt.prompt_id in seen:
@@ -96,6 +98,8 @@ class StreamedBank(BankChunks):
                                       if self.parquet else f"{where}: duplicate prompt_id {prompt.prompt_id!r}")
                 seen.add(prompt.prompt_id)
                 spans.append((file_index, start, stop, len(prompt.rewards)))
+                if keep:
+                    self.prompts.append(prompt)
                 self.max_reward = max(self.max_reward, float(prompt.rewards.max()))
                 pool = SmallestPool(int(prompt.lengths.min()), prompt.prompt_id, int(prompt.lengths.argmin()))
                 if self.smallest_pool is None or pool.size < self.smallest_pool.size:

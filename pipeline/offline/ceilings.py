@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.multipliers import format_multiplier
 from pipeline.offline.worlds import World
 from pipeline.stats.arms import allocate_draws, common_support, expected_best
 
@@ -132,6 +133,6 @@ def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed
 def format_ceilings(rows: list[dict]) -> str:
     lines = [f"{'ceiling':<16}{'N':>7}  {'mean best reward':>26}  {'multiplier':>10}"]
     for r in rows:
-        multiplier = r["compute_multiplier"] if isinstance(r["compute_multiplier"], str) else f"{r['compute_multiplier']:.2f}x"
-        lines.append(f"{r['ceiling']:<16}{r['budget']:>7}  {r['mean_best_reward']:>26.4f}  {multiplier:>10}")
+        lines.append(f"{r['ceiling']:<16}{r['budget']:>7}  {r['mean_best_reward']:>26.4f}  "
+                     f"{format_multiplier(r['compute_multiplier']):>10}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ per rollout suggest, once more for the curvature; the final replay reports the t
 actually spent beside its result, so how close the match came is in the table.
 
 This is the comparison ``slg replay --equal-tokens`` makes. Episodes at one budget draw from common
-streams whatever N each method plays (``replay._play_task``), so differences are paired by episode.
+streams whatever N each method plays (``replay_tasks.play``), so differences are paired by episode.
 """
 
 from __future__ import annotations

@@ -87,6 +87,11 @@ def per_cost(multiplier: float | str, budget: int, cost: float) -> float | str:
     return multiplier * budget / cost
 
 
+def format_multiplier(multiplier: float | str | None) -> str:
+    """A multiplier as tables print it: ``2.50x``, a bound or ``saturated`` as they are, ``-`` for none."""
+    return "-" if multiplier is None else multiplier if isinstance(multiplier, str) else f"{multiplier:.2f}x"
+
+
 def curve_of(curve: Callable[[int], float]) -> CurveAt:
     return lambda ns: {n: float(curve(n)) for n in ns}
 

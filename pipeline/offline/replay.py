@@ -34,7 +34,7 @@ from pipeline.errors import ConfigError
 from pipeline.offline.bank_reader import BankChunks, StreamedBank, as_bank
 from pipeline.offline.ceilings import world_ceilings
 from pipeline.offline.episodes import BankPrompt
-from pipeline.offline.multipliers import Cell, CurveAt, compute_multiplier, curve_of, find_multipliers, per_cost
+from pipeline.offline.multipliers import Cell, CurveAt, compute_multiplier, curve_of, find_multipliers, format_multiplier, per_cost
 from pipeline.offline.replay_tasks import LocalExecutor, Play, Played, Task, bon_values, ceilings, play
 from pipeline.offline.responses import TokenModel
 from pipeline.offline.worlds import World
@@ -335,16 +335,12 @@ def format_table(results: list[MethodResult]) -> str:
         reward = f"{r.mean_best_reward:.{digits}f} +- {r.ci95:.{digits}f}"
         versus = "-" if r.vs_bon is None else f"{r.vs_bon:+.{digits}f} +- {r.vs_bon_ci95:.{digits}f}"
         played = "" if r.played_budget in (0, r.budget) else str(r.played_budget)
-        line = (f"{r.method:<15}{r.budget:>6}{played:>7}  {reward:>24}  {versus:>20}  {_times(r.compute_multiplier):>10}  "
-                f"{_times(r.token_multiplier):>10}  {r.tokens_mean:>8.0f}  {regret:>8}  {accuracy:>8}")
+        line = (f"{r.method:<15}{r.budget:>6}{played:>7}  {reward:>24}  {versus:>20}  {format_multiplier(r.compute_multiplier):>10}  "
+                f"{format_multiplier(r.token_multiplier):>10}  {r.tokens_mean:>8.0f}  {regret:>8}  {accuracy:>8}")
         lines.append(line + (f"  {'redrawn' if r.pool_exceeded else '-':>7}" if on_bank else ""))
     if any(r.pool_exceeded for r in results):
         lines.append(POOL_NOTE)
     return "\n".join(lines)
-
-
-def _times(multiplier) -> str:
-    return "-" if multiplier is None else multiplier if isinstance(multiplier, str) else f"{multiplier:.2f}x"
 
 
 def results_as_dicts(results: list[MethodResult]) -> list[dict]:
