@@ -178,7 +178,8 @@ def _tasks(executor, targets: dict, methods, budgets, repeats, num_prompts, seed
             yield from (Task(play, (p, world), p) for p in sorted(plays, key=lambda p: -p.rollouts))
             continue
         for first, count, chunk in _chunks(executor, target):
-            plays = _plays(label, methods, budgets, first, first + count, repeats, seed, config, tokens, maps[label])
+            plays = _plays(label, methods, budgets, first, first + count, repeats, seed, config, tokens, maps[label],
+                           bank=True)
             yield from (Task(play, (p, chunk, first), p) for p in sorted(plays, key=lambda p: -p.rollouts))
             if with_ceilings:
                 yield from (Task(ceilings, (chunk, first, budget, seed), (label, budget, first)) for budget in budgets)
@@ -194,16 +195,23 @@ def _chunks(executor, bank: BankChunks) -> Iterator[tuple[int, int, object]]:
         yield from ((first, len(prompts), executor.share(prompts)) for first, prompts in bank.chunks())
 
 
-def _plays(label, methods, budgets, start, stop, repeats, seed, config, tokens, played) -> list[Play]:
-    """The tasks of prompts [start, stop), each at most ``EPISODE_ROLLOUTS_PER_TASK`` rollouts (at least a
-    prompt). The methods of a budget are cut alike, so that a world's tasks share their streams."""
+def _plays(label, methods, budgets, start, stop, repeats, seed, config, tokens, played, bank: bool = False) -> list[Play]:
+    """The tasks of prompts [start, stop), each at most ``EPISODE_ROLLOUTS_PER_TASK`` rollouts: several
+    prompts a task, or on a bank, where one prompt's repeats hold more, that prompt's repeats in
+    near-equal parts (a world's task holds at least a prompt). The methods of a budget are cut alike,
+    so that they share their streams."""
     plays = []
     for budget in budgets:
         largest = max(played[(method, budget)] for method in methods)
         per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (largest * repeats))
-        for first in range(start, stop, per_task):
-            plays += [Play(label, method, budget, first, min(stop, first + per_task), repeats, seed, config,
-                           played[(method, budget)], tokens) for method in methods]
+        parts = min(repeats, math.ceil(largest * repeats / EPISODE_ROLLOUTS_PER_TASK)) if bank else 1
+        if parts > 1:
+            sizes = [len(chunk) for chunk in np.array_split(np.arange(repeats), parts)]
+            ranges = [(index, index + 1, size, part) for index in range(start, stop) for part, size in enumerate(sizes)]
+        else:
+            ranges = [(first, min(stop, first + per_task), repeats, 0) for first in range(start, stop, per_task)]
+        plays += [Play(label, method, budget, first, last, count, seed, config, played[(method, budget)], tokens, part)
+                  for first, last, count, part in ranges for method in methods]
     return plays
 
 
@@ -231,10 +239,11 @@ def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[Meth
     results, bests = [], {}
     for budget in budgets:
         for method in methods:
-            task = next(meta for meta, _ in played[(label, method, budget)])
-            parts: list[Played] = [output for _, output in sorted(played[(label, method, budget)], key=lambda p: p[0].start)]
-            best = bests[(method, budget)] = np.concatenate([p.best for p in parts])
-            accuracy = None if parts[0].correct is None else float(np.concatenate([p.correct for p in parts]).mean())
+            ordered = sorted(played[(label, method, budget)], key=lambda pair: (pair[0].start, pair[0].part))
+            task, starts = ordered[0][0], [meta.start for meta, _ in ordered]
+            parts: list[Played] = [output for _, output in ordered]
+            best = bests[(method, budget)] = _joined(starts, [p.best for p in parts])
+            accuracy = None if parts[0].correct is None else float(_joined(starts, [p.correct for p in parts]).mean())
             exceeded = None if parts[0].exceeded is None else bool(any(p.exceeded.any() for p in parts))
             rollouts, generated, rm_tokens, rm_items = (sum(p.spend for p in parts) / best.size).tolist()
             results.append(MethodResult(method, budget, float(best.mean()), _ci95(best, repeats), None, None, accuracy,
@@ -247,6 +256,17 @@ def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[Meth
             difference = bests[(result.method, result.budget)] - bests[("bon", result.budget)]
             result.vs_bon, result.vs_bon_ci95 = float(difference.mean()), _ci95(difference, repeats)
     return results
+
+
+def _joined(starts: list[int], blocks: list[np.ndarray]) -> np.ndarray:
+    """(prompts, repeats) from tasks' blocks in (first prompt, part) order: a prompt's parts side by
+    side (its repeats), then the prompts one under another."""
+    rows, begin = [], 0
+    for end in range(1, len(blocks) + 1):
+        if end == len(blocks) or starts[end] != starts[begin]:
+            rows.append(np.concatenate(blocks[begin:end], axis=1))
+            begin = end
+    return np.concatenate(rows)
 
 
 def _ci95(values: np.ndarray, repeats: int) -> float:

@@ -11,6 +11,7 @@ the task), never from where or when a task runs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -25,11 +26,20 @@ from pipeline.search.config import SearchConfig
 from pipeline.search.methods import policy_class
 from pipeline.stats.pool import PoolCurve
 
+SLICES_KEPT = 2  # slices of a bank a process keeps read: a chunk's tasks come in a row (Ray interleaves two)
+
+# A bank prompt's repeats in parts: part 0 keeps the streams of a prompt played whole, (seed, budget,
+# prompt index); part k > 0 draws from (seed, budget, prompt index, PART_STREAMS, k), which no other
+# stream of the replay uses (those end in the prompt index, 1 or 3).
+PART_STREAMS = 4
+
 
 @dataclass(frozen=True)
 class Play:
     """Play ``method`` at ``budget`` on prompts [start, stop) of a target, ``repeats`` episodes each.
-    The method plays ``played`` rollouts (the budget, or its N at equal tokens) on the budget's streams."""
+    The method plays ``played`` rollouts (the budget, or its N at equal tokens) on the budget's streams.
+    A bank prompt whose repeats would not fit one task is played in parts (one prompt, ``part`` k of
+    its repeats), each on streams of its own."""
 
     label: str
     method: str
@@ -41,6 +51,7 @@ class Play:
     config: SearchConfig
     played: int
     tokens: TokenModel
+    part: int = 0
 
     @property
     def rollouts(self) -> int:
@@ -70,8 +81,18 @@ class Task:
 
 
 def prompts_of(chunk: list[BankPrompt] | BankSlice) -> list[BankPrompt]:
-    """A chunk of a bank: the prompts themselves, or a slice of the bank's file to read here."""
-    return chunk.read() if isinstance(chunk, BankSlice) else chunk
+    """A chunk of a bank: the prompts themselves, or a slice of the bank's file to read here (once
+    for the tasks of its chunk that this process runs one after another, as ``--workers 1`` reads a
+    chunk once for all its tasks; the file's size and time stamp say it is the same file)."""
+    if not isinstance(chunk, BankSlice):
+        return chunk
+    stamp = chunk.file.stat()
+    return _read_slice(chunk, stamp.st_size, stamp.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=SLICES_KEPT)
+def _read_slice(piece: BankSlice, size: int, modified_ns: int) -> list[BankPrompt]:
+    return piece.read()
 
 
 def play(task: Play, unit: World | list[BankPrompt] | BankSlice, first: int = 0) -> Played:
@@ -92,9 +113,10 @@ def play(task: Play, unit: World | list[BankPrompt] | BankSlice, first: int = 0)
     bests, corrects, exceeded, spend = [], [], [], np.zeros(4)
     unit = prompts_of(unit)
     for index in range(task.start, task.stop):
-        source = BankSource(unit[index - first], task.repeats, np.random.default_rng([seed, budget, index]),
-                            tokens=task.tokens, token_rng=np.random.default_rng([seed, budget, index, 3]))
-        policy = cls(task.played, task.repeats, task.config, rng=np.random.default_rng([seed, budget, index, 1]),
+        key = [seed, budget, index] if task.part == 0 else [seed, budget, index, PART_STREAMS, task.part]
+        source = BankSource(unit[index - first], task.repeats, np.random.default_rng(key),
+                            tokens=task.tokens, token_rng=np.random.default_rng(key + [3]))
+        policy = cls(task.played, task.repeats, task.config, rng=np.random.default_rng(key + [1]),
                      true_value=source.true_value)
         ledger = run_episodes(policy, source)
         bests.append(ledger.best_reward)

@@ -310,7 +310,8 @@ def test_results_do_not_depend_on_the_order_tasks_finish_in(tmp_path, monkeypatc
 
     rows = simulate_bank(make_world("bimodal"), num_prompts=6, num_states=4, num_completions=10, seed=1)
     monkeypatch.setattr(bank_reader, "CHUNK_REWARDS", 40)  # a prompt a chunk: six parts to put back in order
-    monkeypatch.setattr(replay_module, "EPISODE_ROLLOUTS_PER_TASK", 100)  # several tasks per world budget too
+    # several tasks per world budget too, and at budget 32 each bank prompt's 3 repeats in 2 parts
+    monkeypatch.setattr(replay_module, "EPISODE_ROLLOUTS_PER_TASK", 64)
     targets = {"w": make_world("heavy"), "b": [parse_row(row, "") for row in rows]}
     here = replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=1, with_ceilings=True)
     monkeypatch.setattr(replay_module, "_executor", lambda workers, rollouts: Reversed())
@@ -333,3 +334,56 @@ def test_bank_bon_with_states_of_different_sizes_equals_brute_force(n):
                 for combo in itertools.product(draws, repeat=n))
     prompt = BankPrompt("unequal", states)
     assert float(prompt.bon_value(n)) == pytest.approx(float(exact), rel=1e-12)  # float summation only
+
+
+def test_a_bank_prompt_whose_repeats_overflow_a_task_is_played_in_parts(monkeypatch):
+    """A task holds at most EPISODE_ROLLOUTS_PER_TASK rollouts (that bounds a worker's memory): a bank
+    prompt's repeats are cut into near-equal parts, alike for every method of a budget, every repeat
+    played once, each part on streams of its own (not the same episodes again)."""
+    from pipeline.offline import replay as replay_module
+    from pipeline.offline.responses import TokenModel
+    from pipeline.search.config import SearchConfig
+
+    limit = 1000
+    monkeypatch.setattr(replay_module, "EPISODE_ROLLOUTS_PER_TASK", limit)
+    played = {("bon", 64): 64, ("slg", 64): 64, ("bon", 4): 4, ("slg", 4): 4}
+    plays = replay_module._plays("b", ["bon", "slg"], [4, 64], 0, 3, 50, 0, SearchConfig(), TokenModel(), played, bank=True)
+    big = [p for p in plays if p.budget == 64]
+    assert all(p.rollouts <= limit for p in big) and {p.stop - p.start for p in big} == {1}
+    for method in ("bon", "slg"):
+        for index in range(3):
+            parts = sorted((p.part, p.repeats) for p in big if p.method == method and p.start == index)
+            assert [part for part, _ in parts] == [0, 1, 2, 3] and sum(r for _, r in parts) == 50  # 50 x 64 / 1000 -> 4 parts
+            assert max(r for _, r in parts) - min(r for _, r in parts) <= 1
+    small = [p for p in plays if p.budget == 4]  # 3 x 50 x 4 rollouts fit one task: the prompts are not cut
+    assert [(p.start, p.stop, p.repeats, p.part) for p in small] == [(0, 3, 50, 0)] * 2
+
+    rows = simulate_bank(make_world("gaussian"), num_prompts=2, num_states=4, num_completions=200, seed=5)
+    bank = [parse_row(row, "") for row in rows]
+    results = replay(bank, ["bon"], [64], 50, seed=1, workers=1)
+    assert results[0].prompts == 2 and results[0].rollouts_mean == 64  # every part's episodes counted once
+    from pipeline.offline.replay_tasks import play
+
+    parts = [play(p, bank, 0).best for p in replay_module._plays("b", ["bon"], [64], 0, 1, 50, 1, SearchConfig(),
+                                                                  TokenModel(), {("bon", 64): 64}, bank=True)]
+    assert sum(part.shape[1] for part in parts) == 50
+    assert len({part[0, :12].tobytes() for part in parts}) == len(parts)  # each part its own episodes
+
+
+def test_a_process_reads_a_bank_slice_once_and_again_when_the_file_changes(tmp_path):
+    """Ray runs a chunk's tasks in a row on one worker: each reads the slice, so a worker keeps the
+    last slices read; a bank rewritten in place (a new collect at the same path) is read anew."""
+    import os
+
+    from pipeline.offline.bank_reader import StreamedBank
+    from pipeline.offline.replay_tasks import prompts_of
+
+    path = tmp_path / "b.parquet"
+    write_bank(path, simulate_bank(make_world("gaussian"), num_prompts=2, num_states=3, num_completions=5, seed=0))
+    (piece,) = list(StreamedBank(path).slices())
+    first = prompts_of(piece)
+    assert prompts_of(piece) is first
+    write_bank(path, simulate_bank(make_world("gaussian"), num_prompts=2, num_states=3, num_completions=5, seed=1))
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))  # a clock too coarse to tell
+    again = prompts_of(piece)
+    assert again is not first and not np.array_equal(again[0].rewards, first[0].rewards)
