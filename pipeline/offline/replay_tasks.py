@@ -5,8 +5,8 @@ the two ceilings of a range of bank prompts, or evaluate the bank's exact BoN cu
 range of prompts. Each is a module-level function of picklable arguments, so the same task runs
 here (:class:`LocalExecutor`, ``slg replay --workers 1``) or as a Ray task
 (``pipeline.distributed.replay_executor``), with the same result to the last digit: every random
-stream derives from (seed, budget, prompt index) or, for a world, (seed, budget, first prompt of
-the task), never from where or when a task runs.
+stream derives from (seed, budget, prompt index[, part of its repeats]) or, for a world, (seed,
+budget, first prompt of the task), never from where or when a task runs.
 """
 
 from __future__ import annotations
