@@ -3,6 +3,7 @@ or as Ray tasks), ``slg sim-bank``, ``slg convert-bank``, ``slg curves``, ``slg 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -34,13 +35,13 @@ def add_parsers(commands) -> None:
     sim_bank.add_argument("--out", required=True)
     sim_bank.set_defaults(handler=run_sim_bank)
     convert = commands.add_parser("convert-bank", help="a reward bank in the other format (JSONL <-> Parquet), losslessly")
-    convert.add_argument("source", help="a bank: JSONL, a .parquet file or a folder of them")
+    convert.add_argument("source", help="a bank: JSONL, a .parquet file or a folder of them (a path or a URL)")
     convert.add_argument("out", help="the copy: a path ending in .parquet is written as Parquet, anything else as JSONL")
     convert.set_defaults(handler=run_convert_bank)
     _add_curves(commands)
     predict = commands.add_parser("predict", help="how large an N is worth it: best-of-n predicted from samples")
     predict.add_argument("--rewards", required=True,
-                         help='JSONL, a line per prompt or state: {"id": ..., "rewards": [...]}, or a reward bank')
+                         help='JSONL, a line per prompt or state: {"id": ..., "rewards": [...]}, or a reward bank; a path or a URL')
     predict.add_argument("--n", required=True, type=distinct_positive_ints, help="comma-separated n, e.g. 100,1000,10000")
     predict.add_argument("--upper-bound", type=float, help="the largest reward the scorer can give (nothing is predicted above)")
     predict.add_argument("--independent", action="store_true",
@@ -54,7 +55,8 @@ def _add_replay(commands) -> None:
     replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
     source = replay.add_mutually_exclusive_group(required=True)
     source.add_argument("--bank", type=distinct_names,
-                        help="reward banks (JSONL, a .parquet file or a folder of them; docs/formats.md), comma-separated")
+                        help="reward banks (JSONL, a .parquet file or a folder of them, a path or a URL; docs/formats.md), "
+                        "comma-separated")
     source.add_argument("--world", type=distinct_names,
                         help="simulated world families, comma-separated, or 'all': " + ", ".join(_world_names()))
     replay.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
@@ -86,7 +88,7 @@ def _add_replay(commands) -> None:
 def _add_curves(commands) -> None:
     curves = commands.add_parser("curves", help="predicted best-of-n (predictor, tail fit, plug-in) against exact values")
     target = curves.add_mutually_exclusive_group(required=True)
-    target.add_argument("--bank", help="a reward bank: every state's pool is checked")
+    target.add_argument("--bank", help="a reward bank (a path or a URL): every state's pool is checked")
     target.add_argument("--real", nargs="?", const=_default_real_data(), metavar="DIR",
                         help="the real data sets (default folder: data/real), or one of them")
     target.add_argument("--world", help="a simulated world family, or 'all' for every family")
@@ -128,12 +130,18 @@ def _worlds(families: list[str], params: list[str] | None) -> dict:
 
 
 def run_replay(args) -> int:
+    with contextlib.ExitStack() as inputs:  # banks downloaded from URLs live as long as the replay
+        return _run_replay(args, inputs)
+
+
+def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     from pipeline.jobs.config import load_search_config
     from pipeline.offline.bank_reader import StreamedBank
     from pipeline.offline.ceilings import format_ceilings
     from pipeline.offline.equal_cost import match_budgets
     from pipeline.offline.replay import format_table, replay_job, replay_rollouts, results_as_dicts
     from pipeline.offline.responses import TokenModel
+    from pipeline.outputs.destinations import fetched
 
     config = load_search_config(args.overrides)
     if args.state_tokens >= args.response_tokens:
@@ -147,7 +155,8 @@ def run_replay(args) -> int:
             raise UsageError("--param applies to --world only")
         if args.prompts is not None:
             raise UsageError("--prompts applies to --world only (a bank replays all its prompts)")
-        targets = {path: StreamedBank(path) for path in args.bank}  # validated now, read a chunk at a time later
+        # validated now, read a chunk at a time later; a bank at a URL is downloaded first, for this command
+        targets = {path: StreamedBank(inputs.enter_context(fetched(path, "bank")), label=path) for path in args.bank}
     # worlds draw lengths as the sim engine does; banks record none: every response the mean
     tokens = TokenModel(state_tokens=args.state_tokens, mean_response_tokens=args.response_tokens,
                         random_lengths=bool(args.world))
@@ -205,10 +214,11 @@ def run_sim_bank(args) -> int:
 
 def run_convert_bank(args) -> int:
     from pipeline.offline.bank import read_bank_rows, write_bank
-    from pipeline.outputs.destinations import check_output_target
+    from pipeline.outputs.destinations import check_output_target, fetched
 
     check_output_target(args.out, "the output bank")
-    rows = read_bank_rows(args.source)
+    with fetched(args.source, "bank") as source:
+        rows = read_bank_rows(source)
     write_bank(args.out, rows)
     print(f"wrote {len(rows)} prompts to {args.out}")
     return 0
@@ -219,6 +229,7 @@ def run_curves(args) -> int:
     from pipeline.offline.calibration import calibrate, format_report, world_states
     from pipeline.offline.plots import plot_report
     from pipeline.offline.real_data import real_pools
+    from pipeline.outputs.destinations import fetched
 
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
@@ -236,7 +247,8 @@ def run_curves(args) -> int:
         pools = {name: (world_states(world, args.states, args.seed), world.upper_bound)
                  for name, world in _worlds([args.world], args.param).items()}
     else:
-        pools = {"bank": ([s for p in read_bank(args.bank) for s in p.state_rewards], None)}
+        with fetched(args.bank, "bank") as bank:
+            pools = {"bank": ([s for p in read_bank(bank) for s in p.state_rewards], None)}
     started = time.perf_counter()
     report = {name: calibrate(values, m_values, n_values, args.repeats, args.seed, upper_bound=bound)
               for name, (values, bound) in pools.items()}
@@ -252,8 +264,10 @@ def run_curves(args) -> int:
 def run_predict(args) -> int:
     from pipeline.offline.bank import read_reward_lists
     from pipeline.offline.predictions import predict_file, predicted_curves
+    from pipeline.outputs.destinations import fetched
 
-    ids, rows = read_reward_lists(args.rewards)
+    with fetched(args.rewards, "--rewards") as rewards:
+        ids, rows = read_reward_lists(rewards)
     lines, result, table = predict_file(ids, rows, args.n, args.upper_bound, args.independent)
     _print_predictions(lines, len(args.n))
     if args.out:

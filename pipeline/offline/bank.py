@@ -102,10 +102,14 @@ def first_bad_reward(rewards: list) -> tuple[int, object] | None:
 
 def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
     """(ids, reward lists) of ``slg predict --rewards``: ``{"id", "rewards"}`` lines or reward-bank
-    lines (an entry per state, id ``PROMPT/sK``); ``ConfigError`` naming the line for anything else."""
-    text = read_text(path, "--rewards")
+    lines (an entry per state, id ``PROMPT/sK``), or a Parquet bank (read as such lines);
+    ``ConfigError`` naming the line for anything else."""
+    if is_parquet_bank(Path(path)):
+        lines = ((k + 1, f"bank {Path(path).name} prompt {k + 1}", row) for k, row in enumerate(read_bank_rows(path)))
+    else:
+        lines = json_lines(read_text(path, "--rewards").splitlines(), str(path))
     ids, rows, seen = [], [], set()
-    for number, where, row in json_lines(text.splitlines(), str(path)):
+    for number, where, row in lines:
         if isinstance(row, dict) and "rewards" in row:
             entries = [(str(row.get("id", f"line{number}")), row["rewards"])]
         elif isinstance(row, dict) and "states" in row and "prompt_id" in row and isinstance(row["states"], list):

@@ -13,11 +13,13 @@ server, ``GOOGLE_APPLICATION_CREDENTIALS``, ...), nothing slg-specific.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import ConfigError
@@ -201,6 +203,39 @@ def write_text(target: str, text: str) -> None:
         destination = Destination(target, staging)
         destination.local.write_text(text)
         destination.push()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fetched(target: str, what: str) -> Iterator[Path]:
+    """A local path for a file, or a folder of files, at a path or a URL (an input such as a bank
+    that ``slg collect`` wrote to a bucket). A remote one is downloaded first, a file at a time,
+    into a temporary folder that is removed on leaving; a local one is used where it is."""
+    path = local_path(target)
+    if path is not None:
+        yield path
+        return
+    fs, remote = _filesystem(target)
+    staging = Path(tempfile.mkdtemp(prefix="slg-fetched-"))
+    try:
+        try:
+            if fs.isdir(remote):
+                local = staging / (Path(remote.rstrip("/")).name or "bank")
+                local.mkdir()
+                for entry in fs.ls(remote, detail=True):
+                    if entry["type"] == "file":
+                        fs.get_file(entry["name"], str(local / Path(entry["name"]).name))
+            elif fs.isfile(remote):
+                local = staging / Path(remote).name
+                fs.get_file(remote, str(local))
+            else:
+                raise ConfigError(f"{what} {target!r} does not exist")
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 - each store has its own errors (botocore's are not OSError)
+            raise ConfigError(f"cannot read {what} {target!r}: {type(error).__name__}: {_first_line(error)}") from None
+        yield local
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

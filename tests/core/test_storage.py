@@ -297,3 +297,42 @@ def test_an_upload_to_a_file_system_without_atomic_objects_ends_with_the_whole_f
         assert elsewhere.pull() and elsewhere.local.read_text() == '{"a": 1}\n{"b": 2}\n'
     finally:
         fs.rm(folder, recursive=True)
+
+
+def test_banks_at_a_url_are_read_by_replay_curves_predict_and_convert(s3, tmp_path, capsys, monkeypatch):
+    """`slg collect` writes shards to a bucket: the commands that read banks take the same URL (the
+    bank is downloaded first, into a temporary folder removed afterwards) and answer as for a local copy."""
+    import tempfile
+
+    from pipeline.offline.bank import read_bank_rows, simulate_bank, write_bank
+    from pipeline.offline.worlds import make_world
+
+    client, _ = s3
+    downloads = tmp_path / "tmp"
+    downloads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(downloads))
+    rows = simulate_bank(make_world("bimodal"), num_prompts=4, num_states=3, num_completions=6, seed=2)
+    local = tmp_path / "bank"
+    local.mkdir()
+    write_bank(local / "part-00000.parquet", rows[:2])
+    write_bank(local / "part-00001.parquet", rows[2:])
+    for part in ("part-00000.parquet", "part-00001.parquet"):
+        client.upload_file(str(local / part), "results", f"shards/{part}")
+    replay = ["replay", "--budgets", "8", "--methods", "bon,slg", "--repeats", "3", "--workers", "1", "--no-ceilings"]
+    assert main(replay + ["--bank", str(local), "--out", str(tmp_path / "here.json")]) == 0
+    assert main(replay + ["--bank", "s3://results/shards", "--out", str(tmp_path / "there.json")]) == 0
+    here, there = (json.loads((tmp_path / name).read_text()) for name in ("here.json", "there.json"))
+    assert there["source"] == "s3://results/shards"
+    assert [{k: v for k, v in r.items() if k != "bank"} for r in there["results"]] == \
+        [{k: v for k, v in r.items() if k != "bank"} for r in here["results"]]
+    assert main(["convert-bank", "s3://results/shards", str(tmp_path / "copy.jsonl")]) == 0
+    assert read_bank_rows(tmp_path / "copy.jsonl") == read_bank_rows(local)
+    capsys.readouterr()
+    assert main(["predict", "--rewards", "s3://results/shards/part-00001.parquet", "--n", "10", "--out",
+                 str(tmp_path / "p.jsonl")]) == 0
+    ids = [json.loads(line)["id"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert ids == [f"p{i}/s{k}" for i in (2, 3) for k in range(3)]
+    assert main(["curves", "--bank", "s3://results/shards", "--m", "4", "--n", "8", "--repeats", "2"]) == 0
+    assert main(["predict", "--rewards", "s3://results/nothing-here", "--n", "10"]) == 2
+    assert "'s3://results/nothing-here' does not exist" in capsys.readouterr().err
+    assert list(downloads.iterdir()) == []  # every download removed
