@@ -165,6 +165,10 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     if args.equal_tokens:
         if "bon" not in args.methods:
             raise UsageError("--equal-tokens matches every method to bon's tokens: list bon among --methods")
+        if args.workers is not None and args.workers > 1:  # the pilot rounds and the replay share one Ray instance
+            from pipeline.distributed.replay_executor import RayExecutor
+
+            inputs.callback(RayExecutor(args.workers).close)
         budget_maps = match_budgets(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
                                     tokens, args.workers)
     total = replay_rollouts(targets, args.methods, args.budgets, args.repeats, args.prompts, budget_maps)

@@ -111,6 +111,23 @@ def test_sigterm_ends_a_run_in_one_line_with_143_and_the_rerun_resumes(tmp_path)
     assert all(r["rollouts"] == r["budget"] for r in done)
 
 
+def test_equal_token_replay_on_ray_starts_one_instance_for_its_pilots_and_its_replay(tmp_path, monkeypatch, capsys):
+    """Before any test of this module starts its own Ray (local_ray): the pilot rounds and the replay
+    of `--equal-tokens --workers 2` run on one instance, started once and gone at the end."""
+    import ray
+
+    from pipeline.distributed import session
+
+    assert not ray.is_initialized()
+    starts = []
+    real_start = session.start_ray
+    monkeypatch.setattr(session, "start_ray", lambda *a, **k: starts.append(real_start(*a, **k)) or starts[-1])
+    assert main(["replay", "--world", "gaussian", "--prompts", "4", "--repeats", "2", "--budgets", "16",
+                 "--methods", "bon,slg", "--equal-tokens", "--workers", "2", "--no-progress"]) == 0
+    assert starts.count(True) == 1 and len(starts) >= 3  # started once, joined by the two pilots and the replay
+    assert not ray.is_initialized()
+
+
 def test_collect_shards_load_with_ray_data_and_replay_as_ray_tasks_equals_replay_here(local_ray, tmp_path, monkeypatch):
     from pipeline.offline import bank_reader
 
