@@ -196,15 +196,16 @@ def _chunks(executor, bank: BankChunks) -> Iterator[tuple[int, int, object]]:
 
 
 def _plays(label, methods, budgets, start, stop, repeats, seed, config, tokens, played, bank: bool = False) -> list[Play]:
-    """The tasks of prompts [start, stop), each at most ``EPISODE_ROLLOUTS_PER_TASK`` rollouts: several
-    prompts a task, or on a bank, where one prompt's repeats hold more, that prompt's repeats in
-    near-equal parts (a world's task holds at least a prompt). The methods of a budget are cut alike,
-    so that they share their streams."""
+    """The tasks of prompts [start, stop), each at most ``EPISODE_ROLLOUTS_PER_TASK`` rollouts at the
+    largest N any method plays at the budget: several prompts a task, or on a bank, where one
+    prompt's repeats hold more, that prompt's repeats in near-equal parts (at least a repeat a part;
+    a world's task holds at least a prompt). The methods of a budget are cut alike, so that they
+    share their streams."""
     plays = []
     for budget in budgets:
         largest = max(played[(method, budget)] for method in methods)
         per_task = max(1, EPISODE_ROLLOUTS_PER_TASK // (largest * repeats))
-        parts = min(repeats, math.ceil(largest * repeats / EPISODE_ROLLOUTS_PER_TASK)) if bank else 1
+        parts = math.ceil(repeats / max(1, EPISODE_ROLLOUTS_PER_TASK // largest)) if bank else 1
         if parts > 1:
             sizes = [len(chunk) for chunk in np.array_split(np.arange(repeats), parts)]
             ranges = [(index, index + 1, size, part) for index in range(start, stop) for part, size in enumerate(sizes)]

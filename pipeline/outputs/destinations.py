@@ -235,7 +235,10 @@ def fetched(target: str, what: str) -> Iterator[Path]:
             raise
         except Exception as error:  # noqa: BLE001 - each store has its own errors (botocore's are not OSError)
             raise ConfigError(f"cannot read {what} {target!r}: {type(error).__name__}: {_first_line(error)}") from None
-        yield local
+        try:
+            yield local
+        except ConfigError as error:  # a reader's complaint names the copy, gone once this ends: name the URL
+            raise ConfigError(str(error).replace(str(local), target)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -387,3 +387,45 @@ def test_a_process_reads_a_bank_slice_once_and_again_when_the_file_changes(tmp_p
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))  # a clock too coarse to tell
     again = prompts_of(piece)
     assert again is not first and not np.array_equal(again[0].rewards, first[0].rewards)
+
+
+def test_parts_are_cut_alike_at_equal_tokens_bounded_by_the_largest_n_and_joined_whatever_the_order(monkeypatch):
+    """At equal tokens the methods of one budget play different N: their bank prompts are cut into the
+    same parts (or the paired differences would pair other episodes), each task within the bound at
+    the largest N; exactly the bound is one task; parts come back in any order, per method, and are
+    put back in place; and parts of two identical prompts are other episodes (no shared streams)."""
+    import random
+
+    from pipeline.offline import replay as replay_module
+    from pipeline.offline.replay_tasks import LocalExecutor, play
+    from pipeline.offline.responses import TokenModel
+    from pipeline.search.config import SearchConfig
+
+    limit = 100
+    monkeypatch.setattr(replay_module, "EPISODE_ROLLOUTS_PER_TASK", limit)
+    played = {("bon", 8): 8, ("slg", 8): 24}
+    plays = replay_module._plays("b", ["bon", "slg"], [8], 0, 2, 7, 0, SearchConfig(), TokenModel(), played, bank=True)
+    cuts = {m: [(p.start, p.stop, p.repeats, p.part) for p in plays if p.method == m] for m in ("bon", "slg")}
+    assert cuts["bon"] == cuts["slg"] and len(cuts["bon"]) == 2 * 2  # 7 repeats x 24 > 100: two parts a prompt
+    assert all(p.played * p.repeats * (p.stop - p.start) <= limit for p in plays)
+    exact = replay_module._plays("b", ["bon"], [20], 0, 2, 5, 0, SearchConfig(), TokenModel(), {("bon", 20): 20}, bank=True)
+    assert [(p.start, p.stop, p.repeats, p.part) for p in exact] == [(0, 1, 5, 0), (1, 2, 5, 0)]  # 100: one task each
+
+    rows = simulate_bank(make_world("bimodal"), num_prompts=5, num_states=4, num_completions=20, seed=3)
+    bank = [parse_row(row, "") for row in rows]
+
+    class Shuffled(LocalExecutor):
+        def run(self, tasks):
+            done = list(super().run(tasks))
+            random.Random(7).shuffle(done)
+            yield from done
+
+    budget_map = {("bon", 8): 8, ("slg", 8): 24, ("bon", 32): 32, ("slg", 32): 16}
+    here = replay(bank, ["bon", "slg"], [8, 32], 7, seed=1, workers=1, budget_map=budget_map)
+    monkeypatch.setattr(replay_module, "_executor", lambda workers, rollouts: Shuffled())
+    assert replay(bank, ["bon", "slg"], [8, 32], 7, seed=1, workers=2, budget_map=budget_map) == here
+
+    twin = [parse_row({**rows[0], "prompt_id": name}, "") for name in ("a", "b")]  # the same prompt twice
+    parts = [play(p, twin, 0).best for p in replay_module._plays("b", ["bon"], [32], 0, 2, 8, 1, SearchConfig(),
+                                                                  TokenModel(), {("bon", 32): 32}, bank=True)]
+    assert len(parts) == 2 * 3 and len({part.tobytes() for part in parts}) == len(parts)

@@ -335,4 +335,7 @@ def test_banks_at_a_url_are_read_by_replay_curves_predict_and_convert(s3, tmp_pa
     assert main(["curves", "--bank", "s3://results/shards", "--m", "4", "--n", "8", "--repeats", "2"]) == 0
     assert main(["predict", "--rewards", "s3://results/nothing-here", "--n", "10"]) == 2
     assert "'s3://results/nothing-here' does not exist" in capsys.readouterr().err
+    client.put_object(Bucket="results", Key="bad/b.jsonl", Body=b'{"prompt_id": "p", "states": [[1.0]]}\nnot json\n')
+    assert main(["predict", "--rewards", "s3://results/bad/b.jsonl", "--n", "10"]) == 2
+    assert "s3://results/bad/b.jsonl line 2" in capsys.readouterr().err  # the URL, not the deleted copy
     assert list(downloads.iterdir()) == []  # every download removed
