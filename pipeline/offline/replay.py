@@ -22,6 +22,7 @@ between methods are measured with less noise than their intervals suggest.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections import defaultdict
@@ -241,10 +242,9 @@ def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[Meth
     for budget in budgets:
         for method in methods:
             ordered = sorted(played[(label, method, budget)], key=lambda pair: (pair[0].start, pair[0].part))
-            task, starts = ordered[0][0], [meta.start for meta, _ in ordered]
-            parts: list[Played] = [output for _, output in ordered]
-            best = bests[(method, budget)] = _joined(starts, [p.best for p in parts])
-            accuracy = None if parts[0].correct is None else float(_joined(starts, [p.correct for p in parts]).mean())
+            task, parts = ordered[0][0], [output for _, output in ordered]
+            best = bests[(method, budget)] = _joined(ordered, "best")
+            accuracy = None if parts[0].correct is None else float(_joined(ordered, "correct").mean())
             exceeded = None if parts[0].exceeded is None else bool(any(p.exceeded.any() for p in parts))
             rollouts, generated, rm_tokens, rm_items = (sum(p.spend for p in parts) / best.size).tolist()
             results.append(MethodResult(method, budget, float(best.mean()), _ci95(best, repeats), None, None, accuracy,
@@ -259,15 +259,11 @@ def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[Meth
     return results
 
 
-def _joined(starts: list[int], blocks: list[np.ndarray]) -> np.ndarray:
-    """(prompts, repeats) from tasks' blocks in (first prompt, part) order: a prompt's parts side by
-    side (its repeats), then the prompts one under another."""
-    rows, begin = [], 0
-    for end in range(1, len(blocks) + 1):
-        if end == len(blocks) or starts[end] != starts[begin]:
-            rows.append(np.concatenate(blocks[begin:end], axis=1))
-            begin = end
-    return np.concatenate(rows)
+def _joined(ordered: list[tuple[Play, Played]], field: str) -> np.ndarray:
+    """(prompts, repeats) of one field of the tasks' outputs, in (first prompt, part) order: a
+    prompt's parts side by side (its repeats), then the prompts one under another."""
+    return np.concatenate([np.concatenate([getattr(output, field) for _, output in group], axis=1)
+                           for _, group in itertools.groupby(ordered, key=lambda pair: pair[0].start)])
 
 
 def _ci95(values: np.ndarray, repeats: int) -> float:
