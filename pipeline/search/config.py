@@ -48,18 +48,19 @@ class AdaptiveConfig:
     committing to one of them safe: its best rollout is then about as good as the best of the
     fresh draws it displaces); its best rollouts become candidate states; halving rounds share the
     exploration budget up to ``explore_fraction`` of N; a state is dropped when fresh prompt draws
-    beat it even at ``confidence`` standard errors in its favour; the best survivor gets the rest.
+    beat it even at ``confidence`` standard errors in its favour; the best survivor gets the rest
+    where fresh prompt draws do not beat it at its estimate, else the prompt does.
     """
 
     root_fraction: float = 0.3                 # share of N drawn from the prompt before any state
     min_root_rollouts: int = 16                # ... but at least this many (the quantile scale's sample)
     num_candidates: int | None = None          # states screened; None: 2K of the default schedule
-    min_rollouts: int = 4                      # the smallest sample of a state worth comparing
+    min_rollouts: int = 4                      # the smallest sample of a state worth comparing (two: a single round's step)
     explore_fraction: float = 0.8              # root and halving rounds together; the rest is exploited
     screening_fraction: float = 0.5            # share of the halving budget in the first round (all candidates)
     keep_fraction: float = 0.5                 # share of states kept after each round
     tail_fraction: float = 0.95                # q of the normal fits on the quantile scale (states; the prompt beyond its data)
-    confidence: float = 1.0                    # z of the comparison with fresh prompt draws
+    confidence: float = 1.0                    # z of the comparison with fresh prompt draws that keeps a state in the rounds
 
 
 @dataclass
