@@ -16,18 +16,6 @@ from scipy import special
 from pipeline.stats.tail import fit_tail_full_rows
 
 
-# The fewest order statistics the line through the top of the scale is fitted to. The line's slope
-# sets how far a state's rewards near the prompt's best spread on this scale, and so its predicted
-# best. On 19 standard-normal root rewards (the root at N = 64), where the true slope is 1, the
-# slope of the top 4 has mean 1.38 and sd 1.17; of the top 10, mean 1.06 and sd 0.34 (20,000
-# draws). A wider spread raises a state's predicted best more than a narrower one lowers it, so
-# with 4 points states won comparisons with the prompt they should have lost (a world whose states
-# each spread a quarter of the prompt's sd lost to best-of-N at N = 48-64). More points cost where
-# the top bends (a reward that saturates), so the rule's own sqrt(r) takes over from 91 root
-# rewards up (N >= 302 with the defaults).
-TOP_POINTS = 10
-
-
 class QuantileScale:
     """The prompt's own quantile scale: a reward x scores Phi^-1(F(x)), F the prompt's reward CDF.
 
@@ -36,12 +24,11 @@ class QuantileScale:
     state with the prompt does not depend on monotone transforms of the reward (a squashed,
     saturating or skewed scorer). F is the empirical CDF: the i-th smallest of r rewards (0-based)
     scores Phi^-1((i + 1/2)/r), tied rewards take their mean score, values in between are
-    interpolated linearly. From the (r - k)-th reward up, where the empirical CDF is a few wide
-    steps, scores follow the least-squares line through the top k = max(10, sqrt(r)) order
-    statistics (``TOP_POINTS``), and continue along it beyond the largest reward; below the smallest
-    they continue at the slope 1/sigma, sigma the prompt's upper-tail fit (tail fraction q). The map
-    is a monotone piecewise-linear function per episode, evaluated for all episodes with one
-    ``searchsorted``.
+    interpolated linearly. From the (r - sqrt(r))-th reward up, where the empirical CDF is a few
+    wide steps, scores follow the least-squares line through the top sqrt(r) order statistics, and
+    continue along it beyond the largest reward; below the smallest they continue at the slope
+    1/sigma, sigma the prompt's upper-tail fit (tail fraction q). The map is a monotone piecewise-
+    linear function per episode, evaluated for all episodes with one ``searchsorted``.
     ``tail_fit`` keeps the prompt's (mu, sigma, n_tail).
     """
 
@@ -65,7 +52,7 @@ class QuantileScale:
         sigma = self.tail_fit[1]
         below = np.where(sigma > 0, 1.0 / np.where(sigma > 0, sigma, 1.0), 0.0)
         above = below
-        top = max(TOP_POINTS, int(round(math.sqrt(size))))
+        top = max(3, int(round(math.sqrt(size))))
         if top < size:
             xs, ys = knots[:, -top:], scores[:, -top:]
             x_mean, y_mean = xs.mean(axis=1, keepdims=True), ys.mean(axis=1, keepdims=True)
