@@ -663,10 +663,9 @@ def test_quantile_scale_makes_the_prompt_standard_normal_and_ignores_monotone_tr
 
 
 def test_quantile_scale_gives_ties_their_mean_score():
-    # 20 rewards: the tied block (ranks 2-4) lies below the line through the top sqrt(20)
-    scale = QuantileScale(np.array([[0.0, 0.0, 1.0, 1.0, 1.0] + [2.0 + i for i in range(15)]]), 0.5)
+    scale = QuantileScale(np.array([[0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]), 0.5)
     one = scale.scores(np.array([[1.0]]))[0, 0]
-    assert one == pytest.approx(np.mean(stats.norm.ppf((np.arange(2, 5) + 0.5) / 20)))
+    assert one == pytest.approx(np.mean(stats.norm.ppf((np.arange(2, 5) + 0.5) / 10)))
 
 
 # --- the seam ---------------------------------------------------------------------------------------
@@ -760,7 +759,7 @@ def test_on_discrete_rewards_adaptive_never_commits_to_a_state_that_only_ties_th
         tied = (root[b] == best).sum() + (state == best).sum() >= 2
         assert not tied or state.max() > root[b].max(), b
         committed += 1
-    assert committed >= 30  # a state must be exploited somewhere for the check to mean anything
+    assert committed >= 40  # 0.7% of episodes commit with the rule (16% would without it)
 
 
 @pytest.mark.parametrize("value, accepted", [(1, False), (0, False), (2, True), (4, True)])
