@@ -65,14 +65,19 @@ class AdaptiveConfig:
 
 @dataclass
 class ShareConfig:
-    """``slg_share`` where rewards take few levels (``pipeline.search.share``): the state whose prefix
-    the reward model scores best gets ``state_share`` of what a root of ``root_fraction`` of N would
-    leave (0.75 x 0.5 = 0.375 of N), if its prefix scores ``prefix_gap`` root-reward sds above an
-    average prompt draw's; fresh prompt draws get the rest."""
+    """``slg_share``'s share rounds (``pipeline.search.share``): one state gets ``state_share`` of what a
+    root of ``root_fraction`` of N would leave (0.75 x 0.5 = 0.375 of N), fresh prompt draws the rest.
+    Where rewards take few levels, that state is the one whose prefix the reward model scores best,
+    if it scores ``prefix_gap`` root-reward sds above an average prompt draw's. On continuous rewards
+    the share rounds run only at budgets where ``slg_adaptive``'s plan has no halving (N < 97 with
+    the defaults), and only where the root's regression slope of reward on prefix score is at least
+    ``min_prefix_slope`` (prefix scores that track rewards); the state is then the one whose prefix
+    score and root reward together say most about its mean."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
     prefix_gap: float = 0.5        # in standard deviations of the root sample's rewards
+    min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
 
 
 @dataclass
@@ -127,6 +132,8 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
             raise ConfigError(f"search.share.{name} must be in [0, 1], got {getattr(config.share, name)!r}")
     if not config.share.prefix_gap >= 0:  # NaN too
         raise ConfigError(f"search.share.prefix_gap must be >= 0, got {config.share.prefix_gap!r}")
+    if not math.isfinite(config.share.min_prefix_slope):  # +inf would switch the share rounds off: say so with a number
+        raise ConfigError(f"search.share.min_prefix_slope must be a finite number, got {config.share.min_prefix_slope!r}")
     rejection = config.spec_rejection
     if not 0.0 <= rejection.rejection_rate < 1.0:  # NaN too
         raise ConfigError(f"search.spec_rejection.rejection_rate must be in [0, 1), got {rejection.rejection_rate!r}")

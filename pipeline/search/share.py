@@ -1,24 +1,32 @@
-"""SLG that shares (``slg_share``, the recommended method): the budget split between the prompt and its
-best state, where the rewards say a tail cannot be extrapolated; ``slg_adaptive`` where they say it can.
+"""SLG that shares (``slg_share``, the recommended method): the budget split between the prompt and one
+state, where the rewards say a tail cannot be extrapolated or the budget is too small to screen
+states; ``slg_adaptive`` elsewhere.
 
-Pure numpy. Both regimes start with the same prompt draws (``slg_adaptive``'s root), each of which
-reveals the state it passed through (root rollouts with one prefix are one state) and is scored.
+Pure numpy. Every episode starts with the same prompt draws (``slg_adaptive``'s root), each of which
+reveals the state it passed through (root rollouts with one prefix are one state) and is scored; the
+reward model also scores each revealed state's *prefix alone* (one short call per state,
+``Rollouts.state_score``). The *share rounds* then top the root up to ``share.root_fraction`` of N,
+give one state ``share.state_share`` of what that leaves and fresh prompt draws the rest, in two
+halves: if the state's first half averages below the root's rewards (a choice that misled), its
+second half goes to the prompt too. Which episodes run them, and which state gets the share:
 
-- **Continuous rewards** (root rewards do not repeat, ``_few_levels``): a state's rewards have an upper tail
-  that SLG's normal fit extrapolates, and committing to a screened state pays (simulated worlds:
-  18x best-of-N at N = 1000). These episodes run ``slg_adaptive`` unchanged.
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
   the same score, and short responses repeat): a state's best-of-n stops at its top level, so no
   tail fit says how far it goes, and all-in on one state throws away what fresh prompt draws keep
-  finding. There the reward model's score of each revealed state's *prefix alone* (one short call
-  per state, ``Rollouts.state_score``) tells the states apart: the state with the best prefix score
-  gets ``share.state_share`` of what a root of ``share.root_fraction`` of N would leave, the rest goes
-  to fresh prompt draws, if its prefix score is above that of an average prompt draw by
-  ``share.prefix_gap`` root-reward standard deviations; otherwise the rest is best-of-N. The share
-  comes in two halves: if the state's first half averages below the root's rewards (a prefix that
-  misled), its second half goes to the prompt too.
+  finding. The state with the best prefix score gets the share if that score is ``share.prefix_gap``
+  root-reward standard deviations above an average prompt draw's; otherwise the rest is best-of-N.
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
+- **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan is a single round, N < 97
+  with the defaults: one or two candidates and no halving to screen them), if prefix scores track
+  rewards in the root (``_prefix_slope`` at least ``share.min_prefix_slope``): the state whose prefix
+  score and root reward together predict the highest mean (``_best_evidence_state``) gets the share.
+  A candidate picked on its one reward alone is often a lucky draw of a mediocre state, and two
+  candidates' few rollouts cannot tell (simulated worlds, docs/results.md: 2.0x -> 2.4x best-of-N
+  on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N).
+- **Continuous rewards otherwise** (larger budgets, or prefix scores that do not track rewards):
+  a state's rewards have an upper tail that SLG's normal fit extrapolates, and screening then
+  committing pays (18x best-of-N at N = 1000 on gaussian). These episodes run ``slg_adaptive``.
 
 Without prefix scores (a bank that has none, an engine that cannot score them) every episode runs
 ``slg_adaptive``. Below N = 12 the policy is best-of-N, as ``slg_adaptive``.
@@ -44,12 +52,18 @@ class SharedSLG(AdaptiveSLG):
             return
         (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch)]
         few_levels = _few_levels(root)
-        yield from _in_lockstep(self._share_rounds(root, few_levels), self._explore_and_exploit(root, plan, few_levels))
+        by_evidence = np.zeros(batch, dtype=bool)
+        if not any(plan.halving):  # a single round: slg_adaptive cannot screen its candidates
+            by_evidence = ~few_levels & (_prefix_slope(root) >= self.config.share.min_prefix_slope)
+        shared = few_levels | by_evidence
+        yield from _in_lockstep(self._share_rounds(root, shared, by_evidence),
+                                self._explore_and_exploit(root, plan, shared))
 
-    def _share_rounds(self, root: Rollouts, mine: np.ndarray):
-        """The episodes ``mine`` (rewards with few levels, prefix scores known): more prompt draws up
-        to ``share.root_fraction`` of N, then the best-prefix state's share and fresh prompt draws,
-        in two halves (the second only if the state's first half held up against the root)."""
+    def _share_rounds(self, root: Rollouts, mine: np.ndarray, by_evidence: np.ndarray):
+        """The episodes ``mine``: more prompt draws up to ``share.root_fraction`` of N, then one
+        state's share and fresh prompt draws, in two halves (the second only if the state's first
+        half held up against the root). The state is the best-prefix one, or in the episodes
+        ``by_evidence`` the one that prefix score and root reward together rank first."""
         if not mine.any():
             return
         settings, budget = self.config.share, self.budget
@@ -58,7 +72,8 @@ class SharedSLG(AdaptiveSLG):
         if more.any():
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
             root = _joined(root, extra)
-        state = self._best_prefix_state(root, mine)
+        state = np.where(by_evidence, _best_evidence_state(root, by_evidence),
+                         self._best_prefix_state(root, mine & ~by_evidence))
         spent = np.where(mine, drawn + more, 0)
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
         to_state = np.minimum(to_state, budget - spent)
@@ -89,6 +104,57 @@ class SharedSLG(AdaptiveSLG):
         gap = score[rows, top] - average
         use = known.any(axis=1) & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
         return np.where(use, root.state_index[rows, top], NO_NODE)
+
+
+def _root_moments(root: Rollouts):
+    """Per episode, over the root rollouts whose state, prefix score and reward are known: (known,
+    mean score, mean reward, var of scores, var of rewards, their covariance); moments with 1/n."""
+    score, rewards = root.state_score, root.rewards
+    known = ~np.isnan(score) & ~np.isnan(rewards) & (root.state_index >= 0)
+    count = np.maximum(known.sum(axis=1), 1)
+    mean_score = np.where(known, score, 0.0).sum(axis=1) / count
+    mean_reward = np.where(known, rewards, 0.0).sum(axis=1) / count
+    d_score = np.where(known, score - mean_score[:, None], 0.0)
+    d_reward = np.where(known, rewards - mean_reward[:, None], 0.0)
+    return (known, mean_score, mean_reward, (d_score ** 2).sum(axis=1) / count, (d_reward ** 2).sum(axis=1) / count,
+            (d_score * d_reward).sum(axis=1) / count)
+
+
+def _prefix_slope(root: Rollouts) -> np.ndarray:
+    """Per episode, the root's least-squares slope of reward on prefix score: the reward a unit of
+    prefix score is worth (a root rollout's reward is a draw of its own state). -inf where the
+    prefixes were not scored, or fewer than 3 pairs (or no spread of scores) leave it unknown."""
+    if root.state_score is None or root.state_index is None:
+        return np.full(root.rewards.shape[0], -np.inf)
+    known, _, _, var_score, _, covariance = _root_moments(root)
+    usable = (known.sum(axis=1) >= 3) & (var_score > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(usable, covariance / np.where(usable, var_score, 1.0), -np.inf)
+
+
+NOISE_FLOOR = 0.05  # a reading's noise variance is at least this share of its variance (scales that differ)
+
+
+def _best_evidence_state(root: Rollouts, mine: np.ndarray) -> np.ndarray:
+    """Per episode of ``mine``, the state of the root rollout whose prefix score s and reward r rank
+    first by E[state mean | s, r]; NO_NODE elsewhere.
+
+    The model: both are readings of the state's mean m in reward units, s = m + e_s and r = m + e_r,
+    with independent errors. Then Cov(s, r) = Var(m), the errors' variances are Var(s) - Var(m) and
+    Var(r) - Var(m) (at least ``NOISE_FLOOR`` of Var(s), Var(r)), all from the root; and E[m | s, r]
+    ranks as s / Var(e_s) + r / Var(e_r), centred: a noisy prefix score weighs little, a noisy reward
+    (a wide state's lucky draw) too."""
+    known, mean_score, mean_reward, var_score, var_reward, covariance = _root_moments(root)
+    signal = np.maximum(covariance, 0.0)
+    noise_score = np.maximum(var_score - signal, NOISE_FLOOR * var_score)
+    noise_reward = np.maximum(var_reward - signal, NOISE_FLOOR * var_reward)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        evidence = ((root.state_score - mean_score[:, None]) / noise_score[:, None]
+                    + (root.rewards - mean_reward[:, None]) / noise_reward[:, None])
+    evidence = np.where(known & mine[:, None] & ~np.isnan(evidence), evidence, -np.inf)
+    top = np.argmax(evidence, axis=1)
+    rows = np.arange(len(top))
+    return np.where(np.isfinite(evidence[rows, top]), root.state_index[rows, top], NO_NODE)
 
 
 REPEAT_FRACTION = 0.1  # root rewards that repeat another, as a share of the root, that make a reward "few levels"

@@ -50,11 +50,12 @@ class RecordingSource(WorldSource):
 class PairedSource(WorldSource):
     """Common random numbers across policies: the k-th root rollout of episode b (its state and its
     reward) is the same for every policy, read from a table drawn ahead; state rollouts come from a
-    stream of their own. So a policy's first r root rollouts are best-of-N's first r rollouts, and
-    the difference of two policies' best rewards is measured on the same prompt draws."""
+    stream of their own (and prefix scores, for slg_share, from a third). So a policy's first r root
+    rollouts are best-of-N's first r rollouts, and the difference of two policies' best rewards is
+    measured on the same prompt draws."""
 
     def __init__(self, world, batch_size, seed, budget):
-        super().__init__(world, batch_size, np.random.default_rng([seed, 1]))
+        super().__init__(world, batch_size, np.random.default_rng([seed, 1]), prefix_rng=np.random.default_rng([seed, 2]))
         table_rng = np.random.default_rng([seed, 0])
         self._table_latents = world.sample_states(table_rng, (batch_size, budget))
         self._table_rewards, _ = world.sample_rewards(table_rng, self._table_latents)
@@ -73,7 +74,8 @@ class PairedSource(WorldSource):
             return result
         table = self._table_rewards[np.arange(self.batch_size)[:, None], self._columns]
         self._cursor += np.where(request.node == ROOT, request.count, 0)
-        return Rollouts(np.where(from_root, table, result.rewards), result.can_branch, result.correct)
+        return Rollouts(np.where(from_root, table, result.rewards), result.can_branch, result.correct,
+                        state_index=result.state_index, state_score=result.state_score)
 
 
 def play(method, budget, batch=64, family="gaussian", config=None, seed=0, source_cls=RecordingSource, world=None):
