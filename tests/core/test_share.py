@@ -25,16 +25,20 @@ def tied_bank(scores=(0.0, 2.0, 0.1), texts=("a", "b", "c")) -> BankPrompt:
                       state_scores=[scores[0], scores[1], scores[2], scores[0]])
 
 
-class Recording(BankSource):
-    """A bank source that keeps every request: (node, count) per episode."""
+def recording(source_class):
+    """``source_class`` that keeps every request: (node, count) per episode."""
+    class Recording(source_class):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.requests = []
 
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.requests = []
+        def draw(self, request):
+            self.requests.append((request.node.copy(), request.count.copy()))
+            return super().draw(request)
+    return Recording
 
-    def draw(self, request):
-        self.requests.append((request.node.copy(), request.count.copy()))
-        return super().draw(request)
+
+Recording = recording(BankSource)
 
 
 def play(policy_class, source, budget, config=None, seed=1):
@@ -245,16 +249,7 @@ def test_the_evidence_state_maximises_the_conditional_mean_of_the_state_given_sc
 
 
 def requests_of(world, budget, batch=400, seed=3, policy_class=SharedSLG):
-    class WorldRecording(WorldSource):
-        def __init__(self, *args):
-            super().__init__(*args)
-            self.requests = []
-
-        def draw(self, request):
-            self.requests.append((request.node.copy(), request.count.copy()))
-            return super().draw(request)
-
-    source = WorldRecording(world, batch, np.random.default_rng(seed), np.random.default_rng(seed + 1))
+    source = recording(WorldSource)(world, batch, np.random.default_rng(seed), np.random.default_rng(seed + 1))
     policy, ledger = play(policy_class, source, budget)
     return policy, source.requests, ledger
 
