@@ -49,7 +49,10 @@ SHAPES = [("states repeat themselves: gaussian sigma1 = 0.25", "--world gaussian
           ("binary reward: discrete, 2 levels", "--world discrete --param levels=2"),
           ("many levels: discrete, 20 levels", "--world discrete --param levels=20"),
           ("saturated: bounded mu0 = 3", "--world bounded --param mu0=3"),
-          ("uninformative prefixes: discrete, prefix_noise = 5", "--world discrete --param prefix_noise=5")]
+          ("uninformative prefixes: discrete, prefix_noise = 5", "--world discrete --param prefix_noise=5"),
+          ("uninformative prefixes: gaussian, prefix_noise = 5", "--world gaussian --param prefix_noise=5"),
+          ("wide prompts, narrow states: gaussian sigma0 = 2, sigma1 = 0.5",
+           "--world gaussian --param sigma0=2 --param sigma1=0.5")]
 SHAPE_REPLAY = f"replay {{spec}} --prompts 200 --repeats 100 --budgets 8,16,32,48,64,256,1000 --methods {BANK_METHODS} --seed 3"
 CURVES = ["curves --real", "curves --world all", "curves --bank data/banks/toy_t8.parquet"]
 

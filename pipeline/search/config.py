@@ -69,10 +69,10 @@ class ShareConfig:
     root of ``root_fraction`` of N would leave (0.75 x 0.5 = 0.375 of N), fresh prompt draws the rest.
     Where rewards take few levels, that state is the one whose prefix the reward model scores best,
     if it scores ``prefix_gap`` root-reward sds above an average prompt draw's. On continuous rewards
-    the share rounds run only at budgets where ``slg_adaptive``'s plan has no halving (N < 97 with
-    the defaults), and only where the root's regression slope of reward on prefix score is at least
-    ``min_prefix_slope`` (prefix scores that track rewards); the state is then the one whose prefix
-    score and root reward together say most about its mean."""
+    the share rounds run only at budgets where ``slg_adaptive``'s plan has no halving (N = 12-94 and
+    96 with the defaults), and only where the root's regression slope of reward on prefix score is
+    at least ``min_prefix_slope`` (prefix scores that track rewards); the state is then the one whose
+    prefix score and root reward together say most about its mean."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)

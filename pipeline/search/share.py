@@ -17,12 +17,12 @@ second half goes to the prompt too. Which episodes run them, and which state get
   root-reward standard deviations above an average prompt draw's; otherwise the rest is best-of-N.
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
-- **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan is a single round, N < 97
-  with the defaults: one or two candidates and no halving to screen them), if prefix scores track
+- **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan is a single round, N = 12-94
+  and 96 with the defaults: one or two candidates and no halving to screen them), if prefix scores track
   rewards in the root (``_prefix_slope`` at least ``share.min_prefix_slope``): the state whose prefix
   score and root reward together predict the highest mean (``_best_evidence_state``) gets the share.
   A candidate picked on its one reward alone is often a lucky draw of a mediocre state, and two
-  candidates' few rollouts cannot tell (simulated worlds, docs/results.md: 2.0x -> 2.4x best-of-N
+  candidates' few rollouts cannot tell (simulated worlds, docs/results.md: 2.05x -> 2.34x best-of-N
   on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N).
 - **Continuous rewards otherwise** (larger budgets, or prefix scores that do not track rewards):
   a state's rewards have an upper tail that SLG's normal fit extrapolates, and screening then
