@@ -241,6 +241,10 @@ def test_the_evidence_state_maximises_the_conditional_mean_of_the_state_given_sc
         assert picked[b] == root.state_index[b, np.argmax(conditional_mean)]
         checked += 1
     assert checked >= 45
+    # a rollout that cannot branch (state_index -1) is never picked, however it scores
+    cannot = Rollouts(root.rewards.copy(), root.can_branch, None, root.state_index.copy(), root.state_score.copy())
+    cannot.rewards[:, 0], cannot.state_score[:, 0], cannot.state_index[:, 0] = 50.0, 50.0, -1
+    assert (_best_evidence_state(cannot, np.ones(root.rewards.shape[0], bool)) >= 0).all()
     # a prefix score that is noise weighs almost nothing: the pick is the best reward's state
     noisy = continuous_root(2, score_noise=50.0, reward_noise=0.3)
     picked = _best_evidence_state(noisy, np.ones(noisy.rewards.shape[0], bool))
@@ -272,6 +276,9 @@ def test_at_small_budgets_continuous_episodes_share_where_prefix_scores_track_re
     assert np.isin(state_rollouts[shared], [to_state, to_state // 2]).all()
     assert (state_rollouts[shared] == to_state).mean() > 0.5  # the state's first half mostly holds up
     assert (root_before_state[~shared] == 19).all()  # the others: slg_adaptive's root, then its candidates
+    # a shared episode reports the state it kept, though slg_adaptive's episodes beside it end later
+    assert (policy.selected[shared & (state_rollouts == to_state)] >= 0).all()
+    assert (policy.selected[shared & (state_rollouts == to_state // 2)] == ROOT).all()
 
     noise = make_world("gaussian", prefix_noise=20.0)
     runs = [requests_of(noise, budget, policy_class=cls) for cls in (SharedSLG, AdaptiveSLG)]
@@ -293,8 +300,9 @@ def paired_gain(method, other, world, budget, episodes=20_000, seed=0):
 def test_states_narrower_than_the_prompt_no_longer_lose_to_best_of_n(budget):
     """gaussian sigma1 = 0.25 (held out of the design; slg_adaptive loses to best-of-N here): picking
     the state on prefix score and reward together, then sharing, gains. Paired, 20,000 episodes:
-    +0.089 +- 0.003 at N = 48 and +0.118 +- 0.003 at 64 (one standard error); picking on the prefix
-    score alone (the few-levels rule) gives -0.043 / -0.033, slg_adaptive -0.040 / -0.030."""
+    +0.089 +- 0.003 at N = 48 and +0.118 +- 0.003 at 64 (one standard error); picking on the best
+    prefix score alone gives -0.043 / -0.033, on the best reward alone +0.096 / +0.125 (narrow states
+    make a reward a precise reading), slg_adaptive -0.040 / -0.030."""
     gain, stderr = paired_gain("slg_share", "bon", make_world("gaussian", sigma1=0.25), budget, seed=budget)
     assert gain > 0.04 and gain > 3 * stderr
 
