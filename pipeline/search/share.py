@@ -95,14 +95,13 @@ class SharedSLG(AdaptiveSLG):
     def _best_prefix_state(self, root: Rollouts, mine: np.ndarray) -> np.ndarray:
         """Per episode of ``mine``, the revealed state whose prefix scores best, where it scores
         ``share.prefix_gap`` root-reward sds above an average prompt draw's prefix; else NO_NODE."""
-        rewards, score = root.rewards, root.state_score
-        known = ~np.isnan(rewards) & ~np.isnan(score) & (root.state_index >= 0) & mine[:, None]
+        known, average, *_ = _root_moments(root)
+        known &= mine[:, None]
         with np.errstate(invalid="ignore"):
-            spread = np.nanstd(rewards, axis=1)
-            average = np.where(known, score, 0.0).sum(axis=1) / known.sum(axis=1)  # NaN where none is known
-        top = np.argmax(np.where(known, score, -np.inf), axis=1)
+            spread = np.nanstd(root.rewards, axis=1)
+        top = np.argmax(np.where(known, root.state_score, -np.inf), axis=1)
         rows = np.arange(len(top))
-        gap = score[rows, top] - average
+        gap = root.state_score[rows, top] - average
         use = known.any(axis=1) & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
         return np.where(use, root.state_index[rows, top], NO_NODE)
 
