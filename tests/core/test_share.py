@@ -83,8 +83,9 @@ def test_sharing_pays_on_a_bank_where_the_best_state_is_rare():
     assert difference.mean() > 3 * difference.std() / np.sqrt(batch)
 
 
-def test_without_a_clear_prefix_gap_the_rest_is_best_of_n():
-    source = Recording(tied_bank(scores=(0.0, 0.01, 0.0)), 200, np.random.default_rng(0))
+@pytest.mark.parametrize("level", [0.0, 5.0])  # the gap is to the average prefix score, not to zero
+def test_without_a_clear_prefix_gap_the_rest_is_best_of_n(level):
+    source = Recording(tied_bank(scores=(level, level + 0.01, level)), 200, np.random.default_rng(0))
     policy, _ = play(SharedSLG, source, 64)
     assert (policy.selected == ROOT).all()
     assert all((node[count > 0] == ROOT).all() for node, count in source.requests)
