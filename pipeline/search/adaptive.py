@@ -91,10 +91,11 @@ class AdaptiveSLG(SearchPolicy):
         # rest of the budget goes to it only where its own estimate beats fresh prompt draws.
         use_state = (alive[rows, pick] & (value[rows, pick] >= prompt_value[rows, pick])
                      & self._shows_next_level(root.rewards, samples[rows, pick], best))
-        # episodes spent elsewhere keep what their caller selected (its rounds may end before these)
+        # episodes spent elsewhere keep what their caller selected and predicted (its rounds may end before these)
         self.selected = np.where(elsewhere, self.selected, np.where(use_state, states[rows, pick], ROOT))
         left = np.where(elsewhere, 0, budget - spent)
-        self.selected_prediction = self._predicted_best(root.rewards, samples[rows, pick], scale.tail_fit, use_state, left)
+        self.selected_prediction = np.where(elsewhere, self.selected_prediction,
+                                            self._predicted_best(root.rewards, samples[rows, pick], scale.tail_fit, use_state, left))
         if (left > 0).any():
             yield [Request.per_episode(np.where(left > 0, self.selected, NO_NODE), left)]
 

@@ -71,6 +71,7 @@ def test_where_a_prefix_scores_clearly_best_it_gets_its_share_and_the_prompt_the
     assert (state_rollouts[shared] == to_state).all() and (prompt_rollouts[shared] == budget - to_state).all()
     # the state shared with is the one with the best prefix: its rollouts come from b's pool
     assert (policy.selected[shared] >= 0).all()
+    assert np.isnan(policy.selected_prediction).all()  # every episode ran the share rounds: no tail fit decided
 
 
 def test_sharing_pays_on_a_bank_where_the_best_state_is_rare():
@@ -280,6 +281,9 @@ def test_at_small_budgets_continuous_episodes_share_where_prefix_scores_track_re
     # a shared episode reports the state it kept, though slg_adaptive's episodes beside it end later
     assert (policy.selected[shared & (state_rollouts == to_state)] >= 0).all()
     assert (policy.selected[shared & (state_rollouts == to_state // 2)] == ROOT).all()
+    # no tail fit decided a shared episode, so it reports no prediction; slg_adaptive's episodes report theirs
+    assert np.isnan(policy.selected_prediction[shared]).all()
+    assert np.isfinite(policy.selected_prediction[~shared]).all()
 
     noise = make_world("gaussian", prefix_noise=20.0)
     runs = [requests_of(noise, budget, policy_class=cls) for cls in (SharedSLG, AdaptiveSLG)]
