@@ -50,6 +50,9 @@ SHAPES = [("states repeat themselves: gaussian sigma1 = 0.25", "--world gaussian
           ("many levels: discrete, 20 levels", "--world discrete --param levels=20"),
           ("saturated: bounded mu0 = 3", "--world bounded --param mu0=3"),
           ("uninformative prefixes: discrete, prefix_noise = 5", "--world discrete --param prefix_noise=5"),
+          ("noisy prefixes on 10 levels: discrete levels = 10, prefix_noise = 3",
+           "--world discrete --param levels=10 --param prefix_noise=3"),
+          ("narrow states on 5 levels: discrete sigma1 = 0.5", "--world discrete --param sigma1=0.5"),
           ("uninformative prefixes: gaussian, prefix_noise = 5", "--world gaussian --param prefix_noise=5"),
           ("wide prompts, narrow states: gaussian sigma0 = 2, sigma1 = 0.5",
            "--world gaussian --param sigma0=2 --param sigma1=0.5")]

@@ -67,8 +67,9 @@ class AdaptiveConfig:
 class ShareConfig:
     """``slg_share``'s share rounds (``pipeline.search.share``): one state gets ``state_share`` of what a
     root of ``root_fraction`` of N would leave (0.75 x 0.5 = 0.375 of N), fresh prompt draws the rest.
-    Where rewards take few levels, that state is the one whose prefix the reward model scores best,
-    if it scores ``prefix_gap`` root-reward sds above an average prompt draw's. On continuous rewards
+    Where rewards take few levels, that state is the one whose prefix score plus ``reward_weight`` times
+    its root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
+    root-reward sds above an average prompt draw's. On continuous rewards
     the share rounds run only at budgets where ``slg_adaptive``'s plan has no halving (N = 12-94 and
     96 with the defaults), and only where the root's regression slope of reward on prefix score is
     at least ``min_prefix_slope`` (prefix scores that track rewards); the state is then the one whose
@@ -78,6 +79,7 @@ class ShareConfig:
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
     prefix_gap: float = 0.5        # in standard deviations of the root sample's rewards
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
+    reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
 
 
 @dataclass
@@ -132,6 +134,8 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
             raise ConfigError(f"search.share.{name} must be in [0, 1], got {getattr(config.share, name)!r}")
     if not config.share.prefix_gap >= 0:  # NaN too
         raise ConfigError(f"search.share.prefix_gap must be >= 0, got {config.share.prefix_gap!r}")
+    if not (math.isfinite(config.share.reward_weight) and config.share.reward_weight >= 0):
+        raise ConfigError(f"search.share.reward_weight must be a finite number >= 0, got {config.share.reward_weight!r}")
     if not math.isfinite(config.share.min_prefix_slope):  # +inf would switch the share rounds off: say so with a number
         raise ConfigError(f"search.share.min_prefix_slope must be a finite number, got {config.share.min_prefix_slope!r}")
     rejection = config.spec_rejection

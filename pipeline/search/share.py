@@ -14,8 +14,11 @@ Which episodes run them, and which state gets the share:
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
   the same score, and short responses repeat): a state's best-of-n stops at its top level, so no
   tail fit says how far it goes, and all-in on one state throws away what fresh prompt draws keep
-  finding. The state with the best prefix score gets the share if that score is ``share.prefix_gap``
-  root-reward standard deviations above an average prompt draw's; otherwise the rest is best-of-N.
+  finding. The state whose prefix score plus ``share.reward_weight`` times its root rollout's reward
+  ranks first (each in root standard deviations) gets the share if its prefix score is
+  ``share.prefix_gap`` root-reward standard deviations above an average prompt draw's; otherwise the
+  rest is best-of-N. The reward's small weight breaks near-ties of noisy prefix scores in favour of a
+  state whose rollout already reached a high level (``_best_prefix_state``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan is a single round, N = 12-94
@@ -93,13 +96,17 @@ class SharedSLG(AdaptiveSLG):
                    Request.per_episode(np.where(rest_state > 0, state, NO_NODE), rest_state)]
 
     def _best_prefix_state(self, root: Rollouts, mine: np.ndarray) -> np.ndarray:
-        """Per episode of ``mine``, the revealed state whose prefix scores best, where it scores
-        ``share.prefix_gap`` root-reward sds above an average prompt draw's prefix; else NO_NODE."""
-        known, average, *_ = _root_moments(root)
+        """Per episode of ``mine``, the state of the root rollout that ranks first by its state's prefix
+        score plus ``share.reward_weight`` times its reward (each in root sds from the root's mean),
+        where that prefix scores ``share.prefix_gap`` root-reward sds above an average prompt draw's;
+        else NO_NODE."""
+        known, average, mean_reward, var_score, var_reward, _ = _root_moments(root)
         known &= mine[:, None]
         with np.errstate(invalid="ignore"):
             spread = np.nanstd(root.rewards, axis=1)
-        top = np.argmax(np.where(known, root.state_score, -np.inf), axis=1)
+        rank = (_in_sds(root.state_score, average, var_score)
+                + self.config.share.reward_weight * _in_sds(root.rewards, mean_reward, var_reward))
+        top = np.argmax(np.where(known, rank, -np.inf), axis=1)
         rows = np.arange(len(top))
         gap = root.state_score[rows, top] - average
         use = known.any(axis=1) & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
@@ -118,6 +125,13 @@ def _root_moments(root: Rollouts):
     d_reward = np.where(known, rewards - mean_reward[:, None], 0.0)
     return (known, mean_score, mean_reward, (d_score ** 2).sum(axis=1) / count, (d_reward ** 2).sum(axis=1) / count,
             (d_score * d_reward).sum(axis=1) / count)
+
+
+def _in_sds(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Each row's values in its standard deviations from its mean; 0 where a row has no spread."""
+    sd = np.sqrt(variance)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sd > 0, (values - mean[:, None]) / np.where(sd > 0, sd, 1.0), 0.0)
 
 
 def _prefix_slope(root: Rollouts) -> np.ndarray:

@@ -86,9 +86,9 @@ def play(method, budget, batch=64, family="gaussian", config=None, seed=0, sourc
     return policy, source, ledger
 
 
-def play_paired(method, budget, world, batch, seed):
+def play_paired(method, budget, world, batch, seed, config=None):
     source = PairedSource(world, batch, seed, budget)
-    policy = policy_class(method)(budget, batch, SearchConfig(), rng=np.random.default_rng(seed + 7),
+    policy = policy_class(method)(budget, batch, config or SearchConfig(), rng=np.random.default_rng(seed + 7),
                                   true_value=source.true_value)
     return policy, run_episodes(policy, source)
 
