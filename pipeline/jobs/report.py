@@ -50,6 +50,7 @@ def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> di
                 "tokens_generated_mean": float(np.mean([r["tokens_generated"] for r in rows])) if rows else None,
                 "rm_tokens_mean": float(np.mean([r.get("rm_tokens", 0) for r in rows])) if rows else None,
                 "predicted_value_mean": float(np.mean(predicted)) if predicted else None,
+                "predicted_value_prompts": len(predicted),  # slg_share's share-round searches report none
                 "prompts": len(rows),
             }
             if method != "bon" and "bon" in methods:
@@ -179,8 +180,11 @@ def summary_figure(summary: dict):
         errors = [per_budget[str(b)]["ci95"] or 0.0 for b in budgets]
         colour = f"C{index}"
         axes.errorbar(budgets, means, yerr=errors, marker="o", capsize=3, color=colour, label=f"{method} (realised)")
+        # only where every search of the cell reported a prediction: a mean over some of them would
+        # not compare with the realised mean over all
         predicted = [(b, per_budget[str(b)]["predicted_value_mean"]) for b in budgets
-                     if per_budget[str(b)]["predicted_value_mean"] is not None]
+                     if per_budget[str(b)]["predicted_value_mean"] is not None
+                     and per_budget[str(b)]["predicted_value_prompts"] == per_budget[str(b)]["prompts"]]
         if predicted and method != "oracle":
             axes.plot(*zip(*predicted), linestyle="--", marker="x", color=colour, label=f"{method} (predicted V_N of selected)")
     axes.set_xscale("log")

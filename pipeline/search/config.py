@@ -68,7 +68,7 @@ class ShareConfig:
     """``slg_share``'s share rounds (``pipeline.search.share``): one state gets ``state_share`` of what a
     root of ``root_fraction`` of N would leave (0.75 x 0.5 = 0.375 of N), fresh prompt draws the rest.
     Where rewards take few levels, that state is the one whose prefix score plus ``reward_weight`` times
-    its root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
+    its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
     root-reward sds above an average prompt draw's. On continuous rewards
     the share rounds run only at budgets where ``slg_adaptive``'s plan has no halving (N = 12-94 and
     96 with the defaults), and only where the root's regression slope of reward on prefix score is

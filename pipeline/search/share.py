@@ -14,11 +14,11 @@ Which episodes run them, and which state gets the share:
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
   the same score, and short responses repeat): a state's best-of-n stops at its top level, so no
   tail fit says how far it goes, and all-in on one state throws away what fresh prompt draws keep
-  finding. The state whose prefix score plus ``share.reward_weight`` times its root rollout's reward
-  ranks first (each in root standard deviations) gets the share if its prefix score is
+  finding. The state whose prefix score plus ``share.reward_weight`` times its best root rollout's
+  reward ranks first (each in root standard deviations) gets the share if its prefix score is
   ``share.prefix_gap`` root-reward standard deviations above an average prompt draw's; otherwise the
-  rest is best-of-N. The reward's small weight breaks near-ties of noisy prefix scores in favour of a
-  state whose rollout already reached a high level (``_best_prefix_state``).
+  rest is best-of-N. The prefix score leads; the reward, at a quarter of its weight, favours a state
+  whose rollout already reached a high level (``_best_prefix_state``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan is a single round, N = 12-94
@@ -97,18 +97,19 @@ class SharedSLG(AdaptiveSLG):
 
     def _best_prefix_state(self, root: Rollouts, mine: np.ndarray) -> np.ndarray:
         """Per episode of ``mine``, the state of the root rollout that ranks first by its state's prefix
-        score plus ``share.reward_weight`` times its reward (each in root sds from the root's mean),
-        where that prefix scores ``share.prefix_gap`` root-reward sds above an average prompt draw's;
-        else NO_NODE."""
-        known, average, mean_reward, var_score, var_reward, _ = _root_moments(root)
+        score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
+        rollouts whose state, score and reward are known; a state with several root rollouts ranks by
+        its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
+        prompt draw's; else NO_NODE."""
+        known, mean_score, mean_reward, var_score, var_reward, _ = _root_moments(root)
         known &= mine[:, None]
         with np.errstate(invalid="ignore"):
-            spread = np.nanstd(root.rewards, axis=1)
-        rank = (_in_sds(root.state_score, average, var_score)
+            spread = np.nanstd(root.rewards, axis=1)  # the gate's unit: every reward of the root, unbranchable ones too
+        rank = (_in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * _in_sds(root.rewards, mean_reward, var_reward))
         top = np.argmax(np.where(known, rank, -np.inf), axis=1)
         rows = np.arange(len(top))
-        gap = root.state_score[rows, top] - average
+        gap = root.state_score[rows, top] - mean_score
         use = known.any(axis=1) & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
         return np.where(use, root.state_index[rows, top], NO_NODE)
 

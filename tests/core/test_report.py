@@ -51,3 +51,17 @@ def test_plot_draws_each_methods_means_against_budget():
     assert list(lines["bon (realised)"].get_ydata()) == [2.0, 4.0]
     assert list(lines["slg (realised)"].get_ydata()) == [5.0, 8.0]
     assert list(lines["slg (predicted V_N of selected)"].get_ydata()) == [6.0, 9.0]
+
+
+def test_a_prediction_some_searches_lack_is_counted_and_not_plotted():
+    """slg_share's share-round searches report no predicted_value: the summary says how many did, and
+    the plot draws the predicted line only where all did (a mean over some would not compare)."""
+    results = rows("slg_share", 16, [1.0, 3.0], [True, True]) + rows("slg_share", 64, [2.0, 6.0], [True, True])
+    results[0]["predicted_value"] = None
+    summary = summarise(results, ["slg_share"], [16, 64])
+    cells = summary["methods"]["slg_share"]
+    assert (cells["16"]["predicted_value_prompts"], cells["16"]["prompts"]) == (1, 2)
+    assert cells["16"]["predicted_value_mean"] == pytest.approx(4.0)  # the one that reported: 3 + 1
+    assert cells["64"]["predicted_value_prompts"] == 2
+    lines = {line.get_label(): line for line in summary_figure(summary).axes[0].get_lines()}
+    assert list(lines["slg_share (predicted V_N of selected)"].get_xdata()) == [64]

@@ -258,14 +258,20 @@ def test_the_evidence_state_maximises_the_conditional_mean_of_the_state_given_sc
 
 def few_level_root(seed, batch=60, width=16, states=6):
     """Root rollouts through a few states each (a state's rollouts share its first index and prefix
-    score), rewards on five levels; one reward dropped (NaN) and one rollout unbranchable a row."""
+    score), rewards on five levels; a row's rollout 3 has its reward dropped (NaN), and its rollout 5
+    could not branch (no state, no prefix score) and scored above every level. Row 0's known rewards
+    are all equal (a rank by reward alone is undefined there), as are row 1's prefix scores."""
     rng = np.random.default_rng(seed)
     through = rng.integers(0, states, size=(batch, width))
+    through[:, 5] = states  # a state of its own, so no other rollout names rollout 5 as its state
     index = np.array([[int(np.argmax(row == k)) for k in row] for row in through])  # first rollout of the state
-    score = rng.normal(scale=0.3, size=(batch, states))[np.arange(batch)[:, None], through]
+    score = rng.normal(scale=0.5, size=(batch, states + 1))[np.arange(batch)[:, None], through]
     rewards = rng.integers(0, 5, size=(batch, width)) / 4.0
+    rewards[0] = 0.5
+    score[0, through[0] == through[0, 0]] = -1.0  # rollout 0's state ranks last on its prefix
+    score[1] = 0.2
     rewards[:, 3] = np.nan
-    index[:, 5], score[:, 5] = -1, np.nan
+    index[:, 5], score[:, 5], rewards[:, 5] = -1, np.nan, 2.0
     return Rollouts(rewards, index >= 0, None, index, score)
 
 
@@ -295,6 +301,7 @@ def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds
         assert picked[b] == expected, b
         used += expected != NO_NODE
     assert 0 < used < batch  # the gate both passes and fails among these rows
+    assert picked[0] not in (NO_NODE, 0) and picked[1] == NO_NODE  # equal rewards: the prefix decides; equal prefixes: no gap
 
 
 def test_on_few_levels_the_reward_helps_pick_the_state():
