@@ -1,7 +1,8 @@
-"""slg_share: where rewards repeat and prefixes are scored, the best-prefix state shares the budget with
-fresh prompt draws; on continuous rewards at budgets without halving, where prefix scores track
-rewards, the state that prefix score and reward together rank first does; elsewhere it is
-slg_adaptive, request for request; the budget is spent exactly."""
+"""slg_share: where rewards repeat and prefixes are scored, the state that its prefix score (and, at a
+quarter weight, its root reward) rank first shares the budget with fresh prompt draws; on continuous
+rewards at budgets without halving, where prefix scores track rewards, the state that prefix score
+and reward together rank first does; elsewhere it is slg_adaptive, request for request; the budget
+is spent exactly."""
 
 import math
 
