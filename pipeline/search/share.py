@@ -107,10 +107,9 @@ class SharedSLG(AdaptiveSLG):
             spread = np.nanstd(root.rewards, axis=1)  # the gate's unit: every reward of the root, unbranchable ones too
         rank = (_in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * _in_sds(root.rewards, mean_reward, var_reward))
-        top = np.argmax(np.where(known, rank, -np.inf), axis=1)
-        rows = np.arange(len(top))
+        rows, top, found = _top_rollout(rank, known)
         gap = root.state_score[rows, top] - mean_score
-        use = known.any(axis=1) & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
+        use = found & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
         return np.where(use, root.state_index[rows, top], NO_NODE)
 
 
@@ -166,10 +165,17 @@ def _best_evidence_state(root: Rollouts, mine: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         evidence = ((root.state_score - mean_score[:, None]) / noise_score[:, None]
                     + (root.rewards - mean_reward[:, None]) / noise_reward[:, None])
-    evidence = np.where(known & mine[:, None] & ~np.isnan(evidence), evidence, -np.inf)
-    top = np.argmax(evidence, axis=1)
+    rows, top, found = _top_rollout(evidence, known & mine[:, None])
+    return np.where(found, root.state_index[rows, top], NO_NODE)
+
+
+def _top_rollout(rank: np.ndarray, allowed: np.ndarray):
+    """Per episode, (row, root-rollout index of the highest ``rank`` among ``allowed``, whether there
+    is a finite one: a row whose ranks are undefined, 0 / 0 where a reading has no spread, has none)."""
+    rank = np.where(allowed, rank, -np.inf)
+    top = np.argmax(rank, axis=1)
     rows = np.arange(len(top))
-    return np.where(np.isfinite(evidence[rows, top]), root.state_index[rows, top], NO_NODE)
+    return rows, top, np.isfinite(rank[rows, top])
 
 
 REPEAT_FRACTION = 0.1  # root rewards that repeat another, as a share of the root, that make a reward "few levels"

@@ -255,6 +255,9 @@ def test_the_evidence_state_maximises_the_conditional_mean_of_the_state_given_sc
     picked = _best_evidence_state(noisy, np.ones(noisy.rewards.shape[0], bool))
     assert np.mean(picked == np.argmax(noisy.rewards, axis=1)) > 0.9
     assert (_best_evidence_state(noisy, np.zeros(noisy.rewards.shape[0], bool)) == NO_NODE).all()
+    # prefix scores all equal leave every rank undefined (0 / 0): no pick, not the first rollout's state
+    flat = Rollouts(root.rewards, root.can_branch, None, root.state_index, np.ones_like(root.state_score))
+    assert (_best_evidence_state(flat, np.ones(root.rewards.shape[0], bool)) == NO_NODE).all()
 
 
 def few_level_root(seed, batch=60, width=16, states=6):
