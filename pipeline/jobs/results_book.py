@@ -28,6 +28,8 @@ BANKS = ("replay --bank data/banks/toy_t8.parquet,data/banks/toy_t16.parquet --b
          f"--methods {BANK_METHODS} --repeats 200 --seed 3")
 HELD_OUT = ("replay --bank data/banks/toy_t8_temp07.parquet,data/banks/toy_t12.parquet --budgets 8,16,32,64,128,256,512 "
             f"--methods {BANK_METHODS} --repeats 200 --seed 3")
+LATER = ("replay --bank data/banks/toy_t8_temp13.parquet,data/banks/toy_t24.parquet --budgets 8,16,32,64,128,256 "
+         f"--methods {BANK_METHODS} --repeats 200 --seed 3")
 SMALL_BANK = f"replay --bank data/toy_bank/bank.jsonl --budgets 8,16,32,64 --methods {BANK_METHODS} --repeats 200 --seed 3"
 REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first column or None)
     ("Real model outputs: the toy models' banks",
@@ -38,6 +40,13 @@ REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first co
      "The same toy models on 50 other problems each (test rows 250-299 sampled at temperature 0.7 with T = 8; "
      "rows 300-349 at temperature 1 with T = 12): slg_share's settings were chosen on the banks above, and these "
      "were replayed only once they were fixed.", HELD_OUT, "bank"),
+    ("Real model outputs: banks collected after the design",
+     "50 more problems each, 16 states x 256 completions (budgets to 256): test rows 350-399 at temperature 1.3 "
+     "with T = 8, and rows 400-449 at temperature 1 with T = 24, where a state's prefix nearly fixes its response. "
+     "On toy_t24 slg_share was below best-of-N at N = 32 until the repeat check (docs/method.md) gave the second "
+     "half of a state that only repeats itself back to the prompt; on toy_t8_temp13 that check changes no "
+     "result at N >= 32 (replayed before and after it).",
+     LATER, "bank"),
     ("Real model outputs: the earlier bank",
      "100 other problems x 16 states x 64 completions, T = 8 (budgets beyond 64 would redraw a state's pool).",
      SMALL_BANK, None),
