@@ -69,17 +69,19 @@ class ShareConfig:
     root of ``root_fraction`` of N would leave (0.75 x 0.5 = 0.375 of N), fresh prompt draws the rest.
     Where rewards take few levels, that state is the one whose prefix score plus ``reward_weight`` times
     its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
-    root-reward sds above an average prompt draw's. On continuous rewards
-    the share rounds run only at budgets where ``slg_adaptive``'s plan has no halving (N = 12-94 and
-    96 with the defaults), and only where the root's regression slope of reward on prefix score is
-    at least ``min_prefix_slope`` (prefix scores that track rewards); the state is then the one whose
-    prefix score and root reward together say most about its mean."""
+    root-reward sds above an average prompt draw's. The state's share comes in two halves; the second
+    goes to the prompt where the first averages below the root or (``repeat_check``) only repeats the
+    state. On continuous rewards the share rounds run only at budgets where ``slg_adaptive``'s plan
+    has no halving (N = 12-94 and 96 with the defaults), and only where the root's regression slope
+    of reward on prefix score is at least ``min_prefix_slope`` (prefix scores that track rewards); the
+    state is then the one whose prefix score and root reward together say most about its mean."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
     prefix_gap: float = 0.5        # in standard deviations of the root sample's rewards
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
+    repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
 
 
 @dataclass

@@ -8,7 +8,9 @@ reward model also scores each revealed state's *prefix alone* (one short call pe
 ``Rollouts.state_score``). The *share rounds* then top the root up to ``share.root_fraction`` of N
 (where it is smaller), give one state ``share.state_share`` of what that fraction leaves (or what the
 root left, if less) and fresh prompt draws the rest, in two halves: if the state's first half
-averages below the root's rewards (a choice that misled), its second half goes to the prompt too.
+averages below the root's rewards (a choice that misled), or only repeats the state (from 6 rollouts:
+fewer than 3 distinct rewards and none above its root rollouts; ``share.repeat_check``: a deep state
+whose prefix fixes its response), its second half goes to the prompt too.
 Which episodes run them, and which state gets the share:
 
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
@@ -66,8 +68,9 @@ class SharedSLG(AdaptiveSLG):
     def _share_rounds(self, root: Rollouts, mine: np.ndarray, by_evidence: np.ndarray):
         """The episodes ``mine``: more prompt draws up to ``share.root_fraction`` of N, then one
         state's share and fresh prompt draws, in two halves (the second only if the state's first
-        half held up against the root). The state is the best-prefix one, or in the episodes
-        ``by_evidence`` the one that prefix score and root reward together rank first."""
+        half held up against the root and did not only repeat itself). The state is the best-prefix
+        one, or in the episodes ``by_evidence`` the one that prefix score and root reward together
+        rank first."""
         if not mine.any():
             return
         settings, budget = self.config.share, self.budget
@@ -82,12 +85,14 @@ class SharedSLG(AdaptiveSLG):
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
         to_state = np.minimum(to_state, budget - spent)
         to_root = np.where(mine, budget - spent - to_state, 0)
-        # in two halves: the state's first half checks that its rollouts are not worse than the root's
+        # in two halves: the first checks that the state's rollouts are no worse than the root's, nor mere repeats
         first_state, first_root = to_state // 2, to_root // 2
         (prompt_part, state_part) = yield [Request.per_episode(np.where(first_root > 0, ROOT, NO_NODE), first_root),
                                            Request.per_episode(np.where(first_state > 0, state, NO_NODE), first_state)]
         state_mean, root_mean = _mean_of_finite(state_part.rewards), _mean_of_finite(root.rewards)
         keep = (first_state > 0) & ~(state_mean < root_mean)
+        if settings.repeat_check:
+            keep &= ~_repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
         rest_state = np.where(keep, to_state - first_state, 0)
         rest_root = np.where(mine, to_root - first_root + (to_state - first_state) - rest_state, 0)
         self.selected = np.where(keep, state, self.selected)
@@ -196,6 +201,31 @@ def _few_levels(root: Rollouts) -> np.ndarray:
     repeats = (np.diff(ordered, axis=1) == 0).sum(axis=1)
     drawn = (~np.isnan(root.rewards)).sum(axis=1)
     return scored & (repeats >= np.maximum(1.0, REPEAT_FRACTION * drawn))
+
+
+REPEAT_CHECK_ROLLOUTS = 6  # a first half this large can tell a state that only repeats itself (N >= 31 with the defaults)
+REPEAT_CHECK_DISTINCT = 3  # fewer distinct rewards than this in it, none above the state's root rollouts: it repeats
+
+
+def _repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
+    """Per episode, whether a state's first half (at least ``REPEAT_CHECK_ROLLOUTS`` scored rollouts)
+    shows fewer than ``REPEAT_CHECK_DISTINCT`` distinct rewards and none above ``own_best``, the best
+    reward of the state's root rollouts: its prefix already fixes its response (a deep state), so
+    the rest of its share would redraw what the root holds, where fresh prompt draws find new ones."""
+    if first_half.shape[1] == 0:
+        return np.zeros(first_half.shape[0], dtype=bool)
+    ordered = np.sort(first_half, axis=1)  # NaN (a dropped score) sorts last
+    scored = ~np.isnan(ordered)
+    distinct = scored[:, 0] + ((np.diff(ordered, axis=1) != 0) & scored[:, 1:]).sum(axis=1)
+    top = np.where(scored, ordered, -np.inf).max(axis=1)
+    return (scored.sum(axis=1) >= REPEAT_CHECK_ROLLOUTS) & (distinct < REPEAT_CHECK_DISTINCT) & (top <= own_best)
+
+
+def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:
+    """Per episode, the best reward among the root rollouts through ``state`` (-inf where none, as
+    for NO_NODE); the share rounds run only where the root's states are known."""
+    through = root.state_index == state[:, None]
+    return np.where(through & ~np.isnan(root.rewards), root.rewards, -np.inf).max(axis=1)
 
 
 def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:
