@@ -197,10 +197,14 @@ def _few_levels(root: Rollouts) -> np.ndarray:
     if root.state_score is None or root.state_index is None:
         return np.zeros(root.rewards.shape[0], dtype=bool)
     scored = (~np.isnan(root.state_score) & (root.state_index >= 0)).any(axis=1)
-    ordered = np.sort(root.rewards, axis=1)  # NaN (a dropped score) sorts last and equals nothing
-    repeats = (np.diff(ordered, axis=1) == 0).sum(axis=1)
     drawn = (~np.isnan(root.rewards)).sum(axis=1)
-    return scored & (repeats >= np.maximum(1.0, REPEAT_FRACTION * drawn))
+    return scored & (_repeats(root.rewards) >= np.maximum(1.0, REPEAT_FRACTION * drawn))
+
+
+def _repeats(rewards: np.ndarray) -> np.ndarray:
+    """Per row, how many rewards equal another one before them in sorted order: the row's scored
+    rewards less its distinct ones (NaN, a dropped score, sorts last and equals nothing)."""
+    return (np.diff(np.sort(rewards, axis=1), axis=1) == 0).sum(axis=1)
 
 
 REPEAT_CHECK_ROLLOUTS = 6  # a first half this large can tell a state that only repeats itself (N >= 31 with the defaults)
@@ -212,20 +216,17 @@ def _repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
     shows fewer than ``REPEAT_CHECK_DISTINCT`` distinct rewards and none above ``own_best``, the best
     reward of the state's root rollouts: its prefix already fixes its response (a deep state), so
     the rest of its share would redraw what the root holds, where fresh prompt draws find new ones."""
-    if first_half.shape[1] == 0:
-        return np.zeros(first_half.shape[0], dtype=bool)
-    ordered = np.sort(first_half, axis=1)  # NaN (a dropped score) sorts last
-    scored = ~np.isnan(ordered)
-    distinct = scored[:, 0] + ((np.diff(ordered, axis=1) != 0) & scored[:, 1:]).sum(axis=1)
-    top = np.where(scored, ordered, -np.inf).max(axis=1)
-    return (scored.sum(axis=1) >= REPEAT_CHECK_ROLLOUTS) & (distinct < REPEAT_CHECK_DISTINCT) & (top <= own_best)
+    scored = (~np.isnan(first_half)).sum(axis=1)
+    top = np.max(np.where(np.isnan(first_half), -np.inf, first_half), axis=1, initial=-np.inf)
+    distinct = scored - _repeats(first_half)
+    return (scored >= REPEAT_CHECK_ROLLOUTS) & (distinct < REPEAT_CHECK_DISTINCT) & (top <= own_best)
 
 
 def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:
     """Per episode, the best reward among the root rollouts through ``state`` (-inf where none, as
     for NO_NODE); the share rounds run only where the root's states are known."""
-    through = root.state_index == state[:, None]
-    return np.where(through & ~np.isnan(root.rewards), root.rewards, -np.inf).max(axis=1)
+    through = (root.state_index == state[:, None]) & ~np.isnan(root.rewards)
+    return np.max(np.where(through, root.rewards, -np.inf), axis=1, initial=-np.inf)
 
 
 def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:
