@@ -8,9 +8,9 @@ reward model also scores each revealed state's *prefix alone* (one short call pe
 ``Rollouts.state_score``). The *share rounds* then top the root up to ``share.root_fraction`` of N
 (where it is smaller), give one state ``share.state_share`` of what that fraction leaves (or what the
 root left, if less) and fresh prompt draws the rest, in two halves: if the state's first half
-averages below the root's rewards (a choice that misled), or only repeats the state (from 6 rollouts:
-fewer than 3 distinct rewards and none above its root rollouts; ``share.repeat_check``: a deep state
-whose prefix fixes its response), its second half goes to the prompt too.
+averages below the root's rewards (a choice that misled), or only repeats the state (none above its
+root rollouts, and one reward from 2 rollouts, fewer than 3 from 6; ``share.repeat_check``: a deep
+or narrow state whose prefix fixes its response), its second half goes to the prompt too.
 Which episodes run them, and which state gets the share:
 
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
@@ -207,19 +207,24 @@ def _repeats(rewards: np.ndarray) -> np.ndarray:
     return (np.diff(np.sort(rewards, axis=1), axis=1) == 0).sum(axis=1)
 
 
-REPEAT_CHECK_ROLLOUTS = 6  # a first half this large can tell a state that only repeats itself (N >= 31 with the defaults)
-REPEAT_CHECK_DISTINCT = 3  # fewer distinct rewards than this in it, none above the state's root rollouts: it repeats
+REPEAT_CHECK_MIN_ROLLOUTS = 2  # from this many, a first half of one reward only repeats (N >= 12 with the defaults)
+REPEAT_CHECK_ROLLOUTS = 6      # from this many, one of fewer than REPEAT_CHECK_DISTINCT rewards does (N >= 31)
+REPEAT_CHECK_DISTINCT = 3
 
 
 def _repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
-    """Per episode, whether a state's first half (at least ``REPEAT_CHECK_ROLLOUTS`` scored rollouts)
-    shows fewer than ``REPEAT_CHECK_DISTINCT`` distinct rewards and none above ``own_best``, the best
-    reward of the state's root rollouts: its prefix already fixes its response (a deep state), so
-    the rest of its share would redraw what the root holds, where fresh prompt draws find new ones."""
+    """Per episode, whether a state's first half only repeats itself: none of its scored rollouts is
+    above ``own_best``, the best reward of the state's root rollouts, and it shows too few distinct
+    rewards for its size (one from ``REPEAT_CHECK_MIN_ROLLOUTS`` rollouts; fewer than
+    ``REPEAT_CHECK_DISTINCT`` from ``REPEAT_CHECK_ROLLOUTS``). Its prefix already fixes its response
+    (a deep state, or a narrow one on a reward of few levels), so the rest of its share would redraw
+    what the root holds, where fresh prompt draws find new ones. A small first half (N = 12-30) only
+    counts exact repeats: a wide state's two rollouts often differ from each other or from its root's."""
     scored = (~np.isnan(first_half)).sum(axis=1)
     top = np.max(np.where(np.isnan(first_half), -np.inf, first_half), axis=1, initial=-np.inf)
     distinct = scored - _repeats(first_half)
-    return (scored >= REPEAT_CHECK_ROLLOUTS) & (distinct < REPEAT_CHECK_DISTINCT) & (top <= own_best)
+    most_distinct = np.where(scored >= REPEAT_CHECK_ROLLOUTS, REPEAT_CHECK_DISTINCT - 1, 1)
+    return (scored >= REPEAT_CHECK_MIN_ROLLOUTS) & (distinct <= most_distinct) & (top <= own_best)
 
 
 def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:

@@ -187,21 +187,24 @@ def state_rollouts_of(source) -> np.ndarray:
     return sum(np.where(node >= 0, count, 0) for node, count in source.requests)
 
 
+@pytest.mark.parametrize("budget", [16, 64])
 @pytest.mark.parametrize("repeat_check", [True, False])
-def test_a_state_whose_first_half_only_repeats_itself_gives_the_rest_back_to_the_prompt(repeat_check):
+def test_a_state_whose_first_half_only_repeats_itself_gives_the_rest_back_to_the_prompt(repeat_check, budget):
     """State "d" averages above the root, so the mean check keeps it; but its first half repeats the
-    one reward its root rollout showed, so with the repeat check its second half goes to the prompt."""
-    budget, batch = 64, 300
+    one reward its root rollout showed, so with the repeat check its second half goes to the prompt:
+    a first half of 12 at N = 64, and of 2 at N = 16 (after a root of 12, the state's share is 4)."""
+    batch = 300
     config = SearchConfig(share=ShareConfig(repeat_check=repeat_check))
     source = Recording(deep_state_bank(), batch, np.random.default_rng(4))
     policy, ledger = play(SharedSLG, source, budget, config)
-    share = ShareConfig()
-    to_state = round(share.state_share * (1 - share.root_fraction) * budget)  # 24 of 64, first half 12
+    to_state = {16: 4, 64: 24}[budget]  # 0.375 N, or what the root leaves
     rollouts = state_rollouts_of(source)
     shared = rollouts > 0
     assert shared.mean() > 0.9  # "d" is revealed (a third of the draws) and its prefix leads by far
-    assert (rollouts[shared] == (to_state // 2 if repeat_check else to_state)).all()
-    assert ((policy.selected[shared] == ROOT) == repeat_check).all()
+    # all but the few episodes whose root shows no repeated reward (at N = 16, 6 of 300 roots of 12): slg_adaptive's
+    given = rollouts[shared] == (to_state // 2 if repeat_check else to_state)
+    assert given.mean() > 0.95
+    assert ((policy.selected[shared][given] == ROOT) == repeat_check).all()
     assert (ledger.spent == budget).all()
 
 
@@ -241,18 +244,25 @@ def test_giving_a_repeating_state_back_pays_where_fresh_draws_find_more():
     assert difference.mean() > 3 * difference.std() / np.sqrt(batch)
 
 
-def test_a_state_repeats_itself_where_its_first_half_shows_under_three_rewards_none_above_its_root():
-    """Reference: a plain loop with sets over each row's scored rewards (NaN: a dropped score)."""
+def test_a_state_repeats_itself_where_its_first_half_shows_too_few_rewards_none_above_its_root():
+    """Reference: a plain loop with sets over each row's scored rewards (NaN: a dropped score): one
+    distinct reward from 2 rollouts, fewer than 3 from 6."""
     rng = np.random.default_rng(0)
-    first_half = rng.choice([0.1, 0.5, 0.8, np.nan], size=(400, 8), p=[0.15, 0.15, 0.6, 0.1])
-    first_half[:50, 6:] = np.nan  # rows with fewer than 6 scored rollouts: too few to judge
-    own_best = rng.choice([0.5, 0.8, 1.0, -np.inf], size=400)
+    first_half = rng.choice([0.1, 0.5, 0.8, np.nan], size=(600, 8), p=[0.15, 0.15, 0.6, 0.1])
+    first_half[:300, rng.integers(1, 7)] = np.nan
+    for row in range(300):  # small first halves, 0-5 scored, half of them one repeated reward
+        first_half[row, rng.integers(0, 6):] = np.nan
+        if row % 2:
+            first_half[row] = np.where(np.isnan(first_half[row]), np.nan, 0.8)
+    own_best = rng.choice([0.5, 0.8, 1.0, -np.inf], size=600)
     repeats = _repeats_itself(first_half, own_best)
-    for b in range(400):
+    for b in range(600):
         scored = [r for r in first_half[b] if not math.isnan(r)]
-        expected = len(scored) >= 6 and len(set(scored)) < 3 and not max(scored) > own_best[b]
-        assert repeats[b] == expected, b
-    assert 0 < repeats.sum() < 350  # both outcomes among the judged rows
+        too_few = (len(scored) >= 6 and len(set(scored)) < 3) or (len(scored) >= 2 and len(set(scored)) == 1)
+        assert repeats[b] == (too_few and not max(scored) > own_best[b]), b
+    small = (~np.isnan(first_half)).sum(axis=1) < 6
+    for judged in (repeats[small], repeats[~small]):  # both outcomes among small and large first halves
+        assert 0 < judged.sum() < judged.size - 20
     assert not _repeats_itself(np.empty((3, 0)), np.zeros(3)).any()
 
 
@@ -417,6 +427,21 @@ def test_on_few_levels_with_narrow_states_the_repeat_check_keeps_level_with_best
     repeat check, -0.0015 +- 0.0005 without it (one standard error)."""
     gain, stderr = paired_gain("slg_share", "bon", make_world("discrete", sigma1=0.5), 32, seed=32)
     assert gain > -0.0009, (gain, stderr)
+
+
+def test_on_few_levels_with_very_narrow_states_a_small_first_half_of_repeats_goes_back():
+    """discrete rewards on 4 levels, states five times narrower than the prompt (sigma1 = 0.2; held out
+    of the design): at N = 16 the state's first half is 2 rollouts, which mostly repeat its root
+    rollout's level. Giving its other 2 back to the prompt, paired against the check switched off,
+    20,000 episodes: +0.0054 +- 0.0004 (one standard error); slg_share stays below best-of-N there
+    (-0.0051 +- 0.0004, docs/method.md)."""
+    world = make_world("discrete", levels=4.0, sigma1=0.2)
+    off = SearchConfig(share=ShareConfig(repeat_check=False))
+    from tests.core.test_policies import play_paired
+    _, checked = play_paired("slg_share", 16, world, 20_000, 16, None)
+    _, unchecked = play_paired("slg_share", 16, world, 20_000, 16, off)
+    difference = checked.best_reward - unchecked.best_reward
+    assert difference.mean() > 0.003, difference.mean()
 
 
 def requests_of(world, budget, batch=400, seed=3, policy_class=SharedSLG):
