@@ -15,7 +15,7 @@ from pipeline.search.adaptive import AdaptiveSLG
 from pipeline.search.bon import BestOfN
 from pipeline.search.config import SearchConfig, ShareConfig
 from pipeline.search.protocol import NO_NODE, ROOT, Rollouts
-from pipeline.search.share import SharedSLG, _best_evidence_state, _best_root_reward_of, _prefix_slope, _repeats_itself
+from pipeline.search.share import SharedSLG, _best_evidence_state, _best_root_reward_of, _prefix_slope, _repeats, _repeats_itself
 
 
 def tied_bank(scores=(0.0, 2.0, 0.1), texts=("a", "b", "c")) -> BankPrompt:
@@ -187,17 +187,18 @@ def state_rollouts_of(source) -> np.ndarray:
     return sum(np.where(node >= 0, count, 0) for node, count in source.requests)
 
 
-@pytest.mark.parametrize("budget", [16, 64])
+@pytest.mark.parametrize("budget", [16, 28, 64])
 @pytest.mark.parametrize("repeat_check", [True, False])
 def test_a_state_whose_first_half_only_repeats_itself_gives_the_rest_back_to_the_prompt(repeat_check, budget):
     """State "d" averages above the root, so the mean check keeps it; but its first half repeats the
     one reward its root rollout showed, so with the repeat check its second half goes to the prompt:
-    a first half of 12 at N = 64, and of 2 at N = 16 (after a root of 12, the state's share is 4)."""
+    a first half of 12 at N = 64, of 5 at N = 28 and of 2 at N = 16 (after a root of 12, the state's
+    share is 4)."""
     batch = 300
     config = SearchConfig(share=ShareConfig(repeat_check=repeat_check))
     source = Recording(deep_state_bank(), batch, np.random.default_rng(4))
     policy, ledger = play(SharedSLG, source, budget, config)
-    to_state = {16: 4, 64: 24}[budget]  # 0.375 N, or what the root leaves
+    to_state = {16: 4, 28: 10, 64: 24}[budget]  # 0.375 N, or what the root leaves
     rollouts = state_rollouts_of(source)
     shared = rollouts > 0
     assert shared.mean() > 0.9  # "d" is revealed (a third of the draws) and its prefix leads by far
@@ -264,6 +265,11 @@ def test_a_state_repeats_itself_where_its_first_half_shows_too_few_rewards_none_
     for judged in (repeats[small], repeats[~small]):  # both outcomes among small and large first halves
         assert 0 < judged.sum() < judged.size - 20
     assert not _repeats_itself(np.empty((3, 0)), np.zeros(3)).any()
+
+
+def test_only_equal_rewards_repeat():
+    """0.1 + 0.2 and 0.3 differ in their last bit: two rewards, not a repeat."""
+    assert list(_repeats(np.array([[0.1 + 0.2, 0.3, np.nan], [0.3, 0.3, np.nan]]))) == [0, 1]
 
 
 def test_a_state_s_own_best_root_reward_is_over_the_root_rollouts_through_it():
