@@ -207,9 +207,9 @@ def _repeats(rewards: np.ndarray) -> np.ndarray:
     return (np.diff(np.sort(rewards, axis=1), axis=1) == 0).sum(axis=1)
 
 
-REPEAT_CHECK_MIN_ROLLOUTS = 2  # from this many, a first half of one reward only repeats (N >= 12 with the defaults)
-REPEAT_CHECK_ROLLOUTS = 6      # from this many, one of fewer than REPEAT_CHECK_DISTINCT rewards does (N >= 31)
-REPEAT_CHECK_DISTINCT = 3
+REPEAT_CHECK_MIN_ROLLOUTS = 2   # from this many, a first half of one reward only repeats (N >= 12 with the defaults)
+REPEAT_CHECK_ROLLOUTS = 6       # from this many, one of fewer than REPEAT_CHECK_DISTINCT rewards does (N >= 31)
+REPEAT_CHECK_DISTINCT = 3       # fewer distinct rewards than this in a first half of REPEAT_CHECK_ROLLOUTS or more: it repeats
 
 
 def _repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
@@ -218,8 +218,8 @@ def _repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
     rewards for its size (one from ``REPEAT_CHECK_MIN_ROLLOUTS`` rollouts; fewer than
     ``REPEAT_CHECK_DISTINCT`` from ``REPEAT_CHECK_ROLLOUTS``). Its prefix already fixes its response
     (a deep state, or a narrow one on a reward of few levels), so the rest of its share would redraw
-    what the root holds, where fresh prompt draws find new ones. A small first half (N = 12-30) only
-    counts exact repeats: a wide state's two rollouts often differ from each other or from its root's."""
+    what the root holds, where fresh prompt draws find new ones. A small first half (N = 12-30 with
+    the defaults) only counts when all its rewards are equal: a wide state's few rollouts often tie."""
     scored = (~np.isnan(first_half)).sum(axis=1)
     top = np.max(np.where(np.isnan(first_half), -np.inf, first_half), axis=1, initial=-np.inf)
     distinct = scored - _repeats(first_half)
