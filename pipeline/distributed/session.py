@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline import signals
 from pipeline.distributed.backends import load_backend
-from pipeline.distributed.calls import RayCalls
+from pipeline.distributed.calls import RayCalls, with_packed_calls
 from pipeline.distributed.config import Backend, NonFinite, as_plain_dict
 from pipeline.distributed.reaper import child_processes, close_reaper, start_reaper
 from pipeline.errors import ConfigError
@@ -78,14 +78,14 @@ class Session:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from pipeline.distributed.driver import Driver
+        from pipeline.distributed.driver import DriverActor
 
         if not self.generators:
             self.place_replicas()
         config = self.config
         # On this process's node: losing a worker node loses replicas, never the driver and its searches.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        self.driver = ray.remote(num_cpus=0, max_restarts=0)(Driver).options(scheduling_strategy=here).remote(
+        self.driver = ray.remote(num_cpus=0, max_restarts=0)(DriverActor).options(scheduling_strategy=here).remote(
             searches, self.generators, self.rewards, config.driver, config.seed, RayCalls(),
             drop_nonfinite=config.reward.nonfinite == NonFinite.drop, ground_truth=ground_truth_of(config),
             observer=observer, answers_vote=config.generator.backend != Backend.sim, in_order_window=in_order_window)
@@ -230,7 +230,7 @@ def create_ray_replicas(cls, count: int, kwargs: dict, num_gpus: float, num_cpus
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    remote_cls = ray.remote(cls)
+    remote_cls = ray.remote(with_packed_calls(cls))  # the driver sends and receives each batch as one pickle
     handles = []
     for index in range(count):
         # Ray restarts a dead replica; the driver re-sends its work (max_task_retries=0: not Ray).
