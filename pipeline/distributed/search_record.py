@@ -152,6 +152,9 @@ class SearchRecord:
         self.requested = 0
         self.node_counts: dict[int, int] = {}  # rollouts planned per state (the next one's index there): the states sampled
         self.states: dict[int, StatePrefix] = {}  # root-rollout index -> the state cut from it
+        # prefix token ids -> the smallest root-rollout index that has them: root rollouts with the same
+        # prefix are one state (``Rollouts.state_index``); by index, not arrival, so the same whatever the timing
+        self.first_root: dict[tuple, int] = {}
         # root-rollout index -> its partial response so far (every token), for chunked policies; and
         # the chunks asked of each (the next chunk's index: its seed)
         self.partials: dict[int, StatePrefix] = {}
@@ -216,6 +219,8 @@ class SearchRecord:
             return
         if root_index is not None and rollout.state is not None:
             self.states[root_index] = rollout.state
+            if root_index < self.first_root.get(rollout.state.token_ids, root_index + 1):
+                self.first_root[rollout.state.token_ids] = root_index
             slot.can_branch[position] = True
             slot.root_index[position] = root_index
 
@@ -243,14 +248,14 @@ class SearchRecord:
         self.best.offer(reward, sequence, rollout.response_text, rollout.correct, slot.node)
 
     def round_results(self) -> list[Rollouts]:
-        first = self._first_root_of_each_prefix()
+        first = self.first_root
         results = []
         for s in self.slots:
             if s.max_new_tokens is not None:  # responses that grow: each is its own (no prefix lookup)
                 results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :],
                                         s.root_index[None, :], None, s.finished[None, :]))
                 continue
-            prefixes = [self.states[k].token_ids if k >= 0 else None for k in s.root_index]
+            prefixes = [self.states[k].token_ids if k >= 0 else None for k in s.root_index.tolist()]
             index = np.array([first[p] if p is not None else -1 for p in prefixes])
             score = None
             if self.scores_prefixes:
@@ -258,14 +263,6 @@ class SearchRecord:
             results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :], index[None, :],
                                     None if score is None else score[None, :]))
         return results
-
-    def _first_root_of_each_prefix(self) -> dict[tuple, int]:
-        """Prefix token ids -> the smallest root-rollout index that has them: root rollouts with the same
-        prefix are one state (``Rollouts.state_index``). By index, not arrival: the same whatever the timing."""
-        first: dict[tuple, int] = {}
-        for index in sorted(self.states):
-            first.setdefault(self.states[index].token_ids, index)
-        return first
 
     def result_row(self) -> dict:
         """The search's line of results.jsonl."""

@@ -50,6 +50,8 @@ class AdaptiveSLG(SearchPolicy):
         """The rounds after the root: screening and halving of candidate states, then the rest of the
         budget to the best survivor or the prompt. Episodes marked ``elsewhere`` are spent by the
         caller: they get no requests here."""
+        if elsewhere.all():  # nothing to screen (the driver's one-episode searches, most of ``slg_share``'s)
+            return
         budget, batch, settings = self.budget, self.batch_size, self.config.adaptive
         rewards = np.where(np.isnan(root.rewards), -np.inf, root.rewards)
         best = rewards.max(axis=1)

@@ -79,8 +79,12 @@ class SharedSLG(AdaptiveSLG):
         if more.any():
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
             root = _joined(root, extra)
-        state = np.where(by_evidence, _best_evidence_state(root, by_evidence),
-                         self._best_prefix_state(root, mine & ~by_evidence))
+        state = np.full(len(mine), NO_NODE)
+        by_prefix = mine & ~by_evidence
+        if by_evidence.any():  # each pick only where it is used: the driver's searches are one episode each
+            state = np.where(by_evidence, _best_evidence_state(root, by_evidence), state)
+        if by_prefix.any():
+            state = np.where(by_prefix, self._best_prefix_state(root, by_prefix), state)
         spent = np.where(mine, drawn + more, 0)
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
         to_state = np.minimum(to_state, budget - spent)
@@ -108,8 +112,7 @@ class SharedSLG(AdaptiveSLG):
         prompt draw's; else NO_NODE."""
         known, mean_score, mean_reward, var_score, var_reward, _ = _root_moments(root)
         known &= mine[:, None]
-        with np.errstate(invalid="ignore"):
-            spread = np.nanstd(root.rewards, axis=1)  # the gate's unit: every reward of the root, unbranchable ones too
+        spread = _sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
         rank = (_in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * _in_sds(root.rewards, mean_reward, var_reward))
         rows, top, found = _top_rollout(rank, known)
@@ -239,6 +242,15 @@ def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:
     kept = ~np.isnan(rewards)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(kept, rewards, 0.0).sum(axis=1) / kept.sum(axis=1)
+
+
+def _sd_of_finite(rewards: np.ndarray) -> np.ndarray:
+    """Each row's standard deviation (1/n), NaN left out; NaN for a row with none. ``np.nanstd``'s
+    value at a tenth of its cost on the driver's one-row calls."""
+    kept = ~np.isnan(rewards)
+    deviations = np.where(kept, rewards - _mean_of_finite(rewards)[:, None], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt((deviations ** 2).sum(axis=1) / kept.sum(axis=1))
 
 
 def _joined(first: Rollouts, second: Rollouts) -> Rollouts:

@@ -2,6 +2,7 @@
 token ids), and a policy that asks gets the reward model's score of each new prefix, scored once."""
 
 import numpy as np
+import pytest
 
 from actors.sim import SimGenerator, SimRewardModel
 from pipeline.distributed.calls import LocalCalls
@@ -49,11 +50,18 @@ class CountingRewardModel(SimRewardModel):
         return super().score(requests)
 
 
-def run(generator, budget=24):
+class LastFirstCalls(LocalCalls):
+    """Finished calls come back last submitted first: a round's later rollouts arrive before its earlier ones."""
+
+    def wait(self, tokens, timeout_s):
+        return super().wait(tokens, timeout_s)[::-1]
+
+
+def run(generator, budget=24, calls=None):
     TwoRootRounds.told = []
     reward = CountingRewardModel()
     spec = SearchSpec(PromptInput("p", "a prompt"), TwoRootRounds.name, budget, TwoRootRounds, SearchConfig())
-    driver = Driver([spec], [generator], [reward], DriverConfig(max_batch_rollouts=5), 0, LocalCalls())
+    driver = Driver([spec], [generator], [reward], DriverConfig(max_batch_rollouts=5), 0, calls or LocalCalls())
     assert driver.step(None)[1]["done"]
     return TwoRootRounds.told[0], reward
 
@@ -63,8 +71,9 @@ def prefix_of_root_rollout(k: int) -> int:
     return 1000 + rollout_seed(0, "p", "root", k) % 3
 
 
-def test_root_rollouts_with_one_prefix_are_one_state_whatever_the_round():
-    (first, second), _ = run(FewPrefixes())
+@pytest.mark.parametrize("calls", [LocalCalls, LastFirstCalls])
+def test_root_rollouts_with_one_prefix_are_one_state_whatever_the_round_and_arrival(calls):
+    (first, second), _ = run(FewPrefixes(), calls=calls())
     index = np.concatenate([first.state_index[0], second.state_index[0]])
     prefix = [prefix_of_root_rollout(k) for k in range(len(index))]
     for k in range(len(index)):
