@@ -583,6 +583,16 @@ class PoolMachine(RuleBasedStateMachine):
         assert everywhere == Counter(self.put_ids)
 
     @invariant()
+    def no_work_waits_on_a_replica_that_takes_none_while_another_takes_some(self):
+        if self.all_retired or not hasattr(self, "pool"):
+            return
+        health = self.pool.health
+        working = [health.takes_work(r) for r in range(len(self.pool.queues))]
+        if any(working):
+            assert all(ok or not queue for ok, queue in zip(working, self.pool.queues)), (
+                [s.value for s in health.status], [len(q) for q in self.pool.queues])
+
+    @invariant()
     def retired_exactly_after_max_failures_in_a_row(self):
         if self.all_retired or not hasattr(self, "pool"):
             return

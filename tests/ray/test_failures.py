@@ -56,7 +56,9 @@ def baseline():
 
 # The failing replicas below are classes local to each test on purpose: Ray ships a local class by
 # value, while anything at module level here is pickled by reference and the workers cannot import
-# this test module. So each repeats its few lines of "fail once, marked by a file".
+# this test module. So each repeats its few lines of "fail once, marked by a file": the file is
+# created with O_EXCL, so that of two replicas getting there at the same moment only one fails (a
+# check for the file, then its creation, once let both hang).
 
 
 def test_a_generator_replica_killed_mid_run_changes_nothing(local_ray, baseline, tmp_path):
@@ -65,10 +67,16 @@ def test_a_generator_replica_killed_mid_run_changes_nothing(local_ray, baseline,
             super().__init__(**kwargs)
             self.marker, self.calls = marker, 0
 
+        def first_to_mark(self):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+                return True
+            except FileExistsError:
+                return False
+
         def generate(self, requests):
             self.calls += 1
-            if self.calls == 3 and not os.path.exists(self.marker):
-                open(self.marker, "w").close()
+            if self.calls == 3 and self.first_to_mark():
                 os._exit(1)  # the process dies with work in flight
             return super().generate(requests)
 
@@ -86,9 +94,15 @@ def test_a_hung_replica_is_restarted_and_its_work_resent(local_ray, baseline, tm
             super().__init__(**kwargs)
             self.marker = marker
 
+        def first_to_mark(self):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+                return True
+            except FileExistsError:
+                return False
+
         def generate(self, requests):
-            if not os.path.exists(self.marker):
-                open(self.marker, "w").close()
+            if self.first_to_mark():
                 time.sleep(600)
             return super().generate(requests)
 
@@ -110,10 +124,16 @@ def test_a_reward_replica_killed_mid_run_changes_nothing(local_ray, baseline, tm
             super().__init__(**kwargs)
             self.marker, self.calls = marker, 0
 
+        def first_to_mark(self):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+                return True
+            except FileExistsError:
+                return False
+
         def score(self, requests):
             self.calls += 1
-            if self.calls == 2 and not os.path.exists(self.marker):
-                open(self.marker, "w").close()
+            if self.calls == 2 and self.first_to_mark():
                 os._exit(1)
             return super().score(requests)
 
