@@ -15,7 +15,7 @@ from pipeline.search.adaptive import AdaptiveSLG
 from pipeline.search.bon import BestOfN
 from pipeline.search.config import SearchConfig, ShareConfig
 from pipeline.search.protocol import NO_NODE, ROOT, Rollouts
-from pipeline.search.share import SharedSLG, _best_evidence_state, _best_root_reward_of, _prefix_slope, _repeats, _repeats_itself
+from pipeline.search.share import SharedSLG, _best_evidence_state, _best_root_reward_of, _joined, _prefix_slope, _repeats, _repeats_itself
 
 
 def tied_bank(scores=(0.0, 2.0, 0.1), texts=("a", "b", "c")) -> BankPrompt:
@@ -486,6 +486,64 @@ def test_at_small_budgets_continuous_episodes_share_where_prefix_scores_track_re
     assert len(runs[0][1]) == len(runs[1][1])
     for (node, count), (node_a, count_a) in zip(runs[0][1], runs[1][1]):
         assert np.mean((node == node_a) & (count == count_a)) > 0.97
+
+
+class MixedWorlds:
+    """Episodes 0..B/2-1 from a discrete world (few levels), the rest from gaussian (continuous): one
+    batch in which both kinds of shared episode run side by side, as on a bank of several prompts.
+    Keeps every request's nodes and every result."""
+
+    def __init__(self, batch: int, seed: int):
+        self.half, self.batch_size = batch // 2, batch
+        self.parts = [WorldSource(make_world(family), self.half, np.random.default_rng(seed + k), np.random.default_rng(seed + 10 + k))
+                      for k, family in enumerate(("discrete", "gaussian"))]
+        self.requests, self.results = [], []
+
+    def draw(self, request):
+        halves = [part.draw(type(request)(request.node[k * self.half:(k + 1) * self.half],
+                                          request.count[k * self.half:(k + 1) * self.half]))
+                  for k, part in enumerate(self.parts)]
+        width = max(h.rewards.shape[1] for h in halves)
+
+        def stacked(field, fill):
+            arrays = [getattr(h, field) for h in halves]
+            if any(a is None for a in arrays):
+                return None
+            return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill) for a in arrays])
+        result = Rollouts(stacked("rewards", np.nan), stacked("can_branch", False), stacked("correct", False),
+                          stacked("state_index", -1), stacked("state_score", np.nan))
+        self.requests.append(request.node.copy())
+        self.results.append(result)
+        return result
+
+
+def test_each_shared_episode_asks_the_state_its_own_pick_ranks_first():
+    """The wiring of the two picks, each checked on its own above, in one batch at N = 64: a
+    few-levels episode (discrete) asks its state rollouts of the state the best-prefix pick ranks
+    first on its whole root (the root request and its top-up); an episode that shares by evidence
+    (continuous rewards, its slope passes) asks those of ``_best_evidence_state``'s. The two picks
+    differ in many episodes, so a pick given to the other kind of episode fails here."""
+    budget, batch = 64, 800
+    source = MixedWorlds(batch, seed=3)
+    policy = SharedSLG(budget, batch, SearchConfig(), rng=np.random.default_rng(1))
+    run_episodes(policy, source)
+    first_root = source.results[0]
+    topped_up = source.requests[1] == ROOT  # the share rounds' top-up of the root: the shared episodes
+    root = _joined(first_root, source.results[1])
+    # an episode's state rollouts: the first state it asks (slg_adaptive's episodes ask candidates beside)
+    asked = np.full(batch, NO_NODE)
+    for node in source.requests[2:]:
+        asked = np.where(asked == NO_NODE, np.where(node >= 0, node, NO_NODE), asked)
+    discrete = np.arange(batch) < batch // 2
+    by_prefix = topped_up & discrete
+    by_evidence = topped_up & ~discrete & (_prefix_slope(first_root) >= ShareConfig().min_prefix_slope)
+    assert (topped_up == by_prefix | by_evidence).all()
+    for mine, expected, other in ((by_prefix, policy._best_prefix_state(root, by_prefix), _best_evidence_state(root, by_prefix)),
+                                  (by_evidence, _best_evidence_state(root, by_evidence), policy._best_prefix_state(root, by_evidence))):
+        sharing = mine & (asked >= 0)
+        assert sharing.sum() > 100
+        assert (asked[sharing] == expected[sharing]).all()
+        assert (expected[sharing] != other[sharing]).sum() >= 10  # the test can tell the picks apart
 
 
 def paired_gain(method, other, world, budget, episodes=20_000, seed=0, config=None):
