@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from array import array
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -94,10 +94,13 @@ class Ledger:
         self.rm_tokens += num_tokens
 
     def __add__(self, other: Ledger) -> Ledger:
-        return Ledger(*(a + b for a, b in zip(astuple(self), astuple(other))))
+        return Ledger(*(getattr(self, name) + getattr(other, name) for name in LEDGER_FIELDS))
 
     def row(self) -> dict:
         return {name: getattr(self, name) for name in ROW_FIELDS}
+
+
+LEDGER_FIELDS = tuple(f.name for f in fields(Ledger))  # astuple deep-copies: Driver.progress adds ledgers at every step
 
 
 @dataclass
