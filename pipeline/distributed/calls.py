@@ -65,7 +65,7 @@ class RayCalls:
         twin = getattr(replica, method + PACKED, None)  # replicas placed by the session have one
         if twin is None:
             return getattr(replica, method).remote(batch)
-        return twin.remote(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        return twin.remote(pack(batch))
 
     def wait(self, tokens: list, timeout_s: float):
         if not tokens:
@@ -114,12 +114,23 @@ def with_packed_calls(cls: type) -> type:
             continue
         if inspect.iscoroutinefunction(method):
             async def twin(self, payload: bytes, _name=name) -> bytes:
-                return pickle.dumps(await getattr(self, _name)(pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
+                return pack(await getattr(self, _name)(pickle.loads(payload)))
         else:
             def twin(self, payload: bytes, _name=name) -> bytes:
-                return pickle.dumps(getattr(self, _name)(pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
+                return pack(getattr(self, _name)(pickle.loads(payload)))
         twins[name + PACKED] = twin
     return type(cls.__name__, (cls,), {**twins, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+
+
+def pack(batch: list) -> bytes:
+    """A batch as one pickle: the C pickler's, or cloudpickle's where a backend's answers hold what
+    plain pickle refuses (a lambda, a class defined in a function); ``pickle.loads`` reads both."""
+    try:
+        return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        from ray import cloudpickle
+
+        return cloudpickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def in_process(replica):

@@ -46,3 +46,22 @@ def test_a_twin_raises_what_its_method_raises():
 
     with pytest.raises(RuntimeError, match="out of memory"):
         with_packed_calls(Broken)().score_packed(pickle.dumps([]))
+
+
+def test_answers_plain_pickle_refuses_come_back_through_cloudpickle():
+    class Verdict:  # a class defined in a function: plain pickle cannot find it by name
+        def __init__(self, text):
+            self.text = text
+
+    class Annotating(SimRewardModel):
+        def score(self, requests):
+            scores = super().score(requests)
+            for score in scores:
+                score.extra = {"verdict": Verdict("fine"), "weigh": lambda x: 2 * x}
+            return scores
+
+    rollout = SimGenerator().generate([RolloutRequest(0, PROMPT, None, seed=5)])[0]
+    requests = [ScoreRequest(0, PROMPT, rollout.response_text)]
+    scores = pickle.loads(with_packed_calls(Annotating)().score_packed(pickle.dumps(requests)))
+    assert scores[0].extra["verdict"].text == "fine" and scores[0].extra["weigh"](3) == 6
+    assert scores[0].reward == SimRewardModel().score(requests)[0].reward
