@@ -4,11 +4,12 @@ placed by the session, one pickle a batch each way, must be what the plain metho
 import asyncio
 import inspect
 import pickle
+from types import SimpleNamespace
 
 import pytest
 
 from actors.sim import SimGenerator, SimRewardModel
-from pipeline.distributed.calls import with_packed_calls
+from pipeline.distributed.calls import RayCalls, with_packed_calls
 from pipeline.distributed.contract import PromptInput, RolloutRequest, ScoreRequest
 
 PROMPT = PromptInput("p", "a prompt")
@@ -65,3 +66,67 @@ def test_answers_plain_pickle_refuses_come_back_through_cloudpickle():
     scores = pickle.loads(with_packed_calls(Annotating)().score_packed(pickle.dumps(requests)))
     assert scores[0].extra["verdict"].text == "fine" and scores[0].extra["weigh"](3) == 6
     assert scores[0].reward == SimRewardModel().score(requests)[0].reward
+
+
+class FakeRay:
+    """What ``RayCalls`` uses of Ray: ``wait`` hands back every finished call, ``get`` its answer or
+    raises its error. A call is an ``ObjectRef`` stand-in that already holds its outcome."""
+
+    def wait(self, refs, num_returns, timeout):
+        return list(refs), []
+
+    def get(self, ref):
+        if isinstance(ref.outcome, BaseException):
+            raise ref.outcome
+        return ref.outcome
+
+
+class FakeRef:
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+
+class FakeMethod:
+    """An actor method handle: ``.remote(payload)`` runs ``function`` at once and records the payload."""
+
+    def __init__(self, function):
+        self.function, self.payloads = function, []
+
+    def remote(self, payload):
+        self.payloads.append(payload)
+        try:
+            return FakeRef(self.function(payload))
+        except Exception as error:
+            return FakeRef(error)
+
+
+class OfflineRayCalls(RayCalls):
+    @property
+    def _ray(self):
+        return FakeRay()
+
+
+def test_ray_calls_send_a_replica_with_a_twin_one_pickle_and_decode_its_answer():
+    replica = with_packed_calls(SimGenerator)()
+    handle = SimpleNamespace(generate=FakeMethod(replica.generate), generate_packed=FakeMethod(replica.generate_packed))
+    requests = [RolloutRequest(i, PROMPT, None, seed=7 + i) for i in range(3)]
+    calls = OfflineRayCalls()
+    token = calls.submit(handle, "generate", requests)
+    assert handle.generate.payloads == [] and isinstance(handle.generate_packed.payloads[0], bytes)
+    ((ref, answers, error),) = calls.wait([token], timeout_s=1.0)
+    assert ref is token and error is None and answers == SimGenerator().generate(requests)
+
+
+def test_ray_calls_send_a_hand_made_actor_its_list_and_hand_back_errors():
+    handle = SimpleNamespace(score=FakeMethod(SimRewardModel().score))  # ray.remote(cls) by hand: no twin
+    rollout = SimGenerator().generate([RolloutRequest(0, PROMPT, None, seed=5)])[0]
+    requests = [ScoreRequest(0, PROMPT, rollout.response_text)]
+    calls = OfflineRayCalls()
+    token = calls.submit(handle, "score", requests)
+    assert handle.score.payloads == [requests]
+    broken = SimpleNamespace(score=FakeMethod(lambda batch: 1 / 0))
+    failed = calls.submit(broken, "score", requests)
+    outcomes = {id(ref): (answers, error) for ref, answers, error in calls.wait([token, failed], timeout_s=1.0)}
+    assert outcomes[id(token)] == (SimRewardModel().score(requests), None)
+    assert outcomes[id(failed)][0] is None and isinstance(outcomes[id(failed)][1], ZeroDivisionError)
+    assert calls.wait([], timeout_s=1.0) == []

@@ -6,7 +6,7 @@ driver's own bookkeeping. No Ray: the driver calls the engines directly.
 """
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from pipeline.distributed.calls import LocalCalls
 from pipeline.distributed.config import DriverConfig
 from pipeline.distributed.contract import PromptInput
 from pipeline.distributed.driver import Driver, SearchObserver
+from pipeline.distributed.search_record import Ledger
 from pipeline.jobs.searches import search_grid
 from pipeline.search.config import SearchConfig
 from pipeline.search.protocol import ROOT
@@ -279,3 +280,12 @@ def test_a_tied_best_reward_reports_the_rollout_planned_first():
         assert row["best_node"] == ("root" if first.node == ROOT else f"s{first.node}")
         disagree += len({s.correct for s in tied}) == 2
     assert disagree >= 5  # ties whose rollouts differ in correctness: the rule decides the reported accuracy
+
+
+def test_ledgers_add_up_field_by_field():
+    """The run's totals (``Driver.progress``) are ledgers added up: every counter must carry over."""
+    names = [field.name for field in fields(Ledger)]
+    first = Ledger(**{name: 1 + index for index, name in enumerate(names)})
+    second = Ledger(**{name: 100 * (1 + index) for index, name in enumerate(names)})
+    total = first + second
+    assert {name: getattr(total, name) for name in names} == {name: 101 * (1 + index) for index, name in enumerate(names)}

@@ -139,6 +139,7 @@ def test_a_reward_replica_killed_mid_run_changes_nothing(local_ray, baseline, tm
 
     generators = create_ray_replicas(SimGenerator, 1, {}, 0, 0)
     rewards = create_ray_replicas(CrashingRM, 2, {"marker": str(tmp_path / "rm")}, 0, 0, max_restarts=2)
+    assert hasattr(rewards[0], "score_packed")  # replicas the session places are sent one pickle a batch
     results, progress = drive(generators, rewards, calls=RayCalls())
     assert progress["replica_failures"] >= 1
     assert comparable(results) == baseline
