@@ -82,6 +82,7 @@ class ShareConfig:
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
+    grid_best_level: bool = True   # rewards on a grid of levels: only states whose root rollout reached the best level
 
 
 @dataclass

@@ -15,7 +15,16 @@ from pipeline.search.adaptive import AdaptiveSLG
 from pipeline.search.bon import BestOfN
 from pipeline.search.config import SearchConfig, ShareConfig
 from pipeline.search.protocol import NO_NODE, ROOT, Rollouts
-from pipeline.search.share import SharedSLG, _best_evidence_state, _best_root_reward_of, _joined, _prefix_slope, _repeats, _repeats_itself
+from pipeline.search.share import (
+    SharedSLG,
+    _best_evidence_state,
+    _best_root_reward_of,
+    _joined,
+    _on_a_grid,
+    _prefix_slope,
+    _repeats,
+    _repeats_itself,
+)
 
 
 def tied_bank(scores=(0.0, 2.0, 0.1), texts=("a", "b", "c")) -> BankPrompt:
@@ -177,10 +186,12 @@ def test_a_state_whose_first_half_falls_below_the_root_gives_the_rest_back_to_th
 
 def deep_state_bank(deep_rewards=(0.8,) * 20) -> BankPrompt:
     """A deep state ("d": its prefix already fixes the response, every rollout scores 0.8 by default)
-    whose prefix scores best, beside two wide states that reach 1.0 once in 20 rollouts."""
-    wide = np.linspace(0.0, 1.0, 20).tolist()
-    return BankPrompt("deep", [list(deep_rewards), wide, wide], state_texts=["d", "w1", "w2"],
-                      state_scores=[3.0, 0.0, 0.0])
+    whose prefix scores best, beside two wide states that reach 1.0 once in 20 rollouts. "d" is half of
+    the draws (two rows of one prefix: one state), so nearly every root repeats its reward; the wide
+    states' rewards differ, as two states' responses do (shared ones would make it a grid of levels)."""
+    wide = np.linspace(0.0, 1.0, 20)
+    return BankPrompt("deep", [list(deep_rewards), list(deep_rewards), wide.tolist(), (wide - 0.001).tolist()],
+                      state_texts=["d", "d", "w1", "w2"], state_scores=[3.0, 3.0, 0.0, 0.0])
 
 
 def state_rollouts_of(source) -> np.ndarray:
@@ -201,8 +212,8 @@ def test_a_state_whose_first_half_only_repeats_itself_gives_the_rest_back_to_the
     to_state = {16: 4, 28: 10, 64: 24}[budget]  # 0.375 N, or what the root leaves
     rollouts = state_rollouts_of(source)
     shared = rollouts > 0
-    assert shared.mean() > 0.9  # "d" is revealed (a third of the draws) and its prefix leads by far
-    # all but the few episodes whose root shows no repeated reward (at N = 16, 6 of 300 roots of 12): slg_adaptive's
+    assert shared.mean() > 0.9  # "d" is revealed (half of the draws) and its prefix leads by far
+    # all but the few episodes whose root shows no repeated reward (fewer "d" than 2 in a root of 12: 1 in 300): slg_adaptive's
     given = rollouts[shared] == (to_state // 2 if repeat_check else to_state)
     assert given.mean() > 0.95
     assert ((policy.selected[shared][given] == ROOT) == repeat_check).all()
@@ -233,8 +244,8 @@ def test_a_state_whose_first_half_beats_its_own_root_rollouts_keeps_its_second_h
 
 def test_giving_a_repeating_state_back_pays_where_fresh_draws_find_more():
     """On the deep-state bank at N = 64, 4000 episodes: with the repeat check the 12 rollouts that "d"
-    would only repeat go to prompt draws, each of which reaches 1.0 one time in 30 (and 0.85 or more
-    one time in 5); measured +0.0070 +- 0.0004 (one standard error) over the check switched off."""
+    would only repeat go to prompt draws, each of which reaches 1.0 or 0.999 one time in 40 (and 0.85
+    or more one time in 13); measured +0.0101 +- 0.0006 (one standard error) over the check switched off."""
     budget, batch = 64, 4000
     best = {}
     for repeat_check in (True, False):
@@ -392,7 +403,8 @@ def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds
     import statistics
 
     root = few_level_root(int(reward_weight * 4))
-    config = SearchConfig(share=ShareConfig(reward_weight=reward_weight))
+    # five levels shared by every state: a grid, whose rule (below) would leave only the best level's states
+    config = SearchConfig(share=ShareConfig(reward_weight=reward_weight, grid_best_level=False))
     batch = root.rewards.shape[0]
     picked = SharedSLG(32, batch, config)._best_prefix_state(root, np.ones(batch, bool))
     used = 0
@@ -411,6 +423,66 @@ def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds
         used += expected != NO_NODE
     assert 0 < used < batch  # the gate both passes and fails among these rows
     assert picked[0] not in (NO_NODE, 0) and picked[1] == NO_NODE  # equal rewards: the prefix decides; equal prefixes: no gap
+
+
+def grid_reference(root: Rollouts, row: int) -> bool:
+    """Whether a root row is a grid of levels, counted plainly: for each reward, the known states that
+    reached it less one, summed; at least a tenth of the row's scored rewards, and at least one."""
+    rewards, states = root.rewards[row], root.state_index[row]
+    across = sum(len({s for r2, s in zip(rewards, states) if r2 == r and s >= 0}) - 1
+                 for r in set(rewards[~np.isnan(rewards)].tolist())
+                 if any(r2 == r and s >= 0 for r2, s in zip(rewards, states)))
+    return across >= max(1.0, 0.1 * np.count_nonzero(~np.isnan(rewards)))
+
+
+def test_a_grid_of_levels_is_rewards_repeated_across_states_not_within_one():
+    within = Rollouts(np.array([[0.5, 0.5, 0.7, 0.2]]), np.ones((1, 4), bool), None,
+                      np.array([[0, 0, 2, 3]]), np.zeros((1, 4)))  # one state's response twice
+    across = Rollouts(within.rewards, within.can_branch, None, np.array([[0, 1, 2, 3]]), within.state_score)
+    unknown = Rollouts(within.rewards, within.can_branch, None, np.array([[-1, 1, 2, 3]]), within.state_score)
+    assert not _on_a_grid(within)[0] and _on_a_grid(across)[0] and not _on_a_grid(unknown)[0]
+    rng = np.random.default_rng(0)
+    for width in (12, 20, 40):  # one repeat across states is enough below 20 scored rewards, two from 20
+        rewards = rng.permutation(width).astype(float)[None, :]
+        for repeats in range(4):
+            rewards[0, 1:1 + repeats] = rewards[0, 0]
+            root = Rollouts(rewards.copy(), np.ones((1, width), bool), None, np.arange(width)[None, :],
+                            np.zeros((1, width)))
+            assert _on_a_grid(root)[0] == grid_reference(root, 0) == (repeats >= max(1, 0.1 * width)), (width, repeats)
+
+
+def test_on_a_grid_of_levels_only_the_states_that_reached_the_best_level_are_picked():
+    """Reference: the plain ranking loop of the test above over the rollouts at the row's best reward,
+    where the row is a grid (``grid_reference``); elsewhere over all of them."""
+    import statistics
+
+    root = few_level_root(7)
+    root.rewards[:, 5] = 0.0  # the unbranchable rollout no longer holds the best reward
+    rows = np.arange(20, 40)
+    root.rewards[rows] += root.state_index[rows] * 1e-3  # these rows: each state's rewards its own, no grid
+    batch, weight = root.rewards.shape[0], ShareConfig().reward_weight
+    picked = SharedSLG(32, batch)._best_prefix_state(root, np.ones(batch, bool))
+    unrestricted = SharedSLG(32, batch, SearchConfig(share=ShareConfig(grid_best_level=False)))._best_prefix_state(
+        root, np.ones(batch, bool))
+    grids = 0
+    for b in range(batch):
+        pairs = [(s, r, i) for s, r, i in zip(root.state_score[b], root.rewards[b], root.state_index[b])
+                 if i >= 0 and not math.isnan(s) and not math.isnan(r)]
+        scores, rewards = [p[0] for p in pairs], [p[1] for p in pairs]
+        def in_sds(x, xs):
+            sd = statistics.pstdev(xs)
+            return (x - statistics.fmean(xs)) / sd if sd > 0 else 0.0
+        top = max(r for r in root.rewards[b] if not math.isnan(r))
+        grid = grid_reference(root, b)
+        grids += grid
+        rank = [in_sds(s, scores) + weight * in_sds(r, rewards) if not grid or r == top else -math.inf
+                for s, r, _ in pairs]
+        s, _, state = pairs[int(np.argmax(rank))]
+        spread = statistics.pstdev([r for r in root.rewards[b] if not math.isnan(r)])
+        expected = state if max(rank) > -math.inf and s - statistics.fmean(scores) > ShareConfig().prefix_gap * spread else NO_NODE
+        assert picked[b] == expected, b
+    assert 0 < grids < batch - 10  # both kinds of rows
+    assert (picked != unrestricted).sum() >= 5  # the rule changes picks here
 
 
 def test_on_few_levels_the_reward_helps_pick_the_state():
