@@ -109,13 +109,18 @@ class SharedSLG(AdaptiveSLG):
         score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by
         its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
-        prompt draw's; else NO_NODE. On a grid of levels (``_on_a_grid``) only the rollouts at the root's
-        best reward are candidates (``share.grid_best_level``): a rollout pays there only by reaching a
-        level above the best so far, one step from a state already at it and two or more from the others."""
-        known, mean_score, mean_reward, var_score, var_reward, _ = _root_moments(root)
+        prompt draw's; else NO_NODE. On a grid of levels (``_on_a_grid``) of states narrower than the
+        spread between them (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
+        (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
+        one step from a state already at it and two or more from the others. A state as wide as the
+        spread can jump two levels, and its one root reward says little of where it sits."""
+        known, mean_score, mean_reward, var_score, var_reward, covariance = _root_moments(root)
         known &= mine[:, None]
         if self.config.share.grid_best_level:
-            known &= ~_on_a_grid(root)[:, None] | (root.rewards == _best_of_finite(root.rewards)[:, None])
+            # as in _best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own width
+            narrow = var_reward - covariance < NARROW_GRID * covariance
+            at_best = root.rewards == _best_of_finite(root.rewards)[:, None]
+            known &= ~(_on_a_grid(root) & narrow)[:, None] | at_best
         spread = _sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
         rank = (_in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * _in_sds(root.rewards, mean_reward, var_reward))
@@ -206,6 +211,9 @@ def _few_levels(root: Rollouts) -> np.ndarray:
     scored = (~np.isnan(root.state_score) & (root.state_index >= 0)).any(axis=1)
     drawn = (~np.isnan(root.rewards)).sum(axis=1)
     return scored & (_repeats(root.rewards) >= np.maximum(1.0, REPEAT_FRACTION * drawn))
+
+
+NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this share of the variance between states
 
 
 def _on_a_grid(root: Rollouts) -> np.ndarray:
