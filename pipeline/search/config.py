@@ -70,8 +70,8 @@ class ShareConfig:
     Where rewards take few levels, that state is the one whose prefix score plus ``reward_weight`` times
     its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
     root-reward sds above an average prompt draw's; on a grid of levels (root rewards repeat across
-    states) only the states whose root rollout reached the best reward are candidates
-    (``grid_best_level``). The state's share comes in two halves; the second
+    states) of states narrower than the spread between them, only the states whose root rollout
+    reached the best reward are candidates (``grid_best_level``). The state's share comes in two halves; the second
     goes to the prompt where the first averages below the root or (``repeat_check``) only repeats the
     state. On continuous rewards the share rounds run only at budgets where ``slg_adaptive``'s plan
     has no halving (N = 12-94 and 96 with the defaults), and only where the root's regression slope
@@ -84,7 +84,7 @@ class ShareConfig:
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
-    grid_best_level: bool = True   # rewards on a grid of levels: only states whose root rollout reached the best level
+    grid_best_level: bool = True   # a grid of levels, narrow states: only states whose root rollout reached the best level
 
 
 @dataclass
