@@ -20,7 +20,9 @@ Which episodes run them, and which state gets the share:
   reward ranks first (each in root standard deviations) gets the share if its prefix score is
   ``share.prefix_gap`` root-reward standard deviations above an average prompt draw's; otherwise the
   rest is best-of-N. The prefix score leads; the reward, at a quarter of its weight, favours a state
-  whose rollout already reached a high level (``_best_prefix_state``).
+  whose rollout already reached a high level (``_best_prefix_state``). On a grid of levels (root
+  rewards repeat across states: a verifier's or a judge's score) of narrow states, only the states
+  whose root rollout reached the root's best reward are candidates (``share.grid_best_level``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan is a single round, N = 12-94
