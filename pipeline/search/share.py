@@ -211,8 +211,7 @@ def _few_levels(root: Rollouts) -> np.ndarray:
     if root.state_score is None or root.state_index is None:
         return np.zeros(root.rewards.shape[0], dtype=bool)
     scored = (~np.isnan(root.state_score) & (root.state_index >= 0)).any(axis=1)
-    drawn = (~np.isnan(root.rewards)).sum(axis=1)
-    return scored & (_repeats(root.rewards) >= np.maximum(1.0, REPEAT_FRACTION * drawn))
+    return scored & (_repeats(root.rewards) >= _enough_repeats(root.rewards))
 
 
 NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this share of the variance between states
@@ -230,8 +229,13 @@ def _on_a_grid(root: Rollouts) -> np.ndarray:
     rewards, states = np.take_along_axis(root.rewards, order, axis=1), np.take_along_axis(root.state_index, order, axis=1)
     known = (states[:, 1:] >= 0) & (states[:, :-1] >= 0)
     across = ((np.diff(rewards, axis=1) == 0) & (np.diff(states, axis=1) != 0) & known).sum(axis=1)
-    drawn = (~np.isnan(root.rewards)).sum(axis=1)
-    return across >= np.maximum(1.0, REPEAT_FRACTION * drawn)
+    return across >= _enough_repeats(root.rewards)
+
+
+def _enough_repeats(rewards: np.ndarray) -> np.ndarray:
+    """Per row, the repeats that make a root's rewards repeat: ``REPEAT_FRACTION`` of its scored
+    rewards, and at least one."""
+    return np.maximum(1.0, REPEAT_FRACTION * (~np.isnan(rewards)).sum(axis=1))
 
 
 def _best_of_finite(rewards: np.ndarray) -> np.ndarray:
@@ -268,8 +272,7 @@ def _repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
 def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:
     """Per episode, the best reward among the root rollouts through ``state`` (-inf where none, as
     for NO_NODE); the share rounds run only where the root's states are known."""
-    through = (root.state_index == state[:, None]) & ~np.isnan(root.rewards)
-    return np.max(np.where(through, root.rewards, -np.inf), axis=1, initial=-np.inf)
+    return _best_of_finite(np.where(root.state_index == state[:, None], root.rewards, np.nan))
 
 
 def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:

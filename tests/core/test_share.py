@@ -426,7 +426,7 @@ def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds
     state, prefix score and reward are known; the gate on the picked prefix's gap over the mean
     prefix score, in sds of every reward the root has."""
     root = few_level_root(int(reward_weight * 4))
-    # five levels shared by every state: a grid, whose rule (below) would leave only the best level's states
+    # five levels shared by every state: a grid, where the rule (below) leaves only the best level's states of rows that look narrow
     config = SearchConfig(share=ShareConfig(reward_weight=reward_weight, grid_best_level=False))
     batch = root.rewards.shape[0]
     picked = SharedSLG(32, batch, config)._best_prefix_state(root, np.ones(batch, bool))
