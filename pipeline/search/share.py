@@ -220,9 +220,9 @@ NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this sh
 def _on_a_grid(root: Rollouts) -> np.ndarray:
     """Episodes whose root rewards repeat *across states* (at least ``REPEAT_FRACTION`` of the root,
     and one): a reward on a grid of levels (a verifier's, a judge's 1-10), not responses that repeat.
-    A reward model reads a state's prefix too, so two states never share a response: the toy models'
-    banks show no such repeat in roots of 12 to 40 draws, where a world of 4 to 20 levels shows
-    several in every root."""
+    A reward model reads a state's prefix too, so two states never share a response: in the toy
+    models' banks two states' scores coincide in at most 3 roots of 12 to 40 draws in 10,000, once
+    each, where a world of 4 to 20 levels shows several in every root."""
     if root.state_index is None:
         return np.zeros(root.rewards.shape[0], dtype=bool)
     order = np.lexsort((root.state_index, root.rewards), axis=1)  # by reward, then state: ties of a reward side by side
