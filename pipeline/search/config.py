@@ -70,8 +70,9 @@ class ShareConfig:
     Where rewards take few levels, that state is the one whose prefix score plus ``reward_weight`` times
     its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
     root-reward sds above an average prompt draw's; on a grid of levels (root rewards repeat across
-    states) of states narrower than the spread between them, only the states whose root rollout
-    reached the best reward are candidates (``grid_best_level``). The state's share comes in two
+    states) of states narrower than the spread between them, and read more precisely by a rollout than
+    by their prefix score, only the states whose root rollout reached the best reward are candidates
+    (``grid_best_level``). The state's share comes in two
     halves; the second goes to the prompt where the first averages below the root or
     (``repeat_check``) only repeats the state. On continuous rewards the share rounds run only at budgets where ``slg_adaptive``'s plan
     has no halving (N = 12-94 and 96 with the defaults), and only where the root's regression slope

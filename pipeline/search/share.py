@@ -22,7 +22,8 @@ Which episodes run them, and which state gets the share:
   rest is best-of-N. The prefix score leads; the reward, at a quarter of its weight, favours a state
   whose rollout already reached a high level (``_best_prefix_state``). On a grid of levels (root
   rewards repeat across states: a verifier's or a judge's score) of narrow states, only the states
-  whose root rollout reached the root's best reward are candidates (``share.grid_best_level``).
+  whose root rollout reached the root's best reward are candidates (``share.grid_best_level``),
+  unless prefix scores read the states more precisely than rollouts do.
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan is a single round, N = 12-94
@@ -115,12 +116,14 @@ class SharedSLG(AdaptiveSLG):
         spread between them (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
         one step from a state already at it and two or more from the others. A state as wide as the
-        spread can jump two levels, and its one root reward says little of where it sits."""
+        spread can jump two levels, and its one root reward says little of where it sits; a prefix
+        score that reads states more precisely than a rollout does already names the best one."""
         known, mean_score, mean_reward, var_score, var_reward, covariance = _root_moments(root)
         known &= mine[:, None]
         if self.config.share.grid_best_level:
-            # as in _best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own width
-            narrow = var_reward - covariance < NARROW_GRID * covariance
+            # as in _best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own
+            # width, Var(s) - Cov(s, r) the prefix score's noise (the rule needs it above the width)
+            narrow = (var_reward - covariance < NARROW_GRID * covariance) & (var_reward < var_score)
             at_best = root.rewards == _best_of_finite(root.rewards)[:, None]
             known &= ~(_on_a_grid(root) & narrow)[:, None] | at_best
         spread = _sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too

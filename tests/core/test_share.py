@@ -466,14 +466,18 @@ def test_a_grid_of_levels_is_rewards_repeated_across_states_not_within_one():
 
 
 def narrow_reference(root: Rollouts, row: int) -> bool:
-    """Whether a row's states look narrower than the spread between them, in plain Python: over the
-    rollouts whose state, prefix score and reward are known, the rewards' population variance less
-    the covariance of score and reward (the states' own width) below half that covariance (their spread)."""
+    """Whether a row's states look narrower than the spread between them, and read more precisely by
+    a rollout than by their prefix, in plain Python: over the rollouts whose state, prefix score and
+    reward are known, the rewards' population variance less the covariance of score and reward (the
+    states' own width) below half that covariance (their spread), and below the scores' variance less
+    the covariance (the prefix score's noise)."""
     pairs = [(s, r) for s, r, i in zip(root.state_score[row], root.rewards[row], root.state_index[row])
              if i >= 0 and not math.isnan(s) and not math.isnan(r)]
     mean_s, mean_r = sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs)
     spread = sum((s - mean_s) * (r - mean_r) for s, r in pairs) / len(pairs)
-    return sum((r - mean_r) ** 2 for _, r in pairs) / len(pairs) - spread < 0.5 * spread
+    width = sum((r - mean_r) ** 2 for _, r in pairs) / len(pairs) - spread
+    prefix_noise = sum((s - mean_s) ** 2 for s, _ in pairs) / len(pairs) - spread
+    return width < 0.5 * spread and width < prefix_noise
 
 
 def test_on_a_grid_of_narrow_states_only_those_that_reached_the_best_level_are_picked():
@@ -518,6 +522,23 @@ def test_on_a_grid_of_narrow_states_the_best_prefix_below_the_best_level_is_pass
     off = SearchConfig(share=ShareConfig(grid_best_level=False))
     assert SharedSLG(32, 1, off)._best_prefix_state(root, np.ones(1, bool))[0] == names.index("A")
     assert SharedSLG(32, 1)._best_prefix_state(root, np.ones(1, bool))[0] == names.index("B")
+
+
+def test_on_a_grid_of_narrow_states_a_prefix_read_more_precisely_than_a_rollout_keeps_its_pick():
+    """The root above with prefix scores that read each state's mean almost exactly (the scores' noise
+    below the rewards' own): "A" reads best and is best, and "B" reached the best level by luck. The
+    prefix names the state; the rule, which would pass A over for B, stays off."""
+    scores = {"A": 0.6, "B": 0.5, "G": 0.45, "C": 0.3, "D": 0.2, "E": 0.05, "F": 0.0, "H": -0.1}
+    rewards = {"A": 0.5, "B": 0.75, "G": 0.5, "C": 0.25, "D": 0.25, "E": 0.0, "F": 0.0, "H": 0.0}
+    names = ["A", "A", "B", "B", "G", "C", "C", "D", "E", "E", "F", "H"]
+    index = np.array([[names.index(n) for n in names]])
+    root = Rollouts(np.array([[rewards[n] for n in names]]), np.ones((1, len(names)), bool), None, index,
+                    np.array([[scores[n] for n in names]]))
+    s, r = root.state_score[0], root.rewards[0]
+    covariance = np.mean((s - s.mean()) * (r - r.mean()))
+    assert grid_reference(root, 0) and r.var() - covariance < 0.5 * covariance  # a grid of narrow states
+    assert s.var() < r.var() and not narrow_reference(root, 0)  # ... whose prefixes read more precisely
+    assert SharedSLG(32, 1)._best_prefix_state(root, np.ones(1, bool))[0] == names.index("A")
 
 
 def test_on_few_levels_the_reward_helps_pick_the_state():
