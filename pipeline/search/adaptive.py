@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,9 @@ class AdaptiveSLG(SearchPolicy):
     and sd at their upper confidence bounds (a plan's single round is played in steps of at most
     2 ``min_rollouts``, each followed by this check). The best survivor gets the rest of the budget if
     its value at its estimated mean and sd beats fresh prompt draws; otherwise, as where no state
-    is left, the rest is drawn from the prompt (best-of-N).
+    is left, the rest is drawn from the prompt (best-of-N). Where the states' own rewards have tails
+    heavier than normal (``heavy_tailed_states``), that comparison neither drops a state above an
+    average prompt draw nor keeps the rest from it (``heavy_tail_check``).
     """
 
     name = "slg_adaptive"
@@ -67,6 +70,7 @@ class AdaptiveSLG(SearchPolicy):
         spent = np.full(batch, plan.root_rollouts)
         value = np.full(alive.shape, -np.inf)
         prompt_value = np.full(alive.shape, np.inf)
+        heavy = np.zeros(alive.shape, dtype=bool)
         for round_index, share in enumerate(plan.shares):
             asked = np.nonzero(alive.any(axis=0))[0]  # one request per candidate some episode still keeps
             if asked.size == 0:  # an empty round would end the search (``plan`` returns [] when done)
@@ -82,7 +86,9 @@ class AdaptiveSLG(SearchPolicy):
             best = np.fmax(best, np.nanmax(samples[:, :, filled - share:filled], axis=(1, 2), initial=-np.inf))
             best_score = scale.scores(best[:, None])[:, 0]
             value, optimistic, prompt_value = self._final_best(scores[:, :, :filled], alive, best_score, budget - spent)
-            alive &= optimistic >= prompt_value  # fresh prompt draws beat it even optimistically
+            if settings.heavy_tail_check:  # no normal fit says the prompt beats these (``_beyond_the_normal_fits``)
+                heavy = _beyond_the_normal_fits(samples[:, :, :filled], root.rewards)
+            alive &= (optimistic >= prompt_value) | heavy  # fresh prompt draws beat it even optimistically
             if plan.halving[round_index]:  # successive halving
                 keep = np.ceil(alive.sum(axis=1) * settings.keep_fraction).astype(np.int64)
                 rank = np.argsort(np.argsort(np.where(alive, -value, np.inf), axis=1, kind="stable"), axis=1)
@@ -90,8 +96,9 @@ class AdaptiveSLG(SearchPolicy):
         rows = np.arange(batch)
         pick = np.argmax(np.where(alive, value, -np.inf), axis=1)
         # Optimism keeps a state in the rounds, where its next rollouts still teach something; the
-        # rest of the budget goes to it only where its own estimate beats fresh prompt draws.
-        use_state = (alive[rows, pick] & (value[rows, pick] >= prompt_value[rows, pick])
+        # rest of the budget goes to it only where its own estimate beats fresh prompt draws, or
+        # where heavy tails leave that estimate nothing to say.
+        use_state = (alive[rows, pick] & ((value[rows, pick] >= prompt_value[rows, pick]) | heavy[rows, pick])
                      & self._shows_next_level(root.rewards, samples[rows, pick], best))
         # episodes spent elsewhere keep what their caller selected and predicted (its rounds may end before these)
         self.selected = np.where(elsewhere, self.selected, np.where(use_state, states[rows, pick], ROOT))
@@ -164,6 +171,57 @@ class AdaptiveSLG(SearchPolicy):
             mu[use_state], sigma[use_state] = state_mu, state_sigma
         values = expected_final_best(mu, sigma, np.full(mu.shape, -np.inf), np.maximum(left, 1))  # mu + sigma E(n)
         return _cut_at(values[:, None], self._episode_bounds(both))[:, 0]
+
+
+HEAVY_TAIL_SDS = 4.0           # "far above its state": this many robust sds above the state's median
+HEAVY_TAIL_RATE = 0.005        # heavy where at least this share of the states' rewards lie that far
+HEAVY_TAIL_MIN_FAR = 2         # ... and at least this many of them (one is an outlier)
+HEAVY_TAIL_MIN_REWARDS = 100   # ... of at least this many rewards, pooled over the states
+HEAVY_TAIL_MIN_PER_STATE = 16  # the states with at least this many rewards (a median and quartiles worth the name)
+
+
+def heavy_tailed_states(samples: np.ndarray) -> np.ndarray:
+    """(B,) whether the states' own rewards have upper tails heavier than normal, from their samples
+    (B, C, S) (NaN where none): over the states with ``HEAVY_TAIL_MIN_PER_STATE`` rewards or more
+    and a positive interquartile range (at least ``HEAVY_TAIL_MIN_REWARDS`` rewards in all), at
+    least ``HEAVY_TAIL_MIN_FAR`` of those rewards, and ``HEAVY_TAIL_RATE`` of them, lie more than
+    ``HEAVY_TAIL_SDS`` robust sds above their own state's median. A state's robust sd is its
+    interquartile range / 1.349, or the median of those over the states where that is larger (a
+    state's few rewards can have a tiny range; a saturating reward's states near the bound have
+    one, and the typical one alone would make the others' rewards look far). A Student-t noise with
+    df = 3 puts 1.0% of its draws that far, a normal one 3e-5: rows of 8-40 normal states with
+    16-32 rewards each are flagged in at most 0.4% of cases, Student-t ones in 34-83%
+    (docs/method.md, slg_adaptive). A heavy noise common to every state makes any state above an
+    average prompt draw beat fresh prompt draws in the far tail, where a normal fit of its rewards
+    sees a narrow state that the prompt's spread beats."""
+    batch, _, width = samples.shape
+    if width < HEAVY_TAIL_MIN_PER_STATE:
+        return np.zeros(batch, dtype=bool)
+    counts = (~np.isnan(samples)).sum(axis=2)
+    if not (counts >= HEAVY_TAIL_MIN_PER_STATE).any():
+        return np.zeros(batch, dtype=bool)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: states with no rewards
+        low, median, high = np.nanpercentile(samples, [25, 50, 75], axis=2)
+        usable = (counts >= HEAVY_TAIL_MIN_PER_STATE) & (high > low)  # a state that repeats one reward has no width
+        own_sd = (high - low) / 1.349
+        # a state's own robust sd, or the states' median one where its own few rewards give less
+        robust_sd = np.maximum(own_sd, np.nanmedian(np.where(usable, own_sd, np.nan), axis=1)[:, None])
+        far = (samples - median[..., None] > HEAVY_TAIL_SDS * robust_sd[..., None]) & usable[..., None]
+    pooled = np.where(usable, counts, 0).sum(axis=1)
+    count = far.sum(axis=(1, 2))
+    return (pooled >= HEAVY_TAIL_MIN_REWARDS) & (count >= HEAVY_TAIL_MIN_FAR) & (count >= HEAVY_TAIL_RATE * pooled)
+
+
+def _beyond_the_normal_fits(samples: np.ndarray, root_rewards: np.ndarray) -> np.ndarray:
+    """(B, C): the states (samples (B, C, S), NaN where none) that no normal fit can show fresh prompt
+    draws to beat: in an episode whose states' own tails are heavier than normal
+    (``heavy_tailed_states``), those whose median reward lies above the root's, an average prompt
+    draw's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: states with no rewards
+        above = np.nanmedian(samples, axis=2) > np.nanmedian(root_rewards, axis=1)[:, None]
+    return heavy_tailed_states(samples)[:, None] & above
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,9 @@ class AdaptiveConfig:
     fresh draws it displaces); its best rollouts become candidate states; halving rounds share the
     exploration budget up to ``explore_fraction`` of N; a state is dropped when fresh prompt draws
     beat it even at ``confidence`` standard errors in its favour; the best survivor gets the rest
-    where fresh prompt draws do not beat it at its estimate, else the prompt does.
+    where fresh prompt draws do not beat it at its estimate, else the prompt does. Where the states'
+    own rewards have tails heavier than normal, no normal fit says the prompt beats a state above an
+    average prompt draw, and the comparison stands aside for it (``heavy_tail_check``).
     """
 
     root_fraction: float = 0.3                 # share of N drawn from the prompt before any state
@@ -61,6 +63,7 @@ class AdaptiveConfig:
     keep_fraction: float = 0.5                 # share of states kept after each round
     tail_fraction: float = 0.95                # q of the normal fits on the quantile scale (states; the prompt beyond its data)
     confidence: float = 1.0                    # z of the comparison with fresh prompt draws that keeps a state in the rounds
+    heavy_tail_check: bool = True              # states' tails heavier than normal: no prompt check for states above its median
 
 
 @dataclass
