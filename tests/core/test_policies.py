@@ -481,6 +481,10 @@ def test_heavy_tailed_states_counts_rewards_far_above_their_own_state_against_a_
     one_outlier[:, 0, 0] = 50.0
     one_outlier[1, 1, 0] = 50.0  # ... two are a tail
     assert [bool(f) for f in heavy_tailed_states(one_outlier)] == [heavy_reference(one_outlier, b) for b in range(2)] == [False, True]
+    short_ones = np.random.default_rng(5).normal(size=(1, 10, 16))  # two far rewards, both in states of 12
+    short_ones[0, 8:, 12:] = np.nan
+    short_ones[0, 8:, 0] = 50.0
+    assert not heavy_tailed_states(short_ones)[0] and not heavy_reference(short_ones, 0)
 
 
 def test_adaptive_leaves_light_tails_as_they_were():
