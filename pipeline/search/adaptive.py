@@ -232,10 +232,13 @@ def _beyond_the_normal_fits(samples: np.ndarray, root_rewards: np.ndarray) -> np
     draws to beat: in an episode whose states' own tails are heavier than normal
     (``heavy_tailed_states``), those whose median reward lies above the root's, an average prompt
     draw's."""
+    heavy = heavy_tailed_states(samples)
+    if not heavy.any():  # the usual case: spare the medians (np.nanmedian is slow on small arrays)
+        return np.zeros(samples.shape[:2], dtype=bool)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: states with no rewards
         above = np.nanmedian(samples, axis=2) > np.nanmedian(root_rewards, axis=1)[:, None]
-    return heavy_tailed_states(samples)[:, None] & above
+    return heavy[:, None] & above
 
 
 @dataclass(frozen=True)
