@@ -78,7 +78,7 @@ class ShareConfig:
     (``grid_best_level``). The state's share comes in two
     halves; the second goes to the prompt where the first averages below the root or
     (``repeat_check``) only repeats the state. On continuous rewards the share rounds run only at budgets where ``slg_adaptive``'s plan
-    has no halving (N = 12-94 and 96 with the defaults), and only where the root's regression slope
+    halves its candidates at most once (N = 12-159 with the defaults), and only where the root's regression slope
     of reward on prefix score is at least ``min_prefix_slope`` (prefix scores that track rewards); the
     state is then the one whose prefix score and root reward together say most about its mean."""
 

@@ -26,13 +26,15 @@ Which episodes run them, and which state gets the share:
   unless prefix scores read the states more precisely than rollouts do.
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
-- **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan is a single round, N = 12-94
-  and 96 with the defaults: one or two candidates and no halving to screen them), if prefix scores track
+- **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan has at most two rounds, N =
+  12-159 with the defaults: at most four candidates and one halving to screen them), if prefix scores track
   rewards in the root (``_prefix_slope`` at least ``share.min_prefix_slope``): the state whose prefix
   score and root reward together predict the highest mean (``_best_evidence_state``) gets the share.
   A candidate picked on its one reward alone is often a lucky draw of a mediocre state, and two
   candidates' few rollouts cannot tell (simulated worlds, docs/results.md: 2.05x -> 2.34x best-of-N
-  on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N).
+  on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N; at N =
+  97-159, where four candidates' screening round is most of what a narrow world's states cost,
+  3.20x -> 3.48x on gaussian at 128, and 0.93x -> 1.49x where states are a fifth as wide).
 - **Continuous rewards otherwise** (larger budgets, or prefix scores that do not track rewards):
   a state's rewards have an upper tail that SLG's normal fit extrapolates, and screening then
   committing pays (18x best-of-N at N = 1000 on gaussian). These episodes run ``slg_adaptive``.
@@ -48,6 +50,11 @@ import numpy as np
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 
+# Continuous rewards: the share rounds run where slg_adaptive's plan halves its candidates at most this
+# often (N = 12-159 with the defaults). With a second halving (N >= 160) screening pays on gaussian
+# rewards; with one it does not (docs/method.md, slg_share).
+SCREENING_HALVINGS = 1
+
 
 class SharedSLG(AdaptiveSLG):
     name = "slg_share"
@@ -62,7 +69,7 @@ class SharedSLG(AdaptiveSLG):
         (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch)]
         few_levels = _few_levels(root)
         by_evidence = np.zeros(batch, dtype=bool)
-        if not any(plan.halving):  # a single round: slg_adaptive cannot screen its candidates
+        if sum(plan.halving) <= SCREENING_HALVINGS:  # too few rounds for slg_adaptive to screen its candidates
             by_evidence = ~few_levels & (_prefix_slope(root) >= self.config.share.min_prefix_slope)
         shared = few_levels | by_evidence
         yield from _in_lockstep(self._share_rounds(root, shared, by_evidence),
