@@ -603,7 +603,7 @@ def requests_of(world, budget, batch=400, seed=3, policy_class=SharedSLG):
 @pytest.mark.parametrize("budget, adaptive_root", [(64, 19), (128, 38), (159, 48)])
 def test_at_small_budgets_continuous_episodes_share_where_prefix_scores_track_rewards(budget, adaptive_root):
     """gaussian at N = 64 (slg_adaptive's plan: one round, two candidates), 128 and 159 (two rounds,
-    four and five candidates, one halving): where the root's slope of
+    four candidates, one halving): where the root's slope of
     reward on prefix score passes min_prefix_slope, the root is topped up to N / 2 and one state gets
     0.375 N (its second half unless its first fell below the root); with prefix scores of pure noise
     (prefix_noise = 20) the slope fails nearly always and the episodes are slg_adaptive's, request for
