@@ -30,6 +30,8 @@ HELD_OUT = ("replay --bank data/banks/toy_t8_temp07.parquet,data/banks/toy_t12.p
             f"--methods {BANK_METHODS} --repeats 200 --seed 3")
 LATER = ("replay --bank data/banks/toy_t8_temp13.parquet,data/banks/toy_t24.parquet --budgets 8,16,32,64,128,256 "
          f"--methods {BANK_METHODS} --repeats 200 --seed 3")
+NEWEST = ("replay --bank data/banks/toy_t4.parquet,data/banks/toy_t8_temp05.parquet --budgets 8,16,32,64,128,256 "
+          f"--methods {BANK_METHODS} --repeats 200 --seed 3")
 SMALL_BANK = f"replay --bank data/toy_bank/bank.jsonl --budgets 8,16,32,64 --methods {BANK_METHODS} --repeats 200 --seed 3"
 REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first column or None)
     ("Real model outputs: the toy models' banks",
@@ -48,6 +50,12 @@ REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first co
      "first halves of 2-5 rollouts; on toy_t8_temp13 the check changes no result at N >= 32 (replayed before and "
      "after it).",
      LATER, "bank"),
+    ("Real model outputs: banks held out of every setting",
+     "50 more problems each, 16 states x 256 completions, collected after the last change to slg_share's settings: "
+     "test rows 500-549 at temperature 1 with T = 4, where a state is little more than the prompt (no allocation "
+     "has much to gain: see the ceilings), and rows 550-599 at temperature 0.5 with T = 8, where responses repeat "
+     "and best-of-N saturates early.",
+     NEWEST, "bank"),
     ("Real model outputs: the earlier bank",
      "100 other problems x 16 states x 64 completions, T = 8 (budgets beyond 64 would redraw a state's pool).",
      SMALL_BANK, None),
