@@ -194,12 +194,18 @@ def heavy_tailed_states(samples: np.ndarray) -> np.ndarray:
     (docs/method.md, slg_adaptive). A heavy noise common to every state makes any state above an
     average prompt draw beat fresh prompt draws in the far tail, where a normal fit of its rewards
     sees a narrow state that the prompt's spread beats."""
+    return _heavy_tails(samples)[0]
+
+
+def _heavy_tails(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``heavy_tailed_states`` and each state's median reward (B, C), NaN where a state has none;
+    None where no state has ``HEAVY_TAIL_MIN_PER_STATE`` rewards (then no episode is heavy)."""
     batch, _, width = samples.shape
     if width < HEAVY_TAIL_MIN_PER_STATE:
-        return np.zeros(batch, dtype=bool)
+        return np.zeros(batch, dtype=bool), None
     counts = (~np.isnan(samples)).sum(axis=2)
     if not (counts >= HEAVY_TAIL_MIN_PER_STATE).any():
-        return np.zeros(batch, dtype=bool)
+        return np.zeros(batch, dtype=bool), None
     ordered = np.sort(samples, axis=2)  # NaN sorts last: each state's rewards lead its row
     low, median, high = (_quantile_of_sorted(ordered, counts, q) for q in (0.25, 0.5, 0.75))
     usable = (counts >= HEAVY_TAIL_MIN_PER_STATE) & (high > low)  # a state that repeats one reward has no width
@@ -211,7 +217,8 @@ def heavy_tailed_states(samples: np.ndarray) -> np.ndarray:
         far = (samples - median[..., None] > HEAVY_TAIL_SDS * robust_sd[..., None]) & usable[..., None]
     pooled = np.where(usable, counts, 0).sum(axis=1)
     count = far.sum(axis=(1, 2))
-    return (pooled >= HEAVY_TAIL_MIN_REWARDS) & (count >= HEAVY_TAIL_MIN_FAR) & (count >= HEAVY_TAIL_RATE * pooled)
+    heavy = (pooled >= HEAVY_TAIL_MIN_REWARDS) & (count >= HEAVY_TAIL_MIN_FAR) & (count >= HEAVY_TAIL_RATE * pooled)
+    return heavy, median
 
 
 def _quantile_of_sorted(ordered: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:
@@ -232,13 +239,12 @@ def _beyond_the_normal_fits(samples: np.ndarray, root_rewards: np.ndarray) -> np
     draws to beat: in an episode whose states' own tails are heavier than normal
     (``heavy_tailed_states``), those whose median reward lies above the root's, an average prompt
     draw's."""
-    heavy = heavy_tailed_states(samples)
-    if not heavy.any():  # the usual case: spare the medians (np.nanmedian is slow on small arrays)
+    heavy, state_median = _heavy_tails(samples)
+    if not heavy.any():  # the usual case: no root median to take
         return np.zeros(samples.shape[:2], dtype=bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: states with no rewards
-        above = np.nanmedian(samples, axis=2) > np.nanmedian(root_rewards, axis=1)[:, None]
-    return heavy[:, None] & above
+    root_median = _quantile_of_sorted(np.sort(root_rewards, axis=1), (~np.isnan(root_rewards)).sum(axis=1), 0.5)
+    with np.errstate(invalid="ignore"):  # NaN: a state with no rewards is not above
+        return heavy[:, None] & (state_median > root_median[:, None])
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ Which episodes run them, and which state gets the share:
   unless prefix scores read the states more precisely than rollouts do.
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
-- **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan has at most two rounds, N =
-  12-159 with the defaults: at most four candidates and one halving to screen them), if prefix scores track
+- **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
+  once, N = 12-159 with the defaults: at most four candidates to screen), if prefix scores track
   rewards in the root (``_prefix_slope`` at least ``share.min_prefix_slope``): the state whose prefix
   score and root reward together predict the highest mean (``_best_evidence_state``) gets the share.
   A candidate picked on its one reward alone is often a lucky draw of a mediocre state, and two

@@ -533,13 +533,15 @@ class HeavyStatesBelowTheirRoots:
 def test_adaptive_on_heavy_tails_still_leaves_states_below_an_average_prompt_draw():
     """Heavy tails make a state the better bet only if it sits above an average prompt draw: here
     every state sits 3 below it, and the heavy-tail check stands aside for none of them: every
-    episode goes as it would without the check (nearly all of them to the prompt)."""
+    episode goes as it would without the check (nearly all of them to the prompt). At N = 2048 the
+    first round gives each candidate 23 rollouts, so the check fires from that round on, before the
+    prompt check could drop the states (at N = 1000 it fired only once they were dropped)."""
     source = HeavyStatesBelowTheirRoots(0)
     assert heavy_tailed_states(source.draw(Request.uniform(0, 64, 200)).rewards.reshape(10, 20, 64)).mean() >= 0.9
     selected = {}
     for check in (True, False):
         config = SearchConfig(adaptive=AdaptiveConfig(heavy_tail_check=check))
-        policy = policy_class("slg_adaptive")(1000, 100, config, rng=np.random.default_rng(1))
+        policy = policy_class("slg_adaptive")(2048, 100, config, rng=np.random.default_rng(1))
         run_episodes(policy, HeavyStatesBelowTheirRoots(2))
         selected[check] = policy.selected
     assert np.array_equal(selected[True], selected[False]) and (selected[True] == ROOT).mean() > 0.9
