@@ -32,6 +32,7 @@ import numpy as np
 
 from pipeline.distributed.calls import CallFailure
 from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest
+from pipeline.distributed.driver_clock import DriverClock
 from pipeline.distributed.replica_pool import CacheAwareRouter, ReplicaPool
 from pipeline.distributed.search_record import Ledger, SearchRecord, SearchSpec, Slot, node_name
 from pipeline.search.protocol import ROOT
@@ -120,8 +121,7 @@ class Driver:
         self.request_ids = itertools.count()
         self.finished_totals = Ledger()  # of searches already finished; active ones add theirs in progress()
         self.searches_done = 0
-        self.driver_busy_s = 0.0  # wall time of its own work between waits (slower when engines share its cores)
-        self.driver_cpu_s = 0.0   # CPU time of its steps, answers' decoding included (a blocked wait uses none)
+        self.clock = DriverClock()  # what its own work costs: wall, CPU, and the policies' and calls' parts
         self.started = time.perf_counter()
 
     # --- the loop --------------------------------------------------------------------------------
@@ -130,34 +130,33 @@ class Driver:
         """Work for up to ``max_s`` seconds (None: until done); return finished results and progress."""
         deadline = None if max_s is None else time.perf_counter() + max_s
         finished: list[dict] = []
-        cpu_from = time.thread_time()
-        while True:
-            busy_from = time.perf_counter()
-            self._admit(finished)
-            self.generation.dispatch()
-            self.scoring.dispatch()
-            self.driver_busy_s += time.perf_counter() - busy_from
-            if self.done:  # probes of recovering replicas may still be out: no search waits on them
-                break
-            pending = [*self.generation.tokens(), *self.scoring.tokens()]
-            if not pending:  # every replica that could take the queued work rests after a failure
+        with self.clock.cpu:
+            while True:
+                with self.clock.busy:
+                    self._admit(finished)
+                    with self.clock.calls:
+                        self.generation.dispatch()
+                        self.scoring.dispatch()
+                if self.done:  # probes of recovering replicas may still be out: no search waits on them
+                    break
+                pending = [*self.generation.tokens(), *self.scoring.tokens()]
+                if not pending:  # every replica that could take the queued work rests after a failure
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        break
+                    time.sleep(0.05)
+                    continue
+                timeout = 1.0 if deadline is None else max(0.0, deadline - time.perf_counter())
+                if self.settings.call_timeout_s:
+                    timeout = min(timeout, self.settings.call_timeout_s)
+                with self.clock.calls:
+                    done = self.calls.wait(pending, timeout)
+                with self.clock.busy:
+                    for token, answers, error in done:
+                        self._on_answers(token, answers, error, finished)
+                    self.generation.expire_hung(self.settings.call_timeout_s or float("inf"))
+                    self.scoring.expire_hung(self.settings.call_timeout_s or float("inf"))
                 if deadline is not None and time.perf_counter() >= deadline:
                     break
-                time.sleep(0.05)
-                continue
-            timeout = 1.0 if deadline is None else max(0.0, deadline - time.perf_counter())
-            if self.settings.call_timeout_s:
-                timeout = min(timeout, self.settings.call_timeout_s)
-            done = self.calls.wait(pending, timeout)
-            busy_from = time.perf_counter()
-            for token, answers, error in done:
-                self._on_answers(token, answers, error, finished)
-            self.generation.expire_hung(self.settings.call_timeout_s or float("inf"))
-            self.scoring.expire_hung(self.settings.call_timeout_s or float("inf"))
-            self.driver_busy_s += time.perf_counter() - busy_from
-            if deadline is not None and time.perf_counter() >= deadline:
-                break
-        self.driver_cpu_s += time.thread_time() - cpu_from
         return finished, self.progress()
 
     def _on_answers(self, token, answers, error, finished: list[dict]) -> None:
@@ -180,12 +179,12 @@ class Driver:
         while (self.queue and len(self.active) < self.settings.max_concurrent_prompts
                and within_window(self.active, self.admitted, self.in_order_window)):
             spec = self.queue.popleft()
-            policy_class = spec.policy_class
             rng = np.random.default_rng(derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget))
             search = SearchRecord(spec, None, self.answers_vote)
             search.order, self.admitted = self.admitted, self.admitted + 1
-            true_value = true_values_of(search, self.ground_truth) if policy_class.needs_true_values else None
-            search.policy = policy_class(spec.budget, 1, spec.search_config, rng=rng, true_value=true_value)
+            true_value = true_values_of(search, self.ground_truth) if spec.policy_class.needs_true_values else None
+            with self.clock.policy:
+                search.policy = spec.policy_class(spec.budget, 1, spec.search_config, rng=rng, true_value=true_value)
             self.active.append(search)
             self._plan(search, finished)
 
@@ -201,7 +200,8 @@ class Driver:
                     self._queue_rollout(search, slot, position)
             if search.waiting:
                 return
-            search.policy.observe(search.round_results())  # a round that asked for nothing
+            with self.clock.policy:  # a round that asked for nothing
+                search.policy.observe(search.round_results())
 
     def _queue_rollout(self, search: SearchRecord, slot: Slot, position: int) -> None:
         index, root_index, state = search.plan_rollout(slot.node, slot.grow)
@@ -261,7 +261,8 @@ class Driver:
         if search.waiting == 0:
             if self.observer is not None:
                 self.observer.round_scored(search)
-            search.policy.observe(search.round_results())
+            with self.clock.policy:
+                search.policy.observe(search.round_results())
             self._plan(search, finished)
 
     def _finish(self, search: SearchRecord, finished: list[dict]) -> None:
@@ -286,7 +287,7 @@ class Driver:
                 "done": self.done,
                 "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
-                "driver_busy_s": self.driver_busy_s, "driver_cpu_s": self.driver_cpu_s,
+                **self.clock.report(),
                 "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
                 **replica_report(self.generation.health, self.scoring.health)}
 

@@ -94,6 +94,11 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
                                if progress["state_prompt_tokens"] else None),
         "driver_us_per_rollout": 1e6 * progress["driver_cpu_s"] / started_rollouts,  # CPU: what one driver needs
         "driver_us_per_rm_item": 1e6 * progress["driver_cpu_s"] / scored,
+        # its parts: the policies' own rounds, the replica calls (packing, sending, waiting, unpacking), the rest
+        "driver_policy_us_per_rollout": 1e6 * progress["driver_policy_cpu_s"] / started_rollouts,
+        "driver_calls_us_per_rollout": 1e6 * progress["driver_calls_cpu_s"] / started_rollouts,
+        "driver_bookkeeping_us_per_rollout": 1e6 * (progress["driver_cpu_s"] - progress["driver_policy_cpu_s"]
+                                                    - progress["driver_calls_cpu_s"]) / started_rollouts,
         "driver_wall_us_per_rollout": 1e6 * progress["driver_busy_s"] / started_rollouts,  # wall: engines beside it
         "rollouts": progress["rollouts_generated"], "rm_items": items,
         "rm_tokens": progress["rm_tokens"], "tokens_generated": progress["tokens_generated"],
@@ -197,6 +202,8 @@ def format_metrics(metrics: dict) -> str:
         f"driver time per rollout {metrics['driver_us_per_rollout']:.1f} us CPU, per RM item "
         f"{metrics['driver_us_per_rm_item']:.1f} us ({metrics['driver_wall_us_per_rollout']:.1f} us wall per rollout, "
         "engines sharing its cores)",
+        f"  of which per rollout: policy {metrics['driver_policy_us_per_rollout']:.1f} us, replica calls "
+        f"{metrics['driver_calls_us_per_rollout']:.1f} us, bookkeeping {metrics['driver_bookkeeping_us_per_rollout']:.1f} us",
     ]
     if metrics.get("token_multiplier") is not None:
         lines.append(f"mean best reward {metrics['mean_best_reward']:.4f}; compute multiplier vs exact best-of-N: "

@@ -29,8 +29,8 @@ log = logging.getLogger("slg")
 RESUMABLE_KEYS = ("output_dir", "overwrite", "plot", "driver.", "ray.", "storage.", "collect.", "bench.")
 THROUGHPUT_KEYS = ("elapsed_s", "rollouts_per_s", "tokens_per_s", "rollouts_generated", "rollouts_scored",
                    "prefixes_scored", "tokens_generated", "prompt_tokens", "cached_prompt_tokens", "rm_tokens",
-                   "driver_busy_s", "driver_cpu_s", "replica_failures", "replicas_lost", "replicas_rejoined",
-                   "replicas_retired")
+                   "driver_busy_s", "driver_cpu_s", "driver_policy_cpu_s", "driver_calls_cpu_s", "replica_failures",
+                   "replicas_lost", "replicas_rejoined", "replicas_retired")
 
 
 def search_grid(prompts, methods, budgets, search_config, skip=frozenset()) -> list[SearchSpec]:

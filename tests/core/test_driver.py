@@ -5,6 +5,7 @@ recomputed here from the rollouts the driver scored, recorded by an observer, ne
 driver's own bookkeeping. No Ray: the driver calls the engines directly.
 """
 
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, fields
 
@@ -16,10 +17,11 @@ from pipeline.distributed.calls import LocalCalls
 from pipeline.distributed.config import DriverConfig
 from pipeline.distributed.contract import PromptInput
 from pipeline.distributed.driver import Driver, SearchObserver
-from pipeline.distributed.search_record import Ledger
+from pipeline.distributed.search_record import Ledger, SearchSpec
 from pipeline.jobs.searches import search_grid
 from pipeline.search.config import SearchConfig
 from pipeline.search.protocol import ROOT
+from pipeline.search.share import SharedSLG
 from pipeline.stats.schedule import default_schedule
 
 PROMPTS = [PromptInput(f"p{i}", f"prompt {i}") for i in range(8)]
@@ -289,3 +291,60 @@ def test_ledgers_add_up_field_by_field():
     second = Ledger(**{name: 100 * (1 + index) for index, name in enumerate(names)})
     total = first + second
     assert {name: getattr(total, name) for name in names} == {name: 101 * (1 + index) for index, name in enumerate(names)}
+
+
+
+def _burn(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+BURN_S = 0.01  # far above what the driver itself spends around one call or one round (tens of microseconds)
+
+
+class SlowPolicy(SharedSLG):
+    """``slg_share`` that spends BURN_S of CPU on each round's results it observes."""
+
+    observed = 0
+
+    def observe(self, results):
+        SlowPolicy.observed += 1
+        _burn(BURN_S)
+        super().observe(results)
+
+
+class SlowGenerator(SimGenerator):
+    """A generator that spends BURN_S of CPU on each call (called in-process: on the driver's thread)."""
+
+    calls = 0
+
+    def generate(self, requests):
+        SlowGenerator.calls += 1
+        _burn(BURN_S)
+        return super().generate(requests)
+
+
+@pytest.mark.parametrize("slow", ["policy", "calls"])
+def test_the_driver_s_time_is_split_between_its_policies_its_replica_calls_and_the_rest(slow):
+    """``slg bench``'s breakdown: CPU spent in a policy counts as the policy's, CPU spent inside a
+    replica call as the calls', and neither part holds the other's."""
+    SlowPolicy.observed = SlowGenerator.calls = 0
+    policy = SlowPolicy if slow == "policy" else SharedSLG
+    searches = [SearchSpec(prompt, "slg_share", 16, policy, SearchConfig()) for prompt in PROMPTS[:3]]
+    generator = SlowGenerator() if slow == "calls" else SimGenerator()
+    driver = Driver(searches, [generator], [SimRewardModel()], DriverConfig(max_batch_rollouts=7), 0,
+                    calls=LocalCalls())
+    _, progress = driver.step(None)
+    assert progress["done"]
+    policy_s, calls_s = progress["driver_policy_cpu_s"], progress["driver_calls_cpu_s"]
+    if slow == "policy":
+        assert SlowPolicy.observed >= 3  # every search observes its root at least
+        assert policy_s >= SlowPolicy.observed * BURN_S
+        assert calls_s < BURN_S
+    else:
+        assert SlowGenerator.calls >= 3
+        assert calls_s >= SlowGenerator.calls * BURN_S
+        assert policy_s < BURN_S
+    assert policy_s + calls_s <= progress["driver_cpu_s"]

@@ -441,6 +441,9 @@ def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_en
     metrics, requests = measured["metrics"], measured["requests"]
     assert len(requests) == 3 * 64 and len({r.request_id for r in requests}) == 3 * 64
     assert all(0.0 <= b <= 1.0 for b in metrics["generator_busy"] + metrics["reward_busy"])
+    parts = [metrics[f"driver_{part}_us_per_rollout"] for part in ("policy", "calls", "bookkeeping")]
+    assert all(part > 0 for part in parts)  # each part is work the driver did (its split: test_driver.py)
+    assert sum(parts) == pytest.approx(metrics["driver_us_per_rollout"], rel=1e-9)
     # The sim generator reports a state rollout's T state tokens as cached out of 32 + len(prompt) / 4 + T:
     # the share the bench reports is the one these requests imply.
     state_requests = [r for r in requests if r.state is not None]
