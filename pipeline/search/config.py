@@ -78,9 +78,11 @@ class ShareConfig:
     (``grid_best_level``). The state's share comes in two
     halves; the second goes to the prompt where the first averages below the root or
     (``repeat_check``) only repeats the state. On continuous rewards the share rounds run only at budgets where ``slg_adaptive``'s plan
-    halves its candidates at most once (N = 12-159 with the defaults), and only where the root's regression slope
-    of reward on prefix score is at least ``min_prefix_slope`` (prefix scores that track rewards); the
-    state is then the one whose prefix score and root reward together say most about its mean."""
+    halves its candidates at most once (N = 12-159 with the defaults), or beyond where the root's
+    estimate of a state's own variance is below ``narrow_states`` times the rewards' variance, and only
+    where the root's regression slope of reward on prefix score is at least ``min_prefix_slope``
+    (prefix scores that track rewards); the state is then the one whose prefix score and root reward
+    together say most about its mean."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
@@ -89,6 +91,7 @@ class ShareConfig:
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
     grid_best_level: bool = True   # a grid of levels, narrow states: only states whose root rollout reached the best level
+    narrow_states: float = 0.1     # continuous, N >= 160: share rounds where a state's own variance < this x Var(r); 0: never
 
 
 @dataclass
@@ -147,6 +150,8 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
         raise ConfigError(f"search.share.reward_weight must be a finite number >= 0, got {config.share.reward_weight!r}")
     if not math.isfinite(config.share.min_prefix_slope):  # +inf would switch the share rounds off: say so with a number
         raise ConfigError(f"search.share.min_prefix_slope must be a finite number, got {config.share.min_prefix_slope!r}")
+    if not 0.0 <= config.share.narrow_states <= 1.0:  # NaN too
+        raise ConfigError(f"search.share.narrow_states must be in [0, 1], got {config.share.narrow_states!r}")
     rejection = config.spec_rejection
     if not 0.0 <= rejection.rejection_rate < 1.0:  # NaN too
         raise ConfigError(f"search.spec_rejection.rejection_rate must be in [0, 1), got {rejection.rejection_rate!r}")

@@ -35,9 +35,16 @@ Which episodes run them, and which state gets the share:
   on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N; at N =
   97-159, where four candidates' screening round is most of what a narrow world's states cost,
   3.20x -> 3.48x on gaussian at 128, and 0.93x -> 1.49x where states are a fifth as wide).
-- **Continuous rewards otherwise** (larger budgets, or prefix scores that do not track rewards):
-  a state's rewards have an upper tail that SLG's normal fit extrapolates, and screening then
-  committing pays (18x best-of-N at N = 1000 on gaussian). These episodes run ``slg_adaptive``.
+- **Continuous rewards at larger budgets, narrow states** (N >= 160, prefix scores that track
+  rewards, and a root whose estimate of a state's own variance, Var(r) - Cov(s, r) over at least 32
+  of its rollouts, is below ``share.narrow_states`` times Var(r)): the same share rounds and pick.
+  Such states' rewards barely spread beyond their means, so ``slg_adaptive``'s screening of several
+  candidates only spends what fresh prompt draws would find (gaussian, states a sixth as wide as the
+  spread: -0.032 -> +0.075 against best-of-N at N = 256; docs/method.md).
+- **Continuous rewards otherwise** (larger budgets and states not narrow, or prefix scores that do
+  not track rewards): a state's rewards have an upper tail that SLG's normal fit extrapolates, and
+  screening then committing pays (18x best-of-N at N = 1000 on gaussian). These episodes run
+  ``slg_adaptive``.
 
 Without prefix scores (a bank that has none, an engine that cannot score them) every episode runs
 ``slg_adaptive``. Below N = 12 the policy is best-of-N, as ``slg_adaptive``.
@@ -68,9 +75,9 @@ class SharedSLG(AdaptiveSLG):
             return
         (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch)]
         few_levels = _few_levels(root)
-        by_evidence = np.zeros(batch, dtype=bool)
-        if sum(plan.halving) <= SCREENING_HALVINGS:  # too few rounds for slg_adaptive to screen its candidates
-            by_evidence = ~few_levels & (_prefix_slope(root) >= self.config.share.min_prefix_slope)
+        by_evidence = ~few_levels & (_prefix_slope(root) >= self.config.share.min_prefix_slope)
+        if sum(plan.halving) > SCREENING_HALVINGS and by_evidence.any():  # screening pays, unless the states are narrow
+            by_evidence &= _narrow_states(root, self.config.share.narrow_states)
         shared = few_levels | by_evidence
         yield from _in_lockstep(self._share_rounds(root, shared, by_evidence),
                                 self._explore_and_exploit(root, plan, shared))
@@ -154,6 +161,22 @@ def _root_moments(root: Rollouts):
     d_reward = np.where(known, rewards - mean_reward[:, None], 0.0)
     return (known, mean_score, mean_reward, (d_score ** 2).sum(axis=1) / count, (d_reward ** 2).sum(axis=1) / count,
             (d_score * d_reward).sum(axis=1) / count)
+
+
+NARROW_MIN_PAIRS = 32  # root rollouts with a known state, score and reward that the width estimate needs
+
+
+def _narrow_states(root: Rollouts, narrow: float) -> np.ndarray:
+    """Episodes whose states look narrow: the root's estimate of a state's own variance, Var(r) - Cov(s, r)
+    (as in ``_best_evidence_state``: Cov(s, r) is the variance of the states' means), below ``narrow``
+    times Var(r), from at least ``NARROW_MIN_PAIRS`` root rollouts (from 32 pairs the estimate's sd is
+    about a quarter of Var(r) or less). Rewards of such states barely spread beyond their means: SLG's
+    screening of several candidates buys nothing their prefix scores and root rewards do not already
+    say, and each of its rollouts is one fewer fresh prompt draw."""
+    if narrow <= 0 or root.state_score is None or root.state_index is None:  # off (a noisy root can estimate < 0)
+        return np.zeros(root.rewards.shape[0], dtype=bool)
+    known, _, _, _, var_reward, covariance = _root_moments(root)
+    return (known.sum(axis=1) >= NARROW_MIN_PAIRS) & (var_reward - covariance < narrow * var_reward)
 
 
 def _in_sds(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
