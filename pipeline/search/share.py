@@ -75,9 +75,10 @@ class SharedSLG(AdaptiveSLG):
             return
         (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch)]
         few_levels = _few_levels(root)
-        by_evidence = ~few_levels & (_prefix_slope(root) >= self.config.share.min_prefix_slope)
+        moments = _root_moments(root) if root.state_score is not None and root.state_index is not None else None
+        by_evidence = ~few_levels & (_prefix_slope(root, moments) >= self.config.share.min_prefix_slope)
         if sum(plan.halving) > SCREENING_HALVINGS and by_evidence.any():  # screening pays, unless the states are narrow
-            by_evidence &= _narrow_states(root, self.config.share.narrow_states)
+            by_evidence &= _narrow_states(root, self.config.share.narrow_states, moments)
         shared = few_levels | by_evidence
         yield from _in_lockstep(self._share_rounds(root, shared, by_evidence),
                                 self._explore_and_exploit(root, plan, shared))
@@ -166,16 +167,17 @@ def _root_moments(root: Rollouts):
 NARROW_MIN_PAIRS = 32  # root rollouts with a known state, score and reward that the width estimate needs
 
 
-def _narrow_states(root: Rollouts, narrow: float) -> np.ndarray:
+def _narrow_states(root: Rollouts, narrow: float, moments: tuple | None = None) -> np.ndarray:
     """Episodes whose states look narrow: the root's estimate of a state's own variance, Var(r) - Cov(s, r)
     (as in ``_best_evidence_state``: Cov(s, r) is the variance of the states' means), below ``narrow``
     times Var(r), from at least ``NARROW_MIN_PAIRS`` root rollouts (from 32 pairs the estimate's sd is
     about a quarter of Var(r) or less). Rewards of such states barely spread beyond their means: SLG's
     screening of several candidates buys nothing their prefix scores and root rewards do not already
-    say, and each of its rollouts is one fewer fresh prompt draw."""
+    say, and each of its rollouts is one fewer fresh prompt draw. ``moments``: ``_root_moments(root)``
+    where the caller has it."""
     if narrow <= 0 or root.state_score is None or root.state_index is None:  # off (a noisy root can estimate < 0)
         return np.zeros(root.rewards.shape[0], dtype=bool)
-    known, _, _, _, var_reward, covariance = _root_moments(root)
+    known, _, _, _, var_reward, covariance = moments or _root_moments(root)
     return (known.sum(axis=1) >= NARROW_MIN_PAIRS) & (var_reward - covariance < narrow * var_reward)
 
 
@@ -186,13 +188,14 @@ def _in_sds(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.nd
         return np.where(sd > 0, (values - mean[:, None]) / np.where(sd > 0, sd, 1.0), 0.0)
 
 
-def _prefix_slope(root: Rollouts) -> np.ndarray:
+def _prefix_slope(root: Rollouts, moments: tuple | None = None) -> np.ndarray:
     """Per episode, the root's least-squares slope of reward on prefix score: the reward a unit of
     prefix score is worth (a root rollout's reward is a draw of its own state). -inf where the
-    prefixes were not scored, or fewer than 3 pairs (or no spread of scores) leave it unknown."""
+    prefixes were not scored, or fewer than 3 pairs (or no spread of scores) leave it unknown.
+    ``moments``: ``_root_moments(root)`` where the caller has it."""
     if root.state_score is None or root.state_index is None:
         return np.full(root.rewards.shape[0], -np.inf)
-    known, _, _, var_score, _, covariance = _root_moments(root)
+    known, _, _, var_score, _, covariance = moments or _root_moments(root)
     usable = (known.sum(axis=1) >= 3) & (var_score > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(usable, covariance / np.where(usable, var_score, 1.0), -np.inf)
