@@ -170,8 +170,9 @@ NARROW_MIN_PAIRS = 32  # root rollouts with a known state, score and reward that
 def _narrow_states(root: Rollouts, narrow: float, moments: tuple | None = None) -> np.ndarray:
     """Episodes whose states look narrow: the root's estimate of a state's own variance, Var(r) - Cov(s, r)
     (as in ``_best_evidence_state``: Cov(s, r) is the variance of the states' means), below ``narrow``
-    times Var(r), from at least ``NARROW_MIN_PAIRS`` root rollouts (from 32 pairs the estimate's sd is
-    about a quarter of Var(r) or less). Rewards of such states barely spread beyond their means: SLG's
+    times Var(r), from at least ``NARROW_MIN_PAIRS`` root rollouts (a covariance of n pairs has an sd of
+    about sqrt((Var(s) Var(r) + Cov(s, r)^2) / n): a quarter of Var(r) at 32 where both vary alike).
+    Rewards of such states barely spread beyond their means: SLG's
     screening of several candidates buys nothing their prefix scores and root rewards do not already
     say, and each of its rollouts is one fewer fresh prompt draw. ``moments``: ``_root_moments(root)``
     where the caller has it."""
