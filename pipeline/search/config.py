@@ -76,8 +76,10 @@ class ShareConfig:
     states) of states narrower than the spread between them, and read more precisely by a rollout than
     by their prefix score, only the states whose root rollout reached the best reward are candidates
     (``grid_best_level``). The state's share comes in two
-    halves; the second goes to the prompt where the first averages below the root or
-    (``repeat_check``) only repeats the state. On continuous rewards the share rounds run only at budgets where ``slg_adaptive``'s plan
+    halves; the second goes to the prompt where the first averages below the root,
+    (``repeat_check``) only repeats the state, or (``prompt_check``, continuous rewards whose root
+    shows states narrower than the spread between them) is beaten by fresh prompt draws even
+    optimistically. On continuous rewards the share rounds run only at budgets where ``slg_adaptive``'s plan
     halves its candidates at most once (N = 12-159 with the defaults), or beyond where the root's
     estimate of a state's own variance is below ``narrow_states`` times the rewards' variance, and only
     where the root's regression slope of reward on prefix score is at least ``min_prefix_slope``
@@ -90,6 +92,7 @@ class ShareConfig:
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
+    prompt_check: bool = True      # ... and, continuous with narrow-looking states, where fresh prompt draws beat it (slg_adaptive's check)
     grid_best_level: bool = True   # a grid of levels, narrow states: only states whose root rollout reached the best level
     narrow_states: float = 0.1     # continuous, N >= 160: share rounds where a state's own variance < this x Var(r); 0: never
 

@@ -10,7 +10,10 @@ reward model also scores each revealed state's *prefix alone* (one short call pe
 root left, if less) and fresh prompt draws the rest, in two halves: if the state's first half
 averages below the root's rewards (a choice that misled), or only repeats the state (none above its
 root rollouts, and one reward from 2 rollouts, fewer than 3 from 6; ``share.repeat_check``: a deep
-or narrow state whose prefix fixes its response), its second half goes to the prompt too.
+or narrow state whose prefix fixes its response), or, on continuous rewards whose root shows states
+narrower than the spread between them, is beaten by fresh prompt draws even at its tail fit's upper
+confidence bounds (from 8 rollouts; ``share.prompt_check``, ``slg_adaptive``'s check of its
+candidates), its second half goes to the prompt too.
 Which episodes run them, and which state gets the share:
 
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
@@ -56,6 +59,7 @@ import numpy as np
 
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
+from pipeline.stats.quantile_scale import QuantileScale
 
 # Continuous rewards: the share rounds run where slg_adaptive's plan halves its candidates at most this
 # often (N = 12-159 with the defaults). With a second halving (N >= 160) screening pays on gaussian
@@ -115,12 +119,38 @@ class SharedSLG(AdaptiveSLG):
         keep = (first_state > 0) & ~(state_mean < root_mean)
         if settings.repeat_check:
             keep &= ~_repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
+        if settings.prompt_check and (keep & by_evidence).any():
+            drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)
+            keep &= ~self._prompt_beats_state(root, state_part.rewards, _best_of_finite(drawn_so_far),
+                                              to_state - first_state, keep & by_evidence)
         rest_state = np.where(keep, to_state - first_state, 0)
         rest_root = np.where(mine, to_root - first_root + (to_state - first_state) - rest_state, 0)
         self.selected = np.where(keep, state, self.selected)
         if (rest_root + rest_state > 0).any():
             yield [Request.per_episode(np.where(rest_root > 0, ROOT, NO_NODE), rest_root),
                    Request.per_episode(np.where(rest_state > 0, state, NO_NODE), rest_state)]
+
+    def _prompt_beats_state(self, root: Rollouts, first_half: np.ndarray, best: np.ndarray, left: np.ndarray,
+                            mine: np.ndarray) -> np.ndarray:
+        """Per episode of ``mine`` (continuous rewards): whether fresh prompt draws beat the state for
+        its ``left`` rollouts even with the mean and sd of its first half's tail fit at their upper
+        ``adaptive.confidence`` bounds, ``best`` the best reward so far: ``slg_adaptive``'s check of its
+        candidates, on the prompt's quantile scale (``_final_best``). Only where the first half holds
+        a first tail fit's sample (2 ``adaptive.min_rollouts``: N >= 43 with the defaults; fewer
+        rewards say little of a state's width) and the root's estimate of a state's own variance,
+        Var(r) - Cov(s, r), is below the variance between states, Cov(s, r): a state narrower than
+        the spread gets little past its mean, which its root rollout already shows, and what the
+        check costs wide states (whose few rewards can look narrow) is not paid where the root says
+        they are wide."""
+        adaptive = self.config.adaptive
+        _, _, _, _, var_reward, covariance = _root_moments(root)
+        checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts) & (var_reward - covariance < covariance)
+        if not checked.any():
+            return checked
+        scale = QuantileScale(root.rewards, adaptive.tail_fraction)
+        _, optimistic, prompt_value = self._final_best(scale.scores(first_half)[:, None, :], checked[:, None],
+                                                       scale.scores(best[:, None])[:, 0], np.maximum(left, 1))
+        return checked & (optimistic[:, 0] < prompt_value[:, 0])
 
     def _best_prefix_state(self, root: Rollouts, mine: np.ndarray) -> np.ndarray:
         """Per episode of ``mine``, the state of the root rollout that ranks first by its state's prefix
