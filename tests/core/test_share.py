@@ -809,8 +809,8 @@ def prompt_beats_state(root, first, best, left=12, config=None):
 def test_the_prompt_check_gives_a_narrow_state_s_rest_to_the_prompt_and_keeps_a_wide_one():
     """On the prompt's quantile scale a state whose 8 first-half rewards sit within 0.01 of the root's
     median can reach the best so far (the root's best, about 2 sds up in a root of 32) in 12 more
-    draws only if its sd were ~100 times what they show, where 12 prompt draws pass it one time in
-    two: the prompt beats it, even optimistically. A state whose first half spreads from the root's
+    draws only if its sd were over a hundred times what they show, where 12 prompt draws pass it one
+    time in four (1 - Phi(2)^12): the prompt beats it, even optimistically. A state whose first half spreads from the root's
     median to its best (sd about the prompt's) keeps its rest. Both cases are far from the margin."""
     root, _, _ = narrow_episode([0.0])
     median, top = np.median(root.rewards), root.rewards.max()
