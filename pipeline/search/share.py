@@ -143,8 +143,11 @@ class SharedSLG(AdaptiveSLG):
         check costs wide states (whose few rewards can look narrow) is not paid where the root says
         they are wide."""
         adaptive = self.config.adaptive
+        checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
+        if not checked.any():  # N < 43 with the defaults: no root moments to take
+            return checked
         _, _, _, _, var_reward, covariance = _root_moments(root)
-        checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts) & (var_reward - covariance < covariance)
+        checked &= var_reward - covariance < covariance
         if not checked.any():
             return checked
         scale = QuantileScale(root.rewards, adaptive.tail_fraction)
