@@ -101,12 +101,13 @@ class SharedSLG(AdaptiveSLG):
         if more.any():
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
             root = _joined(root, extra)
+        moments = _root_moments(root)  # of the root as topped up: both picks and the prompt check read them
         state = np.full(len(mine), NO_NODE)
         by_prefix = mine & ~by_evidence
         if by_evidence.any():  # each pick only where it is used: the driver's searches are one episode each
-            state = np.where(by_evidence, _best_evidence_state(root, by_evidence), state)
+            state = np.where(by_evidence, _best_evidence_state(root, by_evidence, moments), state)
         if by_prefix.any():
-            state = np.where(by_prefix, self._best_prefix_state(root, by_prefix), state)
+            state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments), state)
         spent = np.where(mine, drawn + more, 0)
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
         to_state = np.minimum(to_state, budget - spent)
@@ -121,7 +122,7 @@ class SharedSLG(AdaptiveSLG):
             keep &= ~_repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
         if settings.prompt_check and (keep & by_evidence).any():
             drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)
-            keep &= ~self._prompt_beats_state(root, state_part.rewards, _best_of_finite(drawn_so_far),
+            keep &= ~self._prompt_beats_state(root, moments, state_part.rewards, _best_of_finite(drawn_so_far),
                                               to_state - first_state, keep & by_evidence)
         rest_state = np.where(keep, to_state - first_state, 0)
         rest_root = np.where(mine, to_root - first_root + (to_state - first_state) - rest_state, 0)
@@ -130,8 +131,8 @@ class SharedSLG(AdaptiveSLG):
             yield [Request.per_episode(np.where(rest_root > 0, ROOT, NO_NODE), rest_root),
                    Request.per_episode(np.where(rest_state > 0, state, NO_NODE), rest_state)]
 
-    def _prompt_beats_state(self, root: Rollouts, first_half: np.ndarray, best: np.ndarray, left: np.ndarray,
-                            mine: np.ndarray) -> np.ndarray:
+    def _prompt_beats_state(self, root: Rollouts, moments: tuple, first_half: np.ndarray, best: np.ndarray,
+                            left: np.ndarray, mine: np.ndarray) -> np.ndarray:
         """Per episode of ``mine`` (continuous rewards): whether fresh prompt draws beat the state for
         its ``left`` rollouts even with the mean and sd of its first half's tail fit at their upper
         ``adaptive.confidence`` bounds, ``best`` the best reward so far: ``slg_adaptive``'s check of its
@@ -141,12 +142,10 @@ class SharedSLG(AdaptiveSLG):
         Var(r) - Cov(s, r), is below the variance between states, Cov(s, r): a state narrower than
         the spread gets little past its mean, which its root rollout already shows, and what the
         check costs wide states (whose few rewards can look narrow) is not paid where the root says
-        they are wide."""
+        they are wide. ``moments``: ``_root_moments(root)``."""
         adaptive = self.config.adaptive
         checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
-        if not checked.any():  # N < 43 with the defaults: no root moments to take
-            return checked
-        _, _, _, _, var_reward, covariance = _root_moments(root)
+        _, _, _, _, var_reward, covariance = moments
         checked &= var_reward - covariance < covariance
         if not checked.any():
             return checked
@@ -155,7 +154,7 @@ class SharedSLG(AdaptiveSLG):
                                                        scale.scores(best[:, None])[:, 0], np.maximum(left, 1))
         return checked & (optimistic[:, 0] < prompt_value[:, 0])
 
-    def _best_prefix_state(self, root: Rollouts, mine: np.ndarray) -> np.ndarray:
+    def _best_prefix_state(self, root: Rollouts, mine: np.ndarray, moments: tuple | None = None) -> np.ndarray:
         """Per episode of ``mine``, the state of the root rollout that ranks first by its state's prefix
         score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by
@@ -165,9 +164,10 @@ class SharedSLG(AdaptiveSLG):
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
         one step from a state already at it and two or more from the others. A state as wide as the
         spread can jump two levels, and its one root reward says little of where it sits; a prefix
-        score that reads states more precisely than a rollout does already names the best one."""
-        known, mean_score, mean_reward, var_score, var_reward, covariance = _root_moments(root)
-        known &= mine[:, None]
+        score that reads states more precisely than a rollout does already names the best one.
+        ``moments``: ``_root_moments(root)`` where the caller has it."""
+        known, mean_score, mean_reward, var_score, var_reward, covariance = moments or _root_moments(root)
+        known = known & mine[:, None]  # a new array: ``moments`` may be the caller's
         if self.config.share.grid_best_level:
             # as in _best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own
             # width, Var(s) - Cov(s, r) the prefix score's noise (the rule needs it above the width)
@@ -238,7 +238,7 @@ def _prefix_slope(root: Rollouts, moments: tuple | None = None) -> np.ndarray:
 NOISE_FLOOR = 0.05  # a reading's noise variance is at least this share of its variance (scales that differ)
 
 
-def _best_evidence_state(root: Rollouts, mine: np.ndarray) -> np.ndarray:
+def _best_evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple | None = None) -> np.ndarray:
     """Per episode of ``mine``, the state of the root rollout whose prefix score s and reward r rank
     first by E[state mean | s, r]; NO_NODE elsewhere.
 
@@ -246,8 +246,8 @@ def _best_evidence_state(root: Rollouts, mine: np.ndarray) -> np.ndarray:
     with independent errors. Then Cov(s, r) = Var(m), the errors' variances are Var(s) - Var(m) and
     Var(r) - Var(m) (at least ``NOISE_FLOOR`` of Var(s), Var(r)), all from the root; and E[m | s, r]
     ranks as s / Var(e_s) + r / Var(e_r), centred: a noisy prefix score weighs little, a noisy reward
-    (a wide state's lucky draw) too."""
-    known, mean_score, mean_reward, var_score, var_reward, covariance = _root_moments(root)
+    (a wide state's lucky draw) too. ``moments``: ``_root_moments(root)`` where the caller has it."""
+    known, mean_score, mean_reward, var_score, var_reward, covariance = moments or _root_moments(root)
     signal = np.maximum(covariance, 0.0)
     noise_score = np.maximum(var_score - signal, NOISE_FLOOR * var_score)
     noise_reward = np.maximum(var_reward - signal, NOISE_FLOOR * var_reward)

@@ -25,6 +25,7 @@ from pipeline.search.share import (
     _prefix_slope,
     _repeats,
     _repeats_itself,
+    _root_moments,
 )
 
 
@@ -803,7 +804,7 @@ def narrow_episode(first_half, seed=5, width=32, reward_noise=0.1):
 
 def prompt_beats_state(root, first, best, left=12, config=None):
     policy = SharedSLG(64, 1, config or SearchConfig())
-    return policy._prompt_beats_state(root, first, best, np.array([left]), np.array([True]))[0]
+    return policy._prompt_beats_state(root, _root_moments(root), first, best, np.array([left]), np.array([True]))[0]
 
 
 def test_the_prompt_check_gives_a_narrow_state_s_rest_to_the_prompt_and_keeps_a_wide_one():
