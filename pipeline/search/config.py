@@ -84,7 +84,8 @@ class ShareConfig:
     estimate of a state's own variance is below ``narrow_states`` times the rewards' variance, and only
     where the root's regression slope of reward on prefix score is at least ``min_prefix_slope``
     (prefix scores that track rewards); the state is then the one whose prefix score and root reward
-    together say most about its mean."""
+    together say most about its mean. From N = ``commit_from``, on few levels off a grid, the root is
+    not topped up and the state gets all the root leaves (in the same two halves)."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
@@ -95,6 +96,7 @@ class ShareConfig:
     prompt_check: bool = True      # ... and, continuous with narrow-looking states, where fresh prompt draws beat it (slg_adaptive's check)
     grid_best_level: bool = True   # a grid of levels, narrow states: only states whose root rollout reached the best level
     narrow_states: float = 0.1     # continuous, N >= 160: share rounds where a state's own variance < this x Var(r); 0: never
+    commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
 
 
 @dataclass
@@ -155,6 +157,8 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
         raise ConfigError(f"search.share.min_prefix_slope must be a finite number, got {config.share.min_prefix_slope!r}")
     if not 0.0 <= config.share.narrow_states <= 1.0:  # NaN too
         raise ConfigError(f"search.share.narrow_states must be in [0, 1], got {config.share.narrow_states!r}")
+    if config.share.commit_from is not None and config.share.commit_from < 1:
+        raise ConfigError(f"search.share.commit_from must be >= 1 (null: never), got {config.share.commit_from!r}")
     rejection = config.spec_rejection
     if not 0.0 <= rejection.rejection_rate < 1.0:  # NaN too
         raise ConfigError(f"search.spec_rejection.rejection_rate must be in [0, 1), got {rejection.rejection_rate!r}")

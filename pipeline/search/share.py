@@ -27,6 +27,8 @@ Which episodes run them, and which state gets the share:
   rewards repeat across states: a verifier's or a judge's score) of narrow states, only the states
   whose root rollout reached the root's best reward are candidates (``share.grid_best_level``),
   unless prefix scores read the states more precisely than rollouts do.
+  From N = ``share.commit_from`` (256) off a grid, the root (``adaptive.root_fraction`` of N) is not
+  topped up and the state gets all it leaves, in the same two halves (``_commits``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.search import reward_levels
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 from pipeline.stats.quantile_scale import QuantileScale
@@ -78,7 +81,7 @@ class SharedSLG(AdaptiveSLG):
             yield [Request.uniform(ROOT, budget, batch)]
             return
         (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch)]
-        few_levels = _few_levels(root)
+        few_levels = reward_levels.few_levels(root)
         moments = _root_moments(root) if root.state_score is not None and root.state_index is not None else None
         by_evidence = ~few_levels & (_prefix_slope(root, moments) >= self.config.share.min_prefix_slope)
         if sum(plan.halving) > SCREENING_HALVINGS and by_evidence.any():  # screening pays, unless the states are narrow
@@ -97,7 +100,8 @@ class SharedSLG(AdaptiveSLG):
             return
         settings, budget = self.config.share, self.budget
         drawn = root.rewards.shape[1]  # the root request's count (a dropped score leaves a NaN, not a gap)
-        more = np.where(mine, max(0, min(budget, round(settings.root_fraction * budget)) - drawn), 0)
+        committed = self._commits(root, mine & ~by_evidence)
+        more = np.where(mine & ~committed, max(0, min(budget, round(settings.root_fraction * budget)) - drawn), 0)
         if more.any():
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
             root = _joined(root, extra)
@@ -110,7 +114,7 @@ class SharedSLG(AdaptiveSLG):
             state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments), state)
         spent = np.where(mine, drawn + more, 0)
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
-        to_state = np.minimum(to_state, budget - spent)
+        to_state = np.where(committed & (state != NO_NODE), budget - spent, np.minimum(to_state, budget - spent))
         to_root = np.where(mine, budget - spent - to_state, 0)
         # in two halves: the first checks that the state's rollouts are no worse than the root's, nor mere repeats
         first_state, first_root = to_state // 2, to_root // 2
@@ -119,17 +123,30 @@ class SharedSLG(AdaptiveSLG):
         state_mean, root_mean = _mean_of_finite(state_part.rewards), _mean_of_finite(root.rewards)
         keep = (first_state > 0) & ~(state_mean < root_mean)
         if settings.repeat_check:
-            keep &= ~_repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
+            keep &= ~reward_levels.repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
         if settings.prompt_check and (keep & by_evidence).any():
             drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)
-            keep &= ~self._prompt_beats_state(root, moments, state_part.rewards, _best_of_finite(drawn_so_far),
-                                              to_state - first_state, keep & by_evidence)
+            best = reward_levels.best_of_finite(drawn_so_far)
+            keep &= ~self._prompt_beats_state(root, moments, state_part.rewards, best, to_state - first_state,
+                                              keep & by_evidence)
         rest_state = np.where(keep, to_state - first_state, 0)
         rest_root = np.where(mine, to_root - first_root + (to_state - first_state) - rest_state, 0)
         self.selected = np.where(keep, state, self.selected)
         if (rest_root + rest_state > 0).any():
             yield [Request.per_episode(np.where(rest_root > 0, ROOT, NO_NODE), rest_root),
                    Request.per_episode(np.where(rest_state > 0, state, NO_NODE), rest_state)]
+
+    def _commits(self, root: Rollouts, few_levels: np.ndarray) -> np.ndarray:
+        """The episodes of ``few_levels`` whose state gets all the root leaves (in the same two checked
+        halves) rather than ``share.state_share`` of it: from N = ``share.commit_from``, off a grid of
+        levels. There the root (``adaptive.root_fraction`` of N, 77 draws at 256) has seen each of a
+        prompt's states several times, so the pick is reliable, and fresh prompt draws, whose best-of-N
+        has flattened, add less than the best state's tail (the clairvoyant allocation puts 91-97% of N
+        on one state). On a grid a state's best stops at its level, and committing lost to best-of-N."""
+        start = self.config.share.commit_from
+        if start is None or self.budget < start or not few_levels.any():
+            return np.zeros_like(few_levels)
+        return few_levels & ~reward_levels.on_a_grid(root)
 
     def _prompt_beats_state(self, root: Rollouts, moments: tuple, first_half: np.ndarray, best: np.ndarray,
                             left: np.ndarray, mine: np.ndarray) -> np.ndarray:
@@ -159,7 +176,7 @@ class SharedSLG(AdaptiveSLG):
         score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by
         its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
-        prompt draw's; else NO_NODE. On a grid of levels (``_on_a_grid``) of states narrower than the
+        prompt draw's; else NO_NODE. On a grid of levels (``reward_levels.on_a_grid``) of states narrower than the
         spread between them (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
         one step from a state already at it and two or more from the others. A state as wide as the
@@ -172,8 +189,8 @@ class SharedSLG(AdaptiveSLG):
             # as in _best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own
             # width, Var(s) - Cov(s, r) the prefix score's noise (the rule needs it above the width)
             narrow = (var_reward - covariance < NARROW_GRID * covariance) & (var_reward < var_score)
-            at_best = root.rewards == _best_of_finite(root.rewards)[:, None]
-            known &= ~(_on_a_grid(root) & narrow)[:, None] | at_best
+            at_best = root.rewards == reward_levels.best_of_finite(root.rewards)[:, None]
+            known &= ~(reward_levels.on_a_grid(root) & narrow)[:, None] | at_best
         spread = _sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
         rank = (_in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * _in_sds(root.rewards, mean_reward, var_reward))
@@ -267,82 +284,13 @@ def _top_rollout(rank: np.ndarray, allowed: np.ndarray):
     return rows, top, np.isfinite(rank[rows, top])
 
 
-REPEAT_FRACTION = 0.1  # root rewards that repeat another, as a share of the root, that make a reward "few levels"
-
-
-def _few_levels(root: Rollouts) -> np.ndarray:
-    """Episodes whose root rewards repeat values (a reward with few levels, or responses that repeat)
-    and whose prefixes were scored: the regime of ``_share_rounds``.
-
-    A repeat counts where at least ``REPEAT_FRACTION`` of the root's rewards repeat another (at least
-    one): replayed on a bank, rollouts through one state also repeat a reward where the bank redraws
-    its finite pool, now and then (64 states of 10^4 rewards: at N = 4096 about one repeat in a root
-    of 1024, where responses that really repeat make many)."""
-    if root.state_score is None or root.state_index is None:
-        return np.zeros(root.rewards.shape[0], dtype=bool)
-    scored = (~np.isnan(root.state_score) & (root.state_index >= 0)).any(axis=1)
-    return scored & (_repeats(root.rewards) >= _enough_repeats(root.rewards))
-
-
 NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this share of the variance between states
-
-
-def _on_a_grid(root: Rollouts) -> np.ndarray:
-    """Episodes whose root rewards repeat *across states* (at least ``REPEAT_FRACTION`` of the root,
-    and one): a reward on a grid of levels (a verifier's, a judge's 1-10), not responses that repeat.
-    A reward model reads a state's prefix too, so two states never share a response: in the toy
-    models' banks two states' scores coincide in at most 3 roots of 12 to 40 draws in 10,000, once
-    each, where a world of 4 to 20 levels shows several in every root."""
-    if root.state_index is None:
-        return np.zeros(root.rewards.shape[0], dtype=bool)
-    order = np.lexsort((root.state_index, root.rewards), axis=1)  # by reward, then state: ties of a reward side by side
-    rewards, states = np.take_along_axis(root.rewards, order, axis=1), np.take_along_axis(root.state_index, order, axis=1)
-    known = (states[:, 1:] >= 0) & (states[:, :-1] >= 0)
-    across = ((np.diff(rewards, axis=1) == 0) & (np.diff(states, axis=1) != 0) & known).sum(axis=1)
-    return across >= _enough_repeats(root.rewards)
-
-
-def _enough_repeats(rewards: np.ndarray) -> np.ndarray:
-    """Per row, the repeats that make a root's rewards repeat: ``REPEAT_FRACTION`` of its scored
-    rewards, and at least one."""
-    return np.maximum(1.0, REPEAT_FRACTION * (~np.isnan(rewards)).sum(axis=1))
-
-
-def _best_of_finite(rewards: np.ndarray) -> np.ndarray:
-    """Each row's best reward, NaN (a dropped score) left out; -inf for a row with none."""
-    return np.max(np.where(np.isnan(rewards), -np.inf, rewards), axis=1, initial=-np.inf)
-
-
-def _repeats(rewards: np.ndarray) -> np.ndarray:
-    """Per row, how many rewards equal another one before them in sorted order: the row's scored
-    rewards less its distinct ones (NaN, a dropped score, sorts last and equals nothing)."""
-    return (np.diff(np.sort(rewards, axis=1), axis=1) == 0).sum(axis=1)
-
-
-REPEAT_CHECK_MIN_ROLLOUTS = 2   # from this many, a first half of one reward only repeats (N >= 12 with the defaults)
-REPEAT_CHECK_ROLLOUTS = 6       # from this many, one of fewer than REPEAT_CHECK_DISTINCT rewards does (N >= 31)
-REPEAT_CHECK_DISTINCT = 3       # fewer distinct rewards than this in a first half of REPEAT_CHECK_ROLLOUTS or more: it repeats
-
-
-def _repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
-    """Per episode, whether a state's first half only repeats itself: none of its scored rollouts is
-    above ``own_best``, the best reward of the state's root rollouts, and it shows too few distinct
-    rewards for its size (one from ``REPEAT_CHECK_MIN_ROLLOUTS`` rollouts; fewer than
-    ``REPEAT_CHECK_DISTINCT`` from ``REPEAT_CHECK_ROLLOUTS``). Its prefix already fixes its response
-    (a deep state, or a narrow one on a reward of few levels), so the rest of its share would redraw
-    what the root holds, where fresh prompt draws find new ones. A small first half (N = 12-30 with
-    the defaults) only counts when all its rewards are equal: a wide state's few rollouts often tie."""
-    scored = (~np.isnan(first_half)).sum(axis=1)
-    top = _best_of_finite(first_half)
-    distinct = scored - _repeats(first_half)
-    most_distinct = np.where(scored >= REPEAT_CHECK_ROLLOUTS, REPEAT_CHECK_DISTINCT - 1, 1)
-    return (scored >= REPEAT_CHECK_MIN_ROLLOUTS) & (distinct <= most_distinct) & (top <= own_best)
 
 
 def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:
     """Per episode, the best reward among the root rollouts through ``state`` (-inf where none, as
     for NO_NODE); the share rounds run only where the root's states are known."""
-    return _best_of_finite(np.where(root.state_index == state[:, None], root.rewards, np.nan))
+    return reward_levels.best_of_finite(np.where(root.state_index == state[:, None], root.rewards, np.nan))
 
 
 def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:

@@ -15,16 +15,14 @@ from pipeline.search.adaptive import AdaptiveSLG
 from pipeline.search.bon import BestOfN
 from pipeline.search.config import SearchConfig, ShareConfig
 from pipeline.search.protocol import NO_NODE, ROOT, Rollouts
+from pipeline.search.reward_levels import on_a_grid, repeats, repeats_itself
 from pipeline.search.share import (
     SharedSLG,
     _best_evidence_state,
     _best_root_reward_of,
     _joined,
     _narrow_states,
-    _on_a_grid,
     _prefix_slope,
-    _repeats,
-    _repeats_itself,
     _root_moments,
 )
 
@@ -58,9 +56,10 @@ def play(policy_class, source, budget, config=None, seed=1):
     return policy, run_episodes(policy, source)
 
 
-@pytest.mark.parametrize("budget", [1, 5, 11, 12, 13, 16, 17, 31, 32, 64, 100, 127, 256])
+@pytest.mark.parametrize("budget", [1, 5, 11, 12, 13, 16, 17, 31, 32, 64, 100, 127, 255, 256, 257, 300, 512])
 def test_the_budget_is_spent_exactly(budget):
     for source in (Recording(tied_bank(), 64, np.random.default_rng(budget)),
+                   Recording(committing_bank(), 64, np.random.default_rng(budget)),
                    WorldSource(make_world("discrete"), 64, np.random.default_rng(budget), np.random.default_rng(7)),
                    WorldSource(make_world("gaussian"), 64, np.random.default_rng(budget), np.random.default_rng(7))):
         _, ledger = play(SharedSLG, source, budget)
@@ -143,6 +142,7 @@ def test_below_twelve_it_is_best_of_n_draw_for_draw():
     ({"reward_weight": float("inf")}, "search.share.reward_weight"),
     ({"narrow_states": -0.1}, "search.share.narrow_states"),
     ({"narrow_states": float("nan")}, "search.share.narrow_states"),
+    ({"commit_from": 0}, "search.share.commit_from"),
 ])
 def test_bad_share_settings_are_refused_naming_the_key(overrides, match):
     from pipeline.search.config import validate_search_config
@@ -203,6 +203,91 @@ def deep_state_bank(deep_rewards=(0.8,) * 20) -> BankPrompt:
 
 def state_rollouts_of(source) -> np.ndarray:
     return sum(np.where(node >= 0, count, 0) for node, count in source.requests)
+
+
+def committing_bank(good=(0.72, 0.77, 0.82, 0.87, 0.92, 0.97)) -> BankPrompt:
+    """A state "g" whose prefix scores best, of six reward levels by default (its responses repeat:
+    few levels), beside two wide states of twenty. No reward is shared between states: off a grid."""
+    wide = np.linspace(0.0, 1.0, 20)
+    return BankPrompt("commit", [list(good) * 4, wide.tolist(), (wide - 0.001).tolist()],
+                      state_texts=["g", "w1", "w2"], state_scores=[3.0, 0.0, 0.0])
+
+
+def root_of(budget) -> int:
+    from pipeline.search.adaptive import adaptive_plan
+    config = SearchConfig()
+    return adaptive_plan(budget, config.adaptive, config.schedule(budget)[1]).root_rollouts
+
+
+@pytest.mark.parametrize("budget, commit_from, committed", [(256, 256, True), (512, 256, True), (255, 256, False),
+                                                            (256, None, False), (128, 128, True)])
+def test_from_commit_from_off_a_grid_the_state_gets_all_the_root_leaves(budget, commit_from, committed):
+    """Few levels off a grid, from N = ``share.commit_from``: no top-up of the root, and the state
+    gets all the root leaves (179 of 256 after a root of 77), in the same two halves; below it, or
+    switched off, 0.375 N (96 of 256) after a root topped up to N / 2."""
+    batch = 300
+    config = SearchConfig(share=ShareConfig(commit_from=commit_from))
+    source = Recording(committing_bank(), batch, np.random.default_rng(budget))
+    policy, ledger = play(SharedSLG, source, budget, config)
+    state = state_rollouts_of(source)
+    shared = state > 0
+    assert shared.mean() > 0.95  # "g" is a third of the draws and its prefix leads by far
+    expected = budget - root_of(budget) if committed else round(0.375 * budget)
+    assert (state[shared] == expected).mean() > 0.95  # its first half averages far above the root and does not repeat
+    assert (ledger.spent == budget).all()
+
+
+@pytest.mark.parametrize("levels", [5, 10])
+def test_on_a_grid_the_state_does_not_get_all_the_root_leaves(levels):
+    """The discrete world's states share reward levels (a grid): at N = 256 its requests are those of
+    ``commit_from = null``, request for request."""
+    asked = {}
+    for commit_from in (256, None):
+        source = recording(WorldSource)(make_world("discrete", levels=levels), 200, np.random.default_rng(8),
+                                        np.random.default_rng(9))
+        play(SharedSLG, source, 256, SearchConfig(share=ShareConfig(commit_from=commit_from)))
+        asked[commit_from] = source.requests
+    assert len(asked[256]) == len(asked[None])
+    for (node, count), (node_off, count_off) in zip(asked[256], asked[None]):
+        assert (node == node_off).all() and (count == count_off).all()
+    assert any((count[node >= 0] > 0).any() for node, count in asked[256])  # states were shared with
+
+
+def test_a_committed_state_whose_first_half_falls_below_the_root_gives_the_rest_back():
+    """The commitment keeps the first-half checks: "g" scores best but its rewards (0.05-0.3) sit
+    below the root's mean, so after its first half of 89 (of the 179 the root leaves at N = 256) the
+    rest goes to fresh prompt draws."""
+    budget, batch = 256, 300
+    source = Recording(committing_bank(good=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3)), batch, np.random.default_rng(5))
+    policy, ledger = play(SharedSLG, source, budget)
+    state = state_rollouts_of(source)
+    shared = state > 0
+    assert shared.mean() > 0.95
+    assert (state[shared] == (budget - root_of(budget)) // 2).all()
+    assert (policy.selected[shared] == ROOT).all() and (ledger.spent == budget).all()
+
+
+def test_committing_pays_on_the_toy_models_bank_at_n_256():
+    """toy_t16 (real outputs of the toy models: 50 problems x 16 states x 512 completions) at N = 256,
+    1000 episodes a problem, paired: all the root leaves to the state gains +0.0014 +- 0.0003 (one
+    standard error over episodes) over ``commit_from = null``; it is 0.0003-0.0014 on the other
+    512-completion banks at 256 (docs/method.md, "All the root leaves to the state")."""
+    from pathlib import Path
+
+    from pipeline.offline.bank import read_bank
+
+    budget, batch = 256, 1000
+    prompts = read_bank(Path(__file__).resolve().parents[2] / "data" / "banks" / "toy_t16.parquet")
+    gains = []
+    for k, prompt in enumerate(prompts):
+        best = {}
+        for commit_from in (256, None):
+            policy = SharedSLG(budget, batch, SearchConfig(share=ShareConfig(commit_from=commit_from)),
+                               rng=np.random.default_rng(k))
+            best[commit_from] = run_episodes(policy, BankSource(prompt, batch, np.random.default_rng(100 + k))).best_reward
+        gains.append(best[256] - best[None])
+    gain = np.concatenate(gains)
+    assert gain.mean() > 3 * gain.std(ddof=1) / math.sqrt(gain.size)
 
 
 @pytest.mark.parametrize("budget", [16, 28, 64])
@@ -274,7 +359,7 @@ def test_a_state_repeats_itself_where_its_first_half_shows_too_few_rewards_none_
         if row % 2:
             first_half[row] = np.where(np.isnan(first_half[row]), np.nan, 0.8)
     own_best = rng.choice([0.5, 0.8, 1.0, -np.inf], size=600)
-    repeats = _repeats_itself(first_half, own_best)
+    repeats = repeats_itself(first_half, own_best)
     for b in range(600):
         scored = [r for r in first_half[b] if not math.isnan(r)]
         too_few = (len(scored) >= 6 and len(set(scored)) < 3) or (len(scored) >= 2 and len(set(scored)) == 1)
@@ -282,12 +367,12 @@ def test_a_state_repeats_itself_where_its_first_half_shows_too_few_rewards_none_
     small = (~np.isnan(first_half)).sum(axis=1) < 6
     for judged in (repeats[small], repeats[~small]):  # both outcomes among small and large first halves
         assert 0 < judged.sum() < judged.size - 20
-    assert not _repeats_itself(np.empty((3, 0)), np.zeros(3)).any()
+    assert not repeats_itself(np.empty((3, 0)), np.zeros(3)).any()
 
 
 def test_only_equal_rewards_repeat():
     """0.1 + 0.2 and 0.3 differ in their last bit: two rewards, not a repeat."""
-    assert list(_repeats(np.array([[0.1 + 0.2, 0.3, np.nan], [0.3, 0.3, np.nan]]))) == [0, 1]
+    assert list(repeats(np.array([[0.1 + 0.2, 0.3, np.nan], [0.3, 0.3, np.nan]]))) == [0, 1]
 
 
 def test_a_state_s_own_best_root_reward_is_over_the_root_rollouts_through_it():
@@ -461,15 +546,15 @@ def test_a_grid_of_levels_is_rewards_repeated_across_states_not_within_one():
                       np.array([[0, 0, 2, 3]]), np.zeros((1, 4)))  # one state's response twice
     across = Rollouts(within.rewards, within.can_branch, None, np.array([[0, 1, 2, 3]]), within.state_score)
     unknown = Rollouts(within.rewards, within.can_branch, None, np.array([[-1, 1, 2, 3]]), within.state_score)
-    assert not _on_a_grid(within)[0] and _on_a_grid(across)[0] and not _on_a_grid(unknown)[0]
+    assert not on_a_grid(within)[0] and on_a_grid(across)[0] and not on_a_grid(unknown)[0]
     rng = np.random.default_rng(0)
     for width in (12, 20, 40):  # one repeat across states is enough below 20 scored rewards, two from 20
         rewards = rng.permutation(width).astype(float)[None, :]
-        for repeats in range(4):
-            rewards[0, 1:1 + repeats] = rewards[0, 0]
+        for copies in range(4):
+            rewards[0, 1:1 + copies] = rewards[0, 0]
             root = Rollouts(rewards.copy(), np.ones((1, width), bool), None, np.arange(width)[None, :],
                             np.zeros((1, width)))
-            assert _on_a_grid(root)[0] == grid_reference(root, 0) == (repeats >= max(1, 0.1 * width)), (width, repeats)
+            assert on_a_grid(root)[0] == grid_reference(root, 0) == (copies >= max(1, 0.1 * width)), (width, copies)
 
 
 def narrow_reference(root: Rollouts, row: int) -> bool:
