@@ -32,6 +32,8 @@ LATER = ("replay --bank data/banks/toy_t8_temp13.parquet,data/banks/toy_t24.parq
          f"--methods {BANK_METHODS} --repeats 200 --seed 3")
 NEWEST = ("replay --bank data/banks/toy_t4.parquet,data/banks/toy_t8_temp05.parquet --budgets 8,16,32,64,128,256 "
           f"--methods {BANK_METHODS} --repeats 200 --seed 3")
+AFTER_COMMIT = ("replay --bank data/banks/toy_t20.parquet --budgets 8,16,32,64,128,256,512 "
+                f"--methods {BANK_METHODS} --repeats 200 --seed 3")
 SMALL_BANK = f"replay --bank data/toy_bank/bank.jsonl --budgets 8,16,32,64 --methods {BANK_METHODS} --repeats 200 --seed 3"
 REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first column or None)
     ("Real model outputs: the toy models' banks",
@@ -51,11 +53,16 @@ REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first co
      "after it).",
      LATER, "bank"),
     ("Real model outputs: banks held out of every setting",
-     "50 more problems each, 16 states x 256 completions, collected after the last change to slg_share's settings: "
+     "50 more problems each, 16 states x 256 completions, collected after slg_share's settings were fixed "
+     "(all but share.commit_from, which came later): "
      "test rows 500-549 at temperature 1 with T = 4, where a state is little more than the prompt (no allocation "
      "has much to gain: see the ceilings), and rows 550-599 at temperature 0.5 with T = 8, where responses repeat "
      "and best-of-N saturates early.",
      NEWEST, "bank"),
+    ("Real model outputs: a bank collected after share.commit_from",
+     "50 more problems, 16 states x 512 completions, collected after slg_share's rule for N >= 256 "
+     "(share.commit_from) was fixed, and replayed once: test rows 600-649 at temperature 1 with T = 20.",
+     AFTER_COMMIT, "bank"),
     ("Real model outputs: the earlier bank",
      "100 other problems x 16 states x 64 completions, T = 8 (budgets beyond 64 would redraw a state's pool).",
      SMALL_BANK, None),
