@@ -140,9 +140,10 @@ class SharedSLG(AdaptiveSLG):
         """The episodes of ``few_levels`` whose state gets all the root leaves (in the same two checked
         halves) rather than ``share.state_share`` of it: from N = ``share.commit_from``, off a grid of
         levels. There the root (``adaptive.root_fraction`` of N, 77 draws at 256) has seen each of a
-        prompt's states several times, so the pick is reliable, and fresh prompt draws, whose best-of-N
-        has flattened, add less than the best state's tail (the clairvoyant allocation puts 91-97% of N
-        on one state). On a grid a state's best stops at its level, and committing lost to best-of-N."""
+        bank prompt's 16 states about five times, so the pick is reliable, and fresh prompt draws, whose
+        best-of-N has flattened, add less than the best state's tail (the clairvoyant allocation puts
+        91% and 97.5% of N = 256 on one state of the toy banks toy_t12 and toy_t16). On a grid a state's best stops at
+        its level: committing there halved a discrete world's gain over best-of-N (docs/method.md)."""
         start = self.config.share.commit_from
         if start is None or self.budget < start or not few_levels.any():
             return np.zeros_like(few_levels)
@@ -176,8 +177,8 @@ class SharedSLG(AdaptiveSLG):
         score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by
         its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
-        prompt draw's; else NO_NODE. On a grid of levels (``reward_levels.on_a_grid``) of states narrower than the
-        spread between them (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
+        prompt draw's; else NO_NODE. On a grid of levels (``reward_levels.on_a_grid``) of states narrower
+        than the spread between them (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
         one step from a state already at it and two or more from the others. A state as wide as the
         spread can jump two levels, and its one root reward says little of where it sits; a prefix
