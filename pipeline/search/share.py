@@ -142,8 +142,9 @@ class SharedSLG(AdaptiveSLG):
         levels. There the root (``adaptive.root_fraction`` of N, 77 draws at 256) has seen each of a
         bank prompt's 16 states about five times, so the pick is reliable, and fresh prompt draws, whose
         best-of-N has flattened, add less than the best state's tail (the clairvoyant allocation puts
-        91% and 97.5% of N = 256 on one state of the toy banks toy_t12 and toy_t16). On a grid a state's best stops at
-        its level: committing there halved a discrete world's gain over best-of-N (docs/method.md)."""
+        91% and 97.5% of N = 256 on one state of the toy banks toy_t12 and toy_t16). On a grid a
+        state's best stops at its level: committing there halved a discrete world's gain over best-of-N
+        (docs/method.md)."""
         start = self.config.share.commit_from
         if start is None or self.budget < start or not few_levels.any():
             return np.zeros_like(few_levels)
