@@ -48,11 +48,6 @@ def _enough_repeats(rewards: np.ndarray) -> np.ndarray:
     return np.maximum(1.0, REPEAT_FRACTION * (~np.isnan(rewards)).sum(axis=1))
 
 
-def best_of_finite(rewards: np.ndarray) -> np.ndarray:
-    """Each row's best reward, NaN (a dropped score) left out; -inf for a row with none."""
-    return np.max(np.where(np.isnan(rewards), -np.inf, rewards), axis=1, initial=-np.inf)
-
-
 def repeats(rewards: np.ndarray) -> np.ndarray:
     """Per row, how many rewards equal another one before them in sorted order: the row's scored
     rewards less its distinct ones (NaN, a dropped score, sorts last and equals nothing)."""
@@ -73,7 +68,7 @@ def repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
     what the root holds, where fresh prompt draws find new ones. A small first half (N = 12-30 with
     the defaults) only counts when all its rewards are equal: a wide state's few rollouts often tie."""
     scored = (~np.isnan(first_half)).sum(axis=1)
-    top = best_of_finite(first_half)
+    top = np.nanmax(first_half, axis=1, initial=-np.inf)
     distinct = scored - repeats(first_half)
     most_distinct = np.where(scored >= REPEAT_CHECK_ROLLOUTS, REPEAT_CHECK_DISTINCT - 1, 1)
     return (scored >= REPEAT_CHECK_MIN_ROLLOUTS) & (distinct <= most_distinct) & (top <= own_best)
