@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 
@@ -185,6 +186,7 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
         if label in report.ceilings:
             print(format_ceilings(report.ceilings[label]))
             ceilings += [{"world" if args.world else "bank": label, **row} for row in report.ceilings[label]]
+        _warn_if_prefix_scores_say_nothing(label, None if args.world else targets[label].prefix_signal, args.methods)
     print(f"{len(report.results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
         payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed,
@@ -193,6 +195,13 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
         payload.update({"source": next(iter(report.results))} if len(report.results) == 1 else {"sources": list(report.results)})
         write_json(args.out, payload)
     return 0
+
+
+def _warn_if_prefix_scores_say_nothing(label: str, signal, methods: list[str]) -> None:
+    """One warning line where a bank's prefix scores clearly do not track its rewards
+    (``pipeline.stats.prefix_signal``) and ``slg_share``, whose pick reads them, is replayed."""
+    if "slg_share" in methods and signal is not None and signal.says_nothing:
+        logging.getLogger("slg").warning("%s", signal.warning(f"bank {label}"))
 
 
 def _progress_bar(total: int, enabled: bool):

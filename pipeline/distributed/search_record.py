@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.distributed.contract import PromptInput, Rollout, StatePrefix
 from pipeline.search.protocol import ROOT, BudgetExceededError, Rollouts
+from pipeline.stats.prefix_signal import prefix_correlation
 
 
 def node_name(node: int) -> str:
@@ -166,6 +167,9 @@ class SearchRecord:
         # policy that asks for them (``scores_prefixes``); None while its score is on its way
         self.prefix_scores: dict[tuple, float | None] = {}
         self.scores_prefixes = bool(getattr(spec.policy_class, "scores_prefixes", False))
+        # each root rollout's state prefix score and reward, for the row's ``prefix_correlation``
+        self.root_scores: list[np.ndarray] = []
+        self.root_rewards: list[np.ndarray] = []
         self.slots: list[Slot] = []
         self.waiting = 0             # rollouts of this round not scored yet
         self.sequence = itertools.count()
@@ -250,6 +254,14 @@ class SearchRecord:
             self.votes.add(rollout.answer, sequence, rollout.correct)
         self.best.offer(reward, sequence, rollout.response_text, rollout.correct, slot.node)
 
+    def _prefix_correlation(self) -> float | None:
+        """Over the root rollouts, the correlation of their state prefix scores and rewards
+        (``pipeline.stats.prefix_signal``); None for a policy that scores no prefixes, or where it is undefined."""
+        if not self.root_scores:
+            return None
+        value = prefix_correlation(np.concatenate(self.root_scores), np.concatenate(self.root_rewards))
+        return value if math.isfinite(value) else None
+
     def round_results(self) -> list[Rollouts]:
         first = self.first_root
         results = []
@@ -263,6 +275,9 @@ class SearchRecord:
             score = None
             if self.scores_prefixes:
                 score = np.array([self.prefix_scores.get(p) if p is not None else math.nan for p in prefixes], dtype=float)
+                if s.node == ROOT:
+                    self.root_scores.append(score)
+                    self.root_rewards.append(s.rewards)
             results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :], index[None, :],
                                     None if score is None else score[None, :]))
         return results
@@ -285,6 +300,7 @@ class SearchRecord:
             "majority_correct": majority[1].correct if majority is not None else
             (False if self.any_correct is not None and self.answers_vote else None),
             "best_node": None if best.node is None else node_name(best.node),
+            "prefix_correlation": self._prefix_correlation(),
             "answer": best.text,
             "wall_s": time.perf_counter() - self.started,
         }

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from pipeline.offline.multipliers import format_multiplier
+from pipeline.stats.prefix_signal import PrefixSignal
 
 
 def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> dict:
@@ -51,6 +52,7 @@ def summarise(results: list[dict], methods: list[str], budgets: list[int]) -> di
                 "rm_tokens_mean": float(np.mean([r.get("rm_tokens", 0) for r in rows])) if rows else None,
                 "predicted_value_mean": float(np.mean(predicted)) if predicted else None,
                 "predicted_value_prompts": len(predicted),  # slg_share's share-round searches report none
+                "prefix_correlation": _prefix_signal([r.get("prefix_correlation") for r in rows]),
                 "prompts": len(rows),
             }
             if method != "bon" and "bon" in methods:
@@ -115,6 +117,28 @@ def compute_multipliers(reference: dict, reward: float, rollouts: float, tokens:
     i = int(np.searchsorted(rewards, reward))  # rewards[i - 1] < reward <= rewards[i]
     share = (reward - rewards[i - 1]) / (rewards[i] - rewards[i - 1])
     return ratios(float(np.exp(np.log(budgets[i - 1]) + share * np.log(budgets[i] / budgets[i - 1]))))
+
+
+def _prefix_signal(values: list) -> dict | None:
+    """Over the searches' ``prefix_correlation``: ``{"mean", "ci95", "prompts", "says_nothing"}``
+    (``PrefixSignal``), or None where fewer than two searches report one."""
+    signal = PrefixSignal.of([math.nan if v is None else v for v in values])
+    if signal is None:
+        return None
+    return {"mean": signal.mean, "ci95": signal.half_width, "prompts": signal.num_prompts,
+            "says_nothing": signal.says_nothing}
+
+
+def prefix_warnings(summary: dict) -> list[str]:
+    """One line per (method, N) of ``summary`` whose searches' prefix scores clearly do not track
+    their rewards (``PrefixSignal.says_nothing``): ``slg_share`` picks its state by them."""
+    lines = []
+    for method, per_budget in summary["methods"].items():
+        for budget, cell in per_budget.items():
+            signal = cell.get("prefix_correlation")
+            if signal and signal["says_nothing"]:
+                lines.append(PrefixSignal(signal["mean"], signal["ci95"], signal["prompts"]).warning(f"{method} at N = {budget}"))
+    return lines
 
 
 def _share(flags: list) -> float | None:

@@ -17,7 +17,7 @@ import logging
 from pipeline.distributed.search_record import SearchSpec
 from pipeline.jobs.config import RunConfig, config_as_dict, config_as_yaml
 from pipeline.jobs.prompts import load_prompts
-from pipeline.jobs.report import plot_summary, summarise
+from pipeline.jobs.report import plot_summary, prefix_warnings, summarise
 from pipeline.logs import log_to_file
 from pipeline.outputs.destinations import Checkpoints, OutputDir
 from pipeline.outputs.files import JsonlSink, atomic_write_text, prepare_run_dir
@@ -76,6 +76,8 @@ def run(config: RunConfig) -> dict:
             progress = session.drive(keep, resumed=len(previous))
         summary = summarise(results, config.methods, config.budgets)
         summary["throughput"] = {key: progress[key] for key in THROUGHPUT_KEYS}
+        for line in prefix_warnings(summary):
+            log.warning("%s", line)
         atomic_write_text(outputs.file("summary.json").local, json.dumps(summary, indent=2) + "\n")
         if config.plot:
             plot_summary(summary, outputs.file("best_reward_vs_budget.png").local)

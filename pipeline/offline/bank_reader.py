@@ -3,12 +3,12 @@
 ``slg replay`` never holds a whole bank in one process. Opening a bank (:class:`StreamedBank`) reads
 it once, prompt by prompt, validating each as ``pipeline.offline.bank`` does (``ConfigError`` naming
 the prompt, before any episode is played), and keeps only where each prompt lies (a Parquet file and
-its rows, or a JSONL file and its bytes) and what the checks of a replay need (the smallest state
-pool, the largest reward). :meth:`StreamedBank.chunks` then reads runs of consecutive prompts, a few
-MB at a time (only the row groups that hold them), or hands out where they lie
-(:meth:`StreamedBank.slices`) for tasks to read themselves. A bank already in memory
-(``list[BankPrompt]``, :class:`MemoryBank`) is served in the same chunks, so both are played by the
-same tasks.
+its rows, or a JSONL file and its bytes) and what the checks and reports of a replay need (the
+smallest state pool, the largest reward, whether its prefix scores track its rewards).
+:meth:`StreamedBank.chunks` then reads runs of consecutive prompts, a few MB at a time (only the row
+groups that hold them), or hands out where they lie (:meth:`StreamedBank.slices`) for tasks to read
+themselves. A bank already in memory (``list[BankPrompt]``, :class:`MemoryBank`) is served in the
+same chunks, so both are played by the same tasks.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.offline.bank import parse_row
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.parquet_banks import is_parquet_bank, parquet_files, prompt_blocks, read_row_range
+from pipeline.stats.prefix_signal import PrefixSignal
 
 CHUNK_REWARDS = 1 << 20  # rewards per chunk (8 MB as float64): what one task holds of a bank, at least a prompt
 
@@ -44,6 +45,9 @@ class BankChunks:
     num_prompts: int = 0
     max_reward: float = -np.inf
     smallest_pool: SmallestPool | None = None
+    # whether its prefix scores track its rewards, over its prompts; None where fewer than two prompts
+    # have prefix scores and rewards that vary
+    prefix_signal: PrefixSignal | None = None
 
     def chunks(self, max_rewards: int | None = None) -> Iterator[tuple[int, list[BankPrompt]]]:
         """Runs of consecutive prompts of at most ``max_rewards`` rewards (``CHUNK_REWARDS``), at least one prompt each."""
@@ -70,6 +74,7 @@ class MemoryBank(BankChunks):
             self.max_reward = max(float(p.rewards.max()) for p in prompts)
             self.smallest_pool = min((SmallestPool(int(p.lengths.min()), p.prompt_id, int(p.lengths.argmin()))
                                       for p in prompts), key=lambda pool: pool.size)
+        self.prefix_signal = PrefixSignal.of([p.prefix_correlation() for p in prompts])
 
     def chunks(self, max_rewards: int | None = None):
         sizes = [len(p.rewards) for p in self.prompts]
@@ -91,6 +96,7 @@ class StreamedBank(BankChunks):
         spans: list[tuple[int, int, int, int]] = []  # (file, start, stop, rewards): rows, or bytes of JSONL
         seen: set[str] = set()
         self.prompts: list[BankPrompt] = []
+        correlations = []
         for file_index, file in enumerate(self.files):
             for start, stop, where, prompt in self._scan(file, len(spans)):
                 if prompt.prompt_id in seen:
@@ -104,10 +110,12 @@ class StreamedBank(BankChunks):
                 pool = SmallestPool(int(prompt.lengths.min()), prompt.prompt_id, int(prompt.lengths.argmin()))
                 if self.smallest_pool is None or pool.size < self.smallest_pool.size:
                     self.smallest_pool = pool
+                correlations.append(prompt.prefix_correlation())
         if not spans:
             raise ConfigError(f"bank {str(self.path)!r} holds no prompts")
         self.spans = np.array(spans, dtype=np.int64)
         self.num_prompts = len(spans)
+        self.prefix_signal = PrefixSignal.of(correlations)
 
     def _scan(self, file: Path, before: int) -> Iterator[tuple[int, int, str, BankPrompt]]:
         """(start, stop, where, prompt) of every prompt of one file, validated; ``before`` prompts came in earlier files."""

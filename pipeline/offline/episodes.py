@@ -19,6 +19,7 @@ from pipeline.offline.worlds import DEFAULT_PARTIAL_NOISE, World
 from pipeline.search.base import SearchPolicy
 from pipeline.search.protocol import ROOT, EpisodeLedger, Request, Rollouts
 from pipeline.stats.pool import expected_max_of_pool, expected_max_of_weighted_pool
+from pipeline.stats.prefix_signal import prefix_correlation
 
 
 class RolloutSource:
@@ -229,6 +230,13 @@ class BankPrompt:
 
     def bon_value(self, n) -> np.ndarray:
         return expected_max_of_weighted_pool(self.rewards, self.prompt_weights(), n)
+
+    def prefix_correlation(self) -> float:
+        """Correlation of a prompt draw's prefix score and reward (``pipeline.stats.prefix_signal``), each
+        reward weighted by its chance as a prompt draw; NaN without prefix scores."""
+        if self.state_scores is None:
+            return float("nan")
+        return prefix_correlation(np.repeat(self.state_scores, self.lengths), self.rewards, self.prompt_weights())
 
     def reward_scale(self) -> float:
         """A robust spread of a prompt draw's reward, as ``World.reward_scale``: the weighted

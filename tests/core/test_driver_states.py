@@ -11,6 +11,7 @@ from pipeline.distributed.contract import PromptInput, ScoreRequest, StatePrefix
 from pipeline.distributed.driver import Driver, rollout_seed
 from pipeline.distributed.search_record import SearchSpec
 from pipeline.search.base import SearchPolicy
+from pipeline.search.bon import BestOfN
 from pipeline.search.config import SearchConfig
 from pipeline.search.protocol import ROOT, Request
 
@@ -102,3 +103,21 @@ def test_a_sim_prefix_score_reads_its_states_quality():
     # 4000 pairs is about 0.008
     assert abs(np.corrcoef(latents, readings)[0, 1] - 2 ** -0.5) < 0.03
     assert abs(np.std(readings - latents) - 1.0) < 0.03
+
+
+def test_a_searchs_row_reports_the_correlation_of_its_root_rollouts_prefix_scores_and_rewards():
+    """Over both root rounds, each root rollout's state prefix score against its reward; none for a
+    policy that scores no prefixes (best-of-N)."""
+    TwoRootRounds.told = []
+    spec = SearchSpec(PromptInput("p", "a prompt"), TwoRootRounds.name, 40, TwoRootRounds, SearchConfig())
+    bon = SearchSpec(PromptInput("p", "a prompt"), "bon", 40, BestOfN, SearchConfig())
+    driver = Driver([spec, bon], [FewPrefixes()], [SimRewardModel()], DriverConfig(max_batch_rollouts=5), 0, LocalCalls())
+    finished, progress = driver.step(None)
+    assert progress["done"]
+    rows = {row["method"]: row for row in finished}
+    (first, second), = TwoRootRounds.told
+    scores = np.concatenate([first.state_score[0], second.state_score[0]])
+    rewards = np.concatenate([first.rewards[0], second.rewards[0]])
+    assert np.isfinite(scores).all() and len(set(scores)) == 3
+    assert rows[TwoRootRounds.name]["prefix_correlation"] == pytest.approx(np.corrcoef(scores, rewards)[0, 1], abs=1e-12)
+    assert rows["bon"]["prefix_correlation"] is None

@@ -1,0 +1,116 @@
+"""Whether prefix scores track rewards (``pipeline.stats.prefix_signal``), and where a user is told:
+``slg replay`` on a bank, and ``slg run``'s summary and log."""
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.cli.main import main
+from pipeline.jobs.report import prefix_warnings, summarise
+from pipeline.offline.episodes import BankPrompt
+from pipeline.stats.prefix_signal import TRACKING, Z95, PrefixSignal, prefix_correlation
+
+
+def test_the_correlation_is_pearsons_and_weights_count_as_repeated_pairs():
+    rng = np.random.default_rng(0)
+    scores, rewards = rng.normal(size=40), rng.normal(size=40)
+    rewards += 0.7 * scores
+    assert prefix_correlation(scores, rewards) == pytest.approx(np.corrcoef(scores, rewards)[0, 1], abs=1e-12)
+    weights = rng.integers(1, 5, size=40)  # a pair of weight k counts as k copies of it
+    expected = np.corrcoef(np.repeat(scores, weights), np.repeat(rewards, weights))[0, 1]
+    assert prefix_correlation(scores, rewards, weights / 7.0) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pairs_with_a_missing_side_are_left_out_and_too_few_say_nothing():
+    scores = np.array([1.0, 2.0, np.nan, 3.0, 4.0])
+    rewards = np.array([1.0, 3.0, 9.0, 2.0, np.inf])
+    assert prefix_correlation(scores, rewards) == pytest.approx(np.corrcoef([1, 2, 3], [1, 3, 2])[0, 1])
+    assert math.isnan(prefix_correlation([1.0, 2.0], [1.0, 2.0]))             # 2 pairs: no correlation
+    assert math.isnan(prefix_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))   # one prefix score for all
+    assert math.isnan(prefix_correlation([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))   # one reward for all
+    with pytest.raises(ValueError, match="one shape"):
+        prefix_correlation([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_the_signal_is_the_mean_over_prompts_with_its_normal_interval():
+    signal = PrefixSignal.of([0.1, np.nan, 0.3, 0.5])
+    assert (signal.mean, signal.num_prompts) == (pytest.approx(0.3), 3)
+    assert signal.half_width == pytest.approx(Z95 * 0.2 / math.sqrt(3))
+    assert PrefixSignal.of([0.4, np.nan]) is None
+
+
+@pytest.mark.parametrize("mean, half_width, says_nothing", [(0.0, 0.19, True), (0.1, 0.09, True), (0.1, 0.11, False),
+                                                             (0.3, 0.05, False), (-0.5, 0.8, False)])
+def test_it_says_nothing_only_where_the_whole_interval_is_below_tracking(mean, half_width, says_nothing):
+    assert TRACKING == 0.2
+    assert PrefixSignal(mean, half_width, 30).says_nothing is says_nothing
+
+
+def test_a_bank_prompt_weighs_each_reward_by_its_chance_as_a_prompt_draw():
+    """Two sampled states share a prefix (one state of weight 2/3, its pools joined); a prompt draw
+    picks a state by weight, then a reward of its pool: the pairs, enumerated with those chances."""
+    states = [[0.0, 1.0], [2.0, 3.0, 4.0, 5.0], [1.0, 6.0]]
+    prompt = BankPrompt("p", states, state_texts=["a", "b", "a"], state_scores=[0.5, 2.0, 0.5])
+    # state "a": rewards 0, 1, 1, 6 with 1/3 x 2 / 4 each (1/6); state "b": 2..5 with 1/3 / 4 each (1/12)
+    scores = [0.5] * 4 * 2 + [2.0] * 4
+    rewards = [0.0, 1.0, 1.0, 6.0] * 2 + [2.0, 3.0, 4.0, 5.0]
+    assert prompt.prefix_correlation() == pytest.approx(np.corrcoef(scores, rewards)[0, 1], abs=1e-12)
+    assert math.isnan(BankPrompt("p", states).prefix_correlation())  # no prefix scores
+
+
+def write_bank(path, scores_of):
+    """A JSONL bank of 40 prompts x 8 states x 16 rewards: state k's rewards around k, its prefix score
+    ``scores_of(k, rng)``."""
+    rng = np.random.default_rng(1)
+    with open(path, "w") as handle:
+        for p in range(40):
+            states = [list(np.round(k + rng.normal(size=16), 3)) for k in range(8)]
+            scores = [float(scores_of(k, rng)) for k in range(8)]
+            handle.write(json.dumps({"prompt_id": f"p{p}", "states": states, "state_scores": scores}) + "\n")
+
+
+@pytest.fixture
+def slg_warnings():
+    """The warnings of the ``slg`` logger (which does not propagate to the root, where caplog listens)."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("slg").addHandler(handler)
+    yield records
+    logging.getLogger("slg").removeHandler(handler)
+
+
+@pytest.mark.parametrize("methods, tracking, warned", [("bon,slg_share", False, True), ("bon,slg_share", True, False),
+                                                       ("bon,slg_adaptive", False, False)])
+def test_replay_warns_once_where_a_banks_prefix_scores_say_nothing_to_slg_share(tmp_path, slg_warnings, methods,
+                                                                                tracking, warned):
+    bank = tmp_path / "bank.jsonl"
+    write_bank(bank, (lambda k, rng: k + rng.normal()) if tracking else (lambda k, rng: rng.normal()))
+    assert main(["replay", "--bank", str(bank), "--budgets", "16", "--methods", methods, "--repeats", "2",
+                 "--no-ceilings", "--workers", "1", "--no-progress"]) == 0
+    lines = [record.getMessage() for record in slg_warnings]
+    assert len(lines) == warned
+    if warned:
+        assert lines[0].startswith(f"bank {bank}: prefix scores do not track rewards") and "over 40 prompts" in lines[0]
+
+
+def search_rows(method, correlations):
+    return [{"prompt_id": f"p{i}", "method": method, "budget": 64, "best_reward": 1.0, "rollouts": 64,
+             "tokens_generated": 10, "prefix_correlation": c} for i, c in enumerate(correlations)]
+
+
+def test_a_runs_summary_reports_the_signal_and_warns_per_cell_where_it_says_nothing():
+    results = (search_rows("bon", [None] * 6) + search_rows("slg_share", [0.0, 0.1, -0.1, 0.05, None, -0.05]))
+    summary = summarise(results, ["bon", "slg_share"], [64])
+    cell = summary["methods"]["slg_share"]["64"]["prefix_correlation"]
+    values = np.array([0.0, 0.1, -0.1, 0.05, -0.05])
+    assert cell == {"mean": pytest.approx(0.0), "ci95": pytest.approx(Z95 * values.std(ddof=1) / math.sqrt(5)),
+                    "prompts": 5, "says_nothing": True}
+    assert summary["methods"]["bon"]["64"]["prefix_correlation"] is None
+    (line,) = prefix_warnings(summary)
+    assert line.startswith("slg_share at N = 64: prefix scores do not track rewards") and "over 5 prompts" in line
+    tracking = summarise(search_rows("slg_share", [0.4, 0.5, 0.3, 0.45]), ["slg_share"], [64])
+    assert prefix_warnings(tracking) == []
