@@ -167,7 +167,7 @@ class SearchRecord:
         # policy that asks for them (``scores_prefixes``); None while its score is on its way
         self.prefix_scores: dict[tuple, float | None] = {}
         self.scores_prefixes = bool(getattr(spec.policy_class, "scores_prefixes", False))
-        # each root rollout's state prefix score and reward, for the row's ``prefix_correlation``
+        # each rollout's state prefix score (NaN but for root rollouts) and reward, for the row's ``prefix_correlation``
         self.root_scores: list[np.ndarray] = []
         self.root_rewards: list[np.ndarray] = []
         self.slots: list[Slot] = []
@@ -275,9 +275,8 @@ class SearchRecord:
             score = None
             if self.scores_prefixes:
                 score = np.array([self.prefix_scores.get(p) if p is not None else math.nan for p in prefixes], dtype=float)
-                if s.node == ROOT:
-                    self.root_scores.append(score)
-                    self.root_rewards.append(s.rewards)
+                self.root_scores.append(score)  # NaN but for root rollouts, the only ones with a state
+                self.root_rewards.append(s.rewards)
             results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :], index[None, :],
                                     None if score is None else score[None, :]))
         return results

@@ -45,8 +45,8 @@ class BankChunks:
     num_prompts: int = 0
     max_reward: float = -np.inf
     smallest_pool: SmallestPool | None = None
-    # whether its prefix scores track its rewards, over its prompts; None where fewer than two prompts
-    # have prefix scores and rewards that vary
+    # whether its prefix scores track its rewards, over its prompts (a bank on disk: ``slg replay`` warns);
+    # None where fewer than two prompts have prefix scores and rewards that vary
     prefix_signal: PrefixSignal | None = None
 
     def chunks(self, max_rewards: int | None = None) -> Iterator[tuple[int, list[BankPrompt]]]:
@@ -74,7 +74,6 @@ class MemoryBank(BankChunks):
             self.max_reward = max(float(p.rewards.max()) for p in prompts)
             self.smallest_pool = min((SmallestPool(int(p.lengths.min()), p.prompt_id, int(p.lengths.argmin()))
                                       for p in prompts), key=lambda pool: pool.size)
-        self.prefix_signal = PrefixSignal.of([p.prefix_correlation() for p in prompts])
 
     def chunks(self, max_rewards: int | None = None):
         sizes = [len(p.rewards) for p in self.prompts]

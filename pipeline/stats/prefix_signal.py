@@ -1,7 +1,7 @@
 """Whether a reward model's prefix scores track its rewards: the assumption behind ``slg_share``'s pick.
 
-Pure numpy. ``slg_share`` gives its budget to the state whose prefix (the first T tokens, scored
-alone) scores best. Where those scores say nothing of the rewards that follow, the pick is a
+Pure numpy and scipy. ``slg_share`` gives its budget to the state whose prefix (the first T tokens,
+scored alone) scores best. Where those scores say nothing of the rewards that follow, the pick is a
 random state, and sharing the budget with it loses to best-of-N (docs/method.md, "Prefix scores
 that say nothing"). One prompt's few states cannot tell (a slope over 16 states is too noisy to
 gate a search on), but many prompts together can: this module measures, per prompt, the
@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 # Prefix scores "track" rewards from this correlation of a prompt draw's prefix score and reward.
-# The toy models' banks measure 0.32-0.82 (the prompt means over each bank, docs/method.md), and
-# slg_share pays on all of them; the same banks with prefix scores shuffled within each prompt
-# measure -0.02 +- 0.05, where it falls to 0.81x of best-of-N at N = 64.
+# The toy models' banks measure +0.31 to +0.82 (the means over each bank's prompts, docs/method.md),
+# and slg_share pays on all of them; the same banks with prefix scores shuffled within each prompt
+# measure -0.01 and -0.02 (+- 0.10), where it falls to 0.81x of best-of-N at N = 64.
 TRACKING = 0.2
-Z95 = 1.959964  # the normal's 97.5% quantile: a two-sided 95% interval
 
 
 def prefix_correlation(scores: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -34,20 +34,21 @@ def prefix_correlation(scores: np.ndarray, rewards: np.ndarray, weights: np.ndar
     if not (scores.shape == rewards.shape == weights.shape):
         raise ValueError(f"scores, rewards and weights must have one shape, got {scores.shape}, {rewards.shape}, "
                          f"{weights.shape}")
-    kept = np.isfinite(scores) & np.isfinite(rewards) & (weights > 0)
+    kept = np.isfinite(scores) & np.isfinite(rewards)
     if kept.sum() < 3:
         return math.nan
     s, r, w = scores[kept], rewards[kept], weights[kept] / weights[kept].sum()
+    if s.min() == s.max() or r.min() == r.max():  # exactly: the variance of equal values rounds to ~1e-34, not 0
+        return math.nan
     ds, dr = s - w @ s, r - w @ r
     var_s, var_r = w @ (ds * ds), w @ (dr * dr)
-    if var_s <= 0 or var_r <= 0:
-        return math.nan
     return float(np.clip(w @ (ds * dr) / math.sqrt(var_s * var_r), -1.0, 1.0))
 
 
 @dataclass(frozen=True)
 class PrefixSignal:
-    """The mean over prompts of their prefix correlations, with its 95% interval's half width."""
+    """The mean over prompts of their prefix correlations, with the half width of its 95% Student's t
+    interval (a small run's few prompts get the width they need: 4.30 sds of the mean with 3)."""
 
     mean: float
     half_width: float
@@ -60,7 +61,8 @@ class PrefixSignal:
         values = values[np.isfinite(values)]
         if values.size < 2:
             return None
-        return cls(float(values.mean()), Z95 * float(values.std(ddof=1)) / math.sqrt(values.size), int(values.size))
+        quantile = float(stats.t.ppf(0.975, values.size - 1))
+        return cls(float(values.mean()), quantile * float(values.std(ddof=1)) / math.sqrt(values.size), int(values.size))
 
     @property
     def says_nothing(self) -> bool:
@@ -72,6 +74,6 @@ class PrefixSignal:
 
     def warning(self, where: str) -> str:
         """The line a user reads where ``says_nothing``: what it measured, and what it costs."""
-        return (f"{where}: prefix scores do not track rewards ({self.describe()}, below {TRACKING}): where rewards take "
-                "few levels slg_share picks its state by them and can fall below best-of-N; slg_adaptive does not read "
-                "them (docs/method.md, \"Prefix scores that say nothing\")")
+        return (f"{where}: prefix scores do not track rewards ({self.describe()}, below {TRACKING}): slg_share picks its "
+                "state by them, and where rewards take few levels it can fall below best-of-N; slg_adaptive does not "
+                "read them (docs/method.md, \"Prefix scores that say nothing\")")

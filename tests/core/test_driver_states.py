@@ -105,19 +105,47 @@ def test_a_sim_prefix_score_reads_its_states_quality():
     assert abs(np.std(readings - latents) - 1.0) < 0.03
 
 
+class RootThenState(SearchPolicy):
+    """A root round, then a round from the state of root rollout 0; asks for prefix scores."""
+
+    name = "root_then_state"
+    scores_prefixes = True
+    told: list = []
+
+    def _search(self):
+        (root,) = yield [Request.uniform(ROOT, self.budget // 2, 1)]
+        (state,) = yield [Request.uniform(0, self.budget - self.budget // 2, 1)]
+        RootThenState.told.append((root, state))
+
+
+def run_rows(policy_class, budget):
+    policy_class.told = []
+    specs = [SearchSpec(PromptInput("p", "a prompt"), policy_class.name, budget, policy_class, SearchConfig()),
+             SearchSpec(PromptInput("p", "a prompt"), "bon", budget, BestOfN, SearchConfig())]
+    driver = Driver(specs, [FewPrefixes()], [SimRewardModel()], DriverConfig(max_batch_rollouts=5), 0, LocalCalls())
+    finished, progress = driver.step(None)
+    assert progress["done"]
+    return {row["method"]: row for row in finished}
+
+
 def test_a_searchs_row_reports_the_correlation_of_its_root_rollouts_prefix_scores_and_rewards():
     """Over both root rounds, each root rollout's state prefix score against its reward; none for a
     policy that scores no prefixes (best-of-N)."""
-    TwoRootRounds.told = []
-    spec = SearchSpec(PromptInput("p", "a prompt"), TwoRootRounds.name, 40, TwoRootRounds, SearchConfig())
-    bon = SearchSpec(PromptInput("p", "a prompt"), "bon", 40, BestOfN, SearchConfig())
-    driver = Driver([spec, bon], [FewPrefixes()], [SimRewardModel()], DriverConfig(max_batch_rollouts=5), 0, LocalCalls())
-    finished, progress = driver.step(None)
-    assert progress["done"]
-    rows = {row["method"]: row for row in finished}
+    rows = run_rows(TwoRootRounds, 40)
     (first, second), = TwoRootRounds.told
     scores = np.concatenate([first.state_score[0], second.state_score[0]])
     rewards = np.concatenate([first.rewards[0], second.rewards[0]])
     assert np.isfinite(scores).all() and len(set(scores)) == 3
     assert rows[TwoRootRounds.name]["prefix_correlation"] == pytest.approx(np.corrcoef(scores, rewards)[0, 1], abs=1e-12)
     assert rows["bon"]["prefix_correlation"] is None
+
+
+def test_the_correlation_leaves_out_rollouts_from_states_and_is_null_where_undefined():
+    """A state's rollouts are not prompt draws: only the root round's pairs count. With fewer than 3
+    root rollouts there is no correlation: null in results.jsonl, not NaN."""
+    rows = run_rows(RootThenState, 40)
+    (root, state), = RootThenState.told
+    assert state.rewards.shape[1] == 20 and np.isfinite(state.rewards).all()
+    expected = np.corrcoef(root.state_score[0], root.rewards[0])[0, 1]
+    assert rows[RootThenState.name]["prefix_correlation"] == pytest.approx(expected, abs=1e-12)
+    assert run_rows(RootThenState, 4)[RootThenState.name]["prefix_correlation"] is None  # 2 root rollouts

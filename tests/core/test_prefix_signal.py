@@ -11,7 +11,9 @@ import pytest
 from pipeline.cli.main import main
 from pipeline.jobs.report import prefix_warnings, summarise
 from pipeline.offline.episodes import BankPrompt
-from pipeline.stats.prefix_signal import TRACKING, Z95, PrefixSignal, prefix_correlation
+from pipeline.stats.prefix_signal import TRACKING, PrefixSignal, prefix_correlation
+
+T975 = {2: 4.302653, 4: 2.776445}  # Student's t 97.5% quantiles by degrees of freedom (printed tables)
 
 
 def test_the_correlation_is_pearsons_and_weights_count_as_repeated_pairs():
@@ -30,15 +32,16 @@ def test_pairs_with_a_missing_side_are_left_out_and_too_few_say_nothing():
     assert prefix_correlation(scores, rewards) == pytest.approx(np.corrcoef([1, 2, 3], [1, 3, 2])[0, 1])
     assert math.isnan(prefix_correlation([1.0, 2.0], [1.0, 2.0]))             # 2 pairs: no correlation
     assert math.isnan(prefix_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))   # one prefix score for all
+    assert math.isnan(prefix_correlation([0.1] * 5, np.arange(5.0)))  # ... whose computed variance is 1.9e-34, not 0
     assert math.isnan(prefix_correlation([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))   # one reward for all
     with pytest.raises(ValueError, match="one shape"):
         prefix_correlation([1.0, 2.0, 3.0], [1.0, 2.0])
 
 
-def test_the_signal_is_the_mean_over_prompts_with_its_normal_interval():
+def test_the_signal_is_the_mean_over_prompts_with_its_students_t_interval():
     signal = PrefixSignal.of([0.1, np.nan, 0.3, 0.5])
     assert (signal.mean, signal.num_prompts) == (pytest.approx(0.3), 3)
-    assert signal.half_width == pytest.approx(Z95 * 0.2 / math.sqrt(3))
+    assert signal.half_width == pytest.approx(T975[2] * 0.2 / math.sqrt(3), rel=1e-6)
     assert PrefixSignal.of([0.4, np.nan]) is None
 
 
@@ -52,11 +55,11 @@ def test_it_says_nothing_only_where_the_whole_interval_is_below_tracking(mean, h
 def test_a_bank_prompt_weighs_each_reward_by_its_chance_as_a_prompt_draw():
     """Two sampled states share a prefix (one state of weight 2/3, its pools joined); a prompt draw
     picks a state by weight, then a reward of its pool: the pairs, enumerated with those chances."""
-    states = [[0.0, 1.0], [2.0, 3.0, 4.0, 5.0], [1.0, 6.0]]
+    states = [[0.0, 1.0], [2.0, 3.0, 4.0, 5.0, 7.0, 8.0], [1.0, 6.0]]
     prompt = BankPrompt("p", states, state_texts=["a", "b", "a"], state_scores=[0.5, 2.0, 0.5])
-    # state "a": rewards 0, 1, 1, 6 with 1/3 x 2 / 4 each (1/6); state "b": 2..5 with 1/3 / 4 each (1/12)
-    scores = [0.5] * 4 * 2 + [2.0] * 4
-    rewards = [0.0, 1.0, 1.0, 6.0] * 2 + [2.0, 3.0, 4.0, 5.0]
+    # state "a": rewards 0, 1, 1, 6, each 2/3 / 4 = 1/6; state "b": its 6 rewards, each 1/3 / 6 = 1/18
+    scores = [0.5] * 4 * 3 + [2.0] * 6
+    rewards = [0.0, 1.0, 1.0, 6.0] * 3 + [2.0, 3.0, 4.0, 5.0, 7.0, 8.0]
     assert prompt.prefix_correlation() == pytest.approx(np.corrcoef(scores, rewards)[0, 1], abs=1e-12)
     assert math.isnan(BankPrompt("p", states).prefix_correlation())  # no prefix scores
 
@@ -107,7 +110,7 @@ def test_a_runs_summary_reports_the_signal_and_warns_per_cell_where_it_says_noth
     summary = summarise(results, ["bon", "slg_share"], [64])
     cell = summary["methods"]["slg_share"]["64"]["prefix_correlation"]
     values = np.array([0.0, 0.1, -0.1, 0.05, -0.05])
-    assert cell == {"mean": pytest.approx(0.0), "ci95": pytest.approx(Z95 * values.std(ddof=1) / math.sqrt(5)),
+    assert cell == {"mean": pytest.approx(0.0), "ci95": pytest.approx(T975[4] * values.std(ddof=1) / math.sqrt(5), rel=1e-6),
                     "prompts": 5, "says_nothing": True}
     assert summary["methods"]["bon"]["64"]["prefix_correlation"] is None
     (line,) = prefix_warnings(summary)
