@@ -178,7 +178,7 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
                             args.workers, progress=bar.update, strict=args.strict, with_ceilings=not args.no_ceilings,
                             tokens=tokens, budget_maps=budget_maps)
     elapsed = time.perf_counter() - started
-    rows, ceilings = [], []
+    rows, ceilings, prefix_signals = [], [], []
     for label, table in report.results.items():
         print(f"replay on {label}: {table[0].prompts} prompts x {args.repeats} repeats")
         print(format_table(table))
@@ -186,22 +186,27 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
         if label in report.ceilings:
             print(format_ceilings(report.ceilings[label]))
             ceilings += [{"world" if args.world else "bank": label, **row} for row in report.ceilings[label]]
-        _warn_if_prefix_scores_say_nothing(label, None if args.world else targets[label].prefix_signal, args.methods)
+        prefix_signals += _report_prefix_signal(label, None if args.world else targets[label].prefix_signal, args.methods)
     print(f"{len(report.results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
-        payload = {"results": rows, "ceilings": ceilings, "seed": args.seed, "repeats": args.repeats, "elapsed_s": elapsed,
-                   "equal_tokens": args.equal_tokens, "response_tokens": args.response_tokens,
-                   "state_tokens": args.state_tokens}
+        payload = {"results": rows, "ceilings": ceilings, "prefix_signals": prefix_signals, "seed": args.seed,
+                   "repeats": args.repeats, "elapsed_s": elapsed, "equal_tokens": args.equal_tokens,
+                   "response_tokens": args.response_tokens, "state_tokens": args.state_tokens}
         payload.update({"source": next(iter(report.results))} if len(report.results) == 1 else {"sources": list(report.results)})
         write_json(args.out, payload)
     return 0
 
 
-def _warn_if_prefix_scores_say_nothing(label: str, signal, methods: list[str]) -> None:
-    """One warning line where a bank's prefix scores clearly do not track its rewards
-    (``pipeline.stats.prefix_signal``) and ``slg_share``, whose pick reads them, is replayed."""
-    if "slg_share" in methods and signal is not None and signal.says_nothing:
+def _report_prefix_signal(label: str, signal, methods: list[str]) -> list[dict]:
+    """A bank's prefix signal (``pipeline.stats.prefix_signal``) as a row of ``--out`` (none where it
+    has none), and one warning line where its prefix scores clearly do not track its rewards and
+    ``slg_share``, whose pick reads them, is replayed."""
+    if signal is None:
+        return []
+    if "slg_share" in methods and signal.says_nothing:
         logging.getLogger("slg").warning("%s", signal.warning(f"bank {label}"))
+    return [{"bank": label, "mean": signal.mean, "ci95": signal.half_width, "prompts": signal.num_prompts,
+             "says_nothing": signal.says_nothing}]
 
 
 def _progress_bar(total: int, enabled: bool):

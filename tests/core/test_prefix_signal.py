@@ -92,12 +92,16 @@ def test_replay_warns_once_where_a_banks_prefix_scores_say_nothing_to_slg_share(
                                                                                 tracking, warned):
     bank = tmp_path / "bank.jsonl"
     write_bank(bank, (lambda k, rng: k + rng.normal()) if tracking else (lambda k, rng: rng.normal()))
+    out = tmp_path / "replay.json"
     assert main(["replay", "--bank", str(bank), "--budgets", "16", "--methods", methods, "--repeats", "2",
-                 "--no-ceilings", "--workers", "1", "--no-progress"]) == 0
+                 "--no-ceilings", "--workers", "1", "--no-progress", "--out", str(out)]) == 0
     lines = [record.getMessage() for record in slg_warnings]
     assert len(lines) == warned
     if warned:
         assert lines[0].startswith(f"bank {bank}: prefix scores do not track rewards") and "over 40 prompts" in lines[0]
+    (row,) = json.loads(out.read_text())["prefix_signals"]  # written whatever the methods
+    assert (row["bank"], row["prompts"], row["says_nothing"]) == (str(bank), 40, not tracking)
+    assert (row["mean"] > 0.5) is tracking
 
 
 def search_rows(method, correlations):
