@@ -205,8 +205,7 @@ def _report_prefix_signal(label: str, signal, methods: list[str]) -> list[dict]:
         return []
     if "slg_share" in methods and signal.says_nothing:
         logging.getLogger("slg").warning("%s", signal.warning(f"bank {label}"))
-    return [{"bank": label, "mean": signal.mean, "ci95": signal.half_width, "prompts": signal.num_prompts,
-             "says_nothing": signal.says_nothing}]
+    return [{"bank": label, **signal.as_dict()}]
 
 
 def _progress_bar(total: int, enabled: bool):

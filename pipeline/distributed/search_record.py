@@ -167,9 +167,9 @@ class SearchRecord:
         # policy that asks for them (``scores_prefixes``); None while its score is on its way
         self.prefix_scores: dict[tuple, float | None] = {}
         self.scores_prefixes = bool(getattr(spec.policy_class, "scores_prefixes", False))
-        # each rollout's state prefix score (NaN but for root rollouts) and reward, for the row's ``prefix_correlation``
-        self.root_scores: list[np.ndarray] = []
-        self.root_rewards: list[np.ndarray] = []
+        # each rollout's state prefix score (NaN but for root rollouts) and its reward: the row's ``prefix_correlation``
+        self.prefix_pair_scores: list[np.ndarray] = []
+        self.prefix_pair_rewards: list[np.ndarray] = []
         self.slots: list[Slot] = []
         self.waiting = 0             # rollouts of this round not scored yet
         self.sequence = itertools.count()
@@ -257,9 +257,9 @@ class SearchRecord:
     def _prefix_correlation(self) -> float | None:
         """Over the root rollouts, the correlation of their state prefix scores and rewards
         (``pipeline.stats.prefix_signal``); None for a policy that scores no prefixes, or where it is undefined."""
-        if not self.root_scores:
+        if not self.prefix_pair_scores:
             return None
-        value = prefix_correlation(np.concatenate(self.root_scores), np.concatenate(self.root_rewards))
+        value = prefix_correlation(np.concatenate(self.prefix_pair_scores), np.concatenate(self.prefix_pair_rewards))
         return value if math.isfinite(value) else None
 
     def round_results(self) -> list[Rollouts]:
@@ -275,8 +275,8 @@ class SearchRecord:
             score = None
             if self.scores_prefixes:
                 score = np.array([self.prefix_scores.get(p) if p is not None else math.nan for p in prefixes], dtype=float)
-                self.root_scores.append(score)  # NaN but for root rollouts, the only ones with a state
-                self.root_rewards.append(s.rewards)
+                self.prefix_pair_scores.append(score)  # NaN but for root rollouts, the only ones with a state
+                self.prefix_pair_rewards.append(s.rewards)
             results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :], index[None, :],
                                     None if score is None else score[None, :]))
         return results

@@ -123,10 +123,7 @@ def _prefix_signal(values: list) -> dict | None:
     """Over the searches' ``prefix_correlation``: ``{"mean", "ci95", "prompts", "says_nothing"}``
     (``PrefixSignal``), or None where fewer than two searches report one."""
     signal = PrefixSignal.of([math.nan if v is None else v for v in values])
-    if signal is None:
-        return None
-    return {"mean": signal.mean, "ci95": signal.half_width, "prompts": signal.num_prompts,
-            "says_nothing": signal.says_nothing}
+    return None if signal is None else signal.as_dict()
 
 
 def prefix_warnings(summary: dict) -> list[str]:

@@ -69,6 +69,10 @@ class PrefixSignal:
         """The whole 95% interval lies below ``TRACKING``: prefix scores clearly do not track rewards."""
         return self.mean + self.half_width < TRACKING
 
+    def as_dict(self) -> dict:
+        """As ``summary.json`` and ``slg replay --out`` write it (docs/formats.md)."""
+        return {"mean": self.mean, "ci95": self.half_width, "prompts": self.num_prompts, "says_nothing": self.says_nothing}
+
     def describe(self) -> str:
         return f"correlation of prefix score and reward {self.mean:+.2f} +- {self.half_width:.2f} over {self.num_prompts} prompts"
 
