@@ -84,8 +84,10 @@ class ShareConfig:
     estimate of a state's own variance is below ``narrow_states`` times the rewards' variance, and only
     where the root's regression slope of reward on prefix score is at least ``min_prefix_slope``
     (prefix scores that track rewards); the state is then the one whose prefix score and root reward
-    together say most about its mean. From N = ``commit_from``, on few levels off a grid, the root is
-    not topped up and the state gets all the root leaves (in the same two halves)."""
+    together say most about its mean. On few levels, from N = ``full_share_from`` the state gets all
+    that root leaves rather than ``state_share`` of it, and its second half goes to the prompt where
+    at least ``modal_check`` of its first half is one reward; from N = ``commit_from``, off a grid, the
+    root is not topped up and the state gets all the root leaves (in the same two halves)."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
@@ -96,6 +98,8 @@ class ShareConfig:
     prompt_check: bool = True      # ... and, continuous with narrow-looking states, where fresh prompt draws beat it (slg_adaptive's check)
     grid_best_level: bool = True   # a grid of levels, narrow states: only states whose root rollout reached the best level
     narrow_states: float = 0.1     # continuous, N >= 160: share rounds where a state's own variance < this x Var(r); 0: never
+    full_share_from: int | None = 64  # few levels: from this N the state gets all a root of root_fraction N leaves; None: never
+    modal_check: float | None = 0.6  # ... and its second half goes to the prompt where this share of its first half is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
 
 
@@ -157,8 +161,12 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
         raise ConfigError(f"search.share.min_prefix_slope must be a finite number, got {config.share.min_prefix_slope!r}")
     if not 0.0 <= config.share.narrow_states <= 1.0:  # NaN too
         raise ConfigError(f"search.share.narrow_states must be in [0, 1], got {config.share.narrow_states!r}")
-    if config.share.commit_from is not None and config.share.commit_from < 1:
-        raise ConfigError(f"search.share.commit_from must be >= 1 (null: never), got {config.share.commit_from!r}")
+    for name in ("full_share_from", "commit_from"):
+        value = getattr(config.share, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"search.share.{name} must be >= 1 (null: never), got {value!r}")
+    if config.share.modal_check is not None and not 0.0 < config.share.modal_check <= 1.0:  # NaN too
+        raise ConfigError(f"search.share.modal_check must be in (0, 1] (null: off), got {config.share.modal_check!r}")
     rejection = config.spec_rejection
     if not 0.0 <= rejection.rejection_rate < 1.0:  # NaN too
         raise ConfigError(f"search.spec_rejection.rejection_rate must be in [0, 1), got {rejection.rejection_rate!r}")

@@ -72,3 +72,16 @@ def repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
     distinct = scored - repeats(first_half)
     most_distinct = np.where(scored >= REPEAT_CHECK_ROLLOUTS, REPEAT_CHECK_DISTINCT - 1, 1)
     return (scored >= REPEAT_CHECK_MIN_ROLLOUTS) & (distinct <= most_distinct) & (top <= own_best)
+
+
+def modal_share(rewards: np.ndarray) -> np.ndarray:
+    """Per row, the share of its scored rewards equal to its most frequent one (0 for a row with none;
+    NaN, a dropped score, sorts last and equals nothing): ``share.modal_check``'s measure of a state
+    that mostly repeats one response."""
+    ordered = np.sort(rewards, axis=1)
+    same = np.diff(ordered, axis=1) == 0
+    position = np.arange(same.shape[1])
+    run = position - np.maximum.accumulate(np.where(same, -1, position), axis=1)  # equal neighbours in a row, ending here
+    longest = run.max(axis=1, initial=0) + 1
+    scored = (~np.isnan(rewards)).sum(axis=1)
+    return np.where(scored > 0, longest / np.maximum(scored, 1), 0.0)

@@ -101,6 +101,7 @@ class SharedSLG(AdaptiveSLG):
         settings, budget = self.config.share, self.budget
         drawn = root.rewards.shape[1]  # the root request's count (a dropped score leaves a NaN, not a gap)
         committed = self._commits(root, mine & ~by_evidence)
+        full = self._shares_fully(mine & ~by_evidence & ~committed)
         more = np.where(mine & ~committed, max(0, min(budget, round(settings.root_fraction * budget)) - drawn), 0)
         if more.any():
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
@@ -113,7 +114,8 @@ class SharedSLG(AdaptiveSLG):
         if by_prefix.any():
             state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments), state)
         spent = np.where(mine, drawn + more, 0)
-        to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
+        share = np.where(full, 1.0, settings.state_share)
+        to_state = np.where(state != NO_NODE, np.round(share * (1.0 - settings.root_fraction) * budget).astype(np.int64), 0)
         to_state = np.where(committed & (state != NO_NODE), budget - spent, np.minimum(to_state, budget - spent))
         to_root = np.where(mine, budget - spent - to_state, 0)
         # in two halves: the first checks that the state's rollouts are no worse than the root's, nor mere repeats
@@ -124,6 +126,8 @@ class SharedSLG(AdaptiveSLG):
         keep = (first_state > 0) & ~(state_mean < root_mean)
         if settings.repeat_check:
             keep &= ~reward_levels.repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
+        if settings.modal_check is not None:
+            keep &= ~(full & (reward_levels.modal_share(state_part.rewards) >= settings.modal_check))
         if settings.prompt_check and (keep & by_evidence).any():
             drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)
             best = np.nanmax(drawn_so_far, axis=1, initial=-np.inf)  # the best so far, a dropped score left out
@@ -149,6 +153,18 @@ class SharedSLG(AdaptiveSLG):
         if start is None or self.budget < start or not few_levels.any():
             return np.zeros_like(few_levels)
         return few_levels & ~reward_levels.on_a_grid(root)
+
+    def _shares_fully(self, few_levels: np.ndarray) -> np.ndarray:
+        """The episodes of ``few_levels`` whose state gets all that a root of ``share.root_fraction`` N
+        leaves, not ``share.state_share`` of it: from N = ``share.full_share_from``. Where a discovery
+        leaves room above the best, the paid-discovery ceiling puts more than 90% of what is left on
+        one state in 86-94% of them (toy_t12, N = 64-256). Below N = 64 a first half is too small to
+        tell a deep state that mostly repeats one response (``share.modal_check``), and the full share
+        cost toy_t24 there (docs/method.md, "All of the half to the state, from N = 64")."""
+        start = self.config.share.full_share_from
+        if start is None or self.budget < start:
+            return np.zeros_like(few_levels)
+        return few_levels
 
     def _prompt_beats_state(self, root: Rollouts, moments: tuple, first_half: np.ndarray, best: np.ndarray,
                             left: np.ndarray, mine: np.ndarray) -> np.ndarray:
