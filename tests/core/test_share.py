@@ -222,6 +222,23 @@ def committing_bank(good=(0.72, 0.77, 0.82, 0.87, 0.92, 0.97)) -> BankPrompt:
                       state_texts=["g", "w1", "w2"], state_scores=[3.0, 0.0, 0.0])
 
 
+def paired_bank_gain(bank: str, budget: int, episodes: int, settings: dict, baseline: dict) -> np.ndarray:
+    """Per episode of every problem of ``data/<bank>``, slg_share's best reward with the share
+    ``settings`` less that with ``baseline``, on common random numbers."""
+    from pathlib import Path
+
+    from pipeline.offline.bank import read_bank
+
+    gains = []
+    for k, prompt in enumerate(read_bank(Path(__file__).resolve().parents[2] / "data" / bank)):
+        best = [run_episodes(SharedSLG(budget, episodes, SearchConfig(share=ShareConfig(**share)),
+                                       rng=np.random.default_rng(k)),
+                             BankSource(prompt, episodes, np.random.default_rng(100 + k))).best_reward
+                for share in (settings, baseline)]
+        gains.append(best[0] - best[1])
+    return np.concatenate(gains)
+
+
 def root_of(budget) -> int:
     from pipeline.search.adaptive import adaptive_plan
     config = SearchConfig()
@@ -322,21 +339,7 @@ def test_the_full_share_pays_on_the_toy_models_bank_at_n_96():
     N = 96, 2000 episodes a problem, paired against ``full_share_from = null``: measured +0.0009 +-
     0.0001 (one standard error over episodes); the replays of docs/method.md, "All of the half to the
     state, from N = 64", give the other banks."""
-    from pathlib import Path
-
-    from pipeline.offline.bank import read_bank
-
-    budget, batch = 96, 2000
-    prompts = read_bank(Path(__file__).resolve().parents[2] / "data" / "toy_bank" / "bank.jsonl")
-    gains = []
-    for k, prompt in enumerate(prompts):
-        best = {}
-        for full_share_from in (64, None):
-            policy = SharedSLG(budget, batch, SearchConfig(share=ShareConfig(full_share_from=full_share_from)),
-                               rng=np.random.default_rng(k))
-            best[full_share_from] = run_episodes(policy, BankSource(prompt, batch, np.random.default_rng(100 + k))).best_reward
-        gains.append(best[64] - best[None])
-    gain = np.concatenate(gains)
+    gain = paired_bank_gain("toy_bank/bank.jsonl", 96, 2000, {"full_share_from": 64}, {"full_share_from": None})
     assert gain.mean() > 3 * gain.std(ddof=1) / math.sqrt(gain.size)
 
 
@@ -376,21 +379,8 @@ def test_committing_pays_on_the_toy_models_bank_at_n_256():
     standard error over episodes) over ``commit_from = null``. The same measurement gives +0.0007 +-
     0.0003 on toy_t8 and +0.0006 +- 0.0004 on toy_t12 (docs/method.md, "All the root leaves to the
     state", has the replays)."""
-    from pathlib import Path
-
-    from pipeline.offline.bank import read_bank
-
-    budget, batch = 256, 1000
-    prompts = read_bank(Path(__file__).resolve().parents[2] / "data" / "banks" / "toy_t16.parquet")
-    gains = []
-    for k, prompt in enumerate(prompts):
-        best = {}
-        for commit_from in (256, None):
-            policy = SharedSLG(budget, batch, SearchConfig(share=ShareConfig(commit_from=commit_from, full_share_from=None)),
-                               rng=np.random.default_rng(k))
-            best[commit_from] = run_episodes(policy, BankSource(prompt, batch, np.random.default_rng(100 + k))).best_reward
-        gains.append(best[256] - best[None])
-    gain = np.concatenate(gains)
+    gain = paired_bank_gain("banks/toy_t16.parquet", 256, 1000, {"commit_from": 256, "full_share_from": None},
+                            {"commit_from": None, "full_share_from": None})
     assert gain.mean() > 3 * gain.std(ddof=1) / math.sqrt(gain.size)
 
 
