@@ -163,9 +163,12 @@ class SharedSLG(AdaptiveSLG):
         leaves room above the best, the paid-discovery ceiling puts more than 90% of what is left on
         one state in 86-94% of them (toy_t12, N = 64-256). Below N = 64 a first half is too small to
         tell a deep state that mostly repeats one response (``share.modal_check``), and the full share
-        cost toy_t24 there (docs/method.md, "All of the half to the state, from N = 64")."""
-        start = self.config.share.full_share_from
-        if start is None or self.budget < start:
+        cost toy_t24 there (docs/method.md, "All of the half to the state, from N = 64"). From N =
+        ``share.commit_from`` the commitment takes over off a grid, and a grid keeps ``state_share``:
+        there the full share was measured to gain on one discrete world and lose on another."""
+        settings = self.config.share
+        beyond = settings.commit_from is not None and self.budget >= settings.commit_from
+        if settings.full_share_from is None or self.budget < settings.full_share_from or beyond:
             return np.zeros_like(few_levels)
         return few_levels
 

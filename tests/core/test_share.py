@@ -316,17 +316,22 @@ def test_a_fully_shared_state_whose_first_half_is_mostly_one_reward_gives_the_re
     assert (ledger.spent == budget).all()
 
 
-def test_from_commit_from_the_full_share_and_its_modal_check_step_aside():
-    """At N = 256 a committed state gets all the root leaves and keeps the commitment's own checks: on
-    the bank whose state is mostly one reward, requests are those of ``full_share_from = null``."""
+@pytest.mark.parametrize("grid", [False, True])
+def test_from_commit_from_the_full_share_and_its_modal_check_step_aside(grid):
+    """At N = 256 a committed state gets all the root leaves and keeps the commitment's own checks (on
+    the bank whose state is mostly one reward), and a grid of levels (the discrete world) keeps
+    ``state_share``: requests are those of ``full_share_from = null``."""
     asked = {}
     for full_share_from in (64, None):
-        source = Recording(deep_state_bank((0.8,) * 16 + (0.85, 0.9, 0.95, 0.99)), 200, np.random.default_rng(12))
+        source = (recording(WorldSource)(make_world("discrete", levels=10), 200, np.random.default_rng(8),
+                                         np.random.default_rng(9)) if grid else
+                  Recording(deep_state_bank((0.8,) * 16 + (0.85, 0.9, 0.95, 0.99)), 200, np.random.default_rng(12)))
         play(SharedSLG, source, 256, SearchConfig(share=ShareConfig(full_share_from=full_share_from)))
         asked[full_share_from] = source.requests
     assert len(asked[64]) == len(asked[None])
     for (node, count), (node_off, count_off) in zip(asked[64], asked[None]):
         assert (node == node_off).all() and (count == count_off).all()
+    assert any((count[node >= 0] > 0).any() for node, count in asked[64])  # states were shared with
 
 
 def test_the_modal_share_is_the_most_frequent_reward_s_share_of_those_scored():
@@ -351,7 +356,7 @@ def test_on_a_grid_the_state_does_not_get_all_the_root_leaves(levels):
     for commit_from in (256, None):
         source = recording(WorldSource)(make_world("discrete", levels=levels), 200, np.random.default_rng(8),
                                         np.random.default_rng(9))
-        play(SharedSLG, source, 256, SearchConfig(share=ShareConfig(commit_from=commit_from)))
+        play(SharedSLG, source, 256, SearchConfig(share=ShareConfig(commit_from=commit_from, full_share_from=None)))
         asked[commit_from] = source.requests
     assert len(asked[256]) == len(asked[None])
     for (node, count), (node_off, count_off) in zip(asked[256], asked[None]):
