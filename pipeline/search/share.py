@@ -27,11 +27,12 @@ Which episodes run them, and which state gets the share:
   rewards repeat across states: a verifier's or a judge's score) of narrow states, only the states
   whose root rollout reached the root's best reward are candidates (``share.grid_best_level``),
   unless prefix scores read the states more precisely than rollouts do.
-  From N = ``share.full_share_from`` (64) the state gets all of what the topped-up root leaves, not
-  ``share.state_share`` of it, and its second half goes to the prompt where most of its first half
-  is one reward (``share.modal_check``: a deep state; ``_shares_fully``). From N =
-  ``share.commit_from`` (256) off a grid, the root (``adaptive.root_fraction`` of N) is not topped up
-  and the state gets all it leaves, in the same two halves (``_commits``).
+  From N = ``share.full_share_from`` (64) up to ``share.commit_from`` the state gets all that the
+  topped-up root leaves, not ``share.state_share`` of it, and its second half goes to the prompt
+  where most of its first half is one reward (``share.modal_check``: a deep state;
+  ``_shares_fully``). From N = ``share.commit_from`` (256) off a grid, the root
+  (``adaptive.root_fraction`` of N) is not topped up and the state gets all it leaves, in the same
+  two halves (``_commits``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
