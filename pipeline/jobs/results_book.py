@@ -54,14 +54,15 @@ REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first co
      LATER, "bank"),
     ("Real model outputs: banks held out of every setting",
      "50 more problems each, 16 states x 256 completions, collected after slg_share's settings were fixed "
-     "(all but share.commit_from, which came later): "
+     "(all but share.commit_from and share.full_share_from, which came later): "
      "test rows 500-549 at temperature 1 with T = 4, where a state is little more than the prompt (no allocation "
      "has much to gain: see the ceilings), and rows 550-599 at temperature 0.5 with T = 8, where responses repeat "
      "and best-of-N saturates early.",
      NEWEST, "bank"),
     ("Real model outputs: a bank collected after share.commit_from",
      "50 more problems, 16 states x 512 completions, collected after slg_share's rule for N >= 256 "
-     "(share.commit_from) was fixed, and replayed once: test rows 600-649 at temperature 1 with T = 20.",
+     "(share.commit_from) was fixed, and replayed once: test rows 600-649 at temperature 1 with T = 20 "
+     "(share.full_share_from, for N = 64-255, came after it).",
      AFTER_COMMIT, "bank"),
     ("Real model outputs: the earlier bank",
      "100 other problems x 16 states x 64 completions, T = 8 (budgets beyond 64 would redraw a state's pool).",
