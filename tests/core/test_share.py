@@ -239,6 +239,20 @@ def paired_bank_gain(bank: str, budget: int, episodes: int, settings: dict, base
     return np.concatenate(gains)
 
 
+def same_requests(make_source, budget: int, settings: dict, baseline: dict) -> list:
+    """slg_share's requests with the share ``settings``, asserted equal, request for request, to those
+    with ``baseline`` on a fresh source from ``make_source``."""
+    asked = []
+    for share in (settings, baseline):
+        source = make_source()
+        play(SharedSLG, source, budget, SearchConfig(share=ShareConfig(**share)))
+        asked.append(source.requests)
+    assert len(asked[0]) == len(asked[1])
+    for (node, count), (node_off, count_off) in zip(*asked):
+        assert (node == node_off).all() and (count == count_off).all()
+    return asked[0]
+
+
 def root_of(budget) -> int:
     from pipeline.search.adaptive import adaptive_plan
     config = SearchConfig()
@@ -321,17 +335,13 @@ def test_from_commit_from_the_full_share_and_its_modal_check_step_aside(grid):
     """At N = 256 a committed state gets all the root leaves and keeps the commitment's own checks (on
     the bank whose state is mostly one reward), and a grid of levels (the discrete world) keeps
     ``state_share``: requests are those of ``full_share_from = null``."""
-    asked = {}
-    for full_share_from in (64, None):
-        source = (recording(WorldSource)(make_world("discrete", levels=10), 200, np.random.default_rng(8),
-                                         np.random.default_rng(9)) if grid else
-                  Recording(deep_state_bank((0.8,) * 16 + (0.85, 0.9, 0.95, 0.99)), 200, np.random.default_rng(12)))
-        play(SharedSLG, source, 256, SearchConfig(share=ShareConfig(full_share_from=full_share_from)))
-        asked[full_share_from] = source.requests
-    assert len(asked[64]) == len(asked[None])
-    for (node, count), (node_off, count_off) in zip(asked[64], asked[None]):
-        assert (node == node_off).all() and (count == count_off).all()
-    assert any((count[node >= 0] > 0).any() for node, count in asked[64])  # states were shared with
+    def source():
+        if grid:
+            return recording(WorldSource)(make_world("discrete", levels=10), 200, np.random.default_rng(8),
+                                          np.random.default_rng(9))
+        return Recording(deep_state_bank((0.8,) * 16 + (0.85, 0.9, 0.95, 0.99)), 200, np.random.default_rng(12))
+    asked = same_requests(source, 256, {"full_share_from": 64}, {"full_share_from": None})
+    assert any((count[node >= 0] > 0).any() for node, count in asked)  # states were shared with
 
 
 def test_the_modal_share_is_the_most_frequent_reward_s_share_of_those_scored():
@@ -352,16 +362,10 @@ def test_the_full_share_pays_on_the_toy_models_bank_at_n_96():
 def test_on_a_grid_the_state_does_not_get_all_the_root_leaves(levels):
     """The discrete world's states share reward levels (a grid): at N = 256 its requests are those of
     ``commit_from = null``, request for request."""
-    asked = {}
-    for commit_from in (256, None):
-        source = recording(WorldSource)(make_world("discrete", levels=levels), 200, np.random.default_rng(8),
-                                        np.random.default_rng(9))
-        play(SharedSLG, source, 256, SearchConfig(share=ShareConfig(commit_from=commit_from, full_share_from=None)))
-        asked[commit_from] = source.requests
-    assert len(asked[256]) == len(asked[None])
-    for (node, count), (node_off, count_off) in zip(asked[256], asked[None]):
-        assert (node == node_off).all() and (count == count_off).all()
-    assert any((count[node >= 0] > 0).any() for node, count in asked[256])  # states were shared with
+    asked = same_requests(lambda: recording(WorldSource)(make_world("discrete", levels=levels), 200,
+                                                         np.random.default_rng(8), np.random.default_rng(9)),
+                          256, {"commit_from": 256, "full_share_from": None}, {"commit_from": None, "full_share_from": None})
+    assert any((count[node >= 0] > 0).any() for node, count in asked)  # states were shared with
 
 
 def test_a_committed_state_whose_first_half_falls_below_the_root_gives_the_rest_back():
