@@ -29,8 +29,10 @@ from pipeline.distributed.search_record import SearchRecord, SearchSpec, Slot, n
 from pipeline.jobs.bank_writers import open_bank_writer
 from pipeline.jobs.config import RunConfig
 from pipeline.jobs.prompts import load_prompts
+from pipeline.offline.episodes import BankPrompt
 from pipeline.search.base import SearchPolicy
 from pipeline.search.protocol import NO_NODE, ROOT, Request
+from pipeline.stats.prefix_signal import PrefixSignal
 
 log = logging.getLogger("slg")
 
@@ -142,14 +144,47 @@ def collect(config: RunConfig) -> int:
              settings.num_states, settings.completions_per_state, writer.target, len(prompts) - len(pending))
     in_flight = prompts_in_flight(config)
     config = replace(config, driver=replace(config.driver, max_concurrent_prompts=in_flight))
+    correlations = []
+
+    def write(finished: list[dict]) -> None:
+        writer.write(finished)
+        correlations.extend(prefix_correlation_of(result) for result in finished)
+
     with writer:
         with Session(config) as session:
             window = in_flight if writer.in_order else None
             session.start_driver(searches, SampleRecorder(writer.keeps_texts, writer.reward_dtype), in_order_window=window)
-            progress = session.drive(writer.write, resumed=len(prompts) - len(pending))
+            progress = session.drive(write, resumed=len(prompts) - len(pending))
     log.info("peak memory: driver %.0f MB, this process %.0f MB", progress["driver_peak_rss_mb"],
              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+    report_prefix_signal(PrefixSignal.of(correlations), len(searches))
     return len(searches)
+
+
+def prefix_correlation_of(result: dict) -> float:
+    """A collected prompt's prefix correlation as ``slg replay --bank`` will measure it on the bank
+    (``BankPrompt.prefix_correlation``: states with one prefix merged); NaN where the prompt has no
+    state, or a state's prefix has no score."""
+    names = state_names(result["samples"])
+    scores = [result["state_scores"].get(name) for name in names]
+    if not names or not all(score is not None and math.isfinite(score) for score in scores):
+        return math.nan
+    prompt = BankPrompt(result["prompt_id"], [result["samples"][name].rewards for name in names],
+                        state_texts=[result["state_texts"][name] for name in names], state_scores=scores)
+    return prompt.prefix_correlation()
+
+
+def report_prefix_signal(signal: PrefixSignal | None, collected: int) -> None:
+    """One line on whether the prompts this call collected have prefix scores that track rewards
+    (``pipeline.stats.prefix_signal``): a warning where they clearly do not, as ``slg replay --bank``
+    gives. Nothing where fewer than two prompts had a correlation (a resumed bank's earlier prompts are
+    not read again: ``slg replay --bank`` measures the whole bank)."""
+    if signal is None:
+        return
+    if signal.says_nothing:
+        log.warning("%s", signal.warning(f"the {collected} prompts collected"))
+    else:
+        log.info("prefix scores of the %d prompts collected: %s", collected, signal.describe())
 
 
 def prompts_in_flight(config: RunConfig) -> int:

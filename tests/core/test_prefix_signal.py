@@ -121,3 +121,36 @@ def test_a_runs_summary_reports_the_signal_and_warns_per_cell_where_it_says_noth
     assert line.startswith("slg_share at N = 64: prefix scores do not track rewards") and "over 5 prompts" in line
     tracking = summarise(search_rows("slg_share", [0.4, 0.5, 0.3, 0.45]), ["slg_share"], [64])
     assert prefix_warnings(tracking) == []
+
+
+def test_collect_measures_each_prompts_correlation_as_replay_will_on_the_bank():
+    from conftest import run_in_process
+
+    from pipeline.jobs.collection import SampleRecorder, prefix_correlation_of, state_names
+
+    results = run_in_process(["collect.num_states=4", "collect.completions_per_state=9", "data.num_prompts=3"],
+                             SampleRecorder(False), collect=True)
+    for result in results:
+        names = state_names(result["samples"])
+        scores = np.array([result["state_scores"][name] for name in names])
+        rewards = [result["samples"][name].rewards for name in names]
+        assert len(names) == 4 and np.isfinite(scores).all()
+        # every state holds 9 rewards, so every reward is a prompt draw of chance 1 / 36, merged states or not
+        expected = np.corrcoef(np.repeat(scores, 9), np.concatenate(rewards))[0, 1]
+        assert prefix_correlation_of(result) == pytest.approx(expected, abs=1e-12)
+    unscored = dict(results[0], state_scores={**results[0]["state_scores"], names[0]: None})
+    assert math.isnan(prefix_correlation_of(unscored))  # replay's bank has no state_scores then
+
+
+def test_collect_warns_where_its_prompts_prefix_scores_say_nothing(slg_warnings, caplog):
+    from pipeline.jobs.collection import report_prefix_signal
+
+    report_prefix_signal(PrefixSignal(0.02, 0.05, 50), 50)
+    (line,) = [record.getMessage() for record in slg_warnings]
+    assert line.startswith("the 50 prompts collected: prefix scores do not track rewards")
+    with caplog.at_level(logging.INFO, logger="slg"):
+        report_prefix_signal(PrefixSignal(0.45, 0.05, 50), 50)
+        report_prefix_signal(None, 1)
+    assert len(slg_warnings) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "prefix scores of the 50 prompts collected: correlation of prefix score and reward +0.45 +- 0.05 over 50 prompts"]

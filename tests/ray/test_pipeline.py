@@ -1,6 +1,7 @@
 """The distributed pipeline on simulated engines: outputs, determinism, affinity, resume, errors."""
 
 import json
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -347,7 +348,15 @@ def test_collect_writes_a_bank_replay_can_read_and_resumes_without_duplicates(lo
     bank, texts = tmp_path / "bank.jsonl", tmp_path / "texts.jsonl"
     argv = ["collect", "--states", "4", "--completions", "6", "--out", str(bank), "--texts", str(texts),
             "data.num_prompts=3", "generator.sim.family=bimodal"]
-    assert main(argv) == 0
+    lines = []  # the slg logger's lines (it does not propagate to the root, where caplog listens)
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("slg").addHandler(handler)
+    try:
+        assert main(argv) == 0
+    finally:
+        logging.getLogger("slg").removeHandler(handler)
+    assert any(line.startswith("prefix scores of the 3 prompts collected: correlation") for line in lines)
     prompts = read_bank(bank)  # validates the bank format (docs/formats.md)
     assert [p.prompt_id for p in prompts] == ["sim0", "sim1", "sim2"]
     assert all(p.num_states == 4 and list(p.lengths) == [6] * 4 and p.correct is not None for p in prompts)
