@@ -28,9 +28,9 @@ Which episodes run them, and which state gets the share:
   whose root rollout reached the root's best reward are candidates (``share.grid_best_level``),
   unless prefix scores read the states more precisely than rollouts do.
   From N = ``share.full_share_from`` (64) up to ``share.commit_from`` the state gets all that the
-  topped-up root leaves, not ``share.state_share`` of it, and its second half goes to the prompt
-  where most of its first half is one reward (``share.modal_check``: a deep state;
-  ``_shares_fully``). From N = ``share.commit_from`` (256) off a grid, the root
+  topped-up root leaves, not ``share.state_share`` of it (continuous rewards too, below), and its
+  second half goes to the prompt where most of its first half is one reward (``share.modal_check``:
+  a deep state; ``_shares_fully``). From N = ``share.commit_from`` (256) off a grid, the root
   (``adaptive.root_fraction`` of N) is not topped up and the state gets all it leaves, in the same
   two halves (``_commits``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
@@ -43,7 +43,9 @@ Which episodes run them, and which state gets the share:
   candidates' few rollouts cannot tell (simulated worlds, docs/results.md: 2.05x -> 2.34x best-of-N
   on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N; at N =
   97-159, where four candidates' screening round is most of what a narrow world's states cost,
-  3.20x -> 3.48x on gaussian at 128, and 0.93x -> 1.49x where states are a fifth as wide).
+  3.20x -> 3.48x on gaussian at 128, and 0.93x -> 1.49x where states are a fifth as wide). From N =
+  ``share.full_share_from`` (64) the state gets all that the topped-up root leaves, as on few levels
+  (gaussian at 128: 3.47x -> 3.95x; docs/method.md, "All of the half to the state, from N = 64").
 - **Continuous rewards at larger budgets, narrow states** (N >= 160, prefix scores that track
   rewards, and a root whose estimate of a state's own variance, Var(r) - Cov(s, r) over at least 32
   of its rollouts, is below ``share.narrow_states`` times Var(r)): the same share rounds and pick.
@@ -105,7 +107,7 @@ class SharedSLG(AdaptiveSLG):
         settings, budget = self.config.share, self.budget
         drawn = root.rewards.shape[1]  # the root request's count (a dropped score leaves a NaN, not a gap)
         committed = self._commits(root, mine & ~by_evidence)
-        full = self._shares_fully(mine & ~by_evidence & ~committed)
+        full = self._shares_fully(mine & ~committed)
         more = np.where(mine & ~committed, max(0, min(budget, round(settings.root_fraction * budget)) - drawn), 0)
         if more.any():
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
@@ -158,20 +160,23 @@ class SharedSLG(AdaptiveSLG):
             return np.zeros_like(few_levels)
         return few_levels & ~reward_levels.on_a_grid(root)
 
-    def _shares_fully(self, few_levels: np.ndarray) -> np.ndarray:
-        """The episodes of ``few_levels`` whose state gets all that a root of ``share.root_fraction`` N
-        leaves, not ``share.state_share`` of it: from N = ``share.full_share_from``. Where a discovery
-        leaves room above the best, the paid-discovery ceiling puts more than 90% of what is left on
-        one state in 86-94% of them (toy_t12, N = 64-256). Below N = 64 a first half is too small to
-        tell a deep state that mostly repeats one response (``share.modal_check``), and the full share
-        cost toy_t24 there (docs/method.md, "All of the half to the state, from N = 64"). From N =
-        ``share.commit_from`` the commitment takes over off a grid, and a grid keeps ``state_share``:
-        there the full share was measured to gain on one discrete world and lose on another."""
+    def _shares_fully(self, shared: np.ndarray) -> np.ndarray:
+        """The episodes of ``shared`` (not committed) whose state gets all that a root of
+        ``share.root_fraction`` N leaves, not ``share.state_share`` of it: from N =
+        ``share.full_share_from``. Where a discovery leaves room above the best, the paid-discovery
+        ceiling puts more than 90% of what is left on one state in 86-94% of them (toy_t12, N =
+        64-256); on continuous rewards a state picked on prefix score and root reward has a tail
+        beyond its mean that fresh prompt draws do not match (gaussian at 128: 3.47x -> 3.95x). Below
+        N = 64 a first half is too small to tell a deep state that mostly repeats one response
+        (``share.modal_check``), and the full share cost toy_t24 there, and toy_t20 and toy_t12 at 48
+        on continuous episodes (docs/method.md, "All of the half to the state, from N = 64"). From N =
+        ``share.commit_from`` the commitment takes over off a grid, and the rest keep ``state_share``:
+        on a grid the full share was measured to gain on one discrete world and lose on another."""
         settings = self.config.share
         beyond = settings.commit_from is not None and self.budget >= settings.commit_from
         if settings.full_share_from is None or self.budget < settings.full_share_from or beyond:
-            return np.zeros_like(few_levels)
-        return few_levels
+            return np.zeros_like(shared)
+        return shared
 
     def _prompt_beats_state(self, root: Rollouts, moments: tuple, first_half: np.ndarray, best: np.ndarray,
                             left: np.ndarray, mine: np.ndarray) -> np.ndarray:
