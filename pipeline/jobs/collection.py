@@ -164,10 +164,12 @@ def collect(config: RunConfig) -> int:
 def prefix_correlation_of(result: dict) -> float:
     """A collected prompt's prefix correlation as ``slg replay --bank`` will measure it on the bank
     (``BankPrompt.prefix_correlation``: states with one prefix merged); NaN where the prompt has no
-    state, or a state's prefix has no score."""
+    state, a state's prefix has no score, or a state has no reward (replay refuses such a bank)."""
     names = state_names(result["samples"])
     scores = [result["state_scores"].get(name) for name in names]
     if not names or not all(score is not None and math.isfinite(score) for score in scores):
+        return math.nan
+    if any(result["samples"][name].rewards.size == 0 for name in names):
         return math.nan
     prompt = BankPrompt(result["prompt_id"], [result["samples"][name].rewards for name in names],
                         state_texts=[result["state_texts"][name] for name in names], state_scores=scores)

@@ -40,7 +40,7 @@ Which episodes run them, and which state gets the share:
   rewards in the root (``_prefix_slope`` at least ``share.min_prefix_slope``): the state whose prefix
   score and root reward together predict the highest mean (``_best_evidence_state``) gets the share.
   A candidate picked on its one reward alone is often a lucky draw of a mediocre state, and two
-  candidates' few rollouts cannot tell (simulated worlds, docs/results.md: 2.05x -> 2.34x best-of-N
+  candidates' few rollouts cannot tell (simulated worlds, before the full share: 2.05x -> 2.34x best-of-N
   on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N; at N =
   97-159, where four candidates' screening round is most of what a narrow world's states cost,
   3.20x -> 3.48x on gaussian at 128, and 0.93x -> 1.49x where states are a fifth as wide). From N =
@@ -48,7 +48,8 @@ Which episodes run them, and which state gets the share:
   (gaussian at 128: 3.47x -> 3.95x; docs/method.md, "All of the half to the state, from N = 64").
 - **Continuous rewards at larger budgets, narrow states** (N >= 160, prefix scores that track
   rewards, and a root whose estimate of a state's own variance, Var(r) - Cov(s, r) over at least 32
-  of its rollouts, is below ``share.narrow_states`` times Var(r)): the same share rounds and pick.
+  of its rollouts, is below ``share.narrow_states`` times Var(r)): the same share rounds and pick
+  (the full share up to ``share.commit_from``, ``share.state_share`` from it).
   Such states' rewards barely spread beyond their means, so ``slg_adaptive``'s screening of several
   candidates only spends what fresh prompt draws would find (gaussian, states a sixth as wide as the
   spread: -0.032 -> +0.075 against best-of-N at N = 256; docs/method.md).
@@ -122,7 +123,7 @@ class SharedSLG(AdaptiveSLG):
         spent = np.where(mine, drawn + more, 0)
         share = np.where(full, 1.0, settings.state_share)
         to_state = np.where(state != NO_NODE, np.round(share * (1.0 - settings.root_fraction) * budget).astype(np.int64), 0)
-        to_state = np.where(committed & (state != NO_NODE), budget - spent, np.minimum(to_state, budget - spent))
+        to_state = np.where((committed | full) & (state != NO_NODE), budget - spent, np.minimum(to_state, budget - spent))
         to_root = np.where(mine, budget - spent - to_state, 0)
         # in two halves: the first checks that the state's rollouts are no worse than the root's, nor mere repeats
         first_state, first_root = to_state // 2, to_root // 2

@@ -126,7 +126,7 @@ def test_a_runs_summary_reports_the_signal_and_warns_per_cell_where_it_says_noth
 def test_collect_measures_each_prompts_correlation_as_replay_will_on_the_bank():
     from conftest import run_in_process
 
-    from pipeline.jobs.collection import SampleRecorder, prefix_correlation_of, state_names
+    from pipeline.jobs.collection import NodeSamples, SampleRecorder, prefix_correlation_of, state_names
 
     results = run_in_process(["collect.num_states=4", "collect.completions_per_state=9", "data.num_prompts=3"],
                              SampleRecorder(False), collect=True)
@@ -138,19 +138,46 @@ def test_collect_measures_each_prompts_correlation_as_replay_will_on_the_bank():
         # every state holds 9 rewards, so every reward is a prompt draw of chance 1 / 36, merged states or not
         expected = np.corrcoef(np.repeat(scores, 9), np.concatenate(rewards))[0, 1]
         assert prefix_correlation_of(result) == pytest.approx(expected, abs=1e-12)
-    unscored = dict(results[0], state_scores={**results[0]["state_scores"], names[0]: None})
+    first = state_names(results[0]["samples"])
+    unscored = dict(results[0], state_scores={**results[0]["state_scores"], first[0]: None})
     assert math.isnan(prefix_correlation_of(unscored))  # replay's bank has no state_scores then
+    emptied = dict(results[0], samples={**results[0]["samples"], first[1]: NodeSamples(np.empty(0), None, [])})
+    assert math.isnan(prefix_correlation_of(emptied))  # a state without a reward: replay refuses such a bank
+
+
+def test_collect_weighs_merged_states_and_uneven_pools_as_prompt_draws():
+    """Two of four states share a prefix (one state, drawn twice) and pools differ in size: a reward
+    of a state of k slots of S and L pooled rewards is a prompt draw of chance k / (S L)."""
+    from types import SimpleNamespace
+
+    from pipeline.jobs.collection import prefix_correlation_of
+
+    rng = np.random.default_rng(4)
+    sizes, texts, scores = (5, 9, 3, 7), ("a", "b", "a", "c"), (0.3, -0.2, 0.3, 1.1)
+    pools = [rng.normal(score, 1.0, size) for score, size in zip(scores, sizes)]
+    result = {"prompt_id": "p", "samples": {"root": None, **{f"s{i}": SimpleNamespace(rewards=pool) for i, pool in enumerate(pools)}},
+              "state_texts": {f"s{i}": text for i, text in enumerate(texts)},
+              "state_scores": {f"s{i}": score for i, score in enumerate(scores)}}
+    pooled = {"a": np.concatenate([pools[0], pools[2]]), "b": pools[1], "c": pools[3]}
+    slots = {"a": 2, "b": 1, "c": 1}
+    score_of = {"a": 0.3, "b": -0.2, "c": 1.1}
+    s = np.concatenate([np.full(len(pooled[t]), score_of[t]) for t in "abc"])
+    r = np.concatenate([pooled[t] for t in "abc"])
+    w = np.concatenate([np.full(len(pooled[t]), slots[t] / 4 / len(pooled[t])) for t in "abc"])
+    covariance = np.cov(s, r, aweights=w)
+    expected = covariance[0, 1] / math.sqrt(covariance[0, 0] * covariance[1, 1])
+    assert prefix_correlation_of(result) == pytest.approx(expected, abs=1e-12)
 
 
 def test_collect_warns_where_its_prompts_prefix_scores_say_nothing(slg_warnings, caplog):
     from pipeline.jobs.collection import report_prefix_signal
 
-    report_prefix_signal(PrefixSignal(0.02, 0.05, 50), 50)
+    report_prefix_signal(PrefixSignal(0.02, 0.05, 47), 50)  # 3 of the 50 had no correlation
     (line,) = [record.getMessage() for record in slg_warnings]
-    assert line.startswith("the 50 prompts collected: prefix scores do not track rewards")
+    assert line.startswith("the 50 prompts collected: prefix scores do not track rewards") and "over 47 prompts" in line
     with caplog.at_level(logging.INFO, logger="slg"):
-        report_prefix_signal(PrefixSignal(0.45, 0.05, 50), 50)
+        report_prefix_signal(PrefixSignal(0.45, 0.05, 47), 50)
         report_prefix_signal(None, 1)
     assert len(slg_warnings) == 1
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
-        "prefix scores of the 50 prompts collected: correlation of prefix score and reward +0.45 +- 0.05 over 50 prompts"]
+        "prefix scores of the 50 prompts collected: correlation of prefix score and reward +0.45 +- 0.05 over 47 prompts"]

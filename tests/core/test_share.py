@@ -277,7 +277,7 @@ def test_from_commit_from_off_a_grid_the_state_gets_all_the_root_leaves(budget, 
     assert (ledger.spent == budget).all()
 
 
-@pytest.mark.parametrize("budget, full_share_from, full", [(64, 64, True), (128, 64, True), (255, 64, True),
+@pytest.mark.parametrize("budget, full_share_from, full", [(64, 64, True), (65, 64, True), (128, 64, True), (255, 64, True),
                                                            (63, 64, False), (64, None, False), (127, 128, False),
                                                            (128, 128, True)])
 def test_from_full_share_from_off_a_grid_the_state_gets_all_the_half_the_root_leaves(budget, full_share_from, full):
@@ -345,15 +345,16 @@ def test_a_fully_shared_state_whose_first_half_is_mostly_one_reward_gives_the_re
     assert (ledger.spent == budget).all()
 
 
-@pytest.mark.parametrize("grid", [False, True])
-def test_from_commit_from_the_full_share_and_its_modal_check_step_aside(grid):
+@pytest.mark.parametrize("shape", ["committed", "grid", "narrow continuous"])
+def test_from_commit_from_the_full_share_and_its_modal_check_step_aside(shape):
     """At N = 256 a committed state gets all the root leaves and keeps the commitment's own checks (on
-    the bank whose state is mostly one reward), and a grid of levels (the discrete world) keeps
-    ``state_share``: requests are those of ``full_share_from = null``."""
+    the bank whose state is mostly one reward), and a grid of levels (the discrete world) and narrow
+    continuous states (gaussian sigma1 = 0.15, which share by evidence there) keep ``state_share``:
+    requests are those of ``full_share_from = null``."""
     def source():
-        if grid:
-            return recording(WorldSource)(make_world("discrete", levels=10), 200, np.random.default_rng(8),
-                                          np.random.default_rng(9))
+        if shape != "committed":
+            world = make_world("discrete", levels=10) if shape == "grid" else make_world("gaussian", sigma1=0.15)
+            return recording(WorldSource)(world, 200, np.random.default_rng(8), np.random.default_rng(9))
         return Recording(deep_state_bank((0.8,) * 16 + (0.85, 0.9, 0.95, 0.99)), 200, np.random.default_rng(12))
     asked = same_requests(source, 256, {"full_share_from": 64}, {"full_share_from": None})
     assert any((count[node >= 0] > 0).any() for node, count in asked)  # states were shared with
@@ -971,8 +972,10 @@ def test_states_are_narrow_where_the_root_s_own_variance_estimate_is_small():
 def test_narrow_states_share_where_slg_adaptive_would_screen_twice(sigma1, budget):
     """gaussian with states a sixth or a fifth as wide as the spread, at N = 256 / 192 (slg_adaptive's
     plan halves twice or more): episodes whose root says the states are narrow run the share rounds.
-    Paired against best-of-N, 20,000 episodes: +0.078 +- 0.003 / +0.122 +- 0.003, where without the
-    rule (``share.narrow_states = 0``: slg_adaptive's screening) -0.034 / +0.018 (one standard error)."""
+    Paired against best-of-N, 20,000 episodes: +0.083 +- 0.002 / +0.119 +- 0.003 (the second with the
+    full share, which narrow states get up to ``share.commit_from``: +0.122 before it), where without
+    the rule (``share.narrow_states = 0``: slg_adaptive's screening) -0.034 / +0.018 (one standard
+    error)."""
     world = make_world("gaussian", sigma1=sigma1)
     gain, stderr = paired_gain("slg_share", "bon", world, budget, seed=budget)
     off = SearchConfig(share=ShareConfig(narrow_states=0.0))
