@@ -85,9 +85,10 @@ class ShareConfig:
     where the root's regression slope of reward on prefix score is at least ``min_prefix_slope``
     (prefix scores that track rewards); the state is then the one whose prefix score and root reward
     together say most about its mean. From N = ``full_share_from`` up to ``commit_from`` the state
-    gets all that root leaves rather than ``state_share`` of it, and its second half goes to the prompt where at least
-    ``modal_check`` of its first half is one reward; from N = ``commit_from``, off a grid, the
-    root is not topped up and the state gets all the root leaves (in the same two halves)."""
+    gets all that root leaves rather than ``state_share`` of it, and its second half goes to the
+    prompt where at least ``modal_check`` of its first half is one reward; from N = ``commit_from``,
+    off a grid, the root is not topped up and the state gets all the root leaves (in the same two
+    halves)."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)

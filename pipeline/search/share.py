@@ -121,8 +121,8 @@ class SharedSLG(AdaptiveSLG):
         if by_prefix.any():
             state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments), state)
         spent = np.where(mine, drawn + more, 0)
-        share = np.where(full, 1.0, settings.state_share)
-        to_state = np.where(state != NO_NODE, np.round(share * (1.0 - settings.root_fraction) * budget).astype(np.int64), 0)
+        to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
+        # committed and fully shared states get all that is left, the others state_share of the half
         to_state = np.where((committed | full) & (state != NO_NODE), budget - spent, np.minimum(to_state, budget - spent))
         to_root = np.where(mine, budget - spent - to_state, 0)
         # in two halves: the first checks that the state's rollouts are no worse than the root's, nor mere repeats
