@@ -162,18 +162,17 @@ def collect(config: RunConfig) -> int:
 
 
 def prefix_correlation_of(result: dict) -> float:
-    """A collected prompt's prefix correlation as ``slg replay --bank`` will measure it on the bank
-    (``BankPrompt.prefix_correlation``: states with one prefix merged); NaN where the prompt has no
-    state, a state's prefix has no score, or a state has no reward (replay refuses such a bank)."""
+    """A collected prompt's prefix correlation as ``slg replay --bank`` will measure it on its bank
+    line (``BankPrompt.prefix_correlation``: states with one prefix merged); NaN where the line has no
+    state, no prefix scores, or a state without a reward (replay refuses such a bank)."""
     names = state_names(result["samples"])
-    scores = [result["state_scores"].get(name) for name in names]
-    if not names or not all(score is not None and math.isfinite(score) for score in scores):
+    if not names:
         return math.nan
-    if any(result["samples"][name].rewards.size == 0 for name in names):
+    row = _states_of(result, names, as_lists=False)
+    if "state_scores" not in row or any(len(rewards) == 0 for rewards in row["states"]):
         return math.nan
-    prompt = BankPrompt(result["prompt_id"], [result["samples"][name].rewards for name in names],
-                        state_texts=[result["state_texts"][name] for name in names], state_scores=scores)
-    return prompt.prefix_correlation()
+    return BankPrompt(row["prompt_id"], row["states"], state_texts=row["state_texts"],
+                      state_scores=row["state_scores"]).prefix_correlation()
 
 
 def report_prefix_signal(signal: PrefixSignal | None, collected: int) -> None:
@@ -205,11 +204,17 @@ def state_names(samples: dict) -> list[str]:
 def bank_row(result: dict, meta: dict, as_lists: bool = True) -> dict | None:
     """A bank line from a collect search (rewards as lists for JSON, else as the recorder's arrays).
     None when no rollout was long enough to be a state."""
-    samples = result["samples"]
-    names = state_names(samples)
+    names = state_names(result["samples"])
     if not names:
         log.warning("prompt %s: no rollout reached the state length; nothing written", result["prompt_id"])
         return None
+    return {**_states_of(result, names, as_lists), "meta": {**meta, "state_nodes": names}}
+
+
+def _states_of(result: dict, names: list[str], as_lists: bool) -> dict:
+    """A bank line's prompt and states (``names``, in order): rewards, verdicts, prefixes, and the
+    prefix scores where every state has one."""
+    samples = result["samples"]
     row = {"prompt_id": result["prompt_id"],
            "states": [samples[n].rewards.tolist() if as_lists else samples[n].rewards for n in names]}
     if result.get("pass_at_n") is not None:
@@ -219,7 +224,6 @@ def bank_row(result: dict, meta: dict, as_lists: bool = True) -> dict | None:
     scores = [result["state_scores"].get(n) for n in names]
     if all(score is not None and math.isfinite(score) for score in scores):  # the prefix alone, scored by the RM
         row["state_scores"] = scores
-    row["meta"] = {**meta, "state_nodes": names}
     return row
 
 
