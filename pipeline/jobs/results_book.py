@@ -47,7 +47,7 @@ REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first co
     ("Real model outputs: banks collected after the design",
      "50 more problems each, 16 states x 256 completions (budgets to 256): test rows 350-399 at temperature 1.3 "
      "with T = 8, and rows 400-449 at temperature 1 with T = 24, where a state's prefix nearly fixes its response. "
-     "On toy_t24 slg_share was below best-of-N at N = 32 until the repeat check (docs/method.md) gave the second "
+     "On toy_t24 slg_share was below best-of-N at N = 32 until the repeat check (docs/design-record.md) gave the second "
      "half of a state that only repeats itself back to the prompt, and at N = 12-30 until that check also judged "
      "first halves of 2-5 rollouts; on toy_t8_temp13 the check changes no result at N >= 32 (replayed before and "
      "after it).",

@@ -45,14 +45,14 @@ Which episodes run them, and which state gets the share:
   97-159, where four candidates' screening round is most of what a narrow world's states cost,
   3.20x -> 3.48x on gaussian at 128, and 0.93x -> 1.49x where states are a fifth as wide). From N =
   ``share.full_share_from`` (64) the state gets all that the topped-up root leaves, as on few levels
-  (gaussian at 128: 3.47x -> 3.95x; docs/method.md, "All of the half to the state, from N = 64").
+  (gaussian at 128: 3.47x -> 3.95x; docs/design-record.md, "All of the half to the state, from N = 64").
 - **Continuous rewards at larger budgets, narrow states** (N >= 160, prefix scores that track
   rewards, and a root whose estimate of a state's own variance, Var(r) - Cov(s, r) over at least 32
   of its rollouts, is below ``share.narrow_states`` times Var(r)): the same share rounds and pick
   (the full share up to ``share.commit_from``, ``share.state_share`` from it).
   Such states' rewards barely spread beyond their means, so ``slg_adaptive``'s screening of several
   candidates only spends what fresh prompt draws would find (gaussian, states a sixth as wide as the
-  spread: -0.032 -> +0.075 against best-of-N at N = 256; docs/method.md).
+  spread: -0.032 -> +0.075 against best-of-N at N = 256; docs/design-record.md).
 - **Continuous rewards otherwise** (larger budgets and states not narrow, or prefix scores that do
   not track rewards): a state's rewards have an upper tail that SLG's normal fit extrapolates, and
   screening then committing pays (18x best-of-N at N = 1000 on gaussian). These episodes run
@@ -73,7 +73,7 @@ from pipeline.stats.quantile_scale import QuantileScale
 
 # Continuous rewards: the share rounds run where slg_adaptive's plan halves its candidates at most this
 # often (N = 12-159 with the defaults). With a second halving (N >= 160) screening pays on gaussian
-# rewards; with one it does not (docs/method.md, slg_share).
+# rewards; with one it does not (docs/design-record.md, "Up to N = 159").
 SCREENING_HALVINGS = 1
 
 
@@ -155,7 +155,7 @@ class SharedSLG(AdaptiveSLG):
         best-of-N has flattened, add less than the best state's tail (the clairvoyant allocation puts
         91% and 97.5% of N = 256 on one state of the toy banks toy_t12 and toy_t16). On a grid a
         state's best stops at its level: committing there halved a discrete world's gain over best-of-N
-        (docs/method.md)."""
+        (docs/design-record.md)."""
         start = self.config.share.commit_from
         if start is None or self.budget < start or not few_levels.any():
             return np.zeros_like(few_levels)
@@ -170,7 +170,7 @@ class SharedSLG(AdaptiveSLG):
         beyond its mean that fresh prompt draws do not match (gaussian at 128: 3.47x -> 3.95x). Below
         N = 64 a first half is too small to tell a deep state that mostly repeats one response
         (``share.modal_check``), and the full share cost toy_t24 there, and toy_t20 and toy_t12 at 48
-        on continuous episodes (docs/method.md, "All of the half to the state, from N = 64"). From N =
+        on continuous episodes (docs/design-record.md, "All of the half to the state, from N = 64"). From N =
         ``share.commit_from`` the commitment takes over off a grid, and the rest keep ``state_share``:
         on a grid the full share was measured to gain on one discrete world and lose on another."""
         settings = self.config.share

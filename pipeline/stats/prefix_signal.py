@@ -2,8 +2,8 @@
 
 Pure numpy and scipy. ``slg_share`` gives its budget to the state whose prefix (the first T tokens,
 scored alone) scores best. Where those scores say nothing of the rewards that follow, the pick is a
-random state, and sharing the budget with it loses to best-of-N (docs/method.md, "Prefix scores
-that say nothing"). One prompt's few states cannot tell (a slope over 16 states is too noisy to
+random state, and sharing the budget with it loses to best-of-N (docs/design-record.md,
+"Prefix scores that say nothing"). One prompt's few states cannot tell (a slope over 16 states is too noisy to
 gate a search on), but many prompts together can: this module measures, per prompt, the
 correlation of a prompt draw's prefix score with its reward, and over prompts whether that
 correlation is clearly below ``TRACKING``. It is a report, not part of any policy.
@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 # Prefix scores "track" rewards from this correlation of a prompt draw's prefix score and reward.
-# The toy models' banks measure +0.31 to +0.82 (the means over each bank's prompts, docs/method.md),
+# The toy models' banks measure +0.31 to +0.82 (the means over each bank's prompts, docs/design-record.md),
 # and slg_share pays on all of them; the same banks with prefix scores shuffled within each prompt
 # measure -0.01 and -0.02 (+- 0.10), where it falls to 0.81x of best-of-N at N = 64.
 TRACKING = 0.2
@@ -80,4 +80,4 @@ class PrefixSignal:
         """The line a user reads where ``says_nothing``: what it measured, and what it costs."""
         return (f"{where}: prefix scores do not track rewards ({self.describe()}, below {TRACKING}): slg_share picks its "
                 "state by them, and where rewards take few levels it can fall below best-of-N; slg_adaptive does not "
-                "read them (docs/method.md, \"Prefix scores that say nothing\")")
+                "read them (docs/design-record.md, \"Prefix scores that say nothing\")")

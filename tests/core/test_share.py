@@ -368,7 +368,7 @@ def test_the_modal_share_is_the_most_frequent_reward_s_share_of_those_scored():
 def test_the_full_share_pays_on_the_toy_models_bank_at_n_96():
     """data/toy_bank (real outputs of the toy models: 100 problems x 16 states x 64 completions) at
     N = 96, 2000 episodes a problem, paired against ``full_share_from = null``: measured +0.0009 +-
-    0.0001 (one standard error over episodes); the replays of docs/method.md, "All of the half to the
+    0.0001 (one standard error over episodes); the replays of docs/design-record.md, "All of the half to the
     state, from N = 64", give the other banks."""
     gain = paired_bank_gain("toy_bank/bank.jsonl", 96, 2000, {"full_share_from": 64}, {"full_share_from": None})
     assert gain.mean() > 3 * gain.std(ddof=1) / math.sqrt(gain.size)
@@ -402,7 +402,7 @@ def test_committing_pays_on_the_toy_models_bank_at_n_256():
     """toy_t16 (real outputs of the toy models: 50 problems x 16 states x 512 completions) at N = 256,
     1000 episodes a problem, paired: all the root leaves to the state gains +0.0014 +- 0.0003 (one
     standard error over episodes) over ``commit_from = null``. The same measurement gives +0.0007 +-
-    0.0003 on toy_t8 and +0.0006 +- 0.0004 on toy_t12 (docs/method.md, "All the root leaves to the
+    0.0003 on toy_t8 and +0.0006 +- 0.0004 on toy_t12 (docs/design-record.md, "All the root leaves to the
     state", has the replays)."""
     gain = paired_bank_gain("banks/toy_t16.parquet", 256, 1000, {"commit_from": 256, "full_share_from": None},
                             {"commit_from": None, "full_share_from": None})
@@ -793,7 +793,7 @@ def test_on_few_levels_with_very_narrow_states_a_small_first_half_of_repeats_goe
     of the design): at N = 16 the state's first half is 2 rollouts, which mostly repeat its root
     rollout's level. Giving its other 2 back to the prompt, paired against the check switched off,
     20,000 episodes: +0.0055 +- 0.0004 (one standard error); slg_share stays below best-of-N there
-    (-0.0049 +- 0.0004, docs/method.md)."""
+    (-0.0049 +- 0.0004, docs/design-record.md)."""
     world = make_world("discrete", levels=4.0, sigma1=0.2)
     off = SearchConfig(share=ShareConfig(repeat_check=False))
     from tests.core.test_policies import play_paired
