@@ -85,10 +85,11 @@ class ShareConfig:
     where the root's regression slope of reward on prefix score is at least ``min_prefix_slope``
     (prefix scores that track rewards); the state is then the one whose prefix score and root reward
     together say most about its mean. From N = ``full_share_from`` up to ``commit_from`` the state
-    gets all that root leaves rather than ``state_share`` of it, and its second half goes to the
+    gets all that root leaves rather than ``state_share`` of it (but for continuous episodes below
+    N = 160 whose root shows states narrower than ``narrow_states``), and its second half goes to the
     prompt where at least ``modal_check`` of its first half is one reward; from N = ``commit_from``,
     off a grid, the root is not topped up and the state gets all the root leaves (in the same two
-    halves)."""
+    halves, with the same modal check)."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
@@ -98,9 +99,9 @@ class ShareConfig:
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
     prompt_check: bool = True      # ... and, continuous with narrow-looking states, where fresh prompt draws beat it (slg_adaptive's check)
     grid_best_level: bool = True   # a grid of levels, narrow states: only states whose root rollout reached the best level
-    narrow_states: float = 0.1     # continuous, N >= 160: share rounds where a state's own variance < this x Var(r); 0: never
+    narrow_states: float = 0.1     # continuous: a state's own variance < this x Var(r): share rounds from 160, state_share below; 0: never
     full_share_from: int | None = 64  # from this N to commit_from the state gets all a root of root_fraction N leaves; None: never
-    modal_check: float | None = 0.6  # ... and its second half goes to the prompt where this share of its first half is one reward
+    modal_check: float | None = 0.6  # full shares, commitments: the second half to the prompt where this share of the first is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
 
 

@@ -32,7 +32,7 @@ Which episodes run them, and which state gets the share:
   second half goes to the prompt where most of its first half is one reward (``share.modal_check``:
   a deep state; ``_shares_fully``). From N = ``share.commit_from`` (256) off a grid, the root
   (``adaptive.root_fraction`` of N) is not topped up and the state gets all it leaves, in the same
-  two halves (``_commits``).
+  two halves and with the same modal check (``_commits``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
@@ -45,7 +45,9 @@ Which episodes run them, and which state gets the share:
   97-159, where four candidates' screening round is most of what a narrow world's states cost,
   3.20x -> 3.48x on gaussian at 128, and 0.93x -> 1.49x where states are a fifth as wide). From N =
   ``share.full_share_from`` (64) the state gets all that the topped-up root leaves, as on few levels
-  (gaussian at 128: 3.47x -> 3.95x; docs/design-record.md, "All of the half to the state, from N = 64").
+  (gaussian at 128: 3.47x -> 3.95x; docs/design-record.md, "All of the half to the state, from N = 64"),
+  but where the topped-up root shows narrow states (as ``share.narrow_states`` below): those keep
+  ``share.state_share`` (gaussian sigma1 = 0.1 at 64: -0.060 -> -0.036 against best-of-N).
 - **Continuous rewards at larger budgets, narrow states** (N >= 160, prefix scores that track
   rewards, and a root whose estimate of a state's own variance, Var(r) - Cov(s, r) over at least 32
   of its rollouts, is below ``share.narrow_states`` times Var(r)): the same share rounds and pick
@@ -91,18 +93,19 @@ class SharedSLG(AdaptiveSLG):
         few_levels = reward_levels.few_levels(root)
         moments = _root_moments(root) if root.state_score is not None and root.state_index is not None else None
         by_evidence = ~few_levels & (_prefix_slope(root, moments) >= self.config.share.min_prefix_slope)
-        if sum(plan.halving) > SCREENING_HALVINGS and by_evidence.any():  # screening pays, unless the states are narrow
+        screening_pays = sum(plan.halving) > SCREENING_HALVINGS
+        if screening_pays and by_evidence.any():  # unless the states are narrow
             by_evidence &= _narrow_states(root, self.config.share.narrow_states, moments)
         shared = few_levels | by_evidence
-        yield from _in_lockstep(self._share_rounds(root, shared, by_evidence),
+        yield from _in_lockstep(self._share_rounds(root, shared, by_evidence, small_budget=not screening_pays),
                                 self._explore_and_exploit(root, plan, shared))
 
-    def _share_rounds(self, root: Rollouts, mine: np.ndarray, by_evidence: np.ndarray):
+    def _share_rounds(self, root: Rollouts, mine: np.ndarray, by_evidence: np.ndarray, small_budget: bool):
         """The episodes ``mine``: more prompt draws up to ``share.root_fraction`` of N, then one
         state's share and fresh prompt draws, in two halves (the second only if the state's first
         half held up against the root and did not only repeat itself). The state is the best-prefix
         one, or in the episodes ``by_evidence`` the one that prefix score and root reward together
-        rank first."""
+        rank first. ``small_budget``: N below where ``slg_adaptive``'s plan halves twice (160)."""
         if not mine.any():
             return
         settings, budget = self.config.share, self.budget
@@ -114,6 +117,11 @@ class SharedSLG(AdaptiveSLG):
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
             root = _joined(root, extra)
         moments = _root_moments(root)  # of the root as topped up: both picks and the prompt check read them
+        if small_budget and (full & by_evidence).any():
+            # below N = 160 narrow continuous states keep state_share: a root of N / 2 often picks an
+            # ordinary one, whose rewards go little past its mean, and the prompt draws after it hedge
+            # that (docs/design-record.md, "Narrow states keep a hedge below N = 160")
+            full &= ~(by_evidence & _narrow_states(root, settings.narrow_states, moments))
         state = np.full(len(mine), NO_NODE)
         by_prefix = mine & ~by_evidence
         if by_evidence.any():  # each pick only where it is used: the driver's searches are one episode each
@@ -133,8 +141,8 @@ class SharedSLG(AdaptiveSLG):
         keep = (first_state > 0) & ~(state_mean < root_mean)
         if settings.repeat_check:
             keep &= ~reward_levels.repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
-        if settings.modal_check is not None:
-            keep &= ~(full & (reward_levels.modal_share(state_part.rewards) >= settings.modal_check))
+        if settings.modal_check is not None:  # all but state_share's first halves (too small to tell)
+            keep &= ~((full | committed) & (reward_levels.modal_share(state_part.rewards) >= settings.modal_check))
         if settings.prompt_check and (keep & by_evidence).any():
             drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)
             best = np.nanmax(drawn_so_far, axis=1, initial=-np.inf)  # the best so far, a dropped score left out
@@ -155,7 +163,10 @@ class SharedSLG(AdaptiveSLG):
         best-of-N has flattened, add less than the best state's tail (the clairvoyant allocation puts
         91% and 97.5% of N = 256 on one state of the toy banks toy_t12 and toy_t16). On a grid a
         state's best stops at its level: committing there halved a discrete world's gain over best-of-N
-        (docs/design-record.md)."""
+        (docs/design-record.md). A committed state's second half goes to the prompt where most of its
+        first half is one reward (``share.modal_check``), as a fully shared one's: a deep state at a
+        low temperature mostly repeats one response (toy_t18_temp08 at N = 256: -0.0007 -> +0.0001
+        against best-of-N)."""
         start = self.config.share.commit_from
         if start is None or self.budget < start or not few_levels.any():
             return np.zeros_like(few_levels)
