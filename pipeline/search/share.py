@@ -47,7 +47,7 @@ Which episodes run them, and which state gets the share:
   ``share.full_share_from`` (64) the state gets all that the topped-up root leaves, as on few levels
   (gaussian at 128: 3.47x -> 3.95x; docs/design-record.md, "All of the half to the state, from N = 64"),
   but where the topped-up root shows narrow states (as ``share.narrow_states`` below): those keep
-  ``share.state_share`` (gaussian sigma1 = 0.1 at 64: -0.060 -> -0.036 against best-of-N).
+  ``share.state_share`` (gaussian sigma1 = 0.1 at 64: -0.060 -> -0.035 against best-of-N).
 - **Continuous rewards at larger budgets, narrow states** (N >= 160, prefix scores that track
   rewards, and a root whose estimate of a state's own variance, Var(r) - Cov(s, r) over at least 32
   of its rollouts, is below ``share.narrow_states`` times Var(r)): the same share rounds and pick
@@ -141,7 +141,9 @@ class SharedSLG(AdaptiveSLG):
         keep = (first_state > 0) & ~(state_mean < root_mean)
         if settings.repeat_check:
             keep &= ~reward_levels.repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
-        if settings.modal_check is not None:  # all but state_share's first halves (too small to tell)
+        # the modal check on full shares and commitments only: below N = 64 a first half says too little,
+        # and the episodes that keep state_share from 64 on (narrow, a grid) were not measured with it
+        if settings.modal_check is not None:
             keep &= ~((full | committed) & (reward_levels.modal_share(state_part.rewards) >= settings.modal_check))
         if settings.prompt_check and (keep & by_evidence).any():
             drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)
@@ -165,7 +167,7 @@ class SharedSLG(AdaptiveSLG):
         state's best stops at its level: committing there halved a discrete world's gain over best-of-N
         (docs/design-record.md). A committed state's second half goes to the prompt where most of its
         first half is one reward (``share.modal_check``), as a fully shared one's: a deep state at a
-        low temperature mostly repeats one response (toy_t18_temp08 at N = 256: -0.0007 -> +0.0001
+        low temperature mostly repeats one response (toy_t18_temp08 at N = 256: -0.0006 -> +0.0001
         against best-of-N)."""
         start = self.config.share.commit_from
         if start is None or self.budget < start or not few_levels.any():

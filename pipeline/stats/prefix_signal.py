@@ -18,8 +18,9 @@ import numpy as np
 from scipy import stats
 
 # Prefix scores "track" rewards from this correlation of a prompt draw's prefix score and reward.
-# The toy models' banks measure +0.31 to +0.82 (the means over each bank's prompts, docs/design-record.md),
-# and slg_share pays on all of them; the same banks with prefix scores shuffled within each prompt
+# The repository's toy banks measure +0.31 to +0.82 (the means over each bank's prompts,
+# docs/design-record.md), and slg_share pays on all of them (on a bank kept outside it, at +0.30, it is
+# level with best-of-N: docs/toy-models.md); the same banks with prefix scores shuffled within each prompt
 # measure -0.01 and -0.02 (+- 0.10), where it falls to 0.81x of best-of-N at N = 64.
 TRACKING = 0.2
 

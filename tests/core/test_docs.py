@@ -1,6 +1,7 @@
 """The documents hold together: every relative link of the README and docs/ reaches a file of the
-repository and, where it names a section, a heading of that file. The docs move sections between
-pages (method.md says what the methods do, design-record.md why), so a link can outlive its target.
+repository and, where it names a section, a heading of that file; every import of their snippets
+exists. The docs move sections between pages (method.md says what the methods do, design-record.md
+why) and snippets call the package's functions, so a link or a snippet can outlive its target.
 """
 
 import re
@@ -50,3 +51,20 @@ def test_every_relative_link_reaches_a_file_and_its_section():
             elif anchor and destination.suffix == ".md" and anchor not in anchors_in(destination):
                 broken.append(f"{document.relative_to(REPOSITORY)}: {target} (no such section)")
     assert DOCUMENTS and not broken, "\n".join(broken)
+
+
+IMPORT = re.compile(r"^(?:from [\w.]+ import [\w, ]+|import [\w.]+(?: as \w+)?(?:, [\w.]+(?: as \w+)?)*)$", re.M)
+
+
+def test_every_import_of_the_snippets_exists():
+    """The import lines of the docs' snippets (Python blocks, and Python run from bash blocks) name
+    modules and names the package still has: a snippet outlives the private functions it calls."""
+    imports = [(document, line) for document in DOCUMENTS
+               for block in FENCED.findall(document.read_text()) for line in IMPORT.findall(block)]
+    failed = []
+    for document, line in imports:
+        try:
+            exec(line, {})
+        except ImportError as error:
+            failed.append(f"{document.relative_to(REPOSITORY)}: {line} ({error})")
+    assert len(imports) > 20 and not failed, "\n".join(failed)
