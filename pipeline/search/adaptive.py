@@ -191,7 +191,7 @@ def heavy_tailed_states(samples: np.ndarray) -> np.ndarray:
     one, and the typical one alone would make the others' rewards look far). A Student-t noise with
     df = 3 puts 1.0% of its draws that far, a normal one 3e-5: rows of 8-40 normal states with
     16-32 rewards each are flagged in at most 0.4% of cases, Student-t ones in 34-83%
-    (docs/design-record.md, "Heavy tails at large N"). A heavy noise common to every state makes any state above an
+    (docs/design-record.md, "slg_adaptive's heavy-tail check"). A heavy noise common to every state makes any state above an
     average prompt draw beat fresh prompt draws in the far tail, where a normal fit of its rewards
     sees a narrow state that the prompt's spread beats."""
     return _heavy_tails(samples)[0]

@@ -5,7 +5,6 @@ and reward together rank first does; elsewhere it is slg_adaptive, request for r
 is spent exactly."""
 
 import math
-from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -853,15 +852,16 @@ def test_at_small_budgets_continuous_episodes_share_where_prefix_scores_track_re
 
 
 class MixedWorlds:
-    """Episodes 0..B/2-1 from a discrete world (few levels), the rest from gaussian (continuous): one
-    batch in which both kinds of shared episode run side by side, as on a bank of several prompts.
-    Keeps every request's nodes and every result."""
+    """Episodes 0..B/2-1 from one world (by default discrete: few levels), the rest from another (by
+    default gaussian: continuous): one batch in which both kinds of shared episode run side by side,
+    as on a bank of several prompts. Keeps every request's nodes and counts, and every result."""
 
-    def __init__(self, batch: int, seed: int):
+    def __init__(self, batch: int, seed: int, worlds=None):
         self.half, self.batch_size = batch // 2, batch
-        self.parts = [WorldSource(make_world(family), self.half, np.random.default_rng(seed + k), np.random.default_rng(seed + 10 + k))
-                      for k, family in enumerate(("discrete", "gaussian"))]
-        self.requests, self.results = [], []
+        worlds = worlds or (make_world("discrete"), make_world("gaussian"))
+        self.parts = [WorldSource(world, self.half, np.random.default_rng(seed + k), np.random.default_rng(seed + 10 + k))
+                      for k, world in enumerate(worlds)]
+        self.requests, self.counts, self.results = [], [], []
 
     def draw(self, request):
         halves = [part.draw(type(request)(request.node[k * self.half:(k + 1) * self.half],
@@ -877,6 +877,7 @@ class MixedWorlds:
         result = Rollouts(stacked("rewards", np.nan), stacked("can_branch", False), stacked("correct", False),
                           stacked("state_index", -1), stacked("state_score", np.nan))
         self.requests.append(request.node.copy())
+        self.counts.append(request.count.copy())
         self.results.append(result)
         return result
 
@@ -1031,35 +1032,6 @@ def test_below_160_narrow_continuous_states_keep_state_share(sigma1, budget, nar
 
 
 
-class TwoWorlds:
-    """A batch whose first episodes come from one source and the rest from another: episodes of two
-    kinds side by side, as a bank's repeats of one prompt can be (some roots show repeated rewards,
-    some do not). Per-episode results are padded to the wider half as a source pads them: no reward,
-    no state, no tokens."""
-
-    PAD = {"rewards": np.nan, "state_score": np.nan, "state_index": NO_NODE}
-
-    def __init__(self, first, second):
-        self.parts, self.split = (first, second), first.batch_size
-        self.batch_size = first.batch_size + second.batch_size
-        self.requests = []
-
-    def draw(self, request):
-        self.requests.append((request.node.copy(), request.count.copy()))
-        halves = [slice(0, self.split), slice(self.split, None)]
-        results = [part.draw(replace(request, node=request.node[rows], count=request.count[rows]))
-                   for part, rows in zip(self.parts, halves)]
-        width = max(result.rewards.shape[1] for result in results)
-
-        def joined(name):
-            arrays = [getattr(result, name) for result in results]
-            if arrays[0] is None:
-                return None
-            fill = self.PAD.get(name, False if arrays[0].dtype == bool else 0)
-            return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill) for a in arrays])
-        return Rollouts(**{field.name: joined(field.name) for field in fields(Rollouts)})
-
-
 def test_below_160_few_levels_episodes_get_the_full_share_though_their_root_looks_narrow():
     """The narrow keep is for continuous episodes picked by evidence. On a grid of 20 levels with
     states a fifth as wide as the spread (discrete, sigma1 = 0.2), about half the roots of N / 2 = 48
@@ -1071,11 +1043,9 @@ def test_below_160_few_levels_episodes_get_the_full_share_though_their_root_look
     roots = WorldSource(grid, 200, np.random.default_rng(3), np.random.default_rng(4)).draw(
         Request.uniform(ROOT, 48, 200))
     assert few_levels(roots).all() and _narrow_states(roots, ShareConfig().narrow_states).mean() > 0.3  # the premise
-    source = TwoWorlds(WorldSource(grid, 200, np.random.default_rng(96), np.random.default_rng(97)),
-                       WorldSource(make_world("gaussian", sigma1=0.1, prefix_noise=0.3), 200,
-                                   np.random.default_rng(98), np.random.default_rng(99)))
+    source = MixedWorlds(400, seed=96, worlds=(grid, make_world("gaussian", sigma1=0.1, prefix_noise=0.3)))
     _, ledger = play(SharedSLG, source, 96)
-    state = state_rollouts_of(source)
+    state = sum(np.where(node >= 0, count, 0) for node, count in zip(source.requests, source.counts))
     assert (ledger.spent == 96).all()
     assert (state[:200] > 0).mean() > 0.9 and np.isin(state[:200], [0, 24, 48]).all()
     assert np.isin(state[200:], [18, 36]).mean() > 0.8  # the continuous half keeps its hedge
