@@ -221,7 +221,7 @@ class Driver:
             search = ticket.search
             search.record_rollout(rollout, ticket.slot, ticket.position, ticket.root_index)
             self.scoring.put(None, ScoreRequest(rollout.request_id, search.prompt, rollout.response_text))
-            if ticket.root_index is not None and rollout.state is not None and search.wants_prefix_score(rollout.state):
+            if ticket.root_index is not None and search.wants_prefix_score(ticket.slot, rollout.state):
                 self._score_prefix(search, rollout.state)
 
     def _score_prefix(self, search: SearchRecord, state) -> None:

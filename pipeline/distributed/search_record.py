@@ -40,13 +40,16 @@ class SearchSpec:
 
 class Slot:
     """One request of a round: ``count`` rollouts from ``node``, filled in as scores arrive. A chunked
-    slot (``max_new_tokens``) starts responses that grow, or (``grow``) continues response ``node``."""
+    slot (``max_new_tokens``) starts responses that grow, or (``grow``) continues response ``node``.
+    ``score_prefixes``: the reward model also scores the prefix of each new state its rollouts reveal."""
 
-    __slots__ = ("node", "count", "rewards", "can_branch", "correct", "root_index", "max_new_tokens", "grow", "finished")
+    __slots__ = ("node", "count", "rewards", "can_branch", "correct", "root_index", "max_new_tokens", "grow", "finished",
+                 "score_prefixes")
 
-    def __init__(self, node: int, count: int, max_new_tokens: int | None = None, grow: bool = False):
+    def __init__(self, node: int, count: int, max_new_tokens: int | None = None, grow: bool = False,
+                 score_prefixes: bool = False):
         self.node, self.count = node, count
-        self.max_new_tokens, self.grow = max_new_tokens, grow
+        self.max_new_tokens, self.grow, self.score_prefixes = max_new_tokens, grow, score_prefixes
         # (np.empty + fill: np.full and np.ones are Python wrappers, a cost per slot that a chunk a slot feels)
         self.rewards = np.empty(count)
         self.rewards.fill(np.nan)
@@ -163,11 +166,11 @@ class SearchRecord:
         # the chunks asked of each (the next chunk's index: its seed)
         self.partials: dict[int, StatePrefix] = {}
         self.chunk_counts: dict[int, int] = {}
-        # prefix token ids -> the reward model's score of the prefix alone (NaN: not finite), for a
-        # policy that asks for them (``scores_prefixes``); None while its score is on its way
+        # prefix token ids -> the reward model's score of the prefix alone (NaN: not finite), for the
+        # requests that ask for them (``Request.score_prefixes``); None while its score is on its way
         self.prefix_scores: dict[tuple, float | None] = {}
-        self.scores_prefixes = bool(getattr(spec.policy_class, "scores_prefixes", False))
-        # each rollout's state prefix score (NaN but for root rollouts) and its reward: the row's ``prefix_correlation``
+        # each rollout of those requests: its state prefix score (NaN but for root rollouts) and its
+        # reward, the row's ``prefix_correlation``
         self.prefix_pair_scores: list[np.ndarray] = []
         self.prefix_pair_rewards: list[np.ndarray] = []
         self.slots: list[Slot] = []
@@ -184,7 +187,7 @@ class SearchRecord:
         requests = self.policy.plan()
         if not requests:
             return None
-        self.slots = [Slot(int(r.node[0]), int(r.count[0]), r.max_new_tokens, r.grow) for r in requests]
+        self.slots = [Slot(int(r.node[0]), int(r.count[0]), r.max_new_tokens, r.grow, r.score_prefixes) for r in requests]
         self.requested += sum(slot.count for slot in self.slots if not slot.grow)  # a chunk is no new rollout
         if self.requested > self.budget:
             raise BudgetExceededError(f"{self.method} asked for {self.requested} rollouts of prompt "
@@ -231,9 +234,10 @@ class SearchRecord:
             slot.can_branch[position] = True
             slot.root_index[position] = root_index
 
-    def wants_prefix_score(self, state: StatePrefix) -> bool:
-        """Whether the policy asks for prefix scores and this prefix has none yet (nor one on its way)."""
-        if not self.scores_prefixes or state.token_ids in self.prefix_scores:
+    def wants_prefix_score(self, slot: Slot, state: StatePrefix | None) -> bool:
+        """Whether the slot asks for prefix scores and this state (None: the rollout is too short to
+        be one) has none yet (nor one on its way)."""
+        if not slot.score_prefixes or state is None or state.token_ids in self.prefix_scores:
             return False
         self.prefix_scores[state.token_ids] = None
         return True
@@ -255,8 +259,9 @@ class SearchRecord:
         self.best.offer(reward, sequence, rollout.response_text, rollout.correct, slot.node)
 
     def _prefix_correlation(self) -> float | None:
-        """Over the root rollouts, the correlation of their state prefix scores and rewards
-        (``pipeline.stats.prefix_signal``); None for a policy that scores no prefixes, or where it is undefined."""
+        """Over the root rollouts whose prefixes the policy asked to score, the correlation of their
+        state prefix scores and rewards (``pipeline.stats.prefix_signal``); None where no request
+        asked, or where it is undefined."""
         if not self.prefix_pair_scores:
             return None
         value = prefix_correlation(np.concatenate(self.prefix_pair_scores), np.concatenate(self.prefix_pair_rewards))
@@ -273,7 +278,7 @@ class SearchRecord:
             prefixes = [self.states[k].token_ids if k >= 0 else None for k in s.root_index.tolist()]
             index = np.array([first[p] if p is not None else -1 for p in prefixes])
             score = None
-            if self.scores_prefixes:
+            if s.score_prefixes:
                 score = np.array([self.prefix_scores.get(p) if p is not None else math.nan for p in prefixes], dtype=float)
                 self.prefix_pair_scores.append(score)  # NaN but for root rollouts, the only ones with a state
                 self.prefix_pair_rewards.append(s.rewards)

@@ -46,11 +46,10 @@ class CollectStates(SearchPolicy):
     rounds of about ``rollouts_per_round`` rollouts over all states."""
 
     name = "collect"
-    scores_prefixes = True  # the bank keeps each state's prefix score (state_scores)
 
     def _search(self):
         num_states, per_state = self.config.num_states, self.config.completions_per_state
-        (root,) = yield [Request.uniform(ROOT, num_states, self.batch_size)]
+        (root,) = yield [Request.uniform(ROOT, num_states, self.batch_size, score_prefixes=True)]  # the bank's state_scores
         states = np.where(root.can_branch, np.arange(num_states)[None, :], NO_NODE)
         if (states == NO_NODE).all():
             return  # no rollout reached the state length

@@ -70,7 +70,7 @@ class RolloutSource:
         if root_rows.any():
             before = (~np.isnan(self._root_latents)).sum(axis=1)  # root rollouts each episode had so far
             state_index = self._state_index(latents, before[:, None] + np.arange(width)[None, :], from_root)
-            state_score = self._state_score(latents, from_root)
+            state_score = self._state_score(latents, from_root) if request.score_prefixes else None
             self._root_latents = np.concatenate([self._root_latents, np.where(from_root, latents, np.nan)], axis=1)
             self.responses.add(np.where(from_root, final, np.nan), np.where(from_root, length, 0),
                                np.where(from_root, tokens, 0), None if correct is None else correct & from_root)
@@ -109,7 +109,8 @@ class RolloutSource:
         return np.where(from_root, root_index, -1)
 
     def _state_score(self, latents: np.ndarray, from_root: np.ndarray) -> np.ndarray | None:
-        """``Rollouts.state_score`` of new root rollouts; None where the source has no prefix scores."""
+        """``Rollouts.state_score`` of new root rollouts of a request that asks (``Request.score_prefixes``);
+        None where the source has no prefix scores."""
         return None
 
     def _compact_root_latents(self, request: Request) -> None:

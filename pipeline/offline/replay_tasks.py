@@ -102,7 +102,7 @@ def play(task: Play, unit: World | list[BankPrompt] | BankSlice, first: int = 0)
     if isinstance(unit, World):
         batch, start = (task.stop - task.start) * task.repeats, task.start
         source = WorldSource(unit, batch, np.random.default_rng([seed, budget, start]),
-                             prefix_rng=np.random.default_rng([seed, budget, start, 2]) if cls.scores_prefixes else None,
+                             prefix_rng=np.random.default_rng([seed, budget, start, 2]),  # drawn only where a request asks
                              tokens=task.tokens, token_rng=np.random.default_rng([seed, budget, start, 3]))
         policy = cls(task.played, batch, task.config, rng=np.random.default_rng([seed, budget, start, 1]),
                      true_value=source.true_value)

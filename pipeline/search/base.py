@@ -32,7 +32,6 @@ class SearchPolicy:
 
     name = ""
     needs_true_values = False
-    scores_prefixes = False  # asks for the reward model's score of each new state's prefix (Rollouts.state_score)
 
     def __init__(self, budget: int, batch_size: int, config: SearchConfig | None = None,
                  rng: np.random.Generator | None = None, true_value: TrueValue | None = None):

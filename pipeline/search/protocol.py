@@ -41,18 +41,26 @@ class Request:
     count: np.ndarray  # (B,) int >= 0
     max_new_tokens: int | None = None  # each rollout generates at most this many tokens (a chunk); None: whole responses
     grow: bool = False  # continue node k's own partial response (count 1) instead of fresh rollouts from its state
+    # the reward model also scores the prefix alone of each new state this request's root rollouts reveal
+    # (``Rollouts.state_score``): one more reward-model call per state, so only where the policy reads it
+    score_prefixes: bool = False
 
     @classmethod
-    def uniform(cls, node: int, count: int, batch_size: int, max_new_tokens: int | None = None) -> Request:
+    def uniform(cls, node: int, count: int, batch_size: int, max_new_tokens: int | None = None,
+                score_prefixes: bool = False) -> Request:
         _check_chunk(max_new_tokens)
-        return cls(np.full(batch_size, node, dtype=np.int64), np.full(batch_size, count, dtype=np.int64), max_new_tokens)
+        return cls(np.full(batch_size, node, dtype=np.int64), np.full(batch_size, count, dtype=np.int64), max_new_tokens,
+                   score_prefixes=score_prefixes)
 
     @classmethod
-    def per_episode(cls, node: np.ndarray, count, max_new_tokens: int | None = None) -> Request:
+    def per_episode(cls, node: np.ndarray, count, max_new_tokens: int | None = None,
+                    score_prefixes: bool = False) -> Request:
         _check_chunk(max_new_tokens)
         node = np.asarray(node, dtype=np.int64)
-        count = np.broadcast_to(np.asarray(count, dtype=np.int64), node.shape)
-        return cls(node, np.where(node == NO_NODE, 0, count), max_new_tokens)
+        count = np.asarray(count, dtype=np.int64)
+        if count.shape != node.shape:  # (a scalar count: broadcast only then, a cost on the driver's one-episode requests)
+            count = np.broadcast_to(count, node.shape)
+        return cls(node, np.where(node == NO_NODE, 0, count), max_new_tokens, score_prefixes=score_prefixes)
 
     @classmethod
     def grow_each(cls, nodes: np.ndarray, max_new_tokens: int) -> list[Request]:
@@ -85,7 +93,8 @@ class Rollouts:
     can_branch: np.ndarray   # (B, max count) bool: long enough (>= T tokens) to become a state
     correct: np.ndarray | None = None  # (B, max count) bool where answers can be graded
     state_index: np.ndarray | None = None  # (B, max count) int: see above
-    state_score: np.ndarray | None = None  # (B, max count) float: the reward model's score of the prefix alone, NaN if none
+    state_score: np.ndarray | None = None  # (B, max count) float: the reward model's score of the prefix alone, NaN if
+    # none; None where the request did not ask (``Request.score_prefixes``) or the source has no prefix scores
     finished: np.ndarray | None = None  # (B, max count) bool: the response ended (None: all did); else ``rewards`` is a partial score
     num_tokens: np.ndarray | None = None  # (B, max count) generated tokens of each rollout (0 beyond the count); None: not counted
     rm_tokens: np.ndarray | None = None   # (B, max count) tokens the reward model read to score each; None: not counted

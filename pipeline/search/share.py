@@ -81,7 +81,6 @@ SCREENING_HALVINGS = 1
 
 class SharedSLG(AdaptiveSLG):
     name = "slg_share"
-    scores_prefixes = True
 
     def _search(self):
         budget, batch = self.budget, self.batch_size
@@ -89,7 +88,8 @@ class SharedSLG(AdaptiveSLG):
         if plan is None:  # too small a budget to learn anything about a state: best-of-N
             yield [Request.uniform(ROOT, budget, batch)]
             return
-        (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch)]
+        # the root's prefixes are scored (and the top-up's): every pick reads them, nothing after does
+        (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch, score_prefixes=True)]
         few_levels = reward_levels.few_levels(root)
         moments = _root_moments(root) if root.state_score is not None and root.state_index is not None else None
         by_evidence = ~few_levels & (_prefix_slope(root, moments) >= self.config.share.min_prefix_slope)
@@ -97,15 +97,17 @@ class SharedSLG(AdaptiveSLG):
         if screening_pays and by_evidence.any():  # unless the states are narrow
             by_evidence &= _narrow_states(root, self.config.share.narrow_states, moments)
         shared = few_levels | by_evidence
-        yield from _in_lockstep(self._share_rounds(root, shared, by_evidence, small_budget=not screening_pays),
+        yield from _in_lockstep(self._share_rounds(root, moments, shared, by_evidence, small_budget=not screening_pays),
                                 self._explore_and_exploit(root, plan, shared))
 
-    def _share_rounds(self, root: Rollouts, mine: np.ndarray, by_evidence: np.ndarray, small_budget: bool):
+    def _share_rounds(self, root: Rollouts, moments: tuple, mine: np.ndarray, by_evidence: np.ndarray,
+                      small_budget: bool):
         """The episodes ``mine``: more prompt draws up to ``share.root_fraction`` of N, then one
         state's share and fresh prompt draws, in two halves (the second only if the state's first
         half held up against the root and did not only repeat itself). The state is the best-prefix
         one, or in the episodes ``by_evidence`` the one that prefix score and root reward together
-        rank first. ``small_budget``: N below where ``slg_adaptive``'s plan halves twice (160)."""
+        rank first. ``moments``: ``_root_moments(root)``. ``small_budget``: N below where
+        ``slg_adaptive``'s plan halves twice (160)."""
         if not mine.any():
             return
         settings, budget = self.config.share, self.budget
@@ -114,9 +116,9 @@ class SharedSLG(AdaptiveSLG):
         full = self._shares_fully(mine & ~committed)
         more = np.where(mine & ~committed, max(0, min(budget, round(settings.root_fraction * budget)) - drawn), 0)
         if more.any():
-            (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more)]
+            (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more, score_prefixes=True)]
             root = _joined(root, extra)
-        moments = _root_moments(root)  # of the root as topped up: both picks and the prompt check read them
+            moments = _root_moments(root)  # of the root as topped up: both picks and the prompt check read them
         if small_budget and (full & by_evidence).any():
             # below N = 160 narrow continuous states keep state_share: a root of N / 2 often picks an
             # ordinary one, whose rewards go little past its mean, and the prompt draws after it hedge
@@ -143,7 +145,7 @@ class SharedSLG(AdaptiveSLG):
             keep &= ~reward_levels.repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
         # the modal check on full shares and commitments only: below N = 64 a first half says too little,
         # and the episodes that keep state_share from 64 on (narrow, a grid) were not measured with it
-        if settings.modal_check is not None:
+        if settings.modal_check is not None and (full | committed).any():
             keep &= ~((full | committed) & (reward_levels.modal_share(state_part.rewards) >= settings.modal_check))
         if settings.prompt_check and (keep & by_evidence).any():
             drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)

@@ -79,3 +79,27 @@ def test_states_with_one_prefix_are_one_state_and_root_rollouts_say_which():
     assert np.mean(rewards == 0.0) == pytest.approx(0.5, abs=0.01)  # 21000 draws: sd 0.0035
     continued = source.draw(Request.per_episode(index[:, 0], 5))
     assert (continued.rewards == rewards[:, :1]).all()
+
+
+def test_a_replay_source_scores_prefixes_only_where_a_request_asks_and_no_reward_changes():
+    """``Request.score_prefixes``: a bank's stored prefix scores (or a world's readings, from their
+    own generator) come back for the new states of a request that asks, and nothing where it does not;
+    the rewards drawn are the same either way."""
+    from pipeline.offline.episodes import WorldSource
+    from pipeline.offline.worlds import make_world
+
+    bank = BankPrompt("p", [[0.0, 0.1], [1.0, 1.1], [2.0, 2.1]], state_texts=["a", "b", "c"], state_scores=[5.0, 6.0, 7.0])
+
+    def two_roots(make_source, asks):
+        source = make_source()
+        return [source.draw(Request.uniform(ROOT, 4, 200, score_prefixes=ask)) for ask in asks]
+
+    for make_source in (lambda: BankSource(bank, 200, np.random.default_rng(1)),
+                        lambda: WorldSource(make_world("gaussian"), 200, np.random.default_rng(1), np.random.default_rng(2))):
+        asked, not_asked = two_roots(make_source, (True, False)), two_roots(make_source, (False, True))
+        assert asked[1].state_score is None and not_asked[0].state_score is None
+        assert np.isfinite(asked[0].state_score).all() and np.isfinite(not_asked[1].state_score).all()
+        for a, b in zip(asked, not_asked):
+            assert np.array_equal(a.rewards, b.rewards) and np.array_equal(a.state_index, b.state_index)
+    scores = two_roots(lambda: BankSource(bank, 200, np.random.default_rng(1)), (True,))[0]
+    assert np.array_equal(scores.state_score, 5.0 + np.floor(scores.rewards))  # each its own state's stored score

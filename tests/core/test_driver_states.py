@@ -20,23 +20,27 @@ class TwoRootRounds(SearchPolicy):
     """Asks the prompt twice and keeps what it is told; asks for prefix scores."""
 
     name = "two_root_rounds"
-    scores_prefixes = True
     told: list = []
 
     def _search(self):
-        first = yield [Request.uniform(ROOT, self.budget // 2, 1)]
-        second = yield [Request.uniform(ROOT, self.budget - self.budget // 2, 1)]
+        first = yield [Request.uniform(ROOT, self.budget // 2, 1, score_prefixes=True)]
+        second = yield [Request.uniform(ROOT, self.budget - self.budget // 2, 1, score_prefixes=True)]
         TwoRootRounds.told.append((first[0], second[0]))
 
 
 class FewPrefixes(SimGenerator):
-    """Root rollouts cut one of three prefixes (by seed), so several share a state."""
+    """Root rollouts cut one of ``kinds`` prefixes (by seed), so several share a state; None: each
+    its own."""
+
+    def __init__(self, kinds: int | None = 3):
+        super().__init__()
+        self.kinds = kinds
 
     def generate(self, requests):
         rollouts = super().generate(requests)
         for request, rollout in zip(requests, rollouts):
             if rollout.state is not None:
-                k = request.seed % 3
+                k = request.seed if self.kinds is None else request.seed % self.kinds
                 rollout.state = StatePrefix(token_ids=(1000 + k,), text=f"<state {1000 + k}>")
         return rollouts
 
@@ -91,6 +95,37 @@ def test_each_new_prefix_is_scored_once_by_the_reward_model_and_told_to_the_poli
         assert score == expected[f"<state {prefix_of_root_rollout(k)}>"]
 
 
+class ScoredThenNot(SearchPolicy):
+    """Two root rounds; only the first asks for prefix scores."""
+
+    name = "scored_then_not"
+    told: list = []
+
+    def _search(self):
+        first = yield [Request.uniform(ROOT, self.budget // 2, 1, score_prefixes=True)]
+        second = yield [Request.uniform(ROOT, self.budget - self.budget // 2, 1)]
+        ScoredThenNot.told.append((first[0], second[0]))
+
+
+def test_only_a_request_that_asks_gets_its_prefixes_scored():
+    """A prefix score is one more reward-model call: a request that does not ask (``score_prefixes``)
+    gets none, though its root rollouts reveal new states, and is told no scores; the row's
+    correlation is over the rollouts that asked."""
+    ScoredThenNot.told = []
+    reward = CountingRewardModel()
+    spec = SearchSpec(PromptInput("p", "a prompt"), ScoredThenNot.name, 24, ScoredThenNot, SearchConfig())
+    driver = Driver([spec], [FewPrefixes(kinds=None)], [reward], DriverConfig(max_batch_rollouts=5), 0, LocalCalls())
+    finished, progress = driver.step(None)
+    assert progress["done"]
+    (first, second), = ScoredThenNot.told
+    prefixes = [t for t in reward.texts if " <sim rollout" not in t]
+    assert sorted(prefixes) == sorted(f"<state {1000 + rollout_seed(0, 'p', 'root', k)}>" for k in range(12))
+    assert np.isfinite(first.state_score).all() and second.state_score is None
+    assert (second.state_index[0] == np.arange(12, 24)).all()  # new states all the same
+    row, = finished
+    assert row["prefix_correlation"] == pytest.approx(np.corrcoef(first.state_score[0], first.rewards[0])[0, 1], abs=1e-12)
+
+
 def test_a_sim_prefix_score_reads_its_states_quality():
     """The simulated reward model's reading of a prefix is the world's state latent plus noise of sd
     prefix_noise (1 by default): correlated with the state's mean reward, far from equal to it."""
@@ -109,11 +144,10 @@ class RootThenState(SearchPolicy):
     """A root round, then a round from the state of root rollout 0; asks for prefix scores."""
 
     name = "root_then_state"
-    scores_prefixes = True
     told: list = []
 
     def _search(self):
-        (root,) = yield [Request.uniform(ROOT, self.budget // 2, 1)]
+        (root,) = yield [Request.uniform(ROOT, self.budget // 2, 1, score_prefixes=True)]
         (state,) = yield [Request.uniform(0, self.budget - self.budget // 2, 1)]
         RootThenState.told.append((root, state))
 

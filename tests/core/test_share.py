@@ -5,6 +5,7 @@ and reward together rank first does; elsewhere it is slg_adaptive, request for r
 is spent exactly."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -36,14 +37,16 @@ def tied_bank(scores=(0.0, 2.0, 0.1), texts=("a", "b", "c")) -> BankPrompt:
 
 
 def recording(source_class):
-    """``source_class`` that keeps every request: (node, count) per episode."""
+    """``source_class`` that keeps every request: (node, count) per episode, and whether it asked
+    for prefix scores."""
     class Recording(source_class):
         def __init__(self, *args):
             super().__init__(*args)
-            self.requests = []
+            self.requests, self.scored = [], []
 
         def draw(self, request):
             self.requests.append((request.node.copy(), request.count.copy()))
+            self.scored.append(request.score_prefixes)
             return super().draw(request)
     return Recording
 
@@ -69,6 +72,22 @@ def test_the_budget_is_spent_exactly(budget):
                    WorldSource(make_world("gaussian"), 64, np.random.default_rng(budget), np.random.default_rng(7))):
         _, ledger = play(SharedSLG, source, budget)
         assert (ledger.spent == budget).all()
+
+
+@pytest.mark.parametrize("budget, top_up, prompt_after", [(16, False, True), (64, True, True), (256, False, False)])
+def test_only_the_root_and_its_top_up_ask_for_prefix_scores(budget, top_up, prompt_after):
+    """A prefix score is a reward-model call per state, and only the picks read them: the root
+    request asks, and so does its top-up to ``share.root_fraction`` N where there is one (none at N =
+    16, where slg_adaptive's root of 12 is already more than N / 2, nor at 256, where this bank's
+    state is committed to without one); no later request does (the state's halves, and prompt draws
+    after the pick, though they reveal states: ``prompt_after``, where some first halves go back)."""
+    source = recording(BankSource)(committing_bank(), 300, np.random.default_rng(budget))
+    play(SharedSLG, source, budget)
+    nodes = [node[count > 0] for node, count in source.requests]
+    asked = [k for k, scored in enumerate(source.scored) if scored]
+    assert asked == ([0, 1] if top_up else [0])
+    assert all((nodes[k] == ROOT).all() for k in asked)
+    assert any((node == ROOT).any() for node in nodes[len(asked):]) == prompt_after  # not scored
 
 
 def test_where_a_prefix_scores_clearly_best_it_gets_its_share_and_the_prompt_the_rest():
@@ -864,8 +883,8 @@ class MixedWorlds:
         self.requests, self.counts, self.results = [], [], []
 
     def draw(self, request):
-        halves = [part.draw(type(request)(request.node[k * self.half:(k + 1) * self.half],
-                                          request.count[k * self.half:(k + 1) * self.half]))
+        halves = [part.draw(replace(request, node=request.node[k * self.half:(k + 1) * self.half],
+                                    count=request.count[k * self.half:(k + 1) * self.half]))
                   for k, part in enumerate(self.parts)]
         width = max(h.rewards.shape[1] for h in halves)
 
@@ -1041,7 +1060,7 @@ def test_below_160_few_levels_episodes_get_the_full_share_though_their_root_look
     does here: a narrow state on a grid mostly repeats one level)."""
     grid = make_world("discrete", levels=20, sigma1=0.2)
     roots = WorldSource(grid, 200, np.random.default_rng(3), np.random.default_rng(4)).draw(
-        Request.uniform(ROOT, 48, 200))
+        Request.uniform(ROOT, 48, 200, score_prefixes=True))
     assert few_levels(roots).all() and _narrow_states(roots, ShareConfig().narrow_states).mean() > 0.3  # the premise
     source = MixedWorlds(400, seed=96, worlds=(grid, make_world("gaussian", sigma1=0.1, prefix_noise=0.3)))
     _, ledger = play(SharedSLG, source, 96)
