@@ -141,11 +141,12 @@ class SharedSLG(AdaptiveSLG):
                                            Request.per_episode(np.where(first_state > 0, state, NO_NODE), first_state)]
         state_mean, root_mean = _mean_of_finite(state_part.rewards), _mean_of_finite(root.rewards)
         keep = (first_state > 0) & ~(state_mean < root_mean)
-        if settings.repeat_check:
+        # each check only where a state is still kept (the driver's searches are one episode each)
+        if settings.repeat_check and keep.any():
             keep &= ~reward_levels.repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
         # the modal check on full shares and commitments only: below N = 64 a first half says too little,
         # and the episodes that keep state_share from 64 on (narrow, a grid) were not measured with it
-        if settings.modal_check is not None and (full | committed).any():
+        if settings.modal_check is not None and (keep & (full | committed)).any():
             keep &= ~((full | committed) & (reward_levels.modal_share(state_part.rewards) >= settings.modal_check))
         if settings.prompt_check and (keep & by_evidence).any():
             drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)
