@@ -103,3 +103,9 @@ def test_a_replay_source_scores_prefixes_only_where_a_request_asks_and_no_reward
             assert np.array_equal(a.rewards, b.rewards) and np.array_equal(a.state_index, b.state_index)
     scores = two_roots(lambda: BankSource(bank, 200, np.random.default_rng(1)), (True,))[0]
     assert np.array_equal(scores.state_score, 5.0 + np.floor(scores.rewards))  # each its own state's stored score
+    # a request that does not ask draws nothing from the world's prefix generator: the readings of a later
+    # request that asks are those it would have had without it (what keeps replays the same to the bit)
+    world = WorldSource(make_world("gaussian"), 200, np.random.default_rng(1), np.random.default_rng(2))
+    before = world.prefix_rng.bit_generator.state
+    world.draw(Request.uniform(ROOT, 4, 200))
+    assert world.prefix_rng.bit_generator.state == before
