@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.offline.bank import read_bank, read_bank_rows, write_bank
-from pipeline.offline.episodes import BankPrompt, BankSource
+from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource
+from pipeline.offline.worlds import make_world
 from pipeline.search.protocol import ROOT, Request
 
 ROWS = [
@@ -85,9 +86,6 @@ def test_a_replay_source_scores_prefixes_only_where_a_request_asks_and_no_reward
     """``Request.score_prefixes``: a bank's stored prefix scores (or a world's readings, from their
     own generator) come back for the new states of a request that asks, and nothing where it does not;
     the rewards drawn are the same either way."""
-    from pipeline.offline.episodes import WorldSource
-    from pipeline.offline.worlds import make_world
-
     bank = BankPrompt("p", [[0.0, 0.1], [1.0, 1.1], [2.0, 2.1]], state_texts=["a", "b", "c"], state_scores=[5.0, 6.0, 7.0])
 
     def two_roots(make_source, asks):

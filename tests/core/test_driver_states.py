@@ -17,15 +17,24 @@ from pipeline.search.protocol import ROOT, Request
 
 
 class TwoRootRounds(SearchPolicy):
-    """Asks the prompt twice and keeps what it is told; asks for prefix scores."""
+    """Asks the prompt twice and keeps what it is told; asks for prefix scores in the rounds ``asks``."""
 
     name = "two_root_rounds"
+    asks = (True, True)
     told: list = []
 
     def _search(self):
-        first = yield [Request.uniform(ROOT, self.budget // 2, 1, score_prefixes=True)]
-        second = yield [Request.uniform(ROOT, self.budget - self.budget // 2, 1, score_prefixes=True)]
-        TwoRootRounds.told.append((first[0], second[0]))
+        first = yield [Request.uniform(ROOT, self.budget // 2, 1, score_prefixes=self.asks[0])]
+        second = yield [Request.uniform(ROOT, self.budget - self.budget // 2, 1, score_prefixes=self.asks[1])]
+        type(self).told.append((first[0], second[0]))
+
+
+class ScoredThenNot(TwoRootRounds):
+    """Only the first of the two root rounds asks for prefix scores."""
+
+    name = "scored_then_not"
+    asks = (True, False)
+    told: list = []
 
 
 class FewPrefixes(SimGenerator):
@@ -62,13 +71,15 @@ class LastFirstCalls(LocalCalls):
         return super().wait(tokens, timeout_s)[::-1]
 
 
-def run(generator, budget=24, calls=None):
-    TwoRootRounds.told = []
+def run(generator, budget=24, calls=None, policy=TwoRootRounds):
+    """(what the policy was told in its two rounds, the reward model, the search's row)."""
+    policy.told = []
     reward = CountingRewardModel()
-    spec = SearchSpec(PromptInput("p", "a prompt"), TwoRootRounds.name, budget, TwoRootRounds, SearchConfig())
+    spec = SearchSpec(PromptInput("p", "a prompt"), policy.name, budget, policy, SearchConfig())
     driver = Driver([spec], [generator], [reward], DriverConfig(max_batch_rollouts=5), 0, calls or LocalCalls())
-    assert driver.step(None)[1]["done"]
-    return TwoRootRounds.told[0], reward
+    finished, progress = driver.step(None)
+    assert progress["done"]
+    return policy.told[0], reward, finished[0]
 
 
 def prefix_of_root_rollout(k: int) -> int:
@@ -78,7 +89,7 @@ def prefix_of_root_rollout(k: int) -> int:
 
 @pytest.mark.parametrize("calls", [LocalCalls, LastFirstCalls])
 def test_root_rollouts_with_one_prefix_are_one_state_whatever_the_round_and_arrival(calls):
-    (first, second), _ = run(FewPrefixes(), calls=calls())
+    (first, second), _, _ = run(FewPrefixes(), calls=calls())
     index = np.concatenate([first.state_index[0], second.state_index[0]])
     prefix = [prefix_of_root_rollout(k) for k in range(len(index))]
     for k in range(len(index)):
@@ -86,7 +97,7 @@ def test_root_rollouts_with_one_prefix_are_one_state_whatever_the_round_and_arri
 
 
 def test_each_new_prefix_is_scored_once_by_the_reward_model_and_told_to_the_policy():
-    (first, second), reward = run(FewPrefixes())
+    (first, second), reward, _ = run(FewPrefixes())
     prefixes = [t for t in reward.texts if " <sim rollout" not in t]
     assert sorted(prefixes) == sorted(set(prefixes)) and len(prefixes) == 3  # three prefixes, one call each
     scores = np.concatenate([first.state_score[0], second.state_score[0]])
@@ -95,34 +106,15 @@ def test_each_new_prefix_is_scored_once_by_the_reward_model_and_told_to_the_poli
         assert score == expected[f"<state {prefix_of_root_rollout(k)}>"]
 
 
-class ScoredThenNot(SearchPolicy):
-    """Two root rounds; only the first asks for prefix scores."""
-
-    name = "scored_then_not"
-    told: list = []
-
-    def _search(self):
-        first = yield [Request.uniform(ROOT, self.budget // 2, 1, score_prefixes=True)]
-        second = yield [Request.uniform(ROOT, self.budget - self.budget // 2, 1)]
-        ScoredThenNot.told.append((first[0], second[0]))
-
-
 def test_only_a_request_that_asks_gets_its_prefixes_scored():
     """A prefix score is one more reward-model call: a request that does not ask (``score_prefixes``)
     gets none, though its root rollouts reveal new states, and is told no scores; the row's
     correlation is over the rollouts that asked."""
-    ScoredThenNot.told = []
-    reward = CountingRewardModel()
-    spec = SearchSpec(PromptInput("p", "a prompt"), ScoredThenNot.name, 24, ScoredThenNot, SearchConfig())
-    driver = Driver([spec], [FewPrefixes(kinds=None)], [reward], DriverConfig(max_batch_rollouts=5), 0, LocalCalls())
-    finished, progress = driver.step(None)
-    assert progress["done"]
-    (first, second), = ScoredThenNot.told
+    (first, second), reward, row = run(FewPrefixes(kinds=None), policy=ScoredThenNot)
     prefixes = [t for t in reward.texts if " <sim rollout" not in t]
     assert sorted(prefixes) == sorted(f"<state {1000 + rollout_seed(0, 'p', 'root', k)}>" for k in range(12))
     assert np.isfinite(first.state_score).all() and second.state_score is None
     assert (second.state_index[0] == np.arange(12, 24)).all()  # new states all the same
-    row, = finished
     assert row["prefix_correlation"] == pytest.approx(np.corrcoef(first.state_score[0], first.rewards[0])[0, 1], abs=1e-12)
 
 

@@ -1050,7 +1050,6 @@ def test_below_160_narrow_continuous_states_keep_state_share(sigma1, budget, nar
     assert (ledger.spent == budget).all()
 
 
-
 def test_below_160_few_levels_episodes_get_the_full_share_though_their_root_looks_narrow():
     """The narrow keep is for continuous episodes picked by evidence. On a grid of 20 levels with
     states a fifth as wide as the spread (discrete, sigma1 = 0.2), about half the roots of N / 2 = 48
