@@ -76,8 +76,8 @@ class RolloutSource:
                                np.where(from_root, tokens, 0), None if correct is None else correct & from_root)
             self._compact_root_latents(request)
             if state_score is not None:  # the reward model read each new state's prefix alone too
-                scored = ~np.isnan(state_score) & (state_index == before[:, None] + np.arange(width)[None, :])
-                read = read + np.where(scored, self.tokens.prompt_tokens + self.tokens.state_tokens, 0)
+                read = read + np.where(self._prefix_reads(latents, state_score, from_root),
+                                       self.tokens.prompt_tokens + self.tokens.state_tokens, 0)
         return Rollouts(rewards, can_branch=from_root & (finished is None), correct=self._answered(correct, wanted, finished),
                         state_index=state_index, state_score=state_score, finished=finished,
                         num_tokens=np.where(wanted, tokens, 0), rm_tokens=np.where(wanted, read, 0))
@@ -112,6 +112,12 @@ class RolloutSource:
         """``Rollouts.state_score`` of new root rollouts of a request that asks (``Request.score_prefixes``);
         None where the source has no prefix scores."""
         return None
+
+    def _prefix_reads(self, latents: np.ndarray, state_score: np.ndarray, from_root: np.ndarray) -> np.ndarray:
+        """(B, width) bool: the root rollouts of a request that asks at which the reward model reads a
+        state's prefix alone, once per state, as the driver scores it. A world's every root rollout is a
+        state of its own."""
+        return from_root & ~np.isnan(state_score)
 
     def _compact_root_latents(self, request: Request) -> None:
         # Root rollouts are numbered per episode in the order they came: keep each episode's
@@ -270,6 +276,7 @@ class BankSource(RolloutSource):
         self.prompt = prompt
         self.partial_noise = partial_noise
         self._first_root = np.full((batch_size, prompt.num_states), -1)  # each state's first root rollout
+        self._prefix_read = np.zeros((batch_size, prompt.num_states), dtype=bool)  # each state's prefix scored yet
         self.draws = np.zeros((batch_size, prompt.num_states), dtype=np.int64)
 
     def _count_draws(self, latents, wanted):
@@ -302,6 +309,20 @@ class BankSource(RolloutSource):
             self._first_root[:, s] = np.where(self._first_root[:, s] < 0, first_here, self._first_root[:, s])
             out = np.where(here, self._first_root[:, s][:, None], out)
         return out
+
+    def _prefix_reads(self, latents, state_score, from_root):
+        """A state's prefix is read at the first root rollout through it of the first request that asks
+        to meet it (an earlier request that did not ask leaves it unread, as in the driver)."""
+        state = np.where(from_root & ~np.isnan(state_score), latents, -1).astype(np.int64)
+        reads = np.zeros(state.shape, dtype=bool)
+        rows = np.arange(len(state))
+        for s in np.unique(state[state >= 0]):
+            here = state == s
+            met = here.any(axis=1)
+            new = met & ~self._prefix_read[:, s]
+            reads[rows[new], here[new].argmax(axis=1)] = True
+            self._prefix_read[:, s] |= met
+        return reads
 
     def _sample_rewards(self, latents):
         state = latents.astype(np.int64)

@@ -43,8 +43,8 @@ class Request:
     grow: bool = False  # continue node k's own partial response (count 1) instead of fresh rollouts from its state
     # the reward model also scores the prefix alone of each new state this request's root rollouts reveal
     # (``Rollouts.state_score``): one more reward-model call per state, so only where the policy reads it.
-    # Ask on an episode's first root requests: a bank replay counts a prefix's reward-model tokens at the
-    # root rollout that first reveals its state, where the driver scores it when a request that asks meets it
+    # A state's prefix is scored once, when a request that asks first meets the state (an earlier request
+    # that did not ask leaves it unscored): so the driver scores it, and so a replay counts its tokens
     score_prefixes: bool = False
 
     @classmethod

@@ -9,6 +9,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.offline.bank import read_bank, read_bank_rows, write_bank
 from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource
+from pipeline.offline.responses import TokenModel
 from pipeline.offline.worlds import make_world
 from pipeline.search.protocol import ROOT, Request
 
@@ -107,3 +108,25 @@ def test_a_replay_source_scores_prefixes_only_where_a_request_asks_and_no_reward
     before = world.prefix_rng.bit_generator.state
     world.draw(Request.uniform(ROOT, 4, 200))
     assert world.prefix_rng.bit_generator.state == before
+
+
+def test_a_bank_replay_reads_a_states_prefix_once_when_a_request_that_asks_first_meets_it():
+    """As the driver scores prefixes: a state that a request which does not ask met first is read by the
+    first later request that asks and meets it, and by no other (whatever order a policy asks in)."""
+    bank = BankPrompt("p", [[0.0, 0.1], [1.0, 1.1], [2.0, 2.1]], state_texts=["a", "b", "c"], state_scores=[5.0, 6.0, 7.0])
+    tokens = TokenModel(prompt_tokens=32, state_tokens=8, mean_response_tokens=30, random_lengths=False)
+    source, rows = BankSource(bank, 500, np.random.default_rng(3), tokens), np.arange(500)
+    read = np.zeros((500, 3), dtype=bool)  # states whose prefix was read: met by a request that asked
+    seen = np.zeros((500, 3), dtype=bool)  # states met by any request
+    late = 0  # reads of states that a request which did not ask met first
+    for ask in (False, True, True, False):
+        drawn = source.draw(Request.uniform(ROOT, 2, 500, score_prefixes=ask))
+        met = np.zeros((500, 3), dtype=bool)
+        for k in range(2):
+            met[rows, np.floor(drawn.rewards[:, k]).astype(int)] = True  # the rewards name the state
+        new = met & ~read & ask
+        late += (new & seen).sum()
+        read, seen = read | new, seen | met
+        # each rollout: the prompt's 32 tokens and its 30; each prefix read: the prompt's 32 and the state's 8
+        assert (drawn.rm_tokens.sum(axis=1) == 2 * (32 + 30) + new.sum(axis=1) * (32 + 8)).all()
+    assert late > 400  # the case that matters, often: 3 (5/9)^2 = 0.93 an episode expected in the second request alone
