@@ -4,8 +4,10 @@ two ceilings that ``slg replay`` reports beside the methods it plays.
 Pure numpy. A prompt's arms are the prompt itself (a fresh state each draw) and its states (a bank's
 states, merged by prefix; a world's sampled states), each with its reward distribution known.
 
-- **clairvoyant**: every state free to use from the start, the N draws shared among the arms so as
-  to maximise the expected best (``pipeline.stats.arms.allocate_draws``). No policy can do better.
+- **clairvoyant**: every state free to use from the start (on a world, as many as N rollouts could
+  reveal), the N draws shared among the arms so as to maximise the expected best
+  (``pipeline.stats.arms.allocate_draws``). No allocation fixed in advance can do better; a policy
+  that adapts to the rewards it sees could in principle, knowing the distributions.
 - **paid discovery**: the first ``discovery_fraction`` of N are prompt draws; each reveals its state
   and its reward. The rest are shared optimally among the prompt and the revealed states, knowing
   their distributions and the best reward already drawn. Averaged over ``draws`` random discoveries.
@@ -14,7 +16,7 @@ states, merged by prefix; a world's sampled states), each with its reward distri
 The gap between the methods and these two is the cost of not knowing the distributions.
 ``slg replay`` computes them per prompt and averages them over the prompts: on a bank a task per
 chunk of prompts and budget (``pipeline.offline.replay_tasks.ceilings``), on a world over fresh
-prompts of 16 states (``world_ceilings``).
+prompts (``world_ceilings``).
 """
 
 from __future__ import annotations
@@ -74,33 +76,37 @@ class PromptArms:
 
 
 class WorldArms:
-    """One fresh prompt of a world: its ``num_states`` states drawn, every CDF on one grid."""
+    """One fresh prompt of a world, for its ceilings. A world's states are a continuum, so a ceiling's
+    arms are the states it could know of: the clairvoyant ceiling gets N of them free (as many as N
+    rollouts from the prompt can reveal: no policy sees more), paid discovery the N/4 that its prompt
+    draws reveal. Of those, the ``kept`` of highest true V_n (n the draws left to share) are the arms,
+    with the prompt: the others would get no draws, so a value is a hair low at most. ``arms``: the
+    latents of the last ceiling's states."""
 
-    def __init__(self, world: World, rng: np.random.Generator, num_states: int = 16):
-        self.world, self.rng = world, rng
-        self.latents = world.sample_states(rng, (num_states,))
-        self.values = world_grid(world, rng, self.latents)
-        self.state_cdfs = world.state_cdf(self.latents, self.values)
-        self.prompt_cdf = world.prompt_cdf(self.values)
+    def __init__(self, world: World, rng: np.random.Generator, kept: int = 8):
+        self.world, self.rng, self.kept = world, rng, kept
+        self.arms = np.empty(0)
 
     def clairvoyant(self, budget: int) -> float:
-        cdfs = np.vstack([self.prompt_cdf, self.state_cdfs])
-        return expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, budget))
+        return self._shared(self.world.sample_states(self.rng, (budget,)), budget)
 
-    def paid_discovery(self, budget: int, discovery_fraction: float = DISCOVERY_FRACTION, kept: int = 8) -> float:
-        """As ``PromptArms.paid_discovery``, one discovery; the ``kept`` revealed states of highest true
-        V_rest are the arms (the others would get no draws), so the value is a hair low at most."""
+    def paid_discovery(self, budget: int, discovery_fraction: float = DISCOVERY_FRACTION) -> float:
+        """As ``PromptArms.paid_discovery``, one discovery."""
         found = max(1, round(discovery_fraction * budget))
-        rest = budget - found
         latents = self.world.sample_states(self.rng, (found,))
         rewards, _ = self.world.sample_rewards(self.rng, latents)
         best = float(rewards.max())
-        if rest == 0:
+        if budget == found:
             return best
-        top = latents[np.argsort(-self.world.state_value(latents, rest))[:kept]]
-        values = np.union1d(self.values, world_grid(self.world, self.rng, top))
-        cdfs = np.vstack([self.world.prompt_cdf(values), self.world.state_cdf(top, values)])
-        return expected_best(values, cdfs, allocate_draws(values, cdfs, rest, best), best)
+        return self._shared(latents, budget - found, best)
+
+    def _shared(self, latents: np.ndarray, draws: int, best: float = -np.inf) -> float:
+        """The expected best of ``draws`` shared optimally among the prompt and the ``kept`` states of
+        ``latents`` of highest V_draws, with ``best`` in hand."""
+        self.arms = latents[np.argsort(-self.world.state_value(latents, draws))[:self.kept]]
+        values = world_grid(self.world, self.rng, self.arms)
+        cdfs = np.vstack([self.world.prompt_cdf(values), self.world.state_cdf(self.arms, values)])
+        return expected_best(values, cdfs, allocate_draws(values, cdfs, draws, best), best)
 
 
 def world_grid(world: World, rng: np.random.Generator, latents: np.ndarray, points: int = 1500) -> np.ndarray:
@@ -119,8 +125,8 @@ def world_grid(world: World, rng: np.random.Generator, latents: np.ndarray, poin
 
 
 def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed: int = 0) -> dict[int, dict[str, float]]:
-    """The ceilings for fresh prompts of a world (16 states each for the clairvoyant ceiling):
-    the mean over ``num_prompts`` prompts, whose spread is the Monte Carlo error."""
+    """The ceilings for fresh prompts of a world (``WorldArms``): the mean over ``num_prompts``
+    prompts, whose spread is the Monte Carlo error."""
     out = {}
     for budget in budgets:
         rng = np.random.default_rng([seed, budget])
