@@ -7,6 +7,7 @@ Plain dataclasses for OmegaConf; choices are Enums (OmegaConf rejects ``Literal`
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -141,6 +142,13 @@ class DriverConfig:
                 raise ConfigError(f"driver.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.affinity_spill_rollouts < 0:
             raise ConfigError(f"driver.affinity_spill_rollouts must be >= 0, got {self.affinity_spill_rollouts!r}")
+        # seconds: a negative or NaN one would reach Ray's wait, or a clock comparison, mid-run
+        for name, zero_allowed in (("step_s", False), ("call_timeout_s", True), ("replica_retry_s", True),
+                                   ("replica_recovery_timeout_s", False), ("progress_interval_s", True)):
+            seconds = getattr(self, name)
+            if not (math.isfinite(seconds) and (seconds >= 0 if zero_allowed else seconds > 0)):
+                raise ConfigError(f"driver.{name} must be a finite number of seconds {'>= 0' if zero_allowed else '> 0'}, "
+                                  f"got {seconds!r}")
 
 
 @dataclass

@@ -150,13 +150,13 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
     if not adaptive.root_fraction < adaptive.explore_fraction <= 1.0:
         raise ConfigError(f"search.adaptive.explore_fraction must be in (root_fraction, 1], "
                           f"got {adaptive.explore_fraction!r}")
-    if not adaptive.confidence >= 0:  # NaN too
-        raise ConfigError(f"search.adaptive.confidence must be >= 0, got {adaptive.confidence!r}")
+    if not (math.isfinite(adaptive.confidence) and adaptive.confidence >= 0):  # inf: NaN bounds in the check
+        raise ConfigError(f"search.adaptive.confidence must be a finite number >= 0, got {adaptive.confidence!r}")
     for name in ("state_share", "root_fraction"):
         if not 0.0 <= getattr(config.share, name) <= 1.0:
             raise ConfigError(f"search.share.{name} must be in [0, 1], got {getattr(config.share, name)!r}")
-    if not config.share.prefix_gap >= 0:  # NaN too
-        raise ConfigError(f"search.share.prefix_gap must be >= 0, got {config.share.prefix_gap!r}")
+    if not (math.isfinite(config.share.prefix_gap) and config.share.prefix_gap >= 0):  # inf: 0 x inf where a root has no spread
+        raise ConfigError(f"search.share.prefix_gap must be a finite number >= 0, got {config.share.prefix_gap!r}")
     if not (math.isfinite(config.share.reward_weight) and config.share.reward_weight >= 0):
         raise ConfigError(f"search.share.reward_weight must be a finite number >= 0, got {config.share.reward_weight!r}")
     if not math.isfinite(config.share.min_prefix_slope):  # +inf would switch the share rounds off: say so with a number

@@ -147,7 +147,10 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "search.reward_upper_bound=nan"],
      "search.reward_upper_bound must be a finite number"),
     (["replay", "--world", "gaussian", "--prompts", "2", "search.adaptive.confidence=nan"],
-     "search.adaptive.confidence must be >= 0, got nan"),
+     "search.adaptive.confidence must be a finite number >= 0, got nan"),
+    # inf gave the prompt check NaN bounds (inf - inf), and a replay that ran on them
+    (["replay", "--world", "gaussian", "--prompts", "2", "search.adaptive.confidence=inf"],
+     "search.adaptive.confidence must be a finite number >= 0, got inf"),
     # predictions cut below what the rewards reach would tie the best nodes
     (["replay", "--world", "bounded", "--prompts", "2", "search.reward_upper_bound=0.5"],
      "search.reward_upper_bound=0.5 is below the rewards of bounded(mu0=1, sigma0=1, sigma1=1) (up to 1)"),

@@ -212,7 +212,15 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     (["budgets=[16,16]"], "budgets lists budget 16 twice: [16, 16]"),  # each search would be counted twice
     (["search.reward_upper_bound=nan"], "search.reward_upper_bound must be a finite number"),
     (["search.reward_upper_bound=3"], "search.reward_upper_bound=3 is below the rewards of the sim world gaussian"),
-    (["search.adaptive.confidence=nan"], "search.adaptive.confidence must be >= 0, got nan"),
+    (["search.adaptive.confidence=nan"], "search.adaptive.confidence must be a finite number >= 0, got nan"),
+    (["search.adaptive.confidence=.inf"], "search.adaptive.confidence must be a finite number >= 0, got inf"),
+    (["search.share.prefix_gap=.inf"], "search.share.prefix_gap must be a finite number >= 0, got inf"),
+    # seconds reach Ray's wait and the clocks mid-run: refused before any actor starts
+    (["driver.call_timeout_s=-1"], "driver.call_timeout_s must be a finite number of seconds >= 0, got -1.0"),
+    (["driver.step_s=0"], "driver.step_s must be a finite number of seconds > 0, got 0.0"),
+    (["driver.replica_retry_s=nan"], "driver.replica_retry_s must be a finite number of seconds >= 0, got nan"),
+    (["driver.replica_recovery_timeout_s=-5"], "driver.replica_recovery_timeout_s must be a finite number of seconds > 0"),
+    (["driver.progress_interval_s=.inf"], "driver.progress_interval_s must be a finite number of seconds >= 0, got inf"),
     (["generator.sim.latency_per_token_s=-1"], "generator.sim.latency_per_token_s must be >= 0"),
     (["ray.num_cpus=-1"], "ray.num_cpus must be >= 0, got -1"),
     (["reward.num_gpus_per_replica=-0.5"], "reward.num_gpus_per_replica must be >= 0, got -0.5"),
