@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from pipeline.errors import ConfigError
 
@@ -46,6 +47,18 @@ def name_list(text: str) -> list[str]:
 def distinct_names(text: str) -> list[str]:
     """Distinct names (worlds, banks): one listed twice would be counted twice."""
     return distinct(name_list(text), text)
+
+
+def distinct_banks(text: str) -> list[str]:
+    """Distinct banks: paths or URLs, a local path compared by the file it names (``b.jsonl`` and
+    ``./b.jsonl`` are one bank, which would be counted twice)."""
+    banks = distinct_names(text)
+    files = [bank if "://" in bank else os.path.realpath(bank) for bank in banks]
+    for index, file in enumerate(files):
+        if file in files[:index]:
+            raise argparse.ArgumentTypeError(f"{banks[files.index(file)]} and {banks[index]} are the same bank "
+                                             f"in {text!r}")
+    return banks
 
 
 def distinct(values: list, text: str) -> list:

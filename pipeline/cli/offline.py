@@ -12,6 +12,7 @@ import time
 from pipeline.cli.arguments import (
     UsageError,
     add_overrides,
+    distinct_banks,
     distinct_names,
     distinct_positive_ints,
     int_list,
@@ -55,7 +56,7 @@ def add_parsers(commands) -> None:
 def _add_replay(commands) -> None:
     replay = commands.add_parser("replay", help="evaluate policies offline on a reward bank or a simulated world")
     source = replay.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bank", type=distinct_names,
+    source.add_argument("--bank", type=distinct_banks,
                         help="reward banks (JSONL, a .parquet file or a folder of them, a path or a URL; docs/formats.md), "
                         "comma-separated")
     source.add_argument("--world", type=distinct_names,

@@ -84,7 +84,7 @@ class CollectConfig:
         if self.responses and jsonl:
             raise ConfigError(f"--responses writes a column of a Parquet bank; the JSONL bank {bank!r} keeps texts in "
                               "a side file: use --texts FILE")
-        if not jsonl and bank.endswith(".parquet"):
+        if not jsonl and bank.lower().endswith(".parquet"):
             raise ConfigError(f"--out {bank!r}: a Parquet bank is a folder of shards (name it without .parquet), "
                               "or give a path ending in .jsonl")
         if self.texts is not None and os.path.abspath(self.texts) == os.path.abspath(bank):
@@ -234,4 +234,4 @@ def bank_path(config: RunConfig) -> str:
 
 def is_jsonl_bank(target: str) -> bool:
     """A bank written as JSONL lines (a target ending in .jsonl), not as a folder of Parquet shards."""
-    return str(target).endswith(".jsonl")
+    return str(target).lower().endswith(".jsonl")

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.offline.episodes import BankPrompt
-from pipeline.offline.parquet_banks import is_parquet_bank, read_parquet_rows, write_parquet_bank
+from pipeline.offline.parquet_banks import is_parquet_bank, no_bank_error, read_parquet_rows, write_parquet_bank
 from pipeline.offline.worlds import World
 from pipeline.outputs.destinations import Destination, local_path, write_text
 
@@ -48,7 +48,7 @@ def _bank_rows(path):
     if is_parquet_bank(path):
         rows = ((f"bank {path.name} prompt {i + 1}", row) for i, row in enumerate(read_parquet_rows(path)))
     elif not path.is_file():
-        raise ConfigError(f"bank {str(path)!r} does not exist or is not a file")
+        raise no_bank_error(path)
     else:
         rows = ((where, row) for _, where, row in json_lines(read_text(path, "bank").splitlines(), f"bank {path.name}"))
     seen = set()
@@ -129,7 +129,7 @@ def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
             ids.append(name)
             rows.append([float(v) for v in rewards])
     if not rows:
-        raise ConfigError(f"--rewards {path!r} holds no reward lists")
+        raise ConfigError(f"--rewards {str(path)!r} holds no reward lists")
     return ids, rows
 
 
@@ -173,7 +173,7 @@ def parse_row(row, where: str) -> BankPrompt:
 def write_bank(target, rows: list[dict]) -> None:
     """Write bank rows at a path or a URL, whole: a reader never sees half a bank. A target ending in
     ``.parquet`` is written as Parquet, anything else as JSONL."""
-    if str(target).endswith(".parquet"):
+    if str(target).lower().endswith(".parquet"):
         local = local_path(str(target))
         if local is not None:
             write_parquet_bank(local, rows)

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.errors import ConfigError
 from pipeline.offline.bank import parse_row
 from pipeline.offline.episodes import BankPrompt
-from pipeline.offline.parquet_banks import is_parquet_bank, parquet_files, prompt_blocks, read_row_range
+from pipeline.offline.parquet_banks import is_parquet_bank, no_bank_error, parquet_files, prompt_blocks, read_row_range
 from pipeline.stats.prefix_signal import PrefixSignal
 
 CHUNK_REWARDS = 1 << 20  # rewards per chunk (8 MB as float64): what one task holds of a bank, at least a prompt
@@ -90,7 +90,7 @@ class StreamedBank(BankChunks):
         self.label = str(path) if label is None else label
         self.parquet = is_parquet_bank(self.path)
         if not self.parquet and not self.path.is_file():
-            raise ConfigError(f"bank {str(self.path)!r} does not exist or is not a file")
+            raise no_bank_error(self.path)
         self.files = parquet_files(self.path) if self.parquet else [self.path]
         spans: list[tuple[int, int, int, int]] = []  # (file, start, stop, rewards): rows, or bytes of JSONL
         seen: set[str] = set()

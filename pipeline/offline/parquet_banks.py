@@ -40,7 +40,14 @@ OPTIONAL_COLUMNS = ("state_text", "state_score", "correct")  # what a replay rea
 def is_parquet_bank(path) -> bool:
     """A ``.parquet`` file, or a folder holding some (a sharded bank)."""
     path = Path(path)
-    return path.suffix == ".parquet" or (path.is_dir() and bool(shard_files(path)))
+    return path.suffix.lower() == ".parquet" or (path.is_dir() and bool(shard_files(path)))
+
+
+def no_bank_error(path) -> ConfigError:
+    """The one line for a bank path that names no bank: nothing there, or a folder without shards."""
+    if Path(path).is_dir():
+        return ConfigError(f"bank {str(path)!r} is a folder without Parquet shards (*.parquet)")
+    return ConfigError(f"bank {str(path)!r} does not exist or is not a file")
 
 
 def shard_files(folder: Path) -> list[Path]:

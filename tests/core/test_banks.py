@@ -29,6 +29,14 @@ def test_a_bank_goes_to_parquet_and_back_without_changing_a_reward(tmp_path):
     assert read_bank_rows(parquet) == ROWS
 
 
+def test_a_parquet_suffix_in_capitals_is_parquet_both_ways(tmp_path):
+    jsonl, upper = tmp_path / "b.jsonl", tmp_path / "b.PARQUET"
+    write_bank(jsonl, ROWS)
+    assert main(["convert-bank", str(jsonl), str(upper)]) == 0
+    assert upper.read_bytes()[:4] == b"PAR1"  # Parquet's magic number, not a JSONL line
+    assert read_bank_rows(upper) == ROWS
+
+
 def test_float32_rewards_are_stored_as_float32(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     rows = [{"prompt_id": "p", "states": [[-1.532867431640625, 0.5], [2.0]]}]  # a float32 reward model's scores

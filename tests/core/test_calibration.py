@@ -193,7 +193,7 @@ def test_prediction_plot_draws_the_predicted_curves_and_bands():
     ('{"prompt_id": "p", "states": [[0.5], []]}', [], "id 'p/s1' must be a non-empty list"),
     ('{"id": "a", "rewards": [1]}\n{"id": "a", "rewards": [2]}', [], "line 2: duplicate id 'a'"),
     ('{"id": "a", "rewards": [1]}\nnot json', [], "line 2: not valid JSON"),
-    ('', [], "holds no reward lists"),
+    ('', [], ".jsonl' holds no reward lists"),  # the path as the user wrote it, not a PosixPath repr
     ('{"id": "a", "rewards": [0.5, 1.5]}', ["--upper-bound", "1"], "--upper-bound 1 is below a reward of id 'a' (1.5)"),
     ('{"id": "a", "rewards": [0.5]}', ["--upper-bound", "nan"], "--upper-bound must be a finite number"),
     ('{"id": "a", "rewards": [0.5]}', ["--n", "0"], "argument --n: expected integers >= 1, got 0 in '0'"),

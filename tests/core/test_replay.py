@@ -141,6 +141,7 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "--methods", "bon,bon"], "methods lists method 'bon' twice"),
     (["replay", "--world", "gaussian,gaussian", "--prompts", "2"], "gaussian is listed twice"),
     (["replay", "--bank", "b.jsonl,b.jsonl"], "b.jsonl is listed twice"),
+    (["replay", "--bank", "b.jsonl,./b.jsonl"], "b.jsonl and ./b.jsonl are the same bank"),
     (["replay", "--bank", "b.jsonl", "--prompts", "2"], "--prompts applies to --world only"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--workers", "0"], "--workers: expected an integer >= 1, got 0"),
@@ -163,6 +164,7 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
       "search.num_states=4"], "more than the budget"),
     (["replay", "--world", "gaussian"], "--prompts is required"),
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
+    (["replay", "--bank", "/"], "is a folder without Parquet shards"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0"], "KEY=VALUE"),
     (["replay", "--world", "gaussian,heavy", "--prompts", "2", "--param", "sigma0=2"], "a single world family"),
     # one override syntax for every command: search options as `slg run` takes them, nothing else
