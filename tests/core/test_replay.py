@@ -172,6 +172,7 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "generator.num_replicas=2"], "takes search options only"),
     (["replay", "--world", "gaussian", "--prompts", "2", "search.adaptive.root_fraction=1.5"], "root_fraction"),
     (["frobnicate"], "invalid choice"),
+    (["--nosuch"], "unrecognized argument '--nosuch': the command comes first"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_code_2(argv, match, capsys):
     assert main(argv) == 2
