@@ -35,13 +35,20 @@ def check_methods(methods, where: str = "methods") -> None:
     _check_distinct(methods, where, "method")
 
 
+MAX_BUDGET = 10**7  # E(n), in every tail prediction, is accurate to 1e-6 up to n = 10^7; a replay holds a reward a rollout
+
+
 def check_budgets(budgets, where: str = "budgets") -> None:
-    """At least one budget, each a positive integer, none twice (its interval would narrow by sqrt(2))."""
+    """At least one budget, each a positive integer up to ``MAX_BUDGET``, none twice (its interval
+    would narrow by sqrt(2))."""
     if not budgets:
         raise ConfigError(f"{where} is empty: give at least one budget N")
     for budget in budgets:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ConfigError(f"budget N must be a positive integer, got {budget!r} in {where}")
+        if budget > MAX_BUDGET:
+            raise ConfigError(f"budget N must be at most {MAX_BUDGET:,} (E(n) is exact to 1e-6 up to there), "
+                              f"got {budget:,} in {where}")
     _check_distinct(budgets, where, "budget")
 
 
