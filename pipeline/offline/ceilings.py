@@ -104,15 +104,20 @@ class WorldArms:
         """The expected best of ``draws`` shared optimally among the prompt and the ``kept`` states of
         ``latents`` of highest V_draws, with ``best`` in hand."""
         self.arms = latents[np.argsort(-self.world.state_value(latents, draws))[:self.kept]]
-        values = world_grid(self.world, self.rng, self.arms)
+        values = world_grid(self.world, self.rng, self.arms, draws)
         cdfs = np.vstack([self.world.prompt_cdf(values), self.world.state_cdf(self.arms, values)])
         return expected_best(values, cdfs, allocate_draws(values, cdfs, draws, best), best)
 
 
-def world_grid(world: World, rng: np.random.Generator, latents: np.ndarray, points: int = 1500) -> np.ndarray:
-    """A support for a world's CDFs: its levels where it has few, else an even grid from the prompt's
-    0.1% quantile to beyond the largest of many draws of the prompt and of the states (its step,
-    about a thousandth of that span, bounds the error of the expected maxima computed on it)."""
+def world_grid(world: World, rng: np.random.Generator, latents: np.ndarray, draws: int = 1,
+               points: int = 1500) -> np.ndarray:
+    """A support for a world's CDFs, for the best of ``draws`` draws from the prompt or the states
+    ``latents``: its levels where it has few, else an even grid from the prompt's 0.1% quantile to
+    beyond the largest of many draws of the prompt and of the states (its step, about a thousandth of
+    that span, bounds the error of the expected maxima computed on it), continued by as many points
+    in geometric steps to where ``draws`` draws of any arm pass with a chance below ``TAIL_MISS``.
+    The expected best counts every draw beyond the support's end as at the end: at N = 10^5 on the
+    heavy world the even grid alone cut the best of the prompt's own draws by 9 (50 against 59)."""
     if hasattr(world, "_values"):  # the discrete family: its levels are the support
         return np.asarray(world._values(), dtype=float)
     prompt, _ = world.sample_rewards(rng, world.sample_states(rng, (20000,)))
@@ -120,8 +125,28 @@ def world_grid(world: World, rng: np.random.Generator, latents: np.ndarray, poin
     top = max(prompt.max(), states.max())
     low, high = np.quantile(prompt, 0.001), top + (top - np.quantile(np.concatenate([prompt, states]), 0.99))
     if world.upper_bound is not None:
-        high = min(high, world.upper_bound)
-    return np.linspace(low, high, points)
+        return np.linspace(low, min(high, world.upper_bound), points)
+    core = np.linspace(low, high, points)
+    end = _beyond_the_best(world, latents, draws, high, high - low)
+    if end <= high:
+        return core
+    return np.concatenate([core, high + (high - low) * (np.geomspace(1.0, 1.0 + (end - high) / (high - low), points + 1)[1:] - 1.0)])
+
+
+TAIL_MISS = 1e-4  # the chance that the best of a ceiling's draws lies beyond its support
+
+
+def _beyond_the_best(world: World, latents: np.ndarray, draws: int, start: float, step: float) -> float:
+    """A reward that ``draws`` draws of the prompt, or of any state ``latents``, pass with a chance
+    below ``TAIL_MISS`` (by the union bound): ``start`` or beyond it, in doubling steps."""
+    end = start
+    for _ in range(64):
+        at = np.array([end])
+        above = max(1.0 - float(world.prompt_cdf(at)[0]), float((1.0 - world.state_cdf(latents, at)).max(initial=0.0)))
+        if draws * above < TAIL_MISS:
+            return end
+        end, step = end + step, 2.0 * step
+    return end
 
 
 def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed: int = 0) -> dict[int, dict[str, float]]:

@@ -154,6 +154,49 @@ def test_a_worlds_clairvoyant_ceiling_is_above_paid_discovery_and_the_methods_at
         assert ceilings[budget]["clairvoyant"] > max(played[(m, budget)] for m in ("slg_adaptive", "oracle"))
 
 
+@pytest.mark.parametrize("family, budget", [("heavy", 10**5), ("gaussian", 10**6)])
+def test_a_worlds_clairvoyant_ceiling_holds_the_far_tail_of_many_draws(family, budget):
+    """At least what each arm alone gives (the prompt's best-of-N, a state's V_N: the world's exact
+    values, by quadrature), where the best of N draws lies far beyond any sample of a few thousand:
+    a support that ended there cut the heavy world's ceiling at N = 10^5 below its own best-of-N
+    (50 against 59-65). Tolerance: the grid's step rounds a best up, never down."""
+    from pipeline.offline.ceilings import WorldArms
+    from pipeline.offline.worlds import make_world
+
+    world = make_world(family)
+    arms = WorldArms(world, np.random.default_rng(5))
+    ceiling = arms.clairvoyant(budget)
+    assert ceiling >= max(world.prompt_value(budget), float(world.state_value(arms.arms, budget).max()))
+
+
+def test_a_worlds_paid_discovery_keeps_the_best_reward_it_drew():
+    """Gaussian, N = 2: one prompt draw reveals a state m and its reward r, and the last draw goes to
+    the arm (the prompt, N(0, sqrt 2), or the state, N(m, 1)) of highest E[max(r, X)] = r + (mu - r)
+    Phi(d) + s phi(d), d = (mu - r) / s: the discovery's reward counts (redrawn here from a copy of
+    the generator, in the order the ceiling draws: the state, then its reward)."""
+    import copy
+
+    from scipy import stats
+
+    from pipeline.offline.ceilings import WorldArms
+    from pipeline.offline.worlds import make_world
+
+    world = make_world("gaussian")
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        twin = copy.deepcopy(rng)
+        ceiling = WorldArms(world, rng).paid_discovery(2)
+        latent = world.sample_states(twin, (1,))
+        reward = float(world.sample_rewards(twin, latent)[0][0])
+
+        def with_one_more(mu, sd):
+            d = (mu - reward) / sd
+            return reward + (mu - reward) * stats.norm.cdf(d) + sd * stats.norm.pdf(d)
+
+        exact = max(with_one_more(0.0, np.sqrt(2.0)), with_one_more(float(latent[0]), 1.0))
+        assert ceiling == pytest.approx(exact, abs=0.01)
+
+
 def test_a_worlds_state_cdfs_are_its_rewards_distribution():
     from pipeline.offline.worlds import WORLDS, make_world
 
