@@ -189,11 +189,11 @@ def test_a_worlds_paid_discovery_keeps_the_best_reward_it_drew():
         latent = world.sample_states(twin, (1,))
         reward = float(world.sample_rewards(twin, latent)[0][0])
 
-        def with_one_more(mu, sd):
-            d = (mu - reward) / sd
-            return reward + (mu - reward) * stats.norm.cdf(d) + sd * stats.norm.pdf(d)
+        def with_one_more(mu, sd, best):
+            d = (mu - best) / sd
+            return best + (mu - best) * stats.norm.cdf(d) + sd * stats.norm.pdf(d)
 
-        exact = max(with_one_more(0.0, np.sqrt(2.0)), with_one_more(float(latent[0]), 1.0))
+        exact = max(with_one_more(0.0, np.sqrt(2.0), reward), with_one_more(float(latent[0]), 1.0, reward))
         assert ceiling == pytest.approx(exact, abs=0.01)
 
 
