@@ -91,8 +91,8 @@ class GeneratorConfig:
         if self.state_tokens < 1 or self.max_tokens <= self.state_tokens:
             raise ConfigError(f"generator.state_tokens={self.state_tokens} must be >= 1 and below "
                               f"generator.max_tokens={self.max_tokens}")
-        if self.sim.latency_per_token_s < 0:
-            raise ConfigError(f"generator.sim.latency_per_token_s must be >= 0, got {self.sim.latency_per_token_s!r}")
+        for name in ("latency_per_token_s", "rm_latency_per_item_s"):  # a sim replica sleeps them
+            check_seconds(f"generator.sim.{name}", getattr(self.sim, name))
 
 
 @dataclass
@@ -145,10 +145,7 @@ class DriverConfig:
         # seconds: a negative or NaN one would reach Ray's wait, or a clock comparison, mid-run
         for name, zero_allowed in (("step_s", False), ("call_timeout_s", True), ("replica_retry_s", True),
                                    ("replica_recovery_timeout_s", False), ("progress_interval_s", True)):
-            seconds = getattr(self, name)
-            if not (math.isfinite(seconds) and (seconds >= 0 if zero_allowed else seconds > 0)):
-                raise ConfigError(f"driver.{name} must be a finite number of seconds {'>= 0' if zero_allowed else '> 0'}, "
-                                  f"got {seconds!r}")
+            check_seconds(f"driver.{name}", getattr(self, name), zero_allowed)
 
 
 @dataclass
@@ -162,6 +159,13 @@ class RayConfig:
             amount = getattr(self, resource)
             if amount is not None and amount < 0:
                 raise ConfigError(f"ray.{resource} must be >= 0, got {amount!r}")
+
+
+def check_seconds(key: str, seconds: float, zero_allowed: bool = True) -> None:
+    """A duration of the config: a finite number of seconds, above 0 or at least 0 (``ConfigError``
+    naming ``key``); a negative, NaN or infinite one would reach a sleep, a wait or a clock mid-run."""
+    if not (math.isfinite(seconds) and (seconds >= 0 if zero_allowed else seconds > 0)):
+        raise ConfigError(f"{key} must be a finite number of seconds {'>= 0' if zero_allowed else '> 0'}, got {seconds!r}")
 
 
 def check_replicas(section: str, values) -> None:

@@ -19,7 +19,15 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.distributed.config import Backend, DriverConfig, GeneratorConfig, RayConfig, RewardConfig, as_plain_dict
+from pipeline.distributed.config import (
+    Backend,
+    DriverConfig,
+    GeneratorConfig,
+    RayConfig,
+    RewardConfig,
+    as_plain_dict,
+    check_seconds,
+)
 from pipeline.errors import ConfigError
 from pipeline.search.config import SearchConfig, check_bound_covers, validate_search_config
 from pipeline.search.methods import DEFAULT_METHODS, check_budgets, check_methods, policy_class
@@ -56,6 +64,9 @@ class StorageConfig:
     """Outputs at a URL (``output_dir=s3://...``): staged locally, uploaded whole at each checkpoint."""
 
     checkpoint_interval_s: float = 30.0     # upload results at most this often (and always at the end)
+
+    def check(self) -> None:
+        check_seconds("storage.checkpoint_interval_s", self.checkpoint_interval_s)
 
 
 @dataclass
@@ -212,7 +223,7 @@ def validate_run_config(config: RunConfig) -> None:
     gen, rm = config.generator, config.reward
     if "oracle" in config.methods and gen.backend != Backend.sim:
         raise ConfigError("method 'oracle' needs true state values, which only generator.backend=sim has")
-    for section in (config.generator, config.reward, config.driver, config.ray, config.data, config.bench):
+    for section in (config.generator, config.reward, config.driver, config.ray, config.data, config.bench, config.storage):
         section.check()
     config.collect.check(bank_path(config))
     if (gen.backend == Backend.sim) != (rm.backend == Backend.sim):

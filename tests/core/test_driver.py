@@ -5,6 +5,7 @@ recomputed here from the rollouts the driver scored, recorded by an observer, ne
 driver's own bookkeeping. No Ray: the driver calls the engines directly.
 """
 
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, fields
@@ -215,6 +216,27 @@ def test_collect_holds_fewer_prompts_in_flight_when_each_holds_many_rewards():
     assert in_flight("collect.num_states=64", "collect.completions_per_state=10000") == IN_FLIGHT_REWARDS // 640_000 == 6
     assert in_flight("collect.num_states=64", "collect.completions_per_state=100000") == 2  # never fewer than two
     assert in_flight("driver.max_concurrent_prompts=4") == 4
+
+
+@pytest.mark.parametrize("override, match", [
+    ("driver.call_timeout_s=-1", "driver.call_timeout_s must be a finite number of seconds >= 0, got -1.0"),
+    ("driver.step_s=0", "driver.step_s must be a finite number of seconds > 0, got 0.0"),
+    ("driver.replica_retry_s=nan", "driver.replica_retry_s must be a finite number of seconds >= 0, got nan"),
+    ("driver.replica_recovery_timeout_s=-5", "driver.replica_recovery_timeout_s must be a finite number of seconds > 0"),
+    ("driver.progress_interval_s=.inf", "driver.progress_interval_s must be a finite number of seconds >= 0, got inf"),
+    ("generator.sim.latency_per_token_s=.inf", "generator.sim.latency_per_token_s must be a finite number of seconds"),
+    ("generator.sim.rm_latency_per_item_s=-1", "generator.sim.rm_latency_per_item_s must be a finite number of seconds"),
+    ("storage.checkpoint_interval_s=nan", "storage.checkpoint_interval_s must be a finite number of seconds >= 0, got nan"),
+])
+def test_a_duration_in_the_config_is_a_finite_number_of_seconds(override, match):
+    """Refused when the config is read, before any actor starts: a negative, NaN or infinite one
+    reached Ray's wait (call_timeout_s=-1), a sleep (inf) or a clock comparison mid-run."""
+    from pipeline.errors import ConfigError
+    from pipeline.jobs.config import load_run_config
+
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        load_run_config(None, [override])
+    load_run_config(None, [override.split("=")[0] + "=0.5"])  # a finite one is taken
 class SeedLog(SearchObserver):
     """The seed of every rollout requested and the node each came from, per search."""
 

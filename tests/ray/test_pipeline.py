@@ -221,7 +221,7 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     (["driver.replica_retry_s=nan"], "driver.replica_retry_s must be a finite number of seconds >= 0, got nan"),
     (["driver.replica_recovery_timeout_s=-5"], "driver.replica_recovery_timeout_s must be a finite number of seconds > 0"),
     (["driver.progress_interval_s=.inf"], "driver.progress_interval_s must be a finite number of seconds >= 0, got inf"),
-    (["generator.sim.latency_per_token_s=-1"], "generator.sim.latency_per_token_s must be >= 0"),
+    (["generator.sim.latency_per_token_s=-1"], "generator.sim.latency_per_token_s must be a finite number of seconds >= 0"),
     (["ray.num_cpus=-1"], "ray.num_cpus must be >= 0, got -1"),
     (["reward.num_gpus_per_replica=-0.5"], "reward.num_gpus_per_replica must be >= 0, got -0.5"),
     (["generator.num_cpus_per_replica=nan"], "generator.num_cpus_per_replica must be >= 0, got nan"),
