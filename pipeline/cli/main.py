@@ -29,7 +29,8 @@ def parse(argv: list[str]):
     """The command's arguments; ``KEY=VALUE`` overrides may stand anywhere among its options
     (argparse alone takes them only after the last option)."""
     parser = build_parser()
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):  # argparse would only miss the command
+    helps = argv and (argv[0] == "-h" or (len(argv[0]) > 2 and "--help".startswith(argv[0])))  # argparse's abbreviations
+    if argv and argv[0].startswith("-") and not helps:  # argparse would only say the command is missing
         parser.error(f"unrecognized argument {argv[0]!r}: the command comes first (slg COMMAND ...; slg --help lists them)")
     args, extra = parser.parse_known_args(argv)
     if extra:

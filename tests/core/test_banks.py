@@ -37,6 +37,12 @@ def test_a_parquet_suffix_in_capitals_is_parquet_both_ways(tmp_path):
     assert read_bank_rows(upper) == ROWS
 
 
+def test_slg_collect_writes_a_bank_named_in_capitals_in_its_format():
+    from pipeline.jobs.config import is_jsonl_bank
+
+    assert is_jsonl_bank("b.JSONL") and is_jsonl_bank("b.jsonl") and not is_jsonl_bank("bank")
+
+
 def test_float32_rewards_are_stored_as_float32(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     rows = [{"prompt_id": "p", "states": [[-1.532867431640625, 0.5], [2.0]]}]  # a float32 reward model's scores
@@ -138,3 +144,12 @@ def test_a_bank_replay_reads_a_states_prefix_once_when_a_request_that_asks_first
         # each rollout: the prompt's 32 tokens and its 30; each prefix read: the prompt's 32 and the state's 8
         assert (drawn.rm_tokens.sum(axis=1) == 2 * (32 + 30) + new.sum(axis=1) * (32 + 8)).all()
     assert late > 400  # the case that matters, often: 3 (5/9)^2 = 0.93 an episode expected in the second request alone
+
+
+def test_a_world_replay_reads_the_prefix_of_every_root_rollout_of_a_request_that_asks():
+    """A world's every root rollout is a state of its own: each prefix is read once, where it is met."""
+    tokens = TokenModel(prompt_tokens=32, state_tokens=8, mean_response_tokens=30, random_lengths=False)
+    source = WorldSource(make_world("gaussian"), 50, np.random.default_rng(1), np.random.default_rng(2), tokens)
+    for ask in (False, True, True):
+        drawn = source.draw(Request.uniform(ROOT, 3, 50, score_prefixes=ask))
+        assert (drawn.rm_tokens == (32 + 30) + ask * (32 + 8)).all()

@@ -152,6 +152,8 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
      "search.reward_upper_bound must be a finite number"),
     (["replay", "--world", "gaussian", "--prompts", "2", "search.adaptive.confidence=nan"],
      "search.adaptive.confidence must be a finite number >= 0, got nan"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "search.share.prefix_gap=inf"],
+     "search.share.prefix_gap must be a finite number >= 0, got inf"),
     # inf gave the prompt check NaN bounds (inf - inf), and a replay that ran on them
     (["replay", "--world", "gaussian", "--prompts", "2", "search.adaptive.confidence=inf"],
      "search.adaptive.confidence must be a finite number >= 0, got inf"),

@@ -72,3 +72,14 @@ def test_schedule_at_the_edges_of_its_rules(budget, expected):
 def test_schedule_follows_the_documented_rules_at_every_budget_up_to_300():
     for budget in range(1, 301):
         assert default_schedule(budget) == schedule_from_the_docs(budget), budget
+
+
+def test_budgets_go_up_to_where_the_expected_maximum_is_exact():
+    """10^7, where E(n) is documented exact to 1e-6, is the largest budget a run or a replay takes."""
+    from pipeline.errors import ConfigError
+    from pipeline.search.methods import MAX_BUDGET, check_budgets
+
+    assert MAX_BUDGET == 10**7
+    check_budgets([1, 10**7])
+    with pytest.raises(ConfigError, match="budget N must be at most 10,000,000"):
+        check_budgets([10**7 + 1])
