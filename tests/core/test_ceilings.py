@@ -158,8 +158,8 @@ def test_a_worlds_clairvoyant_ceiling_is_above_paid_discovery_and_the_methods_at
 def test_a_worlds_clairvoyant_ceiling_holds_the_far_tail_of_many_draws(family, budget):
     """At least what each arm alone gives (the prompt's best-of-N, a state's V_N: the world's exact
     values, by quadrature), where the best of N draws lies far beyond any sample of a few thousand:
-    a support that ended there cut the heavy world's ceiling at N = 10^5 below its own best-of-N
-    (50 against 59-65). Tolerance: the grid's step rounds a best up, never down."""
+    a support that ended there put the heavy world's ceiling at N = 10^5 below its own best-of-N
+    (59 against 65). No tolerance: the grid's step rounds a best up, never down."""
     from pipeline.offline.ceilings import WorldArms
     from pipeline.offline.worlds import make_world
 
