@@ -50,10 +50,12 @@ def distinct_names(text: str) -> list[str]:
 
 
 def distinct_banks(text: str) -> list[str]:
-    """Distinct banks: paths or URLs, a local path compared by the file it names (``b.jsonl`` and
-    ``./b.jsonl`` are one bank, which would be counted twice)."""
+    """Distinct banks: paths or URLs, a local one compared by the file it names (``b.jsonl``,
+    ``./b.jsonl`` and ``file:///.../b.jsonl`` are one bank, which would be counted twice)."""
+    from pipeline.outputs.destinations import local_path
+
     banks = distinct_names(text)
-    files = [bank if "://" in bank else os.path.realpath(bank) for bank in banks]
+    files = [bank if local_path(bank) is None else os.path.realpath(local_path(bank)) for bank in banks]
     for index, file in enumerate(files):
         if file in files[:index]:
             raise argparse.ArgumentTypeError(f"{banks[files.index(file)]} and {banks[index]} are the same bank "

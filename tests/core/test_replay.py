@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -145,6 +146,7 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian,gaussian", "--prompts", "2"], "gaussian is listed twice"),
     (["replay", "--bank", "b.jsonl,b.jsonl"], "b.jsonl is listed twice"),
     (["replay", "--bank", "b.jsonl,./b.jsonl"], "b.jsonl and ./b.jsonl are the same bank"),
+    (["replay", "--bank", f"b.jsonl,file://{os.getcwd()}/b.jsonl"], f"b.jsonl and file://{os.getcwd()}/b.jsonl are the same bank"),
     (["replay", "--bank", "b.jsonl", "--prompts", "2"], "--prompts applies to --world only"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--workers", "0"], "--workers: expected an integer >= 1, got 0"),
