@@ -35,7 +35,7 @@ def check_methods(methods, where: str = "methods") -> None:
     _check_distinct(methods, where, "method")
 
 
-MAX_BUDGET = 10**7  # E(n), in every tail prediction, is accurate to 1e-6 up to n = 10^7; a replay holds a reward a rollout
+MAX_BUDGET = 10**7  # a replay holds a reward a rollout: 80 MB an episode at 10^7, and an episode per prompt and repeat
 
 
 def check_budgets(budgets, where: str = "budgets") -> None:
@@ -47,8 +47,8 @@ def check_budgets(budgets, where: str = "budgets") -> None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ConfigError(f"budget N must be a positive integer, got {budget!r} in {where}")
         if budget > MAX_BUDGET:
-            raise ConfigError(f"budget N must be at most {MAX_BUDGET:,} (E(n) is exact to 1e-6 up to there), "
-                              f"got {budget:,} in {where}")
+            raise ConfigError(f"budget N must be at most {MAX_BUDGET:,} (a replay holds 8 bytes a rollout of each "
+                              f"episode), got {budget:,} in {where}")
     _check_distinct(budgets, where, "budget")
 
 

@@ -138,7 +138,7 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "0"], "budget N must be a positive integer, got 0"),
     # a replay would allocate a reward per rollout (46 GiB at 10^10) before failing
     (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "10000000000"],
-     "budget N must be at most 10,000,000 (E(n) is exact to 1e-6 up to there), got 10,000,000,000 in budgets"),
+     "budget N must be at most 10,000,000 (a replay holds 8 bytes a rollout of each episode), got 10,000,000,000 in budgets"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", ""], "--budgets: expected at least one integer"),
     # a repeated budget, method, world or bank would count its results twice and narrow the interval
     (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "16,16"], "budgets lists budget 16 twice: [16, 16]"),
