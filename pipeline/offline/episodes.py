@@ -66,7 +66,7 @@ class RolloutSource:
             partial = self._read_partial(rewards, tokens / np.maximum(length, 1))
             rewards = np.where(finished | ~wanted, rewards, partial)
         read = self.tokens.prompt_tokens + tokens + np.where(root_rows[:, None], 0, self.tokens.state_tokens)
-        state_index = state_score = None
+        state_index = state_score = prefix_reads = None
         if root_rows.any():
             before = (~np.isnan(self._root_latents)).sum(axis=1)  # root rollouts each episode had so far
             state_index = self._state_index(latents, before[:, None] + np.arange(width)[None, :], from_root)
@@ -76,11 +76,11 @@ class RolloutSource:
                                np.where(from_root, tokens, 0), None if correct is None else correct & from_root)
             self._compact_root_latents(request)
             if state_score is not None:  # the reward model read each new state's prefix alone too
-                read = read + np.where(self._prefix_reads(latents, state_score, from_root),
-                                       self.tokens.prompt_tokens + self.tokens.state_tokens, 0)
+                prefix_reads = self._prefix_reads(latents, state_score, from_root)
+                read = read + np.where(prefix_reads, self.tokens.prompt_tokens + self.tokens.state_tokens, 0)
         return Rollouts(rewards, can_branch=from_root & (finished is None), correct=self._answered(correct, wanted, finished),
                         state_index=state_index, state_score=state_score, finished=finished,
-                        num_tokens=np.where(wanted, tokens, 0), rm_tokens=np.where(wanted, read, 0))
+                        num_tokens=np.where(wanted, tokens, 0), rm_tokens=np.where(wanted, read, 0), prefix_reads=prefix_reads)
 
     def _grow(self, request: Request) -> Rollouts:
         """One chunk more of response ``node[b]`` of each episode: its partial score, or its final reward."""

@@ -100,6 +100,8 @@ class Rollouts:
     finished: np.ndarray | None = None  # (B, max count) bool: the response ended (None: all did); else ``rewards`` is a partial score
     num_tokens: np.ndarray | None = None  # (B, max count) generated tokens of each rollout (0 beyond the count); None: not counted
     rm_tokens: np.ndarray | None = None   # (B, max count) tokens the reward model read to score each; None: not counted
+    prefix_reads: np.ndarray | None = None  # (B, max count) bool: the reward model also read this rollout's state prefix
+    # alone (its tokens are in rm_tokens; it is one more reward-model item); None: none read
 
 
 class EpisodeLedger:
@@ -134,6 +136,8 @@ class EpisodeLedger:
             if rollouts.rewards.shape[1] == 0:
                 continue
             self.scored += (~np.isnan(rollouts.rewards)).sum(axis=1)  # NaN: nothing asked there (or a dropped score)
+            if rollouts.prefix_reads is not None:
+                self.scored += rollouts.prefix_reads.sum(axis=1)
             if rollouts.num_tokens is not None:
                 self.tokens += rollouts.num_tokens.sum(axis=1)
             if rollouts.rm_tokens is not None:

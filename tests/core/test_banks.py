@@ -143,6 +143,7 @@ def test_a_bank_replay_reads_a_states_prefix_once_when_a_request_that_asks_first
         read, seen = read | new, seen | met
         # each rollout: the prompt's 32 tokens and its 30; each prefix read: the prompt's 32 and the state's 8
         assert (drawn.rm_tokens.sum(axis=1) == 2 * (32 + 30) + new.sum(axis=1) * (32 + 8)).all()
+        assert drawn.prefix_reads is None if not ask else (drawn.prefix_reads.sum(axis=1) == new.sum(axis=1)).all()
     assert late > 400  # the case that matters, often: 3 (5/9)^2 = 0.93 an episode expected in the second request alone
 
 
@@ -153,3 +154,4 @@ def test_a_world_replay_reads_the_prefix_of_every_root_rollout_of_a_request_that
     for ask in (False, True, True):
         drawn = source.draw(Request.uniform(ROOT, 3, 50, score_prefixes=ask))
         assert (drawn.rm_tokens == (32 + 30) + ask * (32 + 8)).all()
+        assert drawn.prefix_reads is None if not ask else drawn.prefix_reads.all()

@@ -34,6 +34,21 @@ def test_best_of_n_tokens_follow_the_token_model():
     assert (ledger.tokens == 7 * 30).all() and (ledger.rm_tokens == 7 * (30 + 32)).all()
 
 
+def test_a_prefix_read_is_a_reward_model_item_as_a_rollouts_score_is():
+    """slg_share on a bank with prefix scores: every reward-model item is a rollout's score or a prefix
+    read. With the bank's constant lengths each score reads 32 + 400 tokens (a state's continuation
+    300, plus its prefix's 100) and each prefix 32 + 100, so the items beyond the rollouts are the
+    tokens beyond theirs over 132 (formats.md: rm_items_mean counts prefixes)."""
+    from pipeline.search.share import SharedSLG
+
+    rng = np.random.default_rng(0)
+    bank = BankPrompt("p", [rng.normal(mean, 0.3, 64).round(2).tolist() for mean in np.linspace(-1, 1, 16)],
+                      state_texts=[f"s{k}" for k in range(16)], state_scores=np.linspace(-1, 1, 16).tolist())
+    ledger = run_episodes(SharedSLG(32, 200), BankSource(bank, 200, np.random.default_rng(1)))
+    prefixes = (ledger.rm_tokens - ledger.spent * 432) / 132
+    assert (prefixes >= 1).all() and np.array_equal(ledger.scored - ledger.spent, prefixes)
+
+
 def test_equal_tokens_gives_each_method_the_n_that_spends_best_of_ns_tokens():
     world, budgets = make_world("gaussian"), [32, 128]
     methods = ["bon", "slg", "spec_rejection"]
