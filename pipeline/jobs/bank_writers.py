@@ -138,7 +138,9 @@ class ParquetShards:
 
         name = f"part-{index:05d}.parquet"
         destination = self.folder.file(name)
-        metadata = {**self.metadata, "shard": {"index": index, "of": len(self.shards), "prompts": self.shards[index]}}
+        # the shard's prompt ids at the top, as formats.md has always said, and with its place among the shards
+        metadata = {**self.metadata, "prompts": self.shards[index],
+                    "shard": {"index": index, "of": len(self.shards), "prompts": self.shards[index]}}
         write_parquet_bank(destination.local, [rows[p] for p in self.shards[index] if rows[p] is not None], metadata)
         if destination.remote:
             destination.push()

@@ -58,6 +58,7 @@ def test_shards_say_what_they_came_from_and_a_rerun_skips_them_or_refuses_anothe
     assert [p.name for p in (tmp_path / "bank").iterdir()] == ["part-00000.parquet"]
     metadata = json.loads(pq.read_schema(tmp_path / "bank" / "part-00000.parquet").metadata[b"slg.bank"])
     assert metadata["shard"] == {"index": 0, "of": 3, "prompts": ["sim0", "sim1"]}
+    assert metadata["prompts"] == ["sim0", "sim1"]  # where formats.md puts them
     assert metadata["seed"] == 0 and metadata["models"] == {"generator": "sim:bimodal", "reward": "sim"}
     assert metadata["config"]["collect"]["completions_per_state"] == 5
     again = ParquetShards(config, load_prompts(config.data), bank_row)
