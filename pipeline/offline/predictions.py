@@ -46,8 +46,8 @@ def predict_file(ids: list[str], rows: list[list[float]], n: list[int], upper_bo
             lines.append({"id": name, "n": int(count), "predicted": float(result.value[i, j]),
                           "lower": float(result.lower[i, j]), "upper": float(result.upper[i, j]),
                           "model": result.model(i, j), "flags": flags, "weight": round(float(result.weight[i, j]), 4),
-                          "plug_in": float(result.plug_in[i, j]), "tail_fit": float(result.tail_fit[i, j]),
-                          "samples": len(rows[i])})
+                          "plug_in": float(result.plug_in[i, j]), "extension": float(result.extension[i, j]),
+                          "tail_fit": float(result.tail_fit[i, j]), "samples": len(rows[i])})
     return lines, result, table
 
 

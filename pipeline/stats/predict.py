@@ -81,9 +81,10 @@ class Predictions:
     """Predictions for B rows at k values of n; arrays are (B, k) unless said otherwise.
 
     ``value``, ``lower``, ``upper``: V_hat_n and its interval. ``plug_in``: the sample's exact
-    best-of-n. ``tail_fit``: the paper's mu + sigma E(n), capped at the bound. ``weight``: w (0:
-    plug-in, w_normal: full extension). ``continuity``: c, (B,). ``flags``: (B,) bit masks over
-    ``FLAGS``. ``n``: (B, k).
+    best-of-n. ``tail_fit``: the paper's mu + sigma E(n), capped at the bound. ``extension``: the
+    tail extension X_n, the sample below its maximum and the tail fit above it. ``weight``: w (0:
+    plug-in, w_normal: full extension): ``value`` is plug_in + w (extension - plug_in), capped at the
+    bound. ``continuity``: c, (B,). ``flags``: (B,) bit masks over ``FLAGS``. ``n``: (B, k).
     """
 
     n: np.ndarray
@@ -92,6 +93,7 @@ class Predictions:
     upper: np.ndarray
     plug_in: np.ndarray
     tail_fit: np.ndarray
+    extension: np.ndarray
     weight: np.ndarray
     continuity: np.ndarray
     flags: np.ndarray
@@ -163,7 +165,7 @@ def predict_rows(rewards, n, upper_bound=None, groups=None, tail_fraction: float
     parts = [_predict_block(rows, n_table[s], continuity[s], heavy[s], tail_fraction, confidence) for rows, s in blocks]
     if not parts:
         empty = np.zeros((0, n_table.shape[1]))
-        return Predictions(n_table, empty, empty, empty, empty, empty, empty, np.zeros(0), np.zeros(0, dtype=np.int64))
+        return Predictions(n_table, empty, empty, empty, empty, empty, empty, empty, np.zeros(0), np.zeros(0, dtype=np.int64))
     fields = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     return Predictions(n=n_table, continuity=continuity, **fields)
 
@@ -282,7 +284,8 @@ def _predict_block(rows: SampleRows, n_table, continuity, heavy, tail_fraction, 
     empty = (rows.counts == 0)[:, None]
     return {"value": np.where(empty, np.nan, value), "lower": np.where(empty, np.nan, lower),
             "upper": np.where(empty, np.nan, upper), "plug_in": np.where(empty, np.nan, plug_in),
-            "tail_fit": np.where(empty, np.nan, tail_fit), "weight": weight, "flags": flags}
+            "tail_fit": np.where(empty, np.nan, tail_fit), "extension": np.where(empty, np.nan, extension),
+            "weight": weight, "flags": flags}
 
 
 def _to_reward(rows: SampleRows, model_value, sigma, n_table):

@@ -121,6 +121,21 @@ def test_tail_extension_matches_adaptive_quadrature_of_its_model(n):
         assert reward[0, 0] == pytest.approx(_model_tail_reference(sample, n, bound, log_scale), abs=2e-5 * float(sigma[0]))
 
 
+def test_slg_predict_writes_the_extension_its_prediction_blends_towards():
+    """Each --out line carries X_n (checked against adaptive quadrature of its model), and predicted
+    is plug_in + weight (X_n - plug_in): the line alone rebuilds it (to weight's 4 decimals)."""
+    from pipeline.offline.predictions import predict_file
+
+    rng = np.random.default_rng(3)
+    samples = [rng.normal(size=20).tolist(), rng.gamma(2.0, size=12).tolist()]
+    lines, _, _ = predict_file(["a", "b"], samples, [7, 100, 1000])
+    for line in lines:
+        sample = samples["ab".index(line["id"])]
+        assert line["extension"] == pytest.approx(_model_tail_reference(np.array(sample), line["n"], None, False), abs=1e-3)
+        rebuilt = line["plug_in"] + line["weight"] * (line["extension"] - line["plug_in"])
+        assert rebuilt == pytest.approx(line["predicted"], abs=1e-4 * abs(line["extension"] - line["plug_in"]) + 1e-12)
+
+
 def test_normal_rewards_interval_covers_the_exact_value_at_the_nominal_rate():
     # Exactly normal rewards, fresh seeds (the reference simulation behind the pivot uses others):
     # the 95% interval must cover V_n = mu + sigma E(n) in 95% of 4000 samples. Noise: binomial
