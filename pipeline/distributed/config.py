@@ -142,7 +142,6 @@ class DriverConfig:
                 raise ConfigError(f"driver.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.affinity_spill_rollouts < 0:
             raise ConfigError(f"driver.affinity_spill_rollouts must be >= 0, got {self.affinity_spill_rollouts!r}")
-        # seconds: a negative or NaN one would reach Ray's wait, or a clock comparison, mid-run
         for name, zero_allowed in (("step_s", False), ("call_timeout_s", True), ("replica_retry_s", True),
                                    ("replica_recovery_timeout_s", False), ("progress_interval_s", True)):
             check_seconds(f"driver.{name}", getattr(self, name), zero_allowed)

@@ -109,8 +109,7 @@ class WorldArms:
         return expected_best(values, cdfs, allocate_draws(values, cdfs, draws, best), best)
 
 
-def world_grid(world: World, rng: np.random.Generator, latents: np.ndarray, draws: int = 1,
-               points: int = 1500) -> np.ndarray:
+def world_grid(world: World, rng: np.random.Generator, latents: np.ndarray, draws: int, points: int = 1500) -> np.ndarray:
     """A support for a world's CDFs, for the best of ``draws`` draws from the prompt or the states
     ``latents``: its levels where it has few, else an even grid from the prompt's 0.1% quantile to
     beyond the largest of many draws of the prompt and of the states (its step, about a thousandth of

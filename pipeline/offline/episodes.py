@@ -276,7 +276,7 @@ class BankSource(RolloutSource):
         self.prompt = prompt
         self.partial_noise = partial_noise
         self._first_root = np.full((batch_size, prompt.num_states), -1)  # each state's first root rollout
-        self._prefix_read = np.zeros((batch_size, prompt.num_states), dtype=bool)  # each state's prefix scored yet
+        self._prefix_read = np.zeros((batch_size, prompt.num_states), dtype=bool)  # whether each state's prefix was read
         self.draws = np.zeros((batch_size, prompt.num_states), dtype=np.int64)
 
     def _count_draws(self, latents, wanted):

@@ -74,7 +74,7 @@ def test_schedule_follows_the_documented_rules_at_every_budget_up_to_300():
         assert default_schedule(budget) == schedule_from_the_docs(budget), budget
 
 
-def test_budgets_go_up_to_where_the_expected_maximum_is_exact():
+def test_budgets_go_up_to_ten_million():
     """10^7 is the largest budget a run or a replay takes (a replay holds 8 bytes a rollout of each episode)."""
     from pipeline.errors import ConfigError
     from pipeline.search.methods import MAX_BUDGET, check_budgets
