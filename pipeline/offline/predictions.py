@@ -56,5 +56,5 @@ def predicted_curves(table: np.ndarray, result: Predictions, n: list[int], upper
     statistics (as the predictions themselves)."""
     grid = np.unique(np.concatenate([np.round(np.geomspace(1, max(n), 40)), n]).astype(int))
     curves = predict_rows(table[:shown], grid, upper_bound, continuity=result.continuity[:shown],
-                          heavy=result.flags[:shown])
+                          top_level=result.top_level[:shown], heavy=result.flags[:shown])
     return grid, curves

@@ -165,6 +165,25 @@ def test_cli_predict_reads_a_reward_bank_and_plots_the_curves(tmp_path):
     assert _has_colour(pixels, (0.12, 0.47, 0.71)) > 100 and _has_colour(pixels, (1.0, 0.5, 0.05)) > 100  # C0, C1 curves
 
 
+def test_plotted_curves_pass_through_the_files_own_predictions():
+    """The plot shows the first rows only, with the whole file's pooled statistics: at each
+    requested n its curve and band are the predictions written for that id. The rows shown have
+    untied maxima, the others tied ones, so the interval's share of tied tops differs if the plot
+    pooled its own rows."""
+    from pipeline.offline.predictions import predict_file, predicted_curves
+
+    rng = np.random.default_rng(4)
+    untied = [rng.normal(size=12).tolist() for _ in range(2)]
+    tied = [np.append(values, values.max()).tolist() for values in rng.normal(size=(6, 12))]
+    n = [10, 1000]
+    lines, result, table = predict_file([f"r{k}" for k in range(8)], untied + tied, n)
+    grid, curves = predicted_curves(table, result, n, None, shown=2)
+    for line in lines[:4]:
+        row, column = int(line["id"][1:]), int(np.flatnonzero(grid == line["n"])[0])
+        got = (curves.value[row, column], curves.lower[row, column], curves.upper[row, column])
+        assert got == pytest.approx((line["predicted"], line["lower"], line["upper"]), abs=1e-12)
+
+
 def test_prediction_plot_draws_the_predicted_curves_and_bands():
     grid = np.array([1, 10, 100, 1000])
     value = np.array([[0.1, 0.5, 0.8, 0.9], [0.2, 0.3, 0.4, 0.5]])

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import integrate, special, stats
+from scipy import integrate, optimize, special, stats
 
 from pipeline.errors import ConfigError
-from pipeline.stats.predict import FLAGS, predict_best_of_n, predict_node_values, predict_rows
+from pipeline.stats.intervals import mixture_interval
+from pipeline.stats.predict import FLAGS, predict_best_of_n, predict_node_values, predict_rows, top_level_rows
 from pipeline.stats.sample_rows import SampleRows, extension_rows, plug_in_rows
 from pipeline.stats.tail import expected_max_std_normal, fit_tail_rows
 
@@ -83,6 +84,74 @@ def test_a_rare_level_above_the_sample_stays_inside_the_interval():
     covered = (result.lower[:, 0] <= truth) & (truth <= result.upper[:, 0])
     assert unseen.mean() > 0.6 and covered[unseen].mean() >= 0.95
     assert np.allclose(result.value, result.plug_in, atol=1e-6)  # c ~ 1e-7 here: the plug-in
+
+
+def test_an_atom_at_the_top_of_a_continuous_pool_stays_inside_the_interval():
+    # Pools as a real generator gives them: distinct rewards below, and the likeliest answer
+    # repeated exactly at the top (3-30% of the pool). The interior never ties, so c ~ 1, yet
+    # best-of-512 stops at the top level. Before the interval was a mixture, the blend of the two
+    # models' ends put the lower end above that top: 62%, 41% and 35% coverage at m = 8, 16, 32.
+    # Truth: the pool's closed form. 300 pools: binomial sd 0.013 at 0.95.
+    rng = np.random.default_rng(21)
+    pools, truths = [], []
+    for _ in range(300):
+        body = rng.normal(size=400)
+        top = np.quantile(body, 0.9)
+        body = body[body < top]
+        share = rng.uniform(0.03, 0.3)
+        pool = np.concatenate([body, np.full(int(round(share * len(body) / (1 - share))), top)])
+        values, counts = np.unique(pool, return_counts=True)
+        pools.append(pool)
+        truths.append(_levels_value(values, counts, 512))
+    truths = np.array(truths)
+    for m in (8, 16, 32):
+        samples = np.stack([rng.choice(pool, size=m) for pool in pools])
+        result = predict_rows(samples, 512, groups=np.zeros(len(pools)))
+        assert np.mean(result.continuity) > 0.99  # the interior looks continuous
+        covered = np.mean((result.lower[:, 0] <= truths) & (truths <= result.upper[:, 0]))
+        assert covered >= 0.95, m
+
+
+def test_top_level_is_one_for_a_tied_maximum_and_else_the_groups_share():
+    # Rows of fewer than two rewards (none yet, or one) cannot tie and do not dilute the share.
+    at_top = np.array([1, 2, 1, 1, 0, 1, 3, 1, 1])
+    counts = np.array([5, 5, 5, 5, 0, 1, 4, 4, 1])
+    groups = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2])
+    assert top_level_rows(at_top, counts, groups).tolist() == [0.25, 1.0, 0.25, 0.25, 0.25, 0.25, 1.0, 0.5, 0.0]
+
+
+def _split_normal_mixture_ends(weight, first, second, alpha):
+    """The same mixture's ends in scalar code: each model's CDF written out, Brent's method on it."""
+    z = stats.norm.ppf(1 - alpha / 2)
+
+    def cdf(x, low, point, high):
+        scale = ((point - low) if x < point else (high - point)) / z
+        return stats.norm.cdf((x - point) / scale) if scale > 0 else float(x >= point)
+
+    def mixture(x):
+        return weight * cdf(x, *first) + (1 - weight) * cdf(x, *second)
+
+    span = (min(first[0], second[0]) - 1.0, max(first[2], second[2]) + 1.0)
+    return tuple(optimize.brentq(lambda x, t=target: mixture(x) - t, *span, xtol=1e-13) for target in (alpha / 2, 1 - alpha / 2))
+
+
+@pytest.mark.parametrize("weight, first, second", [
+    (0.5, (1.0, 2.0, 3.5), (0.0, 0.4, 0.6)),      # far apart: each end follows the farther model
+    (0.9, (1.0, 2.0, 3.5), (0.0, 0.4, 0.6)),
+    (0.3, (-1.0, 0.0, 2.0), (-0.5, 0.1, 0.3)),    # overlapping, skewed
+    (0.98, (0.2, 0.25, 0.9), (-3.0, -1.0, 1.0)),
+])
+def test_mixture_interval_matches_brents_method_on_the_mixture(weight, first, second):
+    arrays = lambda model: tuple(np.array([[v]]) for v in model)  # noqa: E731
+    lower, upper = mixture_interval(np.array([[weight]]), arrays(first), arrays(second), 0.05)
+    expected = _split_normal_mixture_ends(weight, first, second, 0.05)
+    assert (lower[0, 0], upper[0, 0]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_mixture_interval_of_one_model_is_its_own_interval():
+    first, second = (np.array([1.0]), np.array([2.0]), np.array([3.5])), (np.array([0.0]), np.array([0.4]), np.array([0.6]))
+    assert [e.tolist() for e in mixture_interval(np.array([1.0]), first, second, 0.05)] == [[1.0], [3.5]]
+    assert [e.tolist() for e in mixture_interval(np.array([0.0]), first, second, 0.05)] == [[0.0], [0.6]]
 
 
 def _model_tail_reference(sample, n, bound=None, log_scale=False):
