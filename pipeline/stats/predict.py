@@ -31,18 +31,19 @@ For a sample of m rewards the prediction is a weighted step from the sample towa
   data/real (docs/prediction.md), where they separate few-level rewards (HumanEval pass rates,
   alpha ~ 4) from continuous ones (PRM and GenRM scores, alpha >= 15).
 
-The 95% interval is that of the mixture of two models' predictive distributions, the continuous
-one with weight c times the chance that the row's top is not a level, the few-level one with the
-rest (each model's interval read as a split normal about its point). A tied maximum never occurs in
-a continuous reward: where a row's maximum is tied, its top is a level and the continuous model gets
-no weight in the interval; elsewhere the chance is its group's share of rows whose maximum is tied
-(real generators repeat their likeliest answers exactly, so a pool's top is often a level even when
-its other values are all distinct, and best-of-n stops there). A mixture's ends follow the model
-whose tail reaches further, not a weighted average of the ends: a blend of ends put the lower end
-above the top of such pools, and the 95% interval covered 52-77% on six of the toy banks (`slg curves`);
-the point is unchanged. For a continuous reward: the pivot
-(V_hat_n - V_n) / sigma of normal rewards (sigma: the tail fit's), whose quantiles depend on m, n
-and w only and come from the same simulation. With a bound no reward of the row reaches, that pivot
+The 95% interval is that of the mixture of two models' predictive distributions (each model's
+interval read as a split normal about its point): the continuous one with weight c (1 - t), the
+few-level one with the rest, t being the chance that the row's top is a level. A continuous reward
+never ties its maximum, so t = 1 where the row's maximum is tied; elsewhere t is its group's share
+of tied maxima among rows whose maximum is below the bound. Real generators repeat their likeliest
+answers exactly, so a pool's top is often a level even when its other values are all distinct, and
+best-of-n stops there. A mixture's ends follow the model whose tail reaches further; averaging the
+two models' ends by c put the lower end above the top of such pools (the 95% interval covered
+52-77% on six of the toy banks in `slg curves`). The point is the same either way.
+
+For a continuous reward, the interval is that of the pivot (V_hat_n - V_n) / sigma of normal
+rewards (sigma: the tail fit's), whose quantiles depend on m, n and w only and come from the same
+simulation. With a bound no reward of the row reaches, that pivot
 is taken on y = -log(B - x), the distance to the bound on a log scale, where a reward saturating
 towards B (a probability, a squashed score) has a normal tail, and mapped back with
 E[B - exp(-Y_max)]: on x the interval of such rewards is far too wide at n = 100 and too narrow
@@ -177,8 +178,7 @@ def predict_rows(rewards, n, upper_bound=None, groups=None, tail_fraction: float
         heavy = heavy >> FLAGS.index("heavy_tail") & 1 > 0 if heavy.dtype.kind in "iu" else heavy.astype(bool)
     continuity = np.asarray(continuity, dtype=float)
     if top_level is None:
-        top_level = top_level_rows(np.concatenate([rows.at_top for rows, _ in blocks]) if stats else np.zeros(0),
-                                   pooled["counts"] if stats else np.zeros(0), labels)
+        top_level = top_level_rows(pooled["tied_top"], pooled["open_top"], labels) if stats else np.zeros(0)
     top_level = np.asarray(top_level, dtype=float)
     parts = [_predict_block(rows, n_table[s], continuity[s], continuity[s] * (1.0 - top_level[s]), heavy[s],
                             tail_fraction, confidence) for rows, s in blocks]
@@ -230,7 +230,8 @@ def _row_statistics(rows: SampleRows, tail_fraction: float) -> dict:
     limit = np.array([r.kurtosis_limit if r else np.inf for r in references])[where]
     return {"singles": np.where(counted, (rows.singleton & rows.interior).sum(axis=1), 0),
             "interior": np.where(counted, rows.interior.sum(axis=1), 0), "counts": rows.counts,
-            "kurtosis_z": (kurtosis - mean) / spread, "kurtosis_row": kurtosis > limit}
+            "kurtosis_z": (kurtosis - mean) / spread, "kurtosis_row": kurtosis > limit,
+            "tied_top": rows.at_top >= 2, "open_top": (rows.counts >= 2) & (rows.top < rows.bound)}
 
 
 def continuity_rows(singles, interior, counts, groups) -> np.ndarray:
@@ -244,13 +245,14 @@ def continuity_rows(singles, interior, counts, groups) -> np.ndarray:
         return np.where(np.isinf(alpha), 1.0, 1.0 / (1.0 + (ALPHA_CONTINUOUS / alpha) ** 4))
 
 
-def top_level_rows(at_top, counts, groups) -> np.ndarray:
+def top_level_rows(tied_top, open_top, groups) -> np.ndarray:
     """The chance that a row's top is a level: 1 where its maximum is tied (a continuous reward
-    never ties), else the share of tied maxima among its group's rows of two rewards or more."""
-    tied, could_tie = np.asarray(at_top) >= 2, np.asarray(counts) >= 2
+    never ties), else the share of tied maxima among its group's open-topped rows (two rewards or
+    more, the maximum below the bound: mass at a bound has its own rule and says nothing here)."""
+    tied, counted = np.asarray(tied_top, dtype=bool), np.asarray(open_top, dtype=bool)
     labels, index = np.unique(groups, return_inverse=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.nan_to_num(np.bincount(index, tied, len(labels)) / np.bincount(index, could_tie, len(labels)))
+        share = np.nan_to_num(np.bincount(index, tied & counted, len(labels)) / np.bincount(index, counted, len(labels)))
     return np.where(tied, 1.0, share[index])
 
 

@@ -154,6 +154,18 @@ def test_cli_predict_writes_one_line_per_id_and_n(tmp_path, capsys):
     assert "q2" in printed and "10000" in printed and "95% interval" in printed
 
 
+def test_the_predict_example_of_prediction_md_prints_what_the_page_shows(capsys):
+    """docs/prediction.md's first command and the lines it shows (its '...' lines left out)."""
+    root = Path(__file__).resolve().parents[2]
+    page = (root / "docs" / "prediction.md").read_text()
+    shown = page.split("It prints:", 1)[1].split("```", 2)[1].strip().splitlines()
+    assert main(["predict", "--rewards", str(root / "data/real/examples/math500_first16.jsonl"), "--n", "16,64,256,1024",
+                 "--upper-bound", "1"]) == 0
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    expected = [line.split() for line in shown if line.strip() != "..."]
+    assert len(expected) == 8 and all(line in printed for line in expected)
+
+
 def test_cli_predict_reads_a_reward_bank_and_plots_the_curves(tmp_path):
     bank = write_lines(tmp_path / "bank.jsonl", [{"prompt_id": "p0", "states": [[0.1, 0.5, 0.3, 0.9], [0.2, 0.4, 0.6]]},
                                                  {"prompt_id": "p1", "states": [[1.0, 2.0, 3.0]]}])
