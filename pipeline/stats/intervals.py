@@ -42,25 +42,33 @@ def level_interval(rows: SampleRows, n_table, plug_in, alpha):
 def mixture_interval(weight, first, second, alpha: float):
     """The central 1 - alpha interval of the mixture ``weight`` A + (1 - ``weight``) B, each model
     given as (lower, point, upper) arrays: its own 1 - alpha interval, read as a split normal about
-    the point (one scale each side; a side of zero width is a point mass). Each end lies between
-    the two models' ends, where bisection finds the mixture's CDF crossing alpha/2 or 1 - alpha/2;
-    a weight of 0 or 1 returns the other model's or this model's ends exactly."""
+    the point (one scale each side; a side of zero width is a point mass). A point outside its
+    interval (a pivot whose quantiles share a sign) is read as the interval's midpoint, so that the
+    model keeps alpha/2 beyond each end. Each end lies between the two models' ends, where
+    bisection finds the mixture's CDF crossing alpha/2 or 1 - alpha/2; only cells of a weight
+    strictly between 0 and 1 are bisected, the others keep one model's ends exactly."""
+    shape = np.shape(first[0])
+    weight = np.broadcast_to(weight, shape)
+    lower, upper = np.where(weight >= 1, first[0], second[0]), np.where(weight >= 1, first[2], second[2])
+    mixed = (weight > 0) & (weight < 1)
+    if not mixed.any():
+        return lower, upper
+    weight = weight[mixed]
+    first, second = (tuple(np.broadcast_to(part, shape)[mixed] for part in model) for model in (first, second))
     z = special.ndtri(1.0 - alpha / 2)
-    weight = np.broadcast_to(weight, np.shape(first[0]))
 
     def cdf(x, model):
         low, point, high = model
-        point = np.clip(point, low, high)
+        point = np.where((point < low) | (point > high), 0.5 * (low + high), point)
         scale = np.where(x < point, point - low, high - point) / z
         with np.errstate(divide="ignore", invalid="ignore"):
             return special.ndtr(np.where(scale > 0, (x - point) / scale, np.where(x < point, -np.inf, np.inf)))
 
-    ends = []
-    for target, side in ((alpha / 2, 0), (1.0 - alpha / 2, 2)):
+    for target, side, out in ((alpha / 2, 0, lower), (1.0 - alpha / 2, 2, upper)):
         below, above = np.minimum(first[side], second[side]), np.maximum(first[side], second[side])
         for _ in range(_BISECTION_STEPS):
             middle = 0.5 * (below + above)
             short = weight * cdf(middle, first) + (1 - weight) * cdf(middle, second) < target
             below, above = np.where(short, middle, below), np.where(short, above, middle)
-        ends.append(np.where(weight >= 1, first[side], np.where(weight <= 0, second[side], 0.5 * (below + above))))
-    return ends[0], ends[1]
+        out[mixed] = 0.5 * (below + above)
+    return lower, upper

@@ -231,7 +231,7 @@ def _row_statistics(rows: SampleRows, tail_fraction: float) -> dict:
     return {"singles": np.where(counted, (rows.singleton & rows.interior).sum(axis=1), 0),
             "interior": np.where(counted, rows.interior.sum(axis=1), 0), "counts": rows.counts,
             "kurtosis_z": (kurtosis - mean) / spread, "kurtosis_row": kurtosis > limit,
-            "tied_top": rows.at_top >= 2, "open_top": (rows.counts >= 2) & (rows.top < rows.bound)}
+            "tied_top": rows.at_top >= 2, "open_top": (rows.distinct >= 2) & (rows.top < rows.bound)}
 
 
 def continuity_rows(singles, interior, counts, groups) -> np.ndarray:
@@ -247,8 +247,9 @@ def continuity_rows(singles, interior, counts, groups) -> np.ndarray:
 
 def top_level_rows(tied_top, open_top, groups) -> np.ndarray:
     """The chance that a row's top is a level: 1 where its maximum is tied (a continuous reward
-    never ties), else the share of tied maxima among its group's open-topped rows (two rewards or
-    more, the maximum below the bound: mass at a bound has its own rule and says nothing here)."""
+    never ties), else the share of tied maxima among its group's open rows (two distinct values or
+    more, the maximum below the bound: a constant row and mass at a bound have their own rules and
+    say nothing here)."""
     tied, counted = np.asarray(tied_top, dtype=bool), np.asarray(open_top, dtype=bool)
     labels, index = np.unique(groups, return_inverse=True)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -20,6 +20,7 @@ _SQRT_HALF = np.sqrt(0.5)
 # each n (checked against adaptive quadrature of the model in tests/core/test_predict.py). Far out
 # the fall of 1 - F^n gets narrower than 49 nodes resolve: 0.002 sigma off at 10^7, 0.03 at 2^53.
 _NODES_BY_N = ((1e4, 49), (1e7, 97), (1e12, 193), (np.inf, 385))
+_GRID_CELLS = 4096 * 49  # rows x nodes in one go (the predictor's blocks are 4096 rows)
 
 # --- samples ---------------------------------------------------------------------------------
 
@@ -134,9 +135,12 @@ def extension_rows(rows: SampleRows, n_table, mu, sigma, log_scale=None, sums_fi
     on_fit, on_reward = np.zeros(n_live.shape), np.zeros(n_live.shape)
     nodes = _node_counts(n_live.max(axis=1))
     for count in np.unique(nodes):
-        part = nodes == count
-        on_fit[part], on_reward[part] = _tail_integrals(z_top[part], pi[part], n_live[part], t_hi[part], log_live[part],
-                                                        scale[part], *_GRIDS[int(count)])
+        rows_of_count = np.flatnonzero(nodes == count)
+        step = max(1, _GRID_CELLS // int(count))  # rows x nodes as with 49 nodes: the memory stays that of 49
+        for start in range(0, len(rows_of_count), step):
+            part = rows_of_count[start:start + step]
+            on_fit[part], on_reward[part] = _tail_integrals(z_top[part], pi[part], n_live[part], t_hi[part], log_live[part],
+                                                            scale[part], *_GRIDS[int(count)])
     body_fit = np.where(log_live[:, None], sums_fit[live], sums[live])
     fitted[live] = fit_top[live][:, None] - keep * body_fit + on_fit * (t_hi * scale)[:, None]
     factor = np.where(log_live, (rows.bound[live] - rows.top[live]) * scale * t_hi, scale * t_hi)

@@ -113,13 +113,29 @@ def test_an_atom_at_the_top_of_a_continuous_pool_stays_inside_the_interval():
 
 
 def test_top_level_is_one_for_a_tied_maximum_and_else_the_groups_share():
-    # Rows of fewer than two rewards (none yet, or one) cannot tie, and maxima at the bound have
-    # their own rule: neither counts in the share.
-    rewards = np.array([[0.1, 0.2, 0.3], [0.1, 0.3, 0.3], [0.2, 0.4, 0.5], [0.3, 0.6, 0.7], [np.nan] * 3, [0.4] + [np.nan] * 2,
-                        [0.2, 1.0, 1.0], [0.2, 0.9, 0.9], [0.5, 0.6, 0.8], [0.5, 0.7, 0.8]])
-    groups = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 2])
+    # Group 0's share counts its open rows: two distinct values or more (a row of two rewards
+    # included), the maximum below the bound. Rows of no or one reward, a constant row and a
+    # maximum tied at the bound have their own rules: each is 1 if tied, and none is counted.
+    nan = np.nan
+    rewards = np.array([[0.1, 0.2, 0.3], [0.1, 0.3, 0.3], [0.2, 0.4, 0.5], [0.3, 0.6, 0.7], [0.2, 0.6, nan],
+                        [nan] * 3, [0.4, nan, nan], [0.5, 0.5, 0.5], [0.2, 1.0, 1.0],
+                        [0.2, 0.9, 0.9], [0.5, 0.6, 0.8], [0.5, 0.7, 0.8]])
+    groups = np.array([0] * 9 + [1, 1, 2])
     result = predict_rows(rewards, 10, upper_bound=1.0, groups=groups)
-    assert result.top_level.tolist() == [0.25, 1.0, 0.25, 0.25, 0.25, 0.25, 1.0, 1.0, 0.5, 0.0]
+    assert result.top_level.tolist() == [0.2, 1.0, 0.2, 0.2, 0.2, 0.2, 0.2, 1.0, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_a_batch_of_several_blocks_gives_each_row_what_its_own_block_gives():
+    # 5000 rows are two blocks of the predictor; the second holds the rows with tied maxima. With
+    # the pooled statistics passed in, each block alone must give the batch's intervals.
+    rng = np.random.default_rng(12)
+    rewards = rng.normal(size=(5000, 12))
+    rewards[4096:, -1] = rewards[4096:].max(axis=1)  # a tied maximum
+    whole = predict_rows(rewards, [100, 1000], groups=np.zeros(5000))
+    for part in (slice(0, 4096), slice(4096, 5000)):
+        alone = predict_rows(rewards[part], [100, 1000], continuity=whole.continuity[part],
+                             top_level=whole.top_level[part], heavy=whole.flags[part])
+        assert alone.lower.tolist() == whole.lower[part].tolist() and alone.upper.tolist() == whole.upper[part].tolist()
 
 
 def test_a_group_of_rows_at_the_bound_leaves_an_open_rows_interval_alone():
@@ -161,6 +177,16 @@ def test_mixture_interval_matches_brents_method_on_the_mixture(weight, first, se
     lower, upper = mixture_interval(np.array([[weight]]), arrays(first), arrays(second), 0.05)
     expected = _split_normal_mixture_ends(weight, first, second, 0.05)
     assert (lower[0, 0], upper[0, 0]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_model_whose_point_is_outside_its_interval_keeps_its_tails():
+    # Model A's point (0.5) is below its interval [1, 3]: it is read as the normal of that interval
+    # (median 2), so alpha/2 of it lies below 1. B is far above, so with weight 1/2 the mixture's
+    # 2.5% point is A's 5% point, in closed form; a point mass at 1 would put it at 1.
+    first = (np.array([1.0]), np.array([0.5]), np.array([3.0]))
+    second = (np.array([100.0]), np.array([101.0]), np.array([102.0]))
+    lower, _ = mixture_interval(np.array([0.5]), first, second, 0.05)
+    assert lower[0] == pytest.approx(stats.norm.ppf(0.05, loc=2.0, scale=1.0 / stats.norm.ppf(0.975)), abs=1e-9)
 
 
 def test_mixture_interval_of_one_model_is_its_own_interval():
@@ -216,6 +242,18 @@ def test_rows_of_different_grids_in_one_batch_get_what_each_gets_alone():
     for i in range(3):
         alone, _ = extension_rows(SampleRows(samples[i:i + 1], np.array([np.inf])), n_table[i:i + 1], mu[i:i + 1], sigma[i:i + 1])
         assert together[i].tolist() == alone[0].tolist()
+
+
+def test_many_rows_of_a_fine_grid_are_integrated_in_parts_each_as_alone():
+    # 1200 rows at n = 10^15 (385 nodes) pass the 4096 x 49 cells of one part: every part counts.
+    rng = np.random.default_rng(6)
+    samples = np.sort(rng.normal(size=(1200, 12)), axis=1)
+    rows = SampleRows(samples, np.full(1200, np.inf))
+    mu, sigma, _, _ = fit_tail_rows(rows.ordered)
+    together, _ = extension_rows(rows, np.full((1200, 1), 1e15), mu, sigma)
+    for i in (0, 600, 1199):
+        alone, _ = extension_rows(SampleRows(samples[i:i + 1], np.array([np.inf])), np.array([[1e15]]), mu[i:i + 1], sigma[i:i + 1])
+        assert together[i, 0] == alone[0, 0]
 
 
 def test_slg_predict_writes_the_extension_its_prediction_blends_towards():
