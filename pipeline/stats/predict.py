@@ -35,7 +35,7 @@ The 95% interval is that of the mixture of two models' predictive distributions 
 interval read as a split normal about its point): the continuous one with weight c (1 - t), the
 few-level one with the rest, t being the chance that the row's top is a level. A continuous reward
 never ties its maximum, so t = 1 where the row's maximum is tied; elsewhere t is its group's share
-of tied maxima among rows whose maximum is below the bound. Real generators repeat their likeliest
+of tied maxima among open rows (two distinct values or more, the maximum below the bound). Real generators repeat their likeliest
 answers exactly, so a pool's top is often a level even when its other values are all distinct, and
 best-of-n stops there. A mixture's ends follow the model whose tail reaches further; averaging the
 two models' ends by c put the lower end above the top of such pools (the 95% interval covered
@@ -95,8 +95,8 @@ class Predictions:
     tail extension X_n, the sample below its maximum and the tail fit above it. ``weight``: w (0:
     plug-in, w_normal: full extension): ``value`` is plug_in + w (extension - plug_in), capped at the
     bound. ``continuity``: c, (B,). ``top_level``: the chance that a row's top is a level, (B,):
-    1 where its maximum is tied, else its group's share of rows with a tied maximum (the interval
-    gives the continuous model c (1 - top_level)). ``flags``: (B,) bit masks over ``FLAGS``.
+    1 where its maximum is tied, else its group's share of tied maxima among open rows
+    (``top_level_rows``; the interval gives the continuous model c (1 - top_level)). ``flags``: (B,) bit masks over ``FLAGS``.
     ``n``: (B, k).
     """
 
