@@ -55,20 +55,31 @@ def mixture_interval(weight, first, second, alpha: float):
         return lower, upper
     weight = weight[mixed]
     first, second = (tuple(np.broadcast_to(part, shape)[mixed] for part in model) for model in (first, second))
-    z = special.ndtri(1.0 - alpha / 2)
+    shapes = [_split_normal(model, alpha) for model in (first, second)]
 
-    def cdf(x, model):
-        low, point, high = model
-        point = np.where((point < low) | (point > high), 0.5 * (low + high), point)
-        scale = np.where(x < point, point - low, high - point) / z
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return special.ndtr(np.where(scale > 0, (x - point) / scale, np.where(x < point, -np.inf, np.inf)))
+    def mixture_cdf(x):
+        return weight * _split_normal_cdf(x, *shapes[0]) + (1 - weight) * _split_normal_cdf(x, *shapes[1])
 
     for target, side, out in ((alpha / 2, 0, lower), (1.0 - alpha / 2, 2, upper)):
         below, above = np.minimum(first[side], second[side]), np.maximum(first[side], second[side])
         for _ in range(_BISECTION_STEPS):
             middle = 0.5 * (below + above)
-            short = weight * cdf(middle, first) + (1 - weight) * cdf(middle, second) < target
+            short = mixture_cdf(middle) < target
             below, above = np.where(short, middle, below), np.where(short, above, middle)
         out[mixed] = 0.5 * (below + above)
     return lower, upper
+
+
+def _split_normal(model, alpha: float):
+    """(point, scale below, scale above) of the split normal whose central 1 - alpha interval is the
+    model's (lower, upper); a point outside that interval is taken at its midpoint."""
+    low, point, high = model
+    point = np.where((point < low) | (point > high), 0.5 * (low + high), point)
+    z = special.ndtri(1.0 - alpha / 2)
+    return point, (point - low) / z, (high - point) / z
+
+
+def _split_normal_cdf(x, point, scale_below, scale_above):
+    scale = np.where(x < point, scale_below, scale_above)  # a side of zero width is a point mass
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return special.ndtr(np.where(scale > 0, (x - point) / scale, np.where(x < point, -np.inf, np.inf)))

@@ -180,8 +180,8 @@ def predict_rows(rewards, n, upper_bound=None, groups=None, tail_fraction: float
     if top_level is None:
         top_level = top_level_rows(pooled["tied_top"], pooled["open_top"], labels) if stats else np.zeros(0)
     top_level = np.asarray(top_level, dtype=float)
-    parts = [_predict_block(rows, n_table[s], continuity[s], continuity[s] * (1.0 - top_level[s]), heavy[s],
-                            tail_fraction, confidence) for rows, s in blocks]
+    parts = [_predict_block(rows, n_table[s], continuity[s], top_level[s], heavy[s], tail_fraction, confidence)
+             for rows, s in blocks]
     if not parts:
         empty = np.zeros((0, n_table.shape[1]))
         return Predictions(n_table, empty, empty, empty, empty, empty, empty, empty, np.zeros(0), np.zeros(0),
@@ -271,7 +271,7 @@ def _heavy_rows(kurtosis_z, kurtosis_row, groups) -> np.ndarray:
 
 # --- one block of rows -----------------------------------------------------------------------
 
-def _predict_block(rows: SampleRows, n_table, continuity, interval_continuity, heavy, tail_fraction, confidence) -> dict:
+def _predict_block(rows: SampleRows, n_table, continuity, top_level, heavy, tail_fraction, confidence) -> dict:
     mu, sigma, _, _ = fit_tail_rows(rows.ordered, tail_fraction)  # the paper's fit (the order does not matter)
     e_n = expected_max_table(n_table)
     ceiling = rows.bound[:, None]
@@ -307,9 +307,11 @@ def _predict_block(rows: SampleRows, n_table, continuity, interval_continuity, h
     full_upper = _to_reward(rows, full_centre - full_low * spread, fit_sigma, n_table)
     level_lower, level_upper = level_interval(rows, n_table, plug_in, alpha)
     level_upper = np.maximum(level_upper, np.where(spread > 0, full_upper, level_upper))
+    # The interval's weight of the continuous model: c (1 - t), t the chance that the top is a level.
     # At the bound or with a degenerate tail fit only the levels' interval applies; a weight within
     # 0.01 of 0 or 1 counts as 0 or 1, so that a clear case keeps its own ends (one at B stays at B).
-    c = np.clip((np.where((rows.top < rows.bound) & (fit_sigma > 0), interval_continuity, 0.0) - 0.01) / 0.98, 0.0, 1.0)
+    continuous = np.where((rows.top < rows.bound) & (fit_sigma > 0), continuity * (1.0 - top_level), 0.0)
+    c = np.clip((continuous - 0.01) / 0.98, 0.0, 1.0)
     normal_point = _to_reward(rows, centre, fit_sigma, n_table)
     mixed_lower, mixed_upper = mixture_interval(c[:, None], (normal_lower, normal_point, normal_upper),
                                                 (level_lower, plug_in, level_upper), alpha)
