@@ -8,7 +8,7 @@ generator runs one request at a time so that each rollout depends only on its ow
 from __future__ import annotations
 
 from actors.formatting import make_rollout, new_token_limit, prompt_token_ids, reward_token_ids
-from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
+from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, scores_prefixes
 from pipeline.distributed.grading import make_grader
 
 
@@ -83,6 +83,7 @@ class HFRewardModel:
         self.batch_size = int(settings.get("batch_size", 16))
         self.max_length = int(settings.get("max_length", 4096))
 
+    @scores_prefixes
     def score(self, requests: list[ScoreRequest]) -> list[Score]:
         ids = [reward_token_ids(self.tokenizer, r.prompt.text, r.response_text, self.max_length) for r in requests]
         return [Score(r.request_id, reward, num_tokens=len(i)) for r, reward, i in zip(requests, self.score_ids(ids), ids)]

@@ -32,7 +32,7 @@ from array import array
 
 import numpy as np
 
-from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix
+from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest, StatePrefix, scores_prefixes
 from pipeline.offline.worlds import make_world
 
 # A simulated response: "[<state ROOT_SEED>] <sim rollout SEED>" (the state's text, then the rollout's own);
@@ -181,6 +181,7 @@ class SimRewardModel:
         self.sim = _SimWorld(family, params, state_tokens, mean_response_tokens, short_rollout_fraction)
         self.latency_per_item_s = float(latency_per_item_s)
 
+    @scores_prefixes
     def score(self, requests: list[ScoreRequest]) -> list[Score]:
         if self.latency_per_item_s > 0:
             time.sleep(self.latency_per_item_s * len(requests))
@@ -232,6 +233,7 @@ class FreeRewardModel:
     def __init__(self, **_ignored):
         pass
 
+    @scores_prefixes
     def score(self, requests: list[ScoreRequest]) -> list[Score]:
         return [Score(r.request_id, int.from_bytes(hashlib.blake2b(r.response_text.encode(), digest_size=8).digest(),
                                                    "little") / 2**64) for r in requests]

@@ -22,7 +22,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from actors.formatting import make_rollout, new_token_limit, prompt_token_ids, reward_token_ids
-from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest
+from pipeline.distributed.contract import PromptInput, Rollout, RolloutRequest, Score, ScoreRequest, scores_prefixes
 from pipeline.distributed.grading import make_grader
 
 log = logging.getLogger("slg")
@@ -196,6 +196,7 @@ class VLLMRewardModel:
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()  # the engine's core process now, not at interpreter exit
 
+    @scores_prefixes
     def score(self, requests: list[ScoreRequest]) -> list[Score]:
         if not requests:
             return []

@@ -1,16 +1,17 @@
 """The engine contract: what a generator and a reward model are asked, and what they answer.
 
 Plain dataclasses, no engine imports. A generator turns rollout requests into rollouts; a reward
-model turns (prompt, response) pairs into scores. Each method takes a batch and returns one
-answer per item, in order. The fields are what a real engine produces and reads (token ids,
-text, counts, grades); a simulated engine encodes its world in the same fields (its tokens and
-texts), so no field exists for the simulator alone. Backends (``sim``, ``vllm``, ``hf`` in
-``actors``) implement these and are chosen by name in ``pipeline.distributed.backends``; the driver only
-ever sees these types.
+model turns (prompt, response) pairs into scores (and, asked, the response's state prefix alone:
+``scores_prefixes``). Each method takes a batch and returns one answer per item, in order. The
+fields are what a real engine produces and reads (token ids, text, counts, grades); a simulated
+engine encodes its world in the same fields (its tokens and texts), so no field exists for the
+simulator alone. Backends (``sim``, ``vllm``, ``hf`` in ``actors``) implement these and are chosen
+by name in ``pipeline.distributed.backends``; the driver only ever sees these types.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -79,17 +80,46 @@ class Rollout:
 
 @dataclass(frozen=True)
 class ScoreRequest:
+    """One response to score. ``prefix_text``: also score this text alone, the prefix of the state the
+    response passed through (a partial response, as Speculative Rejection scores them; ``slg_share``
+    reads it), answered in the same ``Score``: one item the driver sends and unpacks, not two."""
+
     request_id: int
     prompt: PromptInput
     response_text: str
+    prefix_text: str | None = None
 
 
 @dataclass
 class Score:
+    """``prefix_reward`` and ``prefix_num_tokens``: the score of the request's ``prefix_text`` and the
+    tokens read for it (None and 0 where it asked for none)."""
+
     request_id: int
     reward: float
     num_tokens: int = 0
     extra: dict = field(default_factory=dict)
+    prefix_reward: float | None = None
+    prefix_num_tokens: int = 0
+
+
+def scores_prefixes(score):
+    """A reward model's ``score`` method (one ``Score`` per request, read from its ``response_text``)
+    that also answers ``ScoreRequest.prefix_text``: each prefix asked for is scored as one more
+    request of the same batch, and its score goes back into its response's ``Score``."""
+
+    @functools.wraps(score)
+    def with_prefixes(self, requests: list[ScoreRequest]) -> list[Score]:
+        asked = [i for i, request in enumerate(requests) if request.prefix_text is not None]
+        if not asked:
+            return score(self, requests)
+        prefixes = [ScoreRequest(requests[i].request_id, requests[i].prompt, requests[i].prefix_text) for i in asked]
+        answers = score(self, [*requests, *prefixes])
+        for i, prefix in zip(asked, answers[len(requests):]):
+            answers[i].prefix_reward, answers[i].prefix_num_tokens = prefix.reward, prefix.num_tokens
+        return answers[:len(requests)]
+
+    return with_prefixes
 
 
 class Generator(Protocol):
@@ -97,4 +127,6 @@ class Generator(Protocol):
 
 
 class RewardModel(Protocol):
+    """Answers ``prefix_text`` too (``scores_prefixes`` does that for any ``score``)."""
+
     def score(self, requests: list[ScoreRequest]) -> list[Score]: ...

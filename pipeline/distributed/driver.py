@@ -95,6 +95,7 @@ class _Ticket:
     root_index: int | None
     sequence: int
     rollout: Rollout | None = None
+    prefix: tuple | None = None  # token ids of the state prefix scored with this rollout (``ScoreRequest.prefix_text``)
 
 
 class Driver:
@@ -117,7 +118,6 @@ class Driver:
         self.total = len(searches)
         self.active: list[SearchRecord] = []
         self.tickets: dict[int, _Ticket] = {}
-        self.prefix_tickets: dict[int, tuple[SearchRecord, tuple]] = {}  # a state's prefix, scored alone
         self.request_ids = itertools.count()
         self.finished_totals = Ledger()  # of searches already finished; active ones add theirs in progress()
         self.searches_done = 0
@@ -220,27 +220,22 @@ class Driver:
             ticket.rollout = rollout
             search = ticket.search
             search.record_rollout(rollout, ticket.slot, ticket.position, ticket.root_index)
-            self.scoring.put(None, ScoreRequest(rollout.request_id, search.prompt, rollout.response_text))
+            # a new state's prefix is scored alone (a partial response, as Speculative Rejection scores
+            # them) in the same item as the rollout that revealed it
+            prefix = None
             if ticket.root_index is not None and search.wants_prefix_score(ticket.slot, rollout.state):
-                self._score_prefix(search, rollout.state)
-
-    def _score_prefix(self, search: SearchRecord, state) -> None:
-        """The reward model's score of a new state's prefix alone (one short call: a partial response,
-        as Speculative Rejection scores them); the search's round waits for it."""
-        request_id = next(self.request_ids)
-        self.prefix_tickets[request_id] = (search, state.token_ids)
-        search.waiting += 1
-        self.scoring.put(None, ScoreRequest(request_id, search.prompt, state.text))
+                prefix, ticket.prefix = rollout.state.text, rollout.state.token_ids
+            self.scoring.put(None, ScoreRequest(rollout.request_id, search.prompt, rollout.response_text, prefix))
 
     def _on_scores(self, scores: list[Score], finished: list[dict]) -> None:
         for score in scores:
-            if score.request_id in self.prefix_tickets:
-                search, token_ids = self.prefix_tickets.pop(score.request_id)
-                search.record_prefix_score(token_ids, float(score.reward), score.num_tokens)
-                self._one_less_waiting(search, finished)
-                continue
             ticket = self.tickets.pop(score.request_id)
             search, rollout = ticket.search, ticket.rollout
+            if ticket.prefix is not None:
+                if score.prefix_reward is None:
+                    raise RuntimeError(f"the reward model left the prefix of request {score.request_id} unscored "
+                                       "(its score method needs contract.scores_prefixes)")
+                search.record_prefix_score(ticket.prefix, float(score.prefix_reward), score.prefix_num_tokens)
             reward = float(score.reward)
             search.ledger.add_score(score.num_tokens)
             if not math.isfinite(reward):

@@ -80,7 +80,7 @@ class Ledger:
     rollouts_scored: int = 0
     state_prompt_tokens: int = 0   # prompt tokens of rollouts from states, and their cached part:
     state_cached_tokens: int = 0   # how well the prefix cache serves states
-    prefixes_scored: int = 0       # the reward model's calls on a state's prefix alone (slg_share)
+    prefixes_scored: int = 0       # the reward model's reads of a state's prefix alone (slg_share)
 
     def add_rollout(self, rollout: Rollout, from_state: bool, new_response: bool = True) -> None:
         """``new_response`` False: a chunk continuing a response, which is not another rollout (its tokens count)."""

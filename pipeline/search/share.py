@@ -4,8 +4,8 @@ states; ``slg_adaptive`` elsewhere.
 
 Pure numpy. Every episode starts with the same prompt draws (``slg_adaptive``'s root), each of which
 reveals the state it passed through (root rollouts with one prefix are one state) and is scored; the
-reward model also scores each revealed state's *prefix alone* (one short call per state,
-``Rollouts.state_score``). The *share rounds* then top the root up to ``share.root_fraction`` of N
+reward model also scores each revealed state's *prefix alone* (one short read per state, with its
+root rollout's score: ``Rollouts.state_score``). The *share rounds* then top the root up to ``share.root_fraction`` of N
 (where it is smaller), give one state ``share.state_share`` of what that fraction leaves (or what the
 root left, if less) and fresh prompt draws the rest, in two halves: if the state's first half
 averages below the root's rewards (a choice that misled), or only repeats the state (none above its

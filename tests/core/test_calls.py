@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors.sim import SimGenerator, SimRewardModel
+from actors.sim import FreeRewardModel, SimGenerator, SimRewardModel
 from pipeline.distributed.calls import RayCalls, with_packed_calls
-from pipeline.distributed.contract import PromptInput, RolloutRequest, ScoreRequest
+from pipeline.distributed.contract import PromptInput, RolloutRequest, Score, ScoreRequest, scores_prefixes
 
 PROMPT = PromptInput("p", "a prompt")
 
@@ -66,6 +66,39 @@ def test_answers_plain_pickle_refuses_come_back_through_cloudpickle():
     scores = pickle.loads(with_packed_calls(Annotating)().score_packed(pickle.dumps(requests)))
     assert scores[0].extra["verdict"].text == "fine" and scores[0].extra["weigh"](3) == 6
     assert scores[0].reward == SimRewardModel().score(requests)[0].reward
+
+
+class LengthScorer:
+    """Scores a text by its length and reads as many tokens; keeps the batches it was handed."""
+
+    def __init__(self):
+        self.batches = []
+
+    @scores_prefixes
+    def score(self, requests):
+        self.batches.append([r.response_text for r in requests])
+        return [Score(r.request_id, float(len(r.response_text)), num_tokens=10 * len(r.response_text)) for r in requests]
+
+
+def test_a_prefix_asked_for_is_scored_in_the_same_batch_and_answered_with_its_response():
+    scorer = LengthScorer()
+    requests = [ScoreRequest(0, PROMPT, "abcdef", "ab"), ScoreRequest(1, PROMPT, "xyz"),
+                ScoreRequest(2, PROMPT, "pqrstuvw", "pqrs")]
+    scores = scorer.score(requests)
+    assert scorer.batches == [["abcdef", "xyz", "pqrstuvw", "ab", "pqrs"]]  # one call of the wrapped method
+    assert [(s.request_id, s.reward, s.num_tokens) for s in scores] == [(0, 6.0, 60), (1, 3.0, 30), (2, 8.0, 80)]
+    assert [(s.prefix_reward, s.prefix_num_tokens) for s in scores] == [(2.0, 20), (None, 0), (4.0, 40)]
+    assert scorer.score([ScoreRequest(3, PROMPT, "q")])[0].prefix_reward is None and scorer.batches[-1] == ["q"]
+
+
+@pytest.mark.parametrize("backend", [SimRewardModel, FreeRewardModel])
+def test_the_simulated_reward_models_score_a_prefix_asked_for_as_they_score_it_alone(backend):
+    """(The engines' own, vLLM's and transformers', are checked in tests/vllm/test_toy_engines.py.)"""
+    rollout = SimGenerator().generate([RolloutRequest(0, PROMPT, None, seed=5)])[0]
+    score, = backend().score([ScoreRequest(0, PROMPT, rollout.response_text, rollout.state.text)])
+    alone, = backend().score([ScoreRequest(0, PROMPT, rollout.state.text)])
+    assert (score.prefix_reward, score.prefix_num_tokens) == (alone.reward, alone.num_tokens)
+    assert score.reward == backend().score([ScoreRequest(0, PROMPT, rollout.response_text)])[0].reward
 
 
 class FakeRay:

@@ -55,12 +55,15 @@ class FewPrefixes(SimGenerator):
 
 
 class CountingRewardModel(SimRewardModel):
+    """Keeps every text it is asked to score (responses and prefixes) and the number of items sent."""
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.texts = []
+        self.texts, self.items = [], 0
 
     def score(self, requests):
-        self.texts += [r.response_text for r in requests]
+        self.texts += [r.response_text for r in requests] + [r.prefix_text for r in requests if r.prefix_text is not None]
+        self.items += len(requests)
         return super().score(requests)
 
 
@@ -97,17 +100,32 @@ def test_root_rollouts_with_one_prefix_are_one_state_whatever_the_round_and_arri
 
 
 def test_each_new_prefix_is_scored_once_by_the_reward_model_and_told_to_the_policy():
-    (first, second), reward, _ = run(FewPrefixes())
+    (first, second), reward, row = run(FewPrefixes())
     prefixes = [t for t in reward.texts if " <sim rollout" not in t]
-    assert sorted(prefixes) == sorted(set(prefixes)) and len(prefixes) == 3  # three prefixes, one call each
+    assert sorted(prefixes) == sorted(set(prefixes)) and len(prefixes) == 3  # three prefixes, each scored once
+    assert reward.items == 24 == row["rollouts"]  # each rides with the rollout that revealed it: no item of its own
     scores = np.concatenate([first.state_score[0], second.state_score[0]])
     expected = {p: SimRewardModel().score([ScoreRequest(0, PromptInput("p", "a prompt"), p)])[0].reward for p in prefixes}
     for k, score in enumerate(scores):
         assert score == expected[f"<state {prefix_of_root_rollout(k)}>"]
 
 
+class IgnoresPrefixes(SimRewardModel):
+    """A reward model whose ``score`` reads responses only (no ``contract.scores_prefixes``)."""
+
+    def score(self, requests):
+        return [SimRewardModel._one(self, r) for r in requests]
+
+
+def test_a_reward_model_that_leaves_a_prefix_unscored_stops_the_run_saying_so():
+    spec = SearchSpec(PromptInput("p", "a prompt"), "two_root_rounds", 24, TwoRootRounds, SearchConfig())
+    driver = Driver([spec], [FewPrefixes()], [IgnoresPrefixes()], DriverConfig(), 0, LocalCalls())
+    with pytest.raises(RuntimeError, match="left the prefix of request .* unscored"):
+        driver.step(None)
+
+
 def test_only_a_request_that_asks_gets_its_prefixes_scored():
-    """A prefix score is one more reward-model call: a request that does not ask (``score_prefixes``)
+    """A prefix score is one more reward-model read: a request that does not ask (``score_prefixes``)
     gets none, though its root rollouts reveal new states, and is told no scores; the row's
     correlation is over the rollouts that asked."""
     (first, second), reward, row = run(FewPrefixes(kinds=None), policy=ScoredThenNot)

@@ -93,6 +93,15 @@ def test_the_trained_reward_model_scores_alike_in_transformers_and_vllm(engines)
     right = np.array([r.correct for r in rollouts])
     assert 0 < right.sum() < len(right)
     assert vllm_scores[:64][right].mean() > vllm_scores[:64][~right].mean()
+    # a state prefix asked for with its response is scored as it is alone (batching: within float32's 2e-5)
+    cut = [i for i, r in enumerate(rollouts) if r.state is not None][:8]
+    with_prefix = [ScoreRequest(i, prompts[i % 16], rollouts[i].response_text, rollouts[i].state.text) for i in cut]
+    alone = [ScoreRequest(i, prompts[i % 16], rollouts[i].state.text) for i in cut]
+    for engine in (reward, HFRewardModel(toy_settings("reward"))):
+        both, prefixes = engine.score(with_prefix), engine.score(alone)
+        assert np.abs(np.array([s.prefix_reward for s in both]) - [s.reward for s in prefixes]).max() < 2e-5
+        assert [s.prefix_num_tokens for s in both] == [s.num_tokens for s in prefixes]
+        assert np.abs(np.array([s.reward for s in both]) - vllm_scores[cut]).max() < 2e-5
 
 
 def test_the_driver_reports_what_the_toy_rollouts_say(engines):
