@@ -179,12 +179,12 @@ class Driver:
         while (self.queue and len(self.active) < self.settings.max_concurrent_prompts
                and within_window(self.active, self.admitted, self.in_order_window)):
             spec = self.queue.popleft()
-            rng = np.random.default_rng(derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget))
+            seed = derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget)  # of the policy's rng
             search = SearchRecord(spec, None, self.answers_vote)
             search.order, self.admitted = self.admitted, self.admitted + 1
             true_value = true_values_of(search, self.ground_truth) if spec.policy_class.needs_true_values else None
             with self.clock.policy:
-                search.policy = spec.policy_class(spec.budget, 1, spec.search_config, rng=rng, true_value=true_value)
+                search.policy = spec.policy_class(spec.budget, 1, spec.search_config, rng=seed, true_value=true_value)
             self.active.append(search)
             self._plan(search, finished)
 

@@ -43,7 +43,7 @@ def prefix_correlation(scores: np.ndarray, rewards: np.ndarray, weights: np.ndar
         return math.nan
     ds, dr = s - w @ s, r - w @ r
     var_s, var_r = w @ (ds * ds), w @ (dr * dr)
-    return float(np.clip(w @ (ds * dr) / math.sqrt(var_s * var_r), -1.0, 1.0))
+    return min(1.0, max(-1.0, float(w @ (ds * dr) / math.sqrt(var_s * var_r))))  # rounding can step past +-1
 
 
 @dataclass(frozen=True)

@@ -880,3 +880,10 @@ def test_adaptive_min_rollouts_below_two_is_refused_naming_the_key(value, accept
         return
     with pytest.raises(ConfigError, match=rf"search\.adaptive\.min_rollouts must be >= 2 .*got {value}"):
         validate_search_config(config, [64])
+
+
+def test_a_policy_handed_a_seed_draws_as_one_handed_the_generator_of_that_seed():
+    """The driver hands each search a seed (a Generator is made only where the policy draws)."""
+    drawn = [BestOfN(4, 1, rng=rng).rng.random(3) for rng in (7, np.random.default_rng(7), 8, None)]
+    assert (drawn[0] == drawn[1]).all() and (drawn[0] != drawn[2]).all()
+    assert (drawn[3] == np.random.default_rng(0).random(3)).all()
