@@ -275,6 +275,10 @@ class SearchRecord:
                 results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :],
                                         s.root_index[None, :], None, s.finished[None, :]))
                 continue
+            if s.node != ROOT:  # rollouts from a state reveal no state: every index is -1, as root_index holds
+                results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :],
+                                        s.root_index[None, :], np.full((1, s.count), np.nan) if s.score_prefixes else None))
+                continue
             prefixes = [self.states[k].token_ids if k >= 0 else None for k in s.root_index.tolist()]
             index = np.array([first[p] if p is not None else -1 for p in prefixes])
             score = None
