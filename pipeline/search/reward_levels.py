@@ -51,7 +51,14 @@ def _enough_repeats(rewards: np.ndarray) -> np.ndarray:
 def repeats(rewards: np.ndarray) -> np.ndarray:
     """Per row, how many rewards equal another one before them in sorted order: the row's scored
     rewards less its distinct ones (NaN, a dropped score, sorts last and equals nothing)."""
-    return (np.diff(np.sort(rewards, axis=1), axis=1) == 0).sum(axis=1)
+    ordered = np.sort(rewards, axis=1)
+    return (ordered[:, 1:] == ordered[:, :-1]).sum(axis=1)  # (np.diff is a Python wrapper: a cost a driver's search feels)
+
+
+def best_of_finite(rewards: np.ndarray) -> np.ndarray:
+    """Each row's largest reward, NaN (a dropped score) left out; -inf for a row with none.
+    ``np.nanmax(rewards, axis=1, initial=-np.inf)``'s value at a third of its cost on one-row calls."""
+    return np.fmax.reduce(rewards, axis=1, initial=-np.inf)
 
 
 REPEAT_CHECK_MIN_ROLLOUTS = 2   # from this many, a first half of one reward only repeats (N >= 12 with the defaults)
@@ -68,7 +75,7 @@ def repeats_itself(first_half: np.ndarray, own_best: np.ndarray) -> np.ndarray:
     what the root holds, where fresh prompt draws find new ones. A small first half (N = 12-30 with
     the defaults) only counts when all its rewards are equal: a wide state's few rollouts often tie."""
     scored = (~np.isnan(first_half)).sum(axis=1)
-    top = np.nanmax(first_half, axis=1, initial=-np.inf)
+    top = best_of_finite(first_half)
     distinct = scored - repeats(first_half)
     most_distinct = np.where(scored >= REPEAT_CHECK_ROLLOUTS, REPEAT_CHECK_DISTINCT - 1, 1)
     return (scored >= REPEAT_CHECK_MIN_ROLLOUTS) & (distinct <= most_distinct) & (top <= own_best)
@@ -79,7 +86,7 @@ def modal_share(rewards: np.ndarray) -> np.ndarray:
     NaN, a dropped score, sorts last and equals nothing): ``share.modal_check``'s measure of a state
     that mostly repeats one response."""
     ordered = np.sort(rewards, axis=1)
-    same = np.diff(ordered, axis=1) == 0
+    same = ordered[:, 1:] == ordered[:, :-1]
     position = np.arange(same.shape[1])
     run = position - np.maximum.accumulate(np.where(same, -1, position), axis=1)  # equal neighbours in a row, ending here
     longest = run.max(axis=1, initial=0) + 1

@@ -150,7 +150,7 @@ class SharedSLG(AdaptiveSLG):
             keep &= ~((full | committed) & (reward_levels.modal_share(state_part.rewards) >= settings.modal_check))
         if settings.prompt_check and (keep & by_evidence).any():
             drawn_so_far = np.concatenate([root.rewards, prompt_part.rewards, state_part.rewards], axis=1)
-            best = np.nanmax(drawn_so_far, axis=1, initial=-np.inf)  # the best so far, a dropped score left out
+            best = reward_levels.best_of_finite(drawn_so_far)  # the best so far, a dropped score left out
             keep &= ~self._prompt_beats_state(root, moments, state_part.rewards, best, to_state - first_state,
                                               keep & by_evidence)
         rest_state = np.where(keep, to_state - first_state, 0)
@@ -236,7 +236,7 @@ class SharedSLG(AdaptiveSLG):
             # as in _best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own
             # width, Var(s) - Cov(s, r) the prefix score's noise (the rule needs it above the width)
             narrow = (var_reward - covariance < NARROW_GRID * covariance) & (var_reward < var_score)
-            at_best = root.rewards == np.nanmax(root.rewards, axis=1, initial=-np.inf)[:, None]
+            at_best = root.rewards == reward_levels.best_of_finite(root.rewards)[:, None]
             known &= ~(reward_levels.on_a_grid(root) & narrow)[:, None] | at_best
         spread = _sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
         rank = (_in_sds(root.state_score, mean_score, var_score)
@@ -337,7 +337,7 @@ NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this sh
 def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:
     """Per episode, the best reward among the root rollouts through ``state`` (-inf where none, as
     for NO_NODE); the share rounds run only where the root's states are known."""
-    return np.nanmax(np.where(root.state_index == state[:, None], root.rewards, np.nan), axis=1, initial=-np.inf)
+    return reward_levels.best_of_finite(np.where(root.state_index == state[:, None], root.rewards, np.nan))
 
 
 def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:
