@@ -106,7 +106,9 @@ class Score:
 def scores_prefixes(score):
     """A reward model's ``score`` method (one ``Score`` per request, read from its ``response_text``)
     that also answers ``ScoreRequest.prefix_text``: each prefix asked for is scored as one more
-    request of the same batch, and its score goes back into its response's ``Score``."""
+    request of the same batch, and its score goes back into its response's ``Score``. The method
+    is synchronous (every backend's is), and sees a prefix under its response's ``request_id``; a
+    batch of ``driver.max_batch_scores`` items can so hold up to twice as many texts."""
 
     @functools.wraps(score)
     def with_prefixes(self, requests: list[ScoreRequest]) -> list[Score]:

@@ -169,8 +169,8 @@ class SearchRecord:
         # prefix token ids -> the reward model's score of the prefix alone (NaN: not finite), for the
         # requests that ask for them (``Request.score_prefixes``); None while its score is on its way
         self.prefix_scores: dict[tuple, float | None] = {}
-        # each rollout of those requests: its state prefix score (NaN but for root rollouts) and its
-        # reward, the row's ``prefix_correlation``
+        # each root rollout of those requests: its state prefix score (NaN where it revealed no state)
+        # and its reward, the row's ``prefix_correlation`` (rollouts from a state have no pair)
         self.prefix_pair_scores: list[np.ndarray] = []
         self.prefix_pair_rewards: list[np.ndarray] = []
         self.slots: list[Slot] = []
@@ -284,7 +284,7 @@ class SearchRecord:
             score = None
             if s.score_prefixes:
                 score = np.array([self.prefix_scores.get(p) if p is not None else math.nan for p in prefixes], dtype=float)
-                self.prefix_pair_scores.append(score)  # NaN but for root rollouts, the only ones with a state
+                self.prefix_pair_scores.append(score)  # NaN where a root rollout was too short to cut a state
                 self.prefix_pair_rewards.append(s.rewards)
             results.append(Rollouts(s.rewards[None, :], s.can_branch[None, :], s.correct[None, :], index[None, :],
                                     None if score is None else score[None, :]))

@@ -3,7 +3,8 @@ scaling with replicas. A benchmark measures; nothing here asserts a speed.
 
 - Pipeline: P prompts x one budget x one method through Ray actors and the driver, after every
   engine is up (engine start is not counted). Reports rollouts/s (responses started), RM items/s
-  (every score: a chunk of a response that grows, ``spec_rejection``, is scored once per chunk),
+  (every text the reward model scores: a chunk of a response that grows, ``spec_rejection``, is
+  scored once per chunk, and a state's prefix alone, ``slg_share``, rides in its root rollout's item),
   generated tokens/s, RM tokens/s, each replica's busy fraction (time with a call in flight), the
   cached share of prompt tokens (all rollouts, and state rollouts alone), and the driver's own CPU
   time per rollout and per RM item. On the sim backend also the method's compute multipliers
@@ -85,7 +86,7 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
         "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall, "free_reward": free_reward,
         "generator_replicas": config.generator.num_replicas, "reward_replicas": config.reward.num_replicas,
         "rollouts_per_s": progress["rollouts_generated"] / wall,  # responses started
-        "rm_items_per_s": items / wall,  # every score: chunks of growing responses and prefixes alone included
+        "rm_items_per_s": items / wall,  # every text scored: chunks of growing responses and prefixes alone included
         "tokens_per_s": progress["tokens_generated"] / wall,
         "rm_tokens_per_s": progress["rm_tokens"] / wall,
         "generator_busy": busy["generate"], "reward_busy": busy["score"],

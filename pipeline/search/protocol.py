@@ -42,7 +42,7 @@ class Request:
     max_new_tokens: int | None = None  # each rollout generates at most this many tokens (a chunk); None: whole responses
     grow: bool = False  # continue node k's own partial response (count 1) instead of fresh rollouts from its state
     # the reward model also scores the prefix alone of each new state this request's root rollouts reveal
-    # (``Rollouts.state_score``): one more reward-model call per state, so only where the policy reads it.
+    # (``Rollouts.state_score``): one more reward-model read per state, so only where the policy reads it.
     # A state's prefix is scored once, when a request that asks first meets the state (an earlier request
     # that did not ask leaves it unscored): so the driver scores it, and so a replay counts its tokens
     score_prefixes: bool = False

@@ -43,7 +43,8 @@ def prefix_correlation(scores: np.ndarray, rewards: np.ndarray, weights: np.ndar
         return math.nan
     ds, dr = s - w @ s, r - w @ r
     var_s, var_r = w @ (ds * ds), w @ (dr * dr)
-    return min(1.0, max(-1.0, float(w @ (ds * dr) / math.sqrt(var_s * var_r))))  # rounding can step past +-1
+    value = float(w @ (ds * dr) / math.sqrt(var_s * var_r))  # NaN where both variances underflow
+    return value if math.isnan(value) else min(1.0, max(-1.0, value))  # rounding can step past +-1
 
 
 @dataclass(frozen=True)

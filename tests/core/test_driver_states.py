@@ -8,7 +8,7 @@ from actors.sim import SimGenerator, SimRewardModel
 from pipeline.distributed.calls import LocalCalls
 from pipeline.distributed.config import DriverConfig
 from pipeline.distributed.contract import PromptInput, ScoreRequest, StatePrefix
-from pipeline.distributed.driver import Driver, rollout_seed
+from pipeline.distributed.driver import Driver, derive_seed, rollout_seed
 from pipeline.distributed.search_record import SearchSpec
 from pipeline.search.base import SearchPolicy
 from pipeline.search.bon import BestOfN
@@ -90,9 +90,18 @@ def prefix_of_root_rollout(k: int) -> int:
     return 1000 + rollout_seed(0, "p", "root", k) % 3
 
 
+class NeverAsks(TwoRootRounds):
+    """Two root rounds, neither asking for prefix scores."""
+
+    name = "never_asks"
+    asks = (False, False)
+    told: list = []
+
+
+@pytest.mark.parametrize("policy", [TwoRootRounds, NeverAsks])
 @pytest.mark.parametrize("calls", [LocalCalls, LastFirstCalls])
-def test_root_rollouts_with_one_prefix_are_one_state_whatever_the_round_and_arrival(calls):
-    (first, second), _, _ = run(FewPrefixes(), calls=calls())
+def test_root_rollouts_with_one_prefix_are_one_state_whatever_the_round_and_arrival(calls, policy):
+    (first, second), _, _ = run(FewPrefixes(), calls=calls(), policy=policy)
     index = np.concatenate([first.state_index[0], second.state_index[0]])
     prefix = [prefix_of_root_rollout(k) for k in range(len(index))]
     for k in range(len(index)):
@@ -108,6 +117,32 @@ def test_each_new_prefix_is_scored_once_by_the_reward_model_and_told_to_the_poli
     expected = {p: SimRewardModel().score([ScoreRequest(0, PromptInput("p", "a prompt"), p)])[0].reward for p in prefixes}
     for k, score in enumerate(scores):
         assert score == expected[f"<state {prefix_of_root_rollout(k)}>"]
+
+
+class NaNEveryThirdResponse(CountingRewardModel):
+    """Every third response scores NaN; prefixes score as the sim does."""
+
+    def score(self, requests):
+        scores = super().score(requests)
+        for score in scores:
+            if score.request_id % 3 == 0:
+                score.reward = float("nan")
+        return scores
+
+
+def test_a_dropped_reward_keeps_its_prefix_score_and_every_text_read_counts_its_tokens():
+    TwoRootRounds.told = []
+    reward = NaNEveryThirdResponse()
+    spec = SearchSpec(PromptInput("p", "a prompt"), TwoRootRounds.name, 24, TwoRootRounds, SearchConfig())
+    driver = Driver([spec], [FewPrefixes(kinds=None)], [reward], DriverConfig(max_batch_rollouts=5), 0, LocalCalls(),
+                    drop_nonfinite=True)
+    (row,), progress = driver.step(None)
+    (first, second), = TwoRootRounds.told
+    rewards = np.concatenate([first.rewards[0], second.rewards[0]])
+    assert np.isnan(rewards).sum() == 8 and row["dropped_scores"] == 8
+    assert np.isfinite(np.concatenate([first.state_score[0], second.state_score[0]])).all()  # 24 states, 24 scores
+    tokens = [SimRewardModel().score([ScoreRequest(0, PromptInput("p", "a prompt"), t)])[0].num_tokens for t in reward.texts]
+    assert len(reward.texts) == 48 and progress["rm_tokens"] == sum(tokens) and progress["prefixes_scored"] == 24
 
 
 class IgnoresPrefixes(SimRewardModel):
@@ -162,6 +197,27 @@ class RootThenState(SearchPolicy):
         RootThenState.told.append((root, state))
 
 
+class RootThenStateAsking(RootThenState):
+    """As RootThenState, and the state's round asks for prefix scores too."""
+
+    name = "root_then_state_asking"
+    told: list = []
+
+    def _search(self):
+        (root,) = yield [Request.uniform(ROOT, self.budget // 2, 1, score_prefixes=True)]
+        (state,) = yield [Request.uniform(0, self.budget - self.budget // 2, 1, score_prefixes=True)]
+        RootThenStateAsking.told.append((root, state))
+
+
+def test_rollouts_from_a_state_reveal_no_state_and_have_no_prefix_score_even_where_asked():
+    rows = run_rows(RootThenStateAsking, 40)
+    (root, state), = RootThenStateAsking.told
+    assert state.state_score.shape == (1, 20) and np.isnan(state.state_score).all()
+    assert (state.state_index == -1).all() and not state.can_branch.any()
+    expected = np.corrcoef(root.state_score[0], root.rewards[0])[0, 1]  # the state's rollouts are no pairs
+    assert rows[RootThenStateAsking.name]["prefix_correlation"] == pytest.approx(expected, abs=1e-12)
+
+
 def run_rows(policy_class, budget):
     policy_class.told = []
     specs = [SearchSpec(PromptInput("p", "a prompt"), policy_class.name, budget, policy_class, SearchConfig()),
@@ -193,3 +249,29 @@ def test_the_correlation_leaves_out_rollouts_from_states_and_is_null_where_undef
     expected = np.corrcoef(root.state_score[0], root.rewards[0])[0, 1]
     assert rows[RootThenState.name]["prefix_correlation"] == pytest.approx(expected, abs=1e-12)
     assert run_rows(RootThenState, 4)[RootThenState.name]["prefix_correlation"] is None  # 2 root rollouts
+
+
+class DrawsFirst(BestOfN):
+    """Best-of-N that first draws one number from its rng (as state_selection=random draws)."""
+
+    name = "draws_first"
+    draws: dict = {}
+
+    def _search(self):
+        DrawsFirst.draws[self.budget] = DrawsFirst.draws.get(self.budget, []) + [self.rng.random()]
+        yield from super()._search()
+
+
+def test_each_search_draws_from_its_own_seed_the_same_in_every_run():
+    """A policy's rng is seeded by (run seed, prompt, method, budget): searches differ, runs repeat."""
+    runs = []
+    for _ in range(2):
+        DrawsFirst.draws = {}
+        specs = [SearchSpec(PromptInput(p, "a prompt"), DrawsFirst.name, n, DrawsFirst, SearchConfig())
+                 for p in ("p1", "p2") for n in (4, 8)]
+        Driver(specs, [SimGenerator()], [SimRewardModel()], DriverConfig(), 0, LocalCalls()).step(None)
+        runs.append(DrawsFirst.draws)
+    assert runs[0] == runs[1]
+    draws = runs[0][4] + runs[0][8]
+    assert len(set(draws)) == 4
+    assert runs[0][8][1] == np.random.default_rng(derive_seed(0, "p2", DrawsFirst.name, 8)).random()

@@ -38,6 +38,15 @@ def test_pairs_with_a_missing_side_are_left_out_and_too_few_say_nothing():
         prefix_correlation([1.0, 2.0, 3.0], [1.0, 2.0])
 
 
+def test_the_correlation_stays_within_one_and_is_nan_where_both_variances_underflow():
+    # exactly linear pairs whose computed correlation rounds to 1 + 2.2e-16 (found by a seeded search)
+    x = np.array([0.36159505490948474, 1.3040000451301372, 0.9470809631292422, -0.7037352358069926, -1.2654214710460525])
+    assert prefix_correlation(3.1 * x + 0.7, 0.3 * x - 2.0) == 1.0
+    assert prefix_correlation(3.1 * x + 0.7, -0.3 * x - 2.0) == -1.0
+    with np.errstate(invalid="ignore"):  # spreads of 1e-170: their squares underflow to 0, and 0 / 0 says nothing
+        assert math.isnan(prefix_correlation([1e-170, 2e-170, 3e-170], [1e-170, 2e-170, 4e-170]))
+
+
 def test_the_signal_is_the_mean_over_prompts_with_its_students_t_interval():
     signal = PrefixSignal.of([0.1, np.nan, 0.3, 0.5])
     assert (signal.mean, signal.num_prompts) == (pytest.approx(0.3), 3)
