@@ -41,6 +41,9 @@ def add_parsers(commands) -> None:
     bench.add_argument("--free-rm", action="store_true",
                        help="score at no cost (meaningless rewards): the generator path alone, without an RM competing for CPU")
     bench.add_argument("--replicas", type=distinct_positive_ints, help="scaling: generator replica counts, e.g. 1,2,4,8")
+    bench.add_argument("--repeats", type=int,
+                       help="run the pipeline workload this many times on the same replicas, each with its own seed, "
+                            "and report each figure's median and range (default 1)")
     bench.add_argument("--out", help="write the measurements as JSON here")
     add_overrides(bench)
     bench.set_defaults(handler=run_bench)
@@ -75,11 +78,19 @@ def run_collect(args) -> int:
 
 
 def run_bench(args) -> int:
-    from pipeline.jobs.benchmark import bench_pipeline, bench_raw_engine, bench_scaling, format_metrics, workload_prompts
+    from pipeline.jobs.benchmark import (
+        bench_pipeline,
+        bench_raw_engine,
+        bench_scaling,
+        format_metrics,
+        format_runs,
+        runs_summary,
+        workload_prompts,
+    )
 
     config = job_config(args, {"bench.prompts": args.prompts, "bench.budget": args.budget, "bench.method": args.method,
                                "bench.raw": args.raw or None, "bench.free_reward": args.free_rm or None,
-                               "bench.replicas": args.replicas, "bench.out": args.out})
+                               "bench.replicas": args.replicas, "bench.repeats": args.repeats, "bench.out": args.out})
     settings = config.bench
     report: dict = {"command": "slg bench " + " ".join(sys.argv[2:])}
     if settings.replicas:
@@ -89,9 +100,13 @@ def run_bench(args) -> int:
                   f"scaling efficiency {row['scaling_efficiency']:.2f}")
     else:
         measured = bench_pipeline(config, workload_prompts(config.data, settings.prompts), settings.method,
-                                  settings.budget, record_requests=settings.raw, free_reward=settings.free_reward)
+                                  settings.budget, record_requests=settings.raw, free_reward=settings.free_reward,
+                                  repeats=settings.repeats)
         report["pipeline"] = measured["metrics"]
-        print(format_metrics(measured["metrics"]))
+        print(("" if settings.repeats == 1 else f"run 1 of {settings.repeats}:\n") + format_metrics(measured["metrics"]))
+        if settings.repeats > 1:
+            report["runs"], report["summary"] = measured["runs"], runs_summary(measured["runs"])
+            print(format_runs(report["summary"], settings.repeats))
         if settings.raw:
             report["raw"] = bench_raw_engine(config, measured["requests"])
             report["efficiency"] = measured["metrics"]["tokens_per_s"] / report["raw"]["tokens_per_s"]

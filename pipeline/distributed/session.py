@@ -74,7 +74,8 @@ class Session:
 
         ray.get([g.generate.remote([]) for g in self.generators] + [r.score.remote([]) for r in self.rewards])
 
-    def start_driver(self, searches: list, observer=None, in_order_window: int | None = None):
+    def start_driver(self, searches: list, observer=None, in_order_window: int | None = None, seed: int | None = None):
+        """The driver actor of ``searches``; ``seed``: the run's seed, ``config.seed`` unless given."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -86,7 +87,7 @@ class Session:
         # On this process's node: losing a worker node loses replicas, never the driver and its searches.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.driver = ray.remote(num_cpus=0, max_restarts=0)(DriverActor).options(scheduling_strategy=here).remote(
-            searches, self.generators, self.rewards, config.driver, config.seed, RayCalls(),
+            searches, self.generators, self.rewards, config.driver, config.seed if seed is None else seed, RayCalls(),
             drop_nonfinite=config.reward.nonfinite == NonFinite.drop, ground_truth=ground_truth_of(config),
             observer=observer, answers_vote=config.generator.backend != Backend.sim, in_order_window=in_order_window)
         return self.driver

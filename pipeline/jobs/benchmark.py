@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from dataclasses import replace
 
@@ -58,11 +59,12 @@ class RequestLog(SearchObserver):
 
 
 def bench_pipeline(config, prompts, method: str, budget: int, record_requests: bool = False,
-                   free_reward: bool = False) -> dict:
+                   free_reward: bool = False, repeats: int = 1) -> dict:
     """``free_reward``: score with the ``free`` reward backend (no CPU or GPU cost) to measure the
-    generator path alone."""
-    import ray
-
+    generator path alone. ``repeats``: the workload that many times on the same replicas, started
+    once, each run with a driver of its own and the seed ``config.seed + k`` (fresh rollouts, so no
+    run is served from another's prefix cache). ``metrics`` and ``requests`` are the first run's;
+    ``runs`` holds every run's metrics."""
     from pipeline.distributed.session import Session
     from pipeline.jobs.searches import search_grid
 
@@ -70,20 +72,37 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
     with Session(config, reward_backend="free" if free_reward else None) as session:
         session.place_replicas()
         session.wait_until_engines_are_up()
-        driver = session.start_driver(searches, RequestLog() if record_requests else None)
-        started, rows = time.perf_counter(), []
-        while True:
-            finished, progress = ray.get(driver.step.remote(config.driver.step_s))
-            rows += finished
-            if progress["done"]:
-                break
-        wall = time.perf_counter() - started
-        progress, busy, requests = ray.get([driver.progress.remote(), driver.busy_fractions.remote(),
-                                            driver.observer_report.remote()])
-    items = progress["rollouts_scored"] + progress["prefixes_scored"]  # every reward-model call: chunks, prefixes
+        measured = [_one_run(session, config, searches, config.seed + k, record_requests and k == 0)
+                    for k in range(repeats)]
+    runs = [run_metrics(config, len(prompts), method, budget, free_reward, *run[:4]) for run in measured]
+    return {"metrics": runs[0], "runs": runs, "requests": measured[0][4]}
+
+
+def _one_run(session, config, searches, seed: int, record_requests: bool) -> tuple:
+    """(wall s, final progress, busy fractions, result rows, recorded requests) of one driver's run."""
+    import ray
+
+    driver = session.start_driver(searches, RequestLog() if record_requests else None, seed=seed)
+    started, rows = time.perf_counter(), []
+    while True:
+        finished, progress = ray.get(driver.step.remote(config.driver.step_s))
+        rows += finished
+        if progress["done"]:
+            break
+    wall = time.perf_counter() - started
+    progress, busy, requests = ray.get([driver.progress.remote(), driver.busy_fractions.remote(),
+                                        driver.observer_report.remote()])
+    ray.kill(driver)  # its process: the next run's driver is a fresh one
+    return wall, progress, busy, rows, requests
+
+
+def run_metrics(config, prompts: int, method: str, budget: int, free_reward: bool, wall: float, progress: dict,
+                busy: dict, rows: list[dict]) -> dict:
+    """One run's measurements from its driver's final progress (``Driver.progress``)."""
+    items = progress["rollouts_scored"] + progress["prefixes_scored"]  # every text the reward model scored
     scored, started_rollouts = max(items, 1), max(progress["rollouts_generated"], 1)
     metrics = {
-        "prompts": len(prompts), "method": method, "budget": budget, "wall_s": wall, "free_reward": free_reward,
+        "prompts": prompts, "method": method, "budget": budget, "wall_s": wall, "free_reward": free_reward,
         "generator_replicas": config.generator.num_replicas, "reward_replicas": config.reward.num_replicas,
         "rollouts_per_s": progress["rollouts_generated"] / wall,  # responses started
         "rm_items_per_s": items / wall,  # every text scored: chunks of growing responses and prefixes alone included
@@ -107,7 +126,17 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
         "state_prompt_tokens": progress["state_prompt_tokens"], "state_cached_tokens": progress["state_cached_tokens"],
     }
     metrics.update(sim_multipliers(config, rows, budget))
-    return {"metrics": metrics, "requests": requests}
+    return metrics
+
+
+def runs_summary(runs: list[dict]) -> dict:
+    """The median and range over runs of the throughput and of the driver's time per rollout and
+    its parts (``bench_pipeline``'s ``runs``): on a shared machine a single run's figures move from
+    one minute to the next."""
+    keys = ("rollouts_per_s", "tokens_per_s", "driver_us_per_rollout", "driver_policy_us_per_rollout",
+            "driver_calls_us_per_rollout", "driver_bookkeeping_us_per_rollout")
+    return {key: {"median": statistics.median(run[key] for run in runs), "min": min(run[key] for run in runs),
+                  "max": max(run[key] for run in runs)} for key in keys}
 
 
 def sim_multipliers(config, rows: list[dict], budget: int) -> dict:
@@ -211,3 +240,16 @@ def format_metrics(metrics: dict) -> str:
                      f"{format_multiplier(metrics['compute_multiplier'])} in rollouts, "
                      f"{format_multiplier(metrics['token_multiplier'])} in tokens")
     return "\n".join(lines)
+
+
+def format_runs(summary: dict, count: int) -> str:
+    """``runs_summary``'s lines: each figure's median over the runs, and its range."""
+    def cell(key):
+        figure = summary[key]
+        return f"{figure['median']:.1f} ({figure['min']:.1f}-{figure['max']:.1f})"
+
+    return (f"over {count} runs, median (range): rollouts/s {cell('rollouts_per_s')}, generated tokens/s "
+            f"{cell('tokens_per_s')}\n"
+            f"driver time per rollout {cell('driver_us_per_rollout')} us CPU: policy "
+            f"{cell('driver_policy_us_per_rollout')}, replica calls {cell('driver_calls_us_per_rollout')}, "
+            f"bookkeeping {cell('driver_bookkeeping_us_per_rollout')}")

@@ -112,6 +112,7 @@ class BenchConfig:
     raw: bool = False                       # also replay the same requests on one bare engine
     free_reward: bool = False               # score at no cost: the generator path alone
     replicas: list[int] = field(default_factory=list)  # scaling: generator replica counts, e.g. [1, 2, 4, 8]
+    repeats: int = 1                        # the pipeline workload this many times on the same replicas
     out: Optional[str] = None               # the measurements as JSON
 
     def check(self) -> None:
@@ -120,6 +121,11 @@ class BenchConfig:
             raise ConfigError(f"--prompts and --budget must be >= 1, got {self.prompts} and {self.budget}")
         if any(count < 1 for count in self.replicas):
             raise ConfigError(f"--replicas must list counts >= 1, got {self.replicas}")
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.repeats > 1 and self.replicas:
+            raise ConfigError(f"--repeats {self.repeats} cannot go with --replicas {','.join(map(str, self.replicas))}: "
+                              "scaling runs the workload once per replica count")
 
 
 @dataclass

@@ -178,6 +178,8 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "tail_fraction=0.3"], "takes search options only"),
     (["replay", "--world", "gaussian", "--prompts", "2", "generator.num_replicas=2"], "takes search options only"),
     (["replay", "--world", "gaussian", "--prompts", "2", "search.adaptive.root_fraction=1.5"], "root_fraction"),
+    (["bench", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["bench", "--repeats", "2", "--replicas", "1,2"], "--repeats 2 cannot go with --replicas 1,2"),
     (["frobnicate"], "invalid choice"),
     (["--nosuch"], "unrecognized argument '--nosuch': the command comes first"),
 ])

@@ -65,3 +65,21 @@ def test_a_prediction_some_searches_lack_is_counted_and_not_plotted():
     assert cells["64"]["predicted_value_prompts"] == 2
     lines = {line.get_label(): line for line in summary_figure(summary).axes[0].get_lines()}
     assert list(lines["slg_share (predicted V_N of selected)"].get_xdata()) == [64]
+
+
+def test_bench_repeats_report_each_figures_median_and_range():
+    from pipeline.jobs.benchmark import format_runs, runs_summary
+
+    parts = ("policy", "calls", "bookkeeping")
+    runs = [{"rollouts_per_s": r, "tokens_per_s": 100 * r, "driver_us_per_rollout": d,
+             **{f"driver_{part}_us_per_rollout": d / 3 for part in parts}}
+            for r, d in ((900.0, 50.0), (800.0, 53.0), (1000.0, 48.0), (850.0, 61.0))]
+    summary = runs_summary(runs)
+    assert summary["driver_us_per_rollout"] == {"median": 51.5, "min": 48.0, "max": 61.0}  # of 48, 50, 53, 61
+    assert summary["rollouts_per_s"] == {"median": 875.0, "min": 800.0, "max": 1000.0}
+    assert summary["driver_policy_us_per_rollout"]["median"] == pytest.approx(51.5 / 3)
+    lines = format_runs(summary, 4).splitlines()
+    assert lines == ["over 4 runs, median (range): rollouts/s 875.0 (800.0-1000.0), generated tokens/s "
+                     "87500.0 (80000.0-100000.0)",
+                     "driver time per rollout 51.5 (48.0-61.0) us CPU: policy 17.2 (16.0-20.3), replica calls "
+                     "17.2 (16.0-20.3), bookkeeping 17.2 (16.0-20.3)"]

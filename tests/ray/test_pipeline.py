@@ -454,9 +454,12 @@ def test_bench_measures_the_pipeline_and_replays_its_exact_workload_on_a_bare_en
     from pipeline.jobs.prompts import load_prompts
 
     config = load_run_config(None, ["data.num_prompts=3", "methods=[slg]", "budgets=[64]"])
-    measured = bench_pipeline(config, load_prompts(config.data), "slg", 64, record_requests=True)
+    measured = bench_pipeline(config, load_prompts(config.data), "slg", 64, record_requests=True, repeats=2)
     metrics, requests = measured["metrics"], measured["requests"]
-    assert len(requests) == 3 * 64 and len({r.request_id for r in requests}) == 3 * 64
+    assert len(requests) == 3 * 64 and len({r.request_id for r in requests}) == 3 * 64  # the first run's
+    first, second = measured["runs"]
+    assert first is metrics and second["rollouts"] == 3 * 64
+    assert second["mean_best_reward"] != first["mean_best_reward"]  # a seed of its own: other rollouts
     assert all(0.0 <= b <= 1.0 for b in metrics["generator_busy"] + metrics["reward_busy"])
     parts = [metrics[f"driver_{part}_us_per_rollout"] for part in ("policy", "calls", "bookkeeping")]
     assert all(part > 0 for part in parts)  # each part is work the driver did (its split: test_driver.py)
