@@ -72,10 +72,13 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
     with Session(config, reward_backend="free" if free_reward else None) as session:
         session.place_replicas()
         session.wait_until_engines_are_up()
-        measured = [_one_run(session, config, searches, config.seed + k, record_requests and k == 0)
-                    for k in range(repeats)]
-    runs = [run_metrics(config, len(prompts), method, budget, free_reward, *run[:4]) for run in measured]
-    return {"metrics": runs[0], "runs": runs, "requests": measured[0][4]}
+        runs, requests = [], None
+        for k in range(repeats):
+            wall, progress, busy, rows, recorded = _one_run(session, config, searches, config.seed + k,
+                                                            record_requests and k == 0)
+            runs.append(run_metrics(config, len(prompts), method, budget, free_reward, wall, progress, busy, rows))
+            requests = recorded if k == 0 else requests
+    return {"metrics": runs[0], "runs": runs, "requests": requests}
 
 
 def _one_run(session, config, searches, seed: int, record_requests: bool) -> tuple:

@@ -35,9 +35,9 @@ The 95% interval is that of the mixture of two models' predictive distributions 
 interval read as a split normal about its point): the continuous one with weight c (1 - t), the
 few-level one with the rest, t being the chance that the row's top is a level. A continuous reward
 never ties its maximum, so t = 1 where the row's maximum is tied; elsewhere t is its group's share
-of tied maxima among open rows (two distinct values or more, the maximum below the bound). Real generators repeat their likeliest
-answers exactly, so a pool's top is often a level even when its other values are all distinct, and
-best-of-n stops there. A mixture's ends follow the model whose tail reaches further; averaging the
+of tied maxima among open rows (two distinct values or more, the maximum below the bound). Real
+generators repeat their likeliest answers exactly, so a pool's top is often a level even when its
+other values are all distinct, and best-of-n stops there. A mixture's ends follow the model whose tail reaches further; averaging the
 two models' ends by c put the lower end above the top of such pools (the 95% interval covered
 52-77% on six of the toy banks in `slg curves`). The point is the same either way.
 
@@ -96,8 +96,8 @@ class Predictions:
     plug-in, w_normal: full extension): ``value`` is plug_in + w (extension - plug_in), capped at the
     bound. ``continuity``: c, (B,). ``top_level``: the chance that a row's top is a level, (B,):
     1 where its maximum is tied, else its group's share of tied maxima among open rows
-    (``top_level_rows``; the interval gives the continuous model c (1 - top_level)). ``flags``: (B,) bit masks over ``FLAGS``.
-    ``n``: (B, k).
+    (``top_level_rows``; the interval gives the continuous model c (1 - top_level)). ``flags``:
+    (B,) bit masks over ``FLAGS``. ``n``: (B, k).
     """
 
     n: np.ndarray
@@ -143,8 +143,8 @@ def predict_rows(rewards, n, upper_bound=None, groups=None, tail_fraction: float
     ``groups``: None (every row alone) or (B,) labels; the rows of a group pool their tie counts
     (continuity), their kurtosis (heavy-tail flag) and their tied maxima (``top_level``): one
     group per reward source. ``continuity``, ``top_level`` (B,) and ``heavy`` ((B,) bools or flag
-    masks) reuse those of an earlier call
-    on a larger batch (e.g. more n for a few rows) instead of pooling again.
+    masks) reuse those of an earlier call on a larger batch (e.g. more n for a few rows) instead of
+    pooling again.
     A row without rewards predicts NaN. Raises ``ConfigError`` for infinite rewards, n < 1, a
     bound below a reward, or a confidence outside (0, 1).
     """
