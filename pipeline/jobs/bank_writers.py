@@ -13,10 +13,13 @@ state's row also holds its rollouts' responses. Finished prompts wait here for t
 prompts; the driver admits prompts at most ``driver.max_concurrent_prompts`` places out of order,
 so at most that many plus one shard wait.
 
-**JSONL lines** (``--out`` ending in ``.jsonl``): a line per prompt as it finishes; with
-``collect.texts``, a side file gets the state and response texts in the same shape, its line
-written before the bank line. A rerun skips the prompts already in the bank, drops a torn last
-line, and drops side lines of prompts the bank lacks (a kill between the two writes).
+**JSONL lines** (``--out`` ending in ``.jsonl``): a line per prompt, in the data's order: a
+finished prompt waits for the ones before it (at most ``driver.max_concurrent_prompts`` of them, as
+for shards), so that two collections with one command write the same bytes (replay draws a bank's
+prompts by their place in it). With ``collect.texts``, a side file gets the state and response
+texts in the same shape, its line written before the bank line. A rerun skips the prompts already
+in the bank, drops a torn last line, and drops side lines of prompts the bank lacks (a kill between
+the two writes); prompts that were waiting at a kill are collected again.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ class ParquetShards:
 class JsonlBank:
     """A bank as JSONL lines (and a side file of texts), staged locally for a URL, pushed at checkpoints."""
 
-    in_order = False
+    in_order = True              # finished prompts wait for the ones before them: the driver keeps them near in order
     reward_dtype = np.float64
 
     def __init__(self, config: RunConfig, prompts: list, make_row, make_texts_row):
@@ -176,6 +179,9 @@ class JsonlBank:
         log_to_file(self.bank.local.with_name(self.bank.local.name + ".log"))
         drop_torn_line(self.bank.local)
         self.done = {row["prompt_id"] for row in read_jsonl(self.bank.local)} if self.bank.local.exists() else set()
+        self.order = [p.prompt_id for p in self.pending(prompts)]  # the order lines are written in
+        self.written = 0  # of ``order``
+        self.waiting: dict[str, dict] = {}  # finished prompts whose turn has not come, by id
         if self.texts is not None:
             _keep_only_prompts(self.texts.local, self.done)
         self.meta = bank_meta(config)
@@ -192,9 +198,16 @@ class JsonlBank:
         return self
 
     def write(self, finished: list[dict]) -> None:
+        self.waiting.update((result["prompt_id"], result) for result in finished)
+        ready = []
+        while self.written < len(self.order) and self.order[self.written] in self.waiting:
+            ready.append(self.waiting.pop(self.order[self.written]))
+            self.written += 1
+        if not ready:
+            return
         if self.side_sink is not None:  # first: a bank line always has its side line
-            self.side_sink.write(self.make_texts_row(r, self.prompt_texts[r["prompt_id"]]) for r in finished)
-        self.bank_sink.write(self.make_row(r, self.meta) for r in finished)
+            self.side_sink.write(self.make_texts_row(r, self.prompt_texts[r["prompt_id"]]) for r in ready)
+        self.bank_sink.write(self.make_row(r, self.meta) for r in ready)
         self.checkpoints.due()
 
     def push(self) -> None:
@@ -202,6 +215,8 @@ class JsonlBank:
             file.push()
 
     def __exit__(self, *exc) -> None:
+        if self.waiting:
+            log.info("%d prompts finished before an earlier one: a rerun collects them again", len(self.waiting))
         self._stack.close()
         self.push()
 

@@ -12,7 +12,8 @@ default; written whole as each shard's prompts finish, resumed shard by shard) o
 ``--out`` ending in ``.jsonl``; resumed prompt by prompt). The driver holds the prompts in flight:
 ``driver.max_concurrent_prompts``, fewer where their rewards would pass ``IN_FLIGHT_REWARDS`` (at
 least two), each in arrays of 4 bytes a reward for a Parquet bank; the job holds at most those
-plus one shard of finished prompts waiting for the rest of their shard.
+plus one shard of finished prompts waiting for the rest of their shard (for a JSONL bank, finished
+prompts waiting for an earlier one: lines go in the data's order).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Banks at scale without Ray: collect's Parquet shards (written by the real bank writer from an
 in-process driver's results), their metadata and resumption, other tools reading them, lossless
-conversion both ways, and the streamed reader that replay uses (chunks of a few prompts)."""
+conversion both ways, and the streamed reader that replay uses (chunks of a few prompts); a JSONL
+bank's lines in the data's order, whatever order its prompts finish in."""
 
 import json
 
@@ -13,8 +14,8 @@ from pipeline.cli import main
 from pipeline.distributed.contract import StatePrefix
 from pipeline.distributed.driver import rollout_seed
 from pipeline.errors import ConfigError
-from pipeline.jobs.bank_writers import ParquetShards
-from pipeline.jobs.collection import SampleRecorder, bank_row
+from pipeline.jobs.bank_writers import JsonlBank, ParquetShards
+from pipeline.jobs.collection import SampleRecorder, bank_row, texts_row
 from pipeline.jobs.config import load_run_config
 from pipeline.jobs.prompts import load_prompts
 from pipeline.offline import bank_reader
@@ -78,6 +79,32 @@ def test_a_rerun_after_a_kill_ends_with_the_bank_of_an_uninterrupted_run(tmp_pat
         writer.write([r for r in results if r["prompt_id"] in pending])
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == sorted(p.name for p in (tmp_path / "whole").iterdir())
     assert read_bank_rows(tmp_path / "killed") == read_bank_rows(tmp_path / "whole")
+
+
+def write_jsonl_bank(folder, results, finishing_order):
+    """A JSONL bank and its side file in ``folder``, from ``results`` reaching the writer one at a
+    time in ``finishing_order`` (indices; a prompt already in the bank is skipped, as collect does)."""
+    config = load_run_config(None, [*SIZES, f"collect.out={folder / 'bank.jsonl'}", f"collect.texts={folder / 'texts.jsonl'}"])
+    prompts = load_prompts(config.data)
+    with JsonlBank(config, prompts, bank_row, texts_row) as writer:
+        pending = {p.prompt_id for p in writer.pending(prompts)}
+        for index in finishing_order:
+            if results[index]["prompt_id"] in pending:
+                writer.write([results[index]])
+    return (folder / "bank.jsonl").read_bytes(), (folder / "texts.jsonl").read_bytes()
+
+
+def test_a_jsonl_bank_is_written_in_the_data_s_order_whatever_order_prompts_finish_in(tmp_path):
+    # the same collection twice must be the same bytes: replay draws a bank's prompts by their place in it
+    results = run_in_process(SIZES, SampleRecorder(keep_texts=True), collect=True)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "killed").mkdir()
+    in_order = write_jsonl_bank(tmp_path / "a", results, range(5))
+    assert [json.loads(line)["prompt_id"] for line in in_order[0].splitlines()] == [f"sim{i}" for i in range(5)]
+    assert write_jsonl_bank(tmp_path / "b", results, [3, 1, 0, 4, 2]) == in_order
+    # killed with sim2 and sim3 finished but waiting for sim1: only sim0 is written; the rerun ends the same
+    first = write_jsonl_bank(tmp_path / "killed", results, [0, 2, 3])
+    assert [json.loads(line)["prompt_id"] for line in first[0].splitlines()] == ["sim0"]
+    assert write_jsonl_bank(tmp_path / "killed", results, [4, 3, 2, 1, 0]) == in_order
 
 
 def test_collect_shards_go_to_jsonl_and_back_without_loss(tmp_path):
