@@ -121,6 +121,9 @@ class AdaptiveSLG(SearchPolicy):
         b_idx, j_idx = np.nonzero(alive)
         if b_idx.size == 0:
             return value, optimistic, prompt_value
+        if (left[b_idx] < 1).all():  # nothing left to send (N = 12-20 with the defaults): every final best is the best so far
+            value[b_idx, j_idx] = optimistic[b_idx, j_idx] = prompt_value[b_idx, j_idx] = best_score[b_idx]
+            return value, optimistic, prompt_value
         # SLG's own estimator on the prompt's scale: the normal fitted to the upper tail of a state's
         # scores (what its maximum depends on), its moments' standard errors from the tail's size.
         q = self.config.adaptive.tail_fraction

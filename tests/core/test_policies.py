@@ -601,6 +601,23 @@ def test_adaptive_commits_only_where_the_state_beats_the_prompt_at_its_estimate(
     assert ((policy.selected != ROOT).all() if point_beats_prompt else (policy.selected == ROOT).all())
 
 
+def test_adaptive_final_best_with_nothing_left_is_the_best_so_far():
+    """E[max(b, M_0)] = b: where no rollout is left to send (N = 12-20, after the one screening
+    round), every alive node's three values are the best score so far, whatever its fit; a node not
+    alive keeps -inf, -inf and +inf. With one rollout left the fits count again."""
+    policy = AdaptiveSLG(16, 2)
+    scores = np.random.default_rng(0).normal(size=(2, 2, 4))
+    alive, best = np.array([[True, False], [True, True]]), np.array([0.3, 1.7])
+    value, optimistic, prompt = policy._final_best(scores, alive, best, np.array([0, 0]))
+    expected = np.where(alive, best[:, None], -np.inf)
+    np.testing.assert_array_equal(value, expected)
+    np.testing.assert_array_equal(optimistic, expected)
+    np.testing.assert_array_equal(prompt, np.where(alive, best[:, None], np.inf))
+    value, optimistic, prompt = policy._final_best(scores, alive, best, np.array([0, 1]))
+    assert value[0, 0] == optimistic[0, 0] == prompt[0, 0] == 0.3  # that episode still has none left
+    assert optimistic[1, 0] > value[1, 0] and optimistic[1, 0] != 1.7  # the other's fits are read
+
+
 def test_adaptive_explores_no_state_when_the_best_prompt_reward_is_an_atom():
     """Discrete rewards: where the best root reward was reached twice, only a new level beats it, and
     fresh prompt draws are the better bet; such episodes ask no state and draw the rest from the
