@@ -329,7 +329,7 @@ def replica_pools(settings, generators: list, rewards: list, calls) -> tuple[Rep
 def within_window(active: list[SearchRecord], admitted: int, window: int | None) -> bool:
     """Whether the next search (place ``admitted`` in the order) is fewer than ``window`` places after
     the oldest one still running. Searches then finish at most that far out of order, which bounds
-    what a job that writes results in order (``slg collect``'s shards) holds while it waits."""
+    what a job that writes results in order (``slg collect``'s shards and JSONL lines) holds while it waits."""
     return window is None or not active or admitted < min(search.order for search in active) + window
 
 

@@ -180,6 +180,7 @@ class JsonlBank:
         drop_torn_line(self.bank.local)
         self.done = {row["prompt_id"] for row in read_jsonl(self.bank.local)} if self.bank.local.exists() else set()
         self.order = [p.prompt_id for p in self.pending(prompts)]  # the order lines are written in
+        self.pending_ids = set(self.order)
         self.written = 0  # of ``order``
         self.waiting: dict[str, dict] = {}  # finished prompts whose turn has not come, by id
         if self.texts is not None:
@@ -198,7 +199,10 @@ class JsonlBank:
         return self
 
     def write(self, finished: list[dict]) -> None:
-        self.waiting.update((result["prompt_id"], result) for result in finished)
+        for result in finished:
+            if result["prompt_id"] in self.waiting or result["prompt_id"] not in self.pending_ids:
+                raise ValueError(f"prompt {result['prompt_id']!r} finished twice, or was not asked for")
+            self.waiting[result["prompt_id"]] = result
         ready = []
         while self.written < len(self.order) and self.order[self.written] in self.waiting:
             ready.append(self.waiting.pop(self.order[self.written]))

@@ -81,16 +81,28 @@ def test_a_rerun_after_a_kill_ends_with_the_bank_of_an_uninterrupted_run(tmp_pat
     assert read_bank_rows(tmp_path / "killed") == read_bank_rows(tmp_path / "whole")
 
 
-def write_jsonl_bank(folder, results, finishing_order):
+def write_jsonl_bank(folder, results, finishing_order, waiting_at_exit=()):
     """A JSONL bank and its side file in ``folder``, from ``results`` reaching the writer one at a
-    time in ``finishing_order`` (indices; a prompt already in the bank is skipped, as collect does)."""
+    time in ``finishing_order`` (indices; a prompt already in the bank is skipped, as collect does).
+    Checks that each prompt's side line goes out before its bank line, and which prompts the writer
+    still holds at its exit."""
     config = load_run_config(None, [*SIZES, f"collect.out={folder / 'bank.jsonl'}", f"collect.texts={folder / 'texts.jsonl'}"])
     prompts = load_prompts(config.data)
+    writes = []  # (file, prompt id), in the order they were handed to the files
     with JsonlBank(config, prompts, bank_row, texts_row) as writer:
+        for name, sink in (("side", writer.side_sink), ("bank", writer.bank_sink)):
+            def recording(rows, name=name, write=sink.write):
+                rows = list(rows)
+                writes.extend((name, row["prompt_id"]) for row in rows)
+                write(rows)
+            sink.write = recording
         pending = {p.prompt_id for p in writer.pending(prompts)}
         for index in finishing_order:
             if results[index]["prompt_id"] in pending:
                 writer.write([results[index]])
+        assert set(writer.waiting) == set(waiting_at_exit)  # nothing written stays held
+    for prompt_id in {p for _, p in writes}:
+        assert writes.index(("side", prompt_id)) < writes.index(("bank", prompt_id))
     return (folder / "bank.jsonl").read_bytes(), (folder / "texts.jsonl").read_bytes()
 
 
@@ -102,9 +114,17 @@ def test_a_jsonl_bank_is_written_in_the_data_s_order_whatever_order_prompts_fini
     assert [json.loads(line)["prompt_id"] for line in in_order[0].splitlines()] == [f"sim{i}" for i in range(5)]
     assert write_jsonl_bank(tmp_path / "b", results, [3, 1, 0, 4, 2]) == in_order
     # killed with sim2 and sim3 finished but waiting for sim1: only sim0 is written; the rerun ends the same
-    first = write_jsonl_bank(tmp_path / "killed", results, [0, 2, 3])
+    first = write_jsonl_bank(tmp_path / "killed", results, [0, 2, 3], waiting_at_exit=("sim2", "sim3"))
     assert [json.loads(line)["prompt_id"] for line in first[0].splitlines()] == ["sim0"]
     assert write_jsonl_bank(tmp_path / "killed", results, [4, 3, 2, 1, 0]) == in_order
+    # what bounds the prompts it holds: the driver admits prompts at most a window out of order for it
+    assert JsonlBank.in_order and ParquetShards.in_order
+
+
+def test_a_jsonl_bank_refuses_a_prompt_that_finishes_twice(tmp_path):
+    results = run_in_process(SIZES, SampleRecorder(keep_texts=True), collect=True)
+    with pytest.raises(ValueError, match="prompt 'sim1' finished twice, or was not asked for"):
+        write_jsonl_bank(tmp_path, results, [1, 1])
 
 
 def test_collect_shards_go_to_jsonl_and_back_without_loss(tmp_path):
