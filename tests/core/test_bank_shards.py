@@ -109,7 +109,8 @@ def write_jsonl_bank(folder, results, finishing_order, waiting_at_exit=()):
 def test_a_jsonl_bank_is_written_in_the_data_s_order_whatever_order_prompts_finish_in(tmp_path):
     # the same collection twice must be the same bytes: replay draws a bank's prompts by their place in it
     results = run_in_process(SIZES, SampleRecorder(keep_texts=True), collect=True)
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "killed").mkdir()
+    for name in ("a", "b", "killed"):
+        (tmp_path / name).mkdir()
     in_order = write_jsonl_bank(tmp_path / "a", results, range(5))
     assert [json.loads(line)["prompt_id"] for line in in_order[0].splitlines()] == [f"sim{i}" for i in range(5)]
     assert write_jsonl_bank(tmp_path / "b", results, [3, 1, 0, 4, 2]) == in_order
