@@ -99,6 +99,22 @@ def run_in_process(overrides, observer=None, collect=False):
     return rows
 
 
+def nan_every(period: int, reward_model: type) -> type:
+    """``reward_model`` whose every ``period``-th response (by request id) scores NaN; a prefix asked
+    for with it (``ScoreRequest.prefix_text``) scores as ``reward_model`` scores it."""
+
+    class NaNEvery(reward_model):
+        def score(self, requests):
+            scores = super().score(requests)
+            for score in scores:
+                if score.request_id % period == 0:
+                    score.reward = float("nan")
+            return scores
+
+    NaNEvery.__name__ = f"NaNEvery{period}{reward_model.__name__}"
+    return NaNEvery
+
+
 def root_rewards(seed: int, prompt_id: str, count: int, family: str = "gaussian") -> list[float]:
     """The rewards of a prompt's first ``count`` root rollouts, recomputed without the driver: the sim
     generator and reward model called directly on requests with the documented seeds

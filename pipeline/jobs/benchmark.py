@@ -77,7 +77,8 @@ def bench_pipeline(config, prompts, method: str, budget: int, record_requests: b
             wall, progress, busy, rows, recorded = _one_run(session, config, searches, config.seed + k,
                                                             record_requests and k == 0)
             runs.append(run_metrics(config, len(prompts), method, budget, free_reward, wall, progress, busy, rows))
-            requests = recorded if k == 0 else requests
+            if k == 0:
+                requests = recorded
     return {"metrics": runs[0], "runs": runs, "requests": requests}
 
 

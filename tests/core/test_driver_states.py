@@ -3,6 +3,7 @@ token ids), and a policy that asks gets the reward model's score of each new pre
 
 import numpy as np
 import pytest
+from conftest import nan_every
 
 from actors.sim import SimGenerator, SimRewardModel
 from pipeline.distributed.calls import LocalCalls
@@ -119,15 +120,7 @@ def test_each_new_prefix_is_scored_once_by_the_reward_model_and_told_to_the_poli
         assert score == expected[f"<state {prefix_of_root_rollout(k)}>"]
 
 
-class NaNEveryThirdResponse(CountingRewardModel):
-    """Every third response scores NaN; prefixes score as the sim does."""
-
-    def score(self, requests):
-        scores = super().score(requests)
-        for score in scores:
-            if score.request_id % 3 == 0:
-                score.reward = float("nan")
-        return scores
+NaNEveryThirdResponse = nan_every(3, CountingRewardModel)  # prefixes score as the sim does
 
 
 def test_a_dropped_reward_keeps_its_prefix_score_and_every_text_read_counts_its_tokens():

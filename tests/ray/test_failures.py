@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from conftest import check_rows_independently
+from conftest import check_rows_independently, nan_every
 
 from actors.sim import SimGenerator, SimGroundTruth, SimRewardModel
 from pipeline.distributed.calls import LocalCalls, RayCalls
@@ -203,13 +203,7 @@ def test_empty_rollouts_are_counted_scored_and_never_crash_a_policy():
     assert all(math.isfinite(r["best_reward"]) for r in results)
 
 
-class NaNEveryFifth(SimRewardModel):
-    def score(self, requests):
-        scores = super().score(requests)
-        for score in scores:
-            if score.request_id % 5 == 0:
-                score.reward = float("nan")
-        return scores
+NaNEveryFifth = nan_every(5, SimRewardModel)
 
 
 def test_non_finite_rewards_can_be_dropped_and_counted():
