@@ -62,6 +62,14 @@ def bank_meta(config: RunConfig) -> dict:
             "completions": config.collect.completions_per_state, "seed": config.seed}
 
 
+def _finish_once(unfinished: set, prompt_id: str) -> None:
+    """Take ``prompt_id`` off the prompts still to finish; a prompt that finishes twice, or that was
+    not asked for, would be written twice or stranded, so it stops the job."""
+    if prompt_id not in unfinished:
+        raise ValueError(f"prompt {prompt_id!r} finished twice, or was not asked for")
+    unfinished.remove(prompt_id)
+
+
 class ParquetShards:
     """A bank as a folder (or URL) of Parquet shards; ``write`` takes finished collect results."""
 
@@ -88,6 +96,7 @@ class ParquetShards:
                          "seed": config.seed}
         self.done = self._shards_already_there()
         self.waiting: dict[int, dict[str, dict | None]] = {}  # shard -> its finished prompts' rows (None: no state)
+        self.unfinished = {p.prompt_id for p in self.pending(prompts)}  # asked for and not finished yet
 
     def _shards_already_there(self) -> set[int]:
         """The shards a run wrote before (checked against this config and its prompts); leftovers of a kill removed."""
@@ -123,6 +132,7 @@ class ParquetShards:
 
     def write(self, finished: list[dict]) -> None:
         for result in finished:
+            _finish_once(self.unfinished, result["prompt_id"])
             index = self.shard_of[result["prompt_id"]]
             self.waiting.setdefault(index, {})[result["prompt_id"]] = self._row(result)
             if len(self.waiting[index]) == len(self.shards[index]):
@@ -180,7 +190,7 @@ class JsonlBank:
         drop_torn_line(self.bank.local)
         self.done = {row["prompt_id"] for row in read_jsonl(self.bank.local)} if self.bank.local.exists() else set()
         self.order = [p.prompt_id for p in self.pending(prompts)]  # the order lines are written in
-        self.pending_ids = set(self.order)
+        self.unfinished = set(self.order)  # asked for and not finished yet
         self.written = 0  # of ``order``
         self.waiting: dict[str, dict] = {}  # finished prompts whose turn has not come, by id
         if self.texts is not None:
@@ -200,8 +210,7 @@ class JsonlBank:
 
     def write(self, finished: list[dict]) -> None:
         for result in finished:
-            if result["prompt_id"] in self.waiting or result["prompt_id"] not in self.pending_ids:
-                raise ValueError(f"prompt {result['prompt_id']!r} finished twice, or was not asked for")
+            _finish_once(self.unfinished, result["prompt_id"])
             self.waiting[result["prompt_id"]] = result
         ready = []
         while self.written < len(self.order) and self.order[self.written] in self.waiting:

@@ -81,6 +81,16 @@ def test_a_rerun_after_a_kill_ends_with_the_bank_of_an_uninterrupted_run(tmp_pat
     assert read_bank_rows(tmp_path / "killed") == read_bank_rows(tmp_path / "whole")
 
 
+def test_parquet_shards_refuse_a_prompt_that_finishes_twice(tmp_path):
+    config = load_run_config(None, [*SIZES, f"collect.out={tmp_path / 'bank'}"])
+    results = run_in_process(SIZES, SampleRecorder(False), collect=True)
+    with ParquetShards(config, load_prompts(config.data), bank_row) as writer:
+        writer.write(results[:3])  # shard 0 (sim0, sim1) is written; sim2 waits for sim3 in shard 1
+        for index in (1, 2):  # a second finish of a written prompt, and of a waiting one
+            with pytest.raises(ValueError, match=f"prompt 'sim{index}' finished twice, or was not asked for"):
+                writer.write([results[index]])
+
+
 def write_jsonl_bank(folder, results, finishing_order, waiting_at_exit=()):
     """A JSONL bank and its side file in ``folder``, from ``results`` reaching the writer one at a
     time in ``finishing_order`` (indices; a prompt already in the bank is skipped, as collect does).
@@ -125,7 +135,10 @@ def test_a_jsonl_bank_is_written_in_the_data_s_order_whatever_order_prompts_fini
 def test_a_jsonl_bank_refuses_a_prompt_that_finishes_twice(tmp_path):
     results = run_in_process(SIZES, SampleRecorder(keep_texts=True), collect=True)
     with pytest.raises(ValueError, match="prompt 'sim1' finished twice, or was not asked for"):
-        write_jsonl_bank(tmp_path, results, [1, 1])
+        write_jsonl_bank(tmp_path, results, [1, 1])  # the first finish still waits for sim0
+    (tmp_path / "written").mkdir()
+    with pytest.raises(ValueError, match="prompt 'sim0' finished twice, or was not asked for"):
+        write_jsonl_bank(tmp_path / "written", results, [0, 0])  # the first finish is already written
 
 
 def test_collect_shards_go_to_jsonl_and_back_without_loss(tmp_path):
