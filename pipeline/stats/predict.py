@@ -37,9 +37,10 @@ few-level one with the rest, t being the chance that the row's top is a level. A
 never ties its maximum, so t = 1 where the row's maximum is tied; elsewhere t is its group's share
 of tied maxima among open rows (two distinct values or more, the maximum below the bound). Real
 generators repeat their likeliest answers exactly, so a pool's top is often a level even when its
-other values are all distinct, and best-of-n stops there. A mixture's ends follow the model whose tail reaches further; averaging the
-two models' ends by c put the lower end above the top of such pools (the 95% interval covered
-52-77% on six of the toy banks in `slg curves`). The point is the same either way.
+other values are all distinct, and best-of-n stops there. A mixture's ends follow the model whose
+tail reaches further; averaging the two models' ends by c put the lower end above the top of such
+pools (the 95% interval covered 52-77% on six of the toy banks in `slg curves`). The point is the
+same either way.
 
 For a continuous reward, the interval is that of the pivot (V_hat_n - V_n) / sigma of normal
 rewards (sigma: the tail fit's), whose quantiles depend on m, n and w only and come from the same
