@@ -40,36 +40,51 @@ def test_unreachable_ray_address_is_a_clear_error(tmp_path, capsys, monkeypatch)
 @pytest.fixture
 def ray_head():
     """A head this test owns: `ray start --head --block` in its own process group, ended through that
-    group, and checked to leave nothing behind (never the `ray` CLI's stop command: it ends every Ray on the machine)."""
+    group, and checked to leave nothing behind (never the `ray` CLI's stop command: it ends every Ray on the machine).
+    A head that exits while starting (a free port taken by another process in between, on a shared
+    machine) is started again on new ports, up to ``HEAD_STARTS`` times; its output says why."""
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
-                                            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                            "metrics-export-port", "runtime-env-agent-port")}
     marker, env = process_marker()
     env["RAY_AUTH_MODE"] = "token"
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
-    command = [ray_bin, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
-               "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
-    command += [f"--{name}={port}" for name, port in ports.items()]
-    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    heads = []
     try:
-        deadline = time.time() + 180
-        while not _listening(ports["dashboard-port"]):
-            assert head.poll() is None, "ray start --head exited"
-            assert time.time() < deadline, "the head's dashboard did not come up in 180 s"
-            time.sleep(1)
+        for start in range(HEAD_STARTS):
+            ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
+                                                    "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                    "metrics-export-port", "runtime-env-agent-port")}
+            command = [ray_bin, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
+                       "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
+            command += [f"--{name}={port}" for name, port in ports.items()]
+            output = Path(temp_dir) / f"head-{start}.log"
+            with output.open("w") as log:
+                heads.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+            deadline = time.time() + 180
+            while not _listening(ports["dashboard-port"]) and heads[-1].poll() is None:
+                assert time.time() < deadline, "the head's dashboard did not come up in 180 s"
+                time.sleep(1)
+            if heads[-1].poll() is None:
+                break
+        assert heads[-1].poll() is None, "ray start --head exited: " + output.read_text()[-2000:]
         yield f"http://127.0.0.1:{ports['dashboard-port']}", env, ray_bin, f"127.0.0.1:{ports['port']}"
     finally:
         # SIGKILL, not SIGTERM: `ray start --block` stops its processes one by one with grace periods
         # (about 30 s); the group (a crash, for Ray) ends at once, and what Ray started outside the
         # group ends with the raylet and GCS it belongs to (checked below: nothing may be left).
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=60)
+        for head in heads:
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except ProcessLookupError:  # a start that exited, its group with it
+                pass
+            head.wait(timeout=60)
         left = wait_until_gone(marker, 60)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"processes of the test's head still running: {left}"
+
+
+HEAD_STARTS = 3
 
 
 def _listening(port: int) -> bool:
