@@ -90,17 +90,7 @@ class SearchPolicy:
             score = np.where(root.can_branch & ~np.isnan(root.rewards), root.rewards, -np.inf)
         else:
             score = np.where(root.can_branch & ~np.isnan(root.rewards), self.rng.random(root.rewards.shape), -np.inf)
-        k = min(num_states, score.shape[1])
-        if stable or k >= score.shape[1]:
-            order = np.argsort(-score, axis=1, kind="stable")[:, :k]
-        else:
-            top = np.argpartition(-score, k - 1, axis=1)[:, :k]
-            order = np.take_along_axis(top, np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable"),
-                                       axis=1)
-        chosen = np.where(np.take_along_axis(score, order, axis=1) > -np.inf, order, NO_NODE)
-        if k < num_states:
-            chosen = np.pad(chosen, ((0, 0), (0, num_states - k)), constant_values=NO_NODE)
-        return chosen
+        return top_ranked(score, num_states, stable)
 
     def _tail_fit_values(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
         """The reference's predicted V_n per node (B, nodes) from its samples (B, nodes, L)
@@ -132,6 +122,23 @@ class SearchPolicy:
         rule = self.config.expected_max_rule.value
         unique, inverse = np.unique(np.maximum(n, 1), return_inverse=True)
         return np.array([expected_max_std_normal(int(k), rule) for k in unique])[inverse.ravel()].reshape(n.shape)
+
+
+def top_ranked(score: np.ndarray, num_states: int, stable: bool = True) -> np.ndarray:
+    """(B, K) column indices of each row's K highest ``score`` (B, r), best first; NO_NODE for a score
+    of -inf (not a candidate) and where a row has fewer than K. ``stable``: as in
+    ``SearchPolicy._pick_states``."""
+    k = min(num_states, score.shape[1])
+    if stable or k >= score.shape[1]:
+        order = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    else:
+        top = np.argpartition(-score, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(score, top, axis=1), axis=1, kind="stable"),
+                                   axis=1)
+    chosen = np.where(np.take_along_axis(score, order, axis=1) > -np.inf, order, NO_NODE)
+    if k < num_states:
+        chosen = np.pad(chosen, ((0, 0), (0, num_states - k)), constant_values=NO_NODE)
+    return chosen
 
 
 def _cut_at(values: np.ndarray, bound: np.ndarray | None) -> np.ndarray:

@@ -103,6 +103,7 @@ class ShareConfig:
     full_share_from: int | None = 64  # from this N to commit_from the state gets all a root of root_fraction N leaves; None: never
     modal_check: float | None = 0.6  # full shares, commitments: the second half to the prompt where this share of the first is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
+    evidence_candidates: bool = True  # episodes that run slg_adaptive: candidates by prefix score and reward where those track
 
 
 @dataclass

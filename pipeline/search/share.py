@@ -37,8 +37,8 @@ Which episodes run them, and which state gets the share:
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
   once, N = 12-159 with the defaults: at most four candidates to screen), if prefix scores track
-  rewards in the root (``_prefix_slope`` at least ``share.min_prefix_slope``): the state whose prefix
-  score and root reward together predict the highest mean (``_best_evidence_state``) gets the share.
+  rewards in the root (``prefix_slope`` at least ``share.min_prefix_slope``): the state whose prefix
+  score and root reward together predict the highest mean (``best_evidence_state``) gets the share.
   A candidate picked on its one reward alone is often a lucky draw of a mediocre state, and two
   candidates' few rollouts cannot tell (simulated worlds, before the full share: 2.05x -> 2.34x best-of-N
   on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N; at N =
@@ -57,8 +57,10 @@ Which episodes run them, and which state gets the share:
   spread: -0.032 -> +0.075 against best-of-N at N = 256; docs/design-record.md).
 - **Continuous rewards otherwise** (larger budgets and states not narrow, or prefix scores that do
   not track rewards): a state's rewards have an upper tail that SLG's normal fit extrapolates, and
-  screening then committing pays (18x best-of-N at N = 1000 on gaussian). These episodes run
-  ``slg_adaptive``.
+  screening then committing pays (21x best-of-N at N = 1000 on gaussian). These episodes run
+  ``slg_adaptive``, but where prefix scores track rewards it screens the root rollouts that prefix
+  score and reward together rank first, as the share rounds pick, not those of the best rewards
+  (``share.evidence_candidates``, ``_pick_states``).
 
 Without prefix scores (a bank that has none, an engine that cannot score them) every episode runs
 ``slg_adaptive``. Below N = 12 the policy is best-of-N, as ``slg_adaptive``.
@@ -70,7 +72,18 @@ import numpy as np
 
 from pipeline.search import reward_levels
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
+from pipeline.search.base import top_ranked
+from pipeline.search.config import StateSelection
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
+from pipeline.search.root_evidence import (
+    best_evidence_state,
+    evidence_rank,
+    in_sds,
+    prefix_slope,
+    root_moments,
+    states_look_narrow,
+    top_rollout,
+)
 from pipeline.stats.quantile_scale import QuantileScale
 
 # Continuous rewards: the share rounds run where slg_adaptive's plan halves its candidates at most this
@@ -91,11 +104,11 @@ class SharedSLG(AdaptiveSLG):
         # the root's prefixes are scored (and the top-up's): every pick reads them, nothing after does
         (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch, score_prefixes=True)]
         few_levels = reward_levels.few_levels(root)
-        moments = _root_moments(root) if root.state_score is not None and root.state_index is not None else None
-        by_evidence = ~few_levels & (_prefix_slope(root, moments) >= self.config.share.min_prefix_slope)
+        moments = root_moments(root) if root.state_score is not None and root.state_index is not None else None
+        by_evidence = ~few_levels & (prefix_slope(root, moments) >= self.config.share.min_prefix_slope)
         screening_pays = sum(plan.halving) > SCREENING_HALVINGS
         if screening_pays and by_evidence.any():  # unless the states are narrow
-            by_evidence &= _narrow_states(root, self.config.share.narrow_states, moments)
+            by_evidence &= states_look_narrow(root, self.config.share.narrow_states, moments)
         shared = few_levels | by_evidence
         yield from _in_lockstep(self._share_rounds(root, moments, shared, by_evidence, small_budget=not screening_pays),
                                 self._explore_and_exploit(root, plan, shared))
@@ -106,7 +119,7 @@ class SharedSLG(AdaptiveSLG):
         state's share and fresh prompt draws, in two halves (the second only if the state's first
         half held up against the root and did not only repeat itself). The state is the best-prefix
         one, or in the episodes ``by_evidence`` the one that prefix score and root reward together
-        rank first. ``moments``: ``_root_moments(root)``. ``small_budget``: N below where
+        rank first. ``moments``: ``root_moments(root)``. ``small_budget``: N below where
         ``slg_adaptive``'s plan halves twice (160)."""
         if not mine.any():
             return
@@ -118,16 +131,16 @@ class SharedSLG(AdaptiveSLG):
         if more.any():
             (extra,) = yield [Request.per_episode(np.where(more > 0, ROOT, NO_NODE), more, score_prefixes=True)]
             root = _joined(root, extra)
-            moments = _root_moments(root)  # of the root as topped up: both picks and the prompt check read them
+            moments = root_moments(root)  # of the root as topped up: both picks and the prompt check read them
         if small_budget and (full & by_evidence).any():
             # below N = 160 narrow continuous states keep state_share: a root of N / 2 often picks an
             # ordinary one, whose rewards go little past its mean, and the prompt draws after it hedge
             # that (docs/design-record.md, "Narrow states keep a hedge below N = 160")
-            full &= ~(by_evidence & _narrow_states(root, settings.narrow_states, moments))
+            full &= ~(by_evidence & states_look_narrow(root, settings.narrow_states, moments))
         state = np.full(len(mine), NO_NODE)
         by_prefix = mine & ~by_evidence
         if by_evidence.any():  # each pick only where it is used: the driver's searches are one episode each
-            state = np.where(by_evidence, _best_evidence_state(root, by_evidence, moments), state)
+            state = np.where(by_evidence, best_evidence_state(root, by_evidence, moments), state)
         if by_prefix.any():
             state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments), state)
         spent = np.where(mine, drawn + more, 0)
@@ -159,6 +172,29 @@ class SharedSLG(AdaptiveSLG):
         if (rest_root + rest_state > 0).any():
             yield [Request.per_episode(np.where(rest_root > 0, ROOT, NO_NODE), rest_root),
                    Request.per_episode(np.where(rest_state > 0, state, NO_NODE), rest_state)]
+
+    def _pick_states(self, root: Rollouts, num_states: int, stable: bool = True) -> np.ndarray:
+        """``slg_adaptive``'s candidates (the continuous episodes that do not run the share rounds: N
+        >= 160 and states not narrow, or prefix scores that do not track rewards). Where prefix scores
+        track rewards (``prefix_slope`` at least ``share.min_prefix_slope``) and
+        ``share.evidence_candidates`` is on, the root rollouts that rank first by the share rounds'
+        pick (``evidence_rank``: prefix score and reward together) rather than by reward alone; a rollout
+        whose state or prefix score is unknown is none. A candidate picked on its one reward is often
+        a lucky draw of a mediocre state (gaussian at N = 1000: 18.2x -> 21.2x best-of-N; the toy
+        models' bank toy_t8_temp15 at 160: 1.33x -> 1.93x; docs/design-record.md, "Candidates by
+        evidence, from N = 160"). Each root rollout ranks on its own: a state the root drew again can
+        be several candidates, as by reward."""
+        if (not self.config.share.evidence_candidates or self.config.state_selection != StateSelection.top_reward
+                or root.state_score is None or root.state_index is None):  # (random: the reference's option)
+            return super()._pick_states(root, num_states, stable)
+        moments = root_moments(root)
+        tracks = prefix_slope(root, moments) >= self.config.share.min_prefix_slope
+        if not tracks.any():
+            return super()._pick_states(root, num_states, stable)
+        # finite where known: a slope that passes needs scores and rewards that spread
+        by_evidence = np.where(moments[0] & root.can_branch, evidence_rank(root, moments), -np.inf)
+        by_reward = np.where(root.can_branch & ~np.isnan(root.rewards), root.rewards, -np.inf)
+        return top_ranked(np.where(tracks[:, None], by_evidence, by_reward), num_states, stable)
 
     def _commits(self, root: Rollouts, few_levels: np.ndarray) -> np.ndarray:
         """The episodes of ``few_levels`` whose state gets all the root leaves (in the same two checked
@@ -206,7 +242,7 @@ class SharedSLG(AdaptiveSLG):
         Var(r) - Cov(s, r), is below the variance between states, Cov(s, r): a state narrower than
         the spread gets little past its mean, which its root rollout already shows, and what the
         check costs wide states (whose few rewards can look narrow) is not paid where the root says
-        they are wide. ``moments``: ``_root_moments(root)``."""
+        they are wide. ``moments``: ``root_moments(root)``."""
         adaptive = self.config.adaptive
         checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
         _, _, _, _, var_reward, covariance = moments
@@ -229,106 +265,22 @@ class SharedSLG(AdaptiveSLG):
         one step from a state already at it and two or more from the others. A state as wide as the
         spread can jump two levels, and its one root reward says little of where it sits; a prefix
         score that reads states more precisely than a rollout does already names the best one.
-        ``moments``: ``_root_moments(root)`` where the caller has it."""
-        known, mean_score, mean_reward, var_score, var_reward, covariance = moments or _root_moments(root)
+        ``moments``: ``root_moments(root)`` where the caller has it."""
+        known, mean_score, mean_reward, var_score, var_reward, covariance = moments or root_moments(root)
         known = known & mine[:, None]  # a new array: ``moments`` may be the caller's
         if self.config.share.grid_best_level:
-            # as in _best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own
+            # as in best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own
             # width, Var(s) - Cov(s, r) the prefix score's noise (the rule needs it above the width)
             narrow = (var_reward - covariance < NARROW_GRID * covariance) & (var_reward < var_score)
             at_best = root.rewards == reward_levels.best_of_finite(root.rewards)[:, None]
             known &= ~(reward_levels.on_a_grid(root) & narrow)[:, None] | at_best
         spread = _sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
-        rank = (_in_sds(root.state_score, mean_score, var_score)
-                + self.config.share.reward_weight * _in_sds(root.rewards, mean_reward, var_reward))
-        rows, top, found = _top_rollout(rank, known)
+        rank = (in_sds(root.state_score, mean_score, var_score)
+                + self.config.share.reward_weight * in_sds(root.rewards, mean_reward, var_reward))
+        rows, top, found = top_rollout(rank, known)
         gap = root.state_score[rows, top] - mean_score
         use = found & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
         return np.where(use, root.state_index[rows, top], NO_NODE)
-
-
-def _root_moments(root: Rollouts):
-    """Per episode, over the root rollouts whose state, prefix score and reward are known: (known,
-    mean score, mean reward, var of scores, var of rewards, their covariance); moments with 1/n."""
-    score, rewards = root.state_score, root.rewards
-    known = ~np.isnan(score) & ~np.isnan(rewards) & (root.state_index >= 0)
-    count = np.maximum(known.sum(axis=1), 1)
-    mean_score = np.where(known, score, 0.0).sum(axis=1) / count
-    mean_reward = np.where(known, rewards, 0.0).sum(axis=1) / count
-    d_score = np.where(known, score - mean_score[:, None], 0.0)
-    d_reward = np.where(known, rewards - mean_reward[:, None], 0.0)
-    return (known, mean_score, mean_reward, (d_score ** 2).sum(axis=1) / count, (d_reward ** 2).sum(axis=1) / count,
-            (d_score * d_reward).sum(axis=1) / count)
-
-
-NARROW_MIN_PAIRS = 32  # root rollouts with a known state, score and reward that the width estimate needs
-
-
-def _narrow_states(root: Rollouts, narrow: float, moments: tuple | None = None) -> np.ndarray:
-    """Episodes whose states look narrow: the root's estimate of a state's own variance, Var(r) - Cov(s, r)
-    (as in ``_best_evidence_state``: Cov(s, r) is the variance of the states' means), below ``narrow``
-    times Var(r), from at least ``NARROW_MIN_PAIRS`` root rollouts (a covariance of n pairs has an sd of
-    about sqrt((Var(s) Var(r) + Cov(s, r)^2) / n): a quarter of Var(r) at 32 where both vary alike).
-    Rewards of such states barely spread beyond their means: SLG's
-    screening of several candidates buys nothing their prefix scores and root rewards do not already
-    say, and each of its rollouts is one fewer fresh prompt draw. ``moments``: ``_root_moments(root)``
-    where the caller has it."""
-    if narrow <= 0 or root.state_score is None or root.state_index is None:  # off (a noisy root can estimate < 0)
-        return np.zeros(root.rewards.shape[0], dtype=bool)
-    known, _, _, _, var_reward, covariance = moments or _root_moments(root)
-    return (known.sum(axis=1) >= NARROW_MIN_PAIRS) & (var_reward - covariance < narrow * var_reward)
-
-
-def _in_sds(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
-    """Each row's values in its standard deviations from its mean; 0 where a row has no spread."""
-    sd = np.sqrt(variance)[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sd > 0, (values - mean[:, None]) / np.where(sd > 0, sd, 1.0), 0.0)
-
-
-def _prefix_slope(root: Rollouts, moments: tuple | None = None) -> np.ndarray:
-    """Per episode, the root's least-squares slope of reward on prefix score: the reward a unit of
-    prefix score is worth (a root rollout's reward is a draw of its own state). -inf where the
-    prefixes were not scored, or fewer than 3 pairs (or no spread of scores) leave it unknown.
-    ``moments``: ``_root_moments(root)`` where the caller has it."""
-    if root.state_score is None or root.state_index is None:
-        return np.full(root.rewards.shape[0], -np.inf)
-    known, _, _, var_score, _, covariance = moments or _root_moments(root)
-    usable = (known.sum(axis=1) >= 3) & (var_score > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(usable, covariance / np.where(usable, var_score, 1.0), -np.inf)
-
-
-NOISE_FLOOR = 0.05  # a reading's noise variance is at least this share of its variance (scales that differ)
-
-
-def _best_evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple | None = None) -> np.ndarray:
-    """Per episode of ``mine``, the state of the root rollout whose prefix score s and reward r rank
-    first by E[state mean | s, r]; NO_NODE elsewhere.
-
-    The model: both are readings of the state's mean m in reward units, s = m + e_s and r = m + e_r,
-    with independent errors. Then Cov(s, r) = Var(m), the errors' variances are Var(s) - Var(m) and
-    Var(r) - Var(m) (at least ``NOISE_FLOOR`` of Var(s), Var(r)), all from the root; and E[m | s, r]
-    ranks as s / Var(e_s) + r / Var(e_r), centred: a noisy prefix score weighs little, a noisy reward
-    (a wide state's lucky draw) too. ``moments``: ``_root_moments(root)`` where the caller has it."""
-    known, mean_score, mean_reward, var_score, var_reward, covariance = moments or _root_moments(root)
-    signal = np.maximum(covariance, 0.0)
-    noise_score = np.maximum(var_score - signal, NOISE_FLOOR * var_score)
-    noise_reward = np.maximum(var_reward - signal, NOISE_FLOOR * var_reward)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        evidence = ((root.state_score - mean_score[:, None]) / noise_score[:, None]
-                    + (root.rewards - mean_reward[:, None]) / noise_reward[:, None])
-    rows, top, found = _top_rollout(evidence, known & mine[:, None])
-    return np.where(found, root.state_index[rows, top], NO_NODE)
-
-
-def _top_rollout(rank: np.ndarray, allowed: np.ndarray):
-    """Per episode, (row, root-rollout index of the highest ``rank`` among ``allowed``, whether there
-    is a finite one: a row whose ranks are undefined, 0 / 0 where a reading has no spread, has none)."""
-    rank = np.where(allowed, rank, -np.inf)
-    top = np.argmax(rank, axis=1)
-    rows = np.arange(len(top))
-    return rows, top, np.isfinite(rank[rows, top])
 
 
 NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this share of the variance between states

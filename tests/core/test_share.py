@@ -17,15 +17,8 @@ from pipeline.search.bon import BestOfN
 from pipeline.search.config import SearchConfig, ShareConfig
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 from pipeline.search.reward_levels import few_levels, modal_share, on_a_grid, repeats, repeats_itself
-from pipeline.search.share import (
-    SharedSLG,
-    _best_evidence_state,
-    _best_root_reward_of,
-    _joined,
-    _narrow_states,
-    _prefix_slope,
-    _root_moments,
-)
+from pipeline.search.root_evidence import best_evidence_state, prefix_slope, root_moments, states_look_narrow
+from pipeline.search.share import SharedSLG, _best_root_reward_of, _joined
 
 
 def tied_bank(scores=(0.0, 2.0, 0.1), texts=("a", "b", "c")) -> BankPrompt:
@@ -131,14 +124,18 @@ def test_without_a_clear_prefix_gap_the_rest_is_best_of_n(level):
 @pytest.mark.parametrize("family", ["gaussian", "bimodal"])
 def test_with_continuous_rewards_and_two_halvings_it_is_slg_adaptive_request_for_request(family, budget):
     """From N = 160 slg_adaptive's plan halves its candidates twice or more: its screening pays there,
-    where states are not narrow (these worlds' states are as wide as the spread between them)."""
+    where states are not narrow (these worlds' states are as wide as the spread between them). With
+    its candidates ranked by reward (``share.evidence_candidates`` off) it is slg_adaptive; by default
+    the candidates differ (their own tests below)."""
     world = make_world(family)
+    by_reward = SearchConfig(share=ShareConfig(evidence_candidates=False))
     runs = []
-    for cls in (SharedSLG, AdaptiveSLG):
+    for cls, config in ((SharedSLG, by_reward), (AdaptiveSLG, None), (SharedSLG, None)):
         source = WorldSource(world, 300, np.random.default_rng(5), np.random.default_rng(6))
-        policy, ledger = play(cls, source, budget)
+        policy, ledger = play(cls, source, budget, config)
         runs.append((policy.selected, ledger.best_reward))
     assert (runs[0][0] == runs[1][0]).all() and (runs[0][1] == runs[1][1]).all()
+    assert (runs[2][0] != runs[1][0]).any()
 
 
 def test_without_prefix_scores_it_is_slg_adaptive():
@@ -528,7 +525,9 @@ def test_a_state_s_own_best_root_reward_is_over_the_root_rollouts_through_it():
 def test_a_large_bank_of_continuous_rewards_is_slg_adaptive_request_for_request():
     """64 states of 4000 distinct continuous rewards each: at N = 1024 the root's draws through one
     state repeat a reward now and then (the bank redraws its pool), which a live engine would not
-    do; that is not a reward with few levels, so slg_share must play slg_adaptive's episodes."""
+    do; that is not a reward with few levels, so slg_share must play slg_adaptive's episodes (with
+    its candidates, ``share.evidence_candidates`` off: these prefix scores are noise, but a root's
+    slope passes now and then)."""
     rng = np.random.default_rng(0)
     states = [rng.normal(mean, 1.0, 4000).tolist() for mean in rng.normal(0.0, 1.0, 64)]
     prompt = BankPrompt("big", states, state_texts=[f"s{k}" for k in range(64)], state_scores=rng.normal(size=64).tolist())
@@ -540,7 +539,7 @@ def test_a_large_bank_of_continuous_rewards_is_slg_adaptive_request_for_request(
             return rollouts
 
     shared, adaptive = FirstDraw(prompt, 40, np.random.default_rng(3)), Recording(prompt, 40, np.random.default_rng(3))
-    _, shared_ledger = play(SharedSLG, shared, 1024)
+    _, shared_ledger = play(SharedSLG, shared, 1024, SearchConfig(share=ShareConfig(evidence_candidates=False)))
     _, adaptive_ledger = play(AdaptiveSLG, adaptive, 1024)
     assert len(shared.requests) == len(adaptive.requests)
     for (node, count), (node_a, count_a) in zip(shared.requests, adaptive.requests):
@@ -566,16 +565,16 @@ def continuous_root(seed, batch=50, width=24, signal=1.0, score_noise=0.7, rewar
 
 def test_the_prefix_slope_is_the_least_squares_slope_of_reward_on_score():
     root = continuous_root(0)
-    slope = _prefix_slope(root)
+    slope = prefix_slope(root)
     for b in range(root.rewards.shape[0]):
         assert slope[b] == pytest.approx(np.polyfit(root.state_score[b], root.rewards[b], 1)[0], rel=1e-9)
     no_scores = Rollouts(root.rewards, root.can_branch, None, root.state_index, None)
-    assert (_prefix_slope(no_scores) == -np.inf).all()
+    assert (prefix_slope(no_scores) == -np.inf).all()
     # unknown, not a number, from fewer than 3 scored pairs (two points always fit a line) or equal scores
     two_scored = np.where(np.arange(root.rewards.shape[1]) < 2, root.state_score, np.nan)
     equal = np.ones_like(root.state_score)
     for score in (two_scored, equal):
-        assert (_prefix_slope(Rollouts(root.rewards, root.can_branch, None, root.state_index, score)) == -np.inf).all()
+        assert (prefix_slope(Rollouts(root.rewards, root.can_branch, None, root.state_index, score)) == -np.inf).all()
 
 
 def test_the_evidence_state_maximises_the_conditional_mean_of_the_state_given_score_and_reward():
@@ -583,7 +582,7 @@ def test_the_evidence_state_maximises_the_conditional_mean_of_the_state_given_sc
     model s = m + e_s, r = m + e_r (Cov(s, r) = Var(m)), solved with numpy's linear algebra from the
     root's own moments: an independent route to the policy's precision weights."""
     root = continuous_root(1, width=48)
-    picked = _best_evidence_state(root, np.ones(root.rewards.shape[0], bool))
+    picked = best_evidence_state(root, np.ones(root.rewards.shape[0], bool))
     checked = 0
     for b in range(root.rewards.shape[0]):
         s, r = root.state_score[b], root.rewards[b]
@@ -599,15 +598,73 @@ def test_the_evidence_state_maximises_the_conditional_mean_of_the_state_given_sc
     # a rollout that cannot branch (state_index -1) is never picked, however it scores
     cannot = Rollouts(root.rewards.copy(), root.can_branch, None, root.state_index.copy(), root.state_score.copy())
     cannot.rewards[:, 0], cannot.state_score[:, 0], cannot.state_index[:, 0] = 50.0, 50.0, -1
-    assert (_best_evidence_state(cannot, np.ones(root.rewards.shape[0], bool)) >= 0).all()
+    assert (best_evidence_state(cannot, np.ones(root.rewards.shape[0], bool)) >= 0).all()
     # a prefix score that is noise weighs almost nothing: the pick is the best reward's state
     noisy = continuous_root(2, score_noise=50.0, reward_noise=0.3)
-    picked = _best_evidence_state(noisy, np.ones(noisy.rewards.shape[0], bool))
+    picked = best_evidence_state(noisy, np.ones(noisy.rewards.shape[0], bool))
     assert np.mean(picked == np.argmax(noisy.rewards, axis=1)) > 0.9
-    assert (_best_evidence_state(noisy, np.zeros(noisy.rewards.shape[0], bool)) == NO_NODE).all()
+    assert (best_evidence_state(noisy, np.zeros(noisy.rewards.shape[0], bool)) == NO_NODE).all()
     # prefix scores all equal leave every rank undefined (0 / 0): no pick, not the first rollout's state
     flat = Rollouts(root.rewards, root.can_branch, None, root.state_index, np.ones_like(root.state_score))
-    assert (_best_evidence_state(flat, np.ones(root.rewards.shape[0], bool)) == NO_NODE).all()
+    assert (best_evidence_state(flat, np.ones(root.rewards.shape[0], bool)) == NO_NODE).all()
+
+
+def test_from_160_slg_adaptive_s_candidates_rank_by_prefix_score_and_reward_where_those_track():
+    """The episodes that run slg_adaptive (N >= 160, states not narrow) screen the root rollouts that
+    rank first by E[state mean | prefix score, reward], where the root's slope of reward on prefix
+    score passes ``share.min_prefix_slope``; by reward where it does not, or with
+    ``share.evidence_candidates`` off. Reference: Gaussian conditioning on the root's own covariance
+    of (s, r), solved with numpy's linear algebra, as in the test above; candidates from a full sort."""
+    root = continuous_root(3, batch=80, width=48)
+    root.state_score[60:] = np.random.default_rng(4).standard_normal((20, 48))  # 20 rows whose scores are noise
+    candidates = 10
+    picked = SharedSLG(256, 80)._pick_states(root, candidates, stable=False)
+    by_reward = SharedSLG(256, 80, SearchConfig(share=ShareConfig(evidence_candidates=False)))._pick_states(
+        root, candidates, stable=False)
+    checked = {"evidence": 0, "reward": 0}
+    for b in range(root.rewards.shape[0]):
+        s, r = root.state_score[b], root.rewards[b]
+        cov = np.cov(np.stack([s, r]), bias=True)
+        top_reward = np.argsort(-r, kind="stable")[:candidates]
+        assert (by_reward[b] == top_reward).all()
+        if cov[0, 1] / cov[0, 0] < ShareConfig().min_prefix_slope:  # scores that do not track rewards
+            assert (picked[b] == top_reward).all()
+            checked["reward"] += 1
+        elif 0 < cov[0, 1] < 0.95 * min(cov[0, 0], cov[1, 1]):  # within the model (no floor applies)
+            conditional_mean = np.array([cov[0, 1]] * 2) @ np.linalg.solve(cov, np.stack([s - s.mean(), r - r.mean()]))
+            assert (picked[b] == np.argsort(-conditional_mean, kind="stable")[:candidates]).all()
+            checked["evidence"] += 1
+    assert checked["evidence"] >= 50 and checked["reward"] >= 15
+
+
+def test_a_state_the_root_drew_again_can_be_several_candidates_by_evidence():
+    """Each root rollout ranks on its own, so a state drawn again is as many candidates as its rollouts
+    that rank high, as slg_adaptive's by reward; a rollout whose prefix score is unknown is none."""
+    rewards = np.array([[0.9, 1.0, 0.2, 0.1, 0.3, 0.0, -0.5, 0.8]])
+    index = np.array([[0, 0, 2, 3, 4, 5, 6, 0]])  # rollouts 0, 1 and 7 are one state
+    score = np.array([[2.0, 2.0, 0.1, 0.0, 0.3, -0.2, -1.0, 2.0]])
+    score_dropped = score.copy()
+    score_dropped[0, 4] = np.nan
+    for scores, expected in ((score, [1, 0, 7, 4]), (score_dropped, [1, 0, 7, 2])):
+        root = Rollouts(rewards, np.ones_like(rewards, bool), None, index, scores)
+        assert prefix_slope(root)[0] >= ShareConfig().min_prefix_slope
+        assert SharedSLG(256, 1)._pick_states(root, 4, stable=False)[0].tolist() == expected
+
+
+def test_candidates_by_evidence_pay_where_one_reward_is_a_noisy_reading_of_its_state():
+    """gaussian (states as wide as the spread between them) at N = 256: a candidate picked on its one
+    reward is often a lucky draw of a mediocre state. Paired on 20,000 episodes, candidates by prefix
+    score and reward gain +0.071 +- 0.003 over candidates by reward (one standard error; both from the
+    same draws)."""
+    from tests.core.test_policies import play_paired
+
+    world = make_world("gaussian")
+    off = SearchConfig(share=ShareConfig(evidence_candidates=False))
+    _, by_evidence = play_paired("slg_share", 256, world, 20_000, 11)
+    _, by_reward = play_paired("slg_share", 256, world, 20_000, 11, off)
+    difference = by_evidence.best_reward - by_reward.best_reward
+    stderr = difference.std(ddof=1) / math.sqrt(difference.size)
+    assert difference.mean() > 0.03 and difference.mean() > 5 * stderr
 
 
 def few_level_root(seed, batch=60, width=16, states=6):
@@ -905,7 +962,7 @@ def test_each_shared_episode_asks_the_state_its_own_pick_ranks_first():
     """The wiring of the two picks, each checked on its own above, in one batch at N = 64: a
     few-levels episode (discrete) asks its state rollouts of the state the best-prefix pick ranks
     first on its whole root (the root request and its top-up); an episode that shares by evidence
-    (continuous rewards, its slope passes) asks those of ``_best_evidence_state``'s. The two picks
+    (continuous rewards, its slope passes) asks those of ``best_evidence_state``'s. The two picks
     differ in many episodes, so a pick given to the other kind of episode fails here."""
     budget, batch = 64, 800
     source = MixedWorlds(batch, seed=3)
@@ -920,10 +977,10 @@ def test_each_shared_episode_asks_the_state_its_own_pick_ranks_first():
         asked = np.where(asked == NO_NODE, np.where(node >= 0, node, NO_NODE), asked)
     discrete = np.arange(batch) < batch // 2
     by_prefix = topped_up & discrete
-    by_evidence = topped_up & ~discrete & (_prefix_slope(first_root) >= ShareConfig().min_prefix_slope)
+    by_evidence = topped_up & ~discrete & (prefix_slope(first_root) >= ShareConfig().min_prefix_slope)
     assert (topped_up == by_prefix | by_evidence).all()
-    for mine, expected, other in ((by_prefix, policy._best_prefix_state(root, by_prefix), _best_evidence_state(root, by_prefix)),
-                                  (by_evidence, _best_evidence_state(root, by_evidence), policy._best_prefix_state(root, by_evidence))):
+    for mine, expected, other in ((by_prefix, policy._best_prefix_state(root, by_prefix), best_evidence_state(root, by_prefix)),
+                                  (by_evidence, best_evidence_state(root, by_evidence), policy._best_prefix_state(root, by_evidence))):
         sharing = mine & (asked >= 0)
         assert sharing.sum() > 100
         assert (asked[sharing] == expected[sharing]).all()
@@ -986,15 +1043,16 @@ def test_states_are_narrow_where_the_root_s_own_variance_estimate_is_small():
         rewards = root.rewards.copy()
         rewards[:, :5] = np.nan  # dropped scores: 195 known pairs
         root = Rollouts(rewards, root.can_branch, None, root.state_index, root.state_score)
-        flagged = _narrow_states(root, 0.1)
+        flagged = states_look_narrow(root, 0.1)
         for b in range(rewards.shape[0]):
             r, score = rewards[b, 5:], root.state_score[b, 5:]
             own = np.var(r) - np.cov(score, r, ddof=0)[0, 1]
             assert flagged[b] == (own < 0.1 * np.var(r))
         assert flagged.mean() > 0.7 if batch_narrow else flagged.mean() < 0.01  # the estimate's sd: about 0.1 of Var(r)
     few = continuous_root(3, batch=50, width=31, reward_noise=0.1)  # 31 pairs: too few to say
-    assert not _narrow_states(few, 0.1).any() and _narrow_states(continuous_root(3, batch=50, width=32, reward_noise=0.1), 0.1).any()
-    assert not _narrow_states(continuous_root(3, batch=50, width=48, reward_noise=0.1), 0.0).any()  # 0: never
+    enough = continuous_root(3, batch=50, width=32, reward_noise=0.1)
+    assert not states_look_narrow(few, 0.1).any() and states_look_narrow(enough, 0.1).any()
+    assert not states_look_narrow(continuous_root(3, batch=50, width=48, reward_noise=0.1), 0.0).any()  # 0: never
 
 
 @pytest.mark.parametrize("sigma1, budget", [(0.15, 256), (0.2, 192)])
@@ -1017,7 +1075,8 @@ def test_narrow_states_switched_off_leave_slg_adaptive_request_for_request():
     what slg_adaptive asks, request for request; with the default it does not."""
     world = make_world("gaussian", sigma1=0.1)
     _, adaptive, _ = requests_of(world, 256, batch=200, policy_class=AdaptiveSLG)
-    for config, same in ((SearchConfig(share=ShareConfig(narrow_states=0.0)), True), (None, False)):
+    off = SearchConfig(share=ShareConfig(narrow_states=0.0, evidence_candidates=False))  # slg_adaptive's candidates too
+    for config, same in ((off, True), (None, False)):
         source = recording(WorldSource)(world, 200, np.random.default_rng(3), np.random.default_rng(4))
         play(SharedSLG, source, 256, config=config)
         equal = len(source.requests) == len(adaptive) and all(
@@ -1060,7 +1119,7 @@ def test_below_160_few_levels_episodes_get_the_full_share_though_their_root_look
     grid = make_world("discrete", levels=20, sigma1=0.2)
     roots = WorldSource(grid, 200, np.random.default_rng(3), np.random.default_rng(4)).draw(
         Request.uniform(ROOT, 48, 200, score_prefixes=True))
-    assert few_levels(roots).all() and _narrow_states(roots, ShareConfig().narrow_states).mean() > 0.3  # the premise
+    assert few_levels(roots).all() and states_look_narrow(roots, ShareConfig().narrow_states).mean() > 0.3  # the premise
     source = MixedWorlds(400, seed=96, worlds=(grid, make_world("gaussian", sigma1=0.1, prefix_noise=0.3)))
     _, ledger = play(SharedSLG, source, 96)
     state = sum(np.where(node >= 0, count, 0) for node, count in zip(source.requests, source.counts))
@@ -1099,7 +1158,7 @@ def narrow_episode(first_half, seed=5, width=32, reward_noise=0.1):
 
 def prompt_beats_state(root, first, best, left=12, config=None):
     policy = SharedSLG(64, 1, config or SearchConfig())
-    return policy._prompt_beats_state(root, _root_moments(root), first, best, np.array([left]), np.array([True]))[0]
+    return policy._prompt_beats_state(root, root_moments(root), first, best, np.array([left]), np.array([True]))[0]
 
 
 def test_the_prompt_check_gives_a_narrow_state_s_rest_to_the_prompt_and_keeps_a_wide_one():

@@ -1,0 +1,105 @@
+"""What a root says about its states: ``slg_share``'s regime tests and its picks on continuous rewards.
+
+Pure numpy. Rows are episodes, columns root rollouts; a root rollout is a draw of its own state, so its
+prefix score s and its reward r are two readings of that state's mean. From the root's own moments:
+how much a unit of prefix score is worth (``prefix_slope``), whether the states look narrow against
+the spread between them (``states_look_narrow``), and which rollout's state has the highest mean given
+both readings (``evidence_rank``, ``best_evidence_state``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.search.protocol import NO_NODE, Rollouts
+
+
+def root_moments(root: Rollouts):
+    """Per episode, over the root rollouts whose state, prefix score and reward are known: (known,
+    mean score, mean reward, var of scores, var of rewards, their covariance); moments with 1/n."""
+    score, rewards = root.state_score, root.rewards
+    known = ~np.isnan(score) & ~np.isnan(rewards) & (root.state_index >= 0)
+    count = np.maximum(known.sum(axis=1), 1)
+    mean_score = np.where(known, score, 0.0).sum(axis=1) / count
+    mean_reward = np.where(known, rewards, 0.0).sum(axis=1) / count
+    d_score = np.where(known, score - mean_score[:, None], 0.0)
+    d_reward = np.where(known, rewards - mean_reward[:, None], 0.0)
+    return (known, mean_score, mean_reward, (d_score ** 2).sum(axis=1) / count, (d_reward ** 2).sum(axis=1) / count,
+            (d_score * d_reward).sum(axis=1) / count)
+
+
+NARROW_MIN_PAIRS = 32  # root rollouts with a known state, score and reward that the width estimate needs
+
+
+def states_look_narrow(root: Rollouts, narrow: float, moments: tuple | None = None) -> np.ndarray:
+    """Episodes whose states look narrow: the root's estimate of a state's own variance, Var(r) - Cov(s, r)
+    (as in ``best_evidence_state``: Cov(s, r) is the variance of the states' means), below ``narrow``
+    times Var(r), from at least ``NARROW_MIN_PAIRS`` root rollouts (a covariance of n pairs has an sd of
+    about sqrt((Var(s) Var(r) + Cov(s, r)^2) / n): a quarter of Var(r) at 32 where both vary alike).
+    Rewards of such states barely spread beyond their means: SLG's
+    screening of several candidates buys nothing their prefix scores and root rewards do not already
+    say, and each of its rollouts is one fewer fresh prompt draw. ``moments``: ``root_moments(root)``
+    where the caller has it."""
+    if narrow <= 0 or root.state_score is None or root.state_index is None:  # off (a noisy root can estimate < 0)
+        return np.zeros(root.rewards.shape[0], dtype=bool)
+    known, _, _, _, var_reward, covariance = moments or root_moments(root)
+    return (known.sum(axis=1) >= NARROW_MIN_PAIRS) & (var_reward - covariance < narrow * var_reward)
+
+
+def in_sds(values: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Each row's values in its standard deviations from its mean; 0 where a row has no spread."""
+    sd = np.sqrt(variance)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sd > 0, (values - mean[:, None]) / np.where(sd > 0, sd, 1.0), 0.0)
+
+
+def prefix_slope(root: Rollouts, moments: tuple | None = None) -> np.ndarray:
+    """Per episode, the root's least-squares slope of reward on prefix score: the reward a unit of
+    prefix score is worth (a root rollout's reward is a draw of its own state). -inf where the
+    prefixes were not scored, or fewer than 3 pairs (or no spread of scores) leave it unknown.
+    ``moments``: ``root_moments(root)`` where the caller has it."""
+    if root.state_score is None or root.state_index is None:
+        return np.full(root.rewards.shape[0], -np.inf)
+    known, _, _, var_score, _, covariance = moments or root_moments(root)
+    usable = (known.sum(axis=1) >= 3) & (var_score > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(usable, covariance / np.where(usable, var_score, 1.0), -np.inf)
+
+
+NOISE_FLOOR = 0.05  # a reading's noise variance is at least this share of its variance (scales that differ)
+
+
+def best_evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple | None = None) -> np.ndarray:
+    """Per episode of ``mine``, the state of the root rollout whose prefix score s and reward r rank
+    first by E[state mean | s, r]; NO_NODE elsewhere.
+
+    The model: both are readings of the state's mean m in reward units, s = m + e_s and r = m + e_r,
+    with independent errors. Then Cov(s, r) = Var(m), the errors' variances are Var(s) - Var(m) and
+    Var(r) - Var(m) (at least ``NOISE_FLOOR`` of Var(s), Var(r)), all from the root; and E[m | s, r]
+    ranks as s / Var(e_s) + r / Var(e_r), centred: a noisy prefix score weighs little, a noisy reward
+    (a wide state's lucky draw) too. ``moments``: ``root_moments(root)`` where the caller has it."""
+    moments = moments or root_moments(root)
+    rows, top, found = top_rollout(evidence_rank(root, moments), moments[0] & mine[:, None])
+    return np.where(found, root.state_index[rows, top], NO_NODE)
+
+
+def evidence_rank(root: Rollouts, moments: tuple) -> np.ndarray:
+    """(B, r): each root rollout's rank by E[its state's mean | its prefix score s, its reward r], the
+    model of ``best_evidence_state``: s / Var(e_s) + r / Var(e_r), centred. NaN or infinite where a
+    reading is missing or has no spread. ``moments``: ``root_moments(root)``."""
+    _, mean_score, mean_reward, var_score, var_reward, covariance = moments
+    signal = np.maximum(covariance, 0.0)
+    noise_score = np.maximum(var_score - signal, NOISE_FLOOR * var_score)
+    noise_reward = np.maximum(var_reward - signal, NOISE_FLOOR * var_reward)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((root.state_score - mean_score[:, None]) / noise_score[:, None]
+                + (root.rewards - mean_reward[:, None]) / noise_reward[:, None])
+
+
+def top_rollout(rank: np.ndarray, allowed: np.ndarray):
+    """Per episode, (row, root-rollout index of the highest ``rank`` among ``allowed``, whether there
+    is a finite one: a row whose ranks are undefined, 0 / 0 where a reading has no spread, has none)."""
+    rank = np.where(allowed, rank, -np.inf)
+    top = np.argmax(rank, axis=1)
+    rows = np.arange(len(top))
+    return rows, top, np.isfinite(rank[rows, top])
