@@ -86,11 +86,15 @@ class SearchPolicy:
         ``stable``: equal rewards keep their order (the reference); otherwise a partial sort picks
         the K best (ties at the K-th reward broken arbitrarily), O(r) for a large root sample.
         """
+        return top_ranked(self._branch_scores(root), num_states, stable)
+
+    def _branch_scores(self, root: Rollouts) -> np.ndarray:
+        """(B, r): what ranks the root rollouts as states (``state_selection``): their rewards, or
+        random numbers; -inf where a rollout cannot branch or was not scored."""
+        usable = root.can_branch & ~np.isnan(root.rewards)
         if self.config.state_selection == StateSelection.top_reward:
-            score = np.where(root.can_branch & ~np.isnan(root.rewards), root.rewards, -np.inf)
-        else:
-            score = np.where(root.can_branch & ~np.isnan(root.rewards), self.rng.random(root.rewards.shape), -np.inf)
-        return top_ranked(score, num_states, stable)
+            return np.where(usable, root.rewards, -np.inf)
+        return np.where(usable, self.rng.random(root.rewards.shape), -np.inf)
 
     def _tail_fit_values(self, samples: np.ndarray, n: np.ndarray) -> np.ndarray:
         """The reference's predicted V_n per node (B, nodes) from its samples (B, nodes, L)

@@ -105,7 +105,7 @@ class SharedSLG(AdaptiveSLG):
         (root,) = yield [Request.uniform(ROOT, plan.root_rollouts, batch, score_prefixes=True)]
         few_levels = reward_levels.few_levels(root)
         moments = root_moments(root) if root.state_score is not None and root.state_index is not None else None
-        by_evidence = ~few_levels & (prefix_slope(root, moments) >= self.config.share.min_prefix_slope)
+        by_evidence = ~few_levels & self._prefix_tracks(root, moments)
         screening_pays = sum(plan.halving) > SCREENING_HALVINGS
         if screening_pays and by_evidence.any():  # unless the states are narrow
             by_evidence &= states_look_narrow(root, self.config.share.narrow_states, moments)
@@ -176,7 +176,7 @@ class SharedSLG(AdaptiveSLG):
     def _pick_states(self, root: Rollouts, num_states: int, stable: bool = True) -> np.ndarray:
         """``slg_adaptive``'s candidates (the continuous episodes that do not run the share rounds: N
         >= 160 and states not narrow, or prefix scores that do not track rewards). Where prefix scores
-        track rewards (``prefix_slope`` at least ``share.min_prefix_slope``) and
+        track rewards (``_prefix_tracks``) and
         ``share.evidence_candidates`` is on, the root rollouts that rank first by the share rounds'
         pick (``evidence_rank``: prefix score and reward together) rather than by reward alone; a rollout
         whose state or prefix score is unknown is none. A candidate picked on its one reward is often
@@ -184,17 +184,21 @@ class SharedSLG(AdaptiveSLG):
         models' bank toy_t8_temp15 at 160: 1.33x -> 1.93x; docs/design-record.md, "Candidates by
         evidence, from N = 160"). Each root rollout ranks on its own: a state the root drew again can
         be several candidates, as by reward."""
-        if (not self.config.share.evidence_candidates or self.config.state_selection != StateSelection.top_reward
-                or root.state_score is None or root.state_index is None):  # (random: the reference's option)
-            return super()._pick_states(root, num_states, stable)
-        moments = root_moments(root)
-        tracks = prefix_slope(root, moments) >= self.config.share.min_prefix_slope
-        if not tracks.any():
-            return super()._pick_states(root, num_states, stable)
-        # finite where known: a slope that passes needs scores and rewards that spread
-        by_evidence = np.where(moments[0] & root.can_branch, evidence_rank(root, moments), -np.inf)
-        by_reward = np.where(root.can_branch & ~np.isnan(root.rewards), root.rewards, -np.inf)
-        return top_ranked(np.where(tracks[:, None], by_evidence, by_reward), num_states, stable)
+        scores = self._branch_scores(root)
+        by_reward = self.config.state_selection == StateSelection.top_reward  # (random: the reference's option)
+        if self.config.share.evidence_candidates and by_reward and root.state_score is not None and root.state_index is not None:
+            moments = root_moments(root)
+            tracks = self._prefix_tracks(root, moments)
+            # finite where known: a slope that passes needs scores and rewards that spread
+            by_evidence = np.where(moments[0] & root.can_branch, evidence_rank(root, moments), -np.inf)
+            scores = np.where(tracks[:, None], by_evidence, scores)
+        return top_ranked(scores, num_states, stable)
+
+    def _prefix_tracks(self, root: Rollouts, moments: tuple | None) -> np.ndarray:
+        """Per episode, whether the root's prefix scores track its rewards: its slope of reward on
+        prefix score (``prefix_slope``) at least ``share.min_prefix_slope``. ``moments``:
+        ``root_moments(root)``, or None where the prefixes were not scored."""
+        return prefix_slope(root, moments) >= self.config.share.min_prefix_slope
 
     def _commits(self, root: Rollouts, few_levels: np.ndarray) -> np.ndarray:
         """The episodes of ``few_levels`` whose state gets all the root leaves (in the same two checked

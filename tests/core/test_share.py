@@ -14,7 +14,7 @@ from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource, run_e
 from pipeline.offline.worlds import make_world
 from pipeline.search.adaptive import AdaptiveSLG
 from pipeline.search.bon import BestOfN
-from pipeline.search.config import SearchConfig, ShareConfig
+from pipeline.search.config import SearchConfig, ShareConfig, StateSelection
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 from pipeline.search.reward_levels import few_levels, modal_share, on_a_grid, repeats, repeats_itself
 from pipeline.search.root_evidence import best_evidence_state, prefix_slope, root_moments, states_look_narrow
@@ -649,6 +649,17 @@ def test_a_state_the_root_drew_again_can_be_several_candidates_by_evidence():
         root = Rollouts(rewards, np.ones_like(rewards, bool), None, index, scores)
         assert prefix_slope(root)[0] >= ShareConfig().min_prefix_slope
         assert SharedSLG(256, 1)._pick_states(root, 4, stable=False)[0].tolist() == expected
+
+
+def test_random_state_selection_keeps_its_random_candidates():
+    """``state_selection=random`` (the reference's option) is the user's choice of candidates: prefix
+    scores that track rewards do not replace it; the candidates are slg_adaptive's, draw for draw."""
+    root = continuous_root(5, batch=40, width=48)
+    config = SearchConfig(state_selection=StateSelection.random)
+    shared = SharedSLG(256, 40, config, rng=3)._pick_states(root, 10, stable=False)
+    adaptive = AdaptiveSLG(256, 40, config, rng=3)._pick_states(root, 10, stable=False)
+    assert (prefix_slope(root) >= ShareConfig().min_prefix_slope).mean() > 0.9
+    assert (shared == adaptive).all()
 
 
 def test_candidates_by_evidence_pay_where_one_reward_is_a_noisy_reading_of_its_state():
