@@ -104,6 +104,7 @@ class ShareConfig:
     modal_check: float | None = 0.6  # full shares, commitments: the second half to the prompt where this share of the first is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
     evidence_candidates: bool = True  # episodes that run slg_adaptive: candidates by prefix score and reward where those track
+    width_check: bool = True          # ... but by reward where the root says the states' tails fall as prefix scores rise
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 Pure numpy. Rows are episodes, columns root rollouts; a root rollout is a draw of its own state, so its
 prefix score s and its reward r are two readings of that state's mean. From the root's own moments:
-how much a unit of prefix score is worth (``prefix_slope``), whether the states look narrow against
-the spread between them (``states_look_narrow``), and which rollout's state has the highest mean given
-both readings (``evidence_rank``, ``best_evidence_state``).
+how much a unit of prefix score is worth (``prefix_slope``) and how it changes a state's width
+(``width_slope``), and whether a state's upper tail then falls as its prefix score rises
+(``tails_fall``), whether the states look narrow against the spread between them
+(``states_look_narrow``), and which rollout's state has the highest mean given both readings
+(``evidence_rank``, ``best_evidence_state``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,37 @@ def prefix_slope(root: Rollouts, moments: tuple | None = None) -> np.ndarray:
     usable = (known.sum(axis=1) >= 3) & (var_score > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(usable, covariance / np.where(usable, var_score, 1.0), -np.inf)
+
+
+def width_slope(root: Rollouts, moments: tuple) -> np.ndarray:
+    """Per episode, how much a state's width (the sd of its rewards) changes per unit of prefix score:
+    the root's least-squares slope on prefix score of each rollout's distance from the root's line of
+    reward on prefix score, |r - fitted r|, times sqrt(pi / 2) (a normal's mean distance from its
+    mean is sqrt(2 / pi) sds). A root rollout's reward is a draw of its own state, so its distance
+    reads that state's width, and the prefix score's noise is independent of it. Where that noise
+    is large the distance also holds the spread of means the score does not explain, which dilutes
+    this slope somewhat more than ``prefix_slope``: ``tails_fall`` then errs toward not firing. NaN
+    where the prefixes were not scored or their scores do not spread. ``moments``:
+    ``root_moments(root)`` (needed: this reads the line it fits)."""
+    if root.state_score is None or root.state_index is None:
+        return np.full(root.rewards.shape[0], np.nan)
+    known, mean_score, mean_reward, var_score, _, covariance = moments
+    count = np.maximum(known.sum(axis=1), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_score = root.state_score - mean_score[:, None]
+        distance = np.abs(root.rewards - mean_reward[:, None] - (covariance / var_score)[:, None] * d_score)
+        # d_score sums to 0 over the known rollouts: no need to centre the distances
+        return np.where(known, d_score * distance, 0.0).sum(axis=1) / count / var_score * np.sqrt(np.pi / 2)
+
+
+def tails_fall(root: Rollouts, moments: tuple, expected_max: float) -> np.ndarray:
+    """Per episode, whether the root says its states' upper tails fall as prefix scores rise: the
+    slope of reward on prefix score (``prefix_slope``) plus ``expected_max`` times the slope of a
+    state's width (``width_slope``) below 0 (the best of n draws of a normal is about E(n) sds above
+    its mean: ``expected_max``). The best tails are then in wide states of low prefix score, which a
+    rank by mean puts last. False where either slope is unknown. ``moments``: ``root_moments(root)``."""
+    slope = prefix_slope(root, moments)
+    return np.isfinite(slope) & (slope + expected_max * width_slope(root, moments) < 0)  # NaN < 0: False
 
 
 NOISE_FLOOR = 0.05  # a reading's noise variance is at least this share of its variance (scales that differ)

@@ -60,7 +60,8 @@ Which episodes run them, and which state gets the share:
   screening then committing pays (21x best-of-N at N = 1000 on gaussian). These episodes run
   ``slg_adaptive``, but where prefix scores track rewards it screens the root rollouts that prefix
   score and reward together rank first, as the share rounds pick, not those of the best rewards
-  (``share.evidence_candidates``, ``_pick_states``).
+  (``share.evidence_candidates``, ``_pick_states``), unless the root says the states' upper tails
+  fall as prefix scores rise (``share.width_check``, ``root_evidence.tails_fall``).
 
 Without prefix scores (a bank that has none, an engine that cannot score them) every episode runs
 ``slg_adaptive``. Below N = 12 the policy is best-of-N, as ``slg_adaptive``.
@@ -82,6 +83,7 @@ from pipeline.search.root_evidence import (
     prefix_slope,
     root_moments,
     states_look_narrow,
+    tails_fall,
     top_rollout,
 )
 from pipeline.stats.quantile_scale import QuantileScale
@@ -181,14 +183,18 @@ class SharedSLG(AdaptiveSLG):
         pick (``evidence_rank``: prefix score and reward together) rather than by reward alone; a rollout
         whose state or prefix score is unknown is none. A candidate picked on its one reward is often
         a lucky draw of a mediocre state (gaussian at N = 1000: 18.2x -> 21.2x best-of-N; the toy
-        models' bank toy_t8_temp15 at 160: 1.33x -> 1.93x; docs/design-record.md, "Candidates by
-        evidence, from N = 160"). Each root rollout ranks on its own: a state the root drew again can
-        be several candidates, as by reward."""
+        models' bank toy_t8_temp15 at 160: 1.33x -> 1.93x, 1.83x with the width check below;
+        docs/design-record.md, "Candidates by evidence, from N = 160"). Each root rollout ranks on its own: a state the root drew again can
+        be several candidates, as by reward. Where the root says the states' upper tails fall as
+        prefix scores rise (``share.width_check``, ``tails_fall``), by reward: the best tails are
+        then in wide states of low mean, which a rank by mean puts last."""
         scores = self._branch_scores(root)
         by_reward = self.config.state_selection == StateSelection.top_reward  # (random: the reference's option)
         if self.config.share.evidence_candidates and by_reward and root.state_score is not None and root.state_index is not None:
             moments = root_moments(root)
             tracks = self._prefix_tracks(root, moments)
+            if self.config.share.width_check:
+                tracks &= ~tails_fall(root, moments, self._expected_max(np.array([self.budget]))[0])
             # finite where known: a slope that passes needs scores and rewards that spread
             by_evidence = np.where(moments[0] & root.can_branch, evidence_rank(root, moments), -np.inf)
             scores = np.where(tracks[:, None], by_evidence, scores)

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
 from pipeline.offline.worlds import make_world
@@ -17,7 +18,14 @@ from pipeline.search.bon import BestOfN
 from pipeline.search.config import SearchConfig, ShareConfig, StateSelection
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 from pipeline.search.reward_levels import few_levels, modal_share, on_a_grid, repeats, repeats_itself
-from pipeline.search.root_evidence import best_evidence_state, prefix_slope, root_moments, states_look_narrow
+from pipeline.search.root_evidence import (
+    best_evidence_state,
+    prefix_slope,
+    root_moments,
+    states_look_narrow,
+    tails_fall,
+    width_slope,
+)
 from pipeline.search.share import SharedSLG, _best_root_reward_of, _joined
 
 
@@ -609,32 +617,110 @@ def test_the_evidence_state_maximises_the_conditional_mean_of_the_state_given_sc
     assert (best_evidence_state(flat, np.ones(root.rewards.shape[0], bool)) == NO_NODE).all()
 
 
+def reference_width_slope(score, rewards):
+    """The least-squares slope on prefix score of each rollout's distance from the line of reward
+    on prefix score, times sqrt(pi / 2): numpy's polyfit, twice."""
+    line = np.polyfit(score, rewards, 1)
+    return np.polyfit(score, np.abs(rewards - np.polyval(line, score)), 1)[0] * math.sqrt(math.pi / 2)
+
+
+def test_the_width_slope_is_the_slope_of_each_rollout_s_distance_from_the_line():
+    root = continuous_root(1)
+    root.rewards[:, 3] = np.nan  # a dropped reward, a dropped prefix score, a rollout of no state: not pairs
+    root.state_score[:, 5] = np.nan
+    root.state_index[:, 7] = -1
+    slope = width_slope(root, root_moments(root))
+    for b in range(root.rewards.shape[0]):
+        keep = np.ones(root.rewards.shape[1], bool)
+        keep[[3, 5, 7]] = False
+        assert slope[b] == pytest.approx(reference_width_slope(root.state_score[b, keep], root.rewards[b, keep]), rel=1e-9)
+    equal = Rollouts(root.rewards, root.can_branch, None, root.state_index, np.ones_like(root.state_score))
+    assert np.isnan(width_slope(equal, root_moments(equal))).all()  # scores that do not spread: unknown
+    unscored = Rollouts(root.rewards, root.can_branch, None, root.state_index, None)
+    assert np.isnan(width_slope(unscored, root_moments(root))).all()
+
+
+def test_tails_fall_where_the_width_s_slope_outweighs_the_mean_s():
+    """``tails_fall``: prefix slope + E x width slope below 0, each from its own reference (polyfit);
+    never where the prefix slope is unknown (fewer than 3 pairs), even if the widths fall."""
+    rng = np.random.default_rng(6)
+    mean = rng.standard_normal((60, 48))
+    score = mean + 0.5 * rng.standard_normal((60, 48))
+    rewards = mean + np.exp(-0.6 * mean) * rng.standard_normal((60, 48))
+    index = np.broadcast_to(np.arange(48), (60, 48)).copy()
+    root = Rollouts(rewards, np.ones((60, 48), bool), None, index, score)
+    for expected_max in (1.0, 2.66):
+        falls = tails_fall(root, root_moments(root), expected_max)
+        reference = [np.polyfit(score[b], rewards[b], 1)[0] + expected_max * reference_width_slope(score[b], rewards[b]) < 0
+                     for b in range(60)]
+        assert falls.tolist() == reference
+    assert 0 < tails_fall(root, root_moments(root), 1.0).sum() < tails_fall(root, root_moments(root), 2.66).sum()
+    two = Rollouts(rewards, root.can_branch, None, index, np.where(np.arange(48) < 2, score, np.nan))
+    assert not tails_fall(two, root_moments(two), 100.0).any()
+
+
+def test_the_width_slope_reads_how_a_state_s_sd_changes_with_its_prefix_score():
+    """Closed form: prefix scores that read the states' means exactly (s = m) and states of sd
+    1 + b m, normal, so a reward's distance from the line m has mean sqrt(2 / pi) (1 + b m): the width
+    slope is b. 200,000 rollouts a row, m uniform on [-1, 1]: the slope's standard error is about
+    sqrt(pi / 2) sqrt((1 - 2 / pi) 3 / 200,000) = 0.003, and the tolerance 5 of them."""
+    rng = np.random.default_rng(2)
+    for b in (-0.3, 0.0, 0.2):
+        mean = rng.uniform(-1.0, 1.0, (4, 200_000))
+        rewards = mean + (1.0 + b * mean) * rng.standard_normal(mean.shape)
+        index = np.broadcast_to(np.arange(mean.shape[1]), mean.shape).copy()
+        root = Rollouts(rewards, np.ones(mean.shape, bool), None, index, mean)
+        assert width_slope(root, root_moments(root)) == pytest.approx(np.full(4, b), abs=0.015)
+
+
 def test_from_160_slg_adaptive_s_candidates_rank_by_prefix_score_and_reward_where_those_track():
     """The episodes that run slg_adaptive (N >= 160, states not narrow) screen the root rollouts that
     rank first by E[state mean | prefix score, reward], where the root's slope of reward on prefix
-    score passes ``share.min_prefix_slope``; by reward where it does not, or with
-    ``share.evidence_candidates`` off. Reference: Gaussian conditioning on the root's own covariance
-    of (s, r), solved with numpy's linear algebra, as in the test above; candidates from a full sort."""
-    root = continuous_root(3, batch=80, width=48)
-    root.state_score[60:] = np.random.default_rng(4).standard_normal((20, 48))  # 20 rows whose scores are noise
-    candidates = 10
-    picked = SharedSLG(256, 80)._pick_states(root, candidates, stable=False)
-    by_reward = SharedSLG(256, 80, SearchConfig(share=ShareConfig(evidence_candidates=False)))._pick_states(
+    score passes ``share.min_prefix_slope`` and its states' tails do not fall as prefix scores rise
+    (that slope plus E(N) times the width slope not below 0, ``share.width_check``); by reward
+    elsewhere, or with ``share.evidence_candidates`` off. Reference: Gaussian conditioning on the
+    root's own covariance of (s, r), solved with numpy's linear algebra, as in the test above; the
+    slopes from numpy's polyfit, E(N) from scipy's normal quantile (the quantile rule); candidates
+    from a full sort."""
+    root = continuous_root(3, batch=100, width=48)
+    rng = np.random.default_rng(4)
+    root.state_score[80:] = rng.standard_normal((20, 48))  # 20 rows whose scores are noise
+    # 40 rows whose states narrow fast as their means rise: the wide low ones have the best tails
+    mean = rng.standard_normal((40, 48))
+    root.state_score[40:80] = mean + 0.5 * rng.standard_normal((40, 48))
+    root.rewards[40:80] = mean + np.exp(-mean) * rng.standard_normal((40, 48))
+    candidates, budget = 10, 256
+    picked = SharedSLG(budget, 100)._pick_states(root, candidates, stable=False)
+    unchecked = SharedSLG(budget, 100, SearchConfig(share=ShareConfig(width_check=False)))._pick_states(
         root, candidates, stable=False)
-    checked = {"evidence": 0, "reward": 0}
+    by_reward = SharedSLG(budget, 100, SearchConfig(share=ShareConfig(evidence_candidates=False)))._pick_states(
+        root, candidates, stable=False)
+    expected_max = scipy.stats.norm.ppf(1 - 1 / budget)
+    checked = {"evidence": 0, "tails fall": 0, "reward": 0}
+    falls_by_rows = {"normal": 0, "narrowing": 0}
     for b in range(root.rewards.shape[0]):
         s, r = root.state_score[b], root.rewards[b]
         cov = np.cov(np.stack([s, r]), bias=True)
         top_reward = np.argsort(-r, kind="stable")[:candidates]
         assert (by_reward[b] == top_reward).all()
-        if cov[0, 1] / cov[0, 0] < ShareConfig().min_prefix_slope:  # scores that do not track rewards
-            assert (picked[b] == top_reward).all()
+        slope = np.polyfit(s, r, 1)[0]
+        if slope < ShareConfig().min_prefix_slope:  # scores that do not track rewards
+            assert (picked[b] == top_reward).all() and (unchecked[b] == top_reward).all()
             checked["reward"] += 1
         elif 0 < cov[0, 1] < 0.95 * min(cov[0, 0], cov[1, 1]):  # within the model (no floor applies)
             conditional_mean = np.array([cov[0, 1]] * 2) @ np.linalg.solve(cov, np.stack([s - s.mean(), r - r.mean()]))
-            assert (picked[b] == np.argsort(-conditional_mean, kind="stable")[:candidates]).all()
-            checked["evidence"] += 1
-    assert checked["evidence"] >= 50 and checked["reward"] >= 15
+            top_evidence = np.argsort(-conditional_mean, kind="stable")[:candidates]
+            assert (unchecked[b] == top_evidence).all()
+            if slope + expected_max * reference_width_slope(s, r) < 0:
+                assert (picked[b] == top_reward).all()
+                checked["tails fall"] += 1
+                falls_by_rows["normal" if b < 40 else "narrowing"] += 1
+            else:
+                assert (picked[b] == top_evidence).all()
+                checked["evidence"] += 1
+    assert checked["evidence"] >= 30 and checked["reward"] >= 15
+    # the check fires on most narrowing rows (24 of the 40) and seldom on normal ones (2 of 40: noise)
+    assert falls_by_rows["narrowing"] >= 20 and falls_by_rows["normal"] <= 4
 
 
 def test_a_state_the_root_drew_again_can_be_several_candidates_by_evidence():
@@ -676,6 +762,40 @@ def test_candidates_by_evidence_pay_where_one_reward_is_a_noisy_reading_of_its_s
     difference = by_evidence.best_reward - by_reward.best_reward
     stderr = difference.std(ddof=1) / math.sqrt(difference.size)
     assert difference.mean() > 0.03 and difference.mean() > 5 * stderr
+
+
+def test_where_widths_fall_as_prefix_scores_rise_the_candidates_rank_by_reward():
+    """A bank whose states narrow as their means rise (16 states a prompt, means N(0, 1), sds
+    exp(-m / 2), prefix scores that read the means with noise 0.5): the wide states of low mean have
+    the best tails (the best of 256 draws is about m + 2.66 sd: 4.1 at m = -1.5, 2.7 at m = 1.5), but
+    prefix score and reward rank the narrow high ones first, and screening those never finds a wide
+    one. At N = 256, 20 prompts x 200 episodes, paired on the same draws (one standard error):
+    without the width check -0.323 +- 0.023 against best-of-N; with it (the default) +0.062 +- 0.027,
+    +0.386 +- 0.018 over no check. The test asserts below -5, above -2 and above 10 standard errors."""
+    runs = {}
+    for name, policy_class, config in (("bon", BestOfN, SearchConfig()), ("checked", SharedSLG, SearchConfig()),
+                                       ("unchecked", SharedSLG, SearchConfig(share=ShareConfig(width_check=False)))):
+        best = []
+        for k in range(20):
+            rng = np.random.default_rng(k)
+            means = rng.normal(0.0, 1.0, 16)
+            prompt = BankPrompt(f"p{k}", [rng.normal(m, np.exp(-0.5 * m), 2000).tolist() for m in means],
+                                state_texts=[f"s{j}" for j in range(16)],
+                                state_scores=(means + rng.normal(0.0, 0.5, 16)).tolist())
+            policy = policy_class(256, 200, config, rng=np.random.default_rng(k))
+            best.append(run_episodes(policy, BankSource(prompt, 200, np.random.default_rng(100 + k))).best_reward)
+        runs[name] = np.concatenate(best)
+
+    def gain(a, b):
+        difference = runs[a] - runs[b]
+        return difference.mean(), difference.std(ddof=1) / math.sqrt(difference.size)
+
+    mean, stderr = gain("unchecked", "bon")
+    assert mean < -5 * stderr
+    mean, stderr = gain("checked", "bon")
+    assert mean > -2 * stderr
+    mean, stderr = gain("checked", "unchecked")
+    assert mean > 10 * stderr
 
 
 def few_level_root(seed, batch=60, width=16, states=6):
