@@ -2,10 +2,10 @@
 
 Pure numpy. Rows are episodes, columns root rollouts; a root rollout is a draw of its own state, so its
 prefix score s and its reward r are two readings of that state's mean. From the root's own moments:
-how much a unit of prefix score is worth (``prefix_slope``) and how it changes a state's width
-(``width_slope``), and whether a state's upper tail then falls as its prefix score rises
-(``tails_fall``), whether the states look narrow against the spread between them
-(``states_look_narrow``), and which rollout's state has the highest mean given both readings
+how much a unit of prefix score is worth (``prefix_slope``); how it changes a state's width
+(``width_slope``), and so whether the states' upper tails fall as prefix scores rise
+(``tails_fall``); whether the states look narrow against the spread between them
+(``states_look_narrow``); and which rollout's state has the highest mean given both readings
 (``evidence_rank``, ``best_evidence_state``).
 """
 

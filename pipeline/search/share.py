@@ -184,20 +184,21 @@ class SharedSLG(AdaptiveSLG):
         whose state or prefix score is unknown is none. A candidate picked on its one reward is often
         a lucky draw of a mediocre state (gaussian at N = 1000: 18.2x -> 21.2x best-of-N; the toy
         models' bank toy_t8_temp15 at 160: 1.33x -> 1.93x, 1.83x with the width check below;
-        docs/design-record.md, "Candidates by evidence, from N = 160"). Each root rollout ranks on its own: a state the root drew again can
-        be several candidates, as by reward. Where the root says the states' upper tails fall as
-        prefix scores rise (``share.width_check``, ``tails_fall``), by reward: the best tails are
-        then in wide states of low mean, which a rank by mean puts last."""
+        docs/design-record.md, "Candidates by evidence, from N = 160"). Each root rollout ranks on
+        its own: a state the root drew again can be several candidates, as by reward. Where the root
+        says the states' upper tails fall as prefix scores rise (``share.width_check``,
+        ``tails_fall``), by reward: the best tails are then in wide states of low mean, which a rank
+        by mean puts last."""
         scores = self._branch_scores(root)
         by_reward = self.config.state_selection == StateSelection.top_reward  # (random: the reference's option)
         if self.config.share.evidence_candidates and by_reward and root.state_score is not None and root.state_index is not None:
             moments = root_moments(root)
-            tracks = self._prefix_tracks(root, moments)
+            use_evidence = self._prefix_tracks(root, moments)
             if self.config.share.width_check:
-                tracks &= ~tails_fall(root, moments, self._expected_max(np.array([self.budget]))[0])
+                use_evidence &= ~tails_fall(root, moments, self._expected_max(np.array([self.budget]))[0])
             # finite where known: a slope that passes needs scores and rewards that spread
             by_evidence = np.where(moments[0] & root.can_branch, evidence_rank(root, moments), -np.inf)
-            scores = np.where(tracks[:, None], by_evidence, scores)
+            scores = np.where(use_evidence[:, None], by_evidence, scores)
         return top_ranked(scores, num_states, stable)
 
     def _prefix_tracks(self, root: Rollouts, moments: tuple | None) -> np.ndarray:
