@@ -84,7 +84,8 @@ class ShareConfig:
     estimate of a state's own variance is below ``narrow_states`` times the rewards' variance, and only
     where the root's regression slope of reward on prefix score is at least ``min_prefix_slope``
     (prefix scores that track rewards); the state is then the one whose prefix score and root reward
-    together say most about its mean. From N = ``full_share_from`` up to ``commit_from`` the state
+    together say most about its mean, or the best root reward's where the root says the states' upper
+    tails fall as prefix scores rise (``width_check``). From N = ``full_share_from`` up to ``commit_from`` the state
     gets all that root leaves rather than ``state_share`` of it (but for continuous episodes below
     N = 160 whose root shows states narrower than ``narrow_states``), and its second half goes to the
     prompt where at least ``modal_check`` of its first half is one reward; from N = ``commit_from``,
@@ -104,7 +105,7 @@ class ShareConfig:
     modal_check: float | None = 0.6  # full shares, commitments: the second half to the prompt where this share of the first is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
     evidence_candidates: bool = True  # episodes that run slg_adaptive: candidates by prefix score and reward where those track
-    width_check: bool = True          # ... but by reward where the root says the states' tails fall as prefix scores rise
+    width_check: bool = True          # ... and the share rounds' pick: by reward where the root says tails fall as prefix scores rise
 
 
 @dataclass

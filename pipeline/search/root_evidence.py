@@ -4,16 +4,20 @@ Pure numpy. Rows are episodes, columns root rollouts; a root rollout is a draw o
 prefix score s and its reward r are two readings of that state's mean. From the root's own moments:
 how much a unit of prefix score is worth (``prefix_slope``); how it changes a state's width
 (``width_slope``), and so whether the states' upper tails fall as prefix scores rise
-(``tails_fall``); whether the states look narrow against the spread between them
+(``tails_fall``, read on the prompt's quantile scale where the rewards look squashed near their top:
+``rewards_saturate``); whether the states look narrow against the spread between them
 (``states_look_narrow``); and which rollout's state has the highest mean given both readings
-(``evidence_rank``, ``best_evidence_state``).
+(``evidence_rank``, ``best_evidence_state``), or the best reward (``best_reward_state``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from pipeline.search.protocol import NO_NODE, Rollouts
+from pipeline.stats.quantile_scale import QuantileScale
 
 
 def root_moments(root: Rollouts):
@@ -80,21 +84,66 @@ def width_slope(root: Rollouts, moments: tuple) -> np.ndarray:
     ``root_moments(root)`` (needed: this reads the line it fits)."""
     if root.state_score is None or root.state_index is None:
         return np.full(root.rewards.shape[0], np.nan)
-    known, mean_score, mean_reward, var_score, _, covariance = moments
+    known, _, _, var_score, _, _ = moments
+    d_score, residual = _off_the_line(root, moments)
     count = np.maximum(known.sum(axis=1), 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        d_score = root.state_score - mean_score[:, None]
-        distance = np.abs(root.rewards - mean_reward[:, None] - (covariance / var_score)[:, None] * d_score)
         # d_score sums to 0 over the known rollouts: no need to centre the distances
-        return np.where(known, d_score * distance, 0.0).sum(axis=1) / count / var_score * np.sqrt(np.pi / 2)
+        return np.where(known, d_score * np.abs(residual), 0.0).sum(axis=1) / count / var_score * np.sqrt(np.pi / 2)
 
 
-def tails_fall(root: Rollouts, moments: tuple, expected_max: float) -> np.ndarray:
+SATURATION_SKEW = -0.5  # the skewness of the upper half's residuals below which rewards read as squashed at the top
+
+
+def rewards_saturate(root: Rollouts, moments: tuple) -> np.ndarray:
+    """Per episode, whether the root's rewards look squashed near their top (a reward model that
+    saturates, a bounded score): the skewness of the residuals from the root's line of reward on
+    prefix score, r - fitted r, over the rollouts of above-average prefix score, below
+    ``SATURATION_SKEW``. A state near the top of a squashed scale has a short upper tail and a long
+    lower one; a normal state's residuals are symmetric. False where fewer than 3 such rollouts or no
+    spread. ``moments``: ``root_moments(root)``."""
+    if root.state_score is None or root.state_index is None:
+        return np.zeros(root.rewards.shape[0], dtype=bool)
+    known = moments[0]
+    d_score, residual = _off_the_line(root, moments)
+    upper = known & (d_score > 0)
+    count = upper.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred = np.where(upper, residual - np.where(upper, residual, 0.0).sum(axis=1, keepdims=True)
+                           / np.maximum(count, 1)[:, None], 0.0)
+        skew = (centred ** 3).sum(axis=1) / count / ((centred ** 2).sum(axis=1) / count) ** 1.5
+    return (count >= 3) & (skew < SATURATION_SKEW)  # NaN (no spread) < x: False
+
+
+def _off_the_line(root: Rollouts, moments: tuple):
+    """(B, r) each root rollout's prefix score from the root's mean score, and its reward's residual
+    from the root's line of reward on prefix score (NaN where the scores do not spread)."""
+    _, mean_score, mean_reward, var_score, _, covariance = moments
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_score = root.state_score - mean_score[:, None]
+        return d_score, root.rewards - mean_reward[:, None] - (covariance / var_score)[:, None] * d_score
+
+
+def tails_fall(root: Rollouts, moments: tuple, expected_max: float, tail_fraction: float) -> np.ndarray:
     """Per episode, whether the root says its states' upper tails fall as prefix scores rise: the
     slope of reward on prefix score (``prefix_slope``) plus ``expected_max`` times the slope of a
     state's width (``width_slope``) below 0 (the best of n draws of a normal is about E(n) sds above
     its mean: ``expected_max``). The best tails are then in wide states of low prefix score, which a
-    rank by mean puts last. False where either slope is unknown. ``moments``: ``root_moments(root)``."""
+    rank by mean puts last. Where the rewards look squashed near their top (``rewards_saturate``),
+    both slopes are read on the prompt's quantile scale (``QuantileScale``, ``tail_fraction`` q):
+    there a squashed reward's states look narrower the higher they sit although their tails, on the
+    scale before the squashing, do not fall (a best of n keeps its order under any monotone map).
+    False where either slope is unknown. ``moments``: ``root_moments(root)``."""
+    falls = _widths_outweigh_means(root, moments, expected_max)
+    squashed = rewards_saturate(root, moments)
+    if squashed.any():
+        on_scale = dataclasses.replace(root, rewards=QuantileScale(root.rewards, tail_fraction).scores(root.rewards))
+        falls = np.where(squashed, _widths_outweigh_means(on_scale, root_moments(on_scale), expected_max), falls)
+    return falls
+
+
+def _widths_outweigh_means(root: Rollouts, moments: tuple, expected_max: float) -> np.ndarray:
+    """``tails_fall`` on the rewards' own scale."""
     slope = prefix_slope(root, moments)
     return np.isfinite(slope) & (slope + expected_max * width_slope(root, moments) < 0)  # NaN < 0: False
 
@@ -113,6 +162,13 @@ def best_evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple | None 
     (a wide state's lucky draw) too. ``moments``: ``root_moments(root)`` where the caller has it."""
     moments = moments or root_moments(root)
     rows, top, found = top_rollout(evidence_rank(root, moments), moments[0] & mine[:, None])
+    return np.where(found, root.state_index[rows, top], NO_NODE)
+
+
+def best_reward_state(root: Rollouts, mine: np.ndarray, moments: tuple) -> np.ndarray:
+    """Per episode of ``mine``, the state of the root rollout of the best reward among those whose
+    state, prefix score and reward are known; NO_NODE elsewhere. ``moments``: ``root_moments(root)``."""
+    rows, top, found = top_rollout(root.rewards, moments[0] & mine[:, None])
     return np.where(found, root.state_index[rows, top], NO_NODE)
 
 

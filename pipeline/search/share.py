@@ -38,7 +38,9 @@ Which episodes run them, and which state gets the share:
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
   once, N = 12-159 with the defaults: at most four candidates to screen), if prefix scores track
   rewards in the root (``prefix_slope`` at least ``share.min_prefix_slope``): the state whose prefix
-  score and root reward together predict the highest mean (``best_evidence_state``) gets the share.
+  score and root reward together predict the highest mean (``best_evidence_state``) gets the share,
+  or the state of the best root reward where the root says the states' upper tails fall as prefix
+  scores rise (``share.width_check``, ``_evidence_state``).
   A candidate picked on its one reward alone is often a lucky draw of a mediocre state, and two
   candidates' few rollouts cannot tell (simulated worlds, before the full share: 2.05x -> 2.34x best-of-N
   on gaussian at N = 64, and states narrower than the prompt no longer lose to best-of-N; at N =
@@ -74,10 +76,12 @@ import numpy as np
 from pipeline.search import reward_levels
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
 from pipeline.search.base import top_ranked
-from pipeline.search.config import StateSelection
+from pipeline.search.config import SearchConfig, StateSelection
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 from pipeline.search.root_evidence import (
+    NARROW_MIN_PAIRS,
     best_evidence_state,
+    best_reward_state,
     evidence_rank,
     in_sds,
     prefix_slope,
@@ -87,6 +91,7 @@ from pipeline.search.root_evidence import (
     top_rollout,
 )
 from pipeline.stats.quantile_scale import QuantileScale
+from pipeline.stats.tail import expected_max_std_normal
 
 # Continuous rewards: the share rounds run where slg_adaptive's plan halves its candidates at most this
 # often (N = 12-159 with the defaults). With a second halving (N >= 160) screening pays on gaussian
@@ -121,7 +126,7 @@ class SharedSLG(AdaptiveSLG):
         state's share and fresh prompt draws, in two halves (the second only if the state's first
         half held up against the root and did not only repeat itself). The state is the best-prefix
         one, or in the episodes ``by_evidence`` the one that prefix score and root reward together
-        rank first. ``moments``: ``root_moments(root)``. ``small_budget``: N below where
+        rank first (``_evidence_state``). ``moments``: ``root_moments(root)``. ``small_budget``: N below where
         ``slg_adaptive``'s plan halves twice (160)."""
         if not mine.any():
             return
@@ -142,7 +147,7 @@ class SharedSLG(AdaptiveSLG):
         state = np.full(len(mine), NO_NODE)
         by_prefix = mine & ~by_evidence
         if by_evidence.any():  # each pick only where it is used: the driver's searches are one episode each
-            state = np.where(by_evidence, best_evidence_state(root, by_evidence, moments), state)
+            state = np.where(by_evidence, _evidence_state(root, by_evidence, moments, budget, self.config), state)
         if by_prefix.any():
             state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments), state)
         spent = np.where(mine, drawn + more, 0)
@@ -187,15 +192,15 @@ class SharedSLG(AdaptiveSLG):
         docs/design-record.md, "Candidates by evidence, from N = 160"). Each root rollout ranks on
         its own: a state the root drew again can be several candidates, as by reward. Where the root
         says the states' upper tails fall as prefix scores rise (``share.width_check``,
-        ``tails_fall``), by reward: the best tails are then in wide states of low mean, which a rank
-        by mean puts last."""
+        ``root_evidence.tails_fall``), by reward: the best tails are then in wide states of low mean,
+        which a rank by mean puts last."""
         scores = self._branch_scores(root)
         by_reward = self.config.state_selection == StateSelection.top_reward  # (random: the reference's option)
         if self.config.share.evidence_candidates and by_reward and root.state_score is not None and root.state_index is not None:
             moments = root_moments(root)
             use_evidence = self._prefix_tracks(root, moments)
             if self.config.share.width_check:
-                use_evidence &= ~tails_fall(root, moments, self._expected_max(np.array([self.budget]))[0])
+                use_evidence &= ~_tails_fall(root, moments, self.budget, self.config)
             # finite where known: a slope that passes needs scores and rewards that spread
             by_evidence = np.where(moments[0] & root.can_branch, evidence_rank(root, moments), -np.inf)
             scores = np.where(use_evidence[:, None], by_evidence, scores)
@@ -292,6 +297,28 @@ class SharedSLG(AdaptiveSLG):
         gap = root.state_score[rows, top] - mean_score
         use = found & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
         return np.where(use, root.state_index[rows, top], NO_NODE)
+
+
+def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: int, config: SearchConfig) -> np.ndarray:
+    """Per episode of ``mine``, the share rounds' state on continuous rewards: the one that prefix
+    score and root reward together rank first (``best_evidence_state``), but the state of the best
+    root reward where the root, of at least ``NARROW_MIN_PAIRS`` rollouts (fewer read a slope of widths
+    too noisily), says the states' upper tails fall as prefix scores rise (``share.width_check``): the
+    best tails are then in wide states of low mean, which a rank by mean puts last, and one root
+    reward of such a state is the best sign of its tail. ``moments``: ``root_moments(root)``."""
+    state = best_evidence_state(root, mine, moments)
+    if config.share.width_check:
+        by_reward = mine & (moments[0].sum(axis=1) >= NARROW_MIN_PAIRS) & _tails_fall(root, moments, budget, config)
+        if by_reward.any():
+            state = np.where(by_reward, best_reward_state(root, by_reward, moments), state)
+    return state
+
+
+def _tails_fall(root: Rollouts, moments: tuple, budget: int, config: SearchConfig) -> np.ndarray:
+    """``root_evidence.tails_fall`` at ``budget``'s E(N) (``search.expected_max_rule``), on the prompt's
+    quantile scale of ``adaptive.tail_fraction`` where the rewards saturate."""
+    expected_max = expected_max_std_normal(budget, config.expected_max_rule.value)
+    return tails_fall(root, moments, expected_max, config.adaptive.tail_fraction)
 
 
 NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this share of the variance between states
