@@ -4,9 +4,9 @@ Pure numpy. Rows are episodes, columns root rollouts; a root rollout is a draw o
 prefix score s and its reward r are two readings of that state's mean. From the root's own moments:
 how much a unit of prefix score is worth (``prefix_slope``); how it changes a state's width
 (``width_slope``), and so whether the states' upper tails fall as prefix scores rise
-(``tails_fall``, read on the prompt's quantile scale where the rewards look squashed near their top:
-``rewards_saturate``); whether the states look narrow against the spread between them
-(``states_look_narrow``); and which rollout's state has the highest mean given both readings
+(``tails_fall``; ``tails_fall_unsquashed`` reads the prompt's quantile scale where the rewards look
+squashed near their top, ``rewards_saturate``); whether the states look narrow against the spread
+between them (``states_look_narrow``); and which rollout's state has the highest mean given both readings
 (``evidence_rank``, ``best_evidence_state``), or the best reward (``best_reward_state``).
 """
 
@@ -124,28 +124,29 @@ def _off_the_line(root: Rollouts, moments: tuple):
         return d_score, root.rewards - mean_reward[:, None] - (covariance / var_score)[:, None] * d_score
 
 
-def tails_fall(root: Rollouts, moments: tuple, expected_max: float, tail_fraction: float) -> np.ndarray:
+def tails_fall(root: Rollouts, moments: tuple, expected_max: float) -> np.ndarray:
     """Per episode, whether the root says its states' upper tails fall as prefix scores rise: the
     slope of reward on prefix score (``prefix_slope``) plus ``expected_max`` times the slope of a
     state's width (``width_slope``) below 0 (the best of n draws of a normal is about E(n) sds above
     its mean: ``expected_max``). The best tails are then in wide states of low prefix score, which a
-    rank by mean puts last. Where the rewards look squashed near their top (``rewards_saturate``),
-    both slopes are read on the prompt's quantile scale (``QuantileScale``, ``tail_fraction`` q):
-    there a squashed reward's states look narrower the higher they sit although their tails, on the
-    scale before the squashing, do not fall (a best of n keeps its order under any monotone map).
-    False where either slope is unknown. ``moments``: ``root_moments(root)``."""
-    falls = _widths_outweigh_means(root, moments, expected_max)
+    rank by mean puts last. False where either slope is unknown. ``moments``: ``root_moments(root)``."""
+    slope = prefix_slope(root, moments)
+    return np.isfinite(slope) & (slope + expected_max * width_slope(root, moments) < 0)  # NaN < 0: False
+
+
+def tails_fall_unsquashed(root: Rollouts, moments: tuple, expected_max: float, tail_fraction: float) -> np.ndarray:
+    """``tails_fall``, but where the rewards look squashed near their top (``rewards_saturate``) read
+    on the prompt's quantile scale (``QuantileScale``, ``tail_fraction`` q): there a squashed reward's
+    states look narrower the higher they sit although their tails, on the scale before the squashing,
+    do not fall (a best of n keeps its order under any monotone map). It fires less often: on a
+    saturating reward, and on normal states whose narrowing skews the residuals too.
+    ``moments``: ``root_moments(root)``."""
+    falls = tails_fall(root, moments, expected_max)
     squashed = rewards_saturate(root, moments)
     if squashed.any():
         on_scale = dataclasses.replace(root, rewards=QuantileScale(root.rewards, tail_fraction).scores(root.rewards))
-        falls = np.where(squashed, _widths_outweigh_means(on_scale, root_moments(on_scale), expected_max), falls)
+        falls = np.where(squashed, tails_fall(on_scale, root_moments(on_scale), expected_max), falls)
     return falls
-
-
-def _widths_outweigh_means(root: Rollouts, moments: tuple, expected_max: float) -> np.ndarray:
-    """``tails_fall`` on the rewards' own scale."""
-    slope = prefix_slope(root, moments)
-    return np.isfinite(slope) & (slope + expected_max * width_slope(root, moments) < 0)  # NaN < 0: False
 
 
 NOISE_FLOOR = 0.05  # a reading's noise variance is at least this share of its variance (scales that differ)

@@ -88,6 +88,7 @@ from pipeline.search.root_evidence import (
     root_moments,
     states_look_narrow,
     tails_fall,
+    tails_fall_unsquashed,
     top_rollout,
 )
 from pipeline.stats.quantile_scale import QuantileScale
@@ -200,7 +201,7 @@ class SharedSLG(AdaptiveSLG):
             moments = root_moments(root)
             use_evidence = self._prefix_tracks(root, moments)
             if self.config.share.width_check:
-                use_evidence &= ~_tails_fall(root, moments, self.budget, self.config)
+                use_evidence &= ~tails_fall(root, moments, self._expected_max(np.array([self.budget]))[0])
             # finite where known: a slope that passes needs scores and rewards that spread
             by_evidence = np.where(moments[0] & root.can_branch, evidence_rank(root, moments), -np.inf)
             scores = np.where(use_evidence[:, None], by_evidence, scores)
@@ -305,20 +306,18 @@ def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: in
     root reward where the root, of at least ``NARROW_MIN_PAIRS`` rollouts (fewer read a slope of widths
     too noisily), says the states' upper tails fall as prefix scores rise (``share.width_check``): the
     best tails are then in wide states of low mean, which a rank by mean puts last, and one root
-    reward of such a state is the best sign of its tail. ``moments``: ``root_moments(root)``."""
+    reward of such a state is the best sign of its tail. Here a false alarm gives up the share's
+    gain, not only the evidence's over the reward's rank (as for ``slg_adaptive``'s candidates), so
+    the check reads a squashed reward on the prompt's quantile scale (``tails_fall_unsquashed``).
+    ``moments``: ``root_moments(root)``."""
     state = best_evidence_state(root, mine, moments)
     if config.share.width_check:
-        by_reward = mine & (moments[0].sum(axis=1) >= NARROW_MIN_PAIRS) & _tails_fall(root, moments, budget, config)
+        expected_max = expected_max_std_normal(budget, config.expected_max_rule.value)
+        falls = tails_fall_unsquashed(root, moments, expected_max, config.adaptive.tail_fraction)
+        by_reward = mine & (moments[0].sum(axis=1) >= NARROW_MIN_PAIRS) & falls
         if by_reward.any():
             state = np.where(by_reward, best_reward_state(root, by_reward, moments), state)
     return state
-
-
-def _tails_fall(root: Rollouts, moments: tuple, budget: int, config: SearchConfig) -> np.ndarray:
-    """``root_evidence.tails_fall`` at ``budget``'s E(N) (``search.expected_max_rule``), on the prompt's
-    quantile scale of ``adaptive.tail_fraction`` where the rewards saturate."""
-    expected_max = expected_max_std_normal(budget, config.expected_max_rule.value)
-    return tails_fall(root, moments, expected_max, config.adaptive.tail_fraction)
 
 
 NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this share of the variance between states
