@@ -315,12 +315,13 @@ def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: in
     false alarms cost most (gaussian states five times as wide as the spread: 1.48x -> 1.38x best-of-N
     at N = 159 without this gate). ``moments``: ``root_moments(root)``."""
     state = best_evidence_state(root, mine, moments)
-    if config.share.width_check:
-        known, _, _, _, var_reward, covariance = moments
-        readable = (known.sum(axis=1) >= NARROW_MIN_PAIRS) & (var_reward - covariance < WIDE_STATES * covariance)
+    if not config.share.width_check:
+        return state
+    known, _, _, _, var_reward, covariance = moments
+    readable = mine & (known.sum(axis=1) >= NARROW_MIN_PAIRS) & (var_reward - covariance < WIDE_STATES * covariance)
+    if readable.any():  # (none below N = 64: the driver's searches, one episode each, skip the check there)
         expected_max = expected_max_std_normal(budget, config.expected_max_rule.value)
-        falls = tails_fall_unsquashed(root, moments, expected_max, config.adaptive.tail_fraction)
-        by_reward = mine & readable & falls
+        by_reward = readable & tails_fall_unsquashed(root, moments, expected_max, config.adaptive.tail_fraction)
         if by_reward.any():
             state = np.where(by_reward, best_reward_state(root, by_reward, moments), state)
     return state
