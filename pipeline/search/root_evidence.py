@@ -92,7 +92,7 @@ def width_slope(root: Rollouts, moments: tuple) -> np.ndarray:
         return np.where(known, d_score * np.abs(residual), 0.0).sum(axis=1) / count / var_score * np.sqrt(np.pi / 2)
 
 
-SATURATION_SKEW = -0.5  # the skewness of the upper half's residuals below which rewards read as squashed at the top
+SATURATION_SKEW = -0.5  # residuals' skewness (rollouts of above-average prefix score) below which rewards read as squashed
 
 
 def rewards_saturate(root: Rollouts, moments: tuple) -> np.ndarray:
@@ -135,18 +135,26 @@ def tails_fall(root: Rollouts, moments: tuple, expected_max: float) -> np.ndarra
 
 
 def tails_fall_unsquashed(root: Rollouts, moments: tuple, expected_max: float, tail_fraction: float) -> np.ndarray:
-    """``tails_fall``, but where the rewards look squashed near their top (``rewards_saturate``) read
-    on the prompt's quantile scale (``QuantileScale``, ``tail_fraction`` q): there a squashed reward's
-    states look narrower the higher they sit although their tails, on the scale before the squashing,
-    do not fall (a best of n keeps its order under any monotone map). It fires less often: on a
-    saturating reward, and on normal states whose narrowing skews the residuals too.
-    ``moments``: ``root_moments(root)``."""
+    """``tails_fall``; but in the episodes whose rewards look squashed near their top
+    (``rewards_saturate``), read on the prompt's quantile scale (``QuantileScale``; its
+    ``tail_fraction`` only shapes the scale beyond the root's own rewards, which are all this reads):
+    there a squashed reward's states look narrower the higher they sit although their tails, on the
+    scale before the squashing, do not fall (a best of n keeps its order under any monotone map). It
+    fires less often: on a saturating reward, and on normal states whose narrowing skews the
+    residuals too. ``moments``: ``root_moments(root)``."""
     falls = tails_fall(root, moments, expected_max)
-    squashed = rewards_saturate(root, moments)
-    if squashed.any():
-        on_scale = dataclasses.replace(root, rewards=QuantileScale(root.rewards, tail_fraction).scores(root.rewards))
-        falls = np.where(squashed, tails_fall(on_scale, root_moments(on_scale), expected_max), falls)
+    squashed = np.flatnonzero(rewards_saturate(root, moments))
+    if squashed.size:  # the scale of those episodes only (an episode of no reward has none)
+        rows = _rows_of(root, squashed)
+        on_scale = dataclasses.replace(rows, rewards=QuantileScale(rows.rewards, tail_fraction).scores(rows.rewards))
+        falls[squashed] = tails_fall(on_scale, root_moments(on_scale), expected_max)
     return falls
+
+
+def _rows_of(root: Rollouts, rows: np.ndarray) -> Rollouts:
+    """The episodes ``rows`` of ``root``, every per-rollout array cut alike."""
+    return dataclasses.replace(root, **{field.name: getattr(root, field.name)[rows] for field in dataclasses.fields(root)
+                                        if getattr(root, field.name) is not None})
 
 
 NOISE_FLOOR = 0.05  # a reading's noise variance is at least this share of its variance (scales that differ)

@@ -300,6 +300,9 @@ class SharedSLG(AdaptiveSLG):
         return np.where(use, root.state_index[rows, top], NO_NODE)
 
 
+WIDE_STATES = 4.0  # the share rounds' width check: not where within-state variance is this many times that between
+
+
 def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: int, config: SearchConfig) -> np.ndarray:
     """Per episode of ``mine``, the share rounds' state on continuous rewards: the one that prefix
     score and root reward together rank first (``best_evidence_state``), but the state of the best
@@ -319,7 +322,7 @@ def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: in
         return state
     known, _, _, _, var_reward, covariance = moments
     readable = mine & (known.sum(axis=1) >= NARROW_MIN_PAIRS) & (var_reward - covariance < WIDE_STATES * covariance)
-    if readable.any():  # (none below N = 64: the driver's searches, one episode each, skip the check there)
+    if readable.any():  # (none below N = 63, whose root is topped up to 32: the driver's searches skip the check)
         expected_max = expected_max_std_normal(budget, config.expected_max_rule.value)
         by_reward = readable & tails_fall_unsquashed(root, moments, expected_max, config.adaptive.tail_fraction)
         if by_reward.any():
@@ -328,7 +331,6 @@ def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: in
 
 
 NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this share of the variance between states
-WIDE_STATES = 4.0  # the share rounds' width check: not where within-state variance is this many times that between
 
 
 def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:

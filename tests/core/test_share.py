@@ -701,6 +701,34 @@ def test_rewards_saturate_where_the_upper_half_s_residuals_skew_left():
     assert not rewards_saturate(few, root_moments(few)).any()
 
 
+def test_rewards_saturate_reads_only_known_rollouts_above_the_mean_score():
+    """Rollouts whose reward is dropped or that have no state are left out, and a rollout exactly at
+    the mean prefix score is not above it: scores of -1, 0 and +1 in equal numbers (mean 0, a third
+    of the rollouts at it), against ``reference_saturates`` on the known rollouts."""
+    rng = np.random.default_rng(12)
+    score = np.tile(np.repeat([-1.0, 0.0, 1.0], 16), (80, 1))
+    rewards = scipy.special.expit(2.0 + score + rng.standard_normal((80, 48)))
+    index = np.tile(np.arange(48), (80, 1))
+    rewards[:, 5], index[:, 40] = np.nan, -1  # a dropped reward; a rollout of no state (at score +1)
+    root = Rollouts(rewards, index >= 0, None, index, score)
+    keep = np.ones(48, bool)
+    keep[[5, 40]] = False
+    saturate = rewards_saturate(root, root_moments(root))
+    assert saturate.tolist() == [reference_saturates(score[b, keep], rewards[b, keep]) for b in range(80)]
+    assert 0.2 < saturate.mean() < 0.95
+
+
+def test_an_episode_of_no_reward_reads_no_scale():
+    """``tails_fall_unsquashed`` builds the quantile scale of the squashed episodes only: an episode
+    whose rewards were all dropped beside them neither fails nor fires, and the others are as alone."""
+    root = squashed_root(7, 6, 48)
+    root.rewards[2] = np.nan
+    falls = tails_fall_unsquashed(root, root_moments(root), 2.5, 0.95)
+    assert not falls[2]
+    for b in (0, 1, 3, 4, 5):
+        assert falls[b] == reference_tails_fall(root.state_score[b], root.rewards[b], 2.5)
+
+
 def test_tails_fall_where_the_width_s_slope_outweighs_the_mean_s():
     """``tails_fall``: prefix slope + E x width slope below 0, each from its own reference (polyfit);
     ``tails_fall_unsquashed`` the same on the prompt's quantile scale where the rewards look squashed
