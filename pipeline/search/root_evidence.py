@@ -22,16 +22,23 @@ from pipeline.stats.quantile_scale import QuantileScale
 
 def root_moments(root: Rollouts):
     """Per episode, over the root rollouts whose state, prefix score and reward are known: (known,
-    mean score, mean reward, var of scores, var of rewards, their covariance); moments with 1/n."""
+    mean score, mean reward, var of scores, var of rewards, their covariance); moments with 1/n. A
+    reading that is one value in every known rollout (a root that drew one state: its prefix score)
+    has a variance of exactly 0, not the ~1e-34 a rounded mean leaves, which would pass as spread."""
     score, rewards = root.state_score, root.rewards
     known = ~np.isnan(score) & ~np.isnan(rewards) & (root.state_index >= 0)
     count = np.maximum(known.sum(axis=1), 1)
     mean_score = np.where(known, score, 0.0).sum(axis=1) / count
     mean_reward = np.where(known, rewards, 0.0).sum(axis=1) / count
-    d_score = np.where(known, score - mean_score[:, None], 0.0)
-    d_reward = np.where(known, rewards - mean_reward[:, None], 0.0)
+    d_score = np.where(known & ~_one_value(score, known)[:, None], score - mean_score[:, None], 0.0)
+    d_reward = np.where(known & ~_one_value(rewards, known)[:, None], rewards - mean_reward[:, None], 0.0)
     return (known, mean_score, mean_reward, (d_score ** 2).sum(axis=1) / count, (d_reward ** 2).sum(axis=1) / count,
             (d_score * d_reward).sum(axis=1) / count)
+
+
+def _one_value(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Per row, whether its ``known`` values are all one value."""
+    return np.where(known, values, np.inf).min(axis=1) == np.where(known, values, -np.inf).max(axis=1)
 
 
 NARROW_MIN_PAIRS = 32  # root rollouts with a known state, score and reward that the width estimate needs

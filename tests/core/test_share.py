@@ -629,6 +629,20 @@ def reference_width_slope(score, rewards):
     return np.polyfit(score, np.abs(rewards - np.polyval(line, score)), 1)[0] * math.sqrt(math.pi / 2)
 
 
+def test_a_root_of_one_prefix_score_has_no_spread_whatever_the_rounding():
+    """A root that drew one state reads one prefix score (0.1 three times: a mean of
+    0.10000000000000002 after rounding): its variance is 0, so the slope of reward on prefix score is
+    unknown, the width slope too, and nothing fires on it; one reward everywhere alike."""
+    rewards = np.array([[0.3, 0.9, 0.5, 0.2, 0.8, 0.1], [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    score = np.array([[0.1] * 6, [0.2, 0.9, 0.4, 0.3, 0.8, 0.1]])
+    root = Rollouts(rewards, np.ones((2, 6), bool), None, np.zeros((2, 6), int), score)
+    known, _, _, var_score, var_reward, covariance = root_moments(root)
+    assert var_score[0] == 0.0 and var_reward[1] == 0.0 and (covariance == 0.0).all()
+    assert prefix_slope(root)[0] == -np.inf and np.isnan(width_slope(root, root_moments(root))[0])
+    assert not tails_fall_unsquashed(root, root_moments(root), 2.5, 0.95)[0]
+    assert not rewards_saturate(root, root_moments(root)).any()
+
+
 def test_the_width_slope_is_the_slope_of_each_rollout_s_distance_from_the_line():
     root = continuous_root(1)
     root.rewards[:, 3] = np.nan  # a dropped reward, a dropped prefix score, a rollout of no state: not pairs
