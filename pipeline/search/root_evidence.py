@@ -150,18 +150,11 @@ def tails_fall_unsquashed(root: Rollouts, moments: tuple, expected_max: float, t
     fires less often: on a saturating reward, and on normal states whose narrowing skews the
     residuals too. ``moments``: ``root_moments(root)``."""
     falls = tails_fall(root, moments, expected_max)
-    squashed = np.flatnonzero(rewards_saturate(root, moments))
-    if squashed.size:  # the scale of those episodes only (an episode of no reward has none)
-        rows = _rows_of(root, squashed)
-        on_scale = dataclasses.replace(rows, rewards=QuantileScale(rows.rewards, tail_fraction).scores(rows.rewards))
-        falls[squashed] = tails_fall(on_scale, root_moments(on_scale), expected_max)
+    squashed = rewards_saturate(root, moments)
+    if squashed.any():
+        on_scale = dataclasses.replace(root, rewards=QuantileScale(root.rewards, tail_fraction).scores(root.rewards))
+        falls = np.where(squashed, tails_fall(on_scale, root_moments(on_scale), expected_max), falls)
     return falls
-
-
-def _rows_of(root: Rollouts, rows: np.ndarray) -> Rollouts:
-    """The episodes ``rows`` of ``root``, every per-rollout array cut alike."""
-    return dataclasses.replace(root, **{field.name: getattr(root, field.name)[rows] for field in dataclasses.fields(root)
-                                        if getattr(root, field.name) is not None})
 
 
 NOISE_FLOOR = 0.05  # a reading's noise variance is at least this share of its variance (scales that differ)

@@ -201,7 +201,7 @@ class SharedSLG(AdaptiveSLG):
             moments = root_moments(root)
             use_evidence = self._prefix_tracks(root, moments)
             if self.config.share.width_check:
-                use_evidence &= ~tails_fall(root, moments, self._expected_max(np.array([self.budget]))[0])
+                use_evidence &= ~tails_fall(root, moments, expected_max_std_normal(self.budget, self.config.expected_max_rule.value))
             # finite where known: a slope that passes needs scores and rewards that spread
             by_evidence = np.where(moments[0] & root.can_branch, evidence_rank(root, moments), -np.inf)
             scores = np.where(use_evidence[:, None], by_evidence, scores)

@@ -19,7 +19,8 @@ from pipeline.stats.tail import fit_tail_full_rows
 class QuantileScale:
     """The prompt's own quantile scale: a reward x scores Phi^-1(F(x)), F the prompt's reward CDF.
 
-    Built from each episode's prompt rewards (B, r) (NaN, a dropped score, counts as the worst).
+    Built from each episode's prompt rewards (B, r) (NaN, a dropped score, counts as the worst; a row
+    of NaN only is one tied value).
     On this scale the prompt's rewards are standard normal whatever their shape, so comparing a
     state with the prompt does not depend on monotone transforms of the reward (a squashed,
     saturating or skewed scorer). F is the empirical CDF: the i-th smallest of r rewards (0-based)
@@ -36,6 +37,9 @@ class QuantileScale:
         rewards = np.asarray(root_rewards, dtype=float)
         if np.isnan(rewards).any():
             floor = np.nanmin(np.where(np.isnan(rewards), np.inf, rewards), axis=1, keepdims=True)
+            # a row of no reward at all (every score dropped) is one tied value: an infinite floor
+            # would stretch every row's band to infinity
+            floor = np.where(np.isfinite(floor), floor, 0.0)
             rewards = np.where(np.isnan(rewards), floor, rewards)
         batch, size = rewards.shape
         knots = np.sort(rewards, axis=1)

@@ -788,6 +788,19 @@ def test_quantile_scale_makes_the_prompt_standard_normal_and_ignores_monotone_tr
     assert (np.diff(scale.scores(grid), axis=1) >= -1e-12).all()
 
 
+def test_a_row_of_no_reward_leaves_the_other_rows_scales_as_they_are():
+    """A row whose rewards were all dropped (NaN) is one tied value; the rows beside it score exactly
+    as they do alone, and a NaN value stays NaN."""
+    rng = np.random.default_rng(3)
+    root = rng.normal(size=(3, 40))
+    values = rng.normal(size=(3, 5))
+    alone = QuantileScale(root[[0, 2]], 0.5).scores(values[[0, 2]])
+    root[1] = np.nan
+    beside = QuantileScale(root, 0.5).scores(values)
+    assert np.array_equal(beside[[0, 2]], alone)
+    assert np.isfinite(beside[1]).all() and np.isnan(QuantileScale(root, 0.5).scores(np.full((3, 1), np.nan))).all()
+
+
 def test_quantile_scale_gives_ties_their_mean_score():
     scale = QuantileScale(np.array([[0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]), 0.5)
     one = scale.scores(np.array([[1.0]]))[0, 0]

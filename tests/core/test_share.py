@@ -733,8 +733,9 @@ def test_rewards_saturate_reads_only_known_rollouts_above_the_mean_score():
 
 
 def test_an_episode_of_no_reward_reads_no_scale():
-    """``tails_fall_unsquashed`` builds the quantile scale of the squashed episodes only: an episode
-    whose rewards were all dropped beside them neither fails nor fires, and the others are as alone."""
+    """An episode whose rewards were all dropped, beside squashed ones whose check reads the quantile
+    scale, neither fails nor fires, and the others read as they would alone (``QuantileScale`` takes
+    a row of NaN only as one tied value)."""
     root = squashed_root(7, 6, 48)
     root.rewards[2] = np.nan
     falls = tails_fall_unsquashed(root, root_moments(root), 2.5, 0.95)
