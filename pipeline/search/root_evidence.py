@@ -99,6 +99,24 @@ def width_slope(root: Rollouts, moments: tuple) -> np.ndarray:
         return np.where(known, d_score * np.abs(residual), 0.0).sum(axis=1) / count / var_score * np.sqrt(np.pi / 2)
 
 
+def width_slope_error(root: Rollouts, moments: tuple) -> np.ndarray:
+    """Per episode, the standard error of ``width_slope``: that of a least-squares slope (n - 2
+    degrees of freedom), from the scatter of the distances |r - fitted r| about their own line on
+    prefix score, times the same sqrt(pi / 2). NaN where ``width_slope`` is, or fewer than 3 pairs.
+    ``moments``: ``root_moments(root)``."""
+    if root.state_score is None or root.state_index is None:
+        return np.full(root.rewards.shape[0], np.nan)
+    known, _, _, var_score, _, _ = moments
+    d_score, residual = _off_the_line(root, moments)
+    count = known.sum(axis=1)
+    line = width_slope(root, moments) / np.sqrt(np.pi / 2)  # the distances' own slope on prefix score
+    with np.errstate(invalid="ignore", divide="ignore"):
+        distance = np.where(known, np.abs(residual), 0.0)
+        scatter = np.where(known, distance - distance.sum(axis=1, keepdims=True) / count[:, None] - line[:, None] * d_score, 0.0)
+        error = np.sqrt((scatter ** 2).sum(axis=1) / (count - 2) / (count * var_score)) * np.sqrt(np.pi / 2)
+    return np.where(count >= 3, error, np.nan)
+
+
 SATURATION_SKEW = -0.5  # residuals' skewness (rollouts of above-average prefix score) below which rewards read as squashed
 
 
@@ -131,29 +149,35 @@ def _off_the_line(root: Rollouts, moments: tuple):
         return d_score, root.rewards - mean_reward[:, None] - (covariance / var_score)[:, None] * d_score
 
 
-def tails_fall(root: Rollouts, moments: tuple, expected_max: float) -> np.ndarray:
+def tails_fall(root: Rollouts, moments: tuple, expected_max: float, margin=0.0) -> np.ndarray:
     """Per episode, whether the root says its states' upper tails fall as prefix scores rise: the
     slope of reward on prefix score (``prefix_slope``) plus ``expected_max`` times the slope of a
     state's width (``width_slope``) below 0 (the best of n draws of a normal is about E(n) sds above
     its mean: ``expected_max``). The best tails are then in wide states of low prefix score, which a
-    rank by mean puts last. False where either slope is unknown. ``moments``: ``root_moments(root)``."""
+    rank by mean puts last. ``margin`` (per episode, or one for all): the standard errors of the width
+    slope (``width_slope_error``) by which that sum must clear 0, where a slope of widths is noisy.
+    False where either slope is unknown. ``moments``: ``root_moments(root)``."""
     slope = prefix_slope(root, moments)
-    return np.isfinite(slope) & (slope + expected_max * width_slope(root, moments) < 0)  # NaN < 0: False
+    trend = slope + expected_max * width_slope(root, moments)
+    if np.any(margin):  # (the candidates' check and most share rounds ask for none)
+        trend = trend + np.where(margin > 0, margin * expected_max * width_slope_error(root, moments), 0.0)
+    return np.isfinite(slope) & (trend < 0)  # NaN < 0: False
 
 
-def tails_fall_unsquashed(root: Rollouts, moments: tuple, expected_max: float, tail_fraction: float) -> np.ndarray:
+def tails_fall_unsquashed(root: Rollouts, moments: tuple, expected_max: float, tail_fraction: float,
+                          margin=0.0) -> np.ndarray:
     """``tails_fall``; but in the episodes whose rewards look squashed near their top
     (``rewards_saturate``), read on the prompt's quantile scale (``QuantileScale``; its
     ``tail_fraction`` only shapes the scale beyond the root's own rewards, which are all this reads):
     there a squashed reward's states look narrower the higher they sit although their tails, on the
     scale before the squashing, do not fall (a best of n keeps its order under any monotone map). It
     fires less often: on a saturating reward, and on normal states whose narrowing skews the
-    residuals too. ``moments``: ``root_moments(root)``."""
-    falls = tails_fall(root, moments, expected_max)
+    residuals too. ``margin``: as ``tails_fall``'s. ``moments``: ``root_moments(root)``."""
+    falls = tails_fall(root, moments, expected_max, margin)
     squashed = rewards_saturate(root, moments)
     if squashed.any():
         on_scale = dataclasses.replace(root, rewards=QuantileScale(root.rewards, tail_fraction).scores(root.rewards))
-        falls = np.where(squashed, tails_fall(on_scale, root_moments(on_scale), expected_max), falls)
+        falls = np.where(squashed, tails_fall(on_scale, root_moments(on_scale), expected_max, margin), falls)
     return falls
 
 
