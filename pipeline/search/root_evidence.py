@@ -154,13 +154,15 @@ def tails_fall(root: Rollouts, moments: tuple, expected_max: float, margin=0.0) 
     slope of reward on prefix score (``prefix_slope``) plus ``expected_max`` times the slope of a
     state's width (``width_slope``) below 0 (the best of n draws of a normal is about E(n) sds above
     its mean: ``expected_max``). The best tails are then in wide states of low prefix score, which a
-    rank by mean puts last. ``margin`` (per episode, or one for all): the standard errors of the width
-    slope (``width_slope_error``) by which that sum must clear 0, where a slope of widths is noisy.
+    rank by mean puts last. ``margin`` (per episode, or one for all): where a slope of widths is
+    noisy, by how many of its standard errors (``width_slope_error``) it must fall below the point
+    where the tails stop falling: prefix slope + E x (width slope + margin x its error) below 0.
     False where either slope is unknown. ``moments``: ``root_moments(root)``."""
     slope = prefix_slope(root, moments)
     trend = slope + expected_max * width_slope(root, moments)
     if np.any(margin):  # (the candidates' check and most share rounds ask for none)
-        trend = trend + np.where(margin > 0, margin * expected_max * width_slope_error(root, moments), 0.0)
+        with np.errstate(invalid="ignore"):  # an infinite margin (no check at all) times an error of 0
+            trend = trend + np.where(margin > 0, margin * expected_max * width_slope_error(root, moments), 0.0)
     return np.isfinite(slope) & (trend < 0)  # NaN < 0: False
 
 

@@ -301,7 +301,7 @@ class SharedSLG(AdaptiveSLG):
 
 
 WIDE_STATES = 4.0  # the share rounds' width check: wide states, within-state variance this many times that between ...
-WIDE_MARGIN = 1.5  # ... where the check must clear 0 by this many standard errors of the width slope
+WIDE_MARGIN = 1.5  # ... where the width slope must fall this many of its standard errors past the check's line
 
 
 def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: int, config: SearchConfig) -> np.ndarray:
@@ -317,8 +317,8 @@ def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: in
     times the variance between states, Cov(s, r), or more, it fires only where the tails fall by
     ``WIDE_MARGIN`` standard errors of the width slope: there one reward says little of its state, a
     slope of widths from a few dozen rollouts is mostly noise, and the check's false alarms cost most
-    (gaussian states five times as wide as the spread: 1.48x -> 1.38x best-of-N at N = 159 with no
-    margin), but states of two kinds, wide ones of low mean beside narrow high ones, show a slope
+    (gaussian states five times as wide as the spread: 1.48x -> 1.38x best-of-N at N = 159 with a
+    margin of 0), but states of two kinds, wide ones of low mean beside narrow high ones, show a slope
     well beyond its noise (docs/design-record.md, "Wide states whose tails fall").
     ``moments``: ``root_moments(root)``."""
     state = best_evidence_state(root, mine, moments)

@@ -1061,18 +1061,19 @@ def test_wide_states_whose_tails_clearly_fall_take_the_best_reward_s_state(monke
     first. The states read as wide, where the width check fires only if the tails fall by 1.5
     standard errors of the width slope (``WIDE_MARGIN``); with no check in wide states (an infinite margin) it
     falls below best-of-N.
-    40 prompts x 200 episodes, paired on the same draws (one standard error): without the margin
-    -0.076 +- 0.011 against best-of-N, with it +0.002 +- 0.011, +0.078 +- 0.004 over no margin. The
+    40 prompts x 200 episodes, paired on the same draws (one standard error): with no check in wide
+    roots -0.076 +- 0.011 against best-of-N, with the margin +0.002 +- 0.011, +0.078 +- 0.004 over no
+    check. The
     test asserts below -4, above -2 and above 10 standard errors."""
     runs = {}
-    for name, margin, policy_class in (("bon", 1.5, BestOfN), ("margin", 1.5, SharedSLG), ("no margin", np.inf, SharedSLG)):
+    for name, margin, policy_class in (("bon", 1.5, BestOfN), ("margin", 1.5, SharedSLG), ("no check in wide roots", np.inf, SharedSLG)):
         monkeypatch.setattr(share_module, "WIDE_MARGIN", margin)
         runs[name] = np.concatenate([
             run_episodes(policy_class(128, 200, SearchConfig(), rng=np.random.default_rng(k)),
                          BankSource(two_kinds_bank_prompt(k), 200, np.random.default_rng(100 + k))).best_reward
             for k in range(40)])
-    for (a, b), bound in ((("no margin", "bon"), lambda z: z < -4), (("margin", "bon"), lambda z: z > -2),
-                          (("margin", "no margin"), lambda z: z > 10)):
+    for (a, b), bound in ((("no check in wide roots", "bon"), lambda z: z < -4), (("margin", "bon"), lambda z: z > -2),
+                          (("margin", "no check in wide roots"), lambda z: z > 10)):
         difference = runs[a] - runs[b]
         assert bound(difference.mean() / (difference.std(ddof=1) / math.sqrt(difference.size))), (a, b)
 
