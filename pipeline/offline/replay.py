@@ -73,6 +73,7 @@ class MethodResult:
     vs_bon: float | None = None        # mean over episodes of (method - bon) in best reward, same budget
     vs_bon_ci95: float | None = None
     pool_exceeded: bool | None = None  # a bank: did some episode draw more from a state than its pool holds
+    compute_multiplier_range: list | None = None  # [low, high]: the multipliers of mean best reward -+ ci95
 
 
 @dataclass
@@ -290,15 +291,24 @@ def _ceiling_rows(bounds: dict, label: str, budgets: list[int], target, seed: in
 
 def _add_multipliers(curve_at: CurveAt, results: list[MethodResult], ceiling_rows: list[dict], tokens: TokenModel) -> None:
     """Multipliers in rollouts and in generated tokens: n* BoN rollouts (``find_multipliers``: n* / N)
-    over the rollouts the method spent, and n* whole responses' tokens over the tokens it generated."""
+    over the rollouts the method spent, and n* whole responses' tokens over the tokens it generated;
+    and the range of the rollouts' multiplier over the mean best reward's 95% interval (the ends of the
+    interval read on the same exact curve): where best-of-N's curve is flat, a small difference in mean
+    best reward moves a multiplier far."""
     cells = [Cell(r.mean_best_reward, r.ci95, r.budget) for r in results]
     cells += [Cell(row["mean_best_reward"], 0.0, row["budget"]) for row in ceiling_rows]
-    found = find_multipliers(curve_at, cells)
+    ends = [Cell(r.mean_best_reward + side * r.ci95, 0.0, r.budget) for r in results for side in (-1, 1)
+            if math.isfinite(r.ci95)]
+    found = find_multipliers(curve_at, cells + ends)
     for r, multiplier in zip(results, found):
         r.compute_multiplier = per_cost(multiplier, r.budget, r.rollouts_mean)
         r.token_multiplier = per_cost(multiplier, r.budget, r.tokens_mean / tokens.mean_response_tokens)
-    for row, multiplier in zip(ceiling_rows, found[len(results):]):
+    for row, multiplier in zip(ceiling_rows, found[len(results):len(cells)]):
         row["compute_multiplier"] = multiplier
+    at_ends = iter(found[len(cells):])
+    for r in results:
+        if math.isfinite(r.ci95):
+            r.compute_multiplier_range = [per_cost(next(at_ends), r.budget, r.rollouts_mean) for _ in range(2)]
 
 
 def _curve(executor, target) -> CurveAt:
@@ -342,7 +352,7 @@ def format_table(results: list[MethodResult]) -> str:
     from bon; on a bank, a ``pool`` column marks redrawn pools."""
     on_bank = any(r.pool_exceeded is not None for r in results)
     header = (f"{'method':<15}{'N':>6}{'played':>7}  {'mean best reward':>24}  {'vs bon (paired)':>20}  {'x rollouts':>10}  "
-              f"{'x tokens':>10}  {'tokens':>8}  {'regret':>8}  {'accuracy':>8}")
+              f"{'95%':>17}  {'x tokens':>10}  {'tokens':>8}  {'regret':>8}  {'accuracy':>8}")
     header += f"  {'pool':>7}" if on_bank else ""
     lines = [header, "-" * len(header)]
     for r in results:
@@ -352,8 +362,9 @@ def format_table(results: list[MethodResult]) -> str:
         reward = f"{r.mean_best_reward:.{digits}f} +- {r.ci95:.{digits}f}"
         versus = "-" if r.vs_bon is None else f"{r.vs_bon:+.{digits}f} +- {r.vs_bon_ci95:.{digits}f}"
         played = "" if r.played_budget in (0, r.budget) else str(r.played_budget)
+        spread = "-" if r.compute_multiplier_range is None else "-".join(map(format_multiplier, r.compute_multiplier_range))
         line = (f"{r.method:<15}{r.budget:>6}{played:>7}  {reward:>24}  {versus:>20}  {format_multiplier(r.compute_multiplier):>10}  "
-                f"{format_multiplier(r.token_multiplier):>10}  {r.tokens_mean:>8.0f}  {regret:>8}  {accuracy:>8}")
+                f"{spread:>17}  {format_multiplier(r.token_multiplier):>10}  {r.tokens_mean:>8.0f}  {regret:>8}  {accuracy:>8}")
         lines.append(line + (f"  {'redrawn' if r.pool_exceeded else '-':>7}" if on_bank else ""))
     if any(r.pool_exceeded for r in results):
         lines.append(POOL_NOTE)

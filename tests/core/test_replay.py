@@ -98,7 +98,8 @@ def test_cli_replay_writes_json(tmp_path):
     payload = json.loads(out.read_text())
     assert {r["method"] for r in payload["results"]} == set(DEFAULT_METHODS)
     assert set(payload["results"][0]) >= {"method", "budget", "mean_best_reward", "ci95", "compute_multiplier",
-                                          "regret_vs_oracle", "accuracy"}
+                                          "regret_vs_oracle", "accuracy", "compute_multiplier_range"}
+    assert all(len(r["compute_multiplier_range"]) == 2 for r in payload["results"])
 
 
 def test_replay_many_plays_every_target_once_and_reports_its_rollouts():
@@ -272,6 +273,28 @@ def test_a_multiplier_on_a_curve_flat_within_the_interval_reads_saturated():
     assert [r.compute_multiplier for r in results] == [SATURATED, SATURATED]  # was 0.66x and 0.17x of itself
     assert replay(make_world("gaussian"), ["bon"], [256], repeats=20, num_prompts=50, workers=1)[0].compute_multiplier \
         == pytest.approx(1.0, abs=0.15)
+
+
+def test_a_multiplier_s_range_is_that_of_the_ends_of_the_mean_s_interval():
+    """``compute_multiplier_range``: the multipliers of mean best reward -+ ci95, each the smallest n
+    whose exact best-of-N value (the world's ``prompt_value``) reaches it, by a linear scan, over the
+    rollouts the method spent; it holds the multiplier. In the JSON of ``slg replay --out`` too."""
+    world = make_world("gaussian")
+    results = replay(world, ["bon", "slg_share"], [16, 64], repeats=20, num_prompts=50, workers=1)
+    for r in results:
+        low, high = (next(n for n in range(1, 1024 * r.budget) if world.prompt_value(n) >= target - 1e-12 * abs(target))
+                     / r.rollouts_mean for target in (r.mean_best_reward - r.ci95, r.mean_best_reward + r.ci95))
+        assert r.compute_multiplier_range == pytest.approx([low, high], rel=1e-12)
+        assert low <= r.compute_multiplier <= high and high > low
+    assert "95%" in format_table(results).splitlines()[0]
+    # over the rollouts spent, as the multiplier: on log n, a mean of log 400 +- log 2 at N = 100, 200 rollouts spent
+    from pipeline.offline.multipliers import curve_of
+    from pipeline.offline.replay import MethodResult, _add_multipliers
+    from pipeline.offline.responses import TokenModel
+
+    spent = MethodResult("m", 100, float(np.log(400)), float(np.log(2)), None, None, None, 200.0, 1, 1, tokens_mean=80_000.0)
+    _add_multipliers(curve_of(lambda n: float(np.log(n))), [spent], [], TokenModel())
+    assert spent.compute_multiplier == 2.0 and spent.compute_multiplier_range == [1.0, 4.0]
 
 
 def test_the_lockstep_search_finds_what_bisection_finds():
