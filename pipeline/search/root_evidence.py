@@ -91,12 +91,7 @@ def width_slope(root: Rollouts, moments: tuple) -> np.ndarray:
     ``root_moments(root)`` (needed: this reads the line it fits)."""
     if root.state_score is None or root.state_index is None:
         return np.full(root.rewards.shape[0], np.nan)
-    known, _, _, var_score, _, _ = moments
-    d_score, residual = _off_the_line(root, moments)
-    count = np.maximum(known.sum(axis=1), 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # d_score sums to 0 over the known rollouts: no need to centre the distances
-        return np.where(known, d_score * np.abs(residual), 0.0).sum(axis=1) / count / var_score * np.sqrt(np.pi / 2)
+    return _width_line(root, moments)[2] * np.sqrt(np.pi / 2)
 
 
 def width_slope_error(root: Rollouts, moments: tuple) -> np.ndarray:
@@ -107,14 +102,26 @@ def width_slope_error(root: Rollouts, moments: tuple) -> np.ndarray:
     if root.state_score is None or root.state_index is None:
         return np.full(root.rewards.shape[0], np.nan)
     known, _, _, var_score, _, _ = moments
-    d_score, residual = _off_the_line(root, moments)
+    d_score, distance, line = _width_line(root, moments)
     count = known.sum(axis=1)
-    line = width_slope(root, moments) / np.sqrt(np.pi / 2)  # the distances' own slope on prefix score
     with np.errstate(invalid="ignore", divide="ignore"):
-        distance = np.where(known, np.abs(residual), 0.0)
         scatter = np.where(known, distance - distance.sum(axis=1, keepdims=True) / count[:, None] - line[:, None] * d_score, 0.0)
         error = np.sqrt((scatter ** 2).sum(axis=1) / (count - 2) / (count * var_score)) * np.sqrt(np.pi / 2)
     return np.where(count >= 3, error, np.nan)
+
+
+def _width_line(root: Rollouts, moments: tuple):
+    """(d_score, distance, slope): each root rollout's prefix score from the mean score, its distance
+    |r - fitted r| from the root's line of reward on prefix score (0 where not known), and the
+    least-squares slope of those distances on prefix score per episode (``width_slope`` before its
+    sqrt(pi / 2))."""
+    known, _, _, var_score, _, _ = moments
+    d_score, residual = _off_the_line(root, moments)
+    count = np.maximum(known.sum(axis=1), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        distance = np.where(known, np.abs(residual), 0.0)
+        # d_score sums to 0 over the known rollouts: no need to centre the distances
+        return d_score, distance, np.where(known, d_score * distance, 0.0).sum(axis=1) / count / var_score
 
 
 SATURATION_SKEW = -0.5  # residuals' skewness (rollouts of above-average prefix score) below which rewards read as squashed
