@@ -78,10 +78,11 @@ class ShareConfig:
     (``grid_best_level``). The state's share comes in two
     halves; the second goes to the prompt where the first averages below the root,
     (``repeat_check``) only repeats the state, or (``prompt_check``, continuous rewards whose root
-    shows states narrower than the spread between them) is beaten by fresh prompt draws even
-    optimistically. On continuous rewards the share rounds run only at budgets where ``slg_adaptive``'s plan
-    halves its candidates at most once (N = 12-159 with the defaults), or beyond where the root's
-    estimate of a state's own variance is below ``narrow_states`` times the rewards' variance, and only
+    shows states narrower than the spread between them, or a first half far narrower than the root's
+    states) is beaten by fresh prompt draws even optimistically. On continuous rewards the share
+    rounds run only at budgets where ``slg_adaptive``'s plan halves its candidates at most once
+    (N = 12-159 with the defaults), or beyond where the root's estimate of a state's own variance
+    is below ``narrow_states`` times the rewards' variance, and only
     where the root's regression slope of reward on prefix score is at least ``min_prefix_slope``
     (prefix scores that track rewards); the state is then the one whose prefix score and root reward
     together say most about its mean, or the best root reward's where the root says the states' upper
@@ -98,7 +99,7 @@ class ShareConfig:
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
-    prompt_check: bool = True      # ... and, continuous with narrow-looking states, where fresh prompt draws beat it (slg_adaptive's check)
+    prompt_check: bool = True      # ... and, continuous, narrow-looking states or first half, where fresh prompt draws beat it
     grid_best_level: bool = True   # a grid of levels, narrow states: only states whose root rollout reached the best level
     narrow_states: float = 0.1     # continuous: a state's own variance < this x Var(r): share rounds from 160, state_share below; 0: never
     full_share_from: int | None = 64  # from this N to commit_from the state gets all a root of root_fraction N leaves; None: never

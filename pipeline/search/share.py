@@ -11,9 +11,10 @@ root left, if less) and fresh prompt draws the rest, in two halves: if the state
 averages below the root's rewards (a choice that misled), or only repeats the state (none above its
 root rollouts, and one reward from 2 rollouts, fewer than 3 from 6; ``share.repeat_check``: a deep
 or narrow state whose prefix fixes its response), or, on continuous rewards whose root shows states
-narrower than the spread between them, is beaten by fresh prompt draws even at its tail fit's upper
-confidence bounds (from 8 rollouts; ``share.prompt_check``, ``slg_adaptive``'s check of its
-candidates), its second half goes to the prompt too.
+narrower than the spread between them (or whose first half is far narrower than the root's states),
+is beaten by fresh prompt draws even at its tail fit's upper confidence bounds (from 8 rollouts;
+``share.prompt_check``, ``slg_adaptive``'s check of its candidates), its second half goes to the
+prompt too.
 Which episodes run them, and which state gets the share:
 
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
@@ -98,6 +99,13 @@ from pipeline.stats.tail import expected_max_std_normal
 # often (N = 12-159 with the defaults). With a second halving (N >= 160) screening pays on gaussian
 # rewards; with one it does not (docs/design-record.md, "Up to N = 159").
 SCREENING_HALVINGS = 1
+# The prompt check also judges a state whose first half's variance is below this share of the root's
+# estimate of a state's own variance, Var(r) - Cov(s, r), in a root whose states read as wide: prefix
+# scores can rank first a narrow state of high mean where wide states of lower mean hold the best
+# tails (wide states of mean -0.5, sd 1.5 beside narrow ones of mean 0.5, sd 0.2: -0.066 -> +0.000
+# against best-of-N at N = 64; docs/design-record.md, "A first half far narrower than the root's
+# states"). 16 rewards of a state as wide as the estimate fall this low once in 150,000; 8, once in 400.
+NARROW_FIRST_HALF = 0.1
 
 
 class SharedSLG(AdaptiveSLG):
@@ -259,11 +267,13 @@ class SharedSLG(AdaptiveSLG):
         Var(r) - Cov(s, r), is below the variance between states, Cov(s, r): a state narrower than
         the spread gets little past its mean, which its root rollout already shows, and what the
         check costs wide states (whose few rewards can look narrow) is not paid where the root says
-        they are wide. ``moments``: ``root_moments(root)``."""
+        they are wide; there a first half far narrower than that estimate is checked too
+        (``NARROW_FIRST_HALF``). ``moments``: ``root_moments(root)``."""
         adaptive = self.config.adaptive
         checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
         _, _, _, _, var_reward, covariance = moments
-        checked &= var_reward - covariance < covariance
+        checked &= ((var_reward - covariance < covariance)
+                    | (_sd_of_finite(first_half) ** 2 < NARROW_FIRST_HALF * (var_reward - covariance)))
         if not checked.any():
             return checked
         scale = QuantileScale(root.rewards, adaptive.tail_fraction)
