@@ -11,10 +11,10 @@ root left, if less) and fresh prompt draws the rest, in two halves: if the state
 averages below the root's rewards (a choice that misled), or only repeats the state (none above its
 root rollouts, and one reward from 2 rollouts, fewer than 3 from 6; ``share.repeat_check``: a deep
 or narrow state whose prefix fixes its response), or, on continuous rewards whose root shows states
-narrower than the spread between them (or whose first half is far narrower than the root's states),
-is beaten by fresh prompt draws even at its tail fit's upper confidence bounds (from 8 rollouts;
-``share.prompt_check``, ``slg_adaptive``'s check of its candidates), its second half goes to the
-prompt too.
+narrower than the spread between them (or where the first half is far narrower than the root's
+states), is beaten by fresh prompt draws even at its tail fit's upper confidence bounds (from 8
+rollouts; ``share.prompt_check``, ``slg_adaptive``'s check of its candidates), its second half goes
+to the prompt too.
 Which episodes run them, and which state gets the share:
 
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
@@ -99,12 +99,12 @@ from pipeline.stats.tail import expected_max_std_normal
 # often (N = 12-159 with the defaults). With a second halving (N >= 160) screening pays on gaussian
 # rewards; with one it does not (docs/design-record.md, "Up to N = 159").
 SCREENING_HALVINGS = 1
-# The prompt check also judges a state whose first half's variance is below this share of the root's
-# estimate of a state's own variance, Var(r) - Cov(s, r), in a root whose states read as wide: prefix
-# scores can rank first a narrow state of high mean where wide states of lower mean hold the best
-# tails (wide states of mean -0.5, sd 1.5 beside narrow ones of mean 0.5, sd 0.2: -0.066 -> +0.000
-# against best-of-N at N = 64; docs/design-record.md, "A first half far narrower than the root's
-# states"). 16 rewards of a state as wide as the estimate fall this low once in 150,000; 8, once in 400.
+# The prompt check also judges a first half whose variance is below this share of the root's estimate
+# of a state's own variance, Var(r) - Cov(s, r), where that estimate is Cov(s, r) or more: prefix scores
+# can rank first a narrow state of high mean where wide states of lower mean hold the best tails (sds
+# 1.5 at mean -0.5 beside 0.2 at 0.5: -0.066 -> +0.000 against best-of-N at N = 64; docs/design-record.md,
+# "A first half far narrower than the root's states"). Given an exact estimate, a state that wide shows
+# so narrow a first half once in 150,000 with 16 rewards (N = 64), once in 400 with 8 (N = 42-46).
 NARROW_FIRST_HALF = 0.1
 
 
@@ -262,13 +262,13 @@ class SharedSLG(AdaptiveSLG):
         its ``left`` rollouts even with the mean and sd of its first half's tail fit at their upper
         ``adaptive.confidence`` bounds, ``best`` the best reward so far: ``slg_adaptive``'s check of its
         candidates, on the prompt's quantile scale (``_final_best``). Only where the first half holds
-        a first tail fit's sample (2 ``adaptive.min_rollouts``: N >= 43 with the defaults; fewer
-        rewards say little of a state's width) and the root's estimate of a state's own variance,
-        Var(r) - Cov(s, r), is below the variance between states, Cov(s, r): a state narrower than
-        the spread gets little past its mean, which its root rollout already shows, and what the
-        check costs wide states (whose few rewards can look narrow) is not paid where the root says
-        they are wide; there a first half far narrower than that estimate is checked too
-        (``NARROW_FIRST_HALF``). ``moments``: ``root_moments(root)``."""
+        a first tail fit's sample (2 ``adaptive.min_rollouts``: N >= 42 with the defaults; fewer
+        rewards say little of a state's width) and either the root's estimate of a state's own
+        variance, Var(r) - Cov(s, r), is below the variance between states, Cov(s, r) (a state
+        narrower than the spread gets little past its mean, which its root rollout already shows;
+        where the root shows states at least as wide, a wide state's few rewards can look narrow),
+        or the first half's variance is below ``NARROW_FIRST_HALF`` times that estimate.
+        ``moments``: ``root_moments(root)``."""
         adaptive = self.config.adaptive
         checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
         _, _, _, _, var_reward, covariance = moments

@@ -1056,11 +1056,13 @@ def two_kinds_bank_prompt(k: int) -> BankPrompt:
 
 
 def two_kinds_runs(monkeypatch, budget: int, variants: dict) -> dict:
-    """Per variant (name: (policy class, the share module's settings for it)), the best rewards of 200
-    episodes on each of 40 ``two_kinds_bank_prompt``s, every variant on the same draws."""
+    """Per variant (name: (policy class, the share module's settings for it, the others at their
+    defaults)), the best rewards of 200 episodes on each of 40 ``two_kinds_bank_prompt``s, every
+    variant on the same draws."""
+    defaults = {setting: getattr(share_module, setting) for _, settings in variants.values() for setting in settings}
     runs = {}
     for name, (policy_class, settings) in variants.items():
-        for setting, value in settings.items():
+        for setting, value in (defaults | settings).items():
             monkeypatch.setattr(share_module, setting, value)
         runs[name] = np.concatenate([
             run_episodes(policy_class(budget, 200, SearchConfig(), rng=np.random.default_rng(k)),
@@ -1089,12 +1091,15 @@ def test_wide_states_whose_tails_clearly_fall_take_the_best_reward_s_state(monke
     40 prompts x 200 episodes, paired on the same draws (one standard error): with no check in wide
     roots -0.076 +- 0.011 against best-of-N, with the margin +0.002 +- 0.011, +0.078 +- 0.004 over no
     check; measured, as here, with the prompt check of a narrow first half off (``NARROW_FIRST_HALF``
-    = 0; with it the default reads +0.071 +- 0.011). The test asserts below -4, above -2 and above 10
-    standard errors."""
-    monkeypatch.setattr(share_module, "NARROW_FIRST_HALF", 0.0)  # the width check alone
-    runs = two_kinds_runs(monkeypatch, 128, {"bon": (BestOfN, {}), "margin": (SharedSLG, {"WIDE_MARGIN": 1.5}),
-                                             "no check in wide roots": (SharedSLG, {"WIDE_MARGIN": np.inf})})
+    = 0). The test asserts below -4, above -2 and above 10 standard errors, and that the default (with
+    that check) is above best-of-N by 2: +0.071 +- 0.011."""
+    runs = two_kinds_runs(monkeypatch, 128, {
+        "bon": (BestOfN, {}), "default": (SharedSLG, {}),
+        "margin": (SharedSLG, {"NARROW_FIRST_HALF": 0.0}),  # the width check alone
+        "no check in wide roots": (SharedSLG, {"NARROW_FIRST_HALF": 0.0, "WIDE_MARGIN": np.inf})})
     assert_restores_level(runs, "margin", "no check in wide roots", below=4)
+    difference = runs["default"] - runs["bon"]
+    assert difference.mean() > 2 * difference.std(ddof=1) / math.sqrt(difference.size)
 
 
 def few_level_root(seed, batch=60, width=16, states=6):
@@ -1617,7 +1622,7 @@ def test_the_prompt_check_gives_a_narrow_state_s_rest_to_the_prompt_and_keeps_a_
         assert prompt_beats_state(root, first, best) == beaten
 
 
-def test_the_prompt_check_needs_a_first_fit_s_sample_and_a_root_whose_states_look_narrow():
+def test_the_prompt_check_needs_a_first_fit_s_sample():
     """7 first-half rewards (fewer than 2 ``adaptive.min_rollouts``) say too little of a state's width."""
     root, _, _ = narrow_episode([0.0])
     narrow = np.median(root.rewards) + 0.01 * np.linspace(-1, 1, 8)
@@ -1656,6 +1661,25 @@ def test_a_first_half_far_narrower_than_the_root_s_states_restores_level_on_two_
     runs = two_kinds_runs(monkeypatch, 64, {"bon": (BestOfN, {}), "first half": (SharedSLG, {"NARROW_FIRST_HALF": 0.1}),
                                             "without": (SharedSLG, {"NARROW_FIRST_HALF": 0.0})})
     assert_restores_level(runs, "first half", "without", below=4)
+
+
+@pytest.mark.parametrize("budget", [96, 128])
+def test_the_prompt_check_pays_where_states_are_a_tenth_as_wide_as_the_spread(budget):
+    """gaussian sigma1 = 0.1 at N = 96 and 128, paired, 20,000 episodes: the check gains +0.0276 +-
+    0.0012 / +0.0274 +- 0.0011 (one standard error) over ``share.prompt_check = false``, which is below
+    best-of-N (-0.032 +- 0.003 / -0.015 +- 0.003); with the check -0.004 +- 0.002 / +0.012 +- 0.002. On
+    gaussian (states as wide as the spread) it costs -0.0010 +- 0.0006 at N = 64 (of +0.48 over
+    best-of-N)."""
+    world = make_world("gaussian", sigma1=0.1)
+    off = SearchConfig(share=ShareConfig(prompt_check=False))
+    from tests.core.test_policies import play_paired
+    _, on = play_paired("slg_share", budget, world, 20_000, budget)
+    _, without = play_paired("slg_share", budget, world, 20_000, budget, off)
+    gain = on.best_reward - without.best_reward
+    assert gain.mean() > 0.01 and gain.mean() > 8 * gain.std(ddof=1) / math.sqrt(gain.size)
+    _, on = play_paired("slg_share", 64, make_world("gaussian"), 20_000, 64)
+    _, without = play_paired("slg_share", 64, make_world("gaussian"), 20_000, 64, off)
+    assert (on.best_reward - without.best_reward).mean() > -0.01
 
 
 def test_the_prompt_check_still_judges_where_a_score_was_dropped():
