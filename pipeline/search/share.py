@@ -269,11 +269,11 @@ class SharedSLG(AdaptiveSLG):
         where the root shows states at least as wide, a wide state's few rewards can look narrow),
         or the first half's variance is below ``NARROW_FIRST_HALF`` times that estimate.
         ``moments``: ``root_moments(root)``."""
-        adaptive = self.config.adaptive
+        adaptive, (_, _, _, _, var_reward, covariance) = self.config.adaptive, moments
         checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
-        _, _, _, _, var_reward, covariance = moments
-        checked &= ((var_reward - covariance < covariance)
-                    | (_sd_of_finite(first_half) ** 2 < NARROW_FIRST_HALF * (var_reward - covariance)))
+        if checked.any():  # (none below N = 42: the driver's searches there skip the first half's variance)
+            own = var_reward - covariance
+            checked &= (own < covariance) | (_sd_of_finite(first_half) ** 2 < NARROW_FIRST_HALF * own)
         if not checked.any():
             return checked
         scale = QuantileScale(root.rewards, adaptive.tail_fraction)
