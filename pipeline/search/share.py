@@ -262,18 +262,18 @@ class SharedSLG(AdaptiveSLG):
         its ``left`` rollouts even with the mean and sd of its first half's tail fit at their upper
         ``adaptive.confidence`` bounds, ``best`` the best reward so far: ``slg_adaptive``'s check of its
         candidates, on the prompt's quantile scale (``_final_best``). Only where the first half holds
-        a first tail fit's sample (2 ``adaptive.min_rollouts``: N >= 42 with the defaults; fewer
-        rewards say little of a state's width) and either the root's estimate of a state's own
-        variance, Var(r) - Cov(s, r), is below the variance between states, Cov(s, r) (a state
-        narrower than the spread gets little past its mean, which its root rollout already shows;
-        where the root shows states at least as wide, a wide state's few rewards can look narrow),
-        or the first half's variance is below ``NARROW_FIRST_HALF`` times that estimate.
-        ``moments``: ``root_moments(root)``."""
-        adaptive, (_, _, _, _, var_reward, covariance) = self.config.adaptive, moments
+        a first tail fit's sample (2 ``adaptive.min_rollouts``, N >= 42; fewer rewards say little of
+        a state's width), and either the root's estimate of a state's own variance, Var(r) - Cov(s,
+        r), is below the variance between states, Cov(s, r) (such a state gets little past its mean,
+        which its root rollout already shows; a wide state's few rewards can look narrow), or the
+        first half's variance is below ``NARROW_FIRST_HALF`` times it. ``moments``: ``root_moments(root)``."""
+        adaptive = self.config.adaptive
         checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
-        if checked.any():  # (none below N = 42: the driver's searches there skip the first half's variance)
-            own = var_reward - covariance
-            checked &= (own < covariance) | (_sd_of_finite(first_half) ** 2 < NARROW_FIRST_HALF * own)
+        if not checked.any():  # (below N = 42: the driver's searches stop here)
+            return checked
+        _, _, _, _, var_reward, covariance = moments
+        own = var_reward - covariance
+        checked &= (own < covariance) | (_sd_of_finite(first_half) ** 2 < NARROW_FIRST_HALF * own)
         if not checked.any():
             return checked
         scale = QuantileScale(root.rewards, adaptive.tail_fraction)

@@ -940,9 +940,9 @@ def narrowing_bank_prompt(k: int, widen: float = 1.0) -> BankPrompt:
                       state_texts=[f"s{j}" for j in range(16)], state_scores=(means + rng.normal(0.0, 0.5, 16)).tolist())
 
 
-def narrowing_bank_gains(budget: int, prompts: int = 20, episodes: int = 200) -> dict:
-    """``slg_share`` on ``narrowing_bank_prompt``s with and without the width check, paired with
-    best-of-N on the same draws: (mean, one standard error) of each difference over every episode."""
+def narrowing_bank_runs(budget: int, prompts: int = 20, episodes: int = 200) -> dict:
+    """The best rewards of best-of-N ("bon") and of ``slg_share`` with ("checked") and without
+    ("unchecked") the width check on ``narrowing_bank_prompt``s, every run on the same draws."""
     runs = {}
     for name, policy_class, config in (("bon", BestOfN, SearchConfig()), ("checked", SharedSLG, SearchConfig()),
                                        ("unchecked", SharedSLG, SearchConfig(share=ShareConfig(width_check=False)))):
@@ -952,22 +952,18 @@ def narrowing_bank_gains(budget: int, prompts: int = 20, episodes: int = 200) ->
             source = BankSource(narrowing_bank_prompt(k), episodes, np.random.default_rng(100 + k))
             best.append(run_episodes(policy, source).best_reward)
         runs[name] = np.concatenate(best)
-    gains = {}
-    for a, b in (("unchecked", "bon"), ("checked", "bon"), ("checked", "unchecked")):
+    return runs
+
+
+def assert_restores_level(runs: dict, checked: str, unchecked: str, below: float):
+    """Paired on the same draws: ``unchecked`` below ``runs["bon"]`` by ``below`` standard errors,
+    ``checked`` not below it by 2, and above ``unchecked`` by 10."""
+    def z(a, b):
         difference = runs[a] - runs[b]
-        gains[a, b] = difference.mean(), difference.std(ddof=1) / math.sqrt(difference.size)
-    return gains
-
-
-def assert_the_check_restores_level(gains: dict):
-    """``narrowing_bank_gains``: without the width check below best-of-N by 5 standard errors, with it
-    not below by 2, and above no check by 10."""
-    mean, stderr = gains["unchecked", "bon"]
-    assert mean < -5 * stderr
-    mean, stderr = gains["checked", "bon"]
-    assert mean > -2 * stderr
-    mean, stderr = gains["checked", "unchecked"]
-    assert mean > 10 * stderr
+        return difference.mean() / (difference.std(ddof=1) / math.sqrt(difference.size))
+    assert z(unchecked, "bon") < -below
+    assert z(checked, "bon") > -2
+    assert z(checked, unchecked) > 10
 
 
 def test_where_widths_fall_as_prefix_scores_rise_the_candidates_rank_by_reward():
@@ -977,7 +973,7 @@ def test_where_widths_fall_as_prefix_scores_rise_the_candidates_rank_by_reward()
     episodes, paired on the same draws (one standard error): without the width check -0.323 +- 0.023
     against best-of-N; with it (the default) +0.062 +- 0.027, +0.386 +- 0.018 over no check. The test
     asserts below -5, above -2 and above 10 standard errors."""
-    assert_the_check_restores_level(narrowing_bank_gains(256))
+    assert_restores_level(narrowing_bank_runs(256), "checked", "unchecked", below=5)
 
 
 class KeepingResults(BankSource):
@@ -1040,7 +1036,7 @@ def test_below_160_where_widths_fall_the_share_rounds_stay_level_with_best_of_n(
     below best-of-N. 20 prompts x 200 episodes, paired on the same draws (one standard error): without
     the check -0.171 +- 0.021 against best-of-N; with it (the default) -0.030 +- 0.024, +0.141 +- 0.011
     over no check. The test asserts below -5, above -2 and above 10 standard errors."""
-    assert_the_check_restores_level(narrowing_bank_gains(128))
+    assert_restores_level(narrowing_bank_runs(128), "checked", "unchecked", below=5)
 
 
 def two_kinds_bank_prompt(k: int) -> BankPrompt:
@@ -1069,17 +1065,6 @@ def two_kinds_runs(monkeypatch, budget: int, variants: dict) -> dict:
                          BankSource(two_kinds_bank_prompt(k), 200, np.random.default_rng(100 + k))).best_reward
             for k in range(40)])
     return runs
-
-
-def assert_restores_level(runs: dict, checked: str, unchecked: str, below: float):
-    """Paired on the same draws: ``unchecked`` below ``runs["bon"]`` by ``below`` standard errors,
-    ``checked`` not below it by 2, and above ``unchecked`` by 10."""
-    def z(a, b):
-        difference = runs[a] - runs[b]
-        return difference.mean() / (difference.std(ddof=1) / math.sqrt(difference.size))
-    assert z(unchecked, "bon") < -below
-    assert z(checked, "bon") > -2
-    assert z(checked, unchecked) > 10
 
 
 def test_wide_states_whose_tails_clearly_fall_take_the_best_reward_s_state(monkeypatch):
@@ -1658,7 +1643,7 @@ def test_a_first_half_far_narrower_than_the_root_s_states_restores_level_on_two_
     40 prompts x 200 episodes, paired on the same draws (one standard error): without it
     (``NARROW_FIRST_HALF`` = 0) -0.067 +- 0.013 against best-of-N, with it +0.004 +- 0.012, +0.071 +-
     0.003 over it. The test asserts below -4, above -2 and above 10 standard errors."""
-    runs = two_kinds_runs(monkeypatch, 64, {"bon": (BestOfN, {}), "first half": (SharedSLG, {"NARROW_FIRST_HALF": 0.1}),
+    runs = two_kinds_runs(monkeypatch, 64, {"bon": (BestOfN, {}), "first half": (SharedSLG, {}),
                                             "without": (SharedSLG, {"NARROW_FIRST_HALF": 0.0})})
     assert_restores_level(runs, "first half", "without", below=4)
 
