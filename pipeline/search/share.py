@@ -103,8 +103,8 @@ SCREENING_HALVINGS = 1
 # of a state's own variance, Var(r) - Cov(s, r), where that estimate is Cov(s, r) or more: prefix scores
 # can rank first a narrow state of high mean where wide states of lower mean hold the best tails (sds
 # 1.5 at mean -0.5 beside 0.2 at 0.5: -0.066 -> +0.000 against best-of-N at N = 64; docs/design-record.md,
-# "A first half far narrower than the root's states"). Given an exact estimate, a state as wide as it
-# shows so narrow a first half once in 150,000 with 16 rewards (N = 64), once in 400 with 8 (N = 42-46).
+# "A first half far narrower than the root's states"). A state as wide as an exact estimate shows so
+# narrow a first half once in 150,000 with 16 rewards (N = 64), once in 400 with 8 (N = 42-46).
 NARROW_FIRST_HALF = 0.1
 
 
@@ -258,22 +258,22 @@ class SharedSLG(AdaptiveSLG):
 
     def _prompt_beats_state(self, root: Rollouts, moments: tuple, first_half: np.ndarray, best: np.ndarray,
                             left: np.ndarray, mine: np.ndarray) -> np.ndarray:
-        """Per episode of ``mine`` (continuous rewards): whether fresh prompt draws beat the state for
-        its ``left`` rollouts even with the mean and sd of its first half's tail fit at their upper
-        ``adaptive.confidence`` bounds, ``best`` the best reward so far: ``slg_adaptive``'s check of its
-        candidates, on the prompt's quantile scale (``_final_best``). Only where the first half holds
-        a first tail fit's sample (2 ``adaptive.min_rollouts``, N >= 42; fewer rewards say little of
-        a state's width), and either the root's estimate of a state's own variance, Var(r) - Cov(s,
-        r), is below the variance between states, Cov(s, r) (such a state gets little past its mean,
-        which its root rollout already shows; a wide state's few rewards can look narrow), or the
-        first half's variance is below ``NARROW_FIRST_HALF`` times it. ``moments``: ``root_moments(root)``."""
+        """Per episode of ``mine`` (continuous rewards): whether fresh prompt draws beat the state for its
+        ``left`` rollouts even with its first half's tail fit at its upper ``adaptive.confidence`` bounds,
+        ``best`` the best reward so far: ``slg_adaptive``'s check of its candidates, on the prompt's quantile
+        scale (``_final_best``). Only where the first half holds 2 ``adaptive.min_rollouts`` (N >= 42;
+        fewer say little of a width), and either the root's Var(r) - Cov(s, r), a state's own variance, is
+        below Cov(s, r), that between states (such a state gets little past its mean, which its root
+        rollout shows; a wide state's few rewards can look narrow), or the first half's variance is below
+        ``NARROW_FIRST_HALF`` times it and its best below ``best`` (a narrow state holding the best so far is
+        the prompt's top, whose tail its normal quantile scale cannot see). ``moments``: ``root_moments``."""
         adaptive = self.config.adaptive
         checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
         if not checked.any():  # (below N = 42: the driver's searches stop here)
             return checked
-        _, _, _, _, var_reward, covariance = moments
-        own = var_reward - covariance
-        checked &= (own < covariance) | (_sd_of_finite(first_half) ** 2 < NARROW_FIRST_HALF * own)
+        own, covariance = moments[4] - moments[5], moments[5]  # Var(r) - Cov(s, r), and Cov(s, r)
+        checked &= (own < covariance) | ((_sd_of_finite(first_half) ** 2 < NARROW_FIRST_HALF * own)
+                                         & (reward_levels.best_of_finite(first_half) < best))
         if not checked.any():
             return checked
         scale = QuantileScale(root.rewards, adaptive.tail_fraction)
@@ -328,9 +328,8 @@ def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: in
     ``WIDE_MARGIN`` standard errors of the width slope: there one reward says little of its state, a
     slope of widths from a few dozen rollouts is mostly noise, and the check's false alarms cost most
     (gaussian states five times as wide as the spread: 1.48x -> 1.38x best-of-N at N = 159 with a
-    margin of 0), but states of two kinds, wide ones of low mean beside narrow high ones, show a slope
-    well beyond its noise (docs/design-record.md, "Wide states whose tails fall").
-    ``moments``: ``root_moments(root)``."""
+    margin of 0); states of two kinds, wide ones of low mean beside narrow high ones, show a slope well
+    beyond its noise (docs/design-record.md, "Wide states whose tails fall"). ``moments``: ``root_moments(root)``."""
     state = best_evidence_state(root, mine, moments)
     if not config.share.width_check:
         return state

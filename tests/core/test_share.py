@@ -1623,15 +1623,17 @@ def test_in_a_wide_root_the_prompt_check_judges_only_a_first_half_far_narrower_t
     """A root whose states look wider than the spread between them (reward noise 1.2 against a
     spread of 1, 200 states: Var(r) - Cov(s, r) = 1.45 > Cov(s, r) = 0.95) is checked only where the
     first half's variance (1/n) is below ``NARROW_FIRST_HALF`` (0.1) times the root's estimate of a
-    state's own variance. 8 rewards at the root's median with that share of the estimate: up to half
-    of it the prompt beats them when checked (with the gate lifted), so only the gate keeps 0.11 and
-    0.5."""
+    state's own variance and its best is below the best so far. 8 rewards at the root's median with
+    that share of the estimate: up to half of it the prompt beats them when checked (with the gate
+    lifted), so only the gate keeps 0.11 and 0.5; with the best so far their own best, none is judged."""
     wide_root, _, _ = narrow_episode([0.0], reward_noise=1.2, width=200)
     _, _, _, _, var_reward, covariance = root_moments(wide_root)
     z = np.linspace(-1, 1, 8)
     first_half = np.median(wide_root.rewards) + np.sqrt(share_of_own_variance * (var_reward[0] - covariance[0])) * z / z.std()
     root, first, best = narrow_episode(first_half, reward_noise=1.2, width=200)
     assert prompt_beats_state(root, first, best) == checked
+    # a first half that holds the best so far is the prompt's top: not judged, however narrow
+    assert not prompt_beats_state(root, first, np.nanmax(first, axis=1))
     monkeypatch.setattr(share_module, "NARROW_FIRST_HALF", np.inf)
     assert prompt_beats_state(root, first, best)
 
