@@ -102,7 +102,7 @@ SCREENING_HALVINGS = 1
 # The prompt check also judges a first half whose variance is below this share of the root's estimate
 # of a state's own variance, Var(r) - Cov(s, r), where that estimate is Cov(s, r) or more: prefix scores
 # can rank first a narrow state of high mean where wide states of lower mean hold the best tails (sds
-# 1.5 at mean -0.5 beside 0.2 at 0.5: -0.066 -> +0.000 against best-of-N at N = 64; docs/design-record.md,
+# 1.5 at mean -0.5 beside 0.2 at 0.5: -0.066 -> -0.0003 against best-of-N at N = 64; docs/design-record.md,
 # "A first half far narrower than the root's states"). A state as wide as an exact estimate shows so
 # narrow a first half once in 150,000 with 16 rewards (N = 64), once in 400 with 8 (N = 42-46).
 NARROW_FIRST_HALF = 0.1

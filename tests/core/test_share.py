@@ -1077,7 +1077,7 @@ def test_wide_states_whose_tails_clearly_fall_take_the_best_reward_s_state(monke
     roots -0.076 +- 0.011 against best-of-N, with the margin +0.002 +- 0.011, +0.078 +- 0.004 over no
     check; measured, as here, with the prompt check of a narrow first half off (``NARROW_FIRST_HALF``
     = 0). The test asserts below -4, above -2 and above 10 standard errors, and that the default (with
-    that check) is above best-of-N by 2: +0.071 +- 0.011."""
+    that check) is above best-of-N by 2: +0.070 +- 0.011."""
     runs = two_kinds_runs(monkeypatch, 128, {
         "bon": (BestOfN, {}), "default": (SharedSLG, {}),
         "margin": (SharedSLG, {"NARROW_FIRST_HALF": 0.0}),  # the width check alone
@@ -1643,7 +1643,7 @@ def test_a_first_half_far_narrower_than_the_root_s_states_restores_level_on_two_
     tail the width check (32 root rollouts) often misses; its first half of 16 rewards (sd about
     0.2, against a root estimate of about 1) lets the prompt check give the second half back.
     40 prompts x 200 episodes, paired on the same draws (one standard error): without it
-    (``NARROW_FIRST_HALF`` = 0) -0.067 +- 0.013 against best-of-N, with it +0.004 +- 0.012, +0.071 +-
+    (``NARROW_FIRST_HALF`` = 0) -0.067 +- 0.013 against best-of-N, with it +0.003 +- 0.012, +0.070 +-
     0.003 over it. The test asserts below -4, above -2 and above 10 standard errors."""
     runs = two_kinds_runs(monkeypatch, 64, {"bon": (BestOfN, {}), "first half": (SharedSLG, {}),
                                             "without": (SharedSLG, {"NARROW_FIRST_HALF": 0.0})})
