@@ -10,7 +10,6 @@ engines and minutes of CPU each; their pages name the commands that produce them
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.offline.multipliers import format_multiplier
+from pipeline.offline.multipliers import format_multiplier, format_multiplier_range, interval_digits
 
 METHODS = "bon,slg,slg_adaptive,slg_share,oracle"
 BANK_METHODS = "bon,slg,slg_adaptive,slg_share"
@@ -97,7 +96,7 @@ def run_slg(command: str, out: Path) -> tuple[dict, float]:
 
 
 def fmt(value: float, ci: float) -> str:
-    digits = 4 if not ci > 0 else min(7, max(4, 1 - math.floor(math.log10(ci))))
+    digits = interval_digits(ci, most=7)
     return f"{value:.{digits}f} +- {ci:.{digits}f}"
 
 
@@ -116,9 +115,18 @@ def method_table(rows: list[dict], label_key: str | None, methods: list[str], ce
             if ceilings:
                 for name in ("clairvoyant", "paid_discovery"):
                     c = ceiling_cells[(target, budget, name)]
-                    line.append(f"{c['mean_best_reward']:.4f} ({format_multiplier(c['compute_multiplier'])})")
+                    line.append(_ceiling_cell(c))
             lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
+
+
+def _ceiling_cell(row: dict) -> str:
+    """An exact ceiling as its value (multiplier); an estimated one (paid discovery) with its Monte Carlo
+    interval and the multipliers of that interval's ends."""
+    if not row["ci95"] > 0:
+        return f"{row['mean_best_reward']:.4f} ({format_multiplier(row['compute_multiplier'])})"
+    return (f"{fmt(row['mean_best_reward'], row['ci95'])} ({format_multiplier(row['compute_multiplier'])}; "
+            f"{format_multiplier_range(row['compute_multiplier_range'])})")
 
 
 def _short(label) -> str:
@@ -136,7 +144,10 @@ def build(folder: Path) -> str:
              "whose exact value reaches that mean, over N (`>1024` when even 1024 N does not; `saturated` where "
              "best-of-N's exact curve at 1024 N still lies within the interval, so that no multiplier is "
              "identified). Methods at one "
-             "budget share random streams, so their differences are sharper than their intervals.\n"]
+             "budget share random streams, so their differences are sharper than their intervals. The clairvoyant "
+             "ceiling of a bank is exact; paid discovery averages simulated discoveries, and carries its Monte Carlo "
+             "interval and, after the multiplier, the multipliers of that interval's ends (docs/method.md, "
+             "\"Ceilings\").\n"]
     for title, text, command, label in REPLAYS_OF_BANKS:
         payload, elapsed = run_slg(command, folder / "banks.json")
         table = method_table(payload["results"], label, BANK_METHODS.split(","), payload["ceilings"])

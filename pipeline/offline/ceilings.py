@@ -10,7 +10,9 @@ states, merged by prefix; a world's sampled states), each with its reward distri
   that adapts to the rewards it sees could in principle, knowing the distributions.
 - **paid discovery**: the first ``discovery_fraction`` of N are prompt draws; each reveals its state
   and its reward. The rest are shared optimally among the prompt and the revealed states, knowing
-  their distributions and the best reward already drawn. Averaged over ``draws`` random discoveries.
+  their distributions and the best reward already drawn. Averaged over ``draws`` random discoveries,
+  with the best reward each found as a control variate (its expectation is best-of-N's exact value at
+  the discovery's draws: ``pipeline.stats.monte_carlo``), and reported with its Monte Carlo error.
   It pays for finding states as a real policy must, and still knows what a policy must estimate.
 
 The gap between the methods and these two is the cost of not knowing the distributions.
@@ -21,12 +23,15 @@ prompts (``world_ceilings``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pipeline.offline.episodes import BankPrompt
-from pipeline.offline.multipliers import format_multiplier
+from pipeline.offline.multipliers import format_multiplier, format_multiplier_range, interval_digits
 from pipeline.offline.worlds import World
 from pipeline.stats.arms import allocate_draws, common_support, expected_best
+from pipeline.stats.monte_carlo import MonteCarloMean, control_variate_mean
 
 DISCOVERY_FRACTION = 0.25
 DISCOVERY_DRAWS = 64  # Monte Carlo discoveries per prompt and budget
@@ -57,22 +62,21 @@ class PromptArms:
         return expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, budget))
 
     def paid_discovery(self, budget: int, rng: np.random.Generator, draws: int = DISCOVERY_DRAWS,
-                       discovery_fraction: float = DISCOVERY_FRACTION) -> float:
+                       discovery_fraction: float = DISCOVERY_FRACTION) -> MonteCarloMean:
+        """The ceiling's estimate over ``draws`` discoveries, and its variance."""
         found = max(1, round(discovery_fraction * budget))
         rest = budget - found
         prompt = self.prompt
-        total = 0.0
-        for _ in range(draws):
+        values, bests = np.empty(draws), np.empty(draws)
+        for k in range(draws):
             states = np.searchsorted(prompt.cumulative_weights, rng.random(found) * prompt.cumulative_weights[-1],
                                      side="right").clip(max=prompt.num_states - 1)
             picks = (rng.random(found) * prompt.lengths[states]).astype(np.int64)
-            best = float(prompt.rewards[prompt.offsets[states] + picks].max())
-            if rest == 0:
-                total += best
-                continue
-            cdfs = np.vstack([self.prompt_cdf, self.state_cdfs[np.unique(states)]])
-            total += expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, rest, best), best)
-        return total / draws
+            bests[k] = values[k] = float(prompt.rewards[prompt.offsets[states] + picks].max())
+            if rest > 0:
+                cdfs = np.vstack([self.prompt_cdf, self.state_cdfs[np.unique(states)]])
+                values[k] = expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, rest, bests[k]), bests[k])
+        return control_variate_mean(values, bests, float(prompt.bon_value(found)))
 
 
 class WorldArms:
@@ -86,16 +90,17 @@ class WorldArms:
     def __init__(self, world: World, rng: np.random.Generator, kept: int = 8):
         self.world, self.rng, self.kept = world, rng, kept
         self.arms = np.empty(0)
+        self.found_best = float("nan")
 
     def clairvoyant(self, budget: int) -> float:
         return self._shared(self.world.sample_states(self.rng, (budget,)), budget)
 
     def paid_discovery(self, budget: int, discovery_fraction: float = DISCOVERY_FRACTION) -> float:
-        """As ``PromptArms.paid_discovery``, one discovery."""
+        """As ``PromptArms.paid_discovery``, one discovery; ``found_best``: the best reward it drew."""
         found = max(1, round(discovery_fraction * budget))
         latents = self.world.sample_states(self.rng, (found,))
         rewards, _ = self.world.sample_rewards(self.rng, latents)
-        best = float(rewards.max())
+        self.found_best = best = float(rewards.max())
         if budget == found:
             return best
         return self._shared(latents, budget - found, best)
@@ -148,21 +153,49 @@ def _beyond_the_best(world: World, latents: np.ndarray, draws: int, start: float
     return end
 
 
-def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed: int = 0) -> dict[int, dict[str, float]]:
+def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed: int = 0) -> dict[int, dict[str, MonteCarloMean]]:
     """The ceilings for fresh prompts of a world (``WorldArms``): the mean over ``num_prompts``
-    prompts, whose spread is the Monte Carlo error."""
+    prompts and its variance (the Monte Carlo error), paid discovery with its discoveries' best as a
+    control variate (``PromptArms.paid_discovery``)."""
     out = {}
     for budget in budgets:
         rng = np.random.default_rng([seed, budget])
         arms = [WorldArms(world, rng) for _ in range(num_prompts)]
-        out[budget] = {"clairvoyant": float(np.mean([a.clairvoyant(budget) for a in arms])),
-                       "paid_discovery": float(np.mean([a.paid_discovery(budget) for a in arms]))}
+        clairvoyant = np.array([a.clairvoyant(budget) for a in arms])
+        paid = np.array([a.paid_discovery(budget) for a in arms])
+        found = max(1, round(DISCOVERY_FRACTION * budget))
+        out[budget] = {"clairvoyant": MonteCarloMean(float(clairvoyant.mean()), float(clairvoyant.var(ddof=1)) / num_prompts),
+                       "paid_discovery": control_variate_mean(paid, np.array([a.found_best for a in arms]),
+                                                              world.prompt_value(found))}
     return out
 
 
+CEILINGS = ("clairvoyant", "paid_discovery")
+
+
+def ceiling_row(name: str, budget: int, estimate: MonteCarloMean) -> dict:
+    """A ceiling's row of ``slg replay``: its mean best reward and that mean's 95% half-width (0 where
+    it is exact); ``slg replay`` adds the multipliers."""
+    return {"ceiling": name, "budget": budget, "mean_best_reward": estimate.mean, "ci95": 1.96 * math.sqrt(estimate.variance),
+            "compute_multiplier": None, "compute_multiplier_range": None}
+
+
+def bank_ceiling_rows(values: np.ndarray, budget: int) -> list[dict]:
+    """A bank's two ceiling rows from its prompts' (P, 3) values (``replay_tasks.ceilings``): the
+    clairvoyant ceiling exact, paid discovery with the Monte Carlo error of its prompts' discoveries."""
+    prompts = len(values)
+    return [ceiling_row("clairvoyant", budget, MonteCarloMean(float(np.mean(np.ascontiguousarray(values[:, 0]))), 0.0)),
+            ceiling_row("paid_discovery", budget, MonteCarloMean(float(np.mean(np.ascontiguousarray(values[:, 1]))),
+                                                                 float(np.sum(values[:, 2])) / prompts ** 2))]
+
+
 def format_ceilings(rows: list[dict]) -> str:
-    lines = [f"{'ceiling':<16}{'N':>7}  {'mean best reward':>26}  {'multiplier':>10}"]
+    """One line per ceiling and N: its mean best reward, with the Monte Carlo interval of an estimated
+    one (paid discovery; both on a world), its multiplier and that interval's range of multipliers."""
+    lines = [f"{'ceiling':<16}{'N':>7}  {'mean best reward':>26}  {'multiplier':>10}  {'95%':>17}"]
     for r in rows:
-        lines.append(f"{r['ceiling']:<16}{r['budget']:>7}  {r['mean_best_reward']:>26.4f}  "
-                     f"{format_multiplier(r['compute_multiplier']):>10}")
+        digits = interval_digits(r["ci95"])
+        reward = f"{r['mean_best_reward']:.{digits}f}" + (f" +- {r['ci95']:.{digits}f}" if r["ci95"] > 0 else "")
+        lines.append(f"{r['ceiling']:<16}{r['budget']:>7}  {reward:>26}  {format_multiplier(r['compute_multiplier']):>10}  "
+                     f"{format_multiplier_range(r['compute_multiplier_range'] if r['ci95'] > 0 else None):>17}")
     return "\n".join(lines)

@@ -92,6 +92,16 @@ def format_multiplier(multiplier: float | str | None) -> str:
     return "-" if multiplier is None else multiplier if isinstance(multiplier, str) else f"{multiplier:.2f}x"
 
 
+def format_multiplier_range(multipliers: list | None) -> str:
+    """A multiplier's range over a 95% interval as tables print it: ``1.19x-1.31x``, ``-`` for none."""
+    return "-" if multipliers is None else "-".join(map(format_multiplier, multipliers))
+
+
+def interval_digits(ci: float, most: int = 8) -> int:
+    """Decimals that show a 95% half-width ``ci`` to two significant digits: 4 at least, ``most`` at most."""
+    return 4 if not ci > 0 else min(most, max(4, 1 - math.floor(math.log10(ci))))
+
+
 def curve_of(curve: Callable[[int], float]) -> CurveAt:
     return lambda ns: {n: float(curve(n)) for n in ns}
 

@@ -33,9 +33,19 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.offline.bank_reader import BankChunks, StreamedBank, as_bank
-from pipeline.offline.ceilings import world_ceilings
+from pipeline.offline.ceilings import CEILINGS, bank_ceiling_rows, ceiling_row, world_ceilings
 from pipeline.offline.episodes import BankPrompt
-from pipeline.offline.multipliers import Cell, CurveAt, compute_multiplier, curve_of, find_multipliers, format_multiplier, per_cost
+from pipeline.offline.multipliers import (
+    Cell,
+    CurveAt,
+    compute_multiplier,
+    curve_of,
+    find_multipliers,
+    format_multiplier,
+    format_multiplier_range,
+    interval_digits,
+    per_cost,
+)
 from pipeline.offline.replay_tasks import LocalExecutor, Play, Played, Task, bon_values, ceilings, play
 from pipeline.offline.responses import TokenModel
 from pipeline.offline.worlds import World
@@ -276,16 +286,13 @@ def _ci95(values: np.ndarray, repeats: int) -> float:
 
 def _ceiling_rows(bounds: dict, label: str, budgets: list[int], target, seed: int) -> list[dict]:
     """A bank's ceilings from its chunks' tasks; a world's from fresh prompts, here."""
-    names = ("clairvoyant", "paid_discovery")
     if isinstance(target, World):
         found = world_ceilings(target, budgets, seed=seed)
-        return [{"ceiling": name, "budget": budget, "mean_best_reward": found[budget][name], "compute_multiplier": None}
-                for budget in budgets for name in names]
+        return [ceiling_row(name, budget, found[budget][name]) for budget in budgets for name in CEILINGS]
     rows = []
     for budget in budgets:
-        values = np.concatenate([output for _, output in sorted(bounds[(label, budget)], key=lambda p: p[0])])
-        rows += [{"ceiling": name, "budget": budget, "mean_best_reward": float(np.mean(np.ascontiguousarray(values[:, k]))),
-                  "compute_multiplier": None} for k, name in enumerate(names)]
+        rows += bank_ceiling_rows(np.concatenate([output for _, output in sorted(bounds[(label, budget)], key=lambda p: p[0])]),
+                                  budget)
     return rows
 
 
@@ -296,9 +303,11 @@ def _add_multipliers(curve_at: CurveAt, results: list[MethodResult], ceiling_row
     interval read on the same exact curve): where best-of-N's curve is flat, a small difference in mean
     best reward moves a multiplier far."""
     cells = [Cell(r.mean_best_reward, r.ci95, r.budget) for r in results]
-    cells += [Cell(row["mean_best_reward"], 0.0, row["budget"]) for row in ceiling_rows]
+    cells += [Cell(row["mean_best_reward"], row["ci95"], row["budget"]) for row in ceiling_rows]
     ends = [Cell(r.mean_best_reward + side * r.ci95, 0.0, r.budget) for r in results for side in (-1, 1)
             if math.isfinite(r.ci95)]
+    ends += [Cell(row["mean_best_reward"] + side * row["ci95"], 0.0, row["budget"]) for row in ceiling_rows
+             for side in (-1, 1) if math.isfinite(row["ci95"])]
     found = find_multipliers(curve_at, cells + ends)
     for r, multiplier in zip(results, found):
         r.compute_multiplier = per_cost(multiplier, r.budget, r.rollouts_mean)
@@ -309,6 +318,9 @@ def _add_multipliers(curve_at: CurveAt, results: list[MethodResult], ceiling_row
     for r in results:
         if math.isfinite(r.ci95):
             r.compute_multiplier_range = [per_cost(next(at_ends), r.budget, r.rollouts_mean) for _ in range(2)]
+    for row in ceiling_rows:  # a ceiling spends its N exactly
+        if math.isfinite(row["ci95"]):
+            row["compute_multiplier_range"] = [next(at_ends), next(at_ends)]
 
 
 def _curve(executor, target) -> CurveAt:
@@ -358,11 +370,11 @@ def format_table(results: list[MethodResult]) -> str:
     for r in results:
         regret = "-" if r.regret_vs_oracle is None else f"{r.regret_vs_oracle:+.4f}"
         accuracy = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
-        digits = 4 if not r.ci95 > 0 else min(8, max(4, 1 - math.floor(math.log10(r.ci95))))
+        digits = interval_digits(r.ci95)
         reward = f"{r.mean_best_reward:.{digits}f} +- {r.ci95:.{digits}f}"
         versus = "-" if r.vs_bon is None else f"{r.vs_bon:+.{digits}f} +- {r.vs_bon_ci95:.{digits}f}"
         played = "" if r.played_budget in (0, r.budget) else str(r.played_budget)
-        spread = "-" if r.compute_multiplier_range is None else "-".join(map(format_multiplier, r.compute_multiplier_range))
+        spread = format_multiplier_range(r.compute_multiplier_range)
         line = (f"{r.method:<15}{r.budget:>6}{played:>7}  {reward:>24}  {versus:>20}  {format_multiplier(r.compute_multiplier):>10}  "
                 f"{spread:>17}  {format_multiplier(r.token_multiplier):>10}  {r.tokens_mean:>8.0f}  {regret:>8}  {accuracy:>8}")
         lines.append(line + (f"  {'redrawn' if r.pool_exceeded else '-':>7}" if on_bank else ""))

@@ -133,13 +133,14 @@ def _spend(ledger) -> np.ndarray:
 
 
 def ceilings(chunk: list[BankPrompt] | BankSlice, first: int, budget: int, seed: int) -> np.ndarray:
-    """(P, 2): each prompt's clairvoyant and paid-discovery ceiling at ``budget``
-    (``pipeline.offline.ceilings``; the discoveries of prompt i draw from (seed, budget, i))."""
+    """(P, 3): each prompt's clairvoyant ceiling at ``budget``, its paid-discovery ceiling and that
+    estimate's variance (``pipeline.offline.ceilings``; the discoveries of prompt i draw from (seed,
+    budget, i)); the clairvoyant ceiling is exact."""
     prompts = prompts_of(chunk)
-    out = np.empty((len(prompts), 2))
+    out = np.empty((len(prompts), 3))
     for offset, prompt in enumerate(prompts):
         arms = PromptArms(prompt)
-        out[offset] = arms.clairvoyant(budget), arms.paid_discovery(budget, np.random.default_rng([seed, budget, first + offset]))
+        out[offset] = arms.clairvoyant(budget), *arms.paid_discovery(budget, np.random.default_rng([seed, budget, first + offset]))
     return out
 
 

@@ -78,7 +78,106 @@ def test_paid_discovery_sits_between_best_of_n_and_the_clairvoyant_ceiling():
     for budget in (8, 32):
         bon = float(bank.bon_value(budget))
         paid = arms.paid_discovery(budget, np.random.default_rng(1), draws=200)
-        assert bon - 0.02 < paid < arms.clairvoyant(budget)  # 0.02: Monte Carlo error of 200 discoveries
+        assert bon - 0.02 < paid.mean < arms.clairvoyant(budget)  # 0.02: Monte Carlo error of 200 discoveries
+
+
+# three states of four rewards: a safe one, a risky one (the best tail, the worst mean), one between
+SMALL_STATES = [[0.5, 0.55, 0.6, 0.65], [-1.0, -0.5, 0.0, 1.5], [0.0, 0.2, 0.4, 0.9]]
+
+
+def enumerated_paid_discovery(prompt: BankPrompt, budget: int) -> tuple[float, float]:
+    """The paid-discovery ceiling exactly, and the variance of one discovery's value: every sequence of
+    the N / 4 prompt draws (a state by weight, then one of its rewards) listed with its probability; each
+    reveals its states and its best, and the rest is allocated as the ceiling allocates it."""
+    arms = PromptArms(prompt)
+    found = max(1, round(budget / 4))
+    outcomes = [(w / len(pool), state, r) for state, (w, pool) in enumerate(zip(prompt.state_weights, prompt.state_rewards))
+                for r in pool]
+    mean = square = 0.0
+    for draws in itertools.product(outcomes, repeat=found):
+        chance, best = float(np.prod([p for p, _, _ in draws])), max(r for _, _, r in draws)
+        cdfs = np.vstack([arms.prompt_cdf, arms.state_cdfs[sorted({state for _, state, _ in draws})]])
+        value = expected_best(arms.values, cdfs, allocate_draws(arms.values, cdfs, budget - found, best), best)
+        mean, square = mean + chance * value, square + chance * value ** 2
+    return mean, square - mean ** 2
+
+
+@pytest.mark.parametrize("budget", [4, 8])
+def test_paid_discovery_estimates_the_enumerated_ceiling_within_its_interval(budget):
+    """Over 300 seeds of 64 discoveries: the estimates centre on the exact ceiling (within 4 standard
+    errors of their average) and their 95% intervals cover it 88-99% of the time (measured 0.92 and
+    0.93 over 1000 seeds: a normal interval on 64 skewed values, adjusted by slopes fitted on 32;
+    300 seeds put the coverage's own sd at 0.015)."""
+    prompt = BankPrompt("p", SMALL_STATES)
+    exact, _ = enumerated_paid_discovery(prompt, budget)
+    estimates = [PromptArms(prompt).paid_discovery(budget, np.random.default_rng(seed)) for seed in range(300)]
+    means, sds = np.array([e.mean for e in estimates]), np.sqrt([e.variance for e in estimates])
+    assert abs(means.mean() - exact) < 4 * means.std() / np.sqrt(300)
+    assert 0.88 <= np.mean(np.abs(means - exact) < 1.96 * sds) <= 0.99
+
+
+def test_paid_discovery_is_sharper_than_a_plain_mean_of_its_discoveries(monkeypatch):
+    """Two states (one wide, one narrow and higher), N = 16: over 200 seeds the estimate's spread is
+    below 0.75 times that of the plain mean of the same discoveries (measured 0.56: the best reward of
+    the four prompt draws explains much of what a discovery is worth)."""
+    from pipeline.offline import ceilings
+    from pipeline.stats.monte_carlo import control_variate_mean
+
+    plain = []
+
+    def recording(values, control, expected):
+        plain.append(float(np.mean(values)))
+        return control_variate_mean(values, control, expected)
+
+    monkeypatch.setattr(ceilings, "control_variate_mean", recording)
+    rng = np.random.default_rng(0)
+    rng.normal(size=200)  # the states the measurement in the docstring used
+    prompt = BankPrompt("q", [rng.normal(0.0, 1.0, 100).tolist(), rng.normal(0.5, 0.3, 100).tolist()])
+    means = [PromptArms(prompt).paid_discovery(16, np.random.default_rng(seed)).mean for seed in range(200)]
+    assert np.std(means) < 0.75 * np.std(plain)
+
+
+def test_paid_discovery_without_draws_left_is_best_of_n_exactly():
+    """At N = 1 the discovery's one prompt draw is the budget: its value is best-of-N's own, and the
+    control (that draw's reward, whose expectation is best-of-N's) leaves no Monte Carlo error."""
+    prompt = BankPrompt("p", SMALL_STATES)
+    estimate = PromptArms(prompt).paid_discovery(1, np.random.default_rng(0))
+    assert estimate.mean == pytest.approx(float(prompt.bon_value(1)), abs=1e-12)
+    assert estimate.variance == pytest.approx(0.0, abs=1e-20)
+
+
+def test_a_control_variate_mean_adjusts_each_half_of_the_draws_by_the_other_halfs_slope():
+    """Against numpy's line fits of the two halves (alternate draws); a control that explains the
+    values wholly leaves no error; a constant one, or three draws, the plain mean and s^2 / n."""
+    from pipeline.stats.monte_carlo import control_variate_mean
+
+    rng = np.random.default_rng(3)
+    control = rng.exponential(size=41)
+    values = 2.0 * control + rng.normal(0.0, 0.5, 41)
+    even, odd = np.polyfit(control[::2], values[::2], 1)[0], np.polyfit(control[1::2], values[1::2], 1)[0]
+    adjusted = np.concatenate([values[::2] - odd * (control[::2] - 1.0), values[1::2] - even * (control[1::2] - 1.0)])
+    estimate = control_variate_mean(values, control, 1.0)
+    assert estimate.mean == pytest.approx(adjusted.mean(), abs=1e-12)
+    assert estimate.variance == pytest.approx(adjusted.var(ddof=1) / 41, rel=1e-10)
+    exact = control_variate_mean(3.0 * control - 1.0, control, 1.0)
+    assert exact.mean == pytest.approx(2.0, abs=1e-12) and exact.variance == pytest.approx(0.0, abs=1e-20)
+    for plain_values, plain_control in ((values, np.full(41, 7.0)), (values[:3], control[:3])):
+        plain = control_variate_mean(plain_values, plain_control, 7.0)
+        assert plain.mean == pytest.approx(plain_values.mean(), abs=1e-12)
+        assert plain.variance == pytest.approx(plain_values.var(ddof=1) / plain_values.size, rel=1e-12)
+
+
+def test_a_cross_fitted_control_variate_mean_is_unbiased_where_the_value_is_convex_in_the_control():
+    """E[exp(X)] = e^(1/2) for X ~ N(0, 1), 16 draws, 4000 seeds: within 4 standard errors of the
+    average (0.028). A slope fitted on all the draws, each draw adjusted by its own noise too, is
+    biased by -0.095 here (0.28 sds of one estimate)."""
+    from pipeline.stats.monte_carlo import control_variate_mean
+
+    means = []
+    for seed in range(4000):
+        x = np.random.default_rng(seed).normal(size=16)
+        means.append(control_variate_mean(np.exp(x), x, 0.0).mean)
+    assert abs(np.mean(means) - np.exp(0.5)) < 4 * np.std(means) / np.sqrt(4000)
 
 
 def test_the_prompt_weights_of_a_bank_follow_its_states_by_weight_then_reward():
@@ -150,8 +249,8 @@ def test_a_worlds_clairvoyant_ceiling_is_above_paid_discovery_and_the_methods_at
     played = {(r.method, r.budget): r.mean_best_reward
               for r in replay(world, ["slg_adaptive", "oracle"], [64, 256], repeats=10, num_prompts=40, workers=1)}
     for budget in (64, 256):
-        assert ceilings[budget]["clairvoyant"] > ceilings[budget]["paid_discovery"]
-        assert ceilings[budget]["clairvoyant"] > max(played[(m, budget)] for m in ("slg_adaptive", "oracle"))
+        assert ceilings[budget]["clairvoyant"].mean > ceilings[budget]["paid_discovery"].mean
+        assert ceilings[budget]["clairvoyant"].mean > max(played[(m, budget)] for m in ("slg_adaptive", "oracle"))
 
 
 @pytest.mark.parametrize("family, budget", [("heavy", 10**5), ("gaussian", 10**6)])

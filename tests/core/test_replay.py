@@ -297,6 +297,39 @@ def test_a_multiplier_s_range_is_that_of_the_ends_of_the_mean_s_interval():
     assert spent.compute_multiplier == 2.0 and spent.compute_multiplier_range == [1.0, 4.0]
 
 
+def test_a_banks_ceilings_carry_their_monte_carlo_error_and_its_multipliers(tmp_path, capsys):
+    """The clairvoyant ceiling of a bank is exact (no interval); paid discovery's interval is the
+    prompts' discovery variances together, 1.96 sqrt(sum var_i) / P, each prompt's from its own streams
+    (seed, budget, i); the multipliers of the interval's ends are the smallest n whose exact best-of-N
+    value (averaged over the prompts) reaches each. A world's two ceilings both carry one. The JSON of
+    ``slg replay --out`` and its printed table hold them."""
+    from pipeline.offline.ceilings import PromptArms
+
+    rows = simulate_bank(make_world("bimodal"), num_prompts=5, num_states=6, num_completions=30, seed=4)
+    write_bank(tmp_path / "b.jsonl", rows)
+    out = tmp_path / "replay.json"
+    assert main(["replay", "--bank", str(tmp_path / "b.jsonl"), "--methods", "bon", "--budgets", "8,32", "--repeats",
+                 "2", "--seed", "7", "--workers", "1", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    ceilings = {(c["ceiling"], c["budget"]): c for c in json.loads(out.read_text())["ceilings"]}
+    prompts = read_bank(tmp_path / "b.jsonl")
+    for budget in (8, 32):
+        clairvoyant = ceilings[("clairvoyant", budget)]
+        assert clairvoyant["ci95"] == 0.0 and clairvoyant["compute_multiplier_range"] == [clairvoyant["compute_multiplier"]] * 2
+        estimates = [PromptArms(p).paid_discovery(budget, np.random.default_rng([7, budget, i])) for i, p in enumerate(prompts)]
+        paid = ceilings[("paid_discovery", budget)]
+        assert paid["mean_best_reward"] == pytest.approx(np.mean([e.mean for e in estimates]), abs=1e-12)
+        assert paid["ci95"] == pytest.approx(1.96 * np.sqrt(sum(e.variance for e in estimates)) / 5, rel=1e-9)
+        assert paid["ci95"] > 0
+        curve = [np.mean([float(p.bon_value(n)) for p in prompts]) for n in range(1, 64 * budget)]
+        ends = [next(n for n, v in enumerate(curve, 1) if v >= target - 1e-12) / budget
+                for target in (paid["mean_best_reward"] - paid["ci95"], paid["mean_best_reward"] + paid["ci95"])]
+        assert paid["compute_multiplier_range"] == pytest.approx(ends, rel=1e-12)
+        assert f"{paid['mean_best_reward']:.4f} +- " in printed
+    world = replay_job({"w": make_world("gaussian")}, ["bon"], [16], 2, num_prompts=3, seed=1, workers=1, with_ceilings=True)
+    assert all(row["ci95"] > 0 and len(row["compute_multiplier_range"]) == 2 for row in world.ceilings["w"])
+
+
 def test_the_lockstep_search_finds_what_bisection_finds():
     from pipeline.offline.multipliers import Cell, find_multipliers
 
