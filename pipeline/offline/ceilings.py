@@ -67,15 +67,16 @@ class PromptArms:
         found = max(1, round(discovery_fraction * budget))
         rest = budget - found
         prompt = self.prompt
+        if rest == 0:  # the discovery is the whole budget: best-of-N's own value, exactly
+            return MonteCarloMean(float(prompt.bon_value(found)), 0.0)
         values, bests = np.empty(draws), np.empty(draws)
         for k in range(draws):
             states = np.searchsorted(prompt.cumulative_weights, rng.random(found) * prompt.cumulative_weights[-1],
                                      side="right").clip(max=prompt.num_states - 1)
             picks = (rng.random(found) * prompt.lengths[states]).astype(np.int64)
-            bests[k] = values[k] = float(prompt.rewards[prompt.offsets[states] + picks].max())
-            if rest > 0:
-                cdfs = np.vstack([self.prompt_cdf, self.state_cdfs[np.unique(states)]])
-                values[k] = expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, rest, bests[k]), bests[k])
+            bests[k] = float(prompt.rewards[prompt.offsets[states] + picks].max())
+            cdfs = np.vstack([self.prompt_cdf, self.state_cdfs[np.unique(states)]])
+            values[k] = expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, rest, bests[k]), bests[k])
         return control_variate_mean(values, bests, float(prompt.bon_value(found)))
 
 

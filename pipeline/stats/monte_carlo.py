@@ -4,7 +4,8 @@ Pure numpy. The paid-discovery ceiling (``pipeline.offline.ceilings``) averages 
 Each discovery's value moves with the best reward its prompt draws found, and that best's expectation
 is best-of-N's exact value at the discovery's draws: subtracting ``beta`` times the control's deviation
 from its expectation keeps the mean and removes the part of the noise the control explains (on the
-toy models' banks the 95% interval of a bank's ceiling narrows by 1.4x at N = 32 and 9x at 256).
+toy models' banks the 95% interval of a bank's ceiling narrows by 1.3-1.7x at N = 32 and 2.3-4.5x at
+256: toy_t8_temp07, toy_t12, toy_t8).
 ``beta`` is a least-squares slope, fitted on the other half of the draws (docs/method.md, "Ceilings").
 """
 
