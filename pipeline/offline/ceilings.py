@@ -11,8 +11,9 @@ states, merged by prefix; a world's sampled states), each with its reward distri
 - **paid discovery**: the first ``discovery_fraction`` of N are prompt draws; each reveals its state
   and its reward. The rest are shared optimally among the prompt and the revealed states, knowing
   their distributions and the best reward already drawn. Averaged over ``draws`` random discoveries,
-  with the best reward each found as a control variate (its expectation is best-of-N's exact value at
-  the discovery's draws: ``pipeline.stats.monte_carlo``), and reported with its Monte Carlo error.
+  as best-of-N's exact value plus the mean gain of that share over giving the whole rest to the
+  prompt after the same discovery (a control variate: ``pipeline.stats.monte_carlo``), and reported
+  with its Monte Carlo error.
   It pays for finding states as a real policy must, and still knows what a policy must estimate.
 
 The gap between the methods and these two is the cost of not knowing the distributions.
@@ -44,8 +45,9 @@ class PromptArms:
     A support of more than ``MAX_SUPPORT`` distinct rewards (a large bank: 64 states x 10^4 rewards
     hold about 6 x 10^5) is replaced by an even grid of ``MAX_SUPPORT`` points from the smallest
     reward to the largest, each CDF read at the grid points: every reward is then rounded up to the
-    next grid point, so a ceiling stays a ceiling, higher by less than one grid step (the rewards'
-    range / (MAX_SUPPORT - 1)). Without it the allocation's cost grows with the square of the
+    next grid point, so the clairvoyant ceiling stays a ceiling, higher by less than one grid step (the
+    rewards' range / (MAX_SUPPORT - 1)); paid discovery, the difference of two values read on the grid
+    added to best-of-N's exact one, is within a step either way. Without it the allocation's cost grows with the square of the
     arms times the support (minutes per prompt and budget at that size)."""
 
     def __init__(self, prompt: BankPrompt):
@@ -69,15 +71,16 @@ class PromptArms:
         prompt = self.prompt
         if rest == 0:  # the discovery is the whole budget: best-of-N's own value, exactly
             return MonteCarloMean(float(prompt.bon_value(found)), 0.0)
-        values, bests = np.empty(draws), np.empty(draws)
+        values, prompt_only = np.empty(draws), np.empty(draws)  # the rest shared optimally; all of it to the prompt
         for k in range(draws):
             states = np.searchsorted(prompt.cumulative_weights, rng.random(found) * prompt.cumulative_weights[-1],
                                      side="right").clip(max=prompt.num_states - 1)
             picks = (rng.random(found) * prompt.lengths[states]).astype(np.int64)
-            bests[k] = float(prompt.rewards[prompt.offsets[states] + picks].max())
+            best = float(prompt.rewards[prompt.offsets[states] + picks].max())
             cdfs = np.vstack([self.prompt_cdf, self.state_cdfs[np.unique(states)]])
-            values[k] = expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, rest, bests[k]), bests[k])
-        return control_variate_mean(values, bests, float(prompt.bon_value(found)))
+            values[k] = expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, rest, best), best)
+            prompt_only[k] = expected_best(self.values, cdfs[:1], np.array([rest]), best)
+        return control_variate_mean(values, prompt_only, float(prompt.bon_value(budget)))
 
 
 class WorldArms:
@@ -91,27 +94,30 @@ class WorldArms:
     def __init__(self, world: World, rng: np.random.Generator, kept: int = 8):
         self.world, self.rng, self.kept = world, rng, kept
         self.arms = np.empty(0)
-        self.found_best = float("nan")
+        self.prompt_only = float("nan")
 
     def clairvoyant(self, budget: int) -> float:
         return self._shared(self.world.sample_states(self.rng, (budget,)), budget)
 
     def paid_discovery(self, budget: int, discovery_fraction: float = DISCOVERY_FRACTION) -> float:
-        """As ``PromptArms.paid_discovery``, one discovery; ``found_best``: the best reward it drew."""
+        """As ``PromptArms.paid_discovery``, one discovery; ``prompt_only``: what giving all the rest to
+        the prompt would be worth after it (whose expectation is best-of-N's at N)."""
         found = max(1, round(discovery_fraction * budget))
         latents = self.world.sample_states(self.rng, (found,))
         rewards, _ = self.world.sample_rewards(self.rng, latents)
-        self.found_best = best = float(rewards.max())
+        best = float(rewards.max())
         if budget == found:
+            self.prompt_only = best
             return best
         return self._shared(latents, budget - found, best)
 
     def _shared(self, latents: np.ndarray, draws: int, best: float = -np.inf) -> float:
         """The expected best of ``draws`` shared optimally among the prompt and the ``kept`` states of
-        ``latents`` of highest V_draws, with ``best`` in hand."""
+        ``latents`` of highest V_draws, with ``best`` in hand (and ``prompt_only``: all of them to the prompt)."""
         self.arms = latents[np.argsort(-self.world.state_value(latents, draws))[:self.kept]]
         values = world_grid(self.world, self.rng, self.arms, draws)
         cdfs = np.vstack([self.world.prompt_cdf(values), self.world.state_cdf(self.arms, values)])
+        self.prompt_only = expected_best(values, cdfs[:1], np.array([draws]), best)
         return expected_best(values, cdfs, allocate_draws(values, cdfs, draws, best), best)
 
 
@@ -156,18 +162,17 @@ def _beyond_the_best(world: World, latents: np.ndarray, draws: int, start: float
 
 def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed: int = 0) -> dict[int, dict[str, MonteCarloMean]]:
     """The ceilings for fresh prompts of a world (``WorldArms``): the mean over ``num_prompts``
-    prompts and its variance (the Monte Carlo error), paid discovery with its discoveries' best as a
-    control variate (``PromptArms.paid_discovery``)."""
+    prompts and its variance (the Monte Carlo error), paid discovery with the same control variate as
+    ``PromptArms.paid_discovery``."""
     out = {}
     for budget in budgets:
         rng = np.random.default_rng([seed, budget])
         arms = [WorldArms(world, rng) for _ in range(num_prompts)]
         clairvoyant = np.array([a.clairvoyant(budget) for a in arms])
         paid = np.array([a.paid_discovery(budget) for a in arms])
-        found = max(1, round(DISCOVERY_FRACTION * budget))
         out[budget] = {"clairvoyant": MonteCarloMean(float(clairvoyant.mean()), float(clairvoyant.var(ddof=1)) / num_prompts),
-                       "paid_discovery": control_variate_mean(paid, np.array([a.found_best for a in arms]),
-                                                              world.prompt_value(found))}
+                       "paid_discovery": control_variate_mean(paid, np.array([a.prompt_only for a in arms]),
+                                                              world.prompt_value(budget))}
     return out
 
 
