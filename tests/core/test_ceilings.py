@@ -260,9 +260,7 @@ def test_a_worlds_ceilings_are_means_over_fresh_prompts_with_their_monte_carlo_e
     """``world_ceilings``: the clairvoyant ceiling is the plain mean of its prompts' ceilings, with
     variance sd^2 / P (recomputed here from the same streams); paid discovery's control-variate mean
     lies within the joint 95% interval of it and the plain mean of 2000 more discoveries (an
-    independent, far sharper estimate: its sd is a sixth of that of 64 discoveries). (On worlds the
-    best reward found explains less of a discovery's worth than on banks: correlations 0.3-0.65 on
-    gaussian, bounded and discrete at N = 16-256, the variance 0.6-0.95 times the plain one's.)"""
+    independent, far sharper estimate: its sd is a sixth of that of 64 discoveries)."""
     from pipeline.offline.ceilings import WorldArms, world_ceilings
     from pipeline.offline.worlds import make_world
 
