@@ -47,8 +47,8 @@ class PromptArms:
     reward to the largest, each CDF read at the grid points: every reward is then rounded up to the
     next grid point, so the clairvoyant ceiling stays a ceiling, higher by less than one grid step (the
     rewards' range / (MAX_SUPPORT - 1)); paid discovery, the difference of two values read on the grid
-    added to best-of-N's exact one, is within a step either way. Without it the allocation's cost grows with the square of the
-    arms times the support (minutes per prompt and budget at that size)."""
+    added to best-of-N's exact one, is within a step either way. Without it the allocation's cost grows
+    with the square of the arms times the support (minutes per prompt and budget at that size)."""
 
     def __init__(self, prompt: BankPrompt):
         self.prompt = prompt
