@@ -164,10 +164,8 @@ def _beyond_the_best(world: World, latents: np.ndarray, draws: int, start: float
 def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed: int = 0) -> dict[int, dict[str, MonteCarloMean]]:
     """The ceilings for fresh prompts of a world (``WorldArms``): the mean over ``num_prompts``
     prompts and its variance (the Monte Carlo error), paid discovery with the same control variate as
-    ``PromptArms.paid_discovery``. The interval leaves out the grid's own error (``world_grid``):
-    the control's worth and the discovery's are each read up to half a step high, and what does not
-    cancel between them is about 1.5% of the interval on gaussian and, on bounded at N = 4096, about
-    the interval itself."""
+    ``PromptArms.paid_discovery``. The interval leaves out the grid's own error (``world_grid``), most
+    of which cancels between a discovery's two values, read on the same grid."""
     out = {}
     for budget in budgets:
         rng = np.random.default_rng([seed, budget])

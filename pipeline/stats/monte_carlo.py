@@ -5,8 +5,8 @@ Beside each discovery's worth (the rest of the budget shared optimally) it compu
 whole rest to the prompt would be worth after that same discovery; that control's expectation is
 best-of-N's exact value at N, so the ceiling is best-of-N's value plus the mean gain of the optimal
 share over the prompt alone. The gain moves far less from one discovery to the next than the worth
-itself (on the toy models' banks the 95% interval of a bank's ceiling narrows by 1.6-1.9x at N = 32
-and 4.8-5.6x at 256: toy_t8_temp07, toy_t12), and it is never negative, so neither is the ceiling's
+itself (on the toy models' bank toy_t8_temp07 the 95% interval of its ceiling narrows by 1.6x at
+N = 32 and about 5x at 256), and it is never negative, so neither is the ceiling's
 reading against best-of-N, even where 64 discoveries all miss a rare top reward (docs/method.md,
 "Ceilings").
 """
