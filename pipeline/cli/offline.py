@@ -15,6 +15,7 @@ from pipeline.cli.arguments import (
     distinct_banks,
     distinct_names,
     distinct_positive_ints,
+    int_at_least,
     int_list,
     name_list,
     positive_int,
@@ -76,6 +77,9 @@ def _add_replay(commands) -> None:
     replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     replay.add_argument("--no-ceilings", action="store_true",
                         help="skip the two ceilings of an allocation that knew the distributions")
+    replay.add_argument("--ceiling-samples", type=int_at_least(2), default=None,
+                        help="Monte Carlo samples of the estimated ceilings: discoveries per bank prompt, fresh prompts "
+                             "of a world (default 64; the interval narrows as one over its square root)")
     replay.add_argument("--equal-tokens", action="store_true",
                         help="each method plays the N at which it generates best-of-N's tokens at each budget "
                              "(found by pilot replays; the table shows the N played and the tokens spent)")
@@ -138,27 +142,18 @@ def run_replay(args) -> int:
 
 def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     from pipeline.jobs.config import load_search_config
-    from pipeline.offline.bank_reader import StreamedBank
-    from pipeline.offline.ceilings import format_ceilings
+    from pipeline.offline.ceilings import CEILING_SAMPLES, format_ceilings
     from pipeline.offline.equal_cost import match_budgets
     from pipeline.offline.replay import format_table, replay_job, replay_rollouts, results_as_dicts
     from pipeline.offline.responses import TokenModel
-    from pipeline.outputs.destinations import fetched
 
     config = load_search_config(args.overrides)
+    if args.no_ceilings and args.ceiling_samples is not None:
+        raise UsageError(f"--ceiling-samples {args.ceiling_samples} sizes the ceilings that --no-ceilings skips: give one of them")
+    ceiling_samples = None if args.no_ceilings else args.ceiling_samples or CEILING_SAMPLES
     if args.state_tokens >= args.response_tokens:
         raise UsageError(f"--state-tokens ({args.state_tokens}) must be below --response-tokens ({args.response_tokens})")
-    if args.world:
-        if args.prompts is None:
-            raise UsageError("--prompts is required with --world")
-        targets = _worlds(args.world, args.param)
-    else:
-        if args.param:
-            raise UsageError("--param applies to --world only")
-        if args.prompts is not None:
-            raise UsageError("--prompts applies to --world only (a bank replays all its prompts)")
-        # validated now, read a chunk at a time later; a bank at a URL is downloaded first, for this command
-        targets = {path: StreamedBank(inputs.enter_context(fetched(path, "bank")), label=path) for path in args.bank}
+    targets = _replay_targets(args, inputs)
     # worlds draw lengths as the sim engine does; banks record none: every response the mean
     tokens = TokenModel(state_tokens=args.state_tokens, mean_response_tokens=args.response_tokens,
                         random_lengths=bool(args.world))
@@ -177,7 +172,7 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     with _progress_bar(total, enabled=not args.no_progress) as bar:
         report = replay_job(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
                             args.workers, progress=bar.update, strict=args.strict, with_ceilings=not args.no_ceilings,
-                            tokens=tokens, budget_maps=budget_maps)
+                            tokens=tokens, budget_maps=budget_maps, ceiling_samples=ceiling_samples or CEILING_SAMPLES)
     elapsed = time.perf_counter() - started
     rows, ceilings, prefix_signals = [], [], []
     for label, table in report.results.items():
@@ -191,11 +186,29 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     print(f"{len(report.results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
         payload = {"results": rows, "ceilings": ceilings, "prefix_signals": prefix_signals, "seed": args.seed,
-                   "repeats": args.repeats, "elapsed_s": elapsed, "equal_tokens": args.equal_tokens,
+                   "repeats": args.repeats,
+                   "ceiling_samples": ceiling_samples, "elapsed_s": elapsed, "equal_tokens": args.equal_tokens,
                    "response_tokens": args.response_tokens, "state_tokens": args.state_tokens}
         payload.update({"source": next(iter(report.results))} if len(report.results) == 1 else {"sources": list(report.results)})
         write_json(args.out, payload)
     return 0
+
+
+def _replay_targets(args, inputs: contextlib.ExitStack) -> dict:
+    """The worlds or banks of ``slg replay``, by label; a bank validated now and read a chunk at a
+    time later (one at a URL is downloaded first, for as long as ``inputs`` lives)."""
+    from pipeline.offline.bank_reader import StreamedBank
+    from pipeline.outputs.destinations import fetched
+
+    if args.world:
+        if args.prompts is None:
+            raise UsageError("--prompts is required with --world")
+        return _worlds(args.world, args.param)
+    if args.param:
+        raise UsageError("--param applies to --world only")
+    if args.prompts is not None:
+        raise UsageError("--prompts applies to --world only (a bank replays all its prompts)")
+    return {path: StreamedBank(inputs.enter_context(fetched(path, "bank")), label=path) for path in args.bank}
 
 
 def _report_prefix_signal(label: str, signal, methods: list[str]) -> list[dict]:

@@ -10,7 +10,8 @@ states, merged by prefix; a world's sampled states), each with its reward distri
   that adapts to the rewards it sees could in principle, knowing the distributions.
 - **paid discovery**: the first ``discovery_fraction`` of N are prompt draws; each reveals its state
   and its reward. The rest are shared optimally among the prompt and the revealed states, knowing
-  their distributions and the best reward already drawn. Averaged over ``draws`` random discoveries,
+  their distributions and the best reward already drawn. Averaged over ``draws`` random discoveries
+  (``CEILING_SAMPLES`` unless ``slg replay --ceiling-samples`` says),
   as best-of-N's exact value plus the mean gain of that share over giving the whole rest to the
   prompt after the same discovery (a control variate: ``pipeline.stats.monte_carlo``), and reported
   with its Monte Carlo error.
@@ -35,7 +36,7 @@ from pipeline.stats.arms import allocate_draws, common_support, expected_best
 from pipeline.stats.monte_carlo import MonteCarloMean, control_variate_mean
 
 DISCOVERY_FRACTION = 0.25
-DISCOVERY_DRAWS = 64  # Monte Carlo discoveries per prompt and budget
+CEILING_SAMPLES = 64  # Monte Carlo samples of an estimated ceiling: discoveries per bank prompt, fresh prompts of a world
 MAX_SUPPORT = 8192    # distinct reward values a prompt's CDFs are computed on (a bank's prompt of 16 x 512 fits whole)
 
 
@@ -63,7 +64,7 @@ class PromptArms:
         cdfs = np.vstack([self.prompt_cdf, self.state_cdfs])
         return expected_best(self.values, cdfs, allocate_draws(self.values, cdfs, budget))
 
-    def paid_discovery(self, budget: int, rng: np.random.Generator, draws: int = DISCOVERY_DRAWS,
+    def paid_discovery(self, budget: int, rng: np.random.Generator, draws: int = CEILING_SAMPLES,
                        discovery_fraction: float = DISCOVERY_FRACTION) -> MonteCarloMean:
         """The ceiling's estimate over ``draws`` discoveries, and its variance."""
         found = max(1, round(discovery_fraction * budget))
@@ -161,7 +162,8 @@ def _beyond_the_best(world: World, latents: np.ndarray, draws: int, start: float
     return end
 
 
-def world_ceilings(world: World, budgets: list[int], num_prompts: int = 64, seed: int = 0) -> dict[int, dict[str, MonteCarloMean]]:
+def world_ceilings(world: World, budgets: list[int], num_prompts: int = CEILING_SAMPLES,
+                   seed: int = 0) -> dict[int, dict[str, MonteCarloMean]]:
     """The ceilings for fresh prompts of a world (``WorldArms``): the mean over ``num_prompts``
     prompts and its variance (the Monte Carlo error), paid discovery with the same control variate as
     ``PromptArms.paid_discovery``. The interval leaves out the grid's own error (``world_grid``), most

@@ -171,6 +171,10 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "--budgets", "100", "search.rollouts_per_node=40",
       "search.num_states=4"], "more than the budget"),
     (["replay", "--world", "gaussian"], "--prompts is required"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--ceiling-samples", "1"],
+     "--ceiling-samples: expected an integer >= 2, got 1"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--no-ceilings", "--ceiling-samples", "8"],
+     "--ceiling-samples 8 sizes the ceilings that --no-ceilings skips"),
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
     (["replay", "--bank", "/"], "is a folder without Parquet shards"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0"], "KEY=VALUE"),
@@ -328,6 +332,31 @@ def test_a_banks_ceilings_carry_their_monte_carlo_error_and_its_multipliers(tmp_
         assert f"{paid['mean_best_reward']:.4f} +- " in printed
     world = replay_job({"w": make_world("gaussian")}, ["bon"], [16], 2, num_prompts=3, seed=1, workers=1, with_ceilings=True)
     assert all(row["ci95"] > 0 and len(row["compute_multiplier_range"]) == 2 for row in world.ceilings["w"])
+
+
+def test_ceiling_samples_size_the_estimated_ceilings(tmp_path):
+    """``--ceiling-samples K``: a bank's paid discovery averages K discoveries a prompt (the same as
+    ``PromptArms.paid_discovery`` with ``draws=K`` on the prompt's own streams), a world's ceilings K
+    fresh prompts (``world_ceilings`` with ``num_prompts=K``), and ``--out`` records K."""
+    from pipeline.offline.ceilings import CEILINGS, PromptArms, world_ceilings
+
+    rows = simulate_bank(make_world("bimodal"), num_prompts=3, num_states=5, num_completions=20, seed=2)
+    write_bank(tmp_path / "b.jsonl", rows)
+    out = tmp_path / "replay.json"
+    assert main(["replay", "--bank", str(tmp_path / "b.jsonl"), "--methods", "bon", "--budgets", "16", "--repeats", "2",
+                 "--seed", "5", "--workers", "1", "--no-progress", "--ceiling-samples", "9", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    paid = next(c for c in written["ceilings"] if c["ceiling"] == "paid_discovery")
+    estimates = [PromptArms(p).paid_discovery(16, np.random.default_rng([5, 16, i]), draws=9)
+                 for i, p in enumerate(read_bank(tmp_path / "b.jsonl"))]
+    assert written["ceiling_samples"] == 9
+    assert paid["mean_best_reward"] == pytest.approx(np.mean([e.mean for e in estimates]), abs=1e-12)
+    assert paid["ci95"] == pytest.approx(1.96 * np.sqrt(sum(e.variance for e in estimates)) / 3, rel=1e-9)
+    world = make_world("gaussian")
+    found = replay_job({"w": world}, ["bon"], [16], 2, num_prompts=2, seed=1, workers=1, with_ceilings=True,
+                       ceiling_samples=5).ceilings["w"]
+    expected = world_ceilings(world, [16], num_prompts=5, seed=1)[16]
+    assert [row["mean_best_reward"] for row in found] == pytest.approx([expected[name].mean for name in CEILINGS], abs=1e-12)
 
 
 def test_the_lockstep_search_finds_what_bisection_finds():
