@@ -38,22 +38,27 @@ def allocate_draws(values: np.ndarray, cdfs: np.ndarray, total: int, best: float
     """Counts per arm (summing to ``total``) that maximise ``expected_best``: greedy in at most
     ``steps`` increments (one draw at a time up to that many draws), then single-draw moves."""
     values, cdfs = _with_best(values, cdfs, best)
-    arms = cdfs.shape[0]
+    counts = np.zeros(cdfs.shape[0], dtype=np.int64)
+    if best > values[-1]:  # no draw can add anything: all to the first arm
+        counts[0] = total
+        return counts
     with np.errstate(divide="ignore"):
         log_f = np.log(cdfs)
-    counts = np.zeros(arms, dtype=np.int64)
-    log_p = np.zeros(len(values))
-    below_best = values < best  # where max(b, M) <= v is impossible
+    log_p = np.zeros(len(values))  # log P(max <= v_k) of the draws so far (the support starts at the best)
     gaps = np.diff(values)
     size = max(1, -(-int(total) // steps))
-    while counts.sum() < total:
-        add = min(size, int(total) - int(counts.sum()))
-        p = np.where(below_best, 0.0, np.exp(log_p))[:-1]
+    complements = {}  # add -> 1 - F_i(v_k)^add, reused by every step of that size
+    left = int(total)
+    while left > 0:
+        add = min(size, left)
+        if add not in complements:
+            complements[add] = (1.0 - cdfs[:, :-1] ** add).T
         # adding draws to arm i multiplies P(max <= v_k) by F_i(v_k)^add: the gain
-        gains = (gaps * p) @ (1.0 - cdfs[:, :-1] ** add).T
+        gains = (gaps * np.exp(log_p[:-1])) @ complements[add]
         arm = int(np.argmax(gains))
         counts[arm] += add
         log_p = log_p + add * log_f[arm]
+        left -= add
     return _improve_by_moves(values, cdfs, counts, best)
 
 
@@ -85,12 +90,17 @@ def _improve_by_moves(values, cdfs, counts, best):
 
 
 def _with_best(values: np.ndarray, cdfs: np.ndarray, best: float):
-    """The support with ``best`` in it (the final best can be exactly b), each CDF constant up to it."""
-    if not np.isfinite(best) or best > values[-1] or np.isin(best, values):
+    """The support from ``best`` up: b in it (the final best can be exactly b, each CDF there as just
+    below it), the values below b left out (the final best never lies there, so their terms are 0).
+    Paid discovery's allocations start from the best of a quarter of N, often near the top, and are
+    cheaper on the shorter support."""
+    if not np.isfinite(best) or best > values[-1]:
         return values, cdfs
     at = int(np.searchsorted(values, best))
+    if values[at] == best:
+        return values[at:], cdfs[:, at:]
     below = cdfs[:, at - 1:at] if at > 0 else np.zeros((cdfs.shape[0], 1))
-    return np.insert(values, at, best), np.concatenate([cdfs[:, :at], below, cdfs[:, at:]], axis=1)
+    return np.insert(values[at:], 0, best), np.concatenate([below, cdfs[:, at:]], axis=1)
 
 
 def _log_cdf_of_max(cdfs: np.ndarray, counts: np.ndarray) -> np.ndarray:
