@@ -71,8 +71,7 @@ class ShareConfig:
     """``slg_share``'s share rounds (``pipeline.search.share``): one state gets ``state_share`` of what a
     root of ``root_fraction`` of N would leave (0.75 x 0.5 = 0.375 of N), fresh prompt draws the rest.
     Where rewards take few levels, that state is the one whose prefix score plus ``reward_weight`` times
-    its best root rollout's reward (each in root sds; no weight where the root's states repeat their
-    rewards) ranks first, if its prefix scores ``prefix_gap``
+    its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
     root-reward sds above an average prompt draw's; on a grid of levels (root rewards repeat across
     states) of states narrower than the spread between them, and read more precisely by a rollout than
     by their prefix score, only the states whose root rollout reached the best reward are candidates
