@@ -35,28 +35,11 @@ def on_a_grid(root: Rollouts) -> np.ndarray:
     each, where a world of 4 to 20 levels shows several in every root."""
     if root.state_index is None:
         return np.zeros(root.rewards.shape[0], dtype=bool)
-    same_reward, same_state, known = _neighbours(root)
-    return (same_reward & ~same_state & known).sum(axis=1) >= _enough_repeats(root.rewards)
-
-
-def states_repeat_themselves(root: Rollouts) -> np.ndarray:
-    """Episodes where the root drew some state twice or more and two of its rollouts gave one reward:
-    a state whose prefix (nearly) fixes its response. There a root rollout's reward is the response
-    the state gives again, not a level it is likely to climb from (``share.reward_weight``). A world's
-    root never draws a state twice."""
-    if root.state_index is None:
-        return np.zeros(root.rewards.shape[0], dtype=bool)
-    same_reward, same_state, known = _neighbours(root)
-    return (same_reward & same_state & known).any(axis=1)
-
-
-def _neighbours(root: Rollouts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The root's rollouts sorted by reward, then state (ties of a reward side by side): whether each
-    neighbouring pair has one reward, whether one state, and whether both states are known."""
-    order = np.lexsort((root.state_index, root.rewards), axis=1)
+    order = np.lexsort((root.state_index, root.rewards), axis=1)  # by reward, then state: ties of a reward side by side
     rewards, states = np.take_along_axis(root.rewards, order, axis=1), np.take_along_axis(root.state_index, order, axis=1)
     known = (states[:, 1:] >= 0) & (states[:, :-1] >= 0)
-    return rewards[:, 1:] == rewards[:, :-1], states[:, 1:] == states[:, :-1], known
+    across = ((np.diff(rewards, axis=1) == 0) & (np.diff(states, axis=1) != 0) & known).sum(axis=1)
+    return across >= _enough_repeats(root.rewards)
 
 
 def _enough_repeats(rewards: np.ndarray) -> np.ndarray:

@@ -283,15 +283,15 @@ class SharedSLG(AdaptiveSLG):
 
     def _best_prefix_state(self, root: Rollouts, mine: np.ndarray, moments: tuple | None = None) -> np.ndarray:
         """Per episode of ``mine``, the state of the root rollout that ranks first by its state's prefix
-        score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root rollouts whose
-        state, score and reward are known; a state with several root rollouts ranks by its best; no weight where the
-        root's states repeat their rewards, ``reward_levels.states_repeat_themselves``), where that prefix scores
-        ``share.prefix_gap`` root-reward sds above an average prompt draw's; else NO_NODE. On a grid of levels
-        (``reward_levels.on_a_grid``) of states narrower than the spread between them (``NARROW_GRID``) only the
-        rollouts at the root's best reward are candidates (``share.grid_best_level``): a rollout pays there only by
-        reaching a level above the best so far, one step from a state already at it and two or more from the others.
-        A state as wide as the spread can jump two levels, and its one root reward says little of where it sits; a
-        prefix score that reads states more precisely than a rollout does already names the best one.
+        score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
+        rollouts whose state, score and reward are known; a state with several root rollouts ranks by
+        its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
+        prompt draw's; else NO_NODE. On a grid of levels (``reward_levels.on_a_grid``) of states narrower
+        than the spread between them (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
+        (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
+        one step from a state already at it and two or more from the others. A state as wide as the
+        spread can jump two levels, and its one root reward says little of where it sits; a prefix
+        score that reads states more precisely than a rollout does already names the best one.
         ``moments``: ``root_moments(root)`` where the caller has it."""
         known, mean_score, mean_reward, var_score, var_reward, covariance = moments or root_moments(root)
         known = known & mine[:, None]  # a new array: ``moments`` may be the caller's
@@ -302,8 +302,8 @@ class SharedSLG(AdaptiveSLG):
             at_best = root.rewards == reward_levels.best_of_finite(root.rewards)[:, None]
             known &= ~(reward_levels.on_a_grid(root) & narrow)[:, None] | at_best
         spread = _sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
-        weight = np.where(reward_levels.states_repeat_themselves(root), 0.0, self.config.share.reward_weight)
-        rank = in_sds(root.state_score, mean_score, var_score) + weight[:, None] * in_sds(root.rewards, mean_reward, var_reward)
+        rank = (in_sds(root.state_score, mean_score, var_score)
+                + self.config.share.reward_weight * in_sds(root.rewards, mean_reward, var_reward))
         rows, top, found = top_rollout(rank, known)
         gap = root.state_score[rows, top] - mean_score
         use = found & (spread > 0) & (gap > self.config.share.prefix_gap * spread)

@@ -19,7 +19,7 @@ from pipeline.search.adaptive import AdaptiveSLG
 from pipeline.search.bon import BestOfN
 from pipeline.search.config import SearchConfig, ShareConfig, StateSelection
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
-from pipeline.search.reward_levels import few_levels, modal_share, on_a_grid, repeats, repeats_itself, states_repeat_themselves
+from pipeline.search.reward_levels import few_levels, modal_share, on_a_grid, repeats, repeats_itself
 from pipeline.search.root_evidence import (
     best_evidence_state,
     best_reward_state,
@@ -198,35 +198,6 @@ def test_no_state_is_shared_with_where_no_rollout_could_branch():
     root = Rollouts(np.array([[0.1, 0.1, 0.2], [0.1, 0.1, 0.2]]), np.zeros((2, 3), bool), None,
                     np.full((2, 3), -1), np.full((2, 3), np.nan))
     assert (policy._best_prefix_state(root, np.array([True, True])) == NO_NODE).all()
-
-
-def test_states_repeat_themselves_where_one_state_gives_one_reward_twice():
-    """Only two rollouts of one known state with one reward count: not one reward in two states (a
-    grid), not two rewards of one state, not an unknown state, not two dropped scores."""
-    rows = [([0.5, 0.7, 0.5], [1, 2, 1], True),
-            ([0.5, 0.5, 0.7], [1, 2, 1], False),     # one reward, two states
-            ([0.5, 0.6, 0.5], [1, 1, 2], False),     # state 1 gives two rewards
-            ([0.5, 0.5, 0.7], [-1, -1, 2], False),   # the state is unknown
-            ([np.nan, np.nan, 0.7], [1, 1, 2], False),  # dropped scores equal nothing
-            ([0.2, 0.9, 0.9, 0.9], [3, 1, 2, 1], True)]  # a repeat beside a tie across states
-    for rewards, states, expected in rows:
-        root = Rollouts(np.array([rewards]), np.ones((1, len(states)), bool), None, np.array([states]),
-                        np.zeros((1, len(states))))
-        assert states_repeat_themselves(root)[0] == expected, (rewards, states)
-    assert not states_repeat_themselves(Rollouts(np.array([[0.5, 0.5]]), np.ones((1, 2), bool), None, None, None))[0]
-
-
-def test_the_few_levels_pick_weighs_no_reward_where_states_repeat_their_rewards():
-    """State 0's prefix score leads state 1's by a little; state 1's root rollout scored far higher,
-    which at ``share.reward_weight`` wins the pick. Where the root's state 2 gave one reward twice
-    (its response fixed by its prefix: a high reward is then what its state gives again) the prefix
-    score alone picks; state 2's two rewards have the same mean either way."""
-    policy = SharedSLG(64, 2, SearchConfig())
-    rewards = np.array([[0.0, 1.0, 0.3, 0.3, 0.1, 0.2],     # state 2 repeats its reward
-                        [0.0, 1.0, 0.25, 0.35, 0.1, 0.2]])  # it does not
-    root = Rollouts(rewards, np.ones((2, 6), bool), None, np.array([[0, 1, 2, 2, 3, 4]] * 2),
-                    np.array([[1.0, 0.9, 0.0, 0.0, 0.1, -0.2]] * 2))
-    assert list(policy._best_prefix_state(root, np.array([True, True]))) == [0, 1]
 
 
 def test_a_dropped_score_in_the_root_does_not_make_it_overspend():
@@ -1140,16 +1111,9 @@ def reference_pick(root: Rollouts, row: int, reward_weight: float, candidate=Non
     sds): over the rollouts whose state, prefix score and reward are known, the one whose prefix score
     plus ``reward_weight`` times its reward ranks first (each in sds of those rollouts), among those
     whose reward ``candidate`` accepts (all by default); its state if its prefix score is
-    ``prefix_gap`` sds of every reward of the row above the mean prefix score, else NO_NODE. No weight
-    where some known state's rollouts give one reward twice."""
+    ``prefix_gap`` sds of every reward of the row above the mean prefix score, else NO_NODE."""
     import statistics
 
-    by_state = {}
-    for r, i in zip(root.rewards[row], root.state_index[row]):
-        if i >= 0 and not math.isnan(r):
-            by_state.setdefault(int(i), []).append(float(r))
-    if any(len(set(rs)) < len(rs) for rs in by_state.values()):
-        reward_weight = 0.0
     pairs = [(s, r, i) for s, r, i in zip(root.state_score[row], root.rewards[row], root.state_index[row])
              if i >= 0 and not math.isnan(s) and not math.isnan(r)]
     scores, rewards = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -1173,20 +1137,17 @@ def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds
     state, prefix score and reward are known; the gate on the picked prefix's gap over the mean
     prefix score, in sds of every reward the root has."""
     root = few_level_root(int(reward_weight * 4))
-    # each known rollout a state of its own: no state repeats its reward, so the weight counts in every row
-    own = np.where(root.state_index >= 0, np.arange(root.rewards.shape[1]), -1)
     # five levels shared by every state: a grid, where the rule (below) leaves only the best level's states of rows that look narrow
     config = SearchConfig(share=ShareConfig(reward_weight=reward_weight, grid_best_level=False))
     batch = root.rewards.shape[0]
-    for rollouts in (root, Rollouts(root.rewards, root.can_branch, None, own, root.state_score)):
-        picked = SharedSLG(32, batch, config)._best_prefix_state(rollouts, np.ones(batch, bool))
-        used = 0
-        for b in range(batch):
-            expected = reference_pick(rollouts, b, reward_weight)
-            assert picked[b] == expected, b
-            used += expected != NO_NODE
-        assert 0 < used < batch  # the gate both passes and fails among these rows
-        assert picked[0] not in (NO_NODE, 0) and picked[1] == NO_NODE  # equal rewards: the prefix decides; equal prefixes: no gap
+    picked = SharedSLG(32, batch, config)._best_prefix_state(root, np.ones(batch, bool))
+    used = 0
+    for b in range(batch):
+        expected = reference_pick(root, b, reward_weight)
+        assert picked[b] == expected, b
+        used += expected != NO_NODE
+    assert 0 < used < batch  # the gate both passes and fails among these rows
+    assert picked[0] not in (NO_NODE, 0) and picked[1] == NO_NODE  # equal rewards: the prefix decides; equal prefixes: no gap
 
 
 def grid_reference(root: Rollouts, row: int) -> bool:
