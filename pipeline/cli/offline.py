@@ -172,7 +172,7 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     with _progress_bar(total, enabled=not args.no_progress) as bar:
         report = replay_job(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
                             args.workers, progress=bar.update, strict=args.strict, with_ceilings=not args.no_ceilings,
-                            tokens=tokens, budget_maps=budget_maps, ceiling_samples=ceiling_samples or CEILING_SAMPLES)
+                            tokens=tokens, budget_maps=budget_maps, ceiling_samples=args.ceiling_samples or CEILING_SAMPLES)
     elapsed = time.perf_counter() - started
     rows, ceilings, prefix_signals = [], [], []
     for label, table in report.results.items():

@@ -90,8 +90,9 @@ def _improve_by_moves(values, cdfs, counts, best):
 
 
 def _with_best(values: np.ndarray, cdfs: np.ndarray, best: float):
-    """The support from ``best`` up: b in it (the final best can be exactly b, each CDF there as just
-    below it), the values below b left out (the final best never lies there, so their terms are 0).
+    """The support from ``best`` up: b in it (the final best can be exactly b; where b is not a value
+    of the support, each CDF at b is its value just below b), the values below b left out (the final
+    best never lies there, so their terms are 0).
     Paid discovery's allocations start from the best of a quarter of N, often near the top, and are
     cheaper on the shorter support."""
     if not np.isfinite(best) or best > values[-1]:

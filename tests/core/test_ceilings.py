@@ -35,6 +35,23 @@ def test_the_allocation_is_the_brute_force_optimum_and_its_value_exact(seed):
 
 
 @pytest.mark.parametrize("seed", range(20))
+def test_the_allocation_is_optimal_with_the_best_so_far_on_one_of_the_rewards(seed):
+    """Paid discovery's case: the best in hand is one of the arms' own rewards (a support value, where
+    the support starts), not a value between them."""
+    rng = np.random.default_rng(100 + seed)
+    pools = [np.round(rng.normal(size=rng.integers(1, 4)), 1) for _ in range(rng.integers(1, 4))]
+    total = int(rng.integers(1, 5))
+    best = float(rng.choice(np.concatenate(pools)))
+    values, cdfs = common_support(pools)
+    assert best in values
+    every = [c for c in itertools.product(range(total + 1), repeat=len(pools)) if sum(c) == total]
+    counts = allocate_draws(values, cdfs, total, best)
+    assert counts.sum() == total
+    assert expected_best(values, cdfs, counts, best) == pytest.approx(enumerated_best(pools, counts, best), abs=1e-12)
+    assert enumerated_best(pools, counts, best) == pytest.approx(max(enumerated_best(pools, c, best) for c in every), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(20))
 def test_single_draw_moves_reach_the_optimum_from_a_coarse_greedy_start(seed):
     """With ``steps=1`` the greedy phase puts all the draws on one arm; the moves must then find the
     brute-force optimum, which here splits the draws (a safe arm and a risky one)."""

@@ -206,6 +206,8 @@ def test_the_replay_library_refuses_what_the_cli_refuses():
         replay(bank, ["bon"], [2, 2], 1)
     with pytest.raises(ValueError, match="methods lists method 'bon' twice"):
         replay(bank, ["bon", "bon"], [2], 1)
+    with pytest.raises(ValueError, match="ceiling samples must be at least 2, got 1"):  # one has no Monte Carlo error
+        replay_job({"b": bank}, ["bon"], [2], 1, with_ceilings=True, ceiling_samples=1)
 
 
 def test_core_imports_no_engine_or_ray():
