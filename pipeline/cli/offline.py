@@ -150,7 +150,7 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     config = load_search_config(args.overrides)
     if args.no_ceilings and args.ceiling_samples is not None:
         raise UsageError(f"--ceiling-samples {args.ceiling_samples} sizes the ceilings that --no-ceilings skips: give one of them")
-    ceiling_samples = None if args.no_ceilings else args.ceiling_samples or CEILING_SAMPLES
+    ceiling_samples = args.ceiling_samples or CEILING_SAMPLES
     if args.state_tokens >= args.response_tokens:
         raise UsageError(f"--state-tokens ({args.state_tokens}) must be below --response-tokens ({args.response_tokens})")
     targets = _replay_targets(args, inputs)
@@ -172,7 +172,7 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     with _progress_bar(total, enabled=not args.no_progress) as bar:
         report = replay_job(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
                             args.workers, progress=bar.update, strict=args.strict, with_ceilings=not args.no_ceilings,
-                            tokens=tokens, budget_maps=budget_maps, ceiling_samples=args.ceiling_samples or CEILING_SAMPLES)
+                            tokens=tokens, budget_maps=budget_maps, ceiling_samples=ceiling_samples)
     elapsed = time.perf_counter() - started
     rows, ceilings, prefix_signals = [], [], []
     for label, table in report.results.items():
@@ -186,8 +186,8 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     print(f"{len(report.results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
         payload = {"results": rows, "ceilings": ceilings, "prefix_signals": prefix_signals, "seed": args.seed,
-                   "repeats": args.repeats,
-                   "ceiling_samples": ceiling_samples, "elapsed_s": elapsed, "equal_tokens": args.equal_tokens,
+                   "repeats": args.repeats, "ceiling_samples": None if args.no_ceilings else ceiling_samples,
+                   "elapsed_s": elapsed, "equal_tokens": args.equal_tokens,
                    "response_tokens": args.response_tokens, "state_tokens": args.state_tokens}
         payload.update({"source": next(iter(report.results))} if len(report.results) == 1 else {"sources": list(report.results)})
         write_json(args.out, payload)
