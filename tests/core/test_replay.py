@@ -352,6 +352,10 @@ def test_ceiling_samples_size_the_estimated_ceilings(tmp_path):
     estimates = [PromptArms(p).paid_discovery(16, np.random.default_rng([5, 16, i]), draws=9)
                  for i, p in enumerate(read_bank(tmp_path / "b.jsonl"))]
     assert written["ceiling_samples"] == 9
+    assert main(["replay", "--bank", str(tmp_path / "b.jsonl"), "--methods", "bon", "--budgets", "16", "--repeats", "2",
+                 "--workers", "1", "--no-progress", "--no-ceilings", "--out", str(out)]) == 0
+    skipped = json.loads(out.read_text())
+    assert skipped["ceilings"] == [] and skipped["ceiling_samples"] is None
     assert paid["mean_best_reward"] == pytest.approx(np.mean([e.mean for e in estimates]), abs=1e-12)
     assert paid["ci95"] == pytest.approx(1.96 * np.sqrt(sum(e.variance for e in estimates)) / 3, rel=1e-9)
     world = make_world("gaussian")
