@@ -1,8 +1,8 @@
 """Rewards with few levels (``slg_share``'s regime tests, pure numpy): whether a root's rewards repeat
 (a reward model reading the same response gives the same score, and short responses repeat), whether
 they repeat across states (a grid of levels: a verifier's or a judge's score), and whether a state's
-rollouts only repeat what its root rollouts showed (``share.repeat_check``). Rows are episodes; NaN
-is a dropped score."""
+rollouts only repeat what its root rollouts showed (``share.repeat_check``); and the row statistics
+of rewards with dropped scores that the share rounds read. Rows are episodes; NaN is a dropped score."""
 
 from __future__ import annotations
 
@@ -92,3 +92,19 @@ def modal_share(rewards: np.ndarray) -> np.ndarray:
     longest = run.max(axis=1, initial=0) + 1
     scored = (~np.isnan(rewards)).sum(axis=1)
     return np.where(scored > 0, longest / np.maximum(scored, 1), 0.0)
+
+
+def mean_of_finite(rewards: np.ndarray) -> np.ndarray:
+    """Each row's mean reward, NaN (a dropped score) left out; NaN for a row with none."""
+    kept = ~np.isnan(rewards)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(kept, rewards, 0.0).sum(axis=1) / kept.sum(axis=1)
+
+
+def sd_of_finite(rewards: np.ndarray) -> np.ndarray:
+    """Each row's standard deviation (1/n), NaN left out; NaN for a row with none. ``np.nanstd``'s
+    value at a tenth of its cost on the driver's one-row calls."""
+    kept = ~np.isnan(rewards)
+    deviations = np.where(kept, rewards - mean_of_finite(rewards)[:, None], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt((deviations ** 2).sum(axis=1) / kept.sum(axis=1))

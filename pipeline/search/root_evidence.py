@@ -6,16 +6,20 @@ how much a unit of prefix score is worth (``prefix_slope``); how it changes a st
 (``width_slope``), and so whether the states' upper tails fall as prefix scores rise
 (``tails_fall``; ``tails_fall_unsquashed`` reads the prompt's quantile scale where the rewards look
 squashed near their top, ``rewards_saturate``); whether the states look narrow against the spread
-between them (``states_look_narrow``); and which rollout's state has the highest mean given both readings
-(``evidence_rank``, ``best_evidence_state``), or the best reward (``best_reward_state``).
+between them (``states_look_narrow``); which rollout's state has the highest mean given both readings
+(``evidence_rank``, ``best_evidence_state``), or the best reward (``best_reward_state``); and whether a
+state's first rollouts are far narrower than the root says its states are (``first_half_far_narrower``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
+from scipy.stats import chi2
 
+from pipeline.search import reward_levels
 from pipeline.search.protocol import NO_NODE, Rollouts
 from pipeline.stats.quantile_scale import QuantileScale
 
@@ -234,3 +238,29 @@ def top_rollout(rank: np.ndarray, allowed: np.ndarray):
     top = np.argmax(rank, axis=1)
     rows = np.arange(len(top))
     return rows, top, np.isfinite(rank[rows, top])
+
+
+def first_half_far_narrower(first_half: np.ndarray, own_variance: np.ndarray, best: np.ndarray, narrow: float,
+                            rate_from: int) -> np.ndarray:
+    """Per episode, whether a state's first rewards are far narrower than the root's estimate of a
+    state's own variance, ``own_variance`` (Var(r) - Cov(s, r)), and their best below ``best`` (a
+    narrow state holding the best so far is the prompt's top): their variance (1/n) below ``narrow``
+    times the estimate, or, where they are fewer than ``rate_from``, below the fraction that a state
+    as wide as the estimate shows as rarely as it shows ``narrow`` at ``rate_from`` rewards
+    (``few_rewards_threshold``). Never from fewer than 3 rewards."""
+    count = (~np.isnan(first_half)).sum(axis=1)
+    threshold = np.array([narrow if n >= rate_from else few_rewards_threshold(int(n), narrow, rate_from) for n in count])
+    return ((count >= 3) & (reward_levels.sd_of_finite(first_half) ** 2 < threshold * own_variance)
+            & (reward_levels.best_of_finite(first_half) < best))
+
+
+@functools.lru_cache(maxsize=64)
+def few_rewards_threshold(count: int, narrow: float, rate_from: int) -> float:
+    """The fraction of a normal state's variance that the variance (1/n) of ``count`` of its rewards
+    falls below as often as that of ``rate_from`` rewards falls below ``narrow`` of it: n s^2 / sigma^2
+    is chi-square with n - 1 degrees of freedom (once in 400 with 0.1 at 8 rewards: 0.075 at 7, 0.029
+    at 5, 0.0017 at 3). A fixed fraction would fire ever more often as n falls (0.1: once in 7 at 3)."""
+    if count < 2:
+        return 0.0
+    rate = chi2.cdf(narrow * rate_from, rate_from - 1)
+    return float(chi2.ppf(rate, count - 1) / count)

@@ -84,6 +84,7 @@ from pipeline.search.root_evidence import (
     best_evidence_state,
     best_reward_state,
     evidence_rank,
+    first_half_far_narrower,
     in_sds,
     prefix_slope,
     root_moments,
@@ -104,7 +105,9 @@ SCREENING_HALVINGS = 1
 # can rank first a narrow state of high mean where wide states of lower mean hold the best tails (sds
 # 1.5 at mean -0.5 beside 0.2 at 0.5: -0.066 -> -0.0003 against best-of-N at N = 64; docs/design-record.md,
 # "A first half far narrower than the root's states"). A state as wide as an exact estimate shows so
-# narrow a first half once in 150,000 with 16 rewards (N = 64), once in 400 with 8 (N = 42-46).
+# narrow a first half once in 150,000 with 16 rewards (N = 64), once in 400 with 8 (N = 42-46); with
+# fewer (N = 16-41) the threshold falls to keep that rate, 0.029 at 5 (-0.193 -> -0.12 at N = 32; "Fewer
+# than 8 rewards").
 NARROW_FIRST_HALF = 0.1
 
 
@@ -168,7 +171,7 @@ class SharedSLG(AdaptiveSLG):
         first_state, first_root = to_state // 2, to_root // 2
         (prompt_part, state_part) = yield [Request.per_episode(np.where(first_root > 0, ROOT, NO_NODE), first_root),
                                            Request.per_episode(np.where(first_state > 0, state, NO_NODE), first_state)]
-        state_mean, root_mean = _mean_of_finite(state_part.rewards), _mean_of_finite(root.rewards)
+        state_mean, root_mean = reward_levels.mean_of_finite(state_part.rewards), reward_levels.mean_of_finite(root.rewards)
         keep = (first_state > 0) & ~(state_mean < root_mean)
         # each check only where a state is still kept (the driver's searches are one episode each)
         if settings.repeat_check and keep.any():
@@ -264,22 +267,22 @@ class SharedSLG(AdaptiveSLG):
         scale (``_final_best``). Only where the first half holds 2 ``adaptive.min_rollouts`` (N >= 42;
         fewer say little of a width), and either the root's Var(r) - Cov(s, r), a state's own variance, is
         below Cov(s, r), that between states (such a state gets little past its mean, which its root
-        rollout shows; a wide state's few rewards can look narrow), or the first half's variance is below
-        ``NARROW_FIRST_HALF`` times it and its best below ``best`` (a narrow state holding the best so far is
-        the prompt's top, whose tail its normal quantile scale cannot see). ``moments``: ``root_moments``."""
+        rollout shows; a wide state's few rewards can look narrow), or the first half is far narrower than
+        that estimate and its best below ``best`` (``first_half_far_narrower``: a narrow state holding the
+        best so far is the prompt's top, whose tail its normal quantile scale cannot see); one of 3-7
+        rewards (N = 16-41) that far narrower is beaten without a fit. ``moments``: ``root_moments``."""
         adaptive = self.config.adaptive
-        checked = mine & ((~np.isnan(first_half)).sum(axis=1) >= 2 * adaptive.min_rollouts)
-        if not checked.any():  # (below N = 42: the driver's searches stop here)
-            return checked
+        fit_from = 2 * adaptive.min_rollouts  # the rewards a first half's tail fit needs (N >= 42)
         own, covariance = moments[4] - moments[5], moments[5]  # Var(r) - Cov(s, r), and Cov(s, r)
-        checked &= (own < covariance) | ((_sd_of_finite(first_half) ** 2 < NARROW_FIRST_HALF * own)
-                                         & (reward_levels.best_of_finite(first_half) < best))
-        if not checked.any():
-            return checked
+        far_narrower = mine & first_half_far_narrower(first_half, own, best, NARROW_FIRST_HALF, fit_from)
+        fitted = mine & ((~np.isnan(first_half)).sum(axis=1) >= fit_from)
+        unfitted, checked = far_narrower & ~fitted, fitted & ((own < covariance) | far_narrower)  # the first: narrowness alone
+        if not checked.any():  # (below N = 42: the driver's searches stop here)
+            return unfitted
         scale = QuantileScale(root.rewards, adaptive.tail_fraction)
         _, optimistic, prompt_value = self._final_best(scale.scores(first_half)[:, None, :], checked[:, None],
                                                        scale.scores(best[:, None])[:, 0], np.maximum(left, 1))
-        return checked & (optimistic[:, 0] < prompt_value[:, 0])
+        return unfitted | (checked & (optimistic[:, 0] < prompt_value[:, 0]))
 
     def _best_prefix_state(self, root: Rollouts, mine: np.ndarray, moments: tuple | None = None) -> np.ndarray:
         """Per episode of ``mine``, the state of the root rollout that ranks first by its state's prefix
@@ -301,7 +304,7 @@ class SharedSLG(AdaptiveSLG):
             narrow = (var_reward - covariance < NARROW_GRID * covariance) & (var_reward < var_score)
             at_best = root.rewards == reward_levels.best_of_finite(root.rewards)[:, None]
             known &= ~(reward_levels.on_a_grid(root) & narrow)[:, None] | at_best
-        spread = _sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
+        spread = reward_levels.sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
         rank = (in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * in_sds(root.rewards, mean_reward, var_reward))
         rows, top, found = top_rollout(rank, known)
@@ -351,22 +354,6 @@ def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:
     """Per episode, the best reward among the root rollouts through ``state`` (-inf where none, as
     for NO_NODE); the share rounds run only where the root's states are known."""
     return reward_levels.best_of_finite(np.where(root.state_index == state[:, None], root.rewards, np.nan))
-
-
-def _mean_of_finite(rewards: np.ndarray) -> np.ndarray:
-    """Each row's mean reward, NaN (a dropped score) left out; NaN for a row with none."""
-    kept = ~np.isnan(rewards)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(kept, rewards, 0.0).sum(axis=1) / kept.sum(axis=1)
-
-
-def _sd_of_finite(rewards: np.ndarray) -> np.ndarray:
-    """Each row's standard deviation (1/n), NaN left out; NaN for a row with none. ``np.nanstd``'s
-    value at a tenth of its cost on the driver's one-row calls."""
-    kept = ~np.isnan(rewards)
-    deviations = np.where(kept, rewards - _mean_of_finite(rewards)[:, None], 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sqrt((deviations ** 2).sum(axis=1) / kept.sum(axis=1))
 
 
 def _joined(first: Rollouts, second: Rollouts) -> Rollouts:

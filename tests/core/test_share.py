@@ -23,6 +23,8 @@ from pipeline.search.reward_levels import few_levels, modal_share, on_a_grid, re
 from pipeline.search.root_evidence import (
     best_evidence_state,
     best_reward_state,
+    few_rewards_threshold,
+    first_half_far_narrower,
     prefix_slope,
     rewards_saturate,
     root_moments,
@@ -1607,14 +1609,64 @@ def test_the_prompt_check_gives_a_narrow_state_s_rest_to_the_prompt_and_keeps_a_
         assert prompt_beats_state(root, first, best) == beaten
 
 
-def test_the_prompt_check_needs_a_first_fit_s_sample():
-    """7 first-half rewards (fewer than 2 ``adaptive.min_rollouts``) say too little of a state's width."""
+def test_the_prompt_check_needs_a_first_fit_s_sample_but_not_for_a_far_narrower_first_half(monkeypatch):
+    """7 first-half rewards (fewer than 2 ``adaptive.min_rollouts``) are too few for a tail fit: half as
+    wide as the root's estimate of a state's own variance, they keep their rest, which 8 such rewards
+    would not (the narrow root checks every first half of 8); far narrower than it (sd 0.01 against
+    about 0.1), they are given back without a fit, unless the rule is off (``NARROW_FIRST_HALF`` = 0)."""
     root, _, _ = narrow_episode([0.0])
-    narrow = np.median(root.rewards) + 0.01 * np.linspace(-1, 1, 8)
-    root, first, best = narrow_episode(narrow[:7])
-    assert not prompt_beats_state(root, first, best)
-    root, first, best = narrow_episode(narrow)
-    assert prompt_beats_state(root, first, best)  # the same first half, 8 rewards, narrow root: checked
+    _, _, _, _, var_reward, covariance = root_moments(root)
+    z = np.linspace(-1, 1, 8)
+    half_as_wide = np.median(root.rewards) + np.sqrt(0.5 * (var_reward[0] - covariance[0])) * z / z.std()
+    far_narrower = np.median(root.rewards) + 0.01 * z
+    assert not prompt_beats_state(*narrow_episode(np.delete(half_as_wide, 4)))
+    assert prompt_beats_state(*narrow_episode(half_as_wide))
+    assert prompt_beats_state(*narrow_episode(far_narrower[:7]))
+    monkeypatch.setattr(share_module, "NARROW_FIRST_HALF", 0.0)
+    assert not prompt_beats_state(*narrow_episode(far_narrower[:7]))
+
+
+@pytest.mark.parametrize("count", [3, 4, 5, 6, 7])
+def test_fewer_rewards_look_far_narrower_no_more_often_than_eight_do(count):
+    """A state exactly as wide as the root's estimate: its first ``count`` rewards' variance (1/n) falls
+    below ``few_rewards_threshold`` of that variance as often as 8 rewards' falls below 0.1 of it,
+    P(chi-square(7) < 0.8) = 0.00256 (scipy's chi-square, independent of the threshold's inverse).
+    Counted over 400,000 simulated first halves: 1022 expected, sd 32; the test allows 4 sds. A fixed
+    0.1 would fire 5-54 times as often (0.014 at 7, 0.139 at 3)."""
+    rate = scipy.stats.chi2.cdf(0.8, 7)
+    draws = np.random.default_rng(count).normal(0.0, 2.0, (400_000, count))
+    fired = (draws.var(axis=1) < few_rewards_threshold(count, 0.1, 8) * 4.0).sum()
+    expected = rate * draws.shape[0]
+    assert abs(fired - expected) < 4 * math.sqrt(expected)
+    assert few_rewards_threshold(8, 0.1, 8) == pytest.approx(0.1)
+
+
+def test_a_far_narrower_first_half_needs_three_rewards_and_a_best_below_the_best_so_far():
+    """Two equal rewards (variance 0) say nothing of a width; three do. A first half that holds the
+    best so far is the prompt's top, never judged; from 8 rewards the threshold is ``narrow`` itself."""
+    own, best = np.array([1.0]), np.array([2.0])
+    assert not first_half_far_narrower(np.array([[0.5, 0.5]]), own, best, 0.1, 8)[0]
+    assert first_half_far_narrower(np.array([[0.5, 0.5, 0.5]]), own, best, 0.1, 8)[0]
+    assert not first_half_far_narrower(np.array([[0.5, 0.5, 0.5]]), own, np.array([0.5]), 0.1, 8)[0]
+    eight = 0.5 + np.sqrt(0.09) * np.tile([-1.0, 1.0], 4)[None, :]  # variance 0.09: below 0.1, above 7's 0.076
+    assert first_half_far_narrower(eight, own, best, 0.1, 8)[0]
+    assert not first_half_far_narrower(eight[:, :6], own, best, 0.1, 8)[0]  # variance 0.09 at 6: above 0.052
+    assert not first_half_far_narrower(np.where([[True] * 6 + [False] * 2], eight, np.nan), own, best, 0.1, 8)[0]
+
+
+def test_a_far_narrower_first_half_of_fewer_than_eight_rewards_pays_on_two_kinds_of_state(monkeypatch):
+    """``two_kinds_bank_prompt`` at N = 32 and 40, whose first halves hold 6 and 7 rewards: a narrow
+    high state's first half (sd about 0.2 against a root estimate of about 1) gives its second half
+    to the prompt. 40 prompts x 200 episodes, paired on the same draws (one standard error): without it
+    (``NARROW_FIRST_HALF`` = 0) -0.206 +- 0.013 against best-of-N at 32 and -0.203 +- 0.013 at 40, with
+    it -0.138 and -0.099, gains of +0.068 +- 0.003 and +0.104 +- 0.004. Still below best-of-N: the
+    first half is spent. The test asserts a gain of 10 standard errors at each."""
+    for budget in (32, 40):
+        with monkeypatch.context() as patch:  # each budget's variants from the module's own settings
+            runs = two_kinds_runs(patch, budget, {"first half": (SharedSLG, {}),
+                                                  "without": (SharedSLG, {"NARROW_FIRST_HALF": 0.0})})
+        gain = runs["first half"] - runs["without"]
+        assert gain.mean() > 10 * gain.std(ddof=1) / math.sqrt(gain.size)
 
 
 @pytest.mark.parametrize("share_of_own_variance, checked", [(0.05, True), (0.09, True), (0.11, False), (0.5, False)])
