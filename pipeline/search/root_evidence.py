@@ -258,7 +258,7 @@ def first_half_far_narrower(first_half: np.ndarray, own_variance: np.ndarray, be
 def few_rewards_threshold(count: int, narrow: float, rate_from: int) -> float:
     """The fraction of a normal state's variance that the variance (1/n) of ``count`` of its rewards
     falls below as often as that of ``rate_from`` rewards falls below ``narrow`` of it: n s^2 / sigma^2
-    is chi-square with n - 1 degrees of freedom (once in 400 with 0.1 at 8 rewards: 0.075 at 7, 0.029
+    is chi-square with n - 1 degrees of freedom (once in 400 with 0.1 at 8 rewards: 0.076 at 7, 0.029
     at 5, 0.0017 at 3). A fixed fraction would fire ever more often as n falls (0.1: once in 7 at 3)."""
     if count < 2:
         return 0.0

@@ -13,8 +13,8 @@ root rollouts, and one reward from 2 rollouts, fewer than 3 from 6; ``share.repe
 or narrow state whose prefix fixes its response), or, on continuous rewards whose root shows states
 narrower than the spread between them (or where the first half is far narrower than the root's
 states), is beaten by fresh prompt draws even at its tail fit's upper confidence bounds (from 8
-rollouts; ``share.prompt_check``, ``slg_adaptive``'s check of its candidates), its second half goes
-to the prompt too.
+rollouts; ``share.prompt_check``, ``slg_adaptive``'s check of its candidates; from 3 to 7, a first
+half that far narrower goes back unfitted), its second half goes to the prompt too.
 Which episodes run them, and which state gets the share:
 
 - **Rewards with few levels** (root rewards repeat: a reward model reading the same response gives
@@ -106,7 +106,7 @@ SCREENING_HALVINGS = 1
 # 1.5 at mean -0.5 beside 0.2 at 0.5: -0.066 -> -0.0003 against best-of-N at N = 64; docs/design-record.md,
 # "A first half far narrower than the root's states"). A state as wide as an exact estimate shows so
 # narrow a first half once in 150,000 with 16 rewards (N = 64), once in 400 with 8 (N = 42-46); with
-# fewer (N = 16-41) the threshold falls to keep that rate, 0.029 at 5 (-0.193 -> -0.12 at N = 32; "Fewer
+# fewer (N = 16-41) the threshold falls to keep that rate, 0.029 at 5 (-0.193 -> -0.114 at N = 32; "Fewer
 # than 8 rewards").
 NARROW_FIRST_HALF = 0.1
 

@@ -1632,7 +1632,7 @@ def test_fewer_rewards_look_far_narrower_no_more_often_than_eight_do(count):
     below ``few_rewards_threshold`` of that variance as often as 8 rewards' falls below 0.1 of it,
     P(chi-square(7) < 0.8) = 0.00256 (scipy's chi-square, independent of the threshold's inverse).
     Counted over 400,000 simulated first halves: 1022 expected, sd 32; the test allows 4 sds. A fixed
-    0.1 would fire 5-54 times as often (0.014 at 7, 0.139 at 3)."""
+    0.1 would fire 2-54 times as often (0.0055 at 7, 0.139 at 3)."""
     rate = scipy.stats.chi2.cdf(0.8, 7)
     draws = np.random.default_rng(count).normal(0.0, 2.0, (400_000, count))
     fired = (draws.var(axis=1) < few_rewards_threshold(count, 0.1, 8) * 4.0).sum()
