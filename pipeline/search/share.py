@@ -106,7 +106,7 @@ SCREENING_HALVINGS = 1
 # 1.5 at mean -0.5 beside 0.2 at 0.5: -0.066 -> -0.0003 against best-of-N at N = 64; docs/design-record.md,
 # "A first half far narrower than the root's states"). A state as wide as an exact estimate shows so
 # narrow a first half once in 150,000 with 16 rewards (N = 64), once in 400 with 8 (N = 42-46); with
-# fewer (N = 16-41) the threshold falls to keep that rate, 0.029 at 5 (-0.193 -> -0.114 at N = 32; "Fewer
+# 3-7 (N = 22-41) the threshold falls to keep that rate, 0.052 at 6 (N = 32: -0.193 -> -0.114; "Fewer
 # than 8 rewards").
 NARROW_FIRST_HALF = 0.1
 
@@ -265,12 +265,12 @@ class SharedSLG(AdaptiveSLG):
         ``left`` rollouts even with its first half's tail fit at its upper ``adaptive.confidence`` bounds,
         ``best`` the best reward so far: ``slg_adaptive``'s check of its candidates, on the prompt's quantile
         scale (``_final_best``). Only where the first half holds 2 ``adaptive.min_rollouts`` (N >= 42;
-        fewer say little of a width), and either the root's Var(r) - Cov(s, r), a state's own variance, is
+        fewer are too few for a tail fit), and either the root's Var(r) - Cov(s, r), a state's own variance, is
         below Cov(s, r), that between states (such a state gets little past its mean, which its root
         rollout shows; a wide state's few rewards can look narrow), or the first half is far narrower than
         that estimate and its best below ``best`` (``first_half_far_narrower``: a narrow state holding the
         best so far is the prompt's top, whose tail its normal quantile scale cannot see); one of 3-7
-        rewards (N = 16-41) that far narrower is beaten without a fit. ``moments``: ``root_moments``."""
+        rewards (N = 22-41) that far narrower is beaten without a fit. ``moments``: ``root_moments``."""
         adaptive = self.config.adaptive
         fit_from = 2 * adaptive.min_rollouts  # the rewards a first half's tail fit needs (N >= 42)
         own, covariance = moments[4] - moments[5], moments[5]  # Var(r) - Cov(s, r), and Cov(s, r)

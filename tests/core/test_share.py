@@ -1652,6 +1652,22 @@ def test_a_far_narrower_first_half_needs_three_rewards_and_a_best_below_the_best
     assert first_half_far_narrower(eight, own, best, 0.1, 8)[0]
     assert not first_half_far_narrower(eight[:, :6], own, best, 0.1, 8)[0]  # variance 0.09 at 6: above 0.052
     assert not first_half_far_narrower(np.where([[True] * 6 + [False] * 2], eight, np.nan), own, best, 0.1, 8)[0]
+    assert not first_half_far_narrower(np.array([[0.5, 0.5, 0.5]]), np.array([0.0]), best, 0.1, 8)[0]  # no width to be below
+
+
+def test_a_far_narrower_first_half_goes_back_only_in_its_own_episodes_and_unfitted_only_below_eight(monkeypatch):
+    """Only the episodes ``mine`` are judged (another episode's share rounds run the check beside
+    them); from 8 rewards a far narrower first half still goes through the tail fit, which here says
+    the state wins, while 7 such rewards go back on their narrowness alone."""
+    root, _, _ = narrow_episode([0.0])
+    far_narrower = np.median(root.rewards) + 0.01 * np.linspace(-1, 1, 8)
+    root, first, best = narrow_episode(far_narrower[:7])
+    policy = SharedSLG(64, 1, SearchConfig())
+    assert not policy._prompt_beats_state(root, root_moments(root), first, best, np.array([12]), np.array([False]))[0]
+    monkeypatch.setattr(SharedSLG, "_final_best", lambda self, scores, alive, best_score, left: (
+        None, np.full(alive.shape, np.inf), np.full(alive.shape, -np.inf)))  # the fit: the state beats the prompt
+    assert prompt_beats_state(root, first, best)
+    assert not prompt_beats_state(*narrow_episode(far_narrower))
 
 
 def test_a_far_narrower_first_half_of_fewer_than_eight_rewards_pays_on_two_kinds_of_state(monkeypatch):
