@@ -83,6 +83,17 @@ def int_at_least(low: int):
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a share of a budget, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value}")
+    return value
+
+
 seed = int_at_least(0)  # numpy's generators take seeds >= 0 only
 positive_int = int_at_least(1)
 

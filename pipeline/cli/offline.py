@@ -15,6 +15,7 @@ from pipeline.cli.arguments import (
     distinct_banks,
     distinct_names,
     distinct_positive_ints,
+    fraction,
     int_at_least,
     int_list,
     name_list,
@@ -80,6 +81,9 @@ def _add_replay(commands) -> None:
     replay.add_argument("--ceiling-samples", type=int_at_least(2), default=None,
                         help="Monte Carlo samples of the estimated ceilings: discoveries per bank prompt, fresh prompts "
                              "of a world (default 64; the interval narrows as one over its square root)")
+    replay.add_argument("--discovery-fraction", type=fraction, default=None,
+                        help="the share of N that the paid-discovery ceiling spends on prompt draws, each revealing "
+                             "a state, before it shares the rest (default 0.25)")
     replay.add_argument("--equal-tokens", action="store_true",
                         help="each method plays the N at which it generates best-of-N's tokens at each budget "
                              "(found by pilot replays; the table shows the N played and the tokens spent)")
@@ -142,15 +146,13 @@ def run_replay(args) -> int:
 
 def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     from pipeline.jobs.config import load_search_config
-    from pipeline.offline.ceilings import CEILING_SAMPLES, format_ceilings
+    from pipeline.offline.ceilings import format_ceilings
     from pipeline.offline.equal_cost import match_budgets
     from pipeline.offline.replay import format_table, replay_job, replay_rollouts, results_as_dicts
     from pipeline.offline.responses import TokenModel
 
     config = load_search_config(args.overrides)
-    if args.no_ceilings and args.ceiling_samples is not None:
-        raise UsageError(f"--ceiling-samples {args.ceiling_samples} sizes the ceilings that --no-ceilings skips: give one of them")
-    ceiling_samples = args.ceiling_samples or CEILING_SAMPLES
+    ceiling_settings = _ceiling_settings(args)
     if args.state_tokens >= args.response_tokens:
         raise UsageError(f"--state-tokens ({args.state_tokens}) must be below --response-tokens ({args.response_tokens})")
     targets = _replay_targets(args, inputs)
@@ -172,7 +174,7 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     with _progress_bar(total, enabled=not args.no_progress) as bar:
         report = replay_job(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
                             args.workers, progress=bar.update, strict=args.strict, with_ceilings=not args.no_ceilings,
-                            tokens=tokens, budget_maps=budget_maps, ceiling_samples=ceiling_samples)
+                            tokens=tokens, budget_maps=budget_maps, **ceiling_settings)
     elapsed = time.perf_counter() - started
     rows, ceilings, prefix_signals = [], [], []
     for label, table in report.results.items():
@@ -186,12 +188,25 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     print(f"{len(report.results)} target(s), {total:,} rollouts, {elapsed:.1f} s")
     if args.out:
         payload = {"results": rows, "ceilings": ceilings, "prefix_signals": prefix_signals, "seed": args.seed,
-                   "repeats": args.repeats, "ceiling_samples": None if args.no_ceilings else ceiling_samples,
+                   "repeats": args.repeats, **{key: None if args.no_ceilings else value for key, value in ceiling_settings.items()},
                    "elapsed_s": elapsed, "equal_tokens": args.equal_tokens,
                    "response_tokens": args.response_tokens, "state_tokens": args.state_tokens}
         payload.update({"source": next(iter(report.results))} if len(report.results) == 1 else {"sources": list(report.results)})
         write_json(args.out, payload)
     return 0
+
+
+def _ceiling_settings(args) -> dict:
+    """``replay_job``'s ceiling settings from --ceiling-samples and --discovery-fraction, their
+    defaults where not given; either beside --no-ceilings is refused."""
+    from pipeline.offline.ceilings import CEILING_SAMPLES, DISCOVERY_FRACTION
+
+    given = {"--ceiling-samples": args.ceiling_samples, "--discovery-fraction": args.discovery_fraction}
+    for flag, value in given.items():
+        if args.no_ceilings and value is not None:
+            raise UsageError(f"{flag} {value} shapes the ceilings that --no-ceilings skips: give one of them")
+    return {"ceiling_samples": args.ceiling_samples or CEILING_SAMPLES,
+            "discovery_fraction": DISCOVERY_FRACTION if args.discovery_fraction is None else args.discovery_fraction}
 
 
 def _replay_targets(args, inputs: contextlib.ExitStack) -> dict:

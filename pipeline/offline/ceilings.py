@@ -8,7 +8,8 @@ states, merged by prefix; a world's sampled states), each with its reward distri
   reveal), the N draws shared among the arms so as to maximise the expected best
   (``pipeline.stats.arms.allocate_draws``). No allocation fixed in advance can do better; a policy
   that adapts to the rewards it sees could in principle, knowing the distributions.
-- **paid discovery**: the first ``discovery_fraction`` of N are prompt draws; each reveals its state
+- **paid discovery**: the first ``discovery_fraction`` of N (``DISCOVERY_FRACTION``, a quarter, unless
+  ``slg replay --discovery-fraction`` says; at least one draw) are prompt draws; each reveals its state
   and its reward. The rest are shared optimally among the prompt and the revealed states, knowing
   their distributions and the best reward already drawn. Averaged over ``draws`` random discoveries
   (``CEILING_SAMPLES`` unless ``slg replay --ceiling-samples`` says),
@@ -163,17 +164,18 @@ def _beyond_the_best(world: World, latents: np.ndarray, draws: int, start: float
 
 
 def world_ceilings(world: World, budgets: list[int], num_prompts: int = CEILING_SAMPLES,
-                   seed: int = 0) -> dict[int, dict[str, MonteCarloMean]]:
+                   seed: int = 0, discovery_fraction: float = DISCOVERY_FRACTION) -> dict[int, dict[str, MonteCarloMean]]:
     """The ceilings for fresh prompts of a world (``WorldArms``): the mean over ``num_prompts``
-    prompts and its variance (the Monte Carlo error), paid discovery with the same control variate as
-    ``PromptArms.paid_discovery``. The interval leaves out the grid's own error (``world_grid``), most
-    of which cancels between a discovery's two values, read on the same grid."""
+    prompts and its variance (the Monte Carlo error), paid discovery (``discovery_fraction`` of N
+    spent on discovery) with the same control variate as ``PromptArms.paid_discovery``. The interval
+    leaves out the grid's own error (``world_grid``), most of which cancels between a discovery's two
+    values, read on the same grid."""
     out = {}
     for budget in budgets:
         rng = np.random.default_rng([seed, budget])
         arms = [WorldArms(world, rng) for _ in range(num_prompts)]
         clairvoyant = np.array([a.clairvoyant(budget) for a in arms])
-        paid = np.array([a.paid_discovery(budget) for a in arms])
+        paid = np.array([a.paid_discovery(budget, discovery_fraction) for a in arms])
         out[budget] = {"clairvoyant": MonteCarloMean(float(clairvoyant.mean()), float(clairvoyant.var(ddof=1)) / num_prompts),
                        "paid_discovery": control_variate_mean(paid, np.array([a.prompt_only for a in arms]),
                                                               world.prompt_value(budget))}

@@ -33,7 +33,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.offline.bank_reader import BankChunks, StreamedBank, as_bank
-from pipeline.offline.ceilings import CEILING_SAMPLES, CEILINGS, bank_ceiling_rows, ceiling_row, world_ceilings
+from pipeline.offline.ceilings import CEILING_SAMPLES, CEILINGS, DISCOVERY_FRACTION, bank_ceiling_rows, ceiling_row, world_ceilings
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.multipliers import (
     Cell,
@@ -117,7 +117,8 @@ def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int
                num_prompts: int | None = None, seed: int = 0, config: SearchConfig | None = None,
                workers: int | None = None, progress: Callable[[int], None] | None = None, strict: bool = False,
                with_ceilings: bool = False, tokens: TokenModel | None = None,
-               budget_maps: dict | None = None, ceiling_samples: int = CEILING_SAMPLES) -> ReplayReport:
+               budget_maps: dict | None = None, ceiling_samples: int = CEILING_SAMPLES,
+               discovery_fraction: float = DISCOVERY_FRACTION) -> ReplayReport:
     """Every target's results (and ceilings) as one stream of tasks.
 
     ``workers``: 1 plays here; more, on a local Ray instance with that many CPUs (or the cluster in
@@ -128,7 +129,8 @@ def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int
     that method plays for that budget on that target (default: the budget). ``tokens``: the token
     model of the sources (default ``TokenModel()``; a bank's lengths are its constant mean).
     ``ceiling_samples``: the Monte Carlo size of the estimated ceilings (discoveries per bank prompt,
-    fresh prompts of a world; ``pipeline.offline.ceilings``).
+    fresh prompts of a world; ``pipeline.offline.ceilings``); ``discovery_fraction``: the share of N
+    that paid discovery spends on prompt draws before it shares the rest.
     """
     config = config or SearchConfig()
     tokens = tokens or TokenModel()
@@ -140,11 +142,14 @@ def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int
     validate_search_config(config, sorted(set(budgets) | {n for m in maps.values() for n in m.values()}))
     if with_ceilings and ceiling_samples < 2:  # one sample has no Monte Carlo error to report
         raise ConfigError(f"ceiling samples must be at least 2, got {ceiling_samples}")
+    if with_ceilings and not 0.0 < discovery_fraction <= 1.0:
+        raise ConfigError(f"the discovery fraction must be in (0, 1], got {discovery_fraction}")
+    settings = (ceiling_samples, discovery_fraction) if with_ceilings else None
     executor = _executor(workers, replay_rollouts(targets, methods, budgets, repeats, num_prompts, budget_maps))
     try:
         played, bounds = defaultdict(list), defaultdict(list)
         for meta, output in executor.run(_tasks(executor, targets, methods, budgets, repeats, num_prompts, seed, config,
-                                                ceiling_samples if with_ceilings else 0, tokens, maps)):
+                                                settings, tokens, maps)):
             if isinstance(meta, Play):
                 played[(meta.label, meta.method, meta.budget)].append((meta, output))
                 if progress:
@@ -154,7 +159,7 @@ def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int
         report = ReplayReport({label: _summarise(played, label, methods, budgets, repeats) for label in targets})
         for label, target in targets.items():
             if with_ceilings:
-                report.ceilings[label] = _ceiling_rows(bounds, label, budgets, target, seed, ceiling_samples)
+                report.ceilings[label] = _ceiling_rows(bounds, label, budgets, target, seed, *settings)
             _add_multipliers(_curve(executor, target), report.results[label], report.ceilings.get(label, []), tokens)
     finally:
         executor.close()
@@ -183,10 +188,11 @@ def _executor(workers: int | None, rollouts: int):
     return RayExecutor(workers)
 
 
-def _tasks(executor, targets: dict, methods, budgets, repeats, num_prompts, seed, config, ceiling_samples, tokens,
+def _tasks(executor, targets: dict, methods, budgets, repeats, num_prompts, seed, config, ceilings_settings, tokens,
            maps) -> Iterator[Task]:
     """Every task of the replay, a world's largest first, a bank's chunk by chunk (each chunk shared
-    once; its ceilings over ``ceiling_samples`` discoveries a prompt, none where that is 0)."""
+    once; its ceilings with ``ceilings_settings``, (discoveries a prompt, discovery fraction), none
+    where that is None)."""
     for label, target in targets.items():
         if isinstance(target, World):
             _warm_world(target, budgets, methods, config)
@@ -198,8 +204,8 @@ def _tasks(executor, targets: dict, methods, budgets, repeats, num_prompts, seed
             plays = _plays(label, methods, budgets, first, first + count, repeats, seed, config, tokens, maps[label],
                            bank=True)
             yield from (Task(play, (p, chunk, first), p) for p in sorted(plays, key=lambda p: -p.rollouts))
-            if ceiling_samples:
-                yield from (Task(ceilings, (chunk, first, budget, seed, ceiling_samples), (label, budget, first))
+            if ceilings_settings:
+                yield from (Task(ceilings, (chunk, first, budget, seed, *ceilings_settings), (label, budget, first))
                             for budget in budgets)
 
 
@@ -290,10 +296,11 @@ def _ci95(values: np.ndarray, repeats: int) -> float:
     return 1.96 * float(values.std(ddof=1)) / math.sqrt(values.size) if values.size > 1 else float("nan")
 
 
-def _ceiling_rows(bounds: dict, label: str, budgets: list[int], target, seed: int, samples: int) -> list[dict]:
+def _ceiling_rows(bounds: dict, label: str, budgets: list[int], target, seed: int, samples: int,
+                  discovery_fraction: float) -> list[dict]:
     """A bank's ceilings from its chunks' tasks; a world's from ``samples`` fresh prompts, here."""
     if isinstance(target, World):
-        found = world_ceilings(target, budgets, num_prompts=samples, seed=seed)
+        found = world_ceilings(target, budgets, num_prompts=samples, seed=seed, discovery_fraction=discovery_fraction)
         return [ceiling_row(name, budget, found[budget][name]) for budget in budgets for name in CEILINGS]
     rows = []
     for budget in budgets:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.offline.bank_reader import BankSlice
-from pipeline.offline.ceilings import CEILING_SAMPLES, PromptArms
+from pipeline.offline.ceilings import CEILING_SAMPLES, DISCOVERY_FRACTION, PromptArms
 from pipeline.offline.episodes import BankPrompt, BankSource, WorldSource, run_episodes
 from pipeline.offline.responses import TokenModel
 from pipeline.offline.worlds import World
@@ -133,16 +133,17 @@ def _spend(ledger) -> np.ndarray:
 
 
 def ceilings(chunk: list[BankPrompt] | BankSlice, first: int, budget: int, seed: int,
-             samples: int = CEILING_SAMPLES) -> np.ndarray:
+             samples: int = CEILING_SAMPLES, discovery_fraction: float = DISCOVERY_FRACTION) -> np.ndarray:
     """(P, 3): each prompt's clairvoyant ceiling at ``budget``, its paid-discovery ceiling over
-    ``samples`` discoveries and that estimate's variance (``pipeline.offline.ceilings``; the
-    discoveries of prompt i draw from (seed, budget, i)); the clairvoyant ceiling is exact."""
+    ``samples`` discoveries of ``discovery_fraction`` of the budget each and that estimate's variance
+    (``pipeline.offline.ceilings``; the discoveries of prompt i draw from (seed, budget, i)); the
+    clairvoyant ceiling is exact."""
     prompts = prompts_of(chunk)
     out = np.empty((len(prompts), 3))
     for offset, prompt in enumerate(prompts):
         arms = PromptArms(prompt)
         rng = np.random.default_rng([seed, budget, first + offset])
-        out[offset] = arms.clairvoyant(budget), *arms.paid_discovery(budget, rng, draws=samples)
+        out[offset] = arms.clairvoyant(budget), *arms.paid_discovery(budget, rng, samples, discovery_fraction)
     return out
 
 

@@ -174,7 +174,14 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "--ceiling-samples", "1"],
      "--ceiling-samples: expected an integer >= 2, got 1"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--no-ceilings", "--ceiling-samples", "8"],
-     "--ceiling-samples 8 sizes the ceilings that --no-ceilings skips"),
+     "--ceiling-samples 8 shapes the ceilings that --no-ceilings skips"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "0"],
+     "--discovery-fraction: expected a fraction in (0, 1], got 0.0"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "1.5"], "expected a fraction in (0, 1], got 1.5"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "nan"], "expected a fraction in (0, 1], got nan"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "half"], "got 'half'"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--no-ceilings", "--discovery-fraction", "0.5"],
+     "--discovery-fraction 0.5 shapes the ceilings that --no-ceilings skips"),
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
     (["replay", "--bank", "/"], "is a folder without Parquet shards"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0"], "KEY=VALUE"),
@@ -208,6 +215,8 @@ def test_the_replay_library_refuses_what_the_cli_refuses():
         replay(bank, ["bon", "bon"], [2], 1)
     with pytest.raises(ValueError, match="ceiling samples must be at least 2, got 1"):  # one has no Monte Carlo error
         replay_job({"b": bank}, ["bon"], [2], 1, with_ceilings=True, ceiling_samples=1)
+    with pytest.raises(ValueError, match=r"the discovery fraction must be in \(0, 1\], got 0"):
+        replay_job({"b": bank}, ["bon"], [2], 1, with_ceilings=True, discovery_fraction=0)
 
 
 def test_core_imports_no_engine_or_ray():
@@ -363,6 +372,43 @@ def test_ceiling_samples_size_the_estimated_ceilings(tmp_path):
                        ceiling_samples=5).ceilings["w"]
     expected = world_ceilings(world, [16], num_prompts=5, seed=1)[16]
     assert [row["mean_best_reward"] for row in found] == pytest.approx([expected[name].mean for name in CEILINGS], abs=1e-12)
+
+
+def test_the_discovery_fraction_sets_what_paid_discovery_spends_on_finding_states(tmp_path):
+    """``--discovery-fraction F``: paid discovery spends F N on prompt draws before it shares the rest
+    (a bank's as ``PromptArms.paid_discovery`` with that fraction on the prompt's own streams), and
+    ``--out`` records F. With F = 1 nothing is left to share: the ceiling is best-of-N's exact value
+    (the bank's pooled best-of-N, a world's ``prompt_value``), with no Monte Carlo error; below it
+    something is left to share, and the ceiling is above best-of-N (not monotone in F: a smaller
+    discovery finds fewer states to share among, here 1.738 at 0.1 against 1.775 at 0.5)."""
+    from pipeline.offline.ceilings import PromptArms, world_ceilings
+    from pipeline.offline.episodes import BankPrompt
+
+    rows = simulate_bank(make_world("bimodal"), num_prompts=3, num_states=5, num_completions=20, seed=2)
+    write_bank(tmp_path / "b.jsonl", rows)
+    prompts = read_bank(tmp_path / "b.jsonl")
+    paid = {}
+    for fraction in ("0.5", "1", "0.1"):
+        out = tmp_path / f"replay_{fraction}.json"
+        assert main(["replay", "--bank", str(tmp_path / "b.jsonl"), "--methods", "bon", "--budgets", "16", "--repeats", "2",
+                     "--seed", "5", "--workers", "1", "--no-progress", "--discovery-fraction", fraction, "--out", str(out)]) == 0
+        written = json.loads(out.read_text())
+        assert written["discovery_fraction"] == float(fraction)
+        paid[fraction] = next(c for c in written["ceilings"] if c["ceiling"] == "paid_discovery")
+    estimates = [PromptArms(p).paid_discovery(16, np.random.default_rng([5, 16, i]), discovery_fraction=0.5)
+                 for i, p in enumerate(prompts)]
+    assert paid["0.5"]["mean_best_reward"] == pytest.approx(np.mean([e.mean for e in estimates]), abs=1e-12)
+    bon = np.mean([BankPrompt(p.prompt_id, p.state_rewards).bon_value(16) for p in prompts])
+    assert paid["1"]["mean_best_reward"] == pytest.approx(bon, abs=1e-12) and paid["1"]["ci95"] == 0.0
+    assert bon < paid["0.1"]["mean_best_reward"] and bon < paid["0.5"]["mean_best_reward"]
+    world = make_world("gaussian")
+    found = replay_job({"w": world}, ["bon"], [16], 2, num_prompts=2, seed=1, workers=1, with_ceilings=True,
+                       ceiling_samples=5, discovery_fraction=1.0).ceilings["w"]
+    assert found[1]["mean_best_reward"] == pytest.approx(world.prompt_value(16), abs=1e-12)
+    expected = world_ceilings(world, [16], num_prompts=5, seed=1, discovery_fraction=0.5)[16]["paid_discovery"].mean
+    found = replay_job({"w": world}, ["bon"], [16], 2, num_prompts=2, seed=1, workers=1, with_ceilings=True,
+                       ceiling_samples=5, discovery_fraction=0.5).ceilings["w"]
+    assert found[1]["mean_best_reward"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_the_lockstep_search_finds_what_bisection_finds():
