@@ -75,6 +75,9 @@ def _add_replay(commands) -> None:
     replay.add_argument("--strict", action="store_true",
                         help="refuse budgets above a bank's smallest state pool: a policy could redraw that pool, which favours bon")
     replay.add_argument("--out", help="write the results as JSON here")
+    replay.add_argument("--per-prompt", action="store_true",
+                        help="banks: --out also holds each prompt's mean best reward per method and its two ceilings, "
+                             "per budget")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     replay.add_argument("--no-ceilings", action="store_true",
                         help="skip the two ceilings of an allocation that knew the distributions")
@@ -153,6 +156,9 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
 
     config = load_search_config(args.overrides)
     ceiling_settings = _ceiling_settings(args)
+    if args.per_prompt and (args.world or not args.out):
+        raise UsageError("--per-prompt writes a bank's prompts to --out: " + ("a world's prompts are fresh draws" if args.world
+                                                                             else "give --out FILE"))
     if args.state_tokens >= args.response_tokens:
         raise UsageError(f"--state-tokens ({args.state_tokens}) must be below --response-tokens ({args.response_tokens})")
     targets = _replay_targets(args, inputs)
@@ -174,7 +180,7 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
     with _progress_bar(total, enabled=not args.no_progress) as bar:
         report = replay_job(targets, args.methods, args.budgets, args.repeats, args.prompts, args.seed, config,
                             args.workers, progress=bar.update, strict=args.strict, with_ceilings=not args.no_ceilings,
-                            tokens=tokens, budget_maps=budget_maps, **ceiling_settings)
+                            tokens=tokens, budget_maps=budget_maps, per_prompt=args.per_prompt, **ceiling_settings)
     elapsed = time.perf_counter() - started
     rows, ceilings, prefix_signals = [], [], []
     for label, table in report.results.items():
@@ -192,6 +198,8 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
                    "elapsed_s": elapsed, "equal_tokens": args.equal_tokens,
                    "response_tokens": args.response_tokens, "state_tokens": args.state_tokens}
         payload.update({"source": next(iter(report.results))} if len(report.results) == 1 else {"sources": list(report.results)})
+        if args.per_prompt:
+            payload["prompts"] = [{"bank": label, **row} for label, rows in report.prompts.items() for row in rows]
         write_json(args.out, payload)
     return 0
 

@@ -43,6 +43,7 @@ class BankChunks:
 
     label: str = ""
     num_prompts: int = 0
+    prompt_ids: list[str] | tuple = ()  # in the bank's order (its chunks' order)
     max_reward: float = -np.inf
     smallest_pool: SmallestPool | None = None
     # whether its prefix scores track its rewards, over its prompts (a bank on disk: ``slg replay`` warns);
@@ -70,6 +71,7 @@ class MemoryBank(BankChunks):
 
     def __init__(self, prompts: list[BankPrompt], label: str = ""):
         self.prompts, self.label, self.num_prompts = prompts, label, len(prompts)
+        self.prompt_ids = [p.prompt_id for p in prompts]
         if prompts:
             self.max_reward = max(float(p.rewards.max()) for p in prompts)
             self.smallest_pool = min((SmallestPool(int(p.lengths.min()), p.prompt_id, int(p.lengths.argmin()))
@@ -95,6 +97,7 @@ class StreamedBank(BankChunks):
         spans: list[tuple[int, int, int, int]] = []  # (file, start, stop, rewards): rows, or bytes of JSONL
         seen: set[str] = set()
         self.prompts: list[BankPrompt] = []
+        self.prompt_ids: list[str] = []
         correlations = []
         for file_index, file in enumerate(self.files):
             for start, stop, where, prompt in self._scan(file, len(spans)):
@@ -102,6 +105,7 @@ class StreamedBank(BankChunks):
                     raise ConfigError(f"bank {str(self.path)!r}: the states of prompt {prompt.prompt_id!r} are not consecutive"
                                       if self.parquet else f"{where}: duplicate prompt_id {prompt.prompt_id!r}")
                 seen.add(prompt.prompt_id)
+                self.prompt_ids.append(prompt.prompt_id)
                 spans.append((file_index, start, stop, len(prompt.rewards)))
                 if keep:
                     self.prompts.append(prompt)

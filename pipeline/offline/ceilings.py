@@ -32,6 +32,7 @@ import numpy as np
 
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.multipliers import format_multiplier, format_multiplier_range, interval_digits
+from pipeline.offline.per_prompt import chunk_ceilings
 from pipeline.offline.worlds import World
 from pipeline.stats.arms import allocate_draws, common_support, expected_best
 from pipeline.stats.monte_carlo import MonteCarloMean, control_variate_mean
@@ -193,12 +194,22 @@ def ceiling_row(name: str, budget: int, estimate: MonteCarloMean) -> dict:
 
 
 def bank_ceiling_rows(values: np.ndarray, budget: int) -> list[dict]:
-    """A bank's two ceiling rows from its prompts' (P, 3) values (``replay_tasks.ceilings``): the
+    """A bank's two ceiling rows from its prompts' (P, 3+) values (``replay_tasks.ceilings``): the
     clairvoyant ceiling exact, paid discovery with the Monte Carlo error of its prompts' discoveries."""
     prompts = len(values)
     return [ceiling_row("clairvoyant", budget, MonteCarloMean(float(np.mean(np.ascontiguousarray(values[:, 0]))), 0.0)),
             ceiling_row("paid_discovery", budget, MonteCarloMean(float(np.mean(np.ascontiguousarray(values[:, 1]))),
                                                                  float(np.sum(values[:, 2])) / prompts ** 2))]
+
+
+def target_ceiling_rows(bounds: dict, label: str, budgets: list[int], target, seed: int, samples: int,
+                        discovery_fraction: float) -> list[dict]:
+    """A replay target's ceiling rows: a bank's from its chunks' tasks (``bounds[(label, budget)]``:
+    (first prompt, (P, 4) values) pairs), a world's from ``samples`` fresh prompts, here."""
+    if isinstance(target, World):
+        found = world_ceilings(target, budgets, num_prompts=samples, seed=seed, discovery_fraction=discovery_fraction)
+        return [ceiling_row(name, budget, found[budget][name]) for budget in budgets for name in CEILINGS]
+    return [row for budget in budgets for row in bank_ceiling_rows(chunk_ceilings(bounds, label, budget), budget)]
 
 
 def format_ceilings(rows: list[dict]) -> str:

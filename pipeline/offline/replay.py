@@ -22,7 +22,6 @@ between methods are measured with less noise than their intervals suggest.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections import defaultdict
@@ -33,7 +32,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.offline.bank_reader import BankChunks, StreamedBank, as_bank
-from pipeline.offline.ceilings import CEILING_SAMPLES, CEILINGS, DISCOVERY_FRACTION, bank_ceiling_rows, ceiling_row, world_ceilings
+from pipeline.offline.ceilings import CEILING_SAMPLES, DISCOVERY_FRACTION, target_ceiling_rows
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.multipliers import (
     Cell,
@@ -46,7 +45,8 @@ from pipeline.offline.multipliers import (
     interval_digits,
     per_cost,
 )
-from pipeline.offline.replay_tasks import LocalExecutor, Play, Played, Task, bon_values, ceilings, play
+from pipeline.offline.per_prompt import in_order, joined, prompt_rows
+from pipeline.offline.replay_tasks import LocalExecutor, Play, Task, bon_values, ceilings, play
 from pipeline.offline.responses import TokenModel
 from pipeline.offline.worlds import World
 from pipeline.search.config import PredictionBudget, SearchConfig, check_bound_covers, validate_search_config
@@ -88,10 +88,12 @@ class MethodResult:
 
 @dataclass
 class ReplayReport:
-    """Results per target; played ``with_ceilings``, the ceiling rows (``pipeline.offline.ceilings``)."""
+    """Results per target; played ``with_ceilings``, the ceiling rows (``pipeline.offline.ceilings``);
+    ``per_prompt``, a bank's rows per prompt (``pipeline.offline.per_prompt``)."""
 
     results: dict[str, list[MethodResult]]
     ceilings: dict[str, list[dict]] = field(default_factory=dict)
+    prompts: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def replay(target: Target, methods: list[str], budgets: list[int], repeats: int, num_prompts: int | None = None,
@@ -118,7 +120,7 @@ def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int
                workers: int | None = None, progress: Callable[[int], None] | None = None, strict: bool = False,
                with_ceilings: bool = False, tokens: TokenModel | None = None,
                budget_maps: dict | None = None, ceiling_samples: int = CEILING_SAMPLES,
-               discovery_fraction: float = DISCOVERY_FRACTION) -> ReplayReport:
+               discovery_fraction: float = DISCOVERY_FRACTION, per_prompt: bool = False) -> ReplayReport:
     """Every target's results (and ceilings) as one stream of tasks.
 
     ``workers``: 1 plays here; more, on a local Ray instance with that many CPUs (or the cluster in
@@ -130,7 +132,9 @@ def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int
     model of the sources (default ``TokenModel()``; a bank's lengths are its constant mean).
     ``ceiling_samples``: the Monte Carlo size of the estimated ceilings (discoveries per bank prompt,
     fresh prompts of a world; ``pipeline.offline.ceilings``); ``discovery_fraction``: the share of N
-    that paid discovery spends on prompt draws before it shares the rest.
+    that paid discovery spends on prompt draws before it shares the rest. ``per_prompt``: also each
+    bank prompt's results and ceilings (``ReplayReport.prompts``; refused on a world, whose ceilings
+    draw prompts of their own).
     """
     config = config or SearchConfig()
     tokens = tokens or TokenModel()
@@ -145,6 +149,8 @@ def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int
     if with_ceilings and not 0.0 < discovery_fraction <= 1.0:
         raise ConfigError(f"the discovery fraction must be in (0, 1], got {discovery_fraction}")
     settings = (ceiling_samples, discovery_fraction) if with_ceilings else None
+    if per_prompt and any(isinstance(target, World) for target in targets.values()):
+        raise ConfigError("per-prompt results are a bank's: a world's prompts are fresh draws, its ceilings' others")
     executor = _executor(workers, replay_rollouts(targets, methods, budgets, repeats, num_prompts, budget_maps))
     try:
         played, bounds = defaultdict(list), defaultdict(list)
@@ -159,7 +165,9 @@ def replay_job(targets: dict[str, Target], methods: list[str], budgets: list[int
         report = ReplayReport({label: _summarise(played, label, methods, budgets, repeats) for label in targets})
         for label, target in targets.items():
             if with_ceilings:
-                report.ceilings[label] = _ceiling_rows(bounds, label, budgets, target, seed, *settings)
+                report.ceilings[label] = target_ceiling_rows(bounds, label, budgets, target, seed, *settings)
+            if per_prompt:
+                report.prompts[label] = prompt_rows(played, bounds, label, methods, budgets, target.prompt_ids)
             _add_multipliers(_curve(executor, target), report.results[label], report.ceilings.get(label, []), tokens)
     finally:
         executor.close()
@@ -264,10 +272,10 @@ def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[Meth
     results, bests = [], {}
     for budget in budgets:
         for method in methods:
-            ordered = sorted(played[(label, method, budget)], key=lambda pair: (pair[0].start, pair[0].part))
+            ordered = in_order(played, label, method, budget)
             task, parts = ordered[0][0], [output for _, output in ordered]
-            best = bests[(method, budget)] = _joined(ordered, "best")
-            accuracy = None if parts[0].correct is None else float(_joined(ordered, "correct").mean())
+            best = bests[(method, budget)] = joined(ordered, "best")
+            accuracy = None if parts[0].correct is None else float(joined(ordered, "correct").mean())
             exceeded = None if parts[0].exceeded is None else bool(any(p.exceeded.any() for p in parts))
             rollouts, generated, rm_tokens, rm_items = (sum(p.spend for p in parts) / best.size).tolist()
             results.append(MethodResult(method, budget, float(best.mean()), _ci95(best, repeats), None, None, accuracy,
@@ -282,31 +290,11 @@ def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[Meth
     return results
 
 
-def _joined(ordered: list[tuple[Play, Played]], field: str) -> np.ndarray:
-    """(prompts, repeats) of one field of the tasks' outputs, in (first prompt, part) order: a
-    prompt's parts side by side (its repeats), then the prompts one under another."""
-    return np.concatenate([np.concatenate([getattr(output, field) for _, output in group], axis=1)
-                           for _, group in itertools.groupby(ordered, key=lambda pair: pair[0].start)])
-
-
 def _ci95(values: np.ndarray, repeats: int) -> float:
     """95% half-width of the mean of (prompts, repeats) values: prompts differ, repeats of one are exchangeable."""
     if repeats > 1:
         return 1.96 * math.sqrt(values.var(axis=1, ddof=1).sum() / repeats) / values.shape[0]
     return 1.96 * float(values.std(ddof=1)) / math.sqrt(values.size) if values.size > 1 else float("nan")
-
-
-def _ceiling_rows(bounds: dict, label: str, budgets: list[int], target, seed: int, samples: int,
-                  discovery_fraction: float) -> list[dict]:
-    """A bank's ceilings from its chunks' tasks; a world's from ``samples`` fresh prompts, here."""
-    if isinstance(target, World):
-        found = world_ceilings(target, budgets, num_prompts=samples, seed=seed, discovery_fraction=discovery_fraction)
-        return [ceiling_row(name, budget, found[budget][name]) for budget in budgets for name in CEILINGS]
-    rows = []
-    for budget in budgets:
-        rows += bank_ceiling_rows(np.concatenate([output for _, output in sorted(bounds[(label, budget)], key=lambda p: p[0])]),
-                                  budget)
-    return rows
 
 
 def _add_multipliers(curve_at: CurveAt, results: list[MethodResult], ceiling_rows: list[dict], tokens: TokenModel) -> None:

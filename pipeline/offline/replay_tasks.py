@@ -134,16 +134,16 @@ def _spend(ledger) -> np.ndarray:
 
 def ceilings(chunk: list[BankPrompt] | BankSlice, first: int, budget: int, seed: int,
              samples: int = CEILING_SAMPLES, discovery_fraction: float = DISCOVERY_FRACTION) -> np.ndarray:
-    """(P, 3): each prompt's clairvoyant ceiling at ``budget``, its paid-discovery ceiling over
-    ``samples`` discoveries of ``discovery_fraction`` of the budget each and that estimate's variance
-    (``pipeline.offline.ceilings``; the discoveries of prompt i draw from (seed, budget, i)); the
-    clairvoyant ceiling is exact."""
+    """(P, 4): each prompt's clairvoyant ceiling at ``budget``, its paid-discovery ceiling over
+    ``samples`` discoveries of ``discovery_fraction`` of the budget each, that estimate's variance
+    (``pipeline.offline.ceilings``; the discoveries of prompt i draw from (seed, budget, i)), and its
+    best-of-N value at ``budget``; the clairvoyant ceiling and best-of-N are exact."""
     prompts = prompts_of(chunk)
-    out = np.empty((len(prompts), 3))
+    out = np.empty((len(prompts), 4))
     for offset, prompt in enumerate(prompts):
         arms = PromptArms(prompt)
         rng = np.random.default_rng([seed, budget, first + offset])
-        out[offset] = arms.clairvoyant(budget), *arms.paid_discovery(budget, rng, samples, discovery_fraction)
+        out[offset] = arms.clairvoyant(budget), *arms.paid_discovery(budget, rng, samples, discovery_fraction), prompt.bon_value(budget)
     return out
 
 

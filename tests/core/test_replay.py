@@ -182,6 +182,9 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "half"], "got 'half'"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--no-ceilings", "--discovery-fraction", "0.5"],
      "--discovery-fraction 0.5 shapes the ceilings that --no-ceilings skips"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--per-prompt", "--out", "x.json"],
+     "--per-prompt writes a bank's prompts to --out: a world's prompts are fresh draws"),
+    (["replay", "--bank", "data/toy_bank/bank.jsonl", "--per-prompt"], "--per-prompt writes a bank's prompts to --out: give --out FILE"),
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
     (["replay", "--bank", "/"], "is a folder without Parquet shards"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0"], "KEY=VALUE"),
@@ -409,6 +412,49 @@ def test_the_discovery_fraction_sets_what_paid_discovery_spends_on_finding_state
     found = replay_job({"w": world}, ["bon"], [16], 2, num_prompts=2, seed=1, workers=1, with_ceilings=True,
                        ceiling_samples=5, discovery_fraction=0.5).ceilings["w"]
     assert found[1]["mean_best_reward"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("one_prompt_a_chunk", [False, True])
+def test_per_prompt_rows_follow_the_bank_s_prompts(tmp_path, monkeypatch, one_prompt_a_chunk):
+    """``--per-prompt``: a row per prompt and budget, in the bank's order, under its own prompt id (the
+    prompts' ids are out of order, and, with a chunk a prompt, each comes from a task of its own):
+    every method's mean best reward on a prompt whose rewards are all one value is that value; the
+    exact best-of-N value is the pooled one (``expected_max_of_pool``, as the prompt's states are
+    equal), the clairvoyant ceiling and paid discovery are ``PromptArms``'s on the prompt's own
+    streams (seed, budget, index); and each method's rows average to its bank-wide mean."""
+    from pipeline.offline import bank_reader
+    from pipeline.offline.ceilings import PromptArms
+
+    if one_prompt_a_chunk:
+        monkeypatch.setattr(bank_reader, "CHUNK_REWARDS", 1)
+    rng = np.random.default_rng(4)
+    rows = [{"prompt_id": "z-flat", "states": [[0.7] * 12, [0.7] * 12]},
+            {"prompt_id": "a-mixed", "states": [rng.normal(0.0, 1.0, 12).tolist(), rng.normal(1.0, 0.5, 12).tolist()]},
+            {"prompt_id": "m-flat", "states": [[-0.2] * 12, [-0.2] * 12, [-0.2] * 12]}]
+    write_bank(tmp_path / "b.jsonl", rows)
+    out = tmp_path / "replay.json"
+    assert main(["replay", "--bank", str(tmp_path / "b.jsonl"), "--methods", "bon,slg_share", "--budgets", "4,8",
+                 "--repeats", "3", "--seed", "2", "--workers", "1", "--no-progress", "--per-prompt", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    prompts = written["prompts"]
+    assert [(r["prompt_id"], r["budget"]) for r in prompts] == [(p, n) for n in (4, 8) for p in ("z-flat", "a-mixed", "m-flat")]
+    for row in prompts:
+        if row["prompt_id"].endswith("flat"):
+            value = 0.7 if row["prompt_id"] == "z-flat" else -0.2
+            assert row["mean_best_reward"] == {"bon": pytest.approx(value), "slg_share": pytest.approx(value)}
+        index = ("z-flat", "a-mixed", "m-flat").index(row["prompt_id"])
+        prompt = read_bank(tmp_path / "b.jsonl")[index]
+        assert row["best_of_n"] == pytest.approx(expected_max_of_pool(np.sort(prompt.rewards), row["budget"]), abs=1e-12)
+        arms = PromptArms(prompt)
+        assert row["clairvoyant"] == pytest.approx(arms.clairvoyant(row["budget"]), abs=1e-12)
+        paid = arms.paid_discovery(row["budget"], np.random.default_rng([2, row["budget"], index]))
+        assert row["paid_discovery"] == pytest.approx(paid.mean, abs=1e-12)
+        assert row["paid_discovery_ci95"] == pytest.approx(1.96 * math.sqrt(paid.variance), abs=1e-12)
+    for result in written["results"]:
+        mine = [r["mean_best_reward"][result["method"]] for r in prompts if r["budget"] == result["budget"]]
+        assert result["mean_best_reward"] == pytest.approx(np.mean(mine), abs=1e-12)
+    with pytest.raises(ValueError, match="per-prompt results are a bank's"):
+        replay_job({"w": make_world("gaussian")}, ["bon"], [4], 1, num_prompts=2, per_prompt=True)
 
 
 def test_the_lockstep_search_finds_what_bisection_finds():
