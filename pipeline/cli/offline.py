@@ -76,8 +76,8 @@ def _add_replay(commands) -> None:
                         help="refuse budgets above a bank's smallest state pool: a policy could redraw that pool, which favours bon")
     replay.add_argument("--out", help="write the results as JSON here")
     replay.add_argument("--per-prompt", action="store_true",
-                        help="banks: --out also holds each prompt's mean best reward per method and its two ceilings, "
-                             "per budget")
+                        help="banks, with --out: each prompt's mean best reward per method, best-of-N's exact value "
+                             "and the two ceilings, per budget")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     replay.add_argument("--no-ceilings", action="store_true",
                         help="skip the two ceilings of an allocation that knew the distributions")

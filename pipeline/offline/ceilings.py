@@ -90,10 +90,11 @@ class PromptArms:
 class WorldArms:
     """One fresh prompt of a world, for its ceilings. A world's states are a continuum, so a ceiling's
     arms are the states it could know of: the clairvoyant ceiling gets N of them free (as many as N
-    rollouts from the prompt can reveal: no policy sees more), paid discovery the N/4 that its prompt
-    draws reveal. Of those, the ``kept`` of highest true V_n (n the draws left to share) are the arms,
-    with the prompt: the others would get few draws or none, so a value is a hair low at most. ``arms``: the
-    latents of the last ceiling's states."""
+    rollouts from the prompt can reveal: no policy sees more), paid discovery the
+    ``discovery_fraction`` of N (a quarter by default) that its prompt draws reveal. Of those, the
+    ``kept`` of highest true V_n (n the draws left to share) are the arms, with the prompt: the others
+    would get few draws or none, so a value is a hair low at most. ``arms``: the latents of the last
+    ceiling's states."""
 
     def __init__(self, world: World, rng: np.random.Generator, kept: int = 8):
         self.world, self.rng, self.kept = world, rng, kept

@@ -2,7 +2,8 @@
 the per-prompt rows that ``slg replay --per-prompt`` writes (docs/formats.md).
 
 Pure numpy. A method's task outputs (``replay_tasks.Played``) hold each prompt's best reward per
-repeat; a chunk's ceiling task (``replay_tasks.ceilings``) each prompt's two ceilings. A bank's
+repeat; a chunk's ceiling task (``replay_tasks.ceilings``) each prompt's two ceilings, paid
+discovery's Monte Carlo variance and best-of-N's exact value. A bank's
 averages hide where its room lies: on ``toy_t12`` most of what paid discovery leaves above
 best-of-N at N = 64 sits in five of its fifty prompts (docs/method.md, "Ceilings").
 """
@@ -43,6 +44,8 @@ def prompt_rows(played: dict, bounds: dict, label: str, methods: list[str], budg
     rows = []
     for budget in budgets:
         means = {method: joined(in_order(played, label, method, budget), "best").mean(axis=1) for method in methods}
+        if any(len(values) != len(prompt_ids) for values in means.values()):  # a bank that does not list its prompts
+            raise ValueError(f"{label}: {len(prompt_ids)} prompt ids for {len(next(iter(means.values())))} prompts played")
         ceilings = chunk_ceilings(bounds, label, budget) if (label, budget) in bounds else None
         for index, prompt_id in enumerate(prompt_ids):
             row = {"prompt_id": prompt_id, "budget": budget,

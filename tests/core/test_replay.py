@@ -182,7 +182,7 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "half"], "got 'half'"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--no-ceilings", "--discovery-fraction", "0.5"],
      "--discovery-fraction 0.5 shapes the ceilings that --no-ceilings skips"),
-    (["replay", "--world", "gaussian", "--prompts", "2", "--per-prompt", "--out", "x.json"],
+    (["replay", "--world", "gaussian", "--prompts", "2", "--per-prompt", "--out", "/nonexistent/x.json"],
      "--per-prompt writes a bank's prompts to --out: a world's prompts are fresh draws"),
     (["replay", "--bank", "data/toy_bank/bank.jsonl", "--per-prompt"], "--per-prompt writes a bank's prompts to --out: give --out FILE"),
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
@@ -367,7 +367,7 @@ def test_ceiling_samples_size_the_estimated_ceilings(tmp_path):
     assert main(["replay", "--bank", str(tmp_path / "b.jsonl"), "--methods", "bon", "--budgets", "16", "--repeats", "2",
                  "--workers", "1", "--no-progress", "--no-ceilings", "--out", str(out)]) == 0
     skipped = json.loads(out.read_text())
-    assert skipped["ceilings"] == [] and skipped["ceiling_samples"] is None
+    assert skipped["ceilings"] == [] and skipped["ceiling_samples"] is None and skipped["discovery_fraction"] is None
     assert paid["mean_best_reward"] == pytest.approx(np.mean([e.mean for e in estimates]), abs=1e-12)
     assert paid["ci95"] == pytest.approx(1.96 * np.sqrt(sum(e.variance for e in estimates)) / 3, rel=1e-9)
     world = make_world("gaussian")
@@ -417,7 +417,8 @@ def test_the_discovery_fraction_sets_what_paid_discovery_spends_on_finding_state
 @pytest.mark.parametrize("one_prompt_a_chunk", [False, True])
 def test_per_prompt_rows_follow_the_bank_s_prompts(tmp_path, monkeypatch, one_prompt_a_chunk):
     """``--per-prompt``: a row per prompt and budget, in the bank's order, under its own prompt id (the
-    prompts' ids are out of order, and, with a chunk a prompt, each comes from a task of its own):
+    prompts' ids are out of order, and, with a chunk a prompt, each comes from a task of its own,
+    whose outputs arrive in another order, as Ray's may):
     every method's mean best reward on a prompt whose rewards are all one value is that value; the
     exact best-of-N value is the pooled one (``expected_max_of_pool``, as the prompt's states are
     equal), the clairvoyant ceiling and paid discovery are ``PromptArms``'s on the prompt's own
@@ -426,7 +427,15 @@ def test_per_prompt_rows_follow_the_bank_s_prompts(tmp_path, monkeypatch, one_pr
     from pipeline.offline.ceilings import PromptArms
 
     if one_prompt_a_chunk:
+        from pipeline.offline import replay as replay_module
+        from pipeline.offline.replay_tasks import LocalExecutor
+
+        class Reversed(LocalExecutor):  # every task's output, last task first
+            def run(self, tasks):
+                return reversed(list(super().run(tasks)))
+
         monkeypatch.setattr(bank_reader, "CHUNK_REWARDS", 1)
+        monkeypatch.setattr(replay_module, "_executor", lambda workers, rollouts: Reversed())
     rng = np.random.default_rng(4)
     rows = [{"prompt_id": "z-flat", "states": [[0.7] * 12, [0.7] * 12]},
             {"prompt_id": "a-mixed", "states": [rng.normal(0.0, 1.0, 12).tolist(), rng.normal(1.0, 0.5, 12).tolist()]},
