@@ -156,9 +156,10 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
 
     config = load_search_config(args.overrides)
     ceiling_settings = _ceiling_settings(args)
-    if args.per_prompt and (args.world or not args.out):
-        raise UsageError("--per-prompt writes a bank's prompts to --out: " + ("a world's prompts are fresh draws" if args.world
-                                                                             else "give --out FILE"))
+    if args.per_prompt and args.world:
+        raise UsageError("--per-prompt writes a bank's prompts: a world's prompts are fresh draws")
+    if args.per_prompt and not args.out:
+        raise UsageError("--per-prompt writes a bank's prompts to --out: give --out FILE")
     if args.state_tokens >= args.response_tokens:
         raise UsageError(f"--state-tokens ({args.state_tokens}) must be below --response-tokens ({args.response_tokens})")
     targets = _replay_targets(args, inputs)

@@ -3,9 +3,9 @@ the per-prompt rows that ``slg replay --per-prompt`` writes (docs/formats.md).
 
 Pure numpy. A method's task outputs (``replay_tasks.Played``) hold each prompt's best reward per
 repeat; a chunk's ceiling task (``replay_tasks.ceilings``) each prompt's two ceilings, paid
-discovery's Monte Carlo variance and best-of-N's exact value. A bank's
-averages hide where its room lies: on ``toy_t12`` most of what paid discovery leaves above
-best-of-N at N = 64 sits in five of its fifty prompts (docs/method.md, "Ceilings").
+discovery's Monte Carlo variance and best-of-N's exact value. A bank's averages hide where its
+room lies: on ``toy_t12`` most of what paid discovery leaves above best-of-N at N = 64 sits in
+five of its fifty prompts (docs/method.md, "Ceilings").
 """
 
 from __future__ import annotations

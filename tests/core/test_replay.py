@@ -183,7 +183,7 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "--no-ceilings", "--discovery-fraction", "0.5"],
      "--discovery-fraction 0.5 shapes the ceilings that --no-ceilings skips"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--per-prompt", "--out", "/nonexistent/x.json"],
-     "--per-prompt writes a bank's prompts to --out: a world's prompts are fresh draws"),
+     "--per-prompt writes a bank's prompts: a world's prompts are fresh draws"),
     (["replay", "--bank", "data/toy_bank/bank.jsonl", "--per-prompt"], "--per-prompt writes a bank's prompts to --out: give --out FILE"),
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
     (["replay", "--bank", "/"], "is a folder without Parquet shards"),
