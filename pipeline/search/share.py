@@ -271,15 +271,15 @@ class SharedSLG(AdaptiveSLG):
         that estimate and its best below ``best`` (``first_half_far_narrower``: a narrow state holding the
         best so far is the prompt's top, whose tail its normal quantile scale cannot see); one of 3-7
         rewards (N = 22-41) that far narrower is beaten without a fit. ``moments``: ``root_moments``."""
-        adaptive = self.config.adaptive
-        fit_from = 2 * adaptive.min_rollouts  # the rewards a first half's tail fit needs (N >= 42)
+        count, fit_from = (~np.isnan(first_half)).sum(axis=1), 2 * self.config.adaptive.min_rollouts  # a fit's (N >= 42)
+        if not (mine & (count >= 3)).any():  # 2 rewards say nothing of a width (below N = 22: the driver's searches stop here)
+            return np.zeros_like(mine)
         own, covariance = moments[4] - moments[5], moments[5]  # Var(r) - Cov(s, r), and Cov(s, r)
         far_narrower = mine & first_half_far_narrower(first_half, own, best, NARROW_FIRST_HALF, fit_from)
-        fitted = mine & ((~np.isnan(first_half)).sum(axis=1) >= fit_from)
-        unfitted, checked = far_narrower & ~fitted, fitted & ((own < covariance) | far_narrower)  # the first: narrowness alone
-        if not checked.any():  # (below N = 42: the driver's searches stop here)
+        unfitted, checked = far_narrower & (count < fit_from), mine & (count >= fit_from) & ((own < covariance) | far_narrower)
+        if not checked.any():  # (N = 22-41: the driver's searches stop here, narrowness alone deciding)
             return unfitted
-        scale = QuantileScale(root.rewards, adaptive.tail_fraction)
+        scale = QuantileScale(root.rewards, self.config.adaptive.tail_fraction)
         _, optimistic, prompt_value = self._final_best(scale.scores(first_half)[:, None, :], checked[:, None],
                                                        scale.scores(best[:, None])[:, 0], np.maximum(left, 1))
         return unfitted | (checked & (optimistic[:, 0] < prompt_value[:, 0]))
