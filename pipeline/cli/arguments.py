@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 
 from pipeline.errors import ConfigError
 
@@ -14,7 +15,16 @@ class UsageError(ConfigError):
     """Bad command-line input (exit code 2)."""
 
 
+# What argparse takes for a negative number rather than an option: its own pattern (-5, -0.5) misses
+# -1e-3 and -inf, which then read as an unknown option and leave the one before without its value.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*(e[-+]?\d+)?|\.\d+(e[-+]?\d+)?|inf(inity)?|nan)$", re.IGNORECASE)
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER  # (argparse's attribute: no option here looks like a number)
+
     def error(self, message):  # argparse prints usage and exits 2; we want one line naming the value
         raise UsageError(message)
 

@@ -180,6 +180,10 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "1.5"], "expected a fraction in (0, 1], got 1.5"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "nan"], "expected a fraction in (0, 1], got nan"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "half"], "got 'half'"),
+    # negative numbers argparse's own pattern misses: the value, named, not "expected one argument"
+    (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "-1e-3"], "got -0.001"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--discovery-fraction", "-inf"], "got -inf"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--seed", "-1E3"], "--seed: expected an integer >= 0, got '-1E3'"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--no-ceilings", "--discovery-fraction", "0.5"],
      "--discovery-fraction 0.5 shapes the ceilings that --no-ceilings skips"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--per-prompt", "--out", "/nonexistent/x.json"],
