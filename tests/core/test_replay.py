@@ -468,6 +468,12 @@ def test_per_prompt_rows_follow_the_bank_s_prompts(tmp_path, monkeypatch, one_pr
         assert result["mean_best_reward"] == pytest.approx(np.mean(mine), abs=1e-12)
     with pytest.raises(ValueError, match="per-prompt results are a bank's"):
         replay_job({"w": make_world("gaussian")}, ["bon"], [4], 1, num_prompts=2, per_prompt=True)
+    from pipeline.offline.bank_reader import MemoryBank
+
+    unlisted = MemoryBank(read_bank(tmp_path / "b.jsonl"), "b")
+    unlisted.prompt_ids = unlisted.prompt_ids[:2]  # a bank that lists fewer prompts than it plays: no row may shift
+    with pytest.raises(ValueError, match="2 prompt ids for 3 prompts played"):
+        replay_job({"b": unlisted}, ["bon"], [4], 1, workers=1, per_prompt=True)
 
 
 def test_the_lockstep_search_finds_what_bisection_finds():
