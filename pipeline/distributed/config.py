@@ -121,6 +121,9 @@ class RewardConfig:
 @dataclass
 class DriverConfig:
     max_concurrent_prompts: int = 64        # (prompt, method, budget) searches in flight at once
+    # searches of one method and budget near each other in the queue that one policy object plays, an
+    # episode each (pipeline/distributed/policy_groups.py): numpy's cost per call is paid once a round
+    policy_batch: int = 8
     max_batch_rollouts: int = 256           # rollouts per generate call
     max_batch_scores: int = 256             # items per score call
     max_inflight_batches: int = 2           # calls outstanding per replica (keeps engines fed)
@@ -136,8 +139,8 @@ class DriverConfig:
     progress_interval_s: float = 10.0
 
     def check(self) -> None:
-        for name in ("max_concurrent_prompts", "max_batch_rollouts", "max_batch_scores", "max_inflight_batches",
-                     "max_replica_failures"):
+        for name in ("max_concurrent_prompts", "policy_batch", "max_batch_rollouts", "max_batch_scores",
+                     "max_inflight_batches", "max_replica_failures"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"driver.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.affinity_spill_rollouts < 0:

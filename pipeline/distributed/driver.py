@@ -1,10 +1,12 @@
 """The driver: runs many searches at once against the generator and reward replicas.
 
-It admits searches (at most ``max_concurrent_prompts`` at a time), turns each search's round into
-seeded rollout requests, hands them to the generator pool, passes each finished rollout on to the
-reward pool as it arrives (generation and scoring overlap), and once a search's round is scored
-gives the rewards to its policy and plans the next round. While one search waits at its round
-barrier, others keep the replicas busy. The path of one rollout, in this file's order:
+It admits searches (at most ``max_concurrent_prompts`` at a time) in groups that share a policy
+(``pipeline.distributed.policy_groups``: up to ``policy_batch`` searches of one method and budget,
+an episode each), turns each search's row of its group's round into seeded rollout requests, hands
+them to the generator pool, passes each finished rollout on to the reward pool as it arrives
+(generation and scoring overlap), and once every member's round is scored gives the rewards to
+the policy and plans the next round. While one group waits at its round barrier, others keep the
+replicas busy. The path of one rollout, in this file's order:
 ``_queue_rollout`` -> generator pool (``pipeline.distributed.replica_pool``) -> generator replica ->
 ``_on_rollouts`` -> reward pool -> reward replica -> ``_on_scores`` -> the search's record
 (``pipeline.distributed.search_record``) -> its policy.
@@ -33,6 +35,7 @@ import numpy as np
 from pipeline.distributed.calls import CallFailure
 from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.distributed.driver_clock import DriverClock
+from pipeline.distributed.policy_groups import PolicyGroup, batches
 from pipeline.distributed.replica_pool import CacheAwareRouter, ReplicaPool
 from pipeline.distributed.search_record import Ledger, SearchRecord, SearchSpec, Slot, node_name
 from pipeline.search.protocol import ROOT
@@ -112,8 +115,9 @@ class Driver:
         self.observer = observer
         self.calls = calls
         self.generation, self.scoring = replica_pools(settings, generators, rewards, calls)
-        self.queue = deque(searches)
         self.in_order_window = in_order_window
+        # the searches in groups that share a policy (``policy_groups``), each within the prompts in flight and the window
+        self.queue = deque(batches(searches, min(settings.policy_batch, settings.max_concurrent_prompts, in_order_window or 1 << 30)))
         self.admitted = 0  # searches admitted so far: the next one's place in the order
         self.total = len(searches)
         self.active: list[SearchRecord] = []
@@ -176,32 +180,34 @@ class Driver:
     # --- searches in, rollouts out ---------------------------------------------------------------
 
     def _admit(self, finished: list[dict]) -> None:
-        while (self.queue and len(self.active) < self.settings.max_concurrent_prompts
-               and within_window(self.active, self.admitted, self.in_order_window)):
-            spec = self.queue.popleft()
-            seed = derive_seed(self.seed, spec.prompt.prompt_id, spec.method, spec.budget)  # of the policy's rng
-            search = SearchRecord(spec, None, self.answers_vote)
-            search.order, self.admitted = self.admitted, self.admitted + 1
-            true_value = true_values_of(search, self.ground_truth) if spec.policy_class.needs_true_values else None
+        while (self.queue and len(self.active) + len(self.queue[0]) <= self.settings.max_concurrent_prompts
+               and within_window(self.active, self.admitted + len(self.queue[0]) - 1, self.in_order_window)):
+            specs = self.queue.popleft()
+            members = [SearchRecord(spec, self.answers_vote, row) for row, spec in enumerate(specs)]
+            for search in members:
+                search.order, self.admitted = self.admitted, self.admitted + 1
+            seed = derive_seed(self.seed, specs[0].prompt.prompt_id, specs[0].method, specs[0].budget)  # its first search's
+            true_value = true_values_of(members[0], self.ground_truth) if specs[0].policy_class.needs_true_values else None
             with self.clock.policy:
-                search.policy = spec.policy_class(spec.budget, 1, spec.search_config, rng=seed, true_value=true_value)
-            self.active.append(search)
-            self._plan(search, finished)
+                group = PolicyGroup(members, seed, true_value)
+            self.active.extend(members)
+            self._plan(group, finished)
 
-    def _plan(self, search: SearchRecord, finished: list[dict]) -> None:
-        """Queue the rollouts of the search's next round (or finish the search)."""
+    def _plan(self, group: PolicyGroup, finished: list[dict]) -> None:
+        """Queue the rollouts of the group's next round, each member its row (or finish its searches)."""
         while True:
-            slots = search.next_round()
-            if slots is None:
-                self._finish(search, finished)
+            requests = group.policy.plan()
+            if not requests:
+                for search in group.members:
+                    self._finish(search, finished)
                 return
-            for slot in slots:
+            for search, slot in group.take_round(requests):
                 for position in range(slot.count):
                     self._queue_rollout(search, slot, position)
-            if search.waiting:
+            if group.waiting:
                 return
             with self.clock.policy:  # a round that asked for nothing
-                search.policy.observe(search.round_results())
+                group.policy.observe(group.round_results())
 
     def _queue_rollout(self, search: SearchRecord, slot: Slot, position: int) -> None:
         index, root_index, state = search.plan_rollout(slot.node, slot.grow)
@@ -256,9 +262,12 @@ class Driver:
         if search.waiting == 0:
             if self.observer is not None:
                 self.observer.round_scored(search)
-            with self.clock.policy:
-                search.policy.observe(search.round_results())
-            self._plan(search, finished)
+            group = search.group
+            group.waiting -= 1
+            if group.waiting == 0:  # every member's round is in: the policy plays them at once
+                with self.clock.policy:
+                    group.policy.observe(group.round_results())
+                self._plan(group, finished)
 
     def _finish(self, search: SearchRecord, finished: list[dict]) -> None:
         self.active.remove(search)

@@ -1,7 +1,8 @@
 """The driver's record of one (prompt, method, budget) search: its round, its ledger, its answer.
 
-Pure bookkeeping, no engines and no Ray. A search asks its policy for a round of requests, which
-become slots (``count`` rollouts from one node) filled in as rewards arrive; it counts what it spent
+Pure bookkeeping, no engines and no Ray. A search takes its row of its policy's round of requests
+(a policy plays the searches of its group, ``pipeline.distributed.policy_groups``), which become
+slots (``count`` rollouts from one node) filled in as rewards arrive; it counts what it spent
 (``Ledger``), keeps the best answer (``BestAnswer``: the single highest-reward rollout of all it
 generated, ties to the one planned first) and the majority vote over graded answers
 (``MajorityVote``), and turns all of that into its line of ``results.jsonl`` (``result_row``).
@@ -148,10 +149,12 @@ class MajorityVote:
 
 
 class SearchRecord:
-    """One search in flight: its policy, the slots of its current round, and what it found."""
+    """One search in flight: its policy (episode ``row`` of it), the slots of its current round, and what it found."""
 
-    def __init__(self, spec: SearchSpec, policy, answers_vote: bool = True):
-        self.spec, self.policy = spec, policy
+    def __init__(self, spec: SearchSpec, answers_vote: bool = True, row: int = 0):
+        self.spec = spec
+        # its policy, which the searches of its group share (``pipeline.distributed.policy_groups``), and its episode there
+        self.policy, self.group, self.row = None, None, row
         self.answers_vote = answers_vote  # False: the generator reads no answers (sim), so there is no vote
         self.prompt, self.method, self.budget = spec.prompt, spec.method, spec.budget
         self.order = 0               # its place in the driver's admission order
@@ -182,12 +185,10 @@ class SearchRecord:
         self.any_correct: bool | None = None
         self.votes = MajorityVote()
 
-    def next_round(self) -> list[Slot] | None:
-        """The policy's next round as slots (None when the search is over); refuses overspending."""
-        requests = self.policy.plan()
-        if not requests:
-            return None
-        self.slots = [Slot(int(r.node[0]), int(r.count[0]), r.max_new_tokens, r.grow, r.score_prefixes) for r in requests]
+    def take_round(self, requests: list) -> list[Slot]:
+        """Its row (``row``) of the policy's next round (``Request``s) as slots; refuses overspending."""
+        row = self.row
+        self.slots = [Slot(int(r.node[row]), int(r.count[row]), r.max_new_tokens, r.grow, r.score_prefixes) for r in requests]
         self.requested += sum(slot.count for slot in self.slots if not slot.grow)  # a chunk is no new rollout
         if self.requested > self.budget:
             raise BudgetExceededError(f"{self.method} asked for {self.requested} rollouts of prompt "
@@ -292,14 +293,14 @@ class SearchRecord:
 
     def result_row(self) -> dict:
         """The search's line of results.jsonl."""
-        prediction = float(self.policy.selected_prediction[0])
+        prediction = float(self.policy.selected_prediction[self.row])
         majority = self.votes.winner()
         best = self.best
         return {
             "prompt_id": self.prompt.prompt_id, "method": self.method, "budget": self.budget,
             **self.ledger.row(),
             "best_reward": best.reward if math.isfinite(best.reward) else None,
-            "selected": node_name(int(self.policy.selected[0])),
+            "selected": node_name(int(self.policy.selected[self.row])),
             "predicted_value": prediction if math.isfinite(prediction) else None,
             "num_states": len(self.node_counts),  # states the search sampled from (0 for BoN)
             "correct": best.correct, "pass_at_n": self.any_correct,

@@ -3,9 +3,10 @@
 Pure numpy. Each policy is written once, as a generator that yields a round of requests and
 receives their rollouts (see ``pipeline.search.protocol``), over a batch of independent episodes.
 The same objects are driven by offline replay (thousands of episodes at once), by the Ray driver
-(one episode per prompt) and by tests. A policy never sees engines, seeds of other episodes or the
-ledger; it only says where the next rollouts should come from. The methods themselves are in
-``bon``, ``slg`` and ``adaptive``; ``methods`` names them.
+(an episode per search, several searches of one method and budget to a policy) and by tests. A
+policy never sees engines, seeds of other episodes or the ledger; it only says where the next
+rollouts should come from. The methods themselves are in ``bon``, ``slg`` and ``adaptive``;
+``methods`` names them.
 """
 
 from __future__ import annotations

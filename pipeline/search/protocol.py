@@ -1,7 +1,7 @@
 """The seam between a search policy and whatever supplies rollouts: requests, rollouts, the ledger.
 
-Pure numpy. A policy runs B independent episodes at once (B = 1 for one prompt in the Ray driver,
-thousands in offline replay) and talks in rounds: it asks for rollouts from nodes, is told their
+Pure numpy. A policy runs B independent episodes at once (one per search of a group in the Ray
+driver, ``driver.policy_batch`` at most; thousands in offline replay) and talks in rounds: it asks for rollouts from nodes, is told their
 rewards, and asks again, until it has spent its budget. A node is the prompt (``ROOT``) or a
 state, named by the index of the root rollout whose first T tokens it is (the search has one
 layer, so only root rollouts ever become states).
