@@ -116,8 +116,9 @@ class Driver:
         self.calls = calls
         self.generation, self.scoring = replica_pools(settings, generators, rewards, calls)
         self.in_order_window = in_order_window
-        # the searches in groups that share a policy (``policy_groups``), each within the prompts in flight and the window
-        self.queue = deque(batches(searches, min(settings.policy_batch, settings.max_concurrent_prompts, in_order_window or 1 << 30)))
+        # searches in groups that share a policy (``policy_groups``), no larger than the searches in flight or the window
+        size = min(settings.policy_batch, settings.max_concurrent_prompts, in_order_window or settings.policy_batch)
+        self.queue = deque(batches(searches, size))
         self.admitted = 0  # searches admitted so far: the next one's place in the order
         self.total = len(searches)
         self.active: list[SearchRecord] = []
@@ -263,8 +264,7 @@ class Driver:
             if self.observer is not None:
                 self.observer.round_scored(search)
             group = search.group
-            group.waiting -= 1
-            if group.waiting == 0:  # every member's round is in: the policy plays them at once
+            if group.member_scored():  # every member's round is in: the policy plays them at once
                 with self.clock.policy:
                     group.policy.observe(group.round_results())
                 self._plan(group, finished)

@@ -44,6 +44,11 @@ class PolicyGroup:
         self.waiting = sum(search.waiting > 0 for search in self.members)
         return slots
 
+    def member_scored(self) -> bool:
+        """One member's round is scored; whether it was the last one the group waited for."""
+        self.waiting -= 1
+        return self.waiting == 0
+
     def round_results(self) -> list[Rollouts]:
         """This round's results, every member's row stacked, in the order of the policy's requests."""
         rows = [member.round_results() for member in self.members]
@@ -73,9 +78,8 @@ def batches(specs: list, size: int) -> list[list]:
 
 def can_share(spec) -> bool:
     """Whether the search's policy can play it beside other searches' episodes."""
-    config = spec.search_config
-    return (not spec.policy_class.needs_true_values
-            and getattr(config, "state_selection", StateSelection.top_reward) == StateSelection.top_reward)
+    selection = getattr(spec.search_config, "state_selection", StateSelection.top_reward)  # (``slg collect``'s plan has none)
+    return not spec.policy_class.needs_true_values and selection == StateSelection.top_reward
 
 
 def stacked(parts: list[Rollouts]) -> Rollouts:
