@@ -356,7 +356,8 @@ def test_the_driver_s_time_is_split_between_its_policies_its_replica_calls_and_t
     policy = SlowPolicy if slow == "policy" else SharedSLG
     searches = [SearchSpec(prompt, "slg_share", 16, policy, SearchConfig()) for prompt in PROMPTS[:3]]
     generator = SlowGenerator() if slow == "calls" else SimGenerator()
-    driver = Driver(searches, [generator], [SimRewardModel()], DriverConfig(max_batch_rollouts=7), 0,
+    # a policy a search (policy_batch=1): each of the three observes its own rounds
+    driver = Driver(searches, [generator], [SimRewardModel()], DriverConfig(max_batch_rollouts=7, policy_batch=1), 0,
                     calls=LocalCalls())
     _, progress = driver.step(None)
     assert progress["done"]
