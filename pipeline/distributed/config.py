@@ -121,8 +121,9 @@ class RewardConfig:
 @dataclass
 class DriverConfig:
     max_concurrent_prompts: int = 64        # (prompt, method, budget) searches in flight at once
-    # searches of one method and budget near each other in the queue that one policy object plays, an
-    # episode each (pipeline/distributed/policy_groups.py): numpy's cost per call is paid once a round
+    # searches of one method, budget and search config near each other in the queue that one policy
+    # object plays, an episode each, at most half those in flight (pipeline/distributed/policy_groups.py):
+    # numpy's cost per call is paid once a round
     policy_batch: int = 8
     max_batch_rollouts: int = 256           # rollouts per generate call
     max_batch_scores: int = 256             # items per score call

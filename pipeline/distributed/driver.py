@@ -1,8 +1,8 @@
 """The driver: runs many searches at once against the generator and reward replicas.
 
 It admits searches (at most ``max_concurrent_prompts`` at a time) in groups that share a policy
-(``pipeline.distributed.policy_groups``: up to ``policy_batch`` searches of one method and budget,
-an episode each), turns each search's row of its group's round into seeded rollout requests, hands
+(``pipeline.distributed.policy_groups``: up to ``policy_batch`` searches of one method, budget and
+search config, an episode each), turns each search's row of its group's round into seeded rollout requests, hands
 them to the generator pool, passes each finished rollout on to the reward pool as it arrives
 (generation and scoring overlap), and once every member's round is scored gives the rewards to
 the policy and plans the next round. While one group waits at its round barrier, others keep the
@@ -35,7 +35,7 @@ import numpy as np
 from pipeline.distributed.calls import CallFailure
 from pipeline.distributed.contract import Rollout, RolloutRequest, Score, ScoreRequest
 from pipeline.distributed.driver_clock import DriverClock
-from pipeline.distributed.policy_groups import PolicyGroup, batches
+from pipeline.distributed.policy_groups import PolicyGroup, batches, group_size
 from pipeline.distributed.replica_pool import CacheAwareRouter, ReplicaPool
 from pipeline.distributed.search_record import Ledger, SearchRecord, SearchSpec, Slot, node_name
 from pipeline.search.protocol import ROOT
@@ -116,9 +116,8 @@ class Driver:
         self.calls = calls
         self.generation, self.scoring = replica_pools(settings, generators, rewards, calls)
         self.in_order_window = in_order_window
-        # searches in groups that share a policy (``policy_groups``), no larger than the searches in flight or the window
-        size = min(settings.policy_batch, settings.max_concurrent_prompts, in_order_window or settings.policy_batch)
-        self.queue = deque(batches(searches, size))
+        # searches in groups that share a policy (``policy_groups``): at most half the searches in flight (and the window)
+        self.queue = deque(batches(searches, group_size(settings, in_order_window)))
         self.admitted = 0  # searches admitted so far: the next one's place in the order
         self.total = len(searches)
         self.active: list[SearchRecord] = []
@@ -277,6 +276,7 @@ class Driver:
         if self.observer is not None:
             self.observer.search_finished(search, row)
         finished.append(row)
+        search.policy = search.group = None  # (a record and its group refer to each other: both go as the search ends)
 
     # --- reports ---------------------------------------------------------------------------------
 
@@ -287,8 +287,7 @@ class Driver:
     def progress(self) -> dict:
         elapsed = time.perf_counter() - self.started
         totals = run_totals(sum((search.ledger for search in self.active), self.finished_totals))
-        return {**totals, "searches_done": self.searches_done, "searches_total": self.total, "elapsed_s": elapsed,
-                "done": self.done,
+        return {**totals, "searches_done": self.searches_done, "searches_total": self.total, "elapsed_s": elapsed, "done": self.done,
                 "rollouts_per_s": totals["rollouts_scored"] / elapsed if elapsed > 0 else 0.0,
                 "tokens_per_s": totals["tokens_generated"] / elapsed if elapsed > 0 else 0.0,
                 **self.clock.report(),

@@ -9,7 +9,12 @@ member's round is scored, their results, stacked row by row, go to the policy in
 
 The episodes of a policy are independent, and every rollout's seed is its search's own, so a
 search draws the same rollouts and reports the same result in a group as alone; only the round
-barrier is shared (a member whose row asks nothing in a round waits for the others). Policies that
+barrier is shared (a member whose row asks nothing in a round waits for the others). One field
+can differ in its last digits: the prediction a policy reports with
+``search.reported_predictor=blended``, whose matrix products round by how many rows they hold (it
+selects nothing). (``QuantileScale`` shifts each row into a band of its own on one axis, so a
+reward within about 1e-13 of one of its row's knots could in principle land on the knot's other
+side in a larger group; never seen.) Policies that
 draw random numbers (``search.state_selection=random``) or read a search's true values (the
 ``oracle``) run one search each: one random stream or one world per policy would tie a search's
 result to its group.
@@ -55,6 +60,15 @@ class PolicyGroup:
         if len(rows) == 1:
             return rows[0]
         return [stacked(parts) for parts in zip(*rows)]
+
+
+def group_size(settings, in_order_window: int | None) -> int:
+    """The most searches a policy plays: ``driver.policy_batch``, but at most half of the searches in
+    flight at once (``driver.max_concurrent_prompts``, or fewer in an order window: the driver's
+    ``within_window``). A group waits for its slowest member's round; two groups or more take turns
+    and keep the replicas busy (``slg collect`` holds as few as 2 to 6 prompts in flight)."""
+    in_flight = min(settings.max_concurrent_prompts, in_order_window or settings.max_concurrent_prompts)
+    return max(1, min(settings.policy_batch, in_flight // 2))
 
 
 def batches(specs: list, size: int) -> list[list]:

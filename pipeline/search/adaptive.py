@@ -141,12 +141,18 @@ class AdaptiveSLG(SearchPolicy):
 
     @staticmethod
     def _fit_scores(scores, tail_fraction):
-        """Tail fit of each row of scores; rows holding NaN (dropped scores) are fitted on what they have."""
-        missing = np.isnan(scores)
+        """(mu, sigma, n_tail) of each row's tail fit; a row holding NaN (a dropped score) is fitted on
+        what it has. Each row's fit is its own, whatever the other rows hold: the two fits agree to
+        rounding, not to the bit, and the driver plays several searches' episodes in one policy."""
+        missing = np.isnan(scores).any(axis=1)
         if not missing.any():
             return fit_tail_full_rows(scores, tail_fraction)
-        mu, sigma, n_tail, _ = fit_tail_rows(scores, tail_fraction)
-        return mu, np.nan_to_num(sigma), n_tail
+        mu, sigma, n_tail = np.empty(len(scores)), np.empty(len(scores)), np.empty(len(scores), dtype=np.int64)
+        if not missing.all():
+            mu[~missing], sigma[~missing], n_tail[~missing] = fit_tail_full_rows(scores[~missing], tail_fraction)
+        mu[missing], partial_sigma, n_tail[missing], _ = fit_tail_rows(scores[missing], tail_fraction)
+        sigma[missing] = np.nan_to_num(partial_sigma)
+        return mu, sigma, n_tail
 
     @staticmethod
     def _shows_next_level(root_rewards, state_rewards, best):
@@ -168,8 +174,8 @@ class AdaptiveSLG(SearchPolicy):
         mu, sigma, _ = root_fit
         if use_state.any():
             chosen = state_rewards[use_state]
-            width = int((~np.isnan(chosen)).sum(axis=1).min())
-            state_mu, state_sigma, _ = fit_tail_full_rows(chosen[:, :width], self.config.adaptive.tail_fraction)
+            width = int(np.flatnonzero(~np.isnan(chosen).all(axis=0)).max(initial=-1)) + 1  # past it: rounds not run
+            state_mu, state_sigma, _ = self._fit_scores(chosen[:, :width], self.config.adaptive.tail_fraction)
             mu, sigma = np.where(use_state, 0.0, mu), np.where(use_state, 0.0, sigma)
             mu[use_state], sigma[use_state] = state_mu, state_sigma
         values = expected_final_best(mu, sigma, np.full(mu.shape, -np.inf), np.maximum(left, 1))  # mu + sigma E(n)

@@ -3,6 +3,7 @@ reports the same row in a group as alone, groups hold one method, budget and con
 results a group's policy reads are its members' own, row by row. No Ray: the driver calls the
 engines directly."""
 
+import hashlib
 from collections import defaultdict
 from dataclasses import replace
 
@@ -36,26 +37,42 @@ class Log(SearchObserver):
         self.group_size[search.prompt.prompt_id, search.method, search.budget] = len(search.group.members)
 
 
-def _run(family: str, policy_batch: int, methods, budgets):
+class DroppedScores(SimRewardModel):
+    """The sim reward, but NaN for about one response in nine (by its text: the same whatever the order)."""
+
+    def score(self, requests):
+        scores = super().score(requests)
+        for request, score in zip(requests, scores):
+            if hashlib.blake2b(request.response_text.encode(), digest_size=4).digest()[0] % 9 == 0:
+                score.reward = float("nan")
+        return scores
+
+
+def _run(family: str, policy_batch: int, methods, budgets, drop: bool = False):
     log = Log()
     searches = search_grid(PROMPTS, methods, budgets, SearchConfig())
-    driver = Driver(searches, [SimGenerator(family=family), SimGenerator(family=family)], [SimRewardModel(family=family)],
-                    DriverConfig(max_batch_rollouts=7, policy_batch=policy_batch), 3, ground_truth=SimGroundTruth(family),
-                    observer=log, calls=LocalCalls())
+    rewards = DroppedScores(family=family) if drop else SimRewardModel(family=family)
+    driver = Driver(searches, [SimGenerator(family=family), SimGenerator(family=family)], [rewards],
+                    DriverConfig(max_batch_rollouts=7, policy_batch=policy_batch), 3, drop_nonfinite=drop,
+                    ground_truth=SimGroundTruth(family), observer=log, calls=LocalCalls())
     rows, progress = driver.step(None)
     assert progress["done"] and len(rows) == len(searches)
     return {(r["prompt_id"], r["method"], r["budget"]): {k: v for k, v in r.items() if k != "wall_s"} for r in rows}, log
 
 
-@pytest.mark.parametrize("family", ["gaussian", "discrete", "bounded"])
-def test_a_search_draws_the_same_rollouts_and_reports_the_same_row_in_a_group_as_alone(family):
+@pytest.mark.parametrize("family, drop", [("gaussian", False), ("discrete", False), ("bounded", False), ("gaussian", True)])
+def test_a_search_draws_the_same_rollouts_and_reports_the_same_row_in_a_group_as_alone(family, drop):
     """Every method at budgets where the policies run best-of-N (8), screen (16: slg_share mixes
     share rounds and slg_adaptive's screening in one group) and share fully (64): 11 prompts in
     groups of 4, 4 and 3 against groups of one. Each search's seeds in plan order, and every field
-    of its row (best reward, answer, node selected, prediction, tokens), are the same."""
+    of its row (best reward, answer, node selected, prediction, tokens), are the same; also where
+    the reward model drops scores (``reward.nonfinite=drop``), which one member's tail fit must not
+    pass on to another's."""
     methods = sorted(METHODS)
-    alone, alone_log = _run(family, 1, methods, [8, 16, 64])
-    grouped, grouped_log = _run(family, 4, methods, [8, 16, 64])
+    alone, alone_log = _run(family, 1, methods, [8, 16, 64], drop)
+    grouped, grouped_log = _run(family, 4, methods, [8, 16, 64], drop)
+    if drop:
+        assert sum(row["dropped_scores"] for row in alone.values()) > 100
     assert set(alone_log.group_size.values()) == {1}
     for key, size in grouped_log.group_size.items():  # the oracle reads one search's true values: alone
         assert size == (1 if key[1] == "oracle" else 3 if key[0] in ("p8", "p9", "p10") else 4)
@@ -77,15 +94,38 @@ def test_groups_hold_one_method_budget_and_config_in_queue_order():
     assert [len(g) for g in batches(drawing + search_grid(PROMPTS[:3], ["oracle"], [16], config), 8)] == [1] * 6
 
 
-def test_the_driver_never_holds_more_searches_than_its_limit_in_a_group():
-    """Groups are cut to ``driver.max_concurrent_prompts``: larger ones could never be admitted."""
-    searches = search_grid(PROMPTS, ["slg_share"], [16], SearchConfig())
-    log = Log()
-    driver = Driver(searches, [SimGenerator()], [SimRewardModel()], DriverConfig(max_concurrent_prompts=3, policy_batch=8), 0,
-                    observer=log, calls=LocalCalls())
-    rows, progress = driver.step(60)  # (a group it could never admit would leave it waiting: a time limit, not a hang)
-    assert progress["done"] and len(rows) == len(PROMPTS)
-    assert sorted(log.group_size.values()) == [2, 2] + [3] * 9  # per search: groups of 3, 3, 3 and 2
+class InFlight(Log):
+    """The most searches in flight at once: admitted (a first rollout asked) and not finished."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.running, self.most = set(), 0, 0
+
+    def rollout_requested(self, search, request):
+        if search.order not in self.started:
+            self.started.add(search.order)
+            self.running += 1
+            self.most = max(self.most, self.running)
+
+    def search_finished(self, search, row):
+        super().search_finished(search, row)
+        self.running -= 1
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_groups_hold_at_most_half_the_searches_in_flight_and_never_take_more_than_that(window):
+    """``driver.max_concurrent_prompts`` of 6 (or an order window of 4): groups of 3 (2), so that two
+    take turns; a group is admitted only whole within the limit (a larger one would never be: the
+    driver would wait for ever, here until its time is up)."""
+    searches = search_grid(PROMPTS, ["bon", "slg_share"], [16], SearchConfig())
+    log = InFlight()
+    driver = Driver(searches, [SimGenerator()], [SimRewardModel()], DriverConfig(max_concurrent_prompts=6, policy_batch=8), 0,
+                    observer=log, calls=LocalCalls(), in_order_window=window)
+    rows, progress = driver.step(60)
+    assert progress["done"] and len(rows) == len(searches)
+    size = 3 if window is None else 2
+    assert max(log.group_size.values()) == size
+    assert log.most <= (6 if window is None else 4)
 
 
 def _rollouts(rewards, state_index, state_score=None, finished=None):
@@ -118,3 +158,30 @@ def test_a_policy_batch_below_one_is_refused_in_one_line_before_anything_starts(
     assert main(["run", "driver.policy_batch=0", "output_dir=/nonexistent/never"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("driver.policy_batch must be >= 1, got 0") and len(err.splitlines()) == 1
+
+
+def test_a_finished_search_s_record_is_freed_at_once():
+    """A record and its group refer to each other; a finished search drops its side, so its states,
+    slots and prefix scores go when it ends, not at the garbage collector's next full pass (rare in
+    the driver's process: ``tune_collector_for_the_run``)."""
+    import gc
+    import weakref
+
+    class Records(SearchObserver):
+        def __init__(self):
+            self.records = []
+
+        def search_finished(self, search, row):
+            self.records.append(weakref.ref(search))
+
+    log = Records()
+    searches = search_grid(PROMPTS, ["slg_share", "spec_rejection"], [16], SearchConfig())
+    driver = Driver(searches, [SimGenerator()], [SimRewardModel()], DriverConfig(policy_batch=4), 0, observer=log,
+                    calls=LocalCalls())
+    gc.disable()  # only reference counts free them
+    try:
+        rows, _ = driver.step(None)
+        assert len(log.records) == len(rows) == len(searches)
+        assert [record() for record in log.records] == [None] * len(searches)
+    finally:
+        gc.enable()
