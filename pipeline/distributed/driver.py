@@ -2,11 +2,11 @@
 
 It admits searches (at most ``max_concurrent_prompts`` at a time) in groups that share a policy
 (``pipeline.distributed.policy_groups``: up to ``policy_batch`` searches of one method, budget and
-search config, an episode each), turns each search's row of its group's round into seeded rollout requests, hands
-them to the generator pool, passes each finished rollout on to the reward pool as it arrives
-(generation and scoring overlap), and once every member's round is scored gives the rewards to
-the policy and plans the next round. While one group waits at its round barrier, others keep the
-replicas busy. The path of one rollout, in this file's order:
+search config, an episode each), turns each search's row of its group's round into seeded rollout
+requests, hands them to the generator pool, passes each finished rollout on to the reward pool as
+it arrives (generation and scoring overlap), and once every member's round is scored gives the
+rewards to the policy and plans the next round. While one group waits at its round barrier, others
+keep the replicas busy. The path of one rollout, in this file's order:
 ``_queue_rollout`` -> generator pool (``pipeline.distributed.replica_pool``) -> generator replica ->
 ``_on_rollouts`` -> reward pool -> reward replica -> ``_on_scores`` -> the search's record
 (``pipeline.distributed.search_record``) -> its policy.

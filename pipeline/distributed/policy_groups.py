@@ -9,15 +9,16 @@ member's round is scored, their results, stacked row by row, go to the policy in
 
 The episodes of a policy are independent, and every rollout's seed is its search's own, so a
 search draws the same rollouts and reports the same result in a group as alone; only the round
-barrier is shared (a member whose row asks nothing in a round waits for the others). One field
-can differ in its last digits: the prediction a policy reports with
-``search.reported_predictor=blended``, whose matrix products round by how many rows they hold (it
-selects nothing). (``QuantileScale`` shifts each row into a band of its own on one axis, so a
-reward within about 1e-13 of one of its row's knots could in principle land on the knot's other
-side in a larger group; never seen.) Policies that
+barrier is shared (a member whose row asks nothing in a round waits for the others). Policies that
 draw random numbers (``search.state_selection=random``) or read a search's true values (the
 ``oracle``) run one search each: one random stream or one world per policy would tie a search's
 result to its group.
+
+One field can differ in its last digits: the prediction a policy reports with
+``search.reported_predictor=blended``, whose matrix products round by how many rows they hold (it
+selects nothing). And ``QuantileScale`` shifts each row into a band of its own on one axis, so a
+reward within about 1e-13 of one of its row's knots could in principle land on the knot's other
+side in a larger group; never seen.
 """
 
 from __future__ import annotations
