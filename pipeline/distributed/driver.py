@@ -276,7 +276,7 @@ class Driver:
         if self.observer is not None:
             self.observer.search_finished(search, row)
         finished.append(row)
-        search.policy = search.group = None  # (a record and its group refer to each other: both go as the search ends)
+        search.group = None  # (a record and its group refer to each other: both go as the search ends)
 
     # --- reports ---------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ class PolicyGroup:
         self.policy = lead.policy_class(lead.budget, len(members), lead.search_config, rng=seed, true_value=true_value)
         self.members, self.waiting = members, 0
         for search in members:
-            search.policy, search.group = self.policy, self
+            search.group = self
 
     def take_round(self, requests: list) -> list[tuple]:
         """(member, slot) of every member's row of the policy's next round (``SearchRecord.take_round``);

@@ -149,12 +149,13 @@ class MajorityVote:
 
 
 class SearchRecord:
-    """One search in flight: its policy (episode ``row`` of it), the slots of its current round, and what it found."""
+    """One search in flight: its group's policy (episode ``row`` of it), the slots of its current round,
+    and what it found."""
 
     def __init__(self, spec: SearchSpec, answers_vote: bool = True, row: int = 0):
         self.spec = spec
-        # its policy, which the searches of its group share (``pipeline.distributed.policy_groups``), and its episode there
-        self.policy, self.group, self.row = None, None, row
+        # the group whose policy it shares (``pipeline.distributed.policy_groups``), and its episode there
+        self.group, self.row = None, row
         self.answers_vote = answers_vote  # False: the generator reads no answers (sim), so there is no vote
         self.prompt, self.method, self.budget = spec.prompt, spec.method, spec.budget
         self.order = 0               # its place in the driver's admission order
@@ -293,14 +294,15 @@ class SearchRecord:
 
     def result_row(self) -> dict:
         """The search's line of results.jsonl."""
-        prediction = float(self.policy.selected_prediction[self.row])
+        policy = self.group.policy
+        prediction = float(policy.selected_prediction[self.row])
         majority = self.votes.winner()
         best = self.best
         return {
             "prompt_id": self.prompt.prompt_id, "method": self.method, "budget": self.budget,
             **self.ledger.row(),
             "best_reward": best.reward if math.isfinite(best.reward) else None,
-            "selected": node_name(int(self.policy.selected[self.row])),
+            "selected": node_name(int(policy.selected[self.row])),
             "predicted_value": prediction if math.isfinite(prediction) else None,
             "num_states": len(self.node_counts),  # states the search sampled from (0 for BoN)
             "correct": best.correct, "pass_at_n": self.any_correct,

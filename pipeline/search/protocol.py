@@ -1,10 +1,10 @@
 """The seam between a search policy and whatever supplies rollouts: requests, rollouts, the ledger.
 
 Pure numpy. A policy runs B independent episodes at once (one per search of a group in the Ray
-driver, ``driver.policy_batch`` at most; thousands in offline replay) and talks in rounds: it asks for rollouts from nodes, is told their
-rewards, and asks again, until it has spent its budget. A node is the prompt (``ROOT``) or a
-state, named by the index of the root rollout whose first T tokens it is (the search has one
-layer, so only root rollouts ever become states).
+driver, ``driver.policy_batch`` at most; thousands in offline replay) and talks in rounds: it asks
+for rollouts from nodes, is told their rewards, and asks again, until it has spent its budget. A
+node is the prompt (``ROOT``) or a state, named by the index of the root rollout whose first T
+tokens it is (the search has one layer, so only root rollouts ever become states).
 
 Responses can also grow in chunks (``spec_rejection``): a request with ``max_new_tokens`` generates
 at most that many tokens per rollout, and a ``grow`` request continues node k's own partial response
