@@ -19,7 +19,7 @@ from pipeline.search.config import AdaptiveConfig, Predictor
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 from pipeline.stats.final_best import expected_final_best
 from pipeline.stats.quantile_scale import QuantileScale
-from pipeline.stats.tail import fit_tail_full_rows, fit_tail_rows, tail_constants
+from pipeline.stats.tail import fit_tail_full_rows, tail_constants
 
 
 class AdaptiveSLG(SearchPolicy):
@@ -142,16 +142,19 @@ class AdaptiveSLG(SearchPolicy):
     @staticmethod
     def _fit_scores(scores, tail_fraction):
         """(mu, sigma, n_tail) of each row's tail fit; a row holding NaN (a dropped score) is fitted on
-        what it has. Each row's fit is its own, whatever the other rows hold: the two fits agree to
-        rounding, not to the bit, and the driver plays several searches' episodes in one policy."""
+        the values it has, alone (sigma 0 where it has none). So each row's fit is the same to the
+        bit whatever the other rows hold and however wide they are: the driver plays several
+        searches' episodes in one policy, and a sum over a row's padding rounds by its length."""
         missing = np.isnan(scores).any(axis=1)
         if not missing.any():
             return fit_tail_full_rows(scores, tail_fraction)
         mu, sigma, n_tail = np.empty(len(scores)), np.empty(len(scores)), np.empty(len(scores), dtype=np.int64)
         if not missing.all():
             mu[~missing], sigma[~missing], n_tail[~missing] = fit_tail_full_rows(scores[~missing], tail_fraction)
-        mu[missing], partial_sigma, n_tail[missing], _ = fit_tail_rows(scores[missing], tail_fraction)
-        sigma[missing] = np.nan_to_num(partial_sigma)
+        for row in np.flatnonzero(missing):  # (rare: a dropped score)
+            values = scores[row][~np.isnan(scores[row])]
+            (mu[row],), (sigma[row],), (n_tail[row],) = fit_tail_full_rows(values[None, :], tail_fraction)
+        sigma[missing] = np.nan_to_num(sigma[missing])
         return mu, sigma, n_tail
 
     @staticmethod
