@@ -20,7 +20,7 @@ from pipeline.jobs.prompts import load_prompts
 from pipeline.jobs.report import plot_summary, prefix_warnings, summarise
 from pipeline.logs import log_to_file
 from pipeline.outputs.destinations import Checkpoints, OutputDir
-from pipeline.outputs.files import JsonlSink, atomic_write_text, prepare_run_dir
+from pipeline.outputs.files import JsonlSink, atomic_write_text, resume_from
 from pipeline.search.methods import policy_class
 
 log = logging.getLogger("slg")
@@ -51,11 +51,7 @@ def run(config: RunConfig) -> dict:
     for name in ("results.jsonl", "config.yaml", "slg.log"):
         outputs.file(name).pull()
     log_to_file(outputs.file("slg.log").local)
-    if config.overwrite:
-        for name in ("results.jsonl", "summary.json"):
-            outputs.file(name).remove()
-    previous = prepare_run_dir(outputs.staging, config_as_dict(config), config_as_yaml(config), config.overwrite,
-                               RESUMABLE_KEYS)
+    previous = resume_from(outputs.staging, config_as_dict(config), config.overwrite, RESUMABLE_KEYS)
     done = {(r["prompt_id"], r["method"], r["budget"]) for r in previous}
     searches = search_grid(prompts, config.methods, config.budgets, config.search, skip=done)
     log.info("running %d searches (%d prompts x %d methods x %d budgets), %d already done, into %s",
@@ -64,16 +60,23 @@ def run(config: RunConfig) -> dict:
     results = list(previous)
     checkpoints = Checkpoints(lambda: outputs.push(["results.jsonl", "slg.log"]), config.storage.checkpoint_interval_s)
     try:
-        outputs.push(["config.yaml"])
-        with Session(config) as session, JsonlSink(outputs.file("results.jsonl").local) as sink:
+        with Session(config) as session:
+            # a cluster it cannot reach, or resources it lacks, fail here: output_dir is still as it was
             session.start_driver(searches)
+            if config.overwrite:
+                for name in ("results.jsonl", "summary.json", "best_reward_vs_budget.png"):
+                    outputs.file(name).remove()
+            atomic_write_text(outputs.file("config.yaml").local, config_as_yaml(config))
+            outputs.push(["config.yaml"])
+            sink = JsonlSink(outputs.file("results.jsonl").local)
 
             def keep(finished: list[dict]) -> None:
                 sink.write(finished)
                 results.extend(finished)
                 checkpoints.due()
 
-            progress = session.drive(keep, resumed=len(previous))
+            with sink:
+                progress = session.drive(keep, resumed=len(previous))
         summary = summarise(results, config.methods, config.budgets)
         summary["throughput"] = {key: progress[key] for key in THROUGHPUT_KEYS}
         for line in prefix_warnings(summary):

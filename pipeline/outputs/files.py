@@ -72,7 +72,15 @@ def read_jsonl(path: Path) -> list[dict]:
     """The complete lines of a JSONL file (a torn last line, from a killed writer, is left out)."""
     data = Path(path).read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
-    return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(complete.decode(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{str(path)!r} line {number} is not JSON ({error.msg}): mend or remove "
+                                  "that line to resume") from None
+    return rows
 
 
 def drop_torn_line(path: Path) -> None:
@@ -111,29 +119,24 @@ class JsonlSink:
         self.close()
 
 
-def prepare_run_dir(output: Path, config_as_dict: dict, config_yaml: str, overwrite: bool,
-                    resumable_prefixes: tuple[str, ...]) -> list[dict]:
-    """Make ``output`` ready for a run and return the results already there (to resume), after
-    checking they came from this config; keys starting with ``resumable_prefixes`` may differ.
-    ``overwrite`` starts over instead. The config is (re)written as ``config.yaml``."""
-    output.mkdir(parents=True, exist_ok=True)
+def resume_from(output: Path, config_as_dict: dict, overwrite: bool, resumable_prefixes: tuple[str, ...]) -> list[dict]:
+    """The results already in ``output`` (to resume; none with ``overwrite``), after checking they came
+    from this config; keys starting with ``resumable_prefixes`` may differ. Changes nothing in
+    ``output`` but a torn last line of ``results.jsonl``: a run refused later loses nothing."""
     results_path, config_path = output / "results.jsonl", output / "config.yaml"
-    previous: list[dict] = []
-    if results_path.exists() and config_path.exists() and not overwrite:
+    if overwrite or not results_path.exists():
+        return []
+    if config_path.exists():
         changed = changed_keys(OmegaConf.to_container(OmegaConf.load(config_path)) or {}, config_as_dict, resumable_prefixes)
         if changed:
             raise ConfigError(f"output_dir {str(output)!r} holds a run with a different config (changed: "
                               f"{', '.join(changed)}); use another output_dir or overwrite=true")
         drop_torn_line(results_path)
-        previous = read_jsonl(results_path)
-    elif results_path.exists() and not overwrite and results_path.stat().st_size > 0:
+        return read_jsonl(results_path)
+    if results_path.stat().st_size > 0:
         raise ConfigError(f"output_dir {str(output)!r} has results.jsonl but no config.yaml; "
                           "use another output_dir or overwrite=true")
-    elif overwrite:
-        for name in ("results.jsonl", "summary.json"):
-            (output / name).unlink(missing_ok=True)
-    atomic_write_text(config_path, config_yaml)
-    return previous
+    return []
 
 
 def changed_keys(old: dict, new: dict, resumable_prefixes: tuple[str, ...]) -> list[str]:

@@ -339,3 +339,19 @@ def test_banks_at_a_url_are_read_by_replay_curves_predict_and_convert(s3, tmp_pa
     assert main(["predict", "--rewards", "s3://results/bad/b.jsonl", "--n", "10"]) == 2
     assert "s3://results/bad/b.jsonl line 2" in capsys.readouterr().err  # the URL, not the deleted copy
     assert list(downloads.iterdir()) == []  # every download removed
+
+
+def test_a_resumed_run_with_a_line_that_is_not_json_names_the_file_and_the_line(tmp_path, capsys):
+    """A results.jsonl mended by hand, or hit by a disk error, is refused in one line before Ray starts,
+    naming the line; the file is left as it is."""
+    out = tmp_path / "out"
+    config = load_run_config(None, [f"output_dir={out}", "data.num_prompts=1", "budgets=[8]"])
+    out.mkdir()
+    from pipeline.jobs.config import config_as_yaml
+    (out / "config.yaml").write_text(config_as_yaml(config))
+    text = '{"prompt_id": "p", "method": "bon", "budget": 8}\n{not json\n'
+    (out / "results.jsonl").write_text(text)
+    assert main(["run", f"output_dir={out}", "data.num_prompts=1", "budgets=[8]"]) == 2
+    err = capsys.readouterr().err
+    assert "results.jsonl' line 2 is not JSON" in err and len(err.strip().splitlines()) == 1
+    assert (out / "results.jsonl").read_text() == text

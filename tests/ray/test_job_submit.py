@@ -132,3 +132,17 @@ def test_a_run_on_a_cluster_it_joined_waits_for_gpus_the_autoscaler_may_add(ray_
     finally:
         os.killpg(waiting.pid, signal.SIGKILL)
         waiting.wait(timeout=60)
+
+
+def test_a_refused_overwrite_keeps_the_run_it_would_have_replaced(tmp_path, capsys, monkeypatch):
+    """``overwrite=true`` starts over only once Ray and the replicas are there: a run refused on its
+    cluster leaves every file of the run before it as it was."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = {"results.jsonl": '{"prompt_id": "p", "method": "bon", "budget": 8}\n', "config.yaml": "seed: 0\n",
+              "summary.json": "{}\n", "best_reward_vs_budget.png": "png"}
+    for name, text in before.items():
+        (tmp_path / name).write_text(text)
+    code = main(["run", f"output_dir={tmp_path}", "overwrite=true", "data.num_prompts=1", "budgets=[8]", "ray.address=127.0.0.1:1"])
+    assert code == 2
+    assert "cannot reach a Ray cluster at '127.0.0.1:1'" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_text() for name in before} == before
