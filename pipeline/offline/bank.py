@@ -10,7 +10,6 @@ reward lists of ``slg predict`` (which also accepts bank lines); nothing else.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -20,7 +19,14 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.offline.episodes import BankPrompt
-from pipeline.offline.parquet_banks import is_parquet_bank, no_bank_error, read_parquet_rows, write_parquet_bank
+from pipeline.offline.parquet_banks import (
+    NOT_A_REWARD,
+    REWARD_LIMIT,
+    is_parquet_bank,
+    no_bank_error,
+    read_parquet_rows,
+    write_parquet_bank,
+)
 from pipeline.offline.worlds import World
 from pipeline.outputs.destinations import Destination, local_path, write_text
 
@@ -88,12 +94,13 @@ def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, obj
 
 
 def first_bad_reward(rewards: list) -> tuple[int, object] | None:
-    """(index, value) of the first reward that is not a finite number (booleans are not numbers)."""
+    """(index, value) of the first reward that is not a finite number within ``REWARD_LIMIT`` of 0
+    (booleans are not numbers)."""
     for k, value in enumerate(rewards):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return k, value
         try:
-            if not math.isfinite(value):
+            if not abs(value) <= REWARD_LIMIT:
                 return k, value
         except OverflowError:  # an integer too large for a float
             return k, value
@@ -119,10 +126,12 @@ def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
         else:
             raise ConfigError(f'{where}: expected {{"id": ..., "rewards": [...]}} or a reward-bank line with "prompt_id" and "states"')
         for name, rewards in entries:
+            if not is_text(name):
+                raise ConfigError(f"{where}: id {name!r} is not text that UTF-8 can hold")
             if not isinstance(rewards, list) or not rewards:
                 raise ConfigError(f"{where}: rewards of id {name!r} must be a non-empty list of numbers")
             if (bad := first_bad_reward(rewards)) is not None:
-                raise ConfigError(f"{where}: reward {bad[0]} of id {name!r} is {bad[1]!r}, not a finite number")
+                raise ConfigError(f"{where}: reward {bad[0]} of id {name!r} is {bad[1]!r}, {NOT_A_REWARD}")
             if name in seen:
                 raise ConfigError(f"{where}: duplicate id {name!r}")
             seen.add(name)
@@ -133,10 +142,24 @@ def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
     return ids, rows
 
 
+def is_text(value) -> bool:
+    """Whether ``value`` is a string that UTF-8 can hold (JSON lets a lone surrogate, ``"\\ud800"``,
+    through; writing it to Parquet or JSONL would fail after the work)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_row(row, where: str) -> BankPrompt:
     """A bank line (or a Parquet bank's prompt as such a line) validated and read; ``ConfigError`` naming ``where``."""
     if not isinstance(row, dict) or "prompt_id" not in row or "states" not in row:
         raise ConfigError(f"{where}: each line needs 'prompt_id' and 'states'")
+    if not (is_text(row["prompt_id"]) or isinstance(row["prompt_id"], int) and not isinstance(row["prompt_id"], bool)):
+        raise ConfigError(f"{where}: 'prompt_id' must be a string (that UTF-8 can hold) or an integer, got {row['prompt_id']!r}")
     prompt_id = str(row["prompt_id"])
     where = f"{where} (prompt {prompt_id!r})"
     states = row["states"]
@@ -146,15 +169,15 @@ def parse_row(row, where: str) -> BankPrompt:
         if not isinstance(rewards, list) or not rewards:
             raise ConfigError(f"{where}: state {i} has an empty or malformed reward list")
         if (bad := first_bad_reward(rewards)) is not None:
-            raise ConfigError(f"{where}: state {i} reward {bad[0]} is {bad[1]!r}, not a finite number")
+            raise ConfigError(f"{where}: state {i} reward {bad[0]} is {bad[1]!r}, {NOT_A_REWARD}")
     state_texts = row.get("state_texts")
     if state_texts is not None and (not isinstance(state_texts, list) or len(state_texts) != len(states)
-                                    or not all(isinstance(t, str) for t in state_texts)):
-        raise ConfigError(f"{where}: 'state_texts' must hold one prefix string per state")
+                                    or not all(map(is_text, state_texts))):
+        raise ConfigError(f"{where}: 'state_texts' must hold one prefix string per state, each text that UTF-8 can hold")
     state_scores = row.get("state_scores")
     if state_scores is not None and (not isinstance(state_scores, list) or len(state_scores) != len(states)
                                      or first_bad_reward(state_scores) is not None):
-        raise ConfigError(f"{where}: 'state_scores' must hold one finite prefix score per state")
+        raise ConfigError(f"{where}: 'state_scores' must hold one prefix score per state, each {NOT_A_REWARD}")
     correct = row.get("correct")
     if correct is not None:
         shapes_match = isinstance(correct, list) and len(correct) == len(states) and all(

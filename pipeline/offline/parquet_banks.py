@@ -32,6 +32,10 @@ from pipeline.errors import ConfigError
 from pipeline.offline.episodes import BankPrompt
 
 FORMAT_VERSION = 1
+# A reward or prefix score beyond it is refused: the statistics square and sum rewards, and a float
+# holds up to 1.8e308 (1e200 and -1e200 overflowed a variance to inf after the whole replay).
+REWARD_LIMIT = 1e100
+NOT_A_REWARD = f"not a finite number within +-{REWARD_LIMIT:.0e}"
 METADATA_KEY = b"slg.bank"
 ROW_GROUP_REWARDS = 1 << 18
 OPTIONAL_COLUMNS = ("state_text", "state_score", "correct")  # what a replay reads beside prompt_id and rewards
@@ -107,8 +111,9 @@ def write_parquet_bank(path, rows: list[dict], metadata: dict | None = None) -> 
     import pyarrow.parquet as pq
 
     flat = [r for row in rows for r in row["states"]]
-    exact32 = bool(flat) and all(np.array_equal(np.asarray(r, dtype=np.float32).astype(float), np.asarray(r, dtype=float))
-                                 for r in flat)
+    with np.errstate(over="ignore"):  # a reward beyond float32's range becomes inf: not exact, so float64
+        exact32 = bool(flat) and all(np.array_equal(np.asarray(r, dtype=np.float32).astype(float), np.asarray(r, dtype=float))
+                                     for r in flat)
     fields = [("prompt_id", pa.string()), ("state", pa.int32()), ("state_text", pa.string()), ("state_score", pa.float64()),
               ("rewards", pa.list_(pa.float32() if exact32 else pa.float64())), ("correct", pa.list_(pa.bool_())),
               ("meta", pa.string())]
@@ -151,9 +156,10 @@ class PromptBlock:
         where = f"{where} (prompt {self.prompt_id!r})"
         states = self._rewards(where)
         texts = self._optional("state_text", where, "'state_texts' must hold one prefix string per state")
-        scores = self._optional("state_score", where, "'state_scores' must hold one finite prefix score per state")
-        if scores is not None and not np.isfinite(np.asarray(scores, dtype=float)).all():
-            raise ConfigError(f"{where}: 'state_scores' must hold one finite prefix score per state")
+        scores_message = f"'state_scores' must hold one prefix score per state, each {NOT_A_REWARD}"
+        scores = self._optional("state_score", where, scores_message)
+        if scores is not None and not (np.abs(np.asarray(scores, dtype=float)) <= REWARD_LIMIT).all():
+            raise ConfigError(f"{where}: {scores_message}")
         correct = None
         if "correct" in self.table.column_names and self.table.column("correct").null_count < len(self.table):
             column = self.table.column("correct").combine_chunks()
@@ -181,13 +187,13 @@ class PromptBlock:
         lengths = lengths.astype(np.int64)
         flat = column.flatten()
         values = flat.to_numpy(zero_copy_only=False).astype(float)
-        bad = np.flatnonzero(~np.isfinite(values))
+        bad = np.flatnonzero(~(np.abs(values) <= REWARD_LIMIT))
         if bad.size:
             position = int(bad[0])
             state = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
             value = None if flat[position].as_py() is None else float(values[position])
             raise ConfigError(f"{where}: state {state} reward {position - int(lengths[:state].sum())} is {value!r}, "
-                              "not a finite number")
+                              f"{NOT_A_REWARD}")
         return np.split(values, np.cumsum(lengths)[:-1])
 
     def _optional(self, name: str, where: str, message: str) -> list | None:

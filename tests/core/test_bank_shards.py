@@ -206,6 +206,10 @@ def test_a_prompt_split_over_row_groups_is_read_whole(tmp_path, monkeypatch):
 @pytest.mark.parametrize("fault, match", [
     (lambda rows: rows[1]["states"][1].__setitem__(0, float("nan")), r"prompt 2 \(prompt 'p1'\): state 1 reward 0 is nan"),
     (lambda rows: rows[1]["states"].__setitem__(0, []), r"prompt 2 \(prompt 'p1'\): state 0 has an empty"),
+    # finite, but beyond what the statistics can square and sum: refused on reading, not after the work
+    (lambda rows: rows[2]["states"][0].__setitem__(1, -1e200), r"prompt 3 \(prompt 'p2'\): state 0 reward 1 is -1e\+200, "
+                                                                r"not a finite number within"),
+    (lambda rows: rows[0].__setitem__("state_scores", [0.5, 1e300]), r"'state_scores' must hold one prefix score per state"),
     (lambda rows: rows[0].__setitem__("correct", [[True, False], [True]]), r"'correct' must have the same shape"),
     (lambda rows: rows[2].__setitem__("prompt_id", "p0"), r"the states of prompt 'p0' are not consecutive"),
 ])
