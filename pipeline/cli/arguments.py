@@ -55,8 +55,18 @@ def name_list(text: str) -> list[str]:
 
 
 def distinct_names(text: str) -> list[str]:
-    """Distinct names (worlds, banks): one listed twice would be counted twice."""
-    return distinct(name_list(text), text)
+    """Distinct names (worlds, banks), at least one: one listed twice would be counted twice."""
+    names = name_list(text)
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected at least one name, got {text!r}")
+    return distinct(names, text)
+
+
+def non_empty(text: str) -> str:
+    """A name or a path that is not blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a name, got {text!r}")
+    return text
 
 
 def distinct_banks(text: str) -> list[str]:

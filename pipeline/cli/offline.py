@@ -19,6 +19,7 @@ from pipeline.cli.arguments import (
     int_at_least,
     int_list,
     name_list,
+    non_empty,
     positive_int,
     seed,
     world_params,
@@ -101,10 +102,10 @@ def _add_replay(commands) -> None:
 def _add_curves(commands) -> None:
     curves = commands.add_parser("curves", help="predicted best-of-n (predictor, tail fit, plug-in) against exact values")
     target = curves.add_mutually_exclusive_group(required=True)
-    target.add_argument("--bank", help="a reward bank (a path or a URL): every state's pool is checked")
+    target.add_argument("--bank", type=non_empty, help="a reward bank (a path or a URL): every state's pool is checked")
     target.add_argument("--real", nargs="?", const=_default_real_data(), metavar="DIR",
                         help="the real data sets (default folder: data/real), or one of them")
-    target.add_argument("--world", help="a simulated world family, or 'all' for every family")
+    target.add_argument("--world", type=non_empty, help="a simulated world family, or 'all' for every family")
     curves.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
     curves.add_argument("--states", type=int, default=200, help="world states drawn (with --world)")
     curves.add_argument("--plot", help="write the error-vs-n plot (PNG) here")

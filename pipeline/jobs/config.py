@@ -117,8 +117,9 @@ class BenchConfig:
 
     def check(self) -> None:
         policy_class(self.method)
-        if self.prompts < 1 or self.budget < 1:
-            raise ConfigError(f"--prompts and --budget must be >= 1, got {self.prompts} and {self.budget}")
+        if self.prompts < 1:
+            raise ConfigError(f"--prompts must be >= 1, got {self.prompts}")
+        check_budgets([self.budget], "--budget")
         if any(count < 1 for count in self.replicas):
             raise ConfigError(f"--replicas must list counts >= 1, got {self.replicas}")
         if self.repeats < 1:
@@ -225,6 +226,8 @@ def validate_run_config(config: RunConfig) -> None:
     """Each section's own checks, then what depends on several of them; ``ConfigError`` naming the key."""
     check_methods(config.methods)
     check_budgets(config.budgets)
+    if isinstance(config.seed, bool) or not config.seed >= 0:  # numpy's generators take no negative seed
+        raise ConfigError(f"seed must be an integer >= 0, got {config.seed!r}")
     validate_search_config(config.search, config.budgets)
     gen, rm = config.generator, config.reward
     if "oracle" in config.methods and gen.backend != Backend.sim:

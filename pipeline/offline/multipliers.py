@@ -99,7 +99,7 @@ def format_multiplier_range(multipliers: list | None) -> str:
 
 def interval_digits(ci: float, most: int = 8) -> int:
     """Decimals that show a 95% half-width ``ci`` to two significant digits: 4 at least, ``most`` at most."""
-    return 4 if not ci > 0 else min(most, max(4, 1 - math.floor(math.log10(ci))))
+    return 4 if not 0 < ci < math.inf else min(most, max(4, 1 - math.floor(math.log10(ci))))
 
 
 def curve_of(curve: Callable[[int], float]) -> CurveAt:

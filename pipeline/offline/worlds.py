@@ -348,6 +348,12 @@ class DiscreteWorld(World):
 WORLDS = {cls.family: cls for cls in (GaussianWorld, HeavyWorld, BoundedWorld, BimodalWorld, DiscreteWorld)}
 
 
+# A world's rewards are of the order of its parameters: beyond this their statistics overflow a float
+# (sigma0 = 1e300 did, after the whole replay).
+PARAM_LIMIT = 1e6
+MAX_LEVELS = 10_000  # a discrete world holds arrays of its levels: 1e9 of them ran out of memory
+
+
 def make_world(family: str, **overrides: float) -> World:
     """The world of ``family`` with its default parameters updated by ``overrides`` (validated)."""
     if family not in WORLDS:
@@ -356,21 +362,23 @@ def make_world(family: str, **overrides: float) -> World:
     noises = {}
     for name, default in ((PREFIX_NOISE, DEFAULT_PREFIX_NOISE), (PARTIAL_NOISE, DEFAULT_PARTIAL_NOISE)):
         noises[name] = float(overrides.pop(name, default))
-        if not (math.isfinite(noises[name]) and noises[name] >= 0):
-            raise ConfigError(f"world parameter {name} must be a finite number >= 0, got {noises[name]!r}")
+        if not 0 <= noises[name] <= PARAM_LIMIT:
+            raise ConfigError(f"world parameter {name} must be a number from 0 to {PARAM_LIMIT:.0e}, got {noises[name]!r}")
     for key, value in overrides.items():
         if key not in params:
             raise ConfigError(f"unknown parameter {key!r} for world {family!r}; expected one of "
                               f"{sorted([*params, PREFIX_NOISE, PARTIAL_NOISE])}")
         value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"world parameter {key}={value!r} must be finite")
+        if not abs(value) <= PARAM_LIMIT:
+            raise ConfigError(f"world parameter {key}={value!r} must be a finite number within +-{PARAM_LIMIT:.0e}")
         params[key] = value
-    for key in ("sigma0", "sigma1", "df"):
+    for key in ("sigma0", "sigma1"):
         if key in params and params[key] <= 0:
             raise ConfigError(f"world parameter {key} must be > 0, got {params[key]!r}")
+    if family == "heavy" and not params["df"] > 1:  # at df <= 1 a Student-t has no mean, nor has its best of n
+        raise ConfigError(f"world parameter df must be > 1, got {params['df']!r}")
     if family == "bimodal" and not 0 < params["p0"] < 1:
         raise ConfigError(f"world parameter p0 must be in (0, 1), got {params['p0']!r}")
-    if family == "discrete" and (params["levels"] < 2 or params["levels"] != int(params["levels"])):
-        raise ConfigError(f"world parameter levels must be an integer >= 2, got {params['levels']!r}")
+    if family == "discrete" and not (2 <= params["levels"] <= MAX_LEVELS and params["levels"] == int(params["levels"])):
+        raise ConfigError(f"world parameter levels must be an integer from 2 to {MAX_LEVELS}, got {params['levels']!r}")
     return WORLDS[family](**noises, **params)

@@ -12,6 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.offline.bank import parse_row, read_bank, simulate_bank, write_bank
 from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.multipliers import interval_digits
 from pipeline.offline.replay import compute_multiplier, format_table, replay, replay_job, replay_many, replay_rollouts
 from pipeline.offline.worlds import make_world
 from pipeline.search.methods import DEFAULT_METHODS
@@ -73,6 +74,11 @@ def test_bank_bon_is_exact_against_the_prompt_mixture():
     ('{"prompt_id": "a", "states": []}', "non-empty list"),
     ('{"prompt_id": "a", "states": [[1.0, 2.0]], "correct": [[true]]}', "same shape"),
     ('{"prompt_id": "a", "states": [[1.0, "x"]]}', "not a finite number"),
+    ('{"prompt_id": "a", "states": [[0.5, -1e200]]}', "reward 1 is -1e.200, not a finite number within"),
+    ('{"prompt_id": "a", "states": [[0.5]], "state_scores": [1e101]}', "'state_scores' must hold one prefix score"),
+    ('{"prompt_id": null, "states": [[0.5]]}', "'prompt_id' must be a string .that UTF-8 can hold. or an integer, got None"),
+    ('{"prompt_id": "\\ud800", "states": [[0.5]]}', "'prompt_id' must be a string"),
+    ('{"prompt_id": "a", "states": [[0.5]], "state_texts": ["\\udc00"]}', "'state_texts' must hold one prefix string"),
     ('{"states": [[1.0]]}', "prompt_id"),
     ('not json', "not valid JSON"),
 ])
@@ -82,6 +88,11 @@ def test_bad_banks_are_refused_with_line_and_prompt(tmp_path, line, match):
     with pytest.raises(ValueError, match=match) as error:
         read_bank(path)
     assert "line 2" in str(error.value)
+
+
+def test_interval_digits_show_two_significant_digits_and_survive_an_interval_without_any():
+    assert [interval_digits(ci) for ci in (0.012, 0.0012, 1.2e-6, 1e-12)] == [4, 4, 7, 8]
+    assert [interval_digits(ci) for ci in (0.0, float("nan"), float("inf"))] == [4, 4, 4]  # inf: log10 overflowed
 
 
 def test_compute_multiplier_on_a_known_curve():
@@ -192,6 +203,16 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--bank", "/nonexistent.jsonl"], "does not exist"),
     (["replay", "--bank", "/"], "is a folder without Parquet shards"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0"], "KEY=VALUE"),
+    (["replay", "--bank", ",", "--budgets", "2"], "argument --bank: expected at least one name, got ','"),
+    (["replay", "--world", "", "--prompts", "2"], "argument --world: expected at least one name, got ''"),
+    (["curves", "--world", " ", "--states", "3"], "argument --world: expected a name, got ' '"),
+    # parameters whose rewards overflow the statistics, or whose world has no finite best of n
+    (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0=1e300"], "sigma0=1e+300 must be a finite number within"),
+    (["replay", "--world", "bimodal", "--prompts", "2", "--param", "mu_correct=-2e6"], "mu_correct=-2000000.0 must be"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--param", "prefix_noise=1e7"], "prefix_noise must be a number from 0"),
+    (["replay", "--world", "heavy", "--prompts", "2", "--param", "df=1"], "world parameter df must be > 1, got 1.0"),
+    (["replay", "--world", "discrete", "--prompts", "2", "--param", "levels=10001"], "levels must be an integer from 2 to 10000"),
+    (["bench", "--budget", "10000001"], "budget N must be at most 10,000,000"),
     (["replay", "--world", "gaussian,heavy", "--prompts", "2", "--param", "sigma0=2"], "a single world family"),
     # one override syntax for every command: search options as `slg run` takes them, nothing else
     (["replay", "--world", "gaussian", "--prompts", "2", "tail_fraction=0.3"], "takes search options only"),

@@ -77,6 +77,8 @@ def test_bounded_rewards_stay_in_the_unit_interval():
     ("bimodal", {"p0": 1.5}, "p0"),
     ("discrete", {"levels": 1.0}, "levels"),
     ("gaussian", {"sigma0": float("nan")}, "finite"),
+    ("heavy", {"df": 0.5}, "df must be > 1"),  # no mean, no finite best of n: quadrature crashed
+    ("discrete", {"levels": 20000.0}, "levels must be an integer from 2 to 10000"),
 ])
 def test_bad_world_parameters_are_refused(family, params, match):
     with pytest.raises(ValueError, match=match):

@@ -210,6 +210,7 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     (["reward.cpu_cores=first"], "reward.cpu_cores must list cores"),
     (["driver.affinity_spill_rollouts=-1"], "driver.affinity_spill_rollouts must be >= 0"),
     (["budgets=[16,16]"], "budgets lists budget 16 twice: [16, 16]"),  # each search would be counted twice
+    (["seed=-1"], "seed must be an integer >= 0, got -1"),  # as `slg replay --seed` refuses it
     (["search.reward_upper_bound=nan"], "search.reward_upper_bound must be a finite number"),
     (["search.reward_upper_bound=3"], "search.reward_upper_bound=3 is below the rewards of the sim world gaussian"),
     (["search.adaptive.confidence=nan"], "search.adaptive.confidence must be a finite number >= 0, got nan"),
