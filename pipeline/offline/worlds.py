@@ -38,7 +38,14 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from pipeline.errors import ConfigError
-from pipeline.stats.extremes import expected_max_from_cdf, expected_max_on_grid, max_of_normals_grid, normal_quadrature
+from pipeline.stats.extremes import (
+    StudentTTails,
+    expected_max_from_cdf,
+    expected_max_on_grid,
+    max_of_normals_grid,
+    normal_quadrature,
+    student_t_mean_excess,
+)
 from pipeline.stats.tail import expected_max_std_normal
 
 FAMILY_PARAMS: dict[str, dict[str, float]] = {
@@ -193,20 +200,25 @@ class HeavyWorld(World):
 
     def state_value(self, latents, n):
         if n not in self._noise_max:
-            self._noise_max[n] = expected_max_from_cdf(self._noise.logcdf, self._noise.ppf, n)
+            df = self.params["df"]
+            # n = 1: the mean, 0, which quadrature reaches only as two heavy tails cancelling (off by 5 at df = 1.05)
+            self._noise_max[n] = 0.0 if n == 1 else expected_max_from_cdf(
+                self._noise, n, lambda z: float(student_t_mean_excess(df, z)))
         return latents + self.params["sigma1"] * self._noise_max[n]
 
     def _prompt_value(self, n):
         if not hasattr(self, "_prompt_grid"):
             s0, s1 = self.params["sigma0"], self.params["sigma1"]
             nodes, weights = normal_quadrature(s0)
-            # sinh-spaced: fine near the centre, reaching +-1e5 where the t tails still matter.
-            x = (s0 + s1) * np.sinh(np.linspace(-np.arcsinh(1e5), np.arcsinh(1e5), 40001))
+            # sinh-spaced: fine near the centre, reaching +-1e5 scales
+            x = (s0 + s1) * np.sinh(np.linspace(-np.arcsinh(GRID_REACH), np.arcsinh(GRID_REACH), 40001))
             log_cdf = special.logsumexp(self._noise.logcdf((x[:, None] - nodes) / s1), b=weights, axis=1)
             self._prompt_grid = x, log_cdf
-        return expected_max_on_grid(*self._prompt_grid, n)
+            self._tails = StudentTTails(self.params["df"], nodes, weights, s1, x[-1])
+        return expected_max_on_grid(*self._prompt_grid, n) + self._tails.beyond(n)
 
 
+GRID_REACH = 1e5  # the heavy prompt's sinh grid, in sigma0 + sigma1: StudentTTails has what lies beyond
 class BoundedWorld(World):
     family = "bounded"
     reward_bounds = (0.0, 1.0)

@@ -1,7 +1,8 @@
 """Expected maxima of continuous distributions, for the simulated worlds' exact ground truth.
 
-Pure numpy/scipy: E[max of n] from a CDF by adaptive quadrature or on a grid, Gauss-Hermite nodes of
-a normal, and the distribution of the maximum of n standard normals on a fine grid.
+Pure numpy/scipy: E[max of n] from a CDF by adaptive quadrature or on a grid, the far tails of a
+Student-t mixture's maximum, Gauss-Hermite nodes of a normal, and the distribution of the maximum of
+n standard normals on a fine grid.
 """
 
 from __future__ import annotations
@@ -9,30 +10,43 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import integrate, special
+from scipy import integrate, special, stats
 
 
-def expected_max_from_cdf(log_cdf, quantile, n: int) -> float:
-    """E[max of n] = int_0^hi (1 - F^n) dx - int_lo^0 F^n dx for a continuous F, by adaptive quadrature.
+def expected_max_from_cdf(dist, n: int, mean_excess=None) -> float:
+    """E[max of n] = int_0^inf (1 - F^n) dx - int_-inf^0 F^n dx for a continuous distribution ``dist``
+    (scipy's: ``logcdf``, ``ppf``, ``isf``), by adaptive quadrature.
 
-    [lo, hi] spans the quantiles 1e-13 and 1 - 1e-13 of the maximum (F^-1 of p^(1/n)); the mass
-    outside changes the result by less than 1e-9 for the families here. The range is split at 0
-    and at the maximum's quartiles so that ``quad`` sees where the mass lives.
-    """
-    probs = [1e-13, 1e-3, 0.25, 0.5, 0.75, 1 - 1e-3, 1 - 1e-13]
-    points = sorted({0.0, *(float(quantile(math.exp(math.log(p) / n))) for p in probs)})
+    Between the quantiles 1e-13 and 1 - 1e-13 of the maximum (F^-1 of p^(1/n); the upper ones by
+    ``isf``, exact where p^(1/n) rounds to 1), split at 0, at the maximum's quartiles and at every other
+    decade of its upper tail so that ``quad`` sees where the mass lives. Beyond them, where
+    ``mean_excess(x)`` = E[(X - x)+] is given, the first-order tails n E[(X - hi)+] and F(lo)^(n-1)
+    E[(lo - X)+] (``dist`` symmetric: E[(lo - X)+] = mean_excess(-lo)); they are below 1e-9 of the
+    value for thin tails, but a Student-t with 1.5 degrees of freedom left 3.6e-5 of it there."""
+    lower = [float(dist.ppf(math.exp(math.log(p) / n))) for p in (1e-13, 1e-3, 0.25, 0.5, 0.75)]
+    upper = [float(dist.isf(-math.expm1(math.log1p(-q) / n))) for q in (1e-3, 1e-5, 1e-7, 1e-9, 1e-11, 1e-13)]
+    points = sorted({0.0, *lower, *upper})
 
     def cdf_of_max(x: float) -> float:
-        return math.exp(n * float(np.squeeze(log_cdf(x))))
+        return math.exp(n * float(np.squeeze(dist.logcdf(x))))
 
     total = 0.0
     for lo, hi in zip(points[:-1], points[1:]):
         if hi <= 0:
             total -= integrate.quad(cdf_of_max, lo, hi, epsabs=1e-12, epsrel=1e-10, limit=200)[0]
         else:
-            total += integrate.quad(lambda x: -math.expm1(n * float(np.squeeze(log_cdf(x)))), lo, hi,
+            total += integrate.quad(lambda x: -math.expm1(n * float(np.squeeze(dist.logcdf(x)))), lo, hi,
                                     epsabs=1e-12, epsrel=1e-10, limit=200)[0]
+    if mean_excess is not None:
+        lo, hi = points[0], points[-1]
+        total += n * mean_excess(hi) - math.exp((n - 1) * float(np.squeeze(dist.logcdf(lo)))) * mean_excess(-lo)
     return total
+
+
+def student_t_mean_excess(df: float, z):
+    """E[(T - z)+] of a Student-t with ``df`` > 1 degrees of freedom: (df + z^2) / (df - 1) pdf(z) - z sf(z)."""
+    z = np.asarray(z, dtype=float)
+    return (df + z * z) / (df - 1.0) * stats.t.pdf(z, df) - z * stats.t.sf(z, df)
 
 
 def expected_max_on_grid(x: np.ndarray, log_cdf: np.ndarray, n: int) -> float:
@@ -65,3 +79,29 @@ def max_of_normals_grid(n: int):
         mass = np.diff(cdf_n)
         _MAX_GRIDS[n] = (edges[:-1] + edges[1:]) / 2, mass / mass.sum()
     return _MAX_GRIDS[n]
+
+
+TAIL_DECADES = 12  # StudentTTails: a log grid this many decades past the edge, then the closed form
+
+
+class StudentTTails:
+    """The parts of E[max of n] of a mixture of Student-t's (locations ``nodes`` with ``weights``, one
+    ``scale``) beyond +-``edge``: int_edge^inf (1 - F^n) - int_-inf^-edge F^n, by the trapezoid rule in
+    log x over ``TAIL_DECADES`` decades, then to first order in the tail probability, which is below
+    1e-12 / n there for df > 1 (n E[(X - x)+], ``student_t_mean_excess``). A grid that stopped at 1e5
+    scales left out 1.7% of the heavy prompt's value at n = 1000 with df = 1.5, 2.7% at 4096."""
+
+    def __init__(self, df: float, nodes: np.ndarray, weights: np.ndarray, scale: float, edge: float):
+        self.df, self.nodes, self.weights, self.scale = df, nodes, weights, scale
+        self.log_x = np.linspace(math.log(edge), math.log(edge) + TAIL_DECADES * math.log(10), 4001)
+        x = np.exp(self.log_x)[:, None]
+        self.log_sf_up = special.logsumexp(stats.t.logsf((x - nodes) / scale, df), b=weights, axis=1)
+        self.log_cdf_down = special.logsumexp(stats.t.logcdf((-x - nodes) / scale, df), b=weights, axis=1)
+
+    def beyond(self, n: int) -> float:
+        x, end = np.exp(self.log_x), math.exp(self.log_x[-1])
+        up = integrate.trapezoid(-np.expm1(n * np.log1p(-np.exp(self.log_sf_up))) * x, self.log_x)
+        down = integrate.trapezoid(np.exp(n * self.log_cdf_down) * x, self.log_x)
+        excess_up = self.scale * self.weights @ student_t_mean_excess(self.df, (end - self.nodes) / self.scale)
+        excess_down = self.scale * self.weights @ student_t_mean_excess(self.df, (end + self.nodes) / self.scale)
+        return float(up + n * excess_up - down - math.exp((n - 1) * self.log_cdf_down[-1]) * excess_down)
