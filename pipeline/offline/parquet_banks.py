@@ -262,8 +262,25 @@ def _open(file: Path):
 
 
 def _columns(parquet, file: Path) -> list[str]:
+    """The bank columns to read, once the file's format and columns are known to be ones this code reads."""
+    _check_format(parquet.schema_arrow.metadata or {}, file)
     names = parquet.schema_arrow.names
     missing = {"prompt_id", "rewards"} - set(names)
     if missing:
         raise ConfigError(f"bank {str(file)!r} lacks the column(s) {sorted(missing)}")
     return ["prompt_id", "rewards", *(name for name in OPTIONAL_COLUMNS if name in names)]
+
+
+def _check_format(metadata: dict, file: Path) -> None:
+    """``ConfigError`` for a bank whose ``slg.bank`` metadata is not a JSON object, or names a format
+    newer than ``FORMAT_VERSION`` (its columns may mean something else). A Parquet file without that
+    metadata, written by another tool, is read as format 1."""
+    if METADATA_KEY not in metadata:
+        return
+    try:
+        version = json.loads(metadata[METADATA_KEY]).get("format_version", 1)
+    except (ValueError, AttributeError):
+        raise ConfigError(f"bank {str(file)!r}: its {METADATA_KEY.decode()} metadata is not a JSON object") from None
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise ConfigError(f"bank {str(file)!r} is in bank format {version!r}; this slg reads format {FORMAT_VERSION} "
+                          "(a newer slg wrote it?)")

@@ -241,3 +241,19 @@ def test_the_head_of_a_bank_is_its_first_prompts_within_a_reward_bound(tmp_path)
     assert [p.prompt_id for p in bank.head(4, max_rewards=12).prompts] == ["p0", "p1"]  # a third would make 15
     assert [p.prompt_id for p in bank.head(4, max_rewards=1).prompts] == ["p0"]  # at least one
     assert [p.prompt_id for p in bank.head(10).prompts] == [f"p{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("metadata, match", [
+    (b'{"format_version": 2}', "is in bank format 2; this slg reads format 1"),  # its columns may mean something else
+    (b"not json", "slg.bank metadata is not a JSON object"),
+])
+def test_a_bank_of_another_format_is_refused_when_read(tmp_path, metadata, match):
+    import pyarrow.parquet as pq
+
+    write_bank(tmp_path / "b.parquet", [{"prompt_id": "p0", "states": [[0.5, 1.0]]}])
+    table = pq.read_table(tmp_path / "b.parquet")
+    pq.write_table(table.replace_schema_metadata({b"slg.bank": metadata}), tmp_path / "b.parquet")
+    with pytest.raises(ConfigError, match=match):
+        StreamedBank(tmp_path / "b.parquet")
+    pq.write_table(table.replace_schema_metadata({}), tmp_path / "b.parquet")  # another tool's Parquet: format 1
+    assert [p.prompt_id for p in read_bank(tmp_path / "b.parquet")] == ["p0"]
