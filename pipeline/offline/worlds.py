@@ -180,6 +180,9 @@ class GaussianWorld(World):
         return special.ndtr((x[None, :] - latents[:, None]) / self.params["sigma1"])
 
 
+GRID_REACH = 1e5  # the heavy prompt's sinh grid, in sigma0 + sigma1: StudentTTails has what lies beyond
+
+
 class HeavyWorld(World):
     family = "heavy"
 
@@ -218,7 +221,6 @@ class HeavyWorld(World):
         return expected_max_on_grid(*self._prompt_grid, n) + self._tails.beyond(n)
 
 
-GRID_REACH = 1e5  # the heavy prompt's sinh grid, in sigma0 + sigma1: StudentTTails has what lies beyond
 class BoundedWorld(World):
     family = "bounded"
     reward_bounds = (0.0, 1.0)
