@@ -153,6 +153,8 @@ class Checkpoints:
 def check_output_target(target: str, option: str) -> None:
     """Refuse, before any work, an output that cannot be written (``ConfigError``): a folder, a path
     under a file, a folder or device this process may not write in, a URL of an unknown scheme."""
+    if target.endswith("/"):  # a folder by its name: writing a file of that name would surprise
+        raise ConfigError(f"{option} {target!r} ends in '/', a folder; expected a file path")
     path = local_path(target)
     if path is None:
         _filesystem(target)  # an unknown scheme or a missing package; credentials are met at the upload

@@ -176,6 +176,7 @@ def test_a_whole_file_write_keeps_the_files_mode_its_links_and_writes_a_pipe_in_
 
 @pytest.mark.parametrize("argv, match", [
     (["--out", "{tmp}"], "--out '{tmp}' is a folder; expected a file path"),
+    (["--out", "{tmp}/new/"], "--out '{tmp}/new/' ends in '/', a folder; expected a file path"),
     (["--out", "{tmp}/afile/x.jsonl"], "--out '{tmp}/afile/x.jsonl' lies under '{tmp}/afile', which is a file"),
     (["--plot", "{tmp}"], "--plot '{tmp}' is a folder"),
     (["--plot", "{tmp}/p.xyz"], "must end in one of .avif, .eps"),
