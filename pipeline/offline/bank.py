@@ -158,9 +158,10 @@ def parse_row(row, where: str) -> BankPrompt:
     """A bank line (or a Parquet bank's prompt as such a line) validated and read; ``ConfigError`` naming ``where``."""
     if not isinstance(row, dict) or "prompt_id" not in row or "states" not in row:
         raise ConfigError(f"{where}: each line needs 'prompt_id' and 'states'")
-    if not (is_text(row["prompt_id"]) or isinstance(row["prompt_id"], int) and not isinstance(row["prompt_id"], bool)):
-        raise ConfigError(f"{where}: 'prompt_id' must be a string (that UTF-8 can hold) or an integer, got {row['prompt_id']!r}")
-    prompt_id = str(row["prompt_id"])
+    prompt_id = row["prompt_id"]
+    if not (is_text(prompt_id) or (isinstance(prompt_id, int) and not isinstance(prompt_id, bool))):
+        raise ConfigError(f"{where}: 'prompt_id' must be a string (that UTF-8 can hold) or an integer, got {prompt_id!r}")
+    prompt_id = str(prompt_id)
     where = f"{where} (prompt {prompt_id!r})"
     states = row["states"]
     if not isinstance(states, list) or not states:
