@@ -87,7 +87,7 @@ def test_the_order_statistics_reference_has_the_closed_form_of_two_student_t2():
 @pytest.mark.parametrize("n", [2, 64, 4096, 100_000])
 def test_heavy_values_reach_the_far_tail(df, n):
     """The state's and the prompt's E[max of n] against the quantile-scale integral. The prompt's grid
-    used to stop at 1e5 scales: at df = 1.5 it left out 1.7% of the value at n = 1000 and 7.9% at 1e5,
+    used to stop at 1e5 scales: at df = 1.5 it left out 1.7% of this value at n = 1000 and 7.9% at 1e5,
     and the state's quadrature 3.6e-5 of it (n up to 1024 N feeds the compute multipliers). A prompt of
     states 1e-9 apart is one Student-t. Tolerances: the state's quadrature is good to 1e-10; the prompt's
     trapezoid grid to about 1e-7 (6e-8 to 1.3e-7 measured)."""
