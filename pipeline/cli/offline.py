@@ -107,7 +107,7 @@ def _add_curves(commands) -> None:
                         help="the real data sets (default folder: data/real), or one of them")
     target.add_argument("--world", type=non_empty, help="a simulated world family, or 'all' for every family")
     curves.add_argument("--param", action="append", metavar="KEY=VALUE", help="world parameter (repeatable)")
-    curves.add_argument("--states", type=int, default=200, help="world states drawn (with --world)")
+    curves.add_argument("--states", type=int, help="world states drawn (with --world; default 200)")
     curves.add_argument("--plot", help="write the error-vs-n plot (PNG) here")
     curves.add_argument("--m", type=distinct_positive_ints, help="samples the prediction sees (default 8,16,32; 16,32,64 with --world)")
     curves.add_argument("--n", type=_n_or_pool, help="n of the predicted best-of-n, or 'pool' for each pool's own size "
@@ -291,6 +291,9 @@ def run_curves(args) -> int:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
     if args.param and (not args.world or args.world == "all"):
         raise UsageError("--param applies to a single --world family")
+    if args.states is not None and not args.world:
+        raise UsageError("--states applies to --world only (a bank's or a data set's states are its own)")
+    states = 200 if args.states is None else args.states
     m_values = args.m or ([16, 32, 64] if args.world else [8, 16, 32])
     n_values = args.n or ([100, 1000] if args.world else "pool")
     if args.real:
@@ -298,9 +301,9 @@ def run_curves(args) -> int:
     elif args.world:
         if n_values == "pool":
             raise UsageError("--n pool needs finite pools (--real or --bank), not a world")
-        if args.states < 1:
-            raise UsageError(f"--states must be >= 1, got {args.states}")
-        pools = {name: (world_states(world, args.states, args.seed), world.upper_bound)
+        if states < 1:
+            raise UsageError(f"--states must be >= 1, got {states}")
+        pools = {name: (world_states(world, states, args.seed), world.upper_bound)
                  for name, world in _worlds([args.world], args.param).items()}
     else:
         with fetched(args.bank, "bank") as bank:

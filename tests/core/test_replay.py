@@ -206,6 +206,7 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--bank", ",", "--budgets", "2"], "argument --bank: expected at least one name, got ','"),
     (["replay", "--world", "", "--prompts", "2"], "argument --world: expected at least one name, got ''"),
     (["curves", "--world", " ", "--states", "3"], "argument --world: expected a name, got ' '"),
+    (["curves", "--bank", "data/toy_bank/bank.jsonl", "--states", "3"], "--states applies to --world only"),
     # parameters whose rewards overflow the statistics, or whose world has no finite best of n
     (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0=1e300"], "sigma0=1e+300 must be a finite number within"),
     (["replay", "--world", "bimodal", "--prompts", "2", "--param", "mu_correct=-2e6"], "mu_correct=-2000000.0 must be"),
