@@ -188,7 +188,7 @@ class JsonlBank:
             file.pull()
         log_to_file(self.bank.local.with_name(self.bank.local.name + ".log"))
         drop_torn_line(self.bank.local)
-        self.done = {row["prompt_id"] for row in read_jsonl(self.bank.local)} if self.bank.local.exists() else set()
+        self.done = {row["prompt_id"] for row in read_jsonl(self.bank.local, ("prompt_id",))} if self.bank.local.exists() else set()
         self.order = [p.prompt_id for p in self.pending(prompts)]  # the order lines are written in
         self.unfinished = set(self.order)  # asked for and not finished yet
         self.written = 0  # of ``order``
@@ -240,7 +240,7 @@ def _keep_only_prompts(path: Path, prompt_ids: set[str]) -> None:
     rows = []
     if path.exists():
         drop_torn_line(path)
-        rows = read_jsonl(path)
+        rows = read_jsonl(path, ("prompt_id",))
         kept = [row for row in rows if row["prompt_id"] in prompt_ids]
         if len(kept) != len(rows):
             atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))

@@ -99,10 +99,7 @@ def first_bad_reward(rewards: list) -> tuple[int, object] | None:
     for k, value in enumerate(rewards):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return k, value
-        try:
-            if not abs(value) <= REWARD_LIMIT:
-                return k, value
-        except OverflowError:  # an integer too large for a float
+        if not abs(value) <= REWARD_LIMIT:  # (an integer beyond a float's range compares exactly)
             return k, value
     return None
 
@@ -120,7 +117,8 @@ def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
         if isinstance(row, dict) and "rewards" in row:
             entries = [(str(row.get("id", f"line{number}")), row["rewards"])]
         elif isinstance(row, dict) and "states" in row and "prompt_id" in row and isinstance(row["states"], list):
-            entries = [(f"{row['prompt_id']}/s{k}", state) for k, state in enumerate(row["states"])]
+            prompt_id = checked_prompt_id(row["prompt_id"], where)
+            entries = [(f"{prompt_id}/s{k}", state) for k, state in enumerate(row["states"])]
             if not entries:
                 raise ConfigError(f"{where}: 'states' is empty")
         else:
@@ -154,14 +152,19 @@ def is_text(value) -> bool:
     return True
 
 
+def checked_prompt_id(value, where: str) -> str:
+    """A bank line's ``prompt_id`` as a string: a string UTF-8 can hold, or an integer; ``ConfigError``
+    naming ``where`` for anything else (null became the prompt "None")."""
+    if not (is_text(value) or (isinstance(value, int) and not isinstance(value, bool))):
+        raise ConfigError(f"{where}: 'prompt_id' must be a string (that UTF-8 can hold) or an integer, got {value!r}")
+    return str(value)
+
+
 def parse_row(row, where: str) -> BankPrompt:
     """A bank line (or a Parquet bank's prompt as such a line) validated and read; ``ConfigError`` naming ``where``."""
     if not isinstance(row, dict) or "prompt_id" not in row or "states" not in row:
         raise ConfigError(f"{where}: each line needs 'prompt_id' and 'states'")
-    prompt_id = row["prompt_id"]
-    if not (is_text(prompt_id) or (isinstance(prompt_id, int) and not isinstance(prompt_id, bool))):
-        raise ConfigError(f"{where}: 'prompt_id' must be a string (that UTF-8 can hold) or an integer, got {prompt_id!r}")
-    prompt_id = str(prompt_id)
+    prompt_id = checked_prompt_id(row["prompt_id"], where)
     where = f"{where} (prompt {prompt_id!r})"
     states = row["states"]
     if not isinstance(states, list) or not states:
@@ -189,8 +192,8 @@ def parse_row(row, where: str) -> BankPrompt:
             raise ConfigError(f"{where}: 'correct' must hold only true/false")
     responses = row.get("responses")  # texts beside the numbers (a Parquet bank collected with texts)
     if responses is not None and not (isinstance(responses, list) and len(responses) == len(states) and all(
-            isinstance(r, list) and len(r) == len(s) for r, s in zip(responses, states))):
-        raise ConfigError(f"{where}: 'responses' must have the same shape as 'states'")
+            isinstance(r, list) and len(r) == len(s) and all(map(is_text, r)) for r, s in zip(responses, states))):
+        raise ConfigError(f"{where}: 'responses' must have the same shape as 'states', each text that UTF-8 can hold")
     return BankPrompt(prompt_id, states, correct, state_texts, state_scores)
 
 

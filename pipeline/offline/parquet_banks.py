@@ -282,5 +282,6 @@ def _check_format(metadata: dict, file: Path) -> None:
     except (ValueError, AttributeError):
         raise ConfigError(f"bank {str(file)!r}: its {METADATA_KEY.decode()} metadata is not a JSON object") from None
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        raise ConfigError(f"bank {str(file)!r} is in bank format {version!r}; this slg reads format {FORMAT_VERSION} "
-                          "(a newer slg wrote it?)")
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise ConfigError(f"bank {str(file)!r} is in bank format {version!r}; this slg reads format {FORMAT_VERSION}"
+                          + (" (a newer slg wrote it?)" if newer else ""))

@@ -68,18 +68,25 @@ def _umask() -> int:
     return mask
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete lines of a JSONL file (a torn last line, from a killed writer, is left out)."""
+def read_jsonl(path: Path, keys: tuple[str, ...] = ()) -> list[dict]:
+    """The complete lines of a JSONL file (a torn last line, from a killed writer, is left out), each
+    a JSON object holding ``keys``; ``ConfigError`` naming the first line that is not (a file mended by
+    hand, or hit by a disk error, is refused rather than read half right)."""
     data = Path(path).read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     rows = []
-    for number, line in enumerate(complete.decode(errors="replace").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{str(path)!r} line {number} is not JSON ({error.msg}): mend or remove "
-                                  "that line to resume") from None
+    for number, line in enumerate(complete.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            why = error.msg if isinstance(error, json.JSONDecodeError) else f"not UTF-8: {error.reason}"
+            raise ConfigError(f"{str(path)!r} line {number} is not JSON ({why}): mend or remove that line to resume") from None
+        if not isinstance(row, dict) or not all(key in row for key in keys):
+            raise ConfigError(f"{str(path)!r} line {number} is not an object with {', '.join(keys) or 'fields'}: "
+                              "mend or remove that line to resume")
+        rows.append(row)
     return rows
 
 
@@ -132,7 +139,7 @@ def resume_from(output: Path, config_as_dict: dict, overwrite: bool, resumable_p
             raise ConfigError(f"output_dir {str(output)!r} holds a run with a different config (changed: "
                               f"{', '.join(changed)}); use another output_dir or overwrite=true")
         drop_torn_line(results_path)
-        return read_jsonl(results_path)
+        return read_jsonl(results_path, ("prompt_id", "method", "budget"))
     if results_path.stat().st_size > 0:
         raise ConfigError(f"output_dir {str(output)!r} has results.jsonl but no config.yaml; "
                           "use another output_dir or overwrite=true")

@@ -246,6 +246,8 @@ def test_the_head_of_a_bank_is_its_first_prompts_within_a_reward_bound(tmp_path)
 @pytest.mark.parametrize("metadata, match", [
     (b'{"format_version": 2}', "is in bank format 2; this slg reads format 1"),  # its columns may mean something else
     (b"not json", "slg.bank metadata is not a JSON object"),
+    (b"[1]", "slg.bank metadata is not a JSON object"),
+    (b'{"format_version": 0}', "is in bank format 0; this slg reads format 1$"),
 ])
 def test_a_bank_of_another_format_is_refused_when_read(tmp_path, metadata, match):
     import pyarrow.parquet as pq

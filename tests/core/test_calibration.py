@@ -220,6 +220,7 @@ def test_prediction_plot_draws_the_predicted_curves_and_bands():
     # finite, but squared and summed beyond a float: refused as it is read, not after the work
     ('{"id": "a", "rewards": [1e300, 0.5]}', [], "reward 0 of id 'a' is 1e+300, not a finite number within +-1e+100"),
     ('{"id": "\\ud800", "rewards": [0.5]}', [], "is not text that UTF-8 can hold"),  # the writers would fail
+    ('{"prompt_id": null, "states": [[0.5]]}', [], "'prompt_id' must be a string"),  # not the prompt "None"
     ('{"id": "a", "rewards": []}', [], "non-empty list"),
     ('{"id": "a", "rewards": 3}', [], "non-empty list"),
     ('{"id": "a"}', [], "expected"),

@@ -79,6 +79,8 @@ def test_bank_bon_is_exact_against_the_prompt_mixture():
     ('{"prompt_id": null, "states": [[0.5]]}', "'prompt_id' must be a string .that UTF-8 can hold. or an integer, got None"),
     ('{"prompt_id": "\\ud800", "states": [[0.5]]}', "'prompt_id' must be a string"),
     ('{"prompt_id": "a", "states": [[0.5]], "state_texts": ["\\udc00"]}', "'state_texts' must hold one prefix string"),
+    ('{"prompt_id": "a", "states": [[0.5]], "responses": [["\\udc00"]]}', "'responses' must have the same shape"),
+    ('{"prompt_id": "a", "states": [[0.5]], "responses": [[3]]}', "each text that UTF-8 can hold"),
     ('{"states": [[1.0]]}', "prompt_id"),
     ('not json', "not valid JSON"),
 ])

@@ -342,7 +342,13 @@ def test_banks_at_a_url_are_read_by_replay_curves_predict_and_convert(s3, tmp_pa
     assert list(downloads.iterdir()) == []  # every download removed
 
 
-def test_a_resumed_run_with_a_line_that_is_not_json_names_the_file_and_the_line(tmp_path, capsys):
+@pytest.mark.parametrize("line, match", [
+    (b"{not json", "line 2 is not JSON"),
+    (b'{"prompt_id": "p\xff", "method": "bon", "budget": 8}', "line 2 is not JSON"),  # bytes that are not UTF-8
+    (b"3", "line 2 is not an object with prompt_id, method, budget"),
+    (b'{"prompt_id": "p"}', "line 2 is not an object with prompt_id, method, budget"),
+])
+def test_a_resumed_run_with_a_line_that_is_not_a_result_names_the_file_and_the_line(tmp_path, capsys, line, match):
     """A results.jsonl mended by hand, or hit by a disk error, is refused in one line before Ray starts,
     naming the line; the file is left as it is."""
     out = tmp_path / "out"
@@ -350,9 +356,9 @@ def test_a_resumed_run_with_a_line_that_is_not_json_names_the_file_and_the_line(
     out.mkdir()
     from pipeline.jobs.config import config_as_yaml
     (out / "config.yaml").write_text(config_as_yaml(config))
-    text = '{"prompt_id": "p", "method": "bon", "budget": 8}\n{not json\n'
-    (out / "results.jsonl").write_text(text)
+    data = b'{"prompt_id": "p", "method": "bon", "budget": 8}\n' + line + b"\n"
+    (out / "results.jsonl").write_bytes(data)
     assert main(["run", f"output_dir={out}", "data.num_prompts=1", "budgets=[8]"]) == 2
     err = capsys.readouterr().err
-    assert "results.jsonl' line 2 is not JSON" in err and len(err.strip().splitlines()) == 1
-    assert (out / "results.jsonl").read_text() == text
+    assert f"results.jsonl' {match}" in err and len(err.strip().splitlines()) == 1
+    assert (out / "results.jsonl").read_bytes() == data

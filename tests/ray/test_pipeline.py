@@ -189,8 +189,10 @@ def test_a_different_config_in_the_same_output_dir_is_refused(local_ray, tmp_pat
     assert code == 2
     assert "changed: search.tail_fraction, seed" in capsys.readouterr().err
     assert (tmp_path / "results.jsonl").read_text() == before  # nothing written is lost
+    (tmp_path / "best_reward_vs_budget.png").write_text("the old run's plot")
     run(load_run_config(None, SMALL + [f"output_dir={tmp_path}", "seed=1", "overwrite=true"]))
     assert len(read_results(tmp_path)) == 3 * len(DEFAULT_METHODS) * 2
+    assert not (tmp_path / "best_reward_vs_budget.png").exists()  # plot=false: none of the old run's files stay
 
 
 @pytest.mark.parametrize("overrides, match", [
