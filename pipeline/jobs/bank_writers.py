@@ -124,6 +124,8 @@ class ParquetShards:
         try:
             with self.folder.open(name) as handle:
                 return read_bank_metadata(handle)
+        except ConfigError:  # read, but not a bank this code can extend (bank_metadata)
+            raise
         except Exception as error:  # pyarrow raises several kinds for a file that is not Parquet
             raise ConfigError(f"--out {self.target!r}: cannot read {name} as Parquet: {str(error).splitlines()[0]}") from None
 

@@ -69,11 +69,30 @@ def parquet_files(path) -> list[Path]:
 
 
 def read_bank_metadata(file) -> dict:
-    """The ``slg.bank`` schema metadata of one file ({} where there is none)."""
+    """The ``slg.bank`` schema metadata of one file ({} where there is none), checked as ``bank_metadata``."""
     import pyarrow.parquet as pq
 
-    metadata = pq.read_schema(file).metadata or {}
-    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
+    return bank_metadata(pq.read_schema(file).metadata or {}, file)
+
+
+def bank_metadata(schema_metadata: dict, file) -> dict:
+    """The ``slg.bank`` object of a file's schema metadata ({} where there is none: a Parquet file
+    written by another tool, read as format 1); ``ConfigError`` where it is not a JSON object, or names
+    a format other than ``FORMAT_VERSION`` (a newer one's columns may mean something else)."""
+    if METADATA_KEY not in schema_metadata:
+        return {}
+    try:
+        metadata = json.loads(schema_metadata[METADATA_KEY])
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise ConfigError(f"bank {str(file)!r}: its {METADATA_KEY.decode()} metadata is not a JSON object")
+    version = metadata.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise ConfigError(f"bank {str(file)!r} is in bank format {version!r}; this slg reads format {FORMAT_VERSION}"
+                          + (" (a newer slg wrote it?)" if newer else ""))
+    return metadata
 
 
 def read_parquet_rows(path) -> list[dict]:
@@ -263,25 +282,9 @@ def _open(file: Path):
 
 def _columns(parquet, file: Path) -> list[str]:
     """The bank columns to read, once the file's format and columns are known to be ones this code reads."""
-    _check_format(parquet.schema_arrow.metadata or {}, file)
+    bank_metadata(parquet.schema_arrow.metadata or {}, file)
     names = parquet.schema_arrow.names
     missing = {"prompt_id", "rewards"} - set(names)
     if missing:
         raise ConfigError(f"bank {str(file)!r} lacks the column(s) {sorted(missing)}")
     return ["prompt_id", "rewards", *(name for name in OPTIONAL_COLUMNS if name in names)]
-
-
-def _check_format(metadata: dict, file: Path) -> None:
-    """``ConfigError`` for a bank whose ``slg.bank`` metadata is not a JSON object, or names a format
-    newer than ``FORMAT_VERSION`` (its columns may mean something else). A Parquet file without that
-    metadata, written by another tool, is read as format 1."""
-    if METADATA_KEY not in metadata:
-        return
-    try:
-        version = json.loads(metadata[METADATA_KEY]).get("format_version", 1)
-    except (ValueError, AttributeError):
-        raise ConfigError(f"bank {str(file)!r}: its {METADATA_KEY.decode()} metadata is not a JSON object") from None
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise ConfigError(f"bank {str(file)!r} is in bank format {version!r}; this slg reads format {FORMAT_VERSION}"
-                          + (" (a newer slg wrote it?)" if newer else ""))

@@ -68,7 +68,7 @@ def _umask() -> int:
     return mask
 
 
-def read_jsonl(path: Path, keys: tuple[str, ...] = ()) -> list[dict]:
+def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
     """The complete lines of a JSONL file (a torn last line, from a killed writer, is left out), each
     a JSON object holding ``keys``; ``ConfigError`` naming the first line that is not (a file mended by
     hand, or hit by a disk error, is refused rather than read half right)."""
@@ -84,7 +84,7 @@ def read_jsonl(path: Path, keys: tuple[str, ...] = ()) -> list[dict]:
             why = error.msg if isinstance(error, json.JSONDecodeError) else f"not UTF-8: {error.reason}"
             raise ConfigError(f"{str(path)!r} line {number} is not JSON ({why}): mend or remove that line to resume") from None
         if not isinstance(row, dict) or not all(key in row for key in keys):
-            raise ConfigError(f"{str(path)!r} line {number} is not an object with {', '.join(keys) or 'fields'}: "
+            raise ConfigError(f"{str(path)!r} line {number} is not an object with {', '.join(keys)}: "
                               "mend or remove that line to resume")
         rows.append(row)
     return rows

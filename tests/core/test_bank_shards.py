@@ -67,6 +67,11 @@ def test_shards_say_what_they_came_from_and_a_rerun_skips_them_or_refuses_anothe
     other = load_run_config(None, [*SIZES, f"collect.out={tmp_path / 'bank'}", "seed=1"])
     with pytest.raises(ConfigError, match=r"another config \(changed: seed\); use another --out"):
         ParquetShards(other, load_prompts(other.data), bank_row)
+    shard = tmp_path / "bank" / "part-00000.parquet"  # a shard of a newer format: not one to extend
+    table = pq.read_table(shard)
+    pq.write_table(table.replace_schema_metadata({b"slg.bank": json.dumps({**metadata, "format_version": 2})}), shard)
+    with pytest.raises(ConfigError, match="is in bank format 2; this slg reads format 1"):
+        ParquetShards(config, load_prompts(config.data), bank_row)
 
 
 def test_a_rerun_after_a_kill_ends_with_the_bank_of_an_uninterrupted_run(tmp_path):
