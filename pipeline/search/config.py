@@ -72,12 +72,12 @@ class ShareConfig:
     root of ``root_fraction`` of N would leave (0.75 x 0.5 = 0.375 of N), fresh prompt draws the rest.
     Where rewards take few levels, that state is the one whose prefix score plus ``reward_weight`` times
     its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
-    root-reward sds above an average prompt draw's; on a grid of levels (root rewards repeat across
-    states) of states narrower than the spread between them, and read more precisely by a rollout than
-    by their prefix score, only the states whose root rollout reached the best reward are candidates
-    (``grid_best_level``). The state's share comes in two
-    halves; the second goes to the prompt where the first averages below the root,
-    (``repeat_check``) only repeats the state, or (``prompt_check``, continuous rewards whose root
+    root-reward sds above an average prompt draw's, or (off by default) ``lead_gap`` above every other
+    state the root drew; on a grid of levels (root rewards repeat across states) of states narrower
+    than the spread between them, and read more precisely by a rollout than by their prefix score,
+    only the states whose root rollout reached the best reward are candidates (``grid_best_level``).
+    The state's share comes in two halves; the second goes to the prompt where the first averages
+    below the root, (``repeat_check``) only repeats the state, or (``prompt_check``, continuous rewards whose root
     shows states narrower than the spread between them, or a first half far narrower than the root's
     states) is beaten by fresh prompt draws even optimistically. On continuous rewards the share
     rounds run only at budgets where ``slg_adaptive``'s plan halves its candidates at most once
@@ -96,6 +96,7 @@ class ShareConfig:
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
     prefix_gap: float = 0.5        # in standard deviations of the root sample's rewards
+    lead_gap: float | None = None  # few levels: also share where the pick's prefix score leads every other drawn state's by this; None: off
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
@@ -161,6 +162,9 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
             raise ConfigError(f"search.share.{name} must be in [0, 1], got {getattr(config.share, name)!r}")
     if not (math.isfinite(config.share.prefix_gap) and config.share.prefix_gap >= 0):  # inf: 0 x inf where a root has no spread
         raise ConfigError(f"search.share.prefix_gap must be a finite number >= 0, got {config.share.prefix_gap!r}")
+    lead = config.share.lead_gap
+    if lead is not None and not (math.isfinite(lead) and lead >= 0):
+        raise ConfigError(f"search.share.lead_gap must be a finite number >= 0 (null: off), got {lead!r}")
     if not (math.isfinite(config.share.reward_weight) and config.share.reward_weight >= 0):
         raise ConfigError(f"search.share.reward_weight must be a finite number >= 0, got {config.share.reward_weight!r}")
     if not math.isfinite(config.share.min_prefix_slope):  # +inf would switch the share rounds off: say so with a number

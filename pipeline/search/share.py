@@ -22,9 +22,10 @@ Which episodes run them, and which state gets the share:
   tail fit says how far it goes, and all-in on one state throws away what fresh prompt draws keep
   finding. The state whose prefix score plus ``share.reward_weight`` times its best root rollout's
   reward ranks first (each in root standard deviations) gets the share if its prefix score is
-  ``share.prefix_gap`` root-reward standard deviations above an average prompt draw's; otherwise the
-  rest is best-of-N. The prefix score leads; the reward, at a quarter of its weight, favours a state
-  whose rollout already reached a high level (``_best_prefix_state``). On a grid of levels (root
+  ``share.prefix_gap`` root-reward standard deviations above an average prompt draw's, or (off by
+  default) ``share.lead_gap`` of them above every other state the root drew; otherwise the rest is
+  best-of-N. The prefix score leads; the reward, at a quarter of its weight, favours a state whose
+  rollout already reached a high level (``_best_prefix_state``). On a grid of levels (root
   rewards repeat across states: a verifier's or a judge's score) of narrow states, only the states
   whose root rollout reached the root's best reward are candidates (``share.grid_best_level``),
   unless prefix scores read the states more precisely than rollouts do.
@@ -77,7 +78,7 @@ import numpy as np
 from pipeline.search import reward_levels
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
 from pipeline.search.base import top_ranked
-from pipeline.search.config import SearchConfig, StateSelection
+from pipeline.search.config import SearchConfig, ShareConfig, StateSelection
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
 from pipeline.search.root_evidence import (
     NARROW_MIN_PAIRS,
@@ -289,28 +290,41 @@ class SharedSLG(AdaptiveSLG):
         score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by
         its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
-        prompt draw's; else NO_NODE. On a grid of levels (``reward_levels.on_a_grid``) of states narrower
-        than the spread between them (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
+        prompt draw's or ``share.lead_gap`` above every other state's the root drew; else NO_NODE. On a
+        grid of levels (``reward_levels.on_a_grid``) of states narrower than the spread between them
+        (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
         one step from a state already at it and two or more from the others. A state as wide as the
         spread can jump two levels, and its one root reward says little of where it sits; a prefix
         score that reads states more precisely than a rollout does already names the best one.
         ``moments``: ``root_moments(root)`` where the caller has it."""
         known, mean_score, mean_reward, var_score, var_reward, covariance = moments or root_moments(root)
-        known = known & mine[:, None]  # a new array: ``moments`` may be the caller's
+        known = candidates = known & mine[:, None]  # a new array: ``moments`` may be the caller's
         if self.config.share.grid_best_level:
             # as in best_evidence_state: Cov(s, r) is the states' spread, Var(r) - Cov(s, r) their own
             # width, Var(s) - Cov(s, r) the prefix score's noise (the rule needs it above the width)
             narrow = (var_reward - covariance < NARROW_GRID * covariance) & (var_reward < var_score)
             at_best = root.rewards == reward_levels.best_of_finite(root.rewards)[:, None]
-            known &= ~(reward_levels.on_a_grid(root) & narrow)[:, None] | at_best
-        spread = reward_levels.sd_of_finite(root.rewards)  # the gate's unit: every reward of the root, unbranchable ones too
+            candidates = known & (~(reward_levels.on_a_grid(root) & narrow)[:, None] | at_best)
         rank = (in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * in_sds(root.rewards, mean_reward, var_reward))
-        rows, top, found = top_rollout(rank, known)
-        gap = root.state_score[rows, top] - mean_score
-        use = found & (spread > 0) & (gap > self.config.share.prefix_gap * spread)
-        return np.where(use, root.state_index[rows, top], NO_NODE)
+        rows, top, found = top_rollout(rank, candidates)
+        return np.where(found & _clears_a_gate(root, known, top, mean_score, self.config.share), root.state_index[rows, top], NO_NODE)
+
+
+def _clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score: np.ndarray, share: ShareConfig) -> np.ndarray:
+    """Per episode, whether the prefix score of root rollout ``top`` is ``share.prefix_gap`` sds of every
+    root reward above ``mean_score`` (over the rollouts ``known``), or (``share.lead_gap`` not None) that
+    many above every other state's among them (at least one): a prompt's draws mostly of one common state
+    have a mean mostly that state's own score. A root whose rewards do not spread clears neither."""
+    rows, spread = np.arange(len(top)), reward_levels.sd_of_finite(root.rewards)
+    score, picked = root.state_score[rows, top], root.state_index[rows, top]
+    clears = score - mean_score > share.prefix_gap * spread
+    if share.lead_gap is not None:
+        other = known & (root.state_index != picked[:, None])
+        best_other = np.where(other, root.state_score, -np.inf).max(axis=1)  # -inf: the root drew no other state
+        clears |= (best_other > -np.inf) & (score - best_other > share.lead_gap * spread)
+    return clears & (spread > 0)
 
 
 WIDE_STATES = 4.0  # the share rounds' width check: wide states, within-state variance this many times that between ...

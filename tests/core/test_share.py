@@ -177,6 +177,9 @@ def test_below_twelve_it_is_best_of_n_draw_for_draw():
     ({"prefix_gap": float("nan")}, "search.share.prefix_gap"),
     ({"min_prefix_slope": float("nan")}, "search.share.min_prefix_slope"),
     ({"reward_weight": -0.5}, "search.share.reward_weight"),
+    ({"lead_gap": -0.1}, "search.share.lead_gap"),
+    ({"lead_gap": float("nan")}, "search.share.lead_gap"),
+    ({"lead_gap": float("inf")}, "search.share.lead_gap"),
     ({"reward_weight": float("inf")}, "search.share.reward_weight"),
     ({"narrow_states": -0.1}, "search.share.narrow_states"),
     ({"narrow_states": float("nan")}, "search.share.narrow_states"),
@@ -1108,12 +1111,13 @@ def few_level_root(seed, batch=60, width=16, states=6):
     return Rollouts(rewards, index >= 0, None, index, score)
 
 
-def reference_pick(root: Rollouts, row: int, reward_weight: float, candidate=None) -> int:
+def reference_pick(root: Rollouts, row: int, reward_weight: float, candidate=None, lead_gap: float = math.inf) -> int:
     """The few-levels pick of one root row, in plain Python with the statistics module (population
     sds): over the rollouts whose state, prefix score and reward are known, the one whose prefix score
     plus ``reward_weight`` times its reward ranks first (each in sds of those rollouts), among those
     whose reward ``candidate`` accepts (all by default); its state if its prefix score is
-    ``prefix_gap`` sds of every reward of the row above the mean prefix score, else NO_NODE."""
+    ``prefix_gap`` sds of every reward of the row above the mean prefix score, or ``lead_gap`` sds
+    above the prefix score of every other state the row drew (at least one; inf: never), else NO_NODE."""
     import statistics
 
     pairs = [(s, r, i) for s, r, i in zip(root.state_score[row], root.rewards[row], root.state_index[row])
@@ -1130,26 +1134,43 @@ def reference_pick(root: Rollouts, row: int, reward_weight: float, candidate=Non
         return NO_NODE
     s, _, state = pairs[int(np.argmax(rank))]
     spread = statistics.pstdev([r for r in root.rewards[row] if not math.isnan(r)])
-    return state if s - statistics.fmean(scores) > ShareConfig().prefix_gap * spread else NO_NODE
+    others = [s2 for s2, _, i in pairs if i != state]
+    leads = bool(others) and s - max(others) > lead_gap * spread
+    return state if spread > 0 and (s - statistics.fmean(scores) > ShareConfig().prefix_gap * spread or leads) else NO_NODE
 
 
-@pytest.mark.parametrize("reward_weight", [0.0, 0.25, 1.0])
-def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds(reward_weight):
+@pytest.mark.parametrize("reward_weight, lead_gap", [(0.0, None), (0.25, None), (1.0, None), (0.0, 0.25), (0.25, 1.0)])
+def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds(reward_weight, lead_gap):
     """Reference: a plain loop with the statistics module (population sds) over the rollouts whose
-    state, prefix score and reward are known; the gate on the picked prefix's gap over the mean
-    prefix score, in sds of every reward the root has."""
+    state, prefix score and reward are known; the gates on the picked prefix's gap over the mean
+    prefix score and its lead over every other state's, in sds of every reward the root has."""
     root = few_level_root(int(reward_weight * 4))
     # five levels shared by every state: a grid, where the rule (below) leaves only the best level's states of rows that look narrow
-    config = SearchConfig(share=ShareConfig(reward_weight=reward_weight, grid_best_level=False))
+    config = SearchConfig(share=ShareConfig(reward_weight=reward_weight, grid_best_level=False, lead_gap=lead_gap))
     batch = root.rewards.shape[0]
     picked = SharedSLG(32, batch, config)._best_prefix_state(root, np.ones(batch, bool))
     used = 0
     for b in range(batch):
-        expected = reference_pick(root, b, reward_weight)
+        expected = reference_pick(root, b, reward_weight, lead_gap=math.inf if lead_gap is None else lead_gap)
         assert picked[b] == expected, b
         used += expected != NO_NODE
-    assert 0 < used < batch  # the gate both passes and fails among these rows
+    assert 0 < used < batch  # the gates both pass and fail among these rows
     assert picked[0] not in (NO_NODE, 0) and picked[1] == NO_NODE  # equal rewards: the prefix decides; equal prefixes: no gap
+
+
+@pytest.mark.parametrize("lead_gap, shared", [(0.25, True), (None, False), (0.75, False)])
+def test_a_common_state_that_leads_every_other_state_the_root_drew_gets_the_share(lead_gap, shared):
+    """Row 0: 12 of 16 root rollouts through state 0 (prefix score 1.0), two each through states 12
+    and 14 (0.8, 0.7); rewards 0 and 1 alternating, an sd of 0.5. The mean prefix score is 0.9375,
+    0.0625 below state 0's: under the prefix gap (0.5 x 0.5). State 0 leads the next state by 0.2,
+    above 0.25 x 0.5 and below 0.75 x 0.5. Row 1: the root drew state 0 alone, which leads no other."""
+    through = np.array([[0] * 12 + [12, 12, 14, 14], [0] * 16])
+    score = np.where(through == 0, 1.0, np.where(through == 12, 0.8, 0.7))
+    rewards = np.tile(np.array([0.0, 1.0]), (2, 8))
+    root = Rollouts(rewards, np.ones_like(rewards, bool), None, through, score)
+    config = SearchConfig(share=ShareConfig(lead_gap=lead_gap, reward_weight=0.0, grid_best_level=False))
+    picked = SharedSLG(32, 2, config)._best_prefix_state(root, np.ones(2, bool))
+    assert picked[0] == (0 if shared else NO_NODE) and picked[1] == NO_NODE
 
 
 def grid_reference(root: Rollouts, row: int) -> bool:
@@ -1193,11 +1214,13 @@ def narrow_reference(root: Rollouts, row: int) -> bool:
     return width < 0.5 * spread and width < prefix_noise
 
 
-def test_on_a_grid_of_narrow_states_only_those_that_reached_the_best_level_are_picked():
+@pytest.mark.parametrize("lead_gap", [None, 0.25])
+def test_on_a_grid_of_narrow_states_only_those_that_reached_the_best_level_are_picked(lead_gap):
     """Reference: the plain ranking loop of the test above over the rollouts at the row's best reward,
     where the row is a grid (``grid_reference``) of narrow states (``narrow_reference``); elsewhere
     over all of them. Rows 2-19: rewards unrelated to prefix scores (wide states); 20-39: no grid;
-    40-59: rewards that follow the prefix scores onto the five levels (narrow states)."""
+    40-59: rewards that follow the prefix scores onto the five levels (narrow states). The lead gate
+    reads every state the root drew, not only the candidates."""
     root = few_level_root(7)
     root.rewards[:, 5] = 0.0  # the unbranchable rollout no longer holds the best reward
     rows = np.arange(20, 40)
@@ -1210,13 +1233,15 @@ def test_on_a_grid_of_narrow_states_only_those_that_reached_the_best_level_are_p
     keep = np.isnan(root.rewards[narrow]) | (root.state_index[narrow] < 0)  # the dropped score, the unbranchable rollout
     root.rewards[narrow] = np.where(keep, root.rewards[narrow], follows)
     batch, weight = root.rewards.shape[0], ShareConfig().reward_weight
-    picked = SharedSLG(32, batch)._best_prefix_state(root, np.ones(batch, bool))
+    picked = SharedSLG(32, batch, SearchConfig(share=ShareConfig(lead_gap=lead_gap)))._best_prefix_state(root, np.ones(batch, bool))
     ruled = 0
     for b in range(batch):
         rule = grid_reference(root, b) and narrow_reference(root, b)
         ruled += rule
         top = max(r for r in root.rewards[b] if not math.isnan(r))
-        assert picked[b] == reference_pick(root, b, weight, (lambda r, top=top: r == top) if rule else None), b
+        expected = reference_pick(root, b, weight, (lambda r, top=top: r == top) if rule else None,
+                                  math.inf if lead_gap is None else lead_gap)
+        assert picked[b] == expected, b
     assert sum(grid_reference(root, b) and not narrow_reference(root, b) for b in range(batch)) >= 10
     assert 10 <= ruled < batch - 10  # grids of narrow states, grids of wide ones, and no grid
 
