@@ -1173,6 +1173,20 @@ def test_a_common_state_that_leads_every_other_state_the_root_drew_gets_the_shar
     assert picked[0] == (0 if shared else NO_NODE) and picked[1] == NO_NODE
 
 
+def test_on_a_grid_the_lead_gate_reads_every_state_the_root_drew_not_only_the_candidates():
+    """A grid of narrow states (each state's rollouts at one level, levels 1.0 and 0.0 shared by two
+    states each; Var(r) - Cov(s, r) = 0.085 - 0.167 below half of Cov(s, r), Var(r) below Var(s) =
+    0.54): only the two states at the best level, 1.0, are candidates. The pick, state 10 (prefix
+    score 0.9), clears no prefix gap (0.9 - 0.79 below 0.5 x 0.29) and leads the other candidate
+    (0.5) by far, but the common state 0 the root also drew scores 1.2: it leads nothing."""
+    spec = [(0, 1.2, 0.75)] * 10 + [(10, 0.9, 1.0)] * 2 + [(12, 0.5, 1.0)] * 2 + [(14, -1.0, 0.0), (15, -1.1, 0.0)]
+    index, score, rewards = (np.array([[row[i] for row in spec]]) for i in range(3))
+    root = Rollouts(rewards.astype(float), np.ones(rewards.shape, bool), None, index, score.astype(float))
+    assert on_a_grid(root)[0]
+    config = SearchConfig(share=ShareConfig(lead_gap=0.25))
+    assert SharedSLG(32, 1, config)._best_prefix_state(root, np.ones(1, bool))[0] == NO_NODE
+
+
 def grid_reference(root: Rollouts, row: int) -> bool:
     """Whether a root row is a grid of levels, counted plainly: for each reward, the known states that
     reached it less one, summed; at least a tenth of the row's scored rewards, and at least one."""
