@@ -152,7 +152,8 @@ class Checkpoints:
 
 def check_output_target(target: str, option: str) -> None:
     """Refuse, before any work, an output that cannot be written (``ConfigError``): a folder, a path
-    under a file, a folder or device this process may not write in, a URL of an unknown scheme."""
+    under a file, a device this process may not write, a folder that refuses it a new file, a URL of
+    an unknown scheme."""
     if target.endswith("/"):  # a folder by its name: writing a file of that name would surprise
         raise ConfigError(f"{option} {target!r} ends in '/', a folder; expected a file path")
     path = local_path(target)
@@ -172,8 +173,17 @@ def check_output_target(target: str, option: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise ConfigError(f"{option} {target!r} lies under {str(parent)!r}, which is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {target!r}: no permission to write in {str(parent)!r}")
+    _check_creates_files(parent, f"{option} {target!r}")
+
+
+def _check_creates_files(folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder``, as the write will: permission bits do not show that a
+    read-only mount, /sys or /proc refuses new files, even to root."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".slg-probe-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot write in {str(folder)!r} ({error.strerror or error})") from None
 
 
 def check_plot_target(target: str, option: str = "--plot") -> None:

@@ -183,7 +183,9 @@ def test_a_whole_file_write_keeps_the_files_mode_its_links_and_writes_a_pipe_in_
     (["--plot", "{tmp}/p"], "must end in one of"),  # matplotlib would write p.png, not p
     (["--plot", "s3://results/p.png"], "must be a local path"),
     (["--out", "nosuchfs://bucket/p.jsonl"], "cannot open 'nosuchfs://bucket/p.jsonl'"),
-    (["--out", "{tmp}/ok.jsonl", "--plot", "{tmp}/afile/p.png"], "which is a file"),
+    (["--out", "{tmp}/ok.jsonl", "--plot", "{tmp}/afile/p.png"], "which is a file"),  # and no probe file left
+    (["--out", "/proc/slg-out.jsonl"], "--out '/proc/slg-out.jsonl': cannot write in '/proc'"),  # refused even to root
+    (["--out", "/sys/slg-out.jsonl"], "--out '/sys/slg-out.jsonl': cannot write in '/sys'"),
 ])
 def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, argv, match):
     (tmp_path / "afile").write_text("")
