@@ -15,6 +15,8 @@ from scipy import special
 
 from pipeline.stats.tail import fit_tail_full_rows
 
+BAND = 4.0  # each row's band in the searchsorted layout, in units of the rewards' range (knots lie in [0, 1])
+
 
 class QuantileScale:
     """The prompt's own quantile scale: a reward x scores Phi^-1(F(x)), F the prompt's reward CDF.
@@ -42,19 +44,20 @@ class QuantileScale:
             floor = np.where(np.isfinite(floor), floor, 0.0)
             rewards = np.where(np.isnan(rewards), floor, rewards)
         batch, size = rewards.shape
-        knots = np.sort(rewards, axis=1)
+        # The map is built in units of the rewards' range from the lowest, so that its slopes do not
+        # depend on the rewards' scale (subnormal steps would overflow them) and rows laid end to
+        # end, each shifted into its own band, serve one searchsorted for all.
+        self._low = float(rewards.min())
+        self._span = (float(rewards.max()) - self._low) or 1.0
+        knots = (np.sort(rewards, axis=1) - self._low) / self._span
         scores = np.broadcast_to(special.ndtri((np.arange(size) + 0.5) / size), knots.shape).copy()
-        # Rows are laid end to end, each shifted into its own band, so one searchsorted serves all.
-        self._low = float(knots.min())
-        self._span = float(knots.max()) - self._low + 1.0
-        self._band = 4.0 * self._span
-        flat = (knots + (np.arange(batch) * self._band)[:, None]).ravel()
+        flat = (knots + (np.arange(batch) * BAND)[:, None]).ravel()
         if (np.diff(knots, axis=1) == 0).any():  # ties: each takes the mean score of its block
             _, group, tied = np.unique(flat, return_inverse=True, return_counts=True)
             scores = (np.bincount(group, weights=scores.ravel()) / tied)[group].reshape(batch, size)
         self.tail_fit = fit_tail_full_rows(rewards, tail_fraction)
         sigma = self.tail_fit[1]
-        below = np.where(sigma > 0, 1.0 / np.where(sigma > 0, sigma, 1.0), 0.0)
+        below = np.where(sigma > 0, self._span / np.where(sigma > 0, sigma, 1.0), 0.0)
         above = below
         top = max(3, int(round(math.sqrt(size))))
         if top < size:
@@ -78,8 +81,9 @@ class QuantileScale:
         values = np.asarray(values, dtype=float)
         rows = np.arange(self.batch) if rows is None else np.asarray(rows)
         missing = np.isnan(values)  # a dropped score stays NaN
-        within = np.clip(np.where(missing, self._low, values), self._low - self._span, self._low + 2.0 * self._span)
-        segment = np.searchsorted(self._flat, within + (rows * self._band)[:, None]) - (rows * self.size)[:, None]
+        units = (values - self._low) / self._span
+        within = np.clip(np.where(missing, 0.0, units), -1.0, 2.0)  # rows' bands: [-1, 2] about each row's start
+        segment = np.searchsorted(self._flat, within + (rows * BAND)[:, None]) - (rows * self.size)[:, None]
         anchor = np.maximum(segment - 1, 0)
         row = rows[:, None]
-        return self._scores[row, anchor] + self._slope[row, segment] * (values - self._knots[row, anchor])
+        return self._scores[row, anchor] + self._slope[row, segment] * (units - self._knots[row, anchor])

@@ -4,6 +4,7 @@ successive halving) and the statistics they rest on."""
 
 import math
 import statistics
+import warnings
 
 import numpy as np
 import pytest
@@ -799,6 +800,22 @@ def test_a_row_of_no_reward_leaves_the_other_rows_scales_as_they_are():
     beside = QuantileScale(root, 0.5).scores(values)
     assert np.array_equal(beside[[0, 2]], alone)
     assert np.isfinite(beside[1]).all() and np.isnan(QuantileScale(root, 0.5).scores(np.full((3, 1), np.nan))).all()
+
+
+def test_rewards_a_subnormal_step_apart_still_score_finite_and_in_order():
+    """Rewards of order 1e-310 (a fuzzed bank) give slopes past the largest float; capped, every
+    score is finite, no overflow warns, and the prompt's own rewards keep their exact scores."""
+    rng = np.random.default_rng(4)
+    root = rng.normal(size=(2, 30)) * 1e-310
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scale = QuantileScale(root, 0.5)
+        grid = np.sort(np.concatenate([root, rng.normal(size=(2, 30)) * 2e-310], axis=1), axis=1)
+        scored = scale.scores(grid)
+    assert np.isfinite(scored).all() and (np.diff(scored, axis=1) >= 0).all()
+    ranks = np.argsort(np.argsort(root, axis=1), axis=1)
+    interior = ranks < 30 - 5
+    assert np.allclose(scale.scores(root)[interior], stats.norm.ppf((ranks[interior] + 0.5) / 30))
 
 
 def test_quantile_scale_gives_ties_their_mean_score():
