@@ -21,19 +21,21 @@ from pipeline.offline.multipliers import format_multiplier, format_multiplier_ra
 
 METHODS = "bon,slg,slg_adaptive,slg_share,oracle"
 BANK_METHODS = "bon,slg,slg_adaptive,slg_share"
+BANK_REPEATS = 1000  # a bank's best-of-N curve is flat by N = 128-512: 200 repeats left its multipliers +-0.15x there
 GRID = ("replay --world all --prompts 200 --repeats 200 --budgets 4,8,16,32,64,100,256,1000,4096 "
         f"--methods {METHODS} --seed 3")
 BANKS = ("replay --bank data/banks/toy_t8.parquet,data/banks/toy_t16.parquet --budgets 8,16,32,64,128,256,512 "
-         f"--methods {BANK_METHODS} --repeats 200 --seed 3")
+         f"--methods {BANK_METHODS} --repeats {BANK_REPEATS} --seed 3")
 HELD_OUT = ("replay --bank data/banks/toy_t8_temp07.parquet,data/banks/toy_t12.parquet --budgets 8,16,32,64,128,256,512 "
-            f"--methods {BANK_METHODS} --repeats 200 --seed 3")
+            f"--methods {BANK_METHODS} --repeats {BANK_REPEATS} --seed 3")
 LATER = ("replay --bank data/banks/toy_t8_temp13.parquet,data/banks/toy_t24.parquet --budgets 8,16,32,64,128,256 "
-         f"--methods {BANK_METHODS} --repeats 200 --seed 3")
+         f"--methods {BANK_METHODS} --repeats {BANK_REPEATS} --seed 3")
 NEWEST = ("replay --bank data/banks/toy_t4.parquet,data/banks/toy_t8_temp05.parquet --budgets 8,16,32,64,128,256 "
-          f"--methods {BANK_METHODS} --repeats 200 --seed 3")
+          f"--methods {BANK_METHODS} --repeats {BANK_REPEATS} --seed 3")
 AFTER_COMMIT = ("replay --bank data/banks/toy_t20.parquet --budgets 8,16,32,64,128,256,512 "
-                f"--methods {BANK_METHODS} --repeats 200 --seed 3")
-SMALL_BANK = f"replay --bank data/toy_bank/bank.jsonl --budgets 8,16,32,64 --methods {BANK_METHODS} --repeats 200 --seed 3"
+                f"--methods {BANK_METHODS} --repeats {BANK_REPEATS} --seed 3")
+SMALL_BANK = (f"replay --bank data/toy_bank/bank.jsonl --budgets 8,16,32,64 --methods {BANK_METHODS} "
+              f"--repeats {BANK_REPEATS} --seed 3")
 REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first column or None)
     ("Real model outputs: the toy models' banks",
      "50 held-out problems x 16 states x 512 completions of the trained toy generator, scored by the toy reward "
@@ -101,7 +103,7 @@ def fmt(value: float, ci: float) -> str:
 
 
 def method_table(rows: list[dict], label_key: str | None, methods: list[str], ceilings: list[dict] | None = None) -> str:
-    """One line per (target, N): each method's mean best reward +- its interval (multiplier)."""
+    """One line per (target, N): each method's mean best reward +- its interval (multipliers)."""
     header = ([label_key] if label_key else []) + ["N"] + methods + (["clairvoyant", "paid discovery"] if ceilings else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cells = {(r.get(label_key) if label_key else "", r["budget"], r["method"]): r for r in rows}
@@ -109,24 +111,22 @@ def method_table(rows: list[dict], label_key: str | None, methods: list[str], ce
     for target in dict.fromkeys(r.get(label_key) if label_key else "" for r in rows):
         for budget in sorted({r["budget"] for r in rows}):
             line = ([_short(target)] if label_key else []) + [str(budget)]
-            for method in methods:
-                r = cells[(target, budget, method)]
-                line.append(f"{fmt(r['mean_best_reward'], r['ci95'])} ({format_multiplier(r['compute_multiplier'])})")
+            line += [_cell(cells[(target, budget, method)]) for method in methods]
             if ceilings:
-                for name in ("clairvoyant", "paid_discovery"):
-                    c = ceiling_cells[(target, budget, name)]
-                    line.append(_ceiling_cell(c))
+                line += [_cell(ceiling_cells[(target, budget, name)]) for name in ("clairvoyant", "paid_discovery")]
             lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
 
 
-def _ceiling_cell(row: dict) -> str:
-    """An exact ceiling as its value (multiplier); an estimated one (paid discovery) with its Monte Carlo
-    interval and the multipliers of that interval's ends."""
-    if not row["ci95"] > 0:
-        return f"{row['mean_best_reward']:.4f} ({format_multiplier(row['compute_multiplier'])})"
-    return (f"{fmt(row['mean_best_reward'], row['ci95'])} ({format_multiplier(row['compute_multiplier'])}; "
-            f"{format_multiplier_range(row['compute_multiplier_range'])})")
+def _cell(row: dict) -> str:
+    """A mean best reward +- its 95% interval (an exact ceiling: its value alone) and its multiplier,
+    then the multipliers of the interval's ends where they differ from it."""
+    multiplier = format_multiplier(row["compute_multiplier"])
+    ends = row.get("compute_multiplier_range")
+    if ends and any(format_multiplier(end) != multiplier for end in ends):
+        multiplier += f"; {format_multiplier_range(ends)}"
+    value = fmt(row["mean_best_reward"], row["ci95"]) if row["ci95"] > 0 else f"{row['mean_best_reward']:.4f}"
+    return f"{value} ({multiplier})"
 
 
 def _short(label) -> str:
@@ -143,11 +143,11 @@ def build(folder: Path) -> str:
              "(the Monte Carlo error over repeats), and in brackets the compute multiplier: the best-of-N budget "
              "whose exact value reaches that mean, over N (`>1024` when even 1024 N does not; `saturated` where "
              "best-of-N's exact curve at 1024 N still lies within the interval, so that no multiplier is "
-             "identified). Methods at one "
-             "budget share random streams, so their differences are sharper than their intervals. The clairvoyant "
-             "ceiling of a bank is exact; paid discovery averages simulated discoveries, and carries its Monte Carlo "
-             "interval and, after the multiplier, the multipliers of that interval's ends (docs/method.md, "
-             "\"Ceilings\").\n"]
+             "identified), then the multipliers of the interval's ends where they differ from it: where best-of-N's "
+             "curve is flat (a bank at N = 128-512) a small interval spans a wide range of multipliers. The "
+             "clairvoyant ceiling of a bank is exact; paid discovery averages simulated discoveries (docs/method.md, "
+             "\"Ceilings\"). A method's paired difference from bon, episode by episode, is in `slg replay`'s own "
+             "table (\"vs bon (paired)\").\n"]
     for title, text, command, label in REPLAYS_OF_BANKS:
         payload, elapsed = run_slg(command, folder / "banks.json")
         table = method_table(payload["results"], label, BANK_METHODS.split(","), payload["ceilings"])

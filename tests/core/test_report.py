@@ -83,3 +83,14 @@ def test_bench_repeats_report_each_figures_median_and_range():
                      "87500.0 (80000.0-100000.0)",
                      "driver time per rollout 51.5 (48.0-61.0) us CPU: policy 17.2 (16.0-20.3), replica calls "
                      "17.2 (16.0-20.3), bookkeeping 17.2 (16.0-20.3)"]
+
+
+def test_the_results_pages_cells_show_a_multipliers_range_only_where_it_says_something():
+    from pipeline.jobs.results_book import _cell
+
+    wide = {"mean_best_reward": -0.41287, "ci95": 0.0009, "compute_multiplier": 1.22, "compute_multiplier_range": [1.05, 1.41]}
+    assert _cell(wide) == "-0.41287 +- 0.00090 (1.22x; 1.05x-1.41x)"
+    flat = {**wide, "compute_multiplier": "saturated", "compute_multiplier_range": ["saturated", "saturated"]}
+    assert _cell(flat) == "-0.41287 +- 0.00090 (saturated)"
+    exact = {"mean_best_reward": -0.4123, "ci95": 0.0, "compute_multiplier": 1.3}  # a clairvoyant ceiling
+    assert _cell(exact) == "-0.4123 (1.30x)"
