@@ -137,16 +137,40 @@ def add_overrides(parser, what: str = "OmegaConf dot-list overrides of the confi
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=what)
 
 
+INPUT_OPTIONS = ("bank", "rewards", "real", "source")  # the files commands read, beside --config
+
+
 def check_output_paths(args) -> None:
     """Every file option a command writes, checked before its work starts (a folder or a file in
-    the way would otherwise fail only at the end, after minutes of work)."""
+    the way would otherwise fail only at the end, after minutes of work), and none of them one of
+    the command's inputs (``--out`` naming the bank replaced the bank with the results)."""
     from pipeline.outputs.destinations import check_output_target, check_plot_target
 
-    for option in ("out", "texts"):
-        if getattr(args, option, None):
-            check_output_target(getattr(args, option), f"--{option}")
-    if getattr(args, "plot", None):
-        check_plot_target(args.plot)
+    written = {option: getattr(args, option, None) for option in ("out", "texts", "plot")}
+    written = {option: target for option, target in written.items() if target is not None}
+    for option, target in written.items():
+        if option == "plot":
+            check_plot_target(target)
+        else:
+            check_output_target(target, f"--{option}")
+    inputs = [getattr(args, option, None) for option in INPUT_OPTIONS]
+    inputs = [path for value in inputs if value for path in (value if isinstance(value, list) else [value])]
+    for option, target in written.items():
+        for source in inputs:
+            if _same_file(target, source):
+                raise UsageError(f"--{option} {target!r} is the input {source!r}: writing it would replace it")
+
+
+def _same_file(target: str, source: str) -> bool:
+    from pipeline.outputs.destinations import local_path
+
+    output, given = local_path(target), local_path(source)
+    if output is None or given is None:
+        return target == source
+    try:
+        return output.exists() and given.exists() and os.path.samefile(output, given)
+    except OSError:
+        return False
 
 
 def write_json(target: str, payload) -> None:

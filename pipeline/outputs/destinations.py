@@ -151,29 +151,57 @@ class Checkpoints:
 
 
 def check_output_target(target: str, option: str) -> None:
-    """Refuse, before any work, an output that cannot be written (``ConfigError``): a folder, a path
-    under a file, a device this process may not write, a folder that refuses it a new file, a URL of
-    an unknown scheme."""
+    """Refuse, before any work, an output that cannot be written (``ConfigError``): no name (``""``,
+    or ``-``, which names a file here: standard output is ``/dev/stdout``), a folder, a path under a
+    file, a name the file system refuses, a device this process may not write, a folder that refuses
+    it a new file, a URL of an unknown scheme or of a store this process cannot reach."""
+    if target in ("", "-"):
+        raise ConfigError(f"{option} {target!r} names no file (standard output is /dev/stdout)")
     if target.endswith("/"):  # a folder by its name: writing a file of that name would surprise
         raise ConfigError(f"{option} {target!r} ends in '/', a folder; expected a file path")
     path = local_path(target)
     if path is None:
-        _filesystem(target)  # an unknown scheme or a missing package; credentials are met at the upload
+        _check_reachable(target, option)
         return
     if target in STANDARD_OUTPUT:
         return
+    try:
+        _check_local_output(path, f"{option} {target!r}")
+    except OSError as error:  # a name too long, say: the file system's own word
+        raise ConfigError(f"{option} {target!r}: {error.strerror or error}") from None
+
+
+def _check_local_output(path: Path, what: str) -> None:
     if path.is_dir():
-        raise ConfigError(f"{option} {target!r} is a folder; expected a file path")
+        raise ConfigError(f"{what} is a folder; expected a file path")
     if path.exists() and written_in_place(path):  # a device or pipe: written itself, not its folder
         if not os.access(path, os.W_OK):
-            raise ConfigError(f"{option} {target!r}: no permission to write it")
+            raise ConfigError(f"{what}: no permission to write it")
         return
     parent = path.parent
     while not parent.exists() and parent != parent.parent:  # the folders that do not exist yet are made
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"{option} {target!r} lies under {str(parent)!r}, which is a file")
-    _check_creates_files(parent, f"{option} {target!r}")
+        raise ConfigError(f"{what} lies under {str(parent)!r}, which is a file")
+    _check_creates_files(parent, what)
+
+
+def _check_reachable(target: str, option: str) -> None:
+    """A remote output's store answers (credentials, endpoint, network) and holds its bucket, so that
+    these fail before the work rather than at the upload after it."""
+    fs, remote = _filesystem(target)
+    bucket = remote.split("/", 1)[0]  # an object store's bucket; empty for a remote file system's absolute path
+    try:
+        if bucket:
+            fs.info(bucket)
+        else:
+            fs.exists(remote)
+    except FileNotFoundError:
+        raise ConfigError(f"{option} {target!r}: {bucket!r} does not exist there") from None
+    except PermissionError:  # credentials that may write but not look: the upload will tell
+        pass
+    except Exception as error:  # noqa: BLE001 - each store has its own errors (botocore's are not OSError)
+        raise ConfigError(f"{option} {target!r}: cannot reach it: {type(error).__name__}: {_first_line(error)}") from None
 
 
 def _check_creates_files(folder: Path, what: str) -> None:

@@ -186,6 +186,9 @@ def test_a_whole_file_write_keeps_the_files_mode_its_links_and_writes_a_pipe_in_
     (["--out", "{tmp}/ok.jsonl", "--plot", "{tmp}/afile/p.png"], "which is a file"),  # and no probe file left
     (["--out", "/proc/slg-out.jsonl"], "--out '/proc/slg-out.jsonl': cannot write in '/proc'"),  # refused even to root
     (["--out", "/sys/slg-out.jsonl"], "--out '/sys/slg-out.jsonl': cannot write in '/sys'"),
+    (["--out", ""], "--out '' names no file"),  # it wrote nothing and exited 0
+    (["--out", "-"], "--out '-' names no file (standard output is /dev/stdout)"),  # it wrote a file named -
+    (["--out", "{tmp}/" + "a" * 300 + ".jsonl"], "File name too long"),  # exit 1 with a traceback
 ])
 def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, argv, match):
     (tmp_path / "afile").write_text("")
@@ -195,6 +198,47 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(tmp_pa
     out, err = capsys.readouterr()
     assert match.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
     assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing printed, nothing written
+
+
+def test_an_output_that_is_the_commands_input_is_refused_and_the_input_kept(tmp_path, capsys, monkeypatch):
+    bank = tmp_path / "bank.jsonl"
+    bank.write_bytes((ROOT / "data" / "toy_bank" / "bank.jsonl").read_bytes()[:200_000].rsplit(b"\n", 1)[0] + b"\n")
+    kept = bank.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for argv in (["replay", "--bank", str(bank), "--budgets", "8", "--repeats", "1", "--out", "./bank.jsonl"],
+                 ["predict", "--rewards", "bank.jsonl", "--n", "8", "--out", str(bank)],
+                 ["convert-bank", str(bank), "bank.jsonl"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is the input" in err and "writing it would replace it" in err and len(err.strip().splitlines()) == 1
+        assert bank.read_bytes() == kept  # replay once wrote its results over the bank
+
+
+def test_an_output_url_the_store_refuses_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("s3fs")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses a file system made with another test's credentials
+    rewards = ROOT / "data" / "real" / "examples" / "math500_first16.jsonl"
+    try:
+        assert main(["predict", "--rewards", str(rewards), "--n", "16", "--out", "s3://no-such-bucket-slg/p.jsonl"]) == 2
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # ... and the next test would reuse this one's, without any
+    out, err = capsys.readouterr()
+    assert "--out 's3://no-such-bucket-slg/p.jsonl': cannot reach it: NoCredentialsError" in err and out == ""
+
+
+def test_an_output_url_in_a_bucket_that_does_not_exist_is_refused_before_the_work(s3, capsys):
+    rewards = ROOT / "data" / "real" / "examples" / "math500_first16.jsonl"
+    assert main(["predict", "--rewards", str(rewards), "--n", "16", "--out", "s3://no-such-bucket/p.jsonl"]) == 2
+    out, err = capsys.readouterr()
+    assert "--out 's3://no-such-bucket/p.jsonl': 'no-such-bucket' does not exist there" in err and out == ""
 
 
 def test_outputs_in_folders_not_made_yet_are_written_and_stdout_gets_the_file_after_the_table(tmp_path, capsys):
