@@ -13,3 +13,16 @@ class ConfigError(ValueError):
 
     A ``ValueError`` so that it survives Ray's wrapping and reads as one to library callers.
     """
+
+
+def json_value(text: str, where: str):
+    """The JSON value of one line of an input, or ``ConfigError`` naming ``where`` (a value nested
+    too deeply for the parser, whose recursion runs out, is not valid JSON either)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid JSON (nested too deeply)") from None

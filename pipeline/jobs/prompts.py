@@ -7,11 +7,10 @@ an empty problem, is an error naming the row and the field.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipeline.distributed.contract import PromptInput
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, json_value
 from pipeline.jobs.config import DataSource
 
 
@@ -97,8 +96,6 @@ def read_jsonl_prompts(path, problem_field: str = "problem", answer_field: str |
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                rows.append((f"{path.name} line {line_number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{path.name} line {line_number}: not valid JSON ({error.msg})") from None
+            where = f"{path.name} line {line_number}"
+            rows.append((where, json_value(line, where)))
     return prompts_from_rows(rows, path.stem, problem_field, answer_field, id_field, limit, skip)

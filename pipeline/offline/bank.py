@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, json_value
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.parquet_banks import (
     NOT_A_REWARD,
@@ -56,7 +56,7 @@ def _bank_rows(path):
     elif not path.is_file():
         raise no_bank_error(path)
     else:
-        rows = ((where, row) for _, where, row in json_lines(read_text(path, "bank").splitlines(), f"bank {path.name}"))
+        rows = ((where, row) for _, where, row in json_lines(read_text(path, "bank").split("\n"), f"bank {path.name}"))
     seen = set()
     for where, row in rows:
         prompt_id = str(row.get("prompt_id")) if isinstance(row, dict) else None
@@ -87,10 +87,7 @@ def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, obj
         if not line.strip():
             continue
         where = f"{label} line {number}"
-        try:
-            yield number, where, json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
+        yield number, where, json_value(line, where)
 
 
 def first_bad_reward(rewards: list) -> tuple[int, object] | None:
@@ -111,7 +108,7 @@ def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
     if is_parquet_bank(Path(path)):
         lines = ((k + 1, f"bank {Path(path).name} prompt {k + 1}", row) for k, row in enumerate(read_bank_rows(path)))
     else:
-        lines = json_lines(read_text(path, "--rewards").splitlines(), str(path))
+        lines = json_lines(read_text(path, "--rewards").split("\n"), str(path))
     ids, rows, seen = [], [], set()
     for number, where, row in lines:
         if isinstance(row, dict) and "rewards" in row:

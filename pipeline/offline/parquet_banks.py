@@ -39,6 +39,16 @@ NOT_A_REWARD = f"not a finite number within +-{REWARD_LIMIT:.0e}"
 METADATA_KEY = b"slg.bank"
 ROW_GROUP_REWARDS = 1 << 18
 OPTIONAL_COLUMNS = ("state_text", "state_score", "correct")  # what a replay reads beside prompt_id and rewards
+COLUMN_TYPES = {  # column: (what it must be, in words; (shape, item))
+    "prompt_id": ("a string", ("one", "text")),
+    "state": ("an integer", ("one", "integer")),
+    "state_text": ("a string", ("one", "text")),
+    "state_score": ("a number", ("one", "number")),
+    "rewards": ("lists of numbers", ("list", "number")),
+    "correct": ("lists of true/false", ("list", "bool")),
+    "meta": ("JSON text", ("one", "text")),
+    "responses": ("lists of strings", ("list", "text")),
+}
 
 
 def is_parquet_bank(path) -> bool:
@@ -119,8 +129,16 @@ def read_parquet_rows(path) -> list[dict]:
                 if value is not None:
                     row.setdefault(key, []).append(value)
             if columns.get("meta", [None] * (i + 1))[i] is not None and "meta" not in row:
-                row["meta"] = json.loads(columns["meta"][i])
+                row["meta"] = _meta(columns["meta"][i], f"bank {str(path)!r} prompt {prompt_id!r}")
     return rows
+
+
+def _meta(text: str, where: str):
+    """A prompt's ``meta`` (any JSON value) from its text."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply for the parser
+        raise ConfigError(f"{where}: 'meta' is not valid JSON text") from None
 
 
 def write_parquet_bank(path, rows: list[dict], metadata: dict | None = None) -> None:
@@ -196,7 +214,7 @@ class PromptBlock:
         import pyarrow as pa
 
         column = self.table.column("rewards").combine_chunks()
-        if not pa.types.is_list(column.type) or not (pa.types.is_floating(column.type.value_type)
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or not (pa.types.is_floating(column.type.value_type)
                                                      or pa.types.is_integer(column.type.value_type)):
             raise ConfigError(f"{where}: 'rewards' must be lists of numbers, got {column.type}")
         lengths = column.value_lengths().to_numpy(zero_copy_only=False)  # NaN where a list is null
@@ -287,4 +305,26 @@ def _columns(parquet, file: Path) -> list[str]:
     missing = {"prompt_id", "rewards"} - set(names)
     if missing:
         raise ConfigError(f"bank {str(file)!r} lacks the column(s) {sorted(missing)}")
+    for field in parquet.schema_arrow:
+        if field.name in COLUMN_TYPES and not _holds(field.type, field.name):
+            raise ConfigError(f"bank {str(file)!r}: column {field.name!r} must be {COLUMN_TYPES[field.name][0]}, "
+                              f"got {field.type}")
     return ["prompt_id", "rewards", *(name for name in OPTIONAL_COLUMNS if name in names)]
+
+
+def _holds(kind, name: str) -> bool:
+    """Whether a column of arrow type ``kind`` may be the bank column ``name`` (a column of nulls
+    only may be any optional one)."""
+    import pyarrow as pa
+
+    if pa.types.is_null(kind):
+        return name not in ("prompt_id", "rewards")
+    numbers = (pa.types.is_floating, pa.types.is_integer)
+    checks = {"text": (pa.types.is_string, pa.types.is_large_string), "number": numbers,
+              "integer": (pa.types.is_integer,), "bool": (pa.types.is_boolean,)}
+    shape, item = COLUMN_TYPES[name][1]
+    if shape == "list":
+        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+            return False
+        kind = kind.value_type
+    return any(check(kind) for check in checks[item])

@@ -268,6 +268,12 @@ def _warm_world(world: World, budgets: list[int], methods: list[str], config: Se
             world.prompt_value(n)
 
 
+def _accuracy(correct: np.ndarray) -> float | None:
+    """The share of right best answers over the episodes of graded prompts (NaN: not graded); None if none is."""
+    graded = correct[~np.isnan(correct)]
+    return float(graded.mean()) if graded.size else None
+
+
 def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[MethodResult]:
     results, bests = [], {}
     for budget in budgets:
@@ -275,7 +281,7 @@ def _summarise(played: dict, label: str, methods, budgets, repeats) -> list[Meth
             ordered = in_order(played, label, method, budget)
             task, parts = ordered[0][0], [output for _, output in ordered]
             best = bests[(method, budget)] = joined(ordered, "best")
-            accuracy = None if parts[0].correct is None else float(joined(ordered, "correct").mean())
+            accuracy = None if parts[0].correct is None else _accuracy(joined(ordered, "correct"))
             exceeded = None if parts[0].exceeded is None else bool(any(p.exceeded.any() for p in parts))
             rollouts, generated, rm_tokens, rm_items = (sum(p.spend for p in parts) / best.size).tolist()
             results.append(MethodResult(method, budget, float(best.mean()), _ci95(best, repeats), None, None, accuracy,

@@ -60,7 +60,8 @@ class Play:
 
 @dataclass
 class Played:
-    """Per prompt and repeat (P, R): the best reward, whether it was right (None: ungraded), and
+    """Per prompt and repeat (P, R): the best reward, whether it was right (1 or 0; a bank's prompt
+    that is not graded NaN, a world that grades nothing None), and
     whether the episode drew more rollouts from a state than its pool holds (None: a world); the sums
     over the episodes of rollouts, generated tokens, reward-model tokens and reward-model items."""
 
@@ -120,11 +121,11 @@ def play(task: Play, unit: World | list[BankPrompt] | BankSlice, first: int = 0)
                      true_value=source.true_value)
         ledger = run_episodes(policy, source)
         bests.append(ledger.best_reward)
-        corrects.append(ledger.best_correct if ledger.has_correct else None)
+        # a prompt whose rollouts are not graded, in a bank where others are, counts for no accuracy
+        corrects.append(ledger.best_correct.astype(float) if ledger.has_correct else np.full(task.repeats, np.nan))
         exceeded.append(source.pool_exceeded())
         spend += _spend(ledger)
-    correct = None if corrects[0] is None else np.stack(corrects)
-    return Played(np.stack(bests), correct, np.stack(exceeded), spend)
+    return Played(np.stack(bests), np.stack(corrects), np.stack(exceeded), spend)
 
 
 def _spend(ledger) -> np.ndarray:

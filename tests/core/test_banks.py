@@ -79,6 +79,74 @@ def test_bad_state_texts_are_refused_naming_the_prompt(tmp_path, row, match):
         read_bank(path)
 
 
+def test_line_separators_inside_strings_are_not_line_ends(tmp_path, capsys):
+    """JSON written with ensure_ascii=False may hold U+2028, U+2029 or U+0085 raw inside a string;
+    str.splitlines() ends lines there, and replay failed on such a bank after its validating pass."""
+    rows = [{**ROWS[0], "state_texts": ["12\u2028-3", "12\u0085-3\u2029"]}, {**ROWS[1], "prompt_id": "p\u20281"}]
+    bank = tmp_path / "b.jsonl"
+    bank.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    assert main(["replay", "--bank", str(bank), "--budgets", "2", "--methods", "bon,slg_share", "--repeats", "2",
+                 "--no-ceilings", "--workers", "1"]) == 0
+    assert main(["predict", "--rewards", str(bank), "--n", "4"]) == 0
+    assert main(["convert-bank", str(bank), str(tmp_path / "b.parquet")]) == 0
+    assert read_bank_rows(tmp_path / "b.parquet") == rows
+
+
+def test_accuracy_counts_the_graded_prompts_of_a_bank_that_grades_some(tmp_path):
+    """A bank whose prompts are graded in part (a data set with answers for some problems): replay
+    stacked the prompts' grades and failed (exit 1) after its work; accuracy is over the graded ones."""
+    rows = [{"prompt_id": "right", "states": [[0.1, 0.2], [0.3]], "correct": [[True, True], [True]]},
+            {"prompt_id": "ungraded", "states": [[0.5, 0.6], [0.7]]}]
+    write_bank(tmp_path / "b.jsonl", rows)
+    assert main(["replay", "--bank", str(tmp_path / "b.jsonl"), "--budgets", "2", "--methods", "bon", "--repeats", "3",
+                 "--no-ceilings", "--workers", "1", "--out", str(tmp_path / "r.json")]) == 0
+    (result,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert result["accuracy"] == 1.0  # not 0.5: the ungraded prompt is not a wrong one
+
+
+def test_json_nested_past_the_parsers_depth_is_bad_input(tmp_path, capsys):
+    bank = tmp_path / "deep.jsonl"
+    bank.write_text('{"prompt_id": "p", "states": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    for argv in (["replay", "--bank", str(bank), "--budgets", "2"], ["predict", "--rewards", str(bank), "--n", "2"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().endswith("line 1: not valid JSON (nested too deeply)")
+
+
+@pytest.mark.parametrize("columns, match", [
+    ({"correct": [True, False, True]}, "column 'correct' must be lists of true/false, got bool"),
+    ({"correct": [[1, 0], [1], [0]]}, "column 'correct' must be lists of true/false, got list<element: int64>"),
+    ({"state_score": ["0.5", "1", "2"]}, "column 'state_score' must be a number, got string"),
+    ({"state_text": [["a"], ["b"], ["c"]]}, "column 'state_text' must be a string, got list<element: string>"),
+    ({"prompt_id": [0.0, 0.0, 1.0]}, "column 'prompt_id' must be a string, got double"),
+    ({"meta": [1, None, None]}, "column 'meta' must be JSON text, got int64"),
+    ({"meta": ["{not json", None, None]}, "prompt 'p0': 'meta' is not valid JSON text"),  # convert-bank reads meta
+])
+def test_a_parquet_column_of_another_type_is_refused_naming_it(tmp_path, capsys, columns, match):
+    """Replay's reader once raised AttributeError or TypeError on these (exit 1), or read them as
+    something (a nested correct as accuracy 1.0); convert-bank's raised on a bad meta."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = {"prompt_id": ["p0", "p0", "p1"], "rewards": [[0.1, 0.2], [0.3], [0.5, 0.6]], **columns}
+    pq.write_table(pa.table(table), tmp_path / "b.parquet")
+    argv = ["convert-bank", str(tmp_path / "b.parquet"), str(tmp_path / "b.jsonl")]
+    if "meta" not in columns or "got" in match:
+        argv = ["replay", "--bank", str(tmp_path / "b.parquet"), "--budgets", "2", "--repeats", "1", "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_large_arrow_types_and_a_column_of_nulls_are_read_as_the_bank_types(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"prompt_id": pa.array(["p0", "p0"], type=pa.large_string()),
+                      "rewards": pa.array([[0.5, 0.25], [1.0]], type=pa.large_list(pa.float32())),
+                      "state_text": pa.array([None, None], type=pa.null())})
+    pq.write_table(table, tmp_path / "b.parquet")
+    (prompt,) = read_bank(tmp_path / "b.parquet")
+    assert prompt.prompt_id == "p0" and [list(s) for s in prompt.state_rewards] == [[0.5, 0.25], [1.0]]
+
+
 def test_states_with_one_prefix_are_one_state_and_root_rollouts_say_which():
     # slots 0 and 2 share a prefix: one state of weight 1/2 holding both pools
     bank = BankPrompt("p", [[0.0] * 4, [1.0] * 4, [0.0] * 4, [2.0] * 4], state_texts=["a", "b", "a", "c"])
