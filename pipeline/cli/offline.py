@@ -27,6 +27,8 @@ from pipeline.cli.arguments import (
 )
 from pipeline.search.methods import DEFAULT_METHODS
 
+MAX_RESPONSE_TOKENS = 10**9  # beyond any model's response; token sums over episodes stay within int64
+MAX_CEILING_SAMPLES = 100_000  # discoveries a prompt and budget: 1024 took about an hour on nine banks
 
 def add_parsers(commands) -> None:
     _add_replay(commands)
@@ -161,6 +163,8 @@ def _run_replay(args, inputs: contextlib.ExitStack) -> int:
         raise UsageError("--per-prompt writes a bank's prompts: a world's prompts are fresh draws")
     if args.per_prompt and not args.out:
         raise UsageError("--per-prompt writes a bank's prompts to --out: give --out FILE")
+    if args.response_tokens > MAX_RESPONSE_TOKENS:
+        raise UsageError(f"--response-tokens must be at most {MAX_RESPONSE_TOKENS}, got {args.response_tokens}")
     if args.state_tokens >= args.response_tokens:
         raise UsageError(f"--state-tokens ({args.state_tokens}) must be below --response-tokens ({args.response_tokens})")
     targets = _replay_targets(args, inputs)
@@ -215,6 +219,8 @@ def _ceiling_settings(args) -> dict:
     for flag, value in given.items():
         if args.no_ceilings and value is not None:
             raise UsageError(f"{flag} {value} shapes the ceilings that --no-ceilings skips: give one of them")
+    if (args.ceiling_samples or 0) > MAX_CEILING_SAMPLES:
+        raise UsageError(f"--ceiling-samples must be at most {MAX_CEILING_SAMPLES}, got {args.ceiling_samples}")
     return {"ceiling_samples": args.ceiling_samples or CEILING_SAMPLES,
             "discovery_fraction": DISCOVERY_FRACTION if args.discovery_fraction is None else args.discovery_fraction}
 
