@@ -4,7 +4,6 @@ number types, ``KEY=VALUE`` overrides, and the checks of output paths before any
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 
@@ -176,5 +175,6 @@ def _same_file(target: str, source: str) -> bool:
 def write_json(target: str, payload) -> None:
     """A JSON file at a path or a URL (``--out`` of every command)."""
     from pipeline.outputs.destinations import write_text
+    from pipeline.outputs.files import json_text
 
-    write_text(target, json.dumps(payload, indent=2) + "\n")
+    write_text(target, json_text(payload, indent=2) + "\n")

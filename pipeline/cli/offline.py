@@ -4,7 +4,6 @@ or as Ray tasks), ``slg sim-bank``, ``slg convert-bank``, ``slg curves``, ``slg 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import time
@@ -337,8 +336,9 @@ def run_predict(args) -> int:
     _print_predictions(lines, len(args.n))
     if args.out:
         from pipeline.outputs.destinations import write_text
+        from pipeline.outputs.files import json_text
 
-        write_text(args.out, "".join(json.dumps(line) + "\n" for line in lines))
+        write_text(args.out, "".join(json_text(line) + "\n" for line in lines))
     if args.plot:
         from pipeline.offline.plots import plot_predictions
 

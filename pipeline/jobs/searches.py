@@ -11,7 +11,6 @@ there is refused unless ``overwrite=true``.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from pipeline.distributed.search_record import SearchSpec
@@ -20,7 +19,7 @@ from pipeline.jobs.prompts import load_prompts
 from pipeline.jobs.report import plot_summary, prefix_warnings, summarise
 from pipeline.logs import log_to_file
 from pipeline.outputs.destinations import Checkpoints, OutputDir
-from pipeline.outputs.files import JsonlSink, atomic_write_text, resume_from
+from pipeline.outputs.files import JsonlSink, atomic_write_text, json_text, resume_from
 from pipeline.search.methods import policy_class
 
 log = logging.getLogger("slg")
@@ -81,7 +80,7 @@ def run(config: RunConfig) -> dict:
         summary["throughput"] = {key: progress[key] for key in THROUGHPUT_KEYS}
         for line in prefix_warnings(summary):
             log.warning("%s", line)
-        atomic_write_text(outputs.file("summary.json").local, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(outputs.file("summary.json").local, json_text(summary, indent=2) + "\n")
         if config.plot:
             plot_summary(summary, outputs.file("best_reward_vs_budget.png").local)
     finally:

@@ -21,6 +21,22 @@ from omegaconf import OmegaConf
 from pipeline.errors import ConfigError
 
 
+def json_text(value, indent: int | None = None) -> str:
+    """``value`` as strict JSON: a float that is not finite (an interval from one episode, say) is
+    null, since ``NaN`` and ``Infinity`` are not JSON and strict parsers refuse them."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a whole file through a temporary file in the same folder and a rename.
 

@@ -675,3 +675,17 @@ def test_parts_are_cut_alike_at_equal_tokens_bounded_by_the_largest_n_and_joined
     parts = [play(p, twin, 0).best for p in replay_module._plays("b", ["bon"], [32], 0, 2, 8, 1, SearchConfig(),
                                                                   TokenModel(), {("bon", 32): 32}, bank=True)]
     assert len(parts) == 2 * 3 and len({part.tobytes() for part in parts}) == len(parts)
+
+
+def test_a_statistic_one_episode_cannot_give_is_null_in_strict_json(tmp_path):
+    """One prompt and one repeat leave no interval: NaN, which json.dumps wrote as `NaN`, not JSON."""
+    out = tmp_path / "one.json"
+    assert main(["replay", "--world", "gaussian", "--prompts", "1", "--repeats", "1", "--budgets", "8",
+                 "--methods", "bon,slg", "--no-ceilings", "--workers", "1", "--out", str(out)]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    results = json.loads(out.read_text(), parse_constant=refuse)["results"]
+    assert [(r["ci95"], r["vs_bon_ci95"]) for r in results] == [(None, None), (None, None)]
+    assert all(isinstance(r["mean_best_reward"], float) for r in results)
