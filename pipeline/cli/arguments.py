@@ -124,6 +124,8 @@ def world_params(pairs: list[str] | None) -> dict[str, float]:
         key, sep, value = pair.partition("=")
         if not sep:
             raise UsageError(f"--param expects KEY=VALUE, got {pair!r}")
+        if key.strip() in params:  # as a budget or method listed twice: the second would silently win
+            raise UsageError(f"--param {key.strip()} is given twice")
         try:
             params[key.strip()] = float(value)
         except ValueError:

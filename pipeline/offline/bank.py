@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.errors import ConfigError, json_value
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.parquet_banks import (
+    A_REWARD,
     NOT_A_REWARD,
     REWARD_LIMIT,
     is_parquet_bank,
@@ -90,14 +91,13 @@ def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, obj
         yield number, where, json_value(line, where)
 
 
-def first_bad_reward(rewards: list) -> tuple[int, object] | None:
-    """(index, value) of the first reward that is not a finite number within ``REWARD_LIMIT`` of 0
-    (booleans are not numbers)."""
+def first_bad_reward(rewards: list) -> tuple[int, str] | None:
+    """(index, the value as a message shows it) of the first reward that is not a finite number
+    within ``REWARD_LIMIT`` of 0 (booleans are not numbers); a long value is cut (10**400 has 401 digits)."""
     for k, value in enumerate(rewards):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return k, value
-        if not abs(value) <= REWARD_LIMIT:  # (an integer beyond a float's range compares exactly)
-            return k, value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= REWARD_LIMIT:
+            shown = repr(value)  # (an integer beyond a float's range compares exactly above)
+            return k, shown if len(shown) <= 40 else f"{shown[:30]}... ({len(shown)} characters)"
     return None
 
 
@@ -126,7 +126,7 @@ def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
             if not isinstance(rewards, list) or not rewards:
                 raise ConfigError(f"{where}: rewards of id {name!r} must be a non-empty list of numbers")
             if (bad := first_bad_reward(rewards)) is not None:
-                raise ConfigError(f"{where}: reward {bad[0]} of id {name!r} is {bad[1]!r}, {NOT_A_REWARD}")
+                raise ConfigError(f"{where}: reward {bad[0]} of id {name!r} is {bad[1]}, {NOT_A_REWARD}")
             if name in seen:
                 raise ConfigError(f"{where}: duplicate id {name!r}")
             seen.add(name)
@@ -170,7 +170,7 @@ def parse_row(row, where: str) -> BankPrompt:
         if not isinstance(rewards, list) or not rewards:
             raise ConfigError(f"{where}: state {i} has an empty or malformed reward list")
         if (bad := first_bad_reward(rewards)) is not None:
-            raise ConfigError(f"{where}: state {i} reward {bad[0]} is {bad[1]!r}, {NOT_A_REWARD}")
+            raise ConfigError(f"{where}: state {i} reward {bad[0]} is {bad[1]}, {NOT_A_REWARD}")
     state_texts = row.get("state_texts")
     if state_texts is not None and (not isinstance(state_texts, list) or len(state_texts) != len(states)
                                     or not all(map(is_text, state_texts))):
@@ -178,7 +178,7 @@ def parse_row(row, where: str) -> BankPrompt:
     state_scores = row.get("state_scores")
     if state_scores is not None and (not isinstance(state_scores, list) or len(state_scores) != len(states)
                                      or first_bad_reward(state_scores) is not None):
-        raise ConfigError(f"{where}: 'state_scores' must hold one prefix score per state, each {NOT_A_REWARD}")
+        raise ConfigError(f"{where}: 'state_scores' must hold one prefix score per state, each {A_REWARD}")
     correct = row.get("correct")
     if correct is not None:
         shapes_match = isinstance(correct, list) and len(correct) == len(states) and all(

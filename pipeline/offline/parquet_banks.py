@@ -35,7 +35,8 @@ FORMAT_VERSION = 1
 # A reward or prefix score beyond it is refused: the statistics square and sum rewards, and a float
 # holds up to 1.8e308 (1e200 and -1e200 overflowed a variance to inf after the whole replay).
 REWARD_LIMIT = 1e100
-NOT_A_REWARD = f"not a finite number within +-{REWARD_LIMIT:.0e}"
+A_REWARD = f"a finite number within +-{REWARD_LIMIT:.0e}"
+NOT_A_REWARD = f"not {A_REWARD}"
 METADATA_KEY = b"slg.bank"
 ROW_GROUP_REWARDS = 1 << 18
 OPTIONAL_COLUMNS = ("state_text", "state_score", "correct")  # what a replay reads beside prompt_id and rewards
@@ -193,7 +194,7 @@ class PromptBlock:
         where = f"{where} (prompt {self.prompt_id!r})"
         states = self._rewards(where)
         texts = self._optional("state_text", where, "'state_texts' must hold one prefix string per state")
-        scores_message = f"'state_scores' must hold one prefix score per state, each {NOT_A_REWARD}"
+        scores_message = f"'state_scores' must hold one prefix score per state, each {A_REWARD}"
         scores = self._optional("state_score", where, scores_message)
         if scores is not None and not (np.abs(np.asarray(scores, dtype=float)) <= REWARD_LIMIT).all():
             raise ConfigError(f"{where}: {scores_message}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.offline.parquet_banks import A_REWARD, REWARD_LIMIT
 from pipeline.stats.predict import Predictions, predict_rows
 
 
@@ -24,8 +25,8 @@ def check_upper_bound(ids: list[str], table: np.ndarray, upper_bound: float | No
     """A declared bound must be finite and at least every reward (``ConfigError`` naming the id)."""
     if upper_bound is None:
         return
-    if not np.isfinite(upper_bound):
-        raise ConfigError(f"--upper-bound must be a finite number, got {upper_bound!r}")
+    if not abs(upper_bound) <= REWARD_LIMIT:  # as a reward: the statistics square and sum it
+        raise ConfigError(f"--upper-bound must be {A_REWARD}, got {upper_bound!r}")
     over = np.nanmax(table, axis=1) > upper_bound
     if over.any():
         i = int(np.argmax(over))

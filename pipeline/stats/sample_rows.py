@@ -168,6 +168,8 @@ def upper_kurtosis(rows: SampleRows) -> np.ndarray:
     middle = np.take_along_axis(rows.ordered, (m // 2)[:, None], axis=1)
     upper = rows.valid & (np.arange(rows.ordered.shape[1])[None, :] >= (m // 2)[:, None])
     d = np.where(upper, rows.ordered - middle, 0.0)
+    reach = np.abs(d).max(axis=1, keepdims=True)
+    d = d / np.where(reach > 0, reach, 1.0)  # the ratio is scale-free; unscaled, d ** 4 overflows from |d| ~ 1e77
     size = np.maximum(upper.sum(axis=1), 1)
     second, fourth = (d ** 2).sum(axis=1) / size, (d ** 4).sum(axis=1) / size
     usable = ((m >= 8) & (second > 0) & ~(rows.interior & ~rows.singleton).any(axis=1)

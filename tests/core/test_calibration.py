@@ -231,6 +231,11 @@ def test_prediction_plot_draws_the_predicted_curves_and_bands():
     ('', [], ".jsonl' holds no reward lists"),  # the path as the user wrote it, not a PosixPath repr
     ('{"id": "a", "rewards": [0.5, 1.5]}', ["--upper-bound", "1"], "--upper-bound 1 is below a reward of id 'a' (1.5)"),
     ('{"id": "a", "rewards": [0.5]}', ["--upper-bound", "nan"], "--upper-bound must be a finite number"),
+    # as a reward is: the tail integrals overflowed on (bound - top) x scale
+    ('{"id": "a", "rewards": [0.5]}', ["--upper-bound", "1.7e308"],
+     "--upper-bound must be a finite number within +-1e+100, got 1.7e+308"),
+    ('{"id": "a", "rewards": [0.5, 1' + "0" * 400 + ']}', [],  # the value cut, not its 401 digits
+     "reward 1 of id 'a' is 1" + "0" * 29 + "... (401 characters), not a finite number within"),
     ('{"id": "a", "rewards": [0.5]}', ["--n", "0"], "argument --n: expected integers >= 1, got 0 in '0'"),
     ('{"id": "a", "rewards": [0.5]}', ["--n", "ten"], "expected comma-separated integers"),
     ('{"id": "a", "rewards": [0.5]}', ["--n", ","], "argument --n: expected at least one integer, got ','"),
@@ -282,3 +287,21 @@ def test_cli_curves_and_seeds_bad_input_is_one_line_and_exit_code_2(tmp_path, ca
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_predictions_scale_with_rewards_up_to_the_reward_limit():
+    """Rewards are accepted up to 1e100; the upper half's kurtosis raised them to the fourth power,
+    which overflowed (with warnings) from about 1e77. A prediction is equivariant under scaling."""
+    import warnings
+
+    from pipeline.offline.predictions import predict_file
+
+    rewards = list(np.random.default_rng(0).standard_t(5, size=60))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = predict_file(["a"], [rewards], [10, 100])[0]
+        large = predict_file(["a"], [[r * 1e99 for r in rewards]], [10, 100])[0]
+    for one, other in zip(small, large):
+        assert one["model"] == other["model"] and one["weight"] == other["weight"]
+        for key in ("predicted", "lower", "upper"):
+            assert other[key] == pytest.approx(one[key] * 1e99, rel=1e-12)

@@ -164,6 +164,8 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     (["replay", "--bank", "b.jsonl", "--prompts", "2"], "--prompts applies to --world only"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
     (["replay", "--world", "gaussian", "--prompts", "2", "--workers", "0"], "--workers: expected an integer >= 1, got 0"),
+    (["replay", "--world", "gaussian", "--prompts", "2", "--param", "sigma0=1", "--param", "sigma0=2"],
+     "--param sigma0 is given twice"),  # the second silently won
     # a length past int64 failed mid-replay (OverflowError); a billion samples a prompt ran for ever
     (["replay", "--world", "gaussian", "--prompts", "2", "--response-tokens", str(10**21)],
      f"--response-tokens must be at most 1000000000, got {10**21}"),
