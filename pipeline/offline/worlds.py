@@ -365,6 +365,7 @@ WORLDS = {cls.family: cls for cls in (GaussianWorld, HeavyWorld, BoundedWorld, B
 # A world's rewards are of the order of its parameters: beyond this their statistics overflow a float
 # (sigma0 = 1e300 did, after the whole replay).
 PARAM_LIMIT = 1e6
+MIN_SCALE = 1e-100  # the smallest sigma0 or sigma1
 MAX_LEVELS = 10_000  # a discrete world holds arrays of its levels: 1e9 of them ran out of memory
 
 
@@ -386,9 +387,9 @@ def make_world(family: str, **overrides: float) -> World:
         if not abs(value) <= PARAM_LIMIT:
             raise ConfigError(f"world parameter {key}={value!r} must be a finite number within +-{PARAM_LIMIT:.0e}")
         params[key] = value
-    for key in ("sigma0", "sigma1"):
-        if key in params and params[key] <= 0:
-            raise ConfigError(f"world parameter {key} must be > 0, got {params[key]!r}")
+    for key in ("sigma0", "sigma1"):  # heavy's tail integrals overflow in units of sigma1 = 1e-150
+        if key in params and not MIN_SCALE <= params[key]:
+            raise ConfigError(f"world parameter {key} must be from {MIN_SCALE:.0e} to {PARAM_LIMIT:.0e}, got {params[key]!r}")
     if family == "heavy" and not params["df"] > 1:  # at df <= 1 a Student-t has no mean, nor has its best of n
         raise ConfigError(f"world parameter df must be > 1, got {params['df']!r}")
     if family == "bimodal" and not 0 < params["p0"] < 1:

@@ -112,4 +112,6 @@ class StudentTTails:
         down = integrate.trapezoid(np.exp(n * self.log_cdf_down) * x, self.log_x)
         excess_up = self.scale * self.weights @ student_t_mean_excess(self.df, (end - self.nodes) / self.scale)
         excess_down = self.scale * self.weights @ student_t_mean_excess(self.df, (end + self.nodes) / self.scale)
-        return float(up + n * excess_up - down - math.exp((n - 1) * self.log_cdf_down[-1]) * excess_down)
+        # F^(n-1) at the far end; at n = 1 it is 1 even where log F underflowed to -inf (0 x -inf is NaN)
+        below = 1.0 if n == 1 else math.exp((n - 1) * self.log_cdf_down[-1])
+        return float(up + n * excess_up - down - below * excess_down)

@@ -120,7 +120,8 @@ def test_bounded_rewards_stay_in_the_unit_interval():
 @pytest.mark.parametrize("family, params, match", [
     ("cauchy", {}, "unknown world family"),
     ("gaussian", {"sigma2": 1.0}, "unknown parameter"),
-    ("gaussian", {"sigma1": 0.0}, "sigma1 must be > 0"),
+    ("gaussian", {"sigma1": 0.0}, "sigma1 must be from 1e-100 to 1e[+]06, got 0.0"),
+    ("heavy", {"sigma1": 1e-300}, "sigma1 must be from 1e-100"),  # its tails' integrals overflowed
     ("bimodal", {"p0": 1.5}, "p0"),
     ("discrete", {"levels": 1.0}, "levels"),
     ("gaussian", {"sigma0": float("nan")}, "finite"),
@@ -134,3 +135,17 @@ def test_bad_world_parameters_are_refused(family, params, match):
 
 def test_every_family_has_documented_defaults():
     assert set(FAMILY_PARAMS) == set(WORLDS)
+
+
+def test_a_nearly_normal_heavy_world_has_the_normal_best_of_one_and_two():
+    """df = 1e5: log F underflows to -inf at the tail grid's far end, and F^(n - 1) at n = 1 was
+    0 x -inf = NaN (with a warning). The world is then N(0, 1) + N(0, 1) to within 1e-5:
+    the best of one is the mean 0, the best of two sd / sqrt(pi) with sd = sqrt(2)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        world = make_world("heavy", df=1e5)
+        one, two = world.prompt_value(1), world.prompt_value(2)
+    assert one == pytest.approx(0.0, abs=1e-9)
+    assert two == pytest.approx(math.sqrt(2.0 / math.pi), abs=1e-4)
