@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from pathlib import Path
 
 from pipeline.errors import ConfigError
 
@@ -138,7 +139,7 @@ def add_overrides(parser, what: str = "OmegaConf dot-list overrides of the confi
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=what)
 
 
-INPUT_OPTIONS = ("bank", "rewards", "real", "source")  # the files commands read, beside --config
+INPUT_OPTIONS = ("bank", "rewards", "real", "source")  # the files or folders commands read (collect's bank it writes)
 
 
 def check_output_paths(args) -> None:
@@ -154,12 +155,14 @@ def check_output_paths(args) -> None:
             check_plot_target(target)
         else:
             check_output_target(target, f"--{option}")
-    inputs = [getattr(args, option, None) for option in INPUT_OPTIONS]
+    inputs = [getattr(args, option, None) for option in INPUT_OPTIONS if args.command != "collect"]
     inputs = [path for value in inputs if value for path in (value if isinstance(value, list) else [value])]
     for option, target in written.items():
         for source in inputs:
             if _same_file(target, source):
                 raise UsageError(f"--{option} {target!r} is the input {source!r}: writing it would replace it")
+            if _inside(target, source):
+                raise UsageError(f"--{option} {target!r} lies in the input folder {source!r}: it would join what is read there")
 
 
 def _same_file(target: str, source: str) -> bool:
@@ -172,6 +175,16 @@ def _same_file(target: str, source: str) -> bool:
         return output.exists() and given.exists() and os.path.samefile(output, given)
     except OSError:
         return False
+
+
+def _inside(target: str, source: str) -> bool:
+    """An output under a folder that is an input (a bank of shards: a new .parquet there is one more shard)."""
+    from pipeline.outputs.destinations import local_path
+
+    output, given = local_path(target), local_path(source)
+    if output is None or given is None or not given.is_dir():
+        return False
+    return Path(os.path.realpath(given)) in Path(os.path.realpath(output)).parents
 
 
 def write_json(target: str, payload) -> None:

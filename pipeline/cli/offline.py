@@ -27,7 +27,7 @@ from pipeline.cli.arguments import (
 from pipeline.search.methods import DEFAULT_METHODS
 
 MAX_RESPONSE_TOKENS = 10**9  # beyond any model's response; token sums over episodes stay within int64
-MAX_CEILING_SAMPLES = 100_000  # discoveries a prompt and budget: 1024 took about an hour on nine banks
+MAX_CEILING_SAMPLES = 100_000  # discoveries a prompt and budget; a bound on mistakes (1024 took an hour on nine banks)
 
 def add_parsers(commands) -> None:
     _add_replay(commands)

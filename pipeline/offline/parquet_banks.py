@@ -40,9 +40,8 @@ NOT_A_REWARD = f"not {A_REWARD}"
 METADATA_KEY = b"slg.bank"
 ROW_GROUP_REWARDS = 1 << 18
 OPTIONAL_COLUMNS = ("state_text", "state_score", "correct")  # what a replay reads beside prompt_id and rewards
-COLUMN_TYPES = {  # column: (what it must be, in words; (shape, item))
+COLUMN_TYPES = {  # the columns a reader takes: (what each must be, in words; (shape, item)); `state` is not read
     "prompt_id": ("a string", ("one", "text")),
-    "state": ("an integer", ("one", "integer")),
     "state_text": ("a string", ("one", "text")),
     "state_score": ("a number", ("one", "number")),
     "rewards": ("lists of numbers", ("list", "number")),
@@ -320,12 +319,14 @@ def _holds(kind, name: str) -> bool:
 
     if pa.types.is_null(kind):
         return name not in ("prompt_id", "rewards")
-    numbers = (pa.types.is_floating, pa.types.is_integer)
-    checks = {"text": (pa.types.is_string, pa.types.is_large_string), "number": numbers,
-              "integer": (pa.types.is_integer,), "bool": (pa.types.is_boolean,)}
+    string_view = getattr(pa.types, "is_string_view", lambda kind: False)  # pyarrow >= 16
+    checks = {"text": (pa.types.is_string, pa.types.is_large_string, string_view),
+              "number": (pa.types.is_floating, pa.types.is_integer), "bool": (pa.types.is_boolean,)}
     shape, item = COLUMN_TYPES[name][1]
     if shape == "list":
         if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
             return False
+        kind = kind.value_type
+    if pa.types.is_dictionary(kind):  # dictionary-encoded (a pandas Categorical): its values are what counts
         kind = kind.value_type
     return any(check(kind) for check in checks[item])

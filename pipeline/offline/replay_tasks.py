@@ -60,8 +60,8 @@ class Play:
 
 @dataclass
 class Played:
-    """Per prompt and repeat (P, R): the best reward, whether it was right (1 or 0; a bank's prompt
-    that is not graded NaN, a world that grades nothing None), and
+    """Per prompt and repeat (P, R): the best reward, whether it was right (a world's: bools, or None
+    where it grades nothing; a bank's: 1.0 or 0.0, NaN for a prompt that is not graded), and
     whether the episode drew more rollouts from a state than its pool holds (None: a world); the sums
     over the episodes of rollouts, generated tokens, reward-model tokens and reward-model items."""
 

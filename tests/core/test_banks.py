@@ -102,6 +102,11 @@ def test_accuracy_counts_the_graded_prompts_of_a_bank_that_grades_some(tmp_path)
                  "--no-ceilings", "--workers", "1", "--out", str(tmp_path / "r.json")]) == 0
     (result,) = json.loads((tmp_path / "r.json").read_text())["results"]
     assert result["accuracy"] == 1.0  # not 0.5: the ungraded prompt is not a wrong one
+    write_bank(tmp_path / "b.jsonl", rows[1:])
+    assert main(["replay", "--bank", str(tmp_path / "b.jsonl"), "--budgets", "2", "--methods", "bon", "--repeats", "3",
+                 "--no-ceilings", "--workers", "1", "--out", str(tmp_path / "r.json")]) == 0
+    (result,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert result["accuracy"] is None  # a bank that grades nothing has no accuracy, not 0
 
 
 def test_json_nested_past_the_parsers_depth_is_bad_input(tmp_path, capsys):
@@ -136,15 +141,34 @@ def test_a_parquet_column_of_another_type_is_refused_naming_it(tmp_path, capsys,
     assert match in err and len(err.strip().splitlines()) == 1
 
 
-def test_large_arrow_types_and_a_column_of_nulls_are_read_as_the_bank_types(tmp_path):
+@pytest.mark.parametrize("prompt_ids, state_texts", [
+    (["p0", "p0"], [None, None]),  # a column of nulls only
+    ("large_string", ["a", "b"]),
+    ("dictionary", ["a", "b"]),  # a pandas Categorical
+    ("string_view", ["a", "b"]),
+])
+def test_other_arrow_types_of_the_bank_types_are_read_as_them(tmp_path, prompt_ids, state_texts):
+    """Banks that pandas or other tools write: large, dictionary-encoded and view types of strings
+    and lists, a column of nulls, and a `state` column of floats (an int column with a NaN in pandas),
+    which no reader takes."""
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    table = pa.table({"prompt_id": pa.array(["p0", "p0"], type=pa.large_string()),
-                      "rewards": pa.array([[0.5, 0.25], [1.0]], type=pa.large_list(pa.float32())),
-                      "state_text": pa.array([None, None], type=pa.null())})
+    ids = pa.array(["p0", "p0"])
+    if prompt_ids == "large_string":
+        ids = ids.cast(pa.large_string())
+    elif prompt_ids == "dictionary":
+        ids = ids.dictionary_encode()
+    elif prompt_ids == "string_view":
+        if not hasattr(pa, "string_view"):
+            pytest.skip("pyarrow < 16 has no string_view")
+        ids = ids.cast(pa.string_view())
+    texts = pa.array(state_texts, type=pa.null()) if state_texts[0] is None else pa.array(state_texts).dictionary_encode()
+    table = pa.table({"prompt_id": ids, "state": pa.array([0.0, float("nan")]),
+                      "rewards": pa.array([[0.5, 0.25], [1.0]], type=pa.large_list(pa.float32())), "state_text": texts})
     pq.write_table(table, tmp_path / "b.parquet")
     (prompt,) = read_bank(tmp_path / "b.parquet")
     assert prompt.prompt_id == "p0" and [list(s) for s in prompt.state_rewards] == [[0.5, 0.25], [1.0]]
+    assert read_bank_rows(tmp_path / "b.parquet")[0].get("state_texts") == (None if state_texts[0] is None else state_texts)
 
 
 def test_states_with_one_prefix_are_one_state_and_root_rollouts_say_which():

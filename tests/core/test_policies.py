@@ -803,8 +803,9 @@ def test_a_row_of_no_reward_leaves_the_other_rows_scales_as_they_are():
 
 
 def test_rewards_a_subnormal_step_apart_still_score_finite_and_in_order():
-    """Rewards of order 1e-310 (a fuzzed bank) give slopes past the largest float; capped, every
-    score is finite, no overflow warns, and the prompt's own rewards keep their exact scores."""
+    """Rewards of order 1e-310 (a fuzzed bank): slopes per unit reward passed the largest float; in
+    units of the rewards' range every score is finite, no overflow warns, and the prompt's own
+    rewards keep their exact scores."""
     rng = np.random.default_rng(4)
     root = rng.normal(size=(2, 30)) * 1e-310
     with warnings.catch_warnings():
@@ -816,6 +817,19 @@ def test_rewards_a_subnormal_step_apart_still_score_finite_and_in_order():
     ranks = np.argsort(np.argsort(root, axis=1), axis=1)
     interior = ranks < 30 - 5
     assert np.allclose(scale.scores(root)[interior], stats.norm.ppf((ranks[interior] + 0.5) / 30))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e4])
+def test_below_the_smallest_reward_scores_fall_at_one_over_the_tail_fits_sigma(scale):
+    """The docstring's rule below the prompt's smallest reward, in reward units whatever the
+    rewards' scale: score(min - d) = score(min) - d / sigma, sigma the prompt's tail fit."""
+    root = np.random.default_rng(5).normal(size=(3, 40)) * scale
+    quantile = QuantileScale(root, 0.5)
+    sigma, low = quantile.tail_fit[1], root.min(axis=1)
+    d = np.array([0.5, 2.0]) * scale
+    below = quantile.scores(low[:, None] - d[None, :])
+    at = quantile.scores(low[:, None])
+    assert np.allclose(below, at - d[None, :] / sigma[:, None], rtol=1e-9, atol=1e-9)
 
 
 def test_quantile_scale_gives_ties_their_mean_score():

@@ -1,5 +1,6 @@
 """summary.json numbers and the plot, from hand-made results (no engines)."""
 
+import json
 import math
 
 import numpy as np
@@ -94,3 +95,10 @@ def test_the_results_pages_cells_show_a_multipliers_range_only_where_it_says_som
     assert _cell(flat) == "-0.41287 +- 0.00090 (saturated)"
     exact = {"mean_best_reward": -0.4123, "ci95": 0.0, "compute_multiplier": 1.3}  # a clairvoyant ceiling
     assert _cell(exact) == "-0.4123 (1.30x)"
+
+
+def test_json_outputs_write_non_finite_numbers_as_null_and_keep_finite_ones_exactly():
+    from pipeline.outputs.files import json_text
+
+    value = {"a": [float("inf"), -float("inf"), float("nan"), 1.5, -0.0, 1e-320], "b": (np.float64(2.5), None)}
+    assert json.loads(json_text(value)) == {"a": [None, None, None, 1.5, -0.0, 1e-320], "b": [2.5, None]}

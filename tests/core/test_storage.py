@@ -408,3 +408,16 @@ def test_a_resumed_run_with_a_line_that_is_not_a_result_names_the_file_and_the_l
     err = capsys.readouterr().err
     assert f"results.jsonl' {match}" in err and len(err.strip().splitlines()) == 1
     assert (out / "results.jsonl").read_bytes() == data
+
+
+def test_an_output_in_an_input_folder_is_refused(tmp_path, capsys):
+    """convert-bank of a folder of shards into that folder added a shard, and the bank then read
+    its prompts twice (not consecutive)."""
+    from pipeline.offline.bank import write_bank
+
+    folder = tmp_path / "shards"
+    rows = [{"prompt_id": "p0", "states": [[0.5, 1.0]]}]
+    write_bank(folder / "part-0.parquet", rows)
+    assert main(["convert-bank", str(folder), str(folder / "copy.parquet")]) == 2
+    assert "lies in the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]
