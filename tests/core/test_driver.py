@@ -323,7 +323,9 @@ def _burn(seconds: float) -> None:
         pass
 
 
-BURN_S = 0.01  # far above what the driver itself spends around one call or one round (tens of microseconds)
+# Far above what the driver spends around a call or a round (tens of microseconds), and above a
+# first call's lazy imports too (at 0.01 the calls' part once passed it, on a loaded machine).
+BURN_S = 0.05
 
 
 class SlowPolicy(SharedSLG):
