@@ -139,7 +139,7 @@ def add_overrides(parser, what: str = "OmegaConf dot-list overrides of the confi
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=what)
 
 
-INPUT_OPTIONS = ("bank", "rewards", "real", "source")  # the files or folders commands read (collect's bank it writes)
+INPUT_OPTIONS = ("bank", "rewards", "real", "source")  # what commands read (but `slg collect`, whose bank is its output)
 
 
 def check_output_paths(args) -> None:
@@ -155,7 +155,7 @@ def check_output_paths(args) -> None:
             check_plot_target(target)
         else:
             check_output_target(target, f"--{option}")
-    inputs = [getattr(args, option, None) for option in INPUT_OPTIONS if args.command != "collect"]
+    inputs = [getattr(args, option, None) for option in INPUT_OPTIONS if getattr(args, "command", None) != "collect"]
     inputs = [path for value in inputs if value for path in (value if isinstance(value, list) else [value])]
     for option, target in written.items():
         for source in inputs:
