@@ -159,32 +159,23 @@ def check_output_paths(args) -> None:
     inputs = [path for value in inputs if value for path in (value if isinstance(value, list) else [value])]
     for option, target in written.items():
         for source in inputs:
-            if _same_file(target, source):
-                raise UsageError(f"--{option} {target!r} is the input {source!r}: writing it would replace it")
-            if _inside(target, source):
-                raise UsageError(f"--{option} {target!r} lies in the input folder {source!r}: it would join what is read there")
+            if (clash := _clash(target, source)) is not None:
+                raise UsageError(f"--{option} {target!r} {clash}")
 
 
-def _same_file(target: str, source: str) -> bool:
+def _clash(target: str, source: str) -> str | None:
+    """Why writing ``target`` would spoil the input ``source`` (None where it would not): the same
+    file, or a path in an input folder (a bank of shards: a new .parquet there is one more shard)."""
     from pipeline.outputs.destinations import local_path
 
     output, given = local_path(target), local_path(source)
     if output is None or given is None:
-        return target == source
-    try:
-        return output.exists() and given.exists() and os.path.samefile(output, given)
-    except OSError:
-        return False
-
-
-def _inside(target: str, source: str) -> bool:
-    """An output under a folder that is an input (a bank of shards: a new .parquet there is one more shard)."""
-    from pipeline.outputs.destinations import local_path
-
-    output, given = local_path(target), local_path(source)
-    if output is None or given is None or not given.is_dir():
-        return False
-    return Path(os.path.realpath(given)) in Path(os.path.realpath(output)).parents
+        return f"is the input {source!r}: writing it would replace it" if target == source else None
+    if output.exists() and given.exists() and os.path.samefile(output, given):
+        return f"is the input {source!r}: writing it would replace it"
+    if given.is_dir() and Path(os.path.realpath(given)) in Path(os.path.realpath(output)).parents:
+        return f"lies in the input folder {source!r}: it would join what is read there"
+    return None
 
 
 def write_json(target: str, payload) -> None:
