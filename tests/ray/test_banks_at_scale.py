@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_in_process
+from conftest import check_rows_independently, run_in_process
 
 from actors.sim import _SimWorld
 from pipeline.cli import main
@@ -24,10 +24,12 @@ from pipeline.jobs.bank_writers import ParquetShards
 from pipeline.jobs.collection import SampleRecorder, bank_row
 from pipeline.jobs.config import load_run_config
 from pipeline.jobs.prompts import load_prompts
+from pipeline.jobs.report import summarise
 from pipeline.offline.bank import read_bank, read_bank_rows, simulate_bank, write_bank
 from pipeline.offline.bank_reader import StreamedBank
 from pipeline.offline.replay import replay, replay_job
 from pipeline.offline.worlds import make_world
+from pipeline.search.methods import DEFAULT_METHODS
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,10 +107,15 @@ def test_sigterm_ends_a_run_in_one_line_with_143_and_the_rerun_resumes(tmp_path)
     rerun = subprocess.run([sys.executable, "-m", "pipeline.run", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{kept} already done" in rerun.stderr
+    assert "Token authentication" not in rerun.stderr  # Ray's notice on an instance that is the run's own
+    undisturbed = run_in_process(RUN)  # results do not depend on Ray, replicas or timing
+    check_rows_independently(undisturbed, load_run_config(None, RUN).seed)  # a bug both runs share passes the comparison
     done = [json.loads(line) for line in results.read_text().splitlines()]
-    fields = ("prompt_id", "method", "budget", "best_reward", "selected", "rollouts")
-    assert sorted(tuple(r[f] for f in fields) for r in done) == sorted(tuple(r[f] for f in fields) for r in run_in_process(RUN))
+    fields = ("prompt_id", "method", "budget", "best_reward", "selected", "rollouts", "tokens_generated", "num_states")
+    assert sorted(tuple(r[f] for f in fields) for r in done) == sorted(tuple(r[f] for f in fields) for r in undisturbed)
     assert all(r["rollouts"] == r["budget"] for r in done)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["methods"] == summarise(undisturbed, DEFAULT_METHODS, [32, 64])["methods"]
 
 
 def test_equal_token_replay_on_ray_starts_one_instance_for_its_pilots_and_its_replay(tmp_path, monkeypatch, capsys):
