@@ -26,7 +26,7 @@ test: install-dev
 	$(BIN)/ruff check .
 	# Two processes, one test module each at a time (module-scoped engines and clusters stay in one);
 	# every Ray or vLLM test starts instances of its own, so the two never meet.
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30
 
 # docs/results.md, every offline table regenerated under the command that makes it (about 15 minutes)
 results: install

@@ -178,7 +178,7 @@ def _check_local_output(path: Path, what: str) -> None:
         if not os.access(path, os.W_OK):
             raise ConfigError(f"{what}: no permission to write it")
         return
-    parent = path.parent
+    parent = Path(os.path.realpath(path)).parent  # a link's target is the file written (atomic_write_text)
     while not parent.exists() and parent != parent.parent:  # the folders that do not exist yet are made
         parent = parent.parent
     if not parent.is_dir():
