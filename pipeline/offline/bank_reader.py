@@ -13,7 +13,6 @@ same chunks, so both are played by the same tasks.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,8 @@ class BankSlice:
             handle.seek(self.start)
             text = handle.read(self.stop - self.start)
         lines = [line for line in text.decode("utf-8").split("\n") if line.strip()]  # as the scan: \u2028 is not a line end
-        return [parse_row(json.loads(line), f"bank {self.file.name} prompt {self.first + k + 1}") for k, line in enumerate(lines)]
+        wheres = [f"bank {self.file.name} prompt {self.first + k + 1}" for k in range(len(lines))]
+        return [parse_row(json_value(line, where), where) for line, where in zip(lines, wheres)]
 
 
 def as_bank(target, label: str = "") -> BankChunks:

@@ -117,6 +117,21 @@ def test_json_nested_past_the_parsers_depth_is_bad_input(tmp_path, capsys):
         assert capsys.readouterr().err.strip().endswith("line 1: not valid JSON (nested too deeply)")
 
 
+def test_a_jsonl_bank_changed_after_its_scan_is_refused_naming_the_prompt(tmp_path):
+    """A replay reads each chunk of a JSONL bank again where it plays it: a bank rewritten meanwhile
+    (a collect into it, an edit) is bad input naming the prompt, not a traceback."""
+    from pipeline.errors import ConfigError
+    from pipeline.offline.bank_reader import StreamedBank
+
+    bank = tmp_path / "bank.jsonl"
+    write_bank(bank, ROWS)
+    streamed = StreamedBank(bank)
+    text = bank.read_text()
+    bank.write_text("{" + "x" * (len(text) - 2) + "\n")  # as long as before: the slices' byte ranges still fit
+    with pytest.raises(ConfigError, match=r"^bank bank.jsonl prompt 1: not valid JSON"):
+        next(streamed.chunks())
+
+
 @pytest.mark.parametrize("columns, match", [
     ({"correct": [True, False, True]}, "column 'correct' must be lists of true/false, got bool"),
     ({"correct": [[1, 0], [1], [0]]}, "column 'correct' must be lists of true/false, got list<element: int64>"),
