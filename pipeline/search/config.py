@@ -91,7 +91,8 @@ class ShareConfig:
     N = 160 whose root shows states narrower than ``narrow_states``), and its second half goes to the
     prompt where at least ``modal_check`` of its first half is one reward; from N = ``commit_from``,
     off a grid, the root is not topped up and the state gets all the root leaves (in the same two
-    halves, with the same modal check)."""
+    halves, with the same modal check), whether or not its prefix clears the gaps (unless
+    ``gate_commitments``)."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
@@ -106,6 +107,7 @@ class ShareConfig:
     full_share_from: int | None = 64  # from this N to commit_from the state gets all a root of root_fraction N leaves; None: never
     modal_check: float | None = 0.6  # full shares, commitments: the second half to the prompt where this share of the first is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
+    gate_commitments: bool = False  # ... only where its prefix clears prefix_gap (or lead_gap), as below commit_from
     evidence_candidates: bool = True  # episodes that run slg_adaptive: candidates by prefix score and reward where those track
     width_check: bool = True          # ... and the share rounds' pick: by reward where the root says tails fall as prefix scores rise
 

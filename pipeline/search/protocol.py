@@ -152,3 +152,23 @@ class EpisodeLedger:
                 self.has_correct = True
                 correct = rollouts.correct[np.arange(filled.shape[0]), best]
                 self.best_correct = np.where(better, correct, self.best_correct)
+
+
+def in_lockstep(*paths):
+    """Generators of request rounds for disjoint episodes, run as one: each round is their rounds
+    side by side, and each gets its own part of the results."""
+    pending = []
+    for path in paths:
+        requests = next(path, None)
+        if requests is not None:
+            pending.append((path, requests))
+    while pending:
+        results = yield [r for _, requests in pending for r in requests]
+        following, start = [], 0
+        for path, requests in pending:
+            mine, start = results[start:start + len(requests)], start + len(requests)
+            try:
+                following.append((path, path.send(mine)))
+            except StopIteration:
+                pass
+        pending = following

@@ -33,8 +33,8 @@ Which episodes run them, and which state gets the share:
   topped-up root leaves, not ``share.state_share`` of it (continuous rewards too, below), and its
   second half goes to the prompt where most of its first half is one reward (``share.modal_check``:
   a deep state; ``_shares_fully``). From N = ``share.commit_from`` (256) off a grid, the root
-  (``adaptive.root_fraction`` of N) is not topped up and the state gets all it leaves, in the same
-  two halves and with the same modal check (``_commits``).
+  (``adaptive.root_fraction`` of N) is not topped up and the top-ranked state gets all it leaves,
+  prefix gap or not, in the same two halves and with the same modal check (``_commits``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
@@ -79,7 +79,7 @@ from pipeline.search import reward_levels
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
 from pipeline.search.base import top_ranked
 from pipeline.search.config import SearchConfig, ShareConfig, StateSelection
-from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts
+from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts, in_lockstep
 from pipeline.search.root_evidence import (
     NARROW_MIN_PAIRS,
     best_evidence_state,
@@ -130,7 +130,7 @@ class SharedSLG(AdaptiveSLG):
         if screening_pays and by_evidence.any():  # unless the states are narrow
             by_evidence &= states_look_narrow(root, self.config.share.narrow_states, moments)
         shared = few_levels | by_evidence
-        yield from _in_lockstep(self._share_rounds(root, moments, shared, by_evidence, small_budget=not screening_pays),
+        yield from in_lockstep(self._share_rounds(root, moments, shared, by_evidence, small_budget=not screening_pays),
                                 self._explore_and_exploit(root, plan, shared))
 
     def _share_rounds(self, root: Rollouts, moments: tuple, mine: np.ndarray, by_evidence: np.ndarray,
@@ -162,7 +162,8 @@ class SharedSLG(AdaptiveSLG):
         if by_evidence.any():  # each pick only where it is used: the driver's searches are one episode each
             state = np.where(by_evidence, _evidence_state(root, by_evidence, moments, budget, self.config), state)
         if by_prefix.any():
-            state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments), state)
+            ungated = committed & (not settings.gate_commitments)  # a commitment needs no prefix gap
+            state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments, ungated), state)
         spent = np.where(mine, drawn + more, 0)
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
         # committed and fully shared states get all that is left, the others state_share of the half
@@ -226,17 +227,16 @@ class SharedSLG(AdaptiveSLG):
         return prefix_slope(root, moments) >= self.config.share.min_prefix_slope
 
     def _commits(self, root: Rollouts, few_levels: np.ndarray) -> np.ndarray:
-        """The episodes of ``few_levels`` whose state gets all the root leaves (in the same two checked
-        halves) rather than ``share.state_share`` of it: from N = ``share.commit_from``, off a grid of
-        levels. There the root (``adaptive.root_fraction`` of N, 77 draws at 256) has seen each of a
-        bank prompt's 16 states about five times, so the pick is reliable, and fresh prompt draws, whose
-        best-of-N has flattened, add less than the best state's tail (the clairvoyant allocation puts
-        91% and 97.5% of N = 256 on one state of the toy banks toy_t12 and toy_t16). On a grid a
-        state's best stops at its level: committing there halved a discrete world's gain over best-of-N
-        (docs/design-record.md). A committed state's second half goes to the prompt where most of its
-        first half is one reward (``share.modal_check``), as a fully shared one's: a deep state at a
-        low temperature mostly repeats one response (toy_t18_temp08 at N = 256: -0.0006 -> +0.0001
-        against best-of-N)."""
+        """The episodes of ``few_levels`` whose state gets all the root leaves, not ``share.state_share``
+        of it: from N = ``share.commit_from``, off a grid of levels. There the root (0.3 N, 77 draws at
+        256) has seen each of a bank prompt's 16 states about five times, so the pick is reliable, and
+        fresh prompt draws, whose best-of-N has flattened, add less than the best state's tail (the
+        clairvoyant allocation puts 91-97.5% of N = 256 on one state of toy_t12 and toy_t16), even where
+        its prefix leads the average draw's by less than ``share.prefix_gap``: the pick needs no gap
+        (``share.gate_commitments``). On a grid a state's best stops at its level: committing there halved
+        a discrete world's gain over best-of-N. Most of a first half one reward (``share.modal_check``),
+        the second goes to the prompt: a deep state at a low temperature mostly repeats one response
+        (toy_t18_temp08 at N = 256: -0.0006 -> +0.0001 against best-of-N; docs/design-record.md)."""
         start = self.config.share.commit_from
         if start is None or self.budget < start or not few_levels.any():
             return np.zeros_like(few_levels)
@@ -285,12 +285,13 @@ class SharedSLG(AdaptiveSLG):
                                                        scale.scores(best[:, None])[:, 0], np.maximum(left, 1))
         return unfitted | (checked & (optimistic[:, 0] < prompt_value[:, 0]))
 
-    def _best_prefix_state(self, root: Rollouts, mine: np.ndarray, moments: tuple | None = None) -> np.ndarray:
+    def _best_prefix_state(self, root: Rollouts, mine: np.ndarray, moments: tuple | None = None, ungated: np.ndarray | None = None):
         """Per episode of ``mine``, the state of the root rollout that ranks first by its state's prefix
         score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by
         its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
-        prompt draw's or ``share.lead_gap`` above every other state's the root drew; else NO_NODE. On a
+        prompt draw's or ``share.lead_gap`` above every other state's the root drew, or the episode is
+        ``ungated`` (a commitment: ``_commits``); else NO_NODE. On a
         grid of levels (``reward_levels.on_a_grid``) of states narrower than the spread between them
         (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
@@ -309,17 +310,22 @@ class SharedSLG(AdaptiveSLG):
         rank = (in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * in_sds(root.rewards, mean_reward, var_reward))
         rows, top, found = top_rollout(rank, candidates)
-        return np.where(found & _clears_a_gate(root, known, top, mean_score, self.config.share), root.state_index[rows, top], NO_NODE)
+        clears = _clears_a_gate(root, known, top, mean_score, self.config.share, ungated)
+        return np.where(found & clears, root.state_index[rows, top], NO_NODE)
 
 
-def _clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score: np.ndarray, share: ShareConfig) -> np.ndarray:
+def _clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score: np.ndarray, share: ShareConfig,
+                   ungated: np.ndarray | None = None) -> np.ndarray:
     """Per episode, whether the prefix score of root rollout ``top`` is ``share.prefix_gap`` sds of every
     root reward above ``mean_score`` (over the rollouts ``known``), or (``share.lead_gap`` not None) that
     many above every other state's among them (at least one): a prompt's draws mostly of one common state
-    have a mean mostly that state's own score. A root whose rewards do not spread clears neither."""
+    have a mean mostly that state's own score. The episodes ``ungated`` clear it whatever their scores. A
+    root whose rewards do not spread clears nothing."""
     rows, spread = np.arange(len(top)), reward_levels.sd_of_finite(root.rewards)
     score, picked = root.state_score[rows, top], root.state_index[rows, top]
     clears = score - mean_score > share.prefix_gap * spread
+    if ungated is not None:
+        clears |= ungated
     if share.lead_gap is not None:
         other = known & (root.state_index != picked[:, None])
         best_other = np.where(other, root.state_score, -np.inf).max(axis=1)  # -inf: the root drew no other state
@@ -378,23 +384,3 @@ def _joined(first: Rollouts, second: Rollouts) -> Rollouts:
                     np.concatenate([first.can_branch, second.can_branch], axis=1),
                     both(first.correct, second.correct), both(first.state_index, second.state_index),
                     both(first.state_score, second.state_score))
-
-
-def _in_lockstep(*paths):
-    """Generators of request rounds for disjoint episodes, run as one: each round is their rounds
-    side by side, and each gets its own part of the results."""
-    pending = []
-    for path in paths:
-        requests = next(path, None)
-        if requests is not None:
-            pending.append((path, requests))
-    while pending:
-        results = yield [r for _, requests in pending for r in requests]
-        following, start = [], 0
-        for path, requests in pending:
-            mine, start = results[start:start + len(requests)], start + len(requests)
-            try:
-                following.append((path, path.send(mine)))
-            except StopIteration:
-                pass
-        pending = following
