@@ -131,7 +131,7 @@ class SharedSLG(AdaptiveSLG):
             by_evidence &= states_look_narrow(root, self.config.share.narrow_states, moments)
         shared = few_levels | by_evidence
         yield from in_lockstep(self._share_rounds(root, moments, shared, by_evidence, small_budget=not screening_pays),
-                                self._explore_and_exploit(root, plan, shared))
+                               self._explore_and_exploit(root, plan, shared))
 
     def _share_rounds(self, root: Rollouts, moments: tuple, mine: np.ndarray, by_evidence: np.ndarray,
                       small_budget: bool):
