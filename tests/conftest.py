@@ -11,6 +11,19 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs two pytest-xdist workers with --dist loadfile, which hands out whole modules in
+# collection order. Alphabetical order put the vLLM tier, whose modules take minutes each, last: one
+# worker then ran them alone while the other sat idle. The slow tiers first, the many small core
+# modules after them, keep both busy to the end.
+TIER_ORDER = ("tests/vllm/", "tests/ray/")
+
+
+def pytest_collection_modifyitems(items):
+    def tier(item):
+        path = item.nodeid.split("::")[0]
+        return next((rank for rank, prefix in enumerate(TIER_ORDER) if path.startswith(prefix)), len(TIER_ORDER))
+    items.sort(key=tier)  # stable: each module's tests stay together and in their order
+
 
 def require(module: str):
     """``module`` imported, or the calling test module skipped where it is not installed (a laptop
