@@ -91,8 +91,8 @@ class ShareConfig:
     N = 160 whose root shows states narrower than ``narrow_states``), and its second half goes to the
     prompt where at least ``modal_check`` of its first half is one reward; from N = ``commit_from``,
     off a grid, the root is not topped up and the state gets all the root leaves (in the same two
-    halves, with the same modal check), whether or not its prefix clears the gaps (unless
-    ``gate_commitments``)."""
+    halves, with the same modal check). From N = ``ungated_from``, off a grid, the few-levels pick
+    shares (or commits) whether or not its prefix clears the gaps."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
@@ -107,7 +107,7 @@ class ShareConfig:
     full_share_from: int | None = 64  # from this N to commit_from the state gets all a root of root_fraction N leaves; None: never
     modal_check: float | None = 0.6  # full shares, commitments: the second half to the prompt where this share of the first is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
-    gate_commitments: bool = False  # ... only where its prefix clears prefix_gap (or lead_gap), as below commit_from
+    ungated_from: int | None = 128  # few levels, off a grid: from this N the pick needs no prefix_gap (or lead_gap); None: never
     evidence_candidates: bool = True  # episodes that run slg_adaptive: candidates by prefix score and reward where those track
     width_check: bool = True          # ... and the share rounds' pick: by reward where the root says tails fall as prefix scores rise
 
@@ -173,7 +173,7 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
         raise ConfigError(f"search.share.min_prefix_slope must be a finite number, got {config.share.min_prefix_slope!r}")
     if not 0.0 <= config.share.narrow_states <= 1.0:  # NaN too
         raise ConfigError(f"search.share.narrow_states must be in [0, 1], got {config.share.narrow_states!r}")
-    for name in ("full_share_from", "commit_from"):
+    for name in ("full_share_from", "commit_from", "ungated_from"):
         value = getattr(config.share, name)
         if value is not None and value < 1:
             raise ConfigError(f"search.share.{name} must be >= 1 (null: never), got {value!r}")

@@ -33,8 +33,9 @@ Which episodes run them, and which state gets the share:
   topped-up root leaves, not ``share.state_share`` of it (continuous rewards too, below), and its
   second half goes to the prompt where most of its first half is one reward (``share.modal_check``:
   a deep state; ``_shares_fully``). From N = ``share.commit_from`` (256) off a grid, the root
-  (``adaptive.root_fraction`` of N) is not topped up and the top-ranked state gets all it leaves,
-  prefix gap or not, in the same two halves and with the same modal check (``_commits``).
+  (``adaptive.root_fraction`` of N) is not topped up and the state gets all it leaves, in the same
+  two halves and with the same modal check (``_commits``). From N = ``share.ungated_from`` (128) off
+  a grid the pick needs no prefix gap (``_off_a_grid_from``).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
@@ -162,7 +163,7 @@ class SharedSLG(AdaptiveSLG):
         if by_evidence.any():  # each pick only where it is used: the driver's searches are one episode each
             state = np.where(by_evidence, _evidence_state(root, by_evidence, moments, budget, self.config), state)
         if by_prefix.any():
-            ungated = committed & (not settings.gate_commitments)  # a commitment needs no prefix gap
+            ungated = _off_a_grid_from(settings.ungated_from, budget, root, by_prefix)  # no prefix gap needed
             state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments, ungated), state)
         spent = np.where(mine, drawn + more, 0)
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
@@ -231,16 +232,12 @@ class SharedSLG(AdaptiveSLG):
         of it: from N = ``share.commit_from``, off a grid of levels. There the root (0.3 N, 77 draws at
         256) has seen each of a bank prompt's 16 states about five times, so the pick is reliable, and
         fresh prompt draws, whose best-of-N has flattened, add less than the best state's tail (the
-        clairvoyant allocation puts 91-97.5% of N = 256 on one state of toy_t12 and toy_t16), even where
-        its prefix leads the average draw's by less than ``share.prefix_gap``: the pick needs no gap
-        (``share.gate_commitments``). On a grid a state's best stops at its level: committing there halved
-        a discrete world's gain over best-of-N. Most of a first half one reward (``share.modal_check``),
-        the second goes to the prompt: a deep state at a low temperature mostly repeats one response
-        (toy_t18_temp08 at N = 256: -0.0006 -> +0.0001 against best-of-N; docs/design-record.md)."""
-        start = self.config.share.commit_from
-        if start is None or self.budget < start or not few_levels.any():
-            return np.zeros_like(few_levels)
-        return few_levels & ~reward_levels.on_a_grid(root)
+        clairvoyant allocation puts 91-97.5% of N = 256 on one state of toy_t12 and toy_t16). On a grid
+        a state's best stops at its level: committing there halved a discrete world's gain over
+        best-of-N. Most of a first half one reward (``share.modal_check``), the second goes to the
+        prompt: a deep state at a low temperature mostly repeats one response (toy_t18_temp08 at N =
+        256: -0.0006 -> +0.0001 against best-of-N; docs/design-record.md)."""
+        return _off_a_grid_from(self.config.share.commit_from, self.budget, root, few_levels)
 
     def _shares_fully(self, shared: np.ndarray) -> np.ndarray:
         """The episodes of ``shared`` (not committed) whose state gets all that a root of
@@ -291,7 +288,7 @@ class SharedSLG(AdaptiveSLG):
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by
         its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
         prompt draw's or ``share.lead_gap`` above every other state's the root drew, or the episode is
-        ``ungated`` (a commitment: ``_commits``); else NO_NODE. On a
+        ``ungated`` (from N = ``share.ungated_from``, off a grid); else NO_NODE. On a
         grid of levels (``reward_levels.on_a_grid``) of states narrower than the spread between them
         (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
@@ -312,6 +309,19 @@ class SharedSLG(AdaptiveSLG):
         rows, top, found = top_rollout(rank, candidates)
         clears = _clears_a_gate(root, known, top, mean_score, self.config.share, ungated)
         return np.where(found & clears, root.state_index[rows, top], NO_NODE)
+
+
+def _off_a_grid_from(start: int | None, budget: int, root: Rollouts, episodes: np.ndarray) -> np.ndarray:
+    """The ``episodes`` whose root is not on a grid of levels (``reward_levels.on_a_grid``), from N =
+    ``start`` (none below it, or where it is None). From N = 128 (``share.ungated_from``) the few-levels
+    pick needs no prefix gap: a root of 64 or more has seen each of a bank prompt's 16 states about four
+    times or more, so the top-ranked state is nearly the best one it revealed, and best-of-N, flattening,
+    adds less than that state's tail even where its prefix leads the average draw's by little (over
+    twelve banks at 1000 repeats, +0.0002 a bank at N = 128, 192 and 256, about four standard errors;
+    toy_t12 +0.0016 at 128; at N = 64 it lost: docs/design-record.md, "No prefix gap from N = 128")."""
+    if start is None or budget < start or not episodes.any():
+        return np.zeros_like(episodes)
+    return episodes & ~reward_levels.on_a_grid(root)
 
 
 def _clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score: np.ndarray, share: ShareConfig,
