@@ -160,10 +160,16 @@ class BankSlice:
         if self.parquet:
             blocks = read_row_range(self.file, self.bank, self.start, self.stop)
             return [block.prompt(f"bank {self.bank.name} prompt {self.first + k + 1}") for k, block in enumerate(blocks)]
-        with self.file.open("rb") as handle:
-            handle.seek(self.start)
-            text = handle.read(self.stop - self.start)
-        lines = [line for line in text.decode("utf-8").split("\n") if line.strip()]  # as the scan: \u2028 is not a line end
+        changed = f"bank {str(self.file)!r} changed after it was read (prompts {self.first + 1}-{self.first + self.count})"
+        try:
+            with self.file.open("rb") as handle:
+                handle.seek(self.start)
+                text = handle.read(self.stop - self.start).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{changed}: {getattr(error, 'strerror', None) or error}") from None
+        lines = [line for line in text.split("\n") if line.strip()]  # as the scan: \u2028 is not a line end
+        if len(lines) != self.count:
+            raise ConfigError(f"{changed}: {len(lines)} lines where it had {self.count}")
         wheres = [f"bank {self.file.name} prompt {self.first + k + 1}" for k in range(len(lines))]
         return [parse_row(json_value(line, where), where) for line, where in zip(lines, wheres)]
 

@@ -127,8 +127,20 @@ def test_a_jsonl_bank_changed_after_its_scan_is_refused_naming_the_prompt(tmp_pa
     write_bank(bank, ROWS)
     streamed = StreamedBank(bank)
     text = bank.read_text()
-    bank.write_text("{" + "x" * (len(text) - 2) + "\n")  # as long as before: the slices' byte ranges still fit
-    with pytest.raises(ConfigError, match=r"^bank bank.jsonl prompt 1: not valid JSON"):
+    bank.write_text("{" + "x" * (len(text) - 3) + "\n\n")  # as long as before: the slices' byte ranges still fit
+    with pytest.raises(ConfigError, match=r"changed after it was read \(prompts 1-2\): 1 lines where it had 2"):
+        next(streamed.chunks())
+    bank.write_text(text.replace("\n", " ", 1))  # one line where there were two, each JSON
+    with pytest.raises(ConfigError, match=r"changed after it was read"):
+        next(streamed.chunks())
+    bank.write_text(text[:-2] + "x\n")  # the last line no longer JSON
+    with pytest.raises(ConfigError, match=r"^bank bank.jsonl prompt 2: not valid JSON"):
+        next(streamed.chunks())
+    bank.write_bytes(b"\xff" * len(text.encode()))  # not UTF-8
+    with pytest.raises(ConfigError, match=r"changed after it was read \(prompts 1-2\): 'utf-8' codec"):
+        next(streamed.chunks())
+    bank.unlink()
+    with pytest.raises(ConfigError, match=r"changed after it was read \(prompts 1-2\): No such file"):
         next(streamed.chunks())
 
 
