@@ -234,9 +234,9 @@ class SharedSLG(AdaptiveSLG):
         fresh prompt draws, whose best-of-N has flattened, add less than the best state's tail (the
         clairvoyant allocation puts 91-97.5% of N = 256 on one state of toy_t12 and toy_t16). On a grid
         a state's best stops at its level: committing there halved a discrete world's gain over
-        best-of-N. Most of a first half one reward (``share.modal_check``), the second goes to the
-        prompt: a deep state at a low temperature mostly repeats one response (toy_t18_temp08 at N =
-        256: -0.0006 -> +0.0001 against best-of-N; docs/design-record.md)."""
+        best-of-N. Where most of its first half is one reward (``share.modal_check``), its second half
+        goes to the prompt: a deep state at a low temperature mostly repeats one response
+        (toy_t18_temp08 at N = 256: -0.0006 -> +0.0001 against best-of-N; docs/design-record.md)."""
         return _off_a_grid_from(self.config.share.commit_from, self.budget, root, few_levels)
 
     def _shares_fully(self, shared: np.ndarray) -> np.ndarray:
@@ -282,7 +282,8 @@ class SharedSLG(AdaptiveSLG):
                                                        scale.scores(best[:, None])[:, 0], np.maximum(left, 1))
         return unfitted | (checked & (optimistic[:, 0] < prompt_value[:, 0]))
 
-    def _best_prefix_state(self, root: Rollouts, mine: np.ndarray, moments: tuple | None = None, ungated: np.ndarray | None = None):
+    def _best_prefix_state(self, root: Rollouts, mine: np.ndarray, moments: tuple | None = None,
+                           ungated: np.ndarray | None = None) -> np.ndarray:
         """Per episode of ``mine``, the state of the root rollout that ranks first by its state's prefix
         score plus ``share.reward_weight`` times its own reward (each in sds from the mean of the root
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by

@@ -314,15 +314,18 @@ def test_from_commit_from_off_a_grid_the_state_gets_all_the_root_leaves(budget, 
     assert (ledger.spent == budget).all()
 
 
-@pytest.mark.parametrize("budget, ungated_from, shared", [(256, 128, True), (512, 128, True), (128, 128, True), (200, 128, True),
-                                                           (127, 128, False), (256, None, False), (128, 256, False)])
-def test_from_ungated_from_the_pick_needs_no_prefix_gap(budget, ungated_from, shared):
+@pytest.mark.parametrize("budget, ungated_from, lead_gap, shared", [
+    (256, 128, None, True), (512, 128, None, True), (128, 128, None, True), (200, 128, None, True),
+    (127, 128, None, False), (256, None, None, False), (128, 256, None, False),
+    (128, 128, 5.0, True), (127, 128, 5.0, False),  # the second gate, out of reach here, changes nothing
+])
+def test_from_ungated_from_the_pick_needs_no_prefix_gap(budget, ungated_from, lead_gap, shared):
     """"g" ranks first but its prefix leads the average draw's by 0.07, less than ``share.prefix_gap``
     (0.5) root-reward sds (about 0.15): from N = ``share.ungated_from`` it still gets its share, all
     the root leaves from ``commit_from`` (179 of 256) and all of the half a topped-up root leaves
     below it (64 of 128); below ungated_from, or with it off, the gap holds and the rest is best-of-N."""
     batch = 300
-    config = SearchConfig(share=ShareConfig(ungated_from=ungated_from))
+    config = SearchConfig(share=ShareConfig(ungated_from=ungated_from, lead_gap=lead_gap))
     bank = committing_bank()
     bank = BankPrompt("commit", bank.state_rewards, state_texts=["g", "w1", "w2"], state_scores=[0.1, 0.0, 0.0])
     source = Recording(bank, batch, np.random.default_rng(budget))
@@ -336,16 +339,26 @@ def test_from_ungated_from_the_pick_needs_no_prefix_gap(budget, ungated_from, sh
     assert (ledger.spent == budget).all()
 
 
-@pytest.mark.parametrize("budget, gain_at_least", [(128, 0.0010), (256, 0.0005)])
-def test_no_prefix_gap_from_n_128_pays_on_the_toy_models_bank(budget, gain_at_least):
+def test_a_root_whose_rewards_do_not_spread_shares_with_none_even_ungated():
+    """From N = ``share.ungated_from`` the pick needs no prefix gap, but a root of one reward says
+    nothing of its state (its rank in root sds is 0): the rest stays best-of-N. (One state: two that
+    share the reward would be a grid of levels, which keeps the gap anyway.)"""
+    bank = BankPrompt("flat", [[0.5] * 8], state_texts=["a"], state_scores=[1.0])
+    source = Recording(bank, 64, np.random.default_rng(3))
+    _, ledger = play(SharedSLG, source, 128)
+    assert (state_rollouts_of(source) == 0).all() and (ledger.spent == 128).all()
+
+
+@pytest.mark.parametrize("budget, standard_errors", [(128, 3), (256, 2)])
+def test_no_prefix_gap_from_n_128_pays_on_the_toy_models_bank(budget, standard_errors):
     """toy_t12 (50 problems x 16 states x 512 completions, T = 12: a bank held out of slg_share's first
     design), 1000 episodes a problem, paired: sharing where the pick's prefix leads by less than
     ``share.prefix_gap`` gains +0.0015 +- 0.0003 at N = 128 and +0.0009 +- 0.0003 at 256 (one standard
     error over episodes) over ``share.ungated_from = null``, where roots whose best state leads by less
     share with none (docs/design-record.md, "No prefix gap from N = 128", has the replays of twelve
-    banks)."""
+    banks). At 256 the gain is 3.2 standard errors: the test asks for 2."""
     gain = paired_bank_gain("banks/toy_t12.parquet", budget, 1000, {}, {"ungated_from": None})
-    assert gain.mean() > max(gain_at_least, 3 * gain.std(ddof=1) / math.sqrt(gain.size))
+    assert gain.mean() > standard_errors * gain.std(ddof=1) / math.sqrt(gain.size)
 
 
 @pytest.mark.parametrize("budget, full_share_from, full", [(64, 64, True), (65, 64, True), (128, 64, True), (255, 64, True),

@@ -299,12 +299,15 @@ def test_collect_shards_go_to_a_bucket_whole_and_a_rerun_reads_which_are_there(s
     from pipeline.offline.bank import read_bank_rows
 
     assert [r["prompt_id"] for r in read_bank_rows(tmp_path / "part-00000.parquet")] == ["sim0", "sim1"]
+
+
 def test_an_output_link_is_checked_where_it_points(tmp_path, capsys):
-    """The write replaces the file a link names (atomic_write_text), so the probe is in that file's
-    folder, not the link's: a link in a writable folder to one that refuses files is refused before
-    the work."""
+    """The write replaces the file a chain of links ends at (atomic_write_text), so the probe is in that
+    file's folder, not the link's: a link in a writable folder to one that refuses files is refused
+    before the work."""
     link = tmp_path / "out.json"
-    link.symlink_to("/sys/slg-out.json")
+    (tmp_path / "next.json").symlink_to("/sys/slg-out.json")
+    link.symlink_to("next.json")  # relative, to a link: the folder is the last one's target's
     rewards = ROOT / "data" / "real" / "examples" / "math500_first16.jsonl"
     assert main(["predict", "--rewards", str(rewards), "--n", "16", "--out", str(link)]) == 2
     out, err = capsys.readouterr()

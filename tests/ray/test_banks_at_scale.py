@@ -41,10 +41,16 @@ RUN = ["data.num_prompts=4", "budgets=[32,64]", "plot=false", "driver.max_concur
        "generator.sim.latency_per_token_s=0.0001"]
 
 
+def own_ray_env() -> dict:
+    """This environment without RAY_ADDRESS and RAY_AUTH_MODE, which an earlier ray.init in the test
+    process sets: a command that starts its own Ray instance must choose its own mode, as a user's does
+    (and with the variable set, Ray's token-authentication notice could never show)."""
+    return {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+
+
 def slg(*args) -> subprocess.Popen:
     # in a session of its own, so that the signal reaches Ray's processes too, as a preempted pod's would
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], env=env, cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], env=own_ray_env(), cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -104,7 +110,8 @@ def test_sigterm_ends_a_run_in_one_line_with_143_and_the_rerun_resumes(tmp_path)
     assert_terminated_in_one_line(code, err)
     kept = len(results.read_text().splitlines())
     assert 3 <= kept < 32 and not (tmp_path / "summary.json").exists()
-    rerun = subprocess.run([sys.executable, "-m", "pipeline.run", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run([sys.executable, "-m", "pipeline.run", *argv], env=own_ray_env(), cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{kept} already done" in rerun.stderr
     assert "Token authentication" not in rerun.stderr  # Ray's notice on an instance that is the run's own
