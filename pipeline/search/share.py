@@ -314,12 +314,13 @@ class SharedSLG(AdaptiveSLG):
 
 def _off_a_grid_from(start: int | None, budget: int, root: Rollouts, episodes: np.ndarray) -> np.ndarray:
     """The ``episodes`` whose root is not on a grid of levels (``reward_levels.on_a_grid``), from N =
-    ``start`` (none below it, or where it is None). From N = 128 (``share.ungated_from``) the few-levels
-    pick needs no prefix gap: a root of 64 or more has seen each of a bank prompt's 16 states about four
-    times or more, so the top-ranked state is nearly the best one it revealed, and best-of-N, flattening,
-    adds less than that state's tail even where its prefix leads the average draw's by little (over
-    twelve banks at 1000 repeats, +0.0002 a bank at N = 128, 192 and 256, about four standard errors;
-    toy_t12 +0.0016 at 128; at N = 64 it lost: docs/design-record.md, "No prefix gap from N = 128")."""
+    ``start`` (none below it, or where it is None): the commitments (``share.commit_from``) and the
+    picks that need no prefix gap (``share.ungated_from``). For those, from N = 128: a root of 64 or
+    more has seen each of a bank prompt's 16 states about four times or more, so the top-ranked state
+    is nearly the best one it revealed, and best-of-N, flattening, adds less than that state's tail
+    even where its prefix leads the average draw's by little (over twelve banks at 1000 repeats,
+    +0.0002 a bank at N = 128, 192 and 256, about four standard errors; toy_t12 +0.0016 at 128; at
+    N = 64 it lost: docs/design-record.md, "No prefix gap from N = 128")."""
     if start is None or budget < start or not episodes.any():
         return np.zeros_like(episodes)
     return episodes & ~reward_levels.on_a_grid(root)
