@@ -92,7 +92,9 @@ class ShareConfig:
     prompt where at least ``modal_check`` of its first half is one reward; from N = ``commit_from``,
     off a grid, the root is not topped up and the state gets all the root leaves (in the same two
     halves, with the same modal check). From N = ``ungated_from``, off a grid, the few-levels pick
-    shares (or commits) whether or not its prefix clears the gaps."""
+    shares (or commits) whether or not its prefix clears the gaps; below it, off a grid, it also shares
+    where its state's root rollouts all stayed below the root's best reward and its prefix score beats
+    the average draw's by ``below_best_lead`` root-reward sds."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
@@ -108,6 +110,7 @@ class ShareConfig:
     modal_check: float | None = 0.6  # full shares, commitments: the second half to the prompt where this share of the first is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
     ungated_from: int | None = 128  # few levels, off a grid: from this N the pick needs no prefix_gap (or lead_gap); None: never
+    below_best_lead: float | None = 0.0  # few levels, off a grid: a pick below the root's best shares on this prefix lead; None: off
     evidence_candidates: bool = True  # episodes that run slg_adaptive: candidates by prefix score and reward where those track
     width_check: bool = True          # ... and the share rounds' pick: by reward where the root says tails fall as prefix scores rise
 
@@ -167,6 +170,9 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
     lead = config.share.lead_gap
     if lead is not None and not (math.isfinite(lead) and lead >= 0):
         raise ConfigError(f"search.share.lead_gap must be a finite number >= 0 (null: off), got {lead!r}")
+    below = config.share.below_best_lead
+    if below is not None and not math.isfinite(below):  # -inf would share with every pick below the best: say so
+        raise ConfigError(f"search.share.below_best_lead must be a finite number (null: off), got {below!r}")
     if not (math.isfinite(config.share.reward_weight) and config.share.reward_weight >= 0):
         raise ConfigError(f"search.share.reward_weight must be a finite number >= 0, got {config.share.reward_weight!r}")
     if not math.isfinite(config.share.min_prefix_slope):  # +inf would switch the share rounds off: say so with a number

@@ -35,7 +35,10 @@ Which episodes run them, and which state gets the share:
   a deep state; ``_shares_fully``). From N = ``share.commit_from`` (256) off a grid, the root
   (``adaptive.root_fraction`` of N) is not topped up and the state gets all it leaves, in the same
   two halves and with the same modal check (``_commits``). From N = ``share.ungated_from`` (128) off
-  a grid the pick needs no prefix gap (``_off_a_grid_from``).
+  a grid the pick needs no prefix gap (``share_gate.off_a_grid_from``); below it, off a grid, it needs
+  none where the state's root rollouts all stayed below the root's best reward and its prefix score
+  beats the average draw's (``share.below_best_lead``, 0): the best so far is then another state's
+  lucky draw, which the picked one has room to beat.
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most
@@ -79,7 +82,7 @@ import numpy as np
 from pipeline.search import reward_levels
 from pipeline.search.adaptive import AdaptiveSLG, adaptive_plan
 from pipeline.search.base import top_ranked
-from pipeline.search.config import SearchConfig, ShareConfig, StateSelection
+from pipeline.search.config import SearchConfig, StateSelection
 from pipeline.search.protocol import NO_NODE, ROOT, Request, Rollouts, in_lockstep
 from pipeline.search.root_evidence import (
     NARROW_MIN_PAIRS,
@@ -95,6 +98,7 @@ from pipeline.search.root_evidence import (
     tails_fall_unsquashed,
     top_rollout,
 )
+from pipeline.search.share_gate import best_root_reward_of, clears_a_gate, off_a_grid_from
 from pipeline.stats.quantile_scale import QuantileScale
 from pipeline.stats.tail import expected_max_std_normal
 
@@ -163,7 +167,7 @@ class SharedSLG(AdaptiveSLG):
         if by_evidence.any():  # each pick only where it is used: the driver's searches are one episode each
             state = np.where(by_evidence, _evidence_state(root, by_evidence, moments, budget, self.config), state)
         if by_prefix.any():
-            ungated = _off_a_grid_from(settings.ungated_from, budget, root, by_prefix)  # no prefix gap needed
+            ungated = off_a_grid_from(settings.ungated_from, budget, root, by_prefix)  # no prefix gap needed
             state = np.where(by_prefix, self._best_prefix_state(root, by_prefix, moments, ungated), state)
         spent = np.where(mine, drawn + more, 0)
         to_state = np.where(state != NO_NODE, round(settings.state_share * (1.0 - settings.root_fraction) * budget), 0)
@@ -178,7 +182,7 @@ class SharedSLG(AdaptiveSLG):
         keep = (first_state > 0) & ~(state_mean < root_mean)
         # each check only where a state is still kept (the driver's searches are one episode each)
         if settings.repeat_check and keep.any():
-            keep &= ~reward_levels.repeats_itself(state_part.rewards, _best_root_reward_of(root, state))
+            keep &= ~reward_levels.repeats_itself(state_part.rewards, best_root_reward_of(root, state))
         # the modal check on full shares and commitments only: below N = 64 a first half says too little,
         # and the episodes that keep state_share from 64 on (narrow, a grid) were not measured with it
         if settings.modal_check is not None and (keep & (full | committed)).any():
@@ -237,7 +241,7 @@ class SharedSLG(AdaptiveSLG):
         best-of-N. Where most of its first half is one reward (``share.modal_check``), its second half
         goes to the prompt: a deep state at a low temperature mostly repeats one response
         (toy_t18_temp08 at N = 256: -0.0006 -> +0.0001 against best-of-N; docs/design-record.md)."""
-        return _off_a_grid_from(self.config.share.commit_from, self.budget, root, few_levels)
+        return off_a_grid_from(self.config.share.commit_from, self.budget, root, few_levels)
 
     def _shares_fully(self, shared: np.ndarray) -> np.ndarray:
         """The episodes of ``shared`` (not committed) whose state gets all that a root of
@@ -289,7 +293,9 @@ class SharedSLG(AdaptiveSLG):
         rollouts whose state, score and reward are known; a state with several root rollouts ranks by
         its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
         prompt draw's or ``share.lead_gap`` above every other state's the root drew, or the episode is
-        ``ungated`` (from N = ``share.ungated_from``, off a grid); else NO_NODE. On a
+        ``ungated`` (from N = ``share.ungated_from``, off a grid), or off a grid its state's root rollouts
+        all stayed below the root's best reward and its prefix leads by ``share.below_best_lead``
+        (``share_gate.clears_a_gate``); else NO_NODE. On a
         grid of levels (``reward_levels.on_a_grid``) of states narrower than the spread between them
         (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
@@ -308,41 +314,9 @@ class SharedSLG(AdaptiveSLG):
         rank = (in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * in_sds(root.rewards, mean_reward, var_reward))
         rows, top, found = top_rollout(rank, candidates)
-        clears = _clears_a_gate(root, known, top, mean_score, self.config.share, ungated)
+        below_best = off_a_grid_from(1, self.budget, root, mine) if self.config.share.below_best_lead is not None else None
+        clears = clears_a_gate(root, known, top, mean_score, self.config.share, ungated, below_best)
         return np.where(found & clears, root.state_index[rows, top], NO_NODE)
-
-
-def _off_a_grid_from(start: int | None, budget: int, root: Rollouts, episodes: np.ndarray) -> np.ndarray:
-    """The ``episodes`` whose root is not on a grid of levels (``reward_levels.on_a_grid``), from N =
-    ``start`` (none below it, or where it is None): the commitments (``share.commit_from``) and the
-    picks that need no prefix gap (``share.ungated_from``). For those, from N = 128: a root of 64 or
-    more has seen each of a bank prompt's 16 states about four times or more, so the top-ranked state
-    is nearly the best one it revealed, and best-of-N, flattening, adds less than that state's tail
-    even where its prefix leads the average draw's by little (over twelve banks at 1000 repeats,
-    +0.0002 a bank at N = 128, 192 and 256, about four standard errors; toy_t12 +0.0016 at 128; at
-    N = 64 it lost: docs/design-record.md, "No prefix gap from N = 128")."""
-    if start is None or budget < start or not episodes.any():
-        return np.zeros_like(episodes)
-    return episodes & ~reward_levels.on_a_grid(root)
-
-
-def _clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score: np.ndarray, share: ShareConfig,
-                   ungated: np.ndarray | None = None) -> np.ndarray:
-    """Per episode, whether the prefix score of root rollout ``top`` is ``share.prefix_gap`` sds of every
-    root reward above ``mean_score`` (over the rollouts ``known``), or (``share.lead_gap`` not None) that
-    many above every other state's among them (at least one): a prompt's draws mostly of one common state
-    have a mean mostly that state's own score. The episodes ``ungated`` clear it whatever their scores. A
-    root whose rewards do not spread clears nothing."""
-    rows, spread = np.arange(len(top)), reward_levels.sd_of_finite(root.rewards)
-    score, picked = root.state_score[rows, top], root.state_index[rows, top]
-    clears = score - mean_score > share.prefix_gap * spread
-    if ungated is not None:
-        clears |= ungated
-    if share.lead_gap is not None:
-        other = known & (root.state_index != picked[:, None])
-        best_other = np.where(other, root.state_score, -np.inf).max(axis=1)  # -inf: the root drew no other state
-        clears |= (best_other > -np.inf) & (score - best_other > share.lead_gap * spread)
-    return clears & (spread > 0)
 
 
 WIDE_STATES = 4.0  # the share rounds' width check: wide states, within-state variance this many times that between ...
@@ -380,12 +354,6 @@ def _evidence_state(root: Rollouts, mine: np.ndarray, moments: tuple, budget: in
 
 
 NARROW_GRID = 0.5  # the grid rule's states: within-state variance below this share of the variance between states
-
-
-def _best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:
-    """Per episode, the best reward among the root rollouts through ``state`` (-inf where none, as
-    for NO_NODE); the share rounds run only where the root's states are known."""
-    return reward_levels.best_of_finite(np.where(root.state_index == state[:, None], root.rewards, np.nan))
 
 
 def _joined(first: Rollouts, second: Rollouts) -> Rollouts:
