@@ -73,7 +73,8 @@ class ShareConfig:
     Where rewards take few levels, that state is the one whose prefix score plus ``reward_weight`` times
     its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
     root-reward sds above an average prompt draw's, or (off by default) ``lead_gap`` above every other
-    state the root drew; on a grid of levels (root rewards repeat across states) of states narrower
+    state the root drew, or (off a grid, ``below_best_lead``) it leads at all and its root rollouts
+    stayed below the root's best; on a grid of levels (root rewards repeat across states) of states narrower
     than the spread between them, and read more precisely by a rollout than by their prefix score,
     only the states whose root rollout reached the best reward are candidates (``grid_best_level``).
     The state's share comes in two halves; the second goes to the prompt where the first averages
@@ -92,9 +93,9 @@ class ShareConfig:
     prompt where at least ``modal_check`` of its first half is one reward; from N = ``commit_from``,
     off a grid, the root is not topped up and the state gets all the root leaves (in the same two
     halves, with the same modal check). From N = ``ungated_from``, off a grid, the few-levels pick
-    shares (or commits) whether or not its prefix clears the gaps; below it, off a grid, it also shares
+    shares (or commits) whether or not its prefix clears the gaps; at any N, off a grid, it also shares
     where its state's root rollouts all stayed below the root's best reward and its prefix score beats
-    the average draw's by ``below_best_lead`` root-reward sds."""
+    the average draw's by ``below_best_lead`` root-reward sds (from ``ungated_from`` every pick does)."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
@@ -110,7 +111,7 @@ class ShareConfig:
     modal_check: float | None = 0.6  # full shares, commitments: the second half to the prompt where this share of the first is one reward
     commit_from: int | None = 256  # few levels, off a grid: from this N the state gets all the root leaves; None: never
     ungated_from: int | None = 128  # few levels, off a grid: from this N the pick needs no prefix_gap (or lead_gap); None: never
-    below_best_lead: float | None = 0.0  # few levels, off a grid: a pick below the root's best shares on this prefix lead; None: off
+    below_best_lead: float | None = 0.0  # few levels, off a grid: a pick below the root's best shares on this (finite) lead; None: off
     evidence_candidates: bool = True  # episodes that run slg_adaptive: candidates by prefix score and reward where those track
     width_check: bool = True          # ... and the share rounds' pick: by reward where the root says tails fall as prefix scores rise
 

@@ -23,8 +23,9 @@ Which episodes run them, and which state gets the share:
   finding. The state whose prefix score plus ``share.reward_weight`` times its best root rollout's
   reward ranks first (each in root standard deviations) gets the share if its prefix score is
   ``share.prefix_gap`` root-reward standard deviations above an average prompt draw's, or (off by
-  default) ``share.lead_gap`` of them above every other state the root drew; otherwise the rest is
-  best-of-N. The prefix score leads; the reward, at a quarter of its weight, favours a state whose
+  default) ``share.lead_gap`` of them above every other state the root drew, or off a grid it beats
+  the average draw's and its root rollouts stayed below the best (``share.below_best_lead``, below);
+  otherwise the rest is best-of-N. The prefix score leads; the reward, at a quarter of its weight, favours a state whose
   rollout already reached a high level (``_best_prefix_state``). On a grid of levels (root
   rewards repeat across states: a verifier's or a judge's score) of narrow states, only the states
   whose root rollout reached the root's best reward are candidates (``share.grid_best_level``),

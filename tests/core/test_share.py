@@ -370,6 +370,23 @@ def test_below_the_roots_best_a_pick_shares_on_a_small_prefix_lead(rewards, belo
     assert picked[0] == (0 if shared else NO_NODE)
 
 
+def test_below_the_best_reads_each_row_and_every_root_rollout_of_the_state():
+    """Two rows in one batch, the grid one first: only the off-grid row below the best shares (the
+    rule is per row). And with the reward out of the rank (``reward_weight`` 0) the picked state's
+    first root rollout (0.3) is below the root's best while its second (0.5) is the best: the state
+    holds the best, so the small lead does not clear."""
+    rows = [below_best_root([0.9, 0.88, 0.86, 0.87], rewards) for rewards in ([0.3, 0.5, 0.3, 0.5], [0.3, 0.5, 0.1, 0.2])]
+    both = Rollouts(*(np.concatenate([getattr(row, name) for row in rows]) for name in ("rewards", "can_branch")), None,
+                    *(np.concatenate([getattr(row, name) for row in rows]) for name in ("state_index", "state_score")))
+    config = SearchConfig(share=ShareConfig(grid_best_level=False))
+    assert SharedSLG(64, 2, config)._best_prefix_state(both, np.ones(2, bool)).tolist() == [NO_NODE, 0]
+    holds = below_best_root([0.9, 0.88, 0.86, 0.87], [0.3, 0.4, 0.1, 0.2])
+    holds.rewards[0, 1] = 0.5  # the picked state's second root rollout: the root's best
+    assert not on_a_grid(holds)[0] and few_levels(holds)[0]
+    config = SearchConfig(share=ShareConfig(reward_weight=0.0, grid_best_level=False))
+    assert SharedSLG(64, 1, config)._best_prefix_state(holds, np.ones(1, bool))[0] == NO_NODE
+
+
 def test_below_the_best_a_small_lead_pays_on_the_toy_models_bank():
     """toy_t12 at N = 64, 1000 episodes a problem, paired: sharing where the pick's root rollouts stay
     below the root's best and its prefix leads the average draw's by less than ``share.prefix_gap``
