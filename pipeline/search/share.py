@@ -315,8 +315,7 @@ class SharedSLG(AdaptiveSLG):
         rank = (in_sds(root.state_score, mean_score, var_score)
                 + self.config.share.reward_weight * in_sds(root.rewards, mean_reward, var_reward))
         rows, top, found = top_rollout(rank, candidates)
-        below_best = off_a_grid_from(1, self.budget, root, mine) if self.config.share.below_best_lead is not None else None
-        clears = clears_a_gate(root, known, top, mean_score, self.config.share, ungated, below_best)
+        clears = clears_a_gate(root, known, top, mean_score, self.config.share, ungated)
         return np.where(found & clears, root.state_index[rows, top], NO_NODE)
 
 

@@ -17,9 +17,8 @@ from pipeline.search.protocol import Rollouts
 
 def off_a_grid_from(start: int | None, budget: int, root: Rollouts, episodes: np.ndarray) -> np.ndarray:
     """The ``episodes`` whose root is not on a grid of levels (``reward_levels.on_a_grid``), from N =
-    ``start`` (none below it, or where it is None): the commitments (``share.commit_from``), the
-    picks that need no prefix gap (``share.ungated_from``) and those that may clear it below the best
-    (``share.below_best_lead``, from N = 1). For the ungated ones, from N = 128: a root of 64 or more
+    ``start`` (none below it, or where it is None): the commitments (``share.commit_from``) and the
+    picks that need no prefix gap (``share.ungated_from``). For those, from N = 128: a root of 64 or more
     has seen each of a bank prompt's 16 states about four times or more, so the top-ranked state is
     nearly the best one it revealed, and best-of-N, flattening, adds less than that state's tail
     even where its prefix leads the average draw's by little (over twelve banks at 1000 repeats,
@@ -31,14 +30,14 @@ def off_a_grid_from(start: int | None, budget: int, root: Rollouts, episodes: np
 
 
 def clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score: np.ndarray, share: ShareConfig,
-                  ungated: np.ndarray | None = None, below_best: np.ndarray | None = None) -> np.ndarray:
+                  ungated: np.ndarray | None = None) -> np.ndarray:
     """Per episode, whether the prefix score of root rollout ``top`` is ``share.prefix_gap`` sds of every
     root reward above ``mean_score`` (over the rollouts ``known``), or (``share.lead_gap`` not None) that
     many above every other state's among them (at least one): a prompt's draws mostly of one common state
     have a mean mostly that state's own score. The episodes ``ungated`` clear it whatever their scores.
-    In the episodes ``below_best`` (``share.below_best_lead`` not None) it also clears where that prefix
-    score is ``share.below_best_lead`` sds above ``mean_score`` and every root rollout of its state
-    stayed below the root's best reward: the best so far then came from a state the prefix scores rank
+    Off a grid of levels (``share.below_best_lead`` not None) it also clears where that prefix score is
+    ``share.below_best_lead`` sds above ``mean_score`` and every root rollout of its state stayed below
+    the root's best reward: the best so far then came from a state the prefix scores rank
     lower, a lucky draw, which the picked state has room to beat; a pick that holds the best must beat
     itself, and fresh draws often do better (toy_t12 at N = 64: +0.0015 a prompt over the gap alone;
     docs/design-record.md, "Below the best, a small lead"). A root whose rewards do not spread clears
@@ -52,9 +51,9 @@ def clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score
         other = known & (root.state_index != picked[:, None])
         best_other = np.where(other, root.state_score, -np.inf).max(axis=1)  # -inf: the root drew no other state
         clears |= (best_other > -np.inf) & (score - best_other > share.lead_gap * spread)
-    if share.below_best_lead is not None and below_best is not None and below_best.any():
+    if share.below_best_lead is not None:
         below = best_root_reward_of(root, picked) < reward_levels.best_of_finite(root.rewards)
-        clears |= below_best & below & (score - mean_score > share.below_best_lead * spread)
+        clears |= ~reward_levels.on_a_grid(root) & below & (score - mean_score > share.below_best_lead * spread)
     return clears & (spread > 0)
 
 
