@@ -34,6 +34,8 @@ NEWEST = ("replay --bank data/banks/toy_t4.parquet,data/banks/toy_t8_temp05.parq
           f"--methods {BANK_METHODS} --repeats {BANK_REPEATS} --seed 3")
 AFTER_COMMIT = ("replay --bank data/banks/toy_t20.parquet --budgets 8,16,32,64,128,256,512 "
                 f"--methods {BANK_METHODS} --repeats {BANK_REPEATS} --seed 3")
+THREE_DEPTHS = ("replay --bank data/banks/toy_t10.parquet,data/banks/toy_t14_temp09.parquet,data/banks/toy_t18.parquet "
+                f"--budgets 8,16,32,64,128,256 --methods {BANK_METHODS} --repeats {BANK_REPEATS} --seed 3")
 SMALL_BANK = (f"replay --bank data/toy_bank/bank.jsonl --budgets 8,16,32,64 --methods {BANK_METHODS} "
               f"--repeats {BANK_REPEATS} --seed 3")
 REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first column or None)
@@ -65,6 +67,12 @@ REPLAYS_OF_BANKS = [  # (title, text, command, the label of the table's first co
      "(share.commit_from) was fixed, and replayed once: test rows 600-649 at temperature 1 with T = 20 "
      "(share.full_share_from, for N = 64-255, came after it).",
      AFTER_COMMIT, "bank"),
+    ("Real model outputs: three depths no other bank has",
+     "50 more problems each, 16 states x 256 completions, collected on 2026-12-07 to judge share.lead_gap (left off): "
+     "test rows 550-599 at temperature 1 with T = 10, rows 500-549 at temperature 0.9 with T = 14, and rows 650-699 "
+     "at temperature 1 with T = 18. Held out of every setting but the last two: share.reward_weight was re-measured "
+     "and share.below_best_lead chosen with these beside the banks above (docs/design-record.md).",
+     THREE_DEPTHS, "bank"),
     ("Real model outputs: the earlier bank",
      "100 other problems x 16 states x 64 completions, T = 8 (budgets beyond 64 would redraw a state's pool).",
      SMALL_BANK, None),
