@@ -2,6 +2,8 @@
 share a prefix read as one state whose root rollouts know it."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +276,34 @@ def test_a_world_replay_reads_the_prefix_of_every_root_rollout_of_a_request_that
         drawn = source.draw(Request.uniform(ROOT, 3, 50, score_prefixes=ask))
         assert (drawn.rm_tokens == (32 + 30) + ask * (32 + 8)).all()
         assert drawn.prefix_reads is None if not ask else drawn.prefix_reads.all()
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+# the table of the shipped banks in docs/toy-models.md: | `path` | problems | 16 x M | T characters | yes |
+BANK_ROW = re.compile(r"^\| `(data/[\w/]+\.(?:parquet|jsonl))` \| (?:\D*?)(\d+)[^|]* \| (\d+) x (\d+) \| (\d+) characters \| (yes|no) \|$")
+
+
+def shipped_bank_rows():
+    rows = [BANK_ROW.match(line) for line in (REPOSITORY / "docs" / "toy-models.md").read_text().splitlines()]
+    return [row.groups() for row in rows if row]
+
+
+def test_the_docs_table_lists_every_shipped_bank():
+    listed = {path for path, *_ in shipped_bank_rows()}
+    shipped = {str(p.relative_to(REPOSITORY)) for p in (REPOSITORY / "data" / "banks").glob("*.parquet")}
+    assert shipped <= listed and "data/toy_bank/bank.jsonl" in listed
+
+
+@pytest.mark.parametrize("path, problems, states, completions, depth, scored", shipped_bank_rows())
+def test_a_shipped_bank_holds_what_the_docs_table_says(path, problems, states, completions, depth, scored):
+    """Each shipped bank as docs/toy-models.md lists it: its problems, states x completions (every state's
+    pool whole; a prompt whose root rollouts ended before T characters has fewer states), the state depth
+    it was collected at, and prefix scores where it says so. A truncated or mislabelled bank fails here,
+    not in a replay that quietly redraws a short pool."""
+    rows = read_bank_rows(REPOSITORY / path)
+    assert len(rows) == int(problems)
+    assert max(len(row["states"]) for row in rows) == int(states)
+    for row in rows:
+        assert all(len(rewards) == int(completions) for rewards in row["states"])
+        assert row["meta"]["state_tokens"] == int(depth) and row["meta"]["completions"] == int(completions)
+        assert ("state_scores" in row and all(np.isfinite(row["state_scores"]))) == (scored == "yes")
