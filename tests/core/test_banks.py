@@ -15,6 +15,10 @@ from pipeline.offline.responses import TokenModel
 from pipeline.offline.worlds import make_world
 from pipeline.search.protocol import ROOT, Request
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+# a row of docs/toy-models.md's table of shipped banks: | `path` | ... N problems ... | S x M | T characters | yes |
+BANK_ROW = re.compile(r"^\| `(data/[\w/]+\.(?:parquet|jsonl))` \| \D*?(\d+)[^|]* \| (\d+) x (\d+) \| (\d+) characters \| (yes|no) \|$")
+
 ROWS = [
     {"prompt_id": "p0", "states": [[-1.5, 0.25, 3.0], [0.5]], "correct": [[False, True, True], [False]],
      "state_texts": ["12-3=9;", "12-3=8;"], "meta": {"state_tokens": 8}},
@@ -276,11 +280,6 @@ def test_a_world_replay_reads_the_prefix_of_every_root_rollout_of_a_request_that
         drawn = source.draw(Request.uniform(ROOT, 3, 50, score_prefixes=ask))
         assert (drawn.rm_tokens == (32 + 30) + ask * (32 + 8)).all()
         assert drawn.prefix_reads is None if not ask else drawn.prefix_reads.all()
-
-
-REPOSITORY = Path(__file__).resolve().parents[2]
-# the table of the shipped banks in docs/toy-models.md: | `path` | problems | 16 x M | T characters | yes |
-BANK_ROW = re.compile(r"^\| `(data/[\w/]+\.(?:parquet|jsonl))` \| (?:\D*?)(\d+)[^|]* \| (\d+) x (\d+) \| (\d+) characters \| (yes|no) \|$")
 
 
 def shipped_bank_rows():
