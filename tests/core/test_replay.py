@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -146,6 +147,23 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
                  "--seed", "1", "--out", str(bank)]) == 0
     assert main(["replay", "--bank", str(bank), "--repeats", "4", "--budgets", "20", "--workers", "1"]) == 0
     assert "slg_adaptive" in capsys.readouterr().out
+
+
+def test_sim_bank_beyond_free_memory_is_refused_in_one_line_before_a_reward_is_drawn(tmp_path, capsys, monkeypatch):
+    import psutil
+
+    from pipeline.offline.bank import BANK_BYTES_PER_REWARD
+
+    bank, sizes = tmp_path / "b.jsonl", ["--prompts", "3", "--states", "4", "--completions", "10"]
+    need = 3 * 4 * 10 * BANK_BYTES_PER_REWARD
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need - 1))
+    assert main(["sim-bank", "--family", "gaussian", *sizes, "--out", str(bank)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--prompts 3 --states 4 --completions 10: 120 rewards need about" in err
+    assert not bank.exists()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need))
+    assert main(["sim-bank", "--family", "gaussian", *sizes, "--out", str(bank)]) == 0
+    assert len(bank.read_text().splitlines()) == 3
 
 
 @pytest.mark.parametrize("argv, match", [
