@@ -244,14 +244,14 @@ def simulate_bank(world: World, num_prompts: int, num_states: int, num_completio
 BANK_BYTES_PER_REWARD = 80
 
 
-def check_fits_in_memory(num_prompts: int, num_states: int, num_completions: int, available: int | None = None) -> None:
-    """``ConfigError`` where a simulated bank of these sizes could not be held in this machine's
-    ``available`` memory (default: what the system reports free) while it is written: refused in
-    a line before any reward is drawn, not killed by the system minutes later."""
+def check_fits_in_memory(num_prompts: int, num_states: int, num_completions: int) -> None:
+    """``ConfigError`` where a simulated bank of these sizes could not be held in the memory the
+    system reports free while it is written: refused in a line before any reward is drawn, not
+    killed by the system minutes later."""
     import psutil
 
     rewards = num_prompts * num_states * num_completions
-    available = psutil.virtual_memory().available if available is None else available
+    available = psutil.virtual_memory().available
     if rewards * BANK_BYTES_PER_REWARD > available:
         raise ConfigError(f"--prompts {num_prompts} --states {num_states} --completions {num_completions}: {rewards:,} rewards "
                           f"need about {rewards * BANK_BYTES_PER_REWARD / 2**30:,.1f} GiB of memory to write as one bank, "
