@@ -262,13 +262,13 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def run_sim_bank(args) -> int:
-    from pipeline.offline.bank import simulate_bank, write_bank
+    from pipeline.offline.bank import simulated_rows, write_bank
     from pipeline.offline.worlds import make_world
 
     world = make_world(args.family, **world_params(args.param))
-    rows = simulate_bank(world, args.prompts, args.states, args.completions, args.seed)
+    rows = simulated_rows(world, args.prompts, args.states, args.completions, args.seed)
     write_bank(args.out, rows)
-    print(f"wrote {len(rows)} prompts x {args.states} states x {args.completions} rollouts of {world.describe()} "
+    print(f"wrote {args.prompts} prompts x {args.states} states x {args.completions} rollouts of {world.describe()} "
           f"to {args.out}")
     return 0
 

@@ -149,7 +149,7 @@ class ParquetShards:
         return row
 
     def _write_shard(self, index: int, rows: dict) -> None:
-        from pipeline.offline.parquet_banks import write_parquet_bank
+        from pipeline.offline.parquet_writer import write_parquet_bank
 
         name = f"part-{index:05d}.parquet"
         destination = self.folder.file(name)

@@ -26,8 +26,8 @@ from pipeline.offline.parquet_banks import (
     is_parquet_bank,
     no_bank_error,
     read_parquet_rows,
-    write_parquet_bank,
 )
+from pipeline.offline.parquet_writer import write_parquet_bank
 from pipeline.offline.worlds import World
 from pipeline.outputs.destinations import Destination, local_path, write_text
 
@@ -194,9 +194,10 @@ def parse_row(row, where: str) -> BankPrompt:
     return BankPrompt(prompt_id, states, correct, state_texts, state_scores)
 
 
-def write_bank(target, rows: list[dict]) -> None:
+def write_bank(target, rows: Iterable[dict]) -> None:
     """Write bank rows at a path or a URL, whole: a reader never sees half a bank. A target ending in
-    ``.parquet`` is written as Parquet, anything else as JSONL."""
+    ``.parquet`` is written as Parquet, anything else as JSONL. ``rows`` may be drawn as they are
+    written (``simulated_rows``): memory holds a chunk of them, not the bank."""
     if str(target).lower().endswith(".parquet"):
         local = local_path(str(target))
         if local is not None:
@@ -210,50 +211,60 @@ def write_bank(target, rows: list[dict]) -> None:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return
-    write_text(str(target), "".join(json.dumps(row) + "\n" for row in rows))
+    write_text(str(target), (json.dumps(row) + "\n" for row in rows))
 
 
 
 def simulate_bank(world: World, num_prompts: int, num_states: int, num_completions: int, seed: int) -> list[dict]:
-    """Bank rows drawn from a world: per prompt, ``num_states`` states with ``num_completions`` rewards each.
+    """Bank rows drawn from a world: per prompt, ``num_states`` states with ``num_completions`` rewards
+    each; the whole bank in memory (``simulated_rows`` draws them as they are written).
 
     Prompt p draws from ``default_rng([seed, p])``, so a bank's first prompts do not depend on how
     many prompts it has.
     """
+    return list(simulated_rows(world, num_prompts, num_states, num_completions, seed))
+
+
+def simulated_rows(world: World, num_prompts: int, num_states: int, num_completions: int, seed: int) -> Iterator[dict]:
+    """``simulate_bank``'s rows, each drawn only when it is taken: ``write_bank`` streams them to disk,
+    so ``slg sim-bank`` holds a chunk of the bank, not all of it. The sizes are checked here, at
+    the call, before the first row is drawn."""
     for name, value in (("prompts", num_prompts), ("states", num_states), ("completions", num_completions)):
         if value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value!r}")
-    check_fits_in_memory(num_prompts, num_states, num_completions)
-    rows = []
-    for p in range(num_prompts):
-        rng = np.random.default_rng([seed, p])
-        latents = world.sample_states(rng, (num_states,))
-        rewards, correct = world.sample_rewards(rng, np.repeat(latents[:, None], num_completions, axis=1))
-        row = {"prompt_id": f"p{p}", "states": rewards.round(6).tolist()}
-        if correct is not None:
-            row["correct"] = correct.tolist()
-        row["meta"] = {"world": world.family, "params": world.params, "seed": seed}
-        rows.append(row)
-    return rows
+    check_fits_in_memory(num_states, num_completions)
+    return (_simulated_row(world, p, num_states, num_completions, seed) for p in range(num_prompts))
 
 
-# What writing a simulated bank holds in memory per reward, at its peak: the rows as Python lists
-# and their text (JSONL) or columns (Parquet). Measured as the peak RSS of `/usr/bin/time -f %M slg
-# sim-bank --family F --prompts 2000 --states 16 --completions 256 --out b.jsonl` (and b.parquet)
-# less that of 10 prompts, over the 8.2 M rewards: gaussian 61 and 78 bytes, bimodal (which also
-# writes each rollout's grade) 83 and 86; the largest, with room to spare.
+def _simulated_row(world: World, p: int, num_states: int, num_completions: int, seed: int) -> dict:
+    rng = np.random.default_rng([seed, p])
+    latents = world.sample_states(rng, (num_states,))
+    rewards, correct = world.sample_rewards(rng, np.repeat(latents[:, None], num_completions, axis=1))
+    row = {"prompt_id": f"p{p}", "states": rewards.round(6).tolist()}
+    if correct is not None:
+        row["correct"] = correct.tolist()
+    row["meta"] = {"world": world.family, "params": world.params, "seed": seed}
+    return row
+
+
+# What writing a simulated bank holds in memory per reward of a chunk, at its peak: the rows as
+# Python lists and their text (JSONL) or columns (Parquet). Measured before banks were streamed, when
+# the whole bank was one chunk, as the peak RSS of `/usr/bin/time -f %M slg sim-bank --family F
+# --prompts 2000 --states 16 --completions 256 --out b.jsonl` (and b.parquet) less that of 10
+# prompts, over the 8.2 M rewards: gaussian 61 and 78 bytes, bimodal (which also writes each
+# rollout's grade) 83 and 86; the largest, with room to spare.
 BANK_BYTES_PER_REWARD = 96
 
 
-def check_fits_in_memory(num_prompts: int, num_states: int, num_completions: int) -> None:
-    """``ConfigError`` where a simulated bank of these sizes could not be held in the memory the
-    system reports free while it is written: refused in a line before any reward is drawn, not
-    killed by the system minutes later."""
+def check_fits_in_memory(num_states: int, num_completions: int) -> None:
+    """``ConfigError`` where one simulated prompt (the least a streamed bank holds at once: a chunk is
+    whole prompts) could not be held in the memory the system reports free while it is written:
+    refused in a line before any reward is drawn, not killed by the system minutes later."""
     import psutil
 
-    rewards = num_prompts * num_states * num_completions
+    rewards = num_states * num_completions
     available = psutil.virtual_memory().available
     if rewards * BANK_BYTES_PER_REWARD > available:
-        raise ConfigError(f"--prompts {num_prompts} --states {num_states} --completions {num_completions}: {rewards:,} rewards "
-                          f"need about {rewards * BANK_BYTES_PER_REWARD / 2**30:,.1f} GiB of memory to write as one bank, "
-                          f"{available / 2**30:,.1f} GiB are free here (write several smaller banks)")
+        raise ConfigError(f"--states {num_states} --completions {num_completions}: one prompt's {rewards:,} rewards "
+                          f"need about {rewards * BANK_BYTES_PER_REWARD / 2**30:,.1f} GiB of memory to write, "
+                          f"{available / 2**30:,.1f} GiB are free here")

@@ -16,8 +16,8 @@ shards). The schema metadata ``slg.bank`` is a JSON object: the format version, 
 ``slg collect`` wrote, the config, models and seed they came from and the prompts of the shard.
 Rewards are written as float32 when every reward of the file survives the round trip exactly (the
 reward models' own precision), else as float64: converting a bank never changes a reward. Row
-groups hold about ``ROW_GROUP_REWARDS`` rewards, so that a reader can take a few prompts at a
-time. pyarrow is imported here only.
+groups hold about ``ROW_GROUP_REWARDS`` rewards (``pipeline.offline.parquet_writer``, which writes
+banks), so that a reader can take a few prompts at a time. pyarrow is imported only in the two.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ REWARD_LIMIT = 1e100
 A_REWARD = f"a finite number within +-{REWARD_LIMIT:.0e}"
 NOT_A_REWARD = f"not {A_REWARD}"
 METADATA_KEY = b"slg.bank"
-ROW_GROUP_REWARDS = 1 << 18
 OPTIONAL_COLUMNS = ("state_text", "state_score", "correct")  # what a replay reads beside prompt_id and rewards
 COLUMN_TYPES = {  # the columns a reader takes: (what each must be, in words; (shape, item)); `state` is not read
     "prompt_id": ("a string", ("one", "text")),
@@ -139,47 +138,6 @@ def _meta(text: str, where: str):
         return json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply for the parser
         raise ConfigError(f"{where}: 'meta' is not valid JSON text") from None
-
-
-def write_parquet_bank(path, rows: list[dict], metadata: dict | None = None) -> None:
-    """Bank rows (the JSONL format's) as one Parquet file, written whole through a temporary name;
-    ``metadata`` joins the format version in the schema metadata."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    flat = [r for row in rows for r in row["states"]]
-    with np.errstate(over="ignore"):  # a reward beyond float32's range becomes inf: not exact, so float64
-        exact32 = bool(flat) and all(np.array_equal(np.asarray(r, dtype=np.float32).astype(float), np.asarray(r, dtype=float))
-                                     for r in flat)
-    fields = [("prompt_id", pa.string()), ("state", pa.int32()), ("state_text", pa.string()), ("state_score", pa.float64()),
-              ("rewards", pa.list_(pa.float32() if exact32 else pa.float64())), ("correct", pa.list_(pa.bool_())),
-              ("meta", pa.string())]
-    with_texts = any(row.get("responses") is not None for row in rows)
-    if with_texts:
-        fields.append(("responses", pa.list_(pa.string())))
-    columns: dict[str, list] = {name: [] for name, _ in fields}
-    for row in rows:
-        for k, rewards in enumerate(row["states"]):
-            columns["prompt_id"].append(str(row["prompt_id"]))
-            columns["state"].append(k)
-            columns["state_text"].append(row["state_texts"][k] if row.get("state_texts") is not None else None)
-            columns["state_score"].append(float(row["state_scores"][k]) if row.get("state_scores") is not None else None)
-            columns["rewards"].append(np.asarray(rewards, dtype=np.float32 if exact32 else np.float64))
-            columns["correct"].append(row["correct"][k] if row.get("correct") is not None else None)
-            columns["meta"].append(json.dumps(row["meta"]) if k == 0 and row.get("meta") is not None else None)
-            if with_texts:
-                columns["responses"].append(row["responses"][k] if row.get("responses") is not None else None)
-    schema = pa.schema(fields, metadata={METADATA_KEY: json.dumps({"format_version": FORMAT_VERSION, **(metadata or {})}).encode()})
-    table = pa.table(columns, schema=schema)
-    per_row = sum(len(r) for r in flat) // max(1, len(flat))  # rewards in a row, on average
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    # Rewards are nearly all distinct: a dictionary would cost more than it saves; split into byte
-    # streams, their exponents compress (float32: 3.4 bytes a reward rather than 6 with a dictionary).
-    pq.write_table(table, temporary, compression="zstd", row_group_size=max(1, ROW_GROUP_REWARDS // max(1, per_row)),
-                   use_dictionary=["prompt_id", "state_text", "meta"], use_byte_stream_split=["rewards.list.element"])
-    temporary.replace(path)
 
 
 class PromptBlock:

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pipeline.errors import ConfigError
@@ -227,21 +227,24 @@ def check_plot_target(target: str, option: str = "--plot") -> None:
         raise ConfigError(f"{option} {target!r} must end in one of " + ", ".join(f".{name}" for name in sorted(formats)))
 
 
-def write_text(target: str, text: str) -> None:
-    """Write a whole text file at a path or a URL (``--out`` of the offline commands); to
-    ``/dev/stdout`` through this process's own stdout, after what it printed before."""
+def write_text(target: str, text: str | Iterable[str]) -> None:
+    """Write a whole text file at a path or a URL (``--out`` of the offline commands), from one string
+    or from pieces written as they come; to ``/dev/stdout`` through this process's own stdout, after
+    what it printed before."""
+    pieces = [text] if isinstance(text, str) else text
     if target in STANDARD_OUTPUT:
-        sys.stdout.write(text)
+        sys.stdout.writelines(pieces)
         sys.stdout.flush()
         return
     path = local_path(target)
     if path is not None:
-        atomic_write_text(path, text)
+        atomic_write_text(path, pieces)
         return
     staging = Path(tempfile.mkdtemp(prefix="slg-staging-"))
     try:
         destination = Destination(target, staging)
-        destination.local.write_text(text)
+        with destination.local.open("w") as out:
+            out.writelines(pieces)
         destination.push()
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -37,17 +37,19 @@ def _finite(value):
     return value
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file through a temporary file in the same folder and a rename.
+def atomic_write_text(path: Path, text: str | Iterable[str]) -> None:
+    """Write a whole file through a temporary file in the same folder and a rename; ``text`` may come
+    in pieces (a bank's lines, drawn as they are written), which are never held together.
 
     The file keeps the mode it had (a new one gets the umask's, as ``open`` would give it), and a
     symbolic link keeps pointing at it: the file it names is the one replaced. A device, a pipe or
     anything under /dev or /proc (``/dev/null``, ``/dev/fd/3``) is written in place: renaming over
     it would replace the device, or the file a descriptor was redirected to."""
     path = Path(path)
+    pieces = [text] if isinstance(text, str) else text
     if written_in_place(path):
         with path.open("w") as out:
-            out.write(text)
+            out.writelines(pieces)
         return
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as out:
-            out.write(text)
+            out.writelines(pieces)
         os.chmod(temporary, mode)  # mkstemp makes it 0600
         os.replace(temporary, path)
     except BaseException:

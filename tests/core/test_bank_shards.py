@@ -195,9 +195,9 @@ def test_a_streamed_bank_reads_the_same_prompts_in_chunks_of_a_few(tmp_path, mon
 
 
 def test_a_prompt_split_over_row_groups_is_read_whole(tmp_path, monkeypatch):
-    from pipeline.offline import parquet_banks
+    from pipeline.offline import parquet_writer
 
-    monkeypatch.setattr(parquet_banks, "ROW_GROUP_REWARDS", 2)  # 2.5 rewards a row: a row group per state
+    monkeypatch.setattr(parquet_writer, "ROW_GROUP_REWARDS", 2)  # 2.5 rewards a row: a row group per state
     rows = [{"prompt_id": f"p{i}", "states": [[float(i), 1.5, 2.5], [3.5, float(i)]]} for i in range(4)]
     write_bank(tmp_path / "b.parquet", rows)
     import pyarrow.parquet as pq

@@ -57,6 +57,80 @@ def test_float32_rewards_are_stored_as_float32(tmp_path):
     assert read_bank_rows(tmp_path / "b.parquet") == rows
 
 
+class CountedRow(dict):
+    """A bank row whose life a test can follow (a plain dict cannot be weakly referenced)."""
+
+    __slots__ = ("__weakref__",)
+
+
+# the rows still held as the next is drawn: JSONL the line being written; Parquet the chunk being
+# written (two prompts) and the first of the one being gathered; never the 50 prompts of the bank
+@pytest.mark.parametrize("name, held", [("b.jsonl", 1), ("b.parquet", 3)])
+def test_a_bank_is_written_as_its_rows_are_drawn_holding_a_chunk_not_the_bank(tmp_path, monkeypatch, name, held):
+    import weakref
+
+    from pipeline.offline import parquet_writer
+
+    monkeypatch.setattr(parquet_writer, "CHUNK_REWARDS", 800)  # 400 rewards a prompt: a Parquet chunk is two prompts
+
+    def states(p):
+        return [[p + k / 1000 for k in range(200)], [p - k / 1000 for k in range(200)]]
+
+    drawn, most_held, written_before_last = [], 0, 0
+
+    def rows():
+        nonlocal most_held, written_before_last
+        for p in range(50):
+            most_held = max(most_held, sum(ref() is not None for ref in drawn))
+            if p == 49:  # the bytes of the first 48 prompts are on disk, under a temporary name
+                assert not (tmp_path / name).exists()
+                written_before_last = sum(f.stat().st_size for f in tmp_path.glob(f".{name}*"))
+            row = CountedRow(prompt_id=f"p{p}", states=states(p))
+            drawn.append(weakref.ref(row))
+            yield row
+
+    write_bank(tmp_path / name, rows())
+    assert most_held == held
+    assert written_before_last > (tmp_path / name).stat().st_size / 2
+    assert read_bank_rows(tmp_path / name) == [{"prompt_id": f"p{p}", "states": states(p)} for p in range(50)]
+
+
+def test_a_later_chunk_that_needs_float64_or_texts_rewrites_the_parquet_bank_in_the_wider_schema(tmp_path, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from pipeline.offline import parquet_writer
+
+    monkeypatch.setattr(parquet_writer, "CHUNK_REWARDS", 1)  # a chunk a prompt
+    rows = [{"prompt_id": "a", "states": [[0.5, 1.5], [2.0]]},  # float32 exactly: the first chunk's schema
+            {"prompt_id": "b", "states": [[0.1]]},  # not a float32: the rewards become float64
+            {"prompt_id": "c", "states": [[1.0]], "responses": [["1+1=2"]]},  # texts: a responses column
+            {"prompt_id": "d", "states": [[0.25]]}]  # float32 and no texts again: cast into the wide schema
+    write_bank(tmp_path / "b.parquet", rows)
+    schema = pq.read_schema(tmp_path / "b.parquet")
+    assert str(schema.field("rewards").type) == "list<element: double>" and "responses" in schema.names
+    assert read_bank_rows(tmp_path / "b.parquet") == rows
+    assert [p.name for p in tmp_path.iterdir()] == ["b.parquet"]  # no temporary file left
+    write_bank(tmp_path / "c.parquet", [rows[0], rows[3]])
+    assert str(pq.read_schema(tmp_path / "c.parquet").field("rewards").type) == "list<element: float>"
+
+
+def test_a_bank_whose_rows_fail_midway_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    from pipeline.offline import parquet_writer
+
+    monkeypatch.setattr(parquet_writer, "CHUNK_REWARDS", 1)
+
+    def failing():
+        yield from ROWS
+        raise RuntimeError("drawing failed")
+
+    for name in ("b.jsonl", "b.parquet"):
+        write_bank(tmp_path / name, ROWS[:1])
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(RuntimeError, match="drawing failed"):
+            write_bank(tmp_path / name, failing())
+        assert (tmp_path / name).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "b.parquet"]
+
+
 def test_a_parquet_bank_loads_with_pyarrow_and_with_datasets(tmp_path):
     pa_dataset = pytest.importorskip("pyarrow.dataset")
     datasets = pytest.importorskip("datasets")

@@ -149,19 +149,21 @@ def test_cli_sim_bank_then_replay(tmp_path, capsys):
     assert "slg_adaptive" in capsys.readouterr().out
 
 
-def test_sim_bank_beyond_free_memory_is_refused_in_one_line_before_a_reward_is_drawn(tmp_path, capsys, monkeypatch):
+def test_sim_bank_whose_one_prompt_is_beyond_free_memory_is_refused_in_one_line_before_a_reward_is_drawn(
+        tmp_path, capsys, monkeypatch):
     import psutil
 
     from pipeline.offline.bank import BANK_BYTES_PER_REWARD
 
     bank, sizes = tmp_path / "b.jsonl", ["--prompts", "3", "--states", "4", "--completions", "10"]
-    need = 3 * 4 * 10 * BANK_BYTES_PER_REWARD
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need - 1))
+    one_prompt = 4 * 10 * BANK_BYTES_PER_REWARD
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=one_prompt - 1))
     assert main(["sim-bank", "--family", "gaussian", *sizes, "--out", str(bank)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--prompts 3 --states 4 --completions 10: 120 rewards need about" in err
+    assert len(err.splitlines()) == 1 and "--states 4 --completions 10: one prompt's 40 rewards need about" in err
     assert not bank.exists()
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=need))
+    # a bank streams to disk: three prompts where memory holds one
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=one_prompt))
     assert main(["sim-bank", "--family", "gaussian", *sizes, "--out", str(bank)]) == 0
     assert len(bank.read_text().splitlines()) == 3
 
