@@ -287,7 +287,7 @@ def run_convert_bank(args) -> int:
 
 def run_curves(args) -> int:
     from pipeline.offline.bank import read_bank
-    from pipeline.offline.calibration import calibrate, format_report, world_states
+    from pipeline.offline.calibration import calibrate, check_fits_in_memory, format_report, world_states
     from pipeline.offline.plots import plot_report
     from pipeline.offline.real_data import real_pools
     from pipeline.outputs.destinations import fetched
@@ -301,6 +301,7 @@ def run_curves(args) -> int:
     states = 200 if args.states is None else args.states
     m_values = args.m or ([16, 32, 64] if args.world else [8, 16, 32])
     n_values = args.n or ([100, 1000] if args.world else "pool")
+    num_n = 1 if n_values == "pool" else len(n_values)
     if args.real:
         pools = real_pools(args.real)
     elif args.world:
@@ -308,11 +309,14 @@ def run_curves(args) -> int:
             raise UsageError("--n pool needs finite pools (--real or --bank), not a world")
         if states < 1:
             raise UsageError(f"--states must be >= 1, got {states}")
-        pools = {name: (world_states(world, states, args.seed), world.upper_bound)
-                 for name, world in _worlds([args.world], args.param).items()}
+        worlds = _worlds([args.world], args.param)
+        check_fits_in_memory(states, args.repeats, m_values, num_n, world_states=states * len(worlds), pools=f"--states {states:,}")
+        pools = {name: (world_states(world, states, args.seed), world.upper_bound) for name, world in worlds.items()}
     else:
         with fetched(args.bank, "bank") as bank:
             pools = {"bank": ([s for p in read_bank(bank) for s in p.state_rewards], None)}
+    for values, _ in pools.values():  # (the worlds' were checked before their states were drawn)
+        check_fits_in_memory(len(values), args.repeats, m_values, num_n)
     started = time.perf_counter()
     report = {name: calibrate(values, m_values, n_values, args.repeats, args.seed, upper_bound=bound)
               for name, (values, bound) in pools.items()}

@@ -60,6 +60,31 @@ def world_states(world, num_states: int, seed: int = 0) -> list[WorldState]:
     return [WorldState(world, latent, rng) for latent in world.sample_states(rng, (num_states,))]
 
 
+# What calibrating holds in memory, at its peak (the largest m's samples and the predictions of every
+# n): bytes per sample value, per (sample, n) and per sample, and per world state. Measured as the
+# peak RSS of `/usr/bin/time -f %M slg curves --world gaussian --states S --repeats R --m M --n ...`
+# at S x R = 200,000 and 400,000 samples: 34 bytes a value (m = 64, R from 100 to 200), 122 a (sample,
+# n) (2 against 20 n), and 0.9 KB a world state (bimodal, 10 against 400,000 states); rounded up.
+SAMPLE_VALUE_BYTES, SAMPLE_N_BYTES, SAMPLE_BYTES, WORLD_STATE_BYTES = 40, 128, 128, 1024
+
+
+def check_fits_in_memory(num_pools: int, repeats: int, m_values: list[int], num_n: int, world_states: int = 0,
+                         pools: str | None = None) -> None:
+    """``ConfigError`` where calibrating ``num_pools`` pools (``world_states`` states drawn from worlds
+    first) could not be held in the memory the system reports free: refused in a line before any
+    sample is drawn, not ended by a MemoryError, or by the system, minutes later. ``pools``: how the
+    message names them (``--states 1,000``), if not by their count."""
+    import psutil
+
+    samples = num_pools * repeats
+    need = samples * (SAMPLE_VALUE_BYTES * max(m_values) + SAMPLE_N_BYTES * num_n + SAMPLE_BYTES) + WORLD_STATE_BYTES * world_states
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise ConfigError(f"{pools or f'{num_pools:,} pools'} x --repeats {repeats:,} samples of up to m = {max(m_values):,} "
+                          f"rewards, predicted at {num_n:,} n, need about {need / 2**30:,.1f} GiB of memory, "
+                          f"{available / 2**30:,.1f} GiB are free here (fewer states, repeats or m)")
+
+
 def calibrate(pools: list, m_values: list[int], n_values, repeats: int, seed: int = 0,
               upper_bound: float | None = None) -> dict:
     """Error summaries per (m, n) over all pools and repeats; see the module docstring.

@@ -130,6 +130,32 @@ def test_cli_curves_reads_the_real_data_by_default(capsys):
     assert "humaneval_codet_codegen16b: 146 pools x 2 samples, rewards <= 1.0" in out and "  pool " in out
 
 
+def test_cli_curves_beyond_free_memory_is_refused_in_one_line_before_a_state_is_drawn(tmp_path, capsys, monkeypatch):
+    import psutil
+
+    from pipeline.offline import calibration
+
+    def need(pools, repeats, m, num_n, world_states=0):  # the check's own model of the peak (its measured constants)
+        return (pools * repeats * (calibration.SAMPLE_VALUE_BYTES * m + calibration.SAMPLE_N_BYTES * num_n + calibration.SAMPLE_BYTES)
+                + calibration.WORLD_STATE_BYTES * world_states)
+
+    drawn = []
+    monkeypatch.setattr(calibration, "world_states", lambda *a: drawn.append(a) or [])
+    world = ["curves", "--world", "gaussian", "--states", "30", "--repeats", "4", "--m", "8,16", "--n", "100,1000"]
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": need(30, 4, 16, 2, 30) - 1}))
+    assert main(world) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--states 30 x --repeats 4 samples of up to m = 16 rewards, predicted at 2 n" in err
+    assert drawn == []  # refused before the world's states were drawn
+    bank = tmp_path / "b.jsonl"  # a bank: 3 pools, each state's rewards
+    bank.write_text(json.dumps({"prompt_id": "p", "states": [[0.1, 0.5, 0.9], [0.2, 0.3], [1.0, 2.0]]}) + "\n")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": need(3, 10, 8, 1) - 1}))
+    assert main(["curves", "--bank", str(bank), "--repeats", "10", "--m", "8"]) == 2
+    assert "3 pools x --repeats 10 samples of up to m = 8 rewards, predicted at 1 n" in capsys.readouterr().err
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": need(3, 10, 8, 1)}))
+    assert main(["curves", "--bank", str(bank), "--repeats", "10", "--m", "8"]) == 0
+
+
 def write_lines(path, rows):
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
     return str(path)
