@@ -315,8 +315,8 @@ def run_curves(args) -> int:
     else:
         with fetched(args.bank, "bank") as bank:
             pools = {"bank": ([s for p in read_bank(bank) for s in p.state_rewards], None)}
-    for values, _ in pools.values():  # (the worlds' were checked before their states were drawn)
-        check_fits_in_memory(len(values), args.repeats, m_values, num_n)
+    for name, (values, _) in pools.items():  # (the worlds' were checked before their states were drawn)
+        check_fits_in_memory(len(values), args.repeats, m_values, num_n, pools=f"{name}: {len(values):,} pools")
     started = time.perf_counter()
     report = {name: calibrate(values, m_values, n_values, args.repeats, args.seed, upper_bound=bound)
               for name, (values, bound) in pools.items()}

@@ -151,7 +151,7 @@ def test_cli_curves_beyond_free_memory_is_refused_in_one_line_before_a_state_is_
     bank.write_text(json.dumps({"prompt_id": "p", "states": [[0.1, 0.5, 0.9], [0.2, 0.3], [1.0, 2.0]]}) + "\n")
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": need(3, 10, 8, 1) - 1}))
     assert main(["curves", "--bank", str(bank), "--repeats", "10", "--m", "8"]) == 2
-    assert "3 pools x --repeats 10 samples of up to m = 8 rewards, predicted at 1 n" in capsys.readouterr().err
+    assert "bank: 3 pools x --repeats 10 samples of up to m = 8 rewards, predicted at 1 n" in capsys.readouterr().err
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": need(3, 10, 8, 1)}))
     assert main(["curves", "--bank", str(bank), "--repeats", "10", "--m", "8"]) == 0
 
