@@ -269,8 +269,16 @@ def run_sim_bank(args) -> int:
     rows = simulated_rows(world, args.prompts, args.states, args.completions, args.seed)
     write_bank(args.out, rows)
     print(f"wrote {args.prompts} prompts x {args.states} states x {args.completions} rollouts of {world.describe()} "
-          f"to {args.out}")
+          f"to {args.out}", file=_beside(args.out))
     return 0
+
+
+def _beside(out: str):
+    """Where a command that writes a bank says what it wrote: stdout, or stderr where the bank itself
+    went to stdout (``--out /dev/stdout | gzip``: the bank alone)."""
+    from pipeline.outputs.destinations import STANDARD_OUTPUT
+
+    return sys.stderr if out in STANDARD_OUTPUT else sys.stdout
 
 
 def run_convert_bank(args) -> int:
@@ -281,7 +289,7 @@ def run_convert_bank(args) -> int:
     with fetched(args.source, "bank") as source:
         rows = read_bank_rows(source)
     write_bank(args.out, rows)
-    print(f"wrote {len(rows)} prompts to {args.out}")
+    print(f"wrote {len(rows)} prompts to {args.out}", file=_beside(args.out))
     return 0
 
 

@@ -27,7 +27,7 @@ from pipeline.offline.parquet_banks import (
     no_bank_error,
     read_parquet_rows,
 )
-from pipeline.offline.parquet_writer import write_parquet_bank
+from pipeline.offline.parquet_writer import CHUNK_REWARDS, write_parquet_bank
 from pipeline.offline.worlds import World
 from pipeline.outputs.destinations import Destination, local_path, write_text
 
@@ -257,14 +257,16 @@ BANK_BYTES_PER_REWARD = 96
 
 
 def check_fits_in_memory(num_states: int, num_completions: int) -> None:
-    """``ConfigError`` where one simulated prompt (the least a streamed bank holds at once: a chunk is
-    whole prompts) could not be held in the memory the system reports free while it is written:
-    refused in a line before any reward is drawn, not killed by the system minutes later."""
+    """``ConfigError`` where what a streamed simulated bank holds at once, at most one chunk being
+    written (``parquet_writer.CHUNK_REWARDS``) and one prompt beyond it, could not be held in the
+    memory the system reports free: refused in a line before any reward is drawn, not killed by
+    the system minutes later."""
     import psutil
 
     rewards = num_states * num_completions
+    need = (rewards + CHUNK_REWARDS) * BANK_BYTES_PER_REWARD
     available = psutil.virtual_memory().available
-    if rewards * BANK_BYTES_PER_REWARD > available:
-        raise ConfigError(f"--states {num_states} --completions {num_completions}: one prompt's {rewards:,} rewards "
-                          f"need about {rewards * BANK_BYTES_PER_REWARD / 2**30:,.1f} GiB of memory to write, "
+    if need > available:
+        raise ConfigError(f"--states {num_states} --completions {num_completions}: one prompt's {rewards:,} rewards, beside "
+                          f"a chunk of {CHUNK_REWARDS:,} being written, need about {need / 2**30:,.1f} GiB of memory, "
                           f"{available / 2**30:,.1f} GiB are free here")

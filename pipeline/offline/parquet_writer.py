@@ -13,6 +13,7 @@ if it had been written whole.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def write_parquet_bank(path, rows: Iterable[dict], metadata: dict | None = None)
     ``metadata`` joins the format version in the schema metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary, writer = path.with_name(f".{path.name}.tmp"), None
+    temporary, writer = path.with_name(f".{path.name}.{os.getpid()}.tmp"), None  # two writing processes never share one
     try:
         for chunk in _chunks(rows, CHUNK_REWARDS):
             table = _bank_table(chunk, metadata)
@@ -40,8 +41,7 @@ def write_parquet_bank(path, rows: Iterable[dict], metadata: dict | None = None)
                 writer = _parquet_writer(temporary, table.schema)
             elif not (wide := _wider(writer.schema, table.schema)).equals(writer.schema):
                 writer = _rewritten(writer, temporary, wide)
-            rewards_per_row = sum(len(rewards) for row in chunk for rewards in row["states"]) // len(table)
-            writer.write_table(_conformed(table, writer.schema), row_group_size=max(1, ROW_GROUP_REWARDS // max(1, rewards_per_row)))
+            writer.write_table(_conformed(table, writer.schema), row_group_size=_row_group_rows(chunk, len(table)))
         writer = writer or _parquet_writer(temporary, _bank_table([], metadata).schema)
         writer.close()
         temporary.replace(path)
@@ -50,6 +50,14 @@ def write_parquet_bank(path, rows: Iterable[dict], metadata: dict | None = None)
             writer.close()
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _row_group_rows(chunk: list[dict], num_rows: int) -> int:
+    """Rows a row group of this chunk: its rows split evenly into groups of about ``ROW_GROUP_REWARDS``
+    rewards (no small group left at the end of each chunk)."""
+    rewards = sum(len(state) for row in chunk for state in row["states"])
+    groups = max(1, round(rewards / ROW_GROUP_REWARDS))
+    return max(1, -(-num_rows // groups))
 
 
 def _chunks(rows: Iterable[dict], limit: int) -> Iterator[list[dict]]:
@@ -123,15 +131,16 @@ def _rewritten(writer, temporary: Path, schema):
     import pyarrow.parquet as pq
 
     writer.close()
-    narrow = temporary.with_name(f"{temporary.name}.narrow")
+    narrow, wide = temporary.with_name(f"{temporary.name}.narrow"), None
     temporary.replace(narrow)
-    wide = _parquet_writer(temporary, schema)
     try:
+        wide = _parquet_writer(temporary, schema)
         written = pq.ParquetFile(narrow)
         for group in range(written.num_row_groups):
             wide.write_table(_conformed(written.read_row_group(group), schema))
     except BaseException:
-        wide.close()
+        if wide is not None:
+            wide.close()
         raise
     finally:
         narrow.unlink(missing_ok=True)

@@ -129,6 +129,14 @@ def test_a_bank_whose_rows_fail_midway_leaves_no_file_and_keeps_the_old_one(tmp_
             write_bank(tmp_path / name, failing())
         assert (tmp_path / name).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "b.parquet"]
+    # interrupted while rewriting in a wider schema (ROWS[1] is not float32): no file of that left either
+    opened, parquet_writer_of = [], parquet_writer._parquet_writer
+    monkeypatch.setattr(parquet_writer, "_parquet_writer",
+                        lambda *a: parquet_writer_of(*a) if not opened.append(a) and len(opened) == 1 else 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        write_bank(tmp_path / "b.parquet", ROWS)
+    assert len(opened) == 2 and (tmp_path / "b.parquet").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "b.parquet"]
 
 
 def test_a_parquet_bank_loads_with_pyarrow_and_with_datasets(tmp_path):

@@ -154,18 +154,27 @@ def test_sim_bank_whose_one_prompt_is_beyond_free_memory_is_refused_in_one_line_
     import psutil
 
     from pipeline.offline.bank import BANK_BYTES_PER_REWARD
+    from pipeline.offline.parquet_writer import CHUNK_REWARDS
 
     bank, sizes = tmp_path / "b.jsonl", ["--prompts", "3", "--states", "4", "--completions", "10"]
-    one_prompt = 4 * 10 * BANK_BYTES_PER_REWARD
+    one_prompt = (4 * 10 + CHUNK_REWARDS) * BANK_BYTES_PER_REWARD  # a prompt beside a chunk being written
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=one_prompt - 1))
     assert main(["sim-bank", "--family", "gaussian", *sizes, "--out", str(bank)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--states 4 --completions 10: one prompt's 40 rewards need about" in err
+    assert len(err.splitlines()) == 1
+    assert f"--states 4 --completions 10: one prompt's 40 rewards, beside a chunk of {CHUNK_REWARDS:,}" in err
     assert not bank.exists()
-    # a bank streams to disk: three prompts where memory holds one
+    # a bank streams to disk: three prompts where memory holds one (and a chunk)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=one_prompt))
     assert main(["sim-bank", "--family", "gaussian", *sizes, "--out", str(bank)]) == 0
     assert len(bank.read_text().splitlines()) == 3
+
+
+def test_sim_bank_to_stdout_is_the_bank_alone_and_its_summary_goes_to_stderr(capsys):
+    assert main(["sim-bank", "--family", "bimodal", "--prompts", "3", "--states", "2", "--completions", "4", "--out", "/dev/stdout"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["prompt_id"] for line in out.splitlines()] == ["p0", "p1", "p2"]  # every line a bank line
+    assert err.startswith("wrote 3 prompts x 2 states x 4 rollouts of bimodal")
 
 
 @pytest.mark.parametrize("argv, match", [
