@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError, json_value
 from pipeline.offline.episodes import BankPrompt
+from pipeline.offline.free_memory import check_free_memory
 from pipeline.offline.parquet_banks import (
     A_REWARD,
     NOT_A_REWARD,
@@ -258,15 +259,8 @@ BANK_BYTES_PER_REWARD = 96
 
 def check_fits_in_memory(num_states: int, num_completions: int) -> None:
     """``ConfigError`` where what a streamed simulated bank holds at once, at most one chunk being
-    written (``parquet_writer.CHUNK_REWARDS``) and one prompt beyond it, could not be held in the
-    memory the system reports free: refused in a line before any reward is drawn, not killed by
-    the system minutes later."""
-    import psutil
-
+    written (``parquet_writer.CHUNK_REWARDS``) and one prompt beyond it, would not fit in free memory."""
     rewards = num_states * num_completions
-    need = (rewards + CHUNK_REWARDS) * BANK_BYTES_PER_REWARD
-    available = psutil.virtual_memory().available
-    if need > available:
-        raise ConfigError(f"--states {num_states} --completions {num_completions}: one prompt's {rewards:,} rewards, beside "
-                          f"a chunk of {CHUNK_REWARDS:,} being written, need about {need / 2**30:,.1f} GiB of memory, "
-                          f"{available / 2**30:,.1f} GiB are free here")
+    check_free_memory((rewards + CHUNK_REWARDS) * BANK_BYTES_PER_REWARD,
+                      f"--states {num_states} --completions {num_completions}: one prompt's {rewards:,} rewards, beside "
+                      f"a chunk of {CHUNK_REWARDS:,} being written,")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.offline.free_memory import check_free_memory
 from pipeline.stats.pool import expected_max_of_pool
 from pipeline.stats.predict import FLAGS, predict_rows
 
@@ -71,18 +72,12 @@ SAMPLE_VALUE_BYTES, SAMPLE_N_BYTES, SAMPLE_BYTES, WORLD_STATE_BYTES = 40, 128, 1
 def check_fits_in_memory(num_pools: int, repeats: int, m_values: list[int], num_n: int, world_states: int = 0,
                          pools: str | None = None) -> None:
     """``ConfigError`` where calibrating ``num_pools`` pools (``world_states`` states drawn from worlds
-    first) could not be held in the memory the system reports free: refused in a line before any
-    sample is drawn, not ended by a MemoryError, or by the system, minutes later. ``pools``: how the
-    message names them (``--states 1,000``), if not by their count."""
-    import psutil
-
+    first) would not fit in free memory. ``pools``: how the message names them (``--states 1,000``),
+    if not by their count."""
     samples = num_pools * repeats
     need = samples * (SAMPLE_VALUE_BYTES * max(m_values) + SAMPLE_N_BYTES * num_n + SAMPLE_BYTES) + WORLD_STATE_BYTES * world_states
-    available = psutil.virtual_memory().available
-    if need > available:
-        raise ConfigError(f"{pools or f'{num_pools:,} pools'} x --repeats {repeats:,} samples of up to m = {max(m_values):,} "
-                          f"rewards, predicted at {num_n:,} n, need about {need / 2**30:,.1f} GiB of memory, "
-                          f"{available / 2**30:,.1f} GiB are free here (fewer states, repeats or m)")
+    check_free_memory(need, f"{pools or f'{num_pools:,} pools'} x --repeats {repeats:,} samples of up to m = {max(m_values):,} "
+                            f"rewards, predicted at {num_n:,} n,", "fewer states, repeats or m")
 
 
 def calibrate(pools: list, m_values: list[int], n_values, repeats: int, seed: int = 0,

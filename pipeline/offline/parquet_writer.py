@@ -35,13 +35,13 @@ def write_parquet_bank(path, rows: Iterable[dict], metadata: dict | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary, writer = path.with_name(f".{path.name}.{os.getpid()}.tmp"), None  # two writing processes never share one
     try:
-        for chunk in _chunks(rows, CHUNK_REWARDS):
+        for chunk, rewards in _chunks(rows, CHUNK_REWARDS):
             table = _bank_table(chunk, metadata)
             if writer is None:
                 writer = _parquet_writer(temporary, table.schema)
             elif not (wide := _wider(writer.schema, table.schema)).equals(writer.schema):
                 writer = _rewritten(writer, temporary, wide)
-            writer.write_table(_conformed(table, writer.schema), row_group_size=_row_group_rows(chunk, len(table)))
+            writer.write_table(_conformed(table, writer.schema), row_group_size=_row_group_rows(rewards, len(table)))
         writer = writer or _parquet_writer(temporary, _bank_table([], metadata).schema)
         writer.close()
         temporary.replace(path)
@@ -52,25 +52,25 @@ def write_parquet_bank(path, rows: Iterable[dict], metadata: dict | None = None)
         raise
 
 
-def _row_group_rows(chunk: list[dict], num_rows: int) -> int:
-    """Rows a row group of this chunk: its rows split evenly into groups of about ``ROW_GROUP_REWARDS``
-    rewards (no small group left at the end of each chunk)."""
-    rewards = sum(len(state) for row in chunk for state in row["states"])
+def _row_group_rows(rewards: int, num_rows: int) -> int:
+    """Rows a row group of a chunk of ``num_rows`` rows and ``rewards`` rewards: its rows split evenly
+    into groups of about ``ROW_GROUP_REWARDS`` rewards (no small group left at the end of each chunk)."""
     groups = max(1, round(rewards / ROW_GROUP_REWARDS))
     return max(1, -(-num_rows // groups))
 
 
-def _chunks(rows: Iterable[dict], limit: int) -> Iterator[list[dict]]:
-    """``rows`` in lists of whole prompts, each of at least ``limit`` rewards but the last."""
+def _chunks(rows: Iterable[dict], limit: int) -> Iterator[tuple[list[dict], int]]:
+    """``rows`` in lists of whole prompts, each of at least ``limit`` rewards but the last, with their
+    rewards' count."""
     chunk, size = [], 0
     for row in rows:
         chunk.append(row)
         size += sum(len(rewards) for rewards in row["states"])
         if size >= limit:
-            yield chunk
+            yield chunk, size
             chunk, size = [], 0
     if chunk:
-        yield chunk
+        yield chunk, size
 
 
 def _bank_table(rows: list[dict], metadata: dict | None):
