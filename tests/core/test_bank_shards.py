@@ -194,6 +194,22 @@ def test_a_streamed_bank_reads_the_same_prompts_in_chunks_of_a_few(tmp_path, mon
     assert [len(p) for _, p in streamed.chunks()] == [2, 2, 1]
 
 
+def test_a_chunks_rows_are_split_evenly_into_row_groups(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from pipeline.offline import parquet_writer
+
+    monkeypatch.setattr(parquet_writer, "ROW_GROUP_REWARDS", 1000)
+    monkeypatch.setattr(parquet_writer, "CHUNK_REWARDS", 4000)
+    rows = [{"prompt_id": f"p{i}", "states": [[float(i)] * 300]} for i in range(30)]  # chunks of 14, 14 and 2 prompts
+    write_bank(tmp_path / "b.parquet", rows)
+    # 4200 rewards a full chunk: 4 groups of 4, 4, 4 and 2 rows (3 rows a group, as 1000 // 300 has it,
+    # would leave a fifth group of 2 at the end of each chunk); the last chunk's 600 rewards: 1 group
+    sizes = [pq.ParquetFile(tmp_path / "b.parquet").metadata.row_group(g).num_rows for g in range(9)]
+    assert pq.ParquetFile(tmp_path / "b.parquet").num_row_groups == 9 and sizes == [4, 4, 4, 2, 4, 4, 4, 2, 2]
+    assert read_bank_rows(tmp_path / "b.parquet") == rows
+
+
 def test_a_prompt_split_over_row_groups_is_read_whole(tmp_path, monkeypatch):
     from pipeline.offline import parquet_writer
 
