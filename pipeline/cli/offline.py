@@ -282,14 +282,23 @@ def _beside(out: str):
 
 
 def run_convert_bank(args) -> int:
-    from pipeline.offline.bank import read_bank_rows, write_bank
+    from pipeline.offline.bank import bank_rows, write_bank
     from pipeline.outputs.destinations import check_output_target, fetched
 
     check_output_target(args.out, "the output bank")
+    written = 0
+
+    def counted(rows):
+        nonlocal written
+        for row in rows:
+            written += 1
+            yield row
+
+    # written as it is read: memory holds a few prompts, not the bank; a bad prompt midway leaves the
+    # target as it was (write_bank writes whole)
     with fetched(args.source, "bank") as source:
-        rows = read_bank_rows(source)
-    write_bank(args.out, rows)
-    print(f"wrote {len(rows)} prompts to {args.out}", file=_beside(args.out))
+        write_bank(args.out, counted(bank_rows(source)))
+    print(f"wrote {written} prompts to {args.out}", file=_beside(args.out))
     return 0
 
 

@@ -26,7 +26,7 @@ from pipeline.offline.parquet_banks import (
     REWARD_LIMIT,
     is_parquet_bank,
     no_bank_error,
-    read_parquet_rows,
+    parquet_rows,
 )
 from pipeline.offline.parquet_writer import CHUNK_REWARDS, write_parquet_bank
 from pipeline.offline.worlds import World
@@ -43,29 +43,28 @@ def read_bank(path) -> list[BankPrompt]:
 
 
 def read_bank_rows(path) -> list[dict]:
-    """The rows of a bank (the JSONL format's dicts), each validated: what converting a bank writes."""
-    rows = list(_bank_rows(path))
-    for where, row in rows:
-        parse_row(row, where)
-    return [row for _, row in rows]
+    """The rows of a bank (the JSONL format's dicts), each validated."""
+    return list(bank_rows(path))
 
 
-def _bank_rows(path):
-    """(where, row) of every prompt of a bank, in order; duplicate prompt ids refused."""
+def bank_rows(path) -> Iterator[dict]:
+    """The rows of a bank, each validated as it is read (``ConfigError`` naming the first bad one, or a
+    duplicate prompt id), a line or a row group at a time: what converting a bank writes, as it reads."""
     path = Path(path)
     if is_parquet_bank(path):
-        rows = ((f"bank {path.name} prompt {i + 1}", row) for i, row in enumerate(read_parquet_rows(path)))
+        rows = ((f"bank {path.name} prompt {i + 1}", row) for i, row in enumerate(parquet_rows(path)))
     elif not path.is_file():
         raise no_bank_error(path)
     else:
-        rows = ((where, row) for _, where, row in json_lines(read_text(path, "bank").split("\n"), f"bank {path.name}"))
+        rows = ((where, row) for _, _, where, row in jsonl_values(path, f"bank {path.name}"))
     seen = set()
     for where, row in rows:
         prompt_id = str(row.get("prompt_id")) if isinstance(row, dict) else None
         if prompt_id in seen:
             raise ConfigError(f"{where}: duplicate prompt_id {prompt_id!r}")
         seen.add(prompt_id)
-        yield where, row
+        parse_row(row, where)
+        yield row
     if not seen:
         raise ConfigError(f"bank {str(path)!r} holds no prompts")
 
@@ -90,6 +89,27 @@ def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, obj
             continue
         where = f"{label} line {number}"
         yield number, where, json_value(line, where)
+
+
+def jsonl_values(path: Path, label: str) -> Iterator[tuple[int, int, str, object]]:
+    """(first byte, end byte, "LABEL line N", parsed value) of every non-blank line, read a line at a time."""
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise ConfigError(f"cannot read bank {str(path)!r}: {error.strerror or error}") from None
+    with handle:
+        offset = 0
+        for number, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ConfigError(f"cannot read bank {str(path)!r}: not UTF-8 text ({error.reason} at byte "
+                                  f"{start + error.start}; compressed? decompress it first)") from None
+            if not line.strip():
+                continue
+            where = f"{label} line {number}"
+            yield start, offset, where, json_value(line, where)
 
 
 def first_bad_reward(rewards: list) -> tuple[int, str] | None:

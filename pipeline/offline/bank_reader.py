@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ConfigError, json_value
-from pipeline.offline.bank import parse_row
+from pipeline.offline.bank import jsonl_values, parse_row
 from pipeline.offline.episodes import BankPrompt
 from pipeline.offline.parquet_banks import is_parquet_bank, no_bank_error, parquet_files, prompt_blocks, read_row_range
 from pipeline.stats.prefix_signal import PrefixSignal
@@ -126,7 +126,7 @@ class StreamedBank(BankChunks):
                 where = f"bank {self.path.name} prompt {before + k + 1}"
                 yield block.first_row, block.stop_row, where, block.prompt(where)
             return
-        for start, stop, where, row in _jsonl_lines(file, f"bank {file.name}"):
+        for start, stop, where, row in jsonl_values(file, f"bank {file.name}"):
             yield start, stop, where, parse_row(row, where)
 
     def chunks(self, max_rewards: int | None = None):
@@ -189,26 +189,3 @@ def _runs(sizes: list[int], max_total: int) -> Iterator[tuple[int, int]]:
         total += size
     if start < len(sizes):
         yield start, len(sizes)
-
-
-def _jsonl_lines(path: Path, label: str) -> Iterator[tuple[int, int, str, object]]:
-    """(first byte, end byte, "LABEL line N", parsed value) of every non-blank line, read a line at a time."""
-    try:
-        handle = path.open("rb")
-    except OSError as error:
-        raise ConfigError(f"cannot read bank {str(path)!r}: {error.strerror or error}") from None
-    with handle:
-        offset = 0
-        for number, raw in enumerate(handle, start=1):
-            start, offset = offset, offset + len(raw)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ConfigError(f"cannot read bank {str(path)!r}: not UTF-8 text ({error.reason} at byte "
-                                  f"{start + error.start}; compressed? decompress it first)") from None
-            if not line.strip():
-                continue
-            if not raw.endswith(b"\n"):
-                offset = start + len(raw)
-            where = f"{label} line {number}"
-            yield start, offset, where, json_value(line, where)

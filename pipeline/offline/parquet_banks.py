@@ -104,32 +104,37 @@ def bank_metadata(schema_metadata: dict, file) -> dict:
     return metadata
 
 
-def read_parquet_rows(path) -> list[dict]:
-    """The bank's prompts as rows of the JSONL format (``prompt_id``, ``states`` and what else they hold)."""
+def parquet_rows(path) -> Iterator[dict]:
+    """The bank's prompts as rows of the JSONL format (``prompt_id``, ``states`` and what else they hold),
+    read a row group at a time: memory holds one row group and one prompt, not the bank."""
     path = Path(path)
-    rows: list[dict] = []
-    by_id: dict[str, dict] = {}
+    row: dict | None = None
+    seen: set[str] = set()
     for file in parquet_files(path):
         parquet = _open(file)
         _columns(parquet, file)
-        table = parquet.read()
-        columns = {name: table.column(name).to_pylist() for name in table.column_names}
-        for i, prompt_id in enumerate(columns["prompt_id"]):
-            row = by_id.get(prompt_id)
-            if row is None or row is not rows[-1]:
-                if row is not None:
-                    raise ConfigError(f"bank {str(path)!r}: the states of prompt {prompt_id!r} are not consecutive")
-                row = by_id[prompt_id] = {"prompt_id": prompt_id, "states": []}
-                rows.append(row)
-            row["states"].append(columns["rewards"][i])
-            for column, key in (("correct", "correct"), ("state_text", "state_texts"), ("state_score", "state_scores"),
-                                ("responses", "responses")):
-                value = columns.get(column, [None] * (i + 1))[i]
-                if value is not None:
-                    row.setdefault(key, []).append(value)
-            if columns.get("meta", [None] * (i + 1))[i] is not None and "meta" not in row:
-                row["meta"] = _meta(columns["meta"][i], f"bank {str(path)!r} prompt {prompt_id!r}")
-    return rows
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group)
+            absent = [None] * len(table)
+            columns = {name: table.column(name).to_pylist() for name in table.column_names}
+            for i, prompt_id in enumerate(columns["prompt_id"]):
+                if row is None or prompt_id != row["prompt_id"]:
+                    if prompt_id in seen:
+                        raise ConfigError(f"bank {str(path)!r}: the states of prompt {prompt_id!r} are not consecutive")
+                    if row is not None:
+                        yield row
+                    seen.add(prompt_id)
+                    row = {"prompt_id": prompt_id, "states": []}
+                row["states"].append(columns["rewards"][i])
+                for column, key in (("correct", "correct"), ("state_text", "state_texts"), ("state_score", "state_scores"),
+                                    ("responses", "responses")):
+                    value = columns.get(column, absent)[i]
+                    if value is not None:
+                        row.setdefault(key, []).append(value)
+                if columns.get("meta", absent)[i] is not None and "meta" not in row:
+                    row["meta"] = _meta(columns["meta"][i], f"bank {str(path)!r} prompt {prompt_id!r}")
+    if row is not None:
+        yield row
 
 
 def _meta(text: str, where: str):

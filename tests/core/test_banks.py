@@ -95,6 +95,56 @@ def test_a_bank_is_written_as_its_rows_are_drawn_holding_a_chunk_not_the_bank(tm
     assert read_bank_rows(tmp_path / name) == [{"prompt_id": f"p{p}", "states": states(p)} for p in range(50)]
 
 
+@pytest.mark.parametrize("name, duplicate", [("b.jsonl", "duplicate prompt_id 'p1'"),
+                                             ("b.parquet", "the states of prompt 'p1' are not consecutive")])
+def test_a_bank_is_validated_as_it_is_read_and_a_bad_last_prompt_keeps_the_old_copy(tmp_path, name, duplicate):
+    """convert-bank validates each prompt as it reads it: the first is in hand before the last is read,
+    and a bad last prompt refuses the conversion, with exit 2, leaving the copy written before as it was."""
+    from pipeline.errors import ConfigError
+    from pipeline.offline.bank import bank_rows
+
+    rows = [{"prompt_id": f"p{i}", "states": [[float(i), 0.5], [1.5, 2.5]]} for i in range(6)]
+    write_bank(tmp_path / name, rows + [{"prompt_id": "p1", "states": [[0.0]]}])
+    reading = bank_rows(tmp_path / name)
+    assert next(reading) == rows[0]
+    with pytest.raises(ConfigError, match=duplicate):
+        list(reading)
+    copy = tmp_path / ("copy.parquet" if name.endswith(".jsonl") else "copy.jsonl")
+    write_bank(copy, rows[:1])
+    before = copy.read_bytes()
+    assert main(["convert-bank", str(tmp_path / name), str(copy)]) == 2
+    assert copy.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, copy.name])  # no temporary file left
+
+
+@pytest.mark.parametrize("source, copy", [("b.jsonl", "c.parquet"), ("b.parquet", "c.jsonl")])
+def test_converting_a_bank_holds_a_few_prompts_not_the_bank(tmp_path, monkeypatch, source, copy):
+    """convert-bank reads a JSONL line or a Parquet row group at a time, and writes as it reads: its peak
+    of Python memory is a small part of what the bank takes read whole (it read whole banks before)."""
+    import tracemalloc
+
+    from pipeline.offline import parquet_writer
+
+    # row groups of 2 prompts, chunks of 8, in a bank of 200 (the writer holds a chunk, the reader a group)
+    monkeypatch.setattr(parquet_writer, "ROW_GROUP_REWARDS", 400)
+    monkeypatch.setattr(parquet_writer, "CHUNK_REWARDS", 1600)
+    write_bank(tmp_path / source, [{"prompt_id": f"p{i}", "states": [[i + k / 7 for k in range(100)]] * 2} for i in range(200)])
+    assert main(["convert-bank", str(tmp_path / source), str(tmp_path / copy)]) == 0  # imports done before measuring
+
+    def peak(work) -> int:
+        tracemalloc.start()
+        try:
+            work()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole = peak(lambda: read_bank_rows(tmp_path / source))
+    converting = peak(lambda: main(["convert-bank", str(tmp_path / source), str(tmp_path / copy)]))
+    assert converting < whole / 4
+    assert read_bank_rows(tmp_path / copy) == read_bank_rows(tmp_path / source)
+
+
 def test_a_later_chunk_that_needs_float64_or_texts_rewrites_the_parquet_bank_in_the_wider_schema(tmp_path, monkeypatch):
     pq = pytest.importorskip("pyarrow.parquet")
     from pipeline.offline import parquet_writer
