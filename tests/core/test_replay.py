@@ -129,15 +129,16 @@ def test_replay_many_plays_every_target_once_and_reports_its_rollouts():
 
 def test_cli_replay_of_several_worlds_writes_one_json(tmp_path, capsys):
     out = tmp_path / "grid.json"
+    # few ceiling samples: the ceilings are tested on their own (test_ceilings.py), here they only ride along
     assert main(["replay", "--world", "gaussian,bounded", "--prompts", "3", "--repeats", "2", "--budgets", "8,16",
-                 "--methods", "bon,slg_adaptive", "--workers", "1", "--out", str(out)]) == 0
+                 "--methods", "bon,slg_adaptive", "--workers", "1", "--ceiling-samples", "4", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "gaussian(sigma0=1, sigma1=1)" in printed.out and "bounded(" in printed.out
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 2 * 2 * 2 and {r["world"] for r in rows} == {"gaussian(sigma0=1, sigma1=1)",
                                                                      "bounded(mu0=1, sigma0=1, sigma1=1)"}
     assert main(["replay", "--world", "all", "--prompts", "2", "--repeats", "1", "--budgets", "4", "--methods",
-                 "bon", "--workers", "1", "--no-progress"]) == 0
+                 "bon", "--workers", "1", "--ceiling-samples", "4", "--no-progress"]) == 0
     assert capsys.readouterr().out.count("replay on ") == 5
 
 
@@ -590,9 +591,11 @@ def test_results_do_not_depend_on_the_order_tasks_finish_in(tmp_path, monkeypatc
     # several tasks per world budget too, and at budget 32 each bank prompt's 3 repeats in 2 parts
     monkeypatch.setattr(replay_module, "EPISODE_ROLLOUTS_PER_TASK", 64)
     targets = {"w": make_world("heavy"), "b": [parse_row(row, "") for row in rows]}
-    here = replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=1, with_ceilings=True)
+    here = replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=1, with_ceilings=True,
+                      ceiling_samples=8)
     monkeypatch.setattr(replay_module, "_executor", lambda workers, rollouts: Reversed())
-    assert replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=2, with_ceilings=True) == here
+    assert replay_job(targets, ["bon", "slg"], [8, 32], 3, num_prompts=7, seed=2, workers=2, with_ceilings=True,
+                      ceiling_samples=8) == here
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
