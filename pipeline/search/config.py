@@ -74,7 +74,9 @@ class ShareConfig:
     its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
     root-reward sds above an average prompt draw's, or (off by default) ``lead_gap`` above every other
     state the root drew, or (off a grid, ``below_best_lead``) it leads at all and its root rollouts
-    stayed below the root's best; on a grid of levels (root rewards repeat across states) of states narrower
+    stayed below the root's best; and in either case, below ``ungated_from``, if no other state the root
+    drew twice or more has a prefix score within ``rival_gap`` root-reward sds of its own (a common
+    rival, which fresh prompt draws reach as often); on a grid of levels (root rewards repeat across states) of states narrower
     than the spread between them, and read more precisely by a rollout than by their prefix score,
     only the states whose root rollout reached the best reward are candidates (``grid_best_level``).
     The state's share comes in two halves; the second goes to the prompt where the first averages
@@ -101,6 +103,7 @@ class ShareConfig:
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
     prefix_gap: float = 0.5        # in standard deviations of the root sample's rewards
     lead_gap: float | None = None  # few levels: also share where the pick's prefix score leads every other drawn state's by this; None: off
+    rival_gap: float | None = 0.1  # few levels, below ungated_from: no share where a state drawn twice reads within this of the pick
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself
@@ -168,9 +171,10 @@ def validate_search_config(config: SearchConfig, budgets) -> None:
             raise ConfigError(f"search.share.{name} must be in [0, 1], got {getattr(config.share, name)!r}")
     if not (math.isfinite(config.share.prefix_gap) and config.share.prefix_gap >= 0):  # inf: 0 x inf where a root has no spread
         raise ConfigError(f"search.share.prefix_gap must be a finite number >= 0, got {config.share.prefix_gap!r}")
-    lead = config.share.lead_gap
-    if lead is not None and not (math.isfinite(lead) and lead >= 0):
-        raise ConfigError(f"search.share.lead_gap must be a finite number >= 0 (null: off), got {lead!r}")
+    for name in ("lead_gap", "rival_gap"):
+        gap = getattr(config.share, name)
+        if gap is not None and not (math.isfinite(gap) and gap >= 0):
+            raise ConfigError(f"search.share.{name} must be a finite number >= 0 (null: off), got {gap!r}")
     below = config.share.below_best_lead
     if below is not None and not math.isfinite(below):  # -inf would share with every pick below the best: say so
         raise ConfigError(f"search.share.below_best_lead must be a finite number (null: off), got {below!r}")

@@ -4,7 +4,8 @@ Pure numpy, on a root's rollouts. A state whose prefix score barely leads an ave
 is often no better than fresh draws, so below N = ``share.ungated_from`` the pick needs a lead of
 ``share.prefix_gap`` root-reward sds (``clears_a_gate``), or one of the two exceptions there: a lead
 over every other state the root drew (``share.lead_gap``, off by default), or root rollouts that all
-stayed below the root's best reward (``share.below_best_lead``)."""
+stayed below the root's best reward (``share.below_best_lead``); and either way no common rival, a
+state the root drew twice or more that reads as well (``share.rival_gap``, ``has_a_common_rival``)."""
 
 from __future__ import annotations
 
@@ -40,21 +41,38 @@ def clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score
     the root's best reward: the best so far then came from a state the prefix scores rank
     lower, a lucky draw, which the picked state has room to beat; a pick that holds the best must beat
     itself, and fresh draws often do better (toy_t12 at N = 64: +0.0015 a prompt over the gap alone;
-    docs/design-record.md, "Below the best, a small lead"). A root whose rewards do not spread clears
-    nothing."""
+    docs/design-record.md, "Below the best, a small lead"). Either way (``share.rival_gap`` not None) a
+    pick clears nothing where the root drew another state twice or more whose prefix score is within
+    ``share.rival_gap`` sds of its own (``has_a_common_rival``): fresh prompt draws reach that state as
+    often as the root did, so they do about as well as the pick (on nine of twelve banks +0.0001 to
+    +0.0008 a prompt at N = 16-96, none lower beyond its interval; docs/design-record.md, "A common
+    rival"). A root whose rewards do not spread clears nothing."""
     rows, spread = np.arange(len(top)), reward_levels.sd_of_finite(root.rewards)
     score, picked = root.state_score[rows, top], root.state_index[rows, top]
     clears = score - mean_score > share.prefix_gap * spread
-    if ungated is not None:
-        clears |= ungated
+    other = known & (root.state_index != picked[:, None])
     if share.lead_gap is not None:
-        other = known & (root.state_index != picked[:, None])
         best_other = np.where(other, root.state_score, -np.inf).max(axis=1)  # -inf: the root drew no other state
         clears |= (best_other > -np.inf) & (score - best_other > share.lead_gap * spread)
     if share.below_best_lead is not None:
         below = best_root_reward_of(root, picked) < reward_levels.best_of_finite(root.rewards)
         clears |= ~reward_levels.on_a_grid(root) & below & (score - mean_score > share.below_best_lead * spread)
+    if share.rival_gap is not None:
+        clears &= ~has_a_common_rival(root, known, other, score - share.rival_gap * spread)
+    if ungated is not None:
+        clears |= ungated
     return clears & (spread > 0)
+
+
+def has_a_common_rival(root: Rollouts, known: np.ndarray, other: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Per episode, whether the root drew a state other than the pick (rollouts ``other``) at least twice
+    among the rollouts ``known``, whose prefix score is ``floor`` or more: a common state that reads as
+    well as the pick, which fresh prompt draws reach as often as the root did. A state drawn once is
+    no rival: where every prompt draw reveals a new state (the simulated worlds) none is."""
+    near = other & (root.state_score >= floor[:, None])
+    same_state = root.state_index[:, :, None] == root.state_index[:, None, :]
+    drawn = (same_state & known[:, None, :]).sum(axis=2)  # per rollout, the known root rollouts of its state
+    return (near & (drawn >= 2)).any(axis=1)
 
 
 def best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:

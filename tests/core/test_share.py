@@ -181,6 +181,8 @@ def test_below_twelve_it_is_best_of_n_draw_for_draw():
     ({"lead_gap": -0.1}, "search.share.lead_gap"),
     ({"lead_gap": float("nan")}, "search.share.lead_gap"),
     ({"lead_gap": float("inf")}, "search.share.lead_gap"),
+    ({"rival_gap": -0.1}, "search.share.rival_gap"),
+    ({"rival_gap": float("nan")}, "search.share.rival_gap"),
     ({"reward_weight": float("inf")}, "search.share.reward_weight"),
     ({"narrow_states": -0.1}, "search.share.narrow_states"),
     ({"narrow_states": float("nan")}, "search.share.narrow_states"),
@@ -1218,13 +1220,16 @@ def few_level_root(seed, batch=60, width=16, states=6):
     return Rollouts(rewards, index >= 0, None, index, score)
 
 
-def reference_pick(root: Rollouts, row: int, reward_weight: float, candidate=None, lead_gap: float = math.inf) -> int:
+def reference_pick(root: Rollouts, row: int, reward_weight: float, candidate=None, lead_gap: float = math.inf,
+                   rival_gap: float | None = ShareConfig().rival_gap) -> int:
     """The few-levels pick of one root row, in plain Python with the statistics module (population
     sds): over the rollouts whose state, prefix score and reward are known, the one whose prefix score
     plus ``reward_weight`` times its reward ranks first (each in sds of those rollouts), among those
     whose reward ``candidate`` accepts (all by default); its state if its prefix score is
     ``prefix_gap`` sds of every reward of the row above the mean prefix score, or ``lead_gap`` sds
-    above the prefix score of every other state the row drew (at least one; inf: never), else NO_NODE."""
+    above the prefix score of every other state the row drew (at least one; inf: never), and in either
+    case no other state the row drew twice or more scores within ``rival_gap`` sds of it (None: no such
+    rule), else NO_NODE."""
     import statistics
 
     pairs = [(s, r, i) for s, r, i in zip(root.state_score[row], root.rewards[row], root.state_index[row])
@@ -1243,26 +1248,40 @@ def reference_pick(root: Rollouts, row: int, reward_weight: float, candidate=Non
     spread = statistics.pstdev([r for r in root.rewards[row] if not math.isnan(r)])
     others = [s2 for s2, _, i in pairs if i != state]
     leads = bool(others) and s - max(others) > lead_gap * spread
-    return state if spread > 0 and (s - statistics.fmean(scores) > ShareConfig().prefix_gap * spread or leads) else NO_NODE
+    drawn = [i for _, _, i in pairs]
+    rival = rival_gap is not None and any(i != state and drawn.count(i) >= 2 and s - s2 <= rival_gap * spread
+                                          for s2, _, i in pairs)
+    clears = s - statistics.fmean(scores) > ShareConfig().prefix_gap * spread or leads
+    return state if spread > 0 and clears and not rival else NO_NODE
 
 
-@pytest.mark.parametrize("reward_weight, lead_gap", [(0.0, None), (0.25, None), (1.0, None), (0.0, 0.25), (0.25, 1.0)])
-def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds(reward_weight, lead_gap):
+@pytest.mark.parametrize("reward_weight, lead_gap, rival_gap", [(0.0, None, 0.1), (0.25, None, 0.1), (1.0, None, 0.1),
+                                                             (0.0, 0.25, 0.1), (0.25, 1.0, 0.1), (0.25, None, None),
+                                                             (0.25, None, 0.5)])
+def test_the_few_levels_pick_ranks_prefix_score_plus_weighted_reward_in_root_sds(reward_weight, lead_gap, rival_gap):
     """Reference: a plain loop with the statistics module (population sds) over the rollouts whose
     state, prefix score and reward are known; the gates on the picked prefix's gap over the mean
-    prefix score and its lead over every other state's, in sds of every reward the root has."""
+    prefix score and its lead over every other state's, and no common rival within the rival gap, in
+    sds of every reward the root has."""
     root = few_level_root(int(reward_weight * 4))
     # five levels shared by every state: a grid, where the rule (below) leaves only the best level's states of rows that look narrow
-    config = SearchConfig(share=ShareConfig(reward_weight=reward_weight, grid_best_level=False, lead_gap=lead_gap))
+    config = SearchConfig(share=ShareConfig(reward_weight=reward_weight, grid_best_level=False, lead_gap=lead_gap,
+                                            rival_gap=rival_gap))
     batch = root.rewards.shape[0]
     picked = SharedSLG(32, batch, config)._best_prefix_state(root, np.ones(batch, bool))
-    used = 0
+    used = rivalled = 0
     for b in range(batch):
-        expected = reference_pick(root, b, reward_weight, lead_gap=math.inf if lead_gap is None else lead_gap)
+        expected = reference_pick(root, b, reward_weight, lead_gap=math.inf if lead_gap is None else lead_gap,
+                                  rival_gap=rival_gap)
         assert picked[b] == expected, b
         used += expected != NO_NODE
+        rivalled += expected != reference_pick(root, b, reward_weight, lead_gap=math.inf if lead_gap is None else lead_gap,
+                                               rival_gap=None)
     assert 0 < used < batch  # the gates both pass and fail among these rows
-    assert picked[0] not in (NO_NODE, 0) and picked[1] == NO_NODE  # equal rewards: the prefix decides; equal prefixes: no gap
+    assert (rivalled > 0) == (rival_gap is not None)  # and the rival rule takes some rows' share
+    if rival_gap is None:  # (row 0's pick has a common rival)
+        assert picked[0] not in (NO_NODE, 0)  # equal rewards: the prefix decides
+    assert picked[1] == NO_NODE  # equal prefixes: no gap
 
 
 @pytest.mark.parametrize("lead_gap, shared", [(0.25, True), (None, False), (0.75, False)])
@@ -1278,6 +1297,40 @@ def test_a_common_state_that_leads_every_other_state_the_root_drew_gets_the_shar
     config = SearchConfig(share=ShareConfig(lead_gap=lead_gap, reward_weight=0.0, grid_best_level=False))
     picked = SharedSLG(32, 2, config)._best_prefix_state(root, np.ones(2, bool))
     assert picked[0] == (0 if shared else NO_NODE) and picked[1] == NO_NODE
+
+
+@pytest.mark.parametrize("rival_drawn, rival_gap, ungated, shared", [
+    (2, 0.1, False, False),  # a common rival: fresh prompt draws reach it as often as the root did
+    (1, 0.1, False, True),  # drawn once, as every state of a simulated world: no rival
+    (2, None, False, True),  # the rule off
+    (2, 0.1, True, True),  # from share.ungated_from (off a grid) the pick needs no gate at all
+])
+def test_a_common_state_that_reads_as_well_as_the_pick_takes_its_share(rival_drawn, rival_gap, ungated, shared):
+    """16 root rollouts: two through state 0 (prefix score 1.0), one or two through state 2 (0.99,
+    within 0.1 x the rewards' sd of 0.5), the others through states of their own scoring 0; rewards 0
+    and 1 alternating. State 0 ranks first and clears the prefix gap (1.0 against a mean of about 0.25,
+    above 0.5 x 0.5); state 2 reads as well, and where the root drew it twice it is a common rival
+    (docs/design-record.md, "A common rival")."""
+    through = np.array([[0, 0] + [2] * rival_drawn + list(range(4, 18 - rival_drawn))])
+    score = np.where(through == 0, 1.0, np.where(through == 2, 0.99, 0.0))
+    rewards = np.tile(np.array([0.0, 1.0]), (1, 8))
+    root = Rollouts(rewards, np.ones_like(rewards, bool), None, through, score)
+    config = SearchConfig(share=ShareConfig(rival_gap=rival_gap, reward_weight=0.0, grid_best_level=False))
+    picked = SharedSLG(32, 1, config)._best_prefix_state(root, np.ones(1, bool), ungated=np.array([ungated]))
+    assert picked[0] == (0 if shared else NO_NODE)
+
+
+def test_the_rival_rule_changes_nothing_where_every_prompt_draw_is_a_new_state():
+    """A simulated world's prompt draws each reveal a state of their own, so none is drawn twice and no
+    state is a common rival: on discrete rewards (few levels, where the gate runs) slg_share plays the
+    same episodes with the rule as without, to the bit, and shares in many of them."""
+    from tests.core.test_policies import play_paired
+
+    world = make_world("discrete", levels=20.0)
+    policy, ruled = play_paired("slg_share", 32, world, 2000, 32, None)
+    _, unruled = play_paired("slg_share", 32, world, 2000, 32, SearchConfig(share=ShareConfig(rival_gap=None)))
+    assert np.array_equal(ruled.best_reward, unruled.best_reward)
+    assert (policy.selected >= 0).mean() > 0.2  # a state got its share in many episodes
 
 
 def test_on_a_grid_the_lead_gate_reads_every_state_the_root_drew_not_only_the_candidates():
@@ -1380,7 +1433,10 @@ def test_on_a_grid_of_narrow_states_the_best_prefix_below_the_best_level_is_pass
     assert grid_reference(root, 0) and narrow_reference(root, 0)
     off = SearchConfig(share=ShareConfig(grid_best_level=False))
     assert SharedSLG(32, 1, off)._best_prefix_state(root, np.ones(1, bool))[0] == names.index("A")
-    assert SharedSLG(32, 1)._best_prefix_state(root, np.ones(1, bool))[0] == names.index("B")
+    # A, drawn twice and reading better, is a common rival, which by default takes B's share (off here: the grid rule alone)
+    rule_alone = SearchConfig(share=ShareConfig(rival_gap=None))
+    assert SharedSLG(32, 1, rule_alone)._best_prefix_state(root, np.ones(1, bool))[0] == names.index("B")
+    assert SharedSLG(32, 1)._best_prefix_state(root, np.ones(1, bool))[0] == NO_NODE
 
 
 def test_on_a_grid_of_narrow_states_a_prefix_read_more_precisely_than_a_rollout_keeps_its_pick():
