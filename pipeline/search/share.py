@@ -24,7 +24,9 @@ Which episodes run them, and which state gets the share:
   reward ranks first (each in root standard deviations) gets the share if its prefix score is
   ``share.prefix_gap`` root-reward standard deviations above an average prompt draw's, or (off by
   default) ``share.lead_gap`` of them above every other state the root drew, or off a grid it beats
-  the average draw's and its root rollouts stayed below the best (``share.below_best_lead``, below);
+  the average draw's and its root rollouts stayed below the best (``share.below_best_lead``, below),
+  and either way no other state the root drew twice or more reads within ``share.rival_gap`` sds of
+  it (a common rival, which fresh prompt draws reach as often: ``share_gate.has_a_common_rival``);
   otherwise the rest is best-of-N. The prefix score leads; the reward, at a quarter of its weight, favours a state whose
   rollout already reached a high level (``_best_prefix_state``). On a grid of levels (root
   rewards repeat across states: a verifier's or a judge's score) of narrow states, only the states
@@ -295,8 +297,8 @@ class SharedSLG(AdaptiveSLG):
         its best), where that prefix scores ``share.prefix_gap`` root-reward sds above an average
         prompt draw's or ``share.lead_gap`` above every other state's the root drew, or the episode is
         ``ungated`` (from N = ``share.ungated_from``, off a grid), or off a grid its state's root rollouts
-        all stayed below the root's best reward and its prefix leads by ``share.below_best_lead``
-        (``share_gate.clears_a_gate``); else NO_NODE. On a
+        all stayed below the root's best reward and its prefix leads by ``share.below_best_lead``, and
+        no common rival reads as well (``share.rival_gap``; ``share_gate.clears_a_gate``); else NO_NODE. On a
         grid of levels (``reward_levels.on_a_grid``) of states narrower than the spread between them
         (``NARROW_GRID``) only the rollouts at the root's best reward are candidates
         (``share.grid_best_level``): a rollout pays there only by reaching a level above the best so far,
