@@ -58,7 +58,8 @@ def clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score
     if share.below_best_lead is not None:
         below = best_root_reward_of(root, picked) < reward_levels.best_of_finite(root.rewards)
         clears |= ~reward_levels.on_a_grid(root) & below & (score - mean_score > share.below_best_lead * spread)
-    if share.rival_gap is not None:
+    gated = ~ungated if ungated is not None else np.ones_like(clears)
+    if share.rival_gap is not None and (clears & gated).any():
         clears &= ~has_a_common_rival(root, known, other, score - share.rival_gap * spread)
     if ungated is not None:
         clears |= ungated
@@ -70,10 +71,13 @@ def has_a_common_rival(root: Rollouts, known: np.ndarray, other: np.ndarray, flo
     among the rollouts ``known``, whose prefix score is ``floor`` or more: a common state that reads as
     well as the pick, which fresh prompt draws reach as often as the root did. A state drawn once is
     no rival: where every prompt draw reveals a new state (the simulated worlds) none is."""
+    batch, width = known.shape
+    # a state is named by the index of its first root rollout (0 .. width - 1): count each row's known ones
+    state = np.where(known, root.state_index, 0)
+    slots = (np.arange(batch)[:, None] * width + state)[known]
+    drawn = np.bincount(slots, minlength=batch * width).reshape(batch, width)
     near = other & (root.state_score >= floor[:, None])
-    same_state = root.state_index[:, :, None] == root.state_index[:, None, :]
-    drawn = (same_state & known[:, None, :]).sum(axis=2)  # per rollout, the known root rollouts of its state
-    return (near & (drawn >= 2)).any(axis=1)
+    return (near & (np.take_along_axis(drawn, state, axis=1) >= 2)).any(axis=1)
 
 
 def best_root_reward_of(root: Rollouts, state: np.ndarray) -> np.ndarray:

@@ -372,6 +372,17 @@ def test_below_the_roots_best_a_pick_shares_on_a_small_prefix_lead(rewards, belo
     assert picked[0] == (0 if shared else NO_NODE)
 
 
+@pytest.mark.parametrize("rival_gap, shared", [(0.1, True), (0.2, False)])
+def test_a_pick_below_the_best_loses_its_share_to_a_common_rival_too(rival_gap, shared):
+    """The root of the test above whose pick shares only below the best (prefix scores 0.9, 0.88, 0.86,
+    0.87, two rollouts each; rewards 0.3, 0.5, 0.1, 0.2, an sd of 0.148): the second state, drawn twice,
+    reads 0.02 below the pick, beyond 0.1 x 0.148 and within 0.2 x 0.148. The rival rule holds for
+    every way a pick clears the gate."""
+    root = below_best_root([0.9, 0.88, 0.86, 0.87], [0.3, 0.5, 0.1, 0.2])
+    config = SearchConfig(share=ShareConfig(rival_gap=rival_gap, grid_best_level=False))
+    assert SharedSLG(64, 1, config)._best_prefix_state(root, np.ones(1, bool))[0] == (0 if shared else NO_NODE)
+
+
 def test_below_the_best_reads_each_row_and_every_root_rollout_of_the_state():
     """Two rows in one batch, the grid one first: only the off-grid row below the best shares (the
     rule is per row). And with the reward out of the rank (``reward_weight`` 0) the picked state's
@@ -1299,20 +1310,22 @@ def test_a_common_state_that_leads_every_other_state_the_root_drew_gets_the_shar
     assert picked[0] == (0 if shared else NO_NODE) and picked[1] == NO_NODE
 
 
-@pytest.mark.parametrize("rival_drawn, rival_gap, ungated, shared", [
-    (2, 0.1, False, False),  # a common rival: fresh prompt draws reach it as often as the root did
-    (1, 0.1, False, True),  # drawn once, as every state of a simulated world: no rival
-    (2, None, False, True),  # the rule off
-    (2, 0.1, True, True),  # from share.ungated_from (off a grid) the pick needs no gate at all
+@pytest.mark.parametrize("rival_drawn, rival_score, rival_gap, ungated, shared", [
+    (2, 0.99, 0.1, False, False),  # a common rival: fresh prompt draws reach it as often as the root did
+    (1, 0.99, 0.1, False, True),  # drawn once, as every state of a simulated world: no rival
+    (2, 0.99, None, False, True),  # the rule off
+    (2, 0.99, 0.1, True, True),  # from share.ungated_from (off a grid) the pick needs no gate at all
+    (2, 1.0, 0.0, False, False),  # a rival exactly at the floor (no gap, the same score) is one
+    (2, 0.9, 0.1, False, True),  # 0.1 below the pick, beyond 0.1 x 0.5: no rival
 ])
-def test_a_common_state_that_reads_as_well_as_the_pick_takes_its_share(rival_drawn, rival_gap, ungated, shared):
+def test_a_common_state_that_reads_as_well_as_the_pick_takes_its_share(rival_drawn, rival_score, rival_gap, ungated, shared):
     """16 root rollouts: two through state 0 (prefix score 1.0), one or two through state 2 (0.99,
     within 0.1 x the rewards' sd of 0.5), the others through states of their own scoring 0; rewards 0
     and 1 alternating. State 0 ranks first and clears the prefix gap (1.0 against a mean of about 0.25,
     above 0.5 x 0.5); state 2 reads as well, and where the root drew it twice it is a common rival
     (docs/design-record.md, "A common rival")."""
-    through = np.array([[0, 0] + [2] * rival_drawn + list(range(4, 18 - rival_drawn))])
-    score = np.where(through == 0, 1.0, np.where(through == 2, 0.99, 0.0))
+    through = np.array([[0, 0] + [2] * rival_drawn + list(range(2 + rival_drawn, 16))])  # a state: its first rollout's index
+    score = np.where(through == 0, 1.0, np.where(through == 2, rival_score, 0.0))
     rewards = np.tile(np.array([0.0, 1.0]), (1, 8))
     root = Rollouts(rewards, np.ones_like(rewards, bool), None, through, score)
     config = SearchConfig(share=ShareConfig(rival_gap=rival_gap, reward_weight=0.0, grid_best_level=False))
