@@ -56,7 +56,7 @@ def bank_rows(path) -> Iterator[dict]:
     elif not path.is_file():
         raise no_bank_error(path)
     else:
-        rows = ((where, row) for _, _, where, row in jsonl_values(path, f"bank {path.name}"))
+        rows = ((where, row) for _, _, _, where, row in jsonl_values(path, f"bank {path.name}"))
     seen = set()
     for where, row in rows:
         prompt_id = str(row.get("prompt_id")) if isinstance(row, dict) else None
@@ -69,34 +69,14 @@ def bank_rows(path) -> Iterator[dict]:
         raise ConfigError(f"bank {str(path)!r} holds no prompts")
 
 
-def read_text(path, label: str) -> str:
-    """A UTF-8 text file's content; ``ConfigError`` naming ``label`` and the path when it cannot be
-    read or is not text (a gzipped JSONL, say)."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"cannot read {label} {str(path)!r}: not UTF-8 text ({error.reason} at byte "
-                          f"{error.start}; compressed? decompress it first)") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read {label} {str(path)!r}: {error.strerror or error}") from None
-
-
-def json_lines(lines: Iterable[str], label: str) -> Iterator[tuple[int, str, object]]:
-    """(line number, "LABEL line N", parsed value) of every non-blank JSONL line; ``ConfigError``
-    naming the line where one is not valid JSON."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{label} line {number}"
-        yield number, where, json_value(line, where)
-
-
-def jsonl_values(path: Path, label: str) -> Iterator[tuple[int, int, str, object]]:
-    """(first byte, end byte, "LABEL line N", parsed value) of every non-blank line, read a line at a time."""
+def jsonl_values(path: Path, label: str, what: str = "bank") -> Iterator[tuple[int, int, int, str, object]]:
+    """(line number, first byte, end byte, "LABEL line N", parsed value) of every non-blank line, read a
+    line at a time; ``ConfigError`` naming ``what`` and the path where the file cannot be read or is not
+    UTF-8 text (a gzipped JSONL, say), or the line where one is not valid JSON."""
     try:
         handle = path.open("rb")
     except OSError as error:
-        raise ConfigError(f"cannot read bank {str(path)!r}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {error.strerror or error}") from None
     with handle:
         offset = 0
         for number, raw in enumerate(handle, start=1):
@@ -104,12 +84,12 @@ def jsonl_values(path: Path, label: str) -> Iterator[tuple[int, int, str, object
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise ConfigError(f"cannot read bank {str(path)!r}: not UTF-8 text ({error.reason} at byte "
+                raise ConfigError(f"cannot read {what} {str(path)!r}: not UTF-8 text ({error.reason} at byte "
                                   f"{start + error.start}; compressed? decompress it first)") from None
             if not line.strip():
                 continue
             where = f"{label} line {number}"
-            yield start, offset, where, json_value(line, where)
+            yield number, start, offset, where, json_value(line, where)
 
 
 def first_bad_reward(rewards: list) -> tuple[int, str] | None:
@@ -129,7 +109,7 @@ def read_reward_lists(path: str) -> tuple[list[str], list[list[float]]]:
     if is_parquet_bank(Path(path)):
         lines = ((k + 1, f"bank {Path(path).name} prompt {k + 1}", row) for k, row in enumerate(read_bank_rows(path)))
     else:
-        lines = json_lines(read_text(path, "--rewards").split("\n"), str(path))
+        lines = ((number, where, row) for number, _, _, where, row in jsonl_values(Path(path), str(path), "--rewards"))
     ids, rows, seen = [], [], set()
     for number, where, row in lines:
         if isinstance(row, dict) and "rewards" in row:

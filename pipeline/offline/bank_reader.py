@@ -126,7 +126,7 @@ class StreamedBank(BankChunks):
                 where = f"bank {self.path.name} prompt {before + k + 1}"
                 yield block.first_row, block.stop_row, where, block.prompt(where)
             return
-        for start, stop, where, row in jsonl_values(file, f"bank {file.name}"):
+        for _, start, stop, where, row in jsonl_values(file, f"bank {file.name}"):
             yield start, stop, where, parse_row(row, where)
 
     def chunks(self, max_rewards: int | None = None):
