@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.offline.parquet_banks import FORMAT_VERSION, METADATA_KEY
+from pipeline.outputs.files import parents_made
 
 ROW_GROUP_REWARDS = 1 << 18  # a row group's rewards, about: a reader takes a few prompts at a time
 
@@ -32,24 +33,24 @@ def write_parquet_bank(path, rows: Iterable[dict], metadata: dict | None = None)
     """Bank rows (the JSONL format's) as one Parquet file at ``path``, through a temporary name;
     ``metadata`` joins the format version in the schema metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary, writer = path.with_name(f".{path.name}.{os.getpid()}.tmp"), None  # two writing processes never share one
-    try:
-        for chunk, rewards in _chunks(rows, CHUNK_REWARDS):
-            table = _bank_table(chunk, metadata)
-            if writer is None:
-                writer = _parquet_writer(temporary, table.schema)
-            elif not (wide := _wider(writer.schema, table.schema)).equals(writer.schema):
-                writer = _rewritten(writer, temporary, wide)
-            writer.write_table(_conformed(table, writer.schema), row_group_size=_row_group_rows(rewards, len(table)))
-        writer = writer or _parquet_writer(temporary, _bank_table([], metadata).schema)
-        writer.close()
-        temporary.replace(path)
-    except BaseException:
-        if writer is not None:
+    with parents_made(path):
+        try:
+            for chunk, rewards in _chunks(rows, CHUNK_REWARDS):
+                table = _bank_table(chunk, metadata)
+                if writer is None:
+                    writer = _parquet_writer(temporary, table.schema)
+                elif not (wide := _wider(writer.schema, table.schema)).equals(writer.schema):
+                    writer = _rewritten(writer, temporary, wide)
+                writer.write_table(_conformed(table, writer.schema), row_group_size=_row_group_rows(rewards, len(table)))
+            writer = writer or _parquet_writer(temporary, _bank_table([], metadata).schema)
             writer.close()
-        temporary.unlink(missing_ok=True)
-        raise
+            temporary.replace(path)
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            temporary.unlink(missing_ok=True)
+            raise
 
 
 def _row_group_rows(rewards: int, num_rows: int) -> int:

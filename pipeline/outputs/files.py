@@ -13,7 +13,8 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -52,16 +53,37 @@ def atomic_write_text(path: Path, text: str | Iterable[str]) -> None:
             out.writelines(pieces)
         return
     path = Path(os.path.realpath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with parents_made(path):
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as out:
+                out.writelines(pieces)
+            os.chmod(temporary, mode)  # mkstemp makes it 0600
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def parents_made(path: Path) -> Iterator[None]:
+    """Make the folders ``path`` needs, and take those it made away again (while empty) if the body
+    fails: a whole-file write whose rows turn out bad midway leaves no trace, not even its folder."""
+    made = []  # the missing folders, deepest first
+    for folder in Path(path).parents:
+        if folder.exists():
+            break
+        made.append(folder)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with os.fdopen(handle, "w") as out:
-            out.writelines(pieces)
-        os.chmod(temporary, mode)  # mkstemp makes it 0600
-        os.replace(temporary, path)
+        yield
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # no longer empty (another writer's file), or gone
+                break
         raise
 
 

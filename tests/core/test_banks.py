@@ -114,7 +114,8 @@ def test_a_bank_is_validated_as_it_is_read_and_a_bad_last_prompt_keeps_the_old_c
     before = copy.read_bytes()
     assert main(["convert-bank", str(tmp_path / name), str(copy)]) == 2
     assert copy.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, copy.name])  # no temporary file left
+    assert main(["convert-bank", str(tmp_path / name), str(tmp_path / "new" / "folders" / copy.name)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, copy.name])  # no temporary file, nor folder, left
 
 
 @pytest.mark.parametrize("source, copy", [("b.jsonl", "c.parquet"), ("b.parquet", "c.jsonl")])
