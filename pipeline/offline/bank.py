@@ -216,6 +216,14 @@ def write_bank(target, rows: Iterable[dict]) -> None:
 
 
 
+def jsonl_bytes_at_least(row: dict) -> int:
+    """Less than a JSONL bank line like ``row``'s takes, about: 90% of it (other rows' rewards print a
+    little longer or shorter: 88-91% of whole ``slg sim-bank`` banks of 3 to 200 prompts). A Parquet
+    bank's size depends on how its rewards compress (a tenth as much for few levels), so it has no such
+    bound."""
+    return (len(json.dumps(row)) + 1) * 9 // 10
+
+
 def simulate_bank(world: World, num_prompts: int, num_states: int, num_completions: int, seed: int) -> list[dict]:
     """Bank rows drawn from a world: per prompt, ``num_states`` states with ``num_completions`` rewards
     each; the whole bank in memory (``simulated_rows`` draws them as they are written).

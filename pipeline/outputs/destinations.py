@@ -14,6 +14,7 @@ server, ``GOOGLE_APPLICATION_CREDENTIALS``, ...), nothing slg-specific.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -212,6 +213,22 @@ def _check_creates_files(folder: Path, what: str) -> None:
             pass
     except OSError as error:
         raise ConfigError(f"{what}: cannot write in {str(folder)!r} ({error.strerror or error})") from None
+
+
+def check_room(target: str, needed: int, option: str) -> None:
+    """Refuse (``OSError``, exit 1) a local file of at least ``needed`` bytes where its file system has
+    less free, before the work that would fill it: the write would fail only at its end. A URL,
+    standard output or a device is not checked: its room is not this machine's disk."""
+    path = local_path(target)
+    if path is None or target in STANDARD_OUTPUT or written_in_place(path):
+        return
+    folder = Path(os.path.realpath(path)).parent
+    while not folder.exists() and folder != folder.parent:  # the folders not made yet
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise OSError(errno.ENOSPC, f"{option} {target!r} needs at least {needed / 2**30:,.3f} GiB of disk, "
+                                    f"{free / 2**30:,.3f} GiB are free in {folder}")
 
 
 def check_plot_target(target: str, option: str = "--plot") -> None:

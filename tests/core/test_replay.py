@@ -171,6 +171,33 @@ def test_sim_bank_whose_one_prompt_is_beyond_free_memory_is_refused_in_one_line_
     assert len(bank.read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize("family", ["gaussian", "discrete"])
+def test_a_jsonl_sim_bank_beyond_the_free_disk_is_refused_in_one_line_before_its_prompts_are_drawn(tmp_path, capsys,
+                                                                                                   monkeypatch, family):
+    """The first prompt's line sets a floor on the bank's size: a disk with a third of the bank free
+    refuses it (exit 1, one line, no file and no folder made); one with all of it free writes it."""
+    import shutil
+
+    from pipeline.offline import bank as bank_module
+
+    sizes = ["--prompts", "20", "--states", "4", "--completions", "64"]
+    whole = tmp_path / "whole.jsonl"
+    assert main(["sim-bank", "--family", family, *sizes, "--out", str(whole)]) == 0
+    capsys.readouterr()
+    room = whole.stat().st_size
+    drawn = []
+    monkeypatch.setattr(bank_module, "_simulated_row", lambda *args, real=bank_module._simulated_row: drawn.append(1) or real(*args))
+    target = tmp_path / "new" / "b.jsonl"
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=room // 3))
+    assert main(["sim-bank", "--family", family, *sizes, "--out", str(target)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {str(target)!r} needs at least" in err and f"GiB are free in {tmp_path}" in err
+    assert len(drawn) == 1 and not target.parent.exists()
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=room))
+    assert main(["sim-bank", "--family", family, *sizes, "--out", str(target)]) == 0
+    assert target.read_bytes() == whole.read_bytes()
+
+
 def test_sim_bank_to_stdout_is_the_bank_alone_and_its_summary_goes_to_stderr(capsys):
     assert main(["sim-bank", "--family", "bimodal", "--prompts", "3", "--states", "2", "--completions", "4", "--out", "/dev/stdout"]) == 0
     out, err = capsys.readouterr()
