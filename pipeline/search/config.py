@@ -74,9 +74,9 @@ class ShareConfig:
     its best root rollout's reward (each in root sds) ranks first, if its prefix scores ``prefix_gap``
     root-reward sds above an average prompt draw's, or (off by default) ``lead_gap`` above every other
     state the root drew, or (off a grid, ``below_best_lead``) it leads at all and its root rollouts
-    stayed below the root's best; and in either case, wherever the gap applies (below ``ungated_from``,
-    and on a grid at any N), if no other state the root drew twice or more has a prefix score within
-    ``rival_gap`` root-reward sds of its own (a common rival, which fresh prompt draws reach as often);
+    stayed below the root's best; and in every case (from ``ungated_from`` too), if no other state the
+    root drew twice or more has a prefix score within ``rival_gap`` root-reward sds of its own (a common
+    rival, which fresh prompt draws reach as often);
     on a grid of levels (root rewards repeat across states) of states narrower than the spread between
     them, and read more precisely by a rollout than by their prefix score, only the states whose root
     rollout reached the best reward are candidates (``grid_best_level``).
@@ -104,7 +104,7 @@ class ShareConfig:
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)
     prefix_gap: float = 0.5        # in standard deviations of the root sample's rewards
     lead_gap: float | None = None  # few levels: also share where the pick's prefix score leads every other drawn state's by this; None: off
-    rival_gap: float | None = 0.1  # few levels, where the gap applies: no share where a state drawn twice reads within this
+    rival_gap: float | None = 0.1  # few levels, every pick: no share where another state drawn twice reads within this
     min_prefix_slope: float = 0.25  # reward units gained a unit of prefix score, in the root (continuous rewards)
     reward_weight: float = 0.25    # few levels: a root rollout's reward against its prefix's score in the pick, each in root sds
     repeat_check: bool = True      # the state's second half goes to the prompt too where its first half only repeats itself

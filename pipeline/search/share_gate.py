@@ -4,8 +4,9 @@ Pure numpy, on a root's rollouts. A state whose prefix score barely leads an ave
 is often no better than fresh draws, so below N = ``share.ungated_from`` the pick needs a lead of
 ``share.prefix_gap`` root-reward sds (``clears_a_gate``), or one of the two exceptions there: a lead
 over every other state the root drew (``share.lead_gap``, off by default), or root rollouts that all
-stayed below the root's best reward (``share.below_best_lead``); and either way no common rival, a
-state the root drew twice or more that reads as well (``share.rival_gap``, ``has_a_common_rival``)."""
+stayed below the root's best reward (``share.below_best_lead``); and at every N, those episodes
+too, no common rival, a state the root drew twice or more that reads as well (``share.rival_gap``,
+``has_a_common_rival``)."""
 
 from __future__ import annotations
 
@@ -35,18 +36,20 @@ def clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score
     """Per episode, whether the prefix score of root rollout ``top`` is ``share.prefix_gap`` sds of every
     root reward above ``mean_score`` (over the rollouts ``known``), or (``share.lead_gap`` not None) that
     many above every other state's among them (at least one): a prompt's draws mostly of one common state
-    have a mean mostly that state's own score. The episodes ``ungated`` clear it whatever their scores.
+    have a mean mostly that state's own score. The episodes ``ungated`` clear the gaps whatever their scores.
     Off a grid of levels (``share.below_best_lead`` not None) it also clears where that prefix score is
     ``share.below_best_lead`` sds above ``mean_score`` and every root rollout of its state stayed below
     the root's best reward: the best so far then came from a state the prefix scores rank
     lower, a lucky draw, which the picked state has room to beat; a pick that holds the best must beat
     itself, and fresh draws often do better (toy_t12 at N = 64: +0.0015 a prompt over the gap alone;
-    docs/design-record.md, "Below the best, a small lead"). Either way (``share.rival_gap`` not None) a
+    docs/design-record.md, "Below the best, a small lead"). Either way, ungated or not (``share.rival_gap`` not None), a
     pick clears nothing where the root drew another state twice or more whose prefix score is within
     ``share.rival_gap`` sds of its own (``has_a_common_rival``): fresh prompt draws reach that state as
     often as the root did, so they do about as well as the pick (gains up to +0.0008 a prompt on eight
-    of twelve banks at N = 16-96, the others within 0.00005, none lower beyond its interval; a world,
-    which never draws a state twice, plays the same; docs/design-record.md, "A common rival"). A root
+    of twelve banks at N = 16-96, the others within 0.00005, none lower beyond its interval; up to
+    +0.0003 on ungated picks at 128-256, two cells of 39 lower, by 0.00006 or less; a world, which never
+    draws a state twice, plays the same; docs/design-record.md, "A common rival" and "The common rival
+    from N = 128"). A root
     whose rewards do not spread clears nothing."""
     rows, spread = np.arange(len(top)), reward_levels.sd_of_finite(root.rewards)
     score, picked = root.state_score[rows, top], root.state_index[rows, top]
@@ -58,11 +61,10 @@ def clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score
     if share.below_best_lead is not None:
         below = best_root_reward_of(root, picked) < reward_levels.best_of_finite(root.rewards)
         clears |= ~reward_levels.on_a_grid(root) & below & (score - mean_score > share.below_best_lead * spread)
-    gated = ~ungated if ungated is not None else np.ones_like(clears)
-    if share.rival_gap is not None and (clears & gated).any():
-        clears &= ~has_a_common_rival(root, known, other, score - share.rival_gap * spread)
     if ungated is not None:
         clears |= ungated
+    if share.rival_gap is not None and clears.any():
+        clears &= ~has_a_common_rival(root, known, other, score - share.rival_gap * spread)
     return clears & (spread > 0)
 
 

@@ -1314,7 +1314,8 @@ def test_a_common_state_that_leads_every_other_state_the_root_drew_gets_the_shar
     (2, 0.99, 0.1, False, False),  # a common rival: fresh prompt draws reach it as often as the root did
     (1, 0.99, 0.1, False, True),  # drawn once, as every state of a simulated world: no rival
     (2, 0.99, None, False, True),  # the rule off
-    (2, 0.99, 0.1, True, True),  # from share.ungated_from (off a grid) the pick needs no gate at all
+    (2, 0.99, 0.1, True, False),  # from share.ungated_from (off a grid) the pick needs no prefix gap, but a rival still counts
+    (1, 0.99, 0.1, True, True),  # ... and with none it shares
     (2, 1.0, 0.0, False, False),  # a rival exactly at the floor (no gap, the same score) is one
     (2, 0.9, 0.1, False, True),  # 0.1 below the pick, beyond 0.1 x 0.5: no rival
 ])
