@@ -96,9 +96,9 @@ class ShareConfig:
     prompt where at least ``modal_check`` of its first half is one reward; from N = ``commit_from``,
     off a grid, the root is not topped up and the state gets all the root leaves (in the same two
     halves, with the same modal check). From N = ``ungated_from``, off a grid, the few-levels pick
-    shares (or commits) whether or not its prefix clears the gaps; at any N, off a grid, it also shares
-    where its state's root rollouts all stayed below the root's best reward and its prefix score beats
-    the average draw's by ``below_best_lead`` root-reward sds (from ``ungated_from`` every pick does)."""
+    shares (or commits) whether or not its prefix clears the gaps, unless a common rival reads as well;
+    at any N, off a grid, it also shares where its state's root rollouts all stayed below the root's
+    best reward and its prefix score beats the average draw's by ``below_best_lead`` root-reward sds."""
 
     state_share: float = 0.75      # of the budget after a root of root_fraction N
     root_fraction: float = 0.5     # sets the state's rollouts with state_share (the root itself is slg_adaptive's)

@@ -47,7 +47,7 @@ def clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score
     ``share.rival_gap`` sds of its own (``has_a_common_rival``): fresh prompt draws reach that state as
     often as the root did, so they do about as well as the pick (gains up to +0.0008 a prompt on eight
     of twelve banks at N = 16-96, the others within 0.00005, none lower beyond its interval; up to
-    +0.0003 on ungated picks at 128-256, two cells of 39 lower, by 0.00006 or less; a world, which never
+    +0.0003 on ungated picks at 128-512, two cells of 41 lower, by 0.00006 or less; a world, which never
     draws a state twice, plays the same; docs/design-record.md, "A common rival" and "The common rival
     from N = 128"). A root
     whose rewards do not spread clears nothing."""
