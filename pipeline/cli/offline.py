@@ -262,18 +262,16 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def run_sim_bank(args) -> int:
-    import itertools
-
-    from pipeline.offline.bank import jsonl_bytes_at_least, simulated_rows, write_bank
+    from pipeline.offline.bank import JSONL_BYTES_PER_REWARD_AT_LEAST, simulated_rows, write_bank
     from pipeline.offline.worlds import make_world
     from pipeline.outputs.destinations import check_room
 
     world = make_world(args.family, **world_params(args.param))
-    rows = simulated_rows(world, args.prompts, args.states, args.completions, args.seed)
-    first = next(rows)  # a JSONL bank's room, from its first line, before the other prompts are drawn
-    if not args.out.lower().endswith(".parquet"):
-        check_room(args.out, jsonl_bytes_at_least(first) * args.prompts, "--out")
-    write_bank(args.out, itertools.chain([first], rows))
+    rows = simulated_rows(world, args.prompts, args.states, args.completions, args.seed)  # (checks the sizes)
+    if not args.out.lower().endswith(".parquet"):  # a Parquet bank's size is its rewards' compression's
+        rewards = args.prompts * args.states * args.completions
+        check_room(args.out, rewards * JSONL_BYTES_PER_REWARD_AT_LEAST, "--out")
+    write_bank(args.out, rows)
     print(f"wrote {args.prompts} prompts x {args.states} states x {args.completions} rollouts of {world.describe()} "
           f"to {args.out}", file=_beside(args.out))
     return 0

@@ -216,12 +216,10 @@ def write_bank(target, rows: Iterable[dict]) -> None:
 
 
 
-def jsonl_bytes_at_least(row: dict) -> int:
-    """Less than a JSONL bank line like ``row``'s takes, about: 90% of it (other rows' rewards print a
-    little longer or shorter: 88-91% of whole ``slg sim-bank`` banks of 3 to 200 prompts). A Parquet
-    bank's size depends on how its rewards compress (a tenth as much for few levels), so it has no such
-    bound."""
-    return (len(json.dumps(row)) + 1) * 9 // 10
+# The fewest bytes a reward takes in a JSONL bank: its shortest text ("0.0", "1.0") and the ", "
+# before the next (the brackets of a state's list stand in for the last one's). A bank's real size is
+# about four times this for continuous rewards (21 bytes a reward, gaussian), never less.
+JSONL_BYTES_PER_REWARD_AT_LEAST = 5
 
 
 def simulate_bank(world: World, num_prompts: int, num_states: int, num_completions: int, seed: int) -> list[dict]:

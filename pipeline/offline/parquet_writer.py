@@ -31,8 +31,10 @@ CHUNK_REWARDS = 4 * ROW_GROUP_REWARDS
 
 def write_parquet_bank(path, rows: Iterable[dict], metadata: dict | None = None) -> None:
     """Bank rows (the JSONL format's) as one Parquet file at ``path``, through a temporary name;
-    ``metadata`` joins the format version in the schema metadata."""
-    path = Path(path)
+    ``metadata`` joins the format version in the schema metadata. As for ``atomic_write_text``, a link
+    keeps pointing at the file it names, which is the one replaced (and ``new/../b.parquet`` makes no
+    ``new``)."""
+    path = Path(os.path.realpath(path))
     temporary, writer = path.with_name(f".{path.name}.{os.getpid()}.tmp"), None  # two writing processes never share one
     with parents_made(path):
         try:

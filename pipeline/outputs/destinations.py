@@ -216,19 +216,28 @@ def _check_creates_files(folder: Path, what: str) -> None:
 
 
 def check_room(target: str, needed: int, option: str) -> None:
-    """Refuse (``OSError``, exit 1) a local file of at least ``needed`` bytes where its file system has
-    less free, before the work that would fill it: the write would fail only at its end. A URL,
-    standard output or a device is not checked: its room is not this machine's disk."""
+    """Refuse (``OSError``, exit 1) a file of at least ``needed`` bytes where the file system it is
+    written to has less free, before the work that would fill it: the write would fail only at its
+    end. A URL's file is written whole in the temporary folder first (``write_text``), so that is the
+    folder checked; standard output or a device is not checked."""
     path = local_path(target)
-    if path is None or target in STANDARD_OUTPUT or written_in_place(path):
+    if path is not None and (target in STANDARD_OUTPUT or written_in_place(path)):
         return
-    folder = Path(os.path.realpath(path)).parent
+    folder = Path(tempfile.gettempdir()) if path is None else Path(os.path.realpath(path)).parent
     while not folder.exists() and folder != folder.parent:  # the folders not made yet
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise OSError(errno.ENOSPC, f"{option} {target!r} needs at least {needed / 2**30:,.3f} GiB of disk, "
-                                    f"{free / 2**30:,.3f} GiB are free in {folder}")
+        raise OSError(errno.ENOSPC, f"{option} {target!r} needs at least {_bytes(needed)} of disk, "
+                                    f"{_bytes(free)} are free in {folder}")
+
+
+def _bytes(count: int) -> str:
+    """A size in the unit that shows it: 12 kB, 3.4 MB, 7,194.4 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:,.1f} {unit}"
+    return f"{count} bytes"
 
 
 def check_plot_target(target: str, option: str = "--plot") -> None:

@@ -115,6 +115,7 @@ def test_a_bank_is_validated_as_it_is_read_and_a_bad_last_prompt_keeps_the_old_c
     assert main(["convert-bank", str(tmp_path / name), str(copy)]) == 2
     assert copy.read_bytes() == before
     assert main(["convert-bank", str(tmp_path / name), str(tmp_path / "new" / "folders" / copy.name)]) == 2
+    assert main(["convert-bank", str(tmp_path / name), str(tmp_path / "made" / ".." / "other" / copy.name)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, copy.name])  # no temporary file, nor folder, left
 
 

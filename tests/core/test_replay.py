@@ -171,31 +171,45 @@ def test_sim_bank_whose_one_prompt_is_beyond_free_memory_is_refused_in_one_line_
     assert len(bank.read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize("family", ["gaussian", "discrete"])
-def test_a_jsonl_sim_bank_beyond_the_free_disk_is_refused_in_one_line_before_its_prompts_are_drawn(tmp_path, capsys,
-                                                                                                   monkeypatch, family):
-    """The first prompt's line sets a floor on the bank's size: a disk with a third of the bank free
-    refuses it (exit 1, one line, no file and no folder made); one with all of it free writes it."""
+@pytest.mark.parametrize("family, params", [("gaussian", []), ("discrete", ["levels=7", "sigma0=5"]),
+                                            ("bounded", ["sigma0=20"])])  # the last two print short rewards ("1.0")
+def test_a_jsonl_sim_bank_beyond_the_free_disk_is_refused_in_one_line_before_a_reward_is_drawn(tmp_path, capsys,
+                                                                                             monkeypatch, family, params):
+    """A JSONL bank takes at least 5 bytes a reward (its shortest text, "0.0", and ", "): a disk with
+    less free than that refuses the bank (exit 1, one line, no reward drawn, no file and no folder
+    made), and one with just that much writes it, whose real size is no smaller (the bound holds)."""
     import shutil
 
     from pipeline.offline import bank as bank_module
 
     sizes = ["--prompts", "20", "--states", "4", "--completions", "64"]
-    whole = tmp_path / "whole.jsonl"
-    assert main(["sim-bank", "--family", family, *sizes, "--out", str(whole)]) == 0
-    capsys.readouterr()
-    room = whole.stat().st_size
+    flags = [arg for param in params for arg in ("--param", param)]
+    at_least = 20 * 4 * 64 * 5
     drawn = []
     monkeypatch.setattr(bank_module, "_simulated_row", lambda *args, real=bank_module._simulated_row: drawn.append(1) or real(*args))
     target = tmp_path / "new" / "b.jsonl"
-    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=room // 3))
-    assert main(["sim-bank", "--family", family, *sizes, "--out", str(target)]) == 1
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=at_least // 2))
+    assert main(["sim-bank", "--family", family, *flags, *sizes, "--out", str(target)]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"--out {str(target)!r} needs at least" in err and f"GiB are free in {tmp_path}" in err
-    assert len(drawn) == 1 and not target.parent.exists()
-    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=room))
-    assert main(["sim-bank", "--family", family, *sizes, "--out", str(target)]) == 0
-    assert target.read_bytes() == whole.read_bytes()
+    assert len(err.splitlines()) == 1
+    assert f"--out {str(target)!r} needs at least 25.6 kB of disk, 12.8 kB are free in {tmp_path}" in err
+    assert not drawn and not target.parent.exists()
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=at_least))
+    assert main(["sim-bank", "--family", family, *flags, *sizes, "--out", str(target)]) == 0
+    assert target.stat().st_size >= at_least
+
+
+def test_a_bank_for_a_url_is_checked_against_the_temporary_folder_it_is_written_in_first(monkeypatch):
+    import shutil
+    import tempfile
+
+    from pipeline.outputs.destinations import check_room
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=999))
+    with pytest.raises(OSError, match=f"needs at least 1.0 kB of disk, 999 bytes are free in {tempfile.gettempdir()}"):
+        check_room("s3://bucket/b.jsonl", 1000, "--out")
+    check_room("s3://bucket/b.jsonl", 999, "--out")
+    check_room("/dev/stdout", 10**15, "--out")  # standard output: not this machine's disk to check
 
 
 def test_sim_bank_to_stdout_is_the_bank_alone_and_its_summary_goes_to_stderr(capsys):
