@@ -76,10 +76,10 @@ class ShareConfig:
     state the root drew, or (off a grid, ``below_best_lead``) it leads at all and its root rollouts
     stayed below the root's best; and in every case (from ``ungated_from`` too), if no other state the
     root drew twice or more has a prefix score within ``rival_gap`` root-reward sds of its own (a common
-    rival, which fresh prompt draws reach as often);
-    on a grid of levels (root rewards repeat across states) of states narrower than the spread between
-    them, and read more precisely by a rollout than by their prefix score, only the states whose root
-    rollout reached the best reward are candidates (``grid_best_level``).
+    rival, which fresh prompt draws reach as often). On a grid of levels (root rewards repeat across
+    states) of states narrower than the spread between them, and read more precisely by a rollout than
+    by their prefix score, only the states whose root rollout reached the best reward are candidates
+    (``grid_best_level``).
     The state's share comes in two halves; the second goes to the prompt where the first averages
     below the root, (``repeat_check``) only repeats the state, or (``prompt_check``, continuous rewards whose root
     shows states narrower than the spread between them, or a first half far narrower than the root's

@@ -38,10 +38,11 @@ Which episodes run them, and which state gets the share:
   a deep state; ``_shares_fully``). From N = ``share.commit_from`` (256) off a grid, the root
   (``adaptive.root_fraction`` of N) is not topped up and the state gets all it leaves, in the same
   two halves and with the same modal check (``_commits``). From N = ``share.ungated_from`` (128) off
-  a grid the pick needs no prefix gap (``share_gate.off_a_grid_from``), only no common rival; below it, off a grid, it needs
+  a grid the pick needs no prefix gap (``share_gate.off_a_grid_from``); below it, off a grid, it needs
   none where the state's root rollouts all stayed below the root's best reward and its prefix score
   beats the average draw's (``share.below_best_lead``, 0): the best so far is then another state's
-  lucky draw, which the picked one has room to beat.
+  lucky draw, which the picked one has room to beat. At every N the pick gets no share where the
+  root drew another state twice or more that reads as well (``share.rival_gap``: a common rival).
   Measured on banks of the toy models' real outputs (docs/results.md): never below best-of-N, and
   above it at most budgets, where winner-takes-all loses to it.
 - **Continuous rewards at small budgets** (where ``slg_adaptive``'s plan halves its candidates at most

@@ -1,12 +1,13 @@
-"""When ``slg_share``'s few-levels pick gets its share: the prefix gap, and the episodes that need none.
+"""When ``slg_share``'s few-levels pick gets its share: the prefix gap, the picks that need none, and
+the common rival that refuses any of them.
 
 Pure numpy, on a root's rollouts. A state whose prefix score barely leads an average prompt draw's
 is often no better than fresh draws, so below N = ``share.ungated_from`` the pick needs a lead of
 ``share.prefix_gap`` root-reward sds (``clears_a_gate``), or one of the two exceptions there: a lead
 over every other state the root drew (``share.lead_gap``, off by default), or root rollouts that all
-stayed below the root's best reward (``share.below_best_lead``); and at every N, those episodes
-too, no common rival, a state the root drew twice or more that reads as well (``share.rival_gap``,
-``has_a_common_rival``)."""
+stayed below the root's best reward (``share.below_best_lead``). At every N, ungated picks included,
+a pick gets no share where the root drew another state twice or more that reads as well
+(``share.rival_gap``, ``has_a_common_rival``)."""
 
 from __future__ import annotations
 
@@ -42,15 +43,14 @@ def clears_a_gate(root: Rollouts, known: np.ndarray, top: np.ndarray, mean_score
     the root's best reward: the best so far then came from a state the prefix scores rank
     lower, a lucky draw, which the picked state has room to beat; a pick that holds the best must beat
     itself, and fresh draws often do better (toy_t12 at N = 64: +0.0015 a prompt over the gap alone;
-    docs/design-record.md, "Below the best, a small lead"). Either way, ungated or not (``share.rival_gap`` not None), a
-    pick clears nothing where the root drew another state twice or more whose prefix score is within
-    ``share.rival_gap`` sds of its own (``has_a_common_rival``): fresh prompt draws reach that state as
-    often as the root did, so they do about as well as the pick (gains up to +0.0008 a prompt on eight
-    of twelve banks at N = 16-96, the others within 0.00005, none lower beyond its interval; up to
-    +0.0003 on ungated picks at 128-512, two cells of 41 lower, by 0.00006 or less; a world, which never
-    draws a state twice, plays the same; docs/design-record.md, "A common rival" and "The common rival
-    from N = 128"). A root
-    whose rewards do not spread clears nothing."""
+    docs/design-record.md, "Below the best, a small lead"). Whichever way it clears, ungated included
+    (``share.rival_gap`` not None), a pick clears nothing where the root drew another state twice or
+    more whose prefix score is within ``share.rival_gap`` sds of its own (``has_a_common_rival``): fresh
+    prompt draws reach that state as often as the root did, so they do about as well as the pick (gains
+    up to +0.0008 a prompt on eight of twelve banks at N = 16-96, the others within 0.00005, none lower
+    beyond its interval; up to +0.0003 on ungated picks at 128-512, two cells of 41 lower, by 0.00006
+    or less; a world, which never draws a state twice, plays the same; docs/design-record.md, "A common
+    rival" and "The common rival from N = 128"). A root whose rewards do not spread clears nothing."""
     rows, spread = np.arange(len(top)), reward_levels.sd_of_finite(root.rewards)
     score, picked = root.state_score[rows, top], root.state_index[rows, top]
     clears = score - mean_score > share.prefix_gap * spread
